@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.jwks_server import JWKSServer
+
+
+@pytest.fixture
+def jwks_server() -> Iterator[JWKSServer]:
+    """A real JWKS server on 127.0.0.1 (see tests/support/jwks_server.py)."""
+    server = JWKSServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
