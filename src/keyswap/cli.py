@@ -15,7 +15,11 @@ from keyswap import __version__
 
 # name -> ("module:attribute", extra that provides its dependencies, one-line help)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
-    "origin": ("keyswap.origin.cli:origin", "server", "Run a protected API that echoes verified claims."),
+    "origin": (
+        "keyswap.origin.cli:origin",
+        "server",
+        "Run a protected API that echoes verified claims.",
+    ),
     "gateway": ("keyswap.gateway.cli:gateway", "gateway", "Run the API-key gateway."),
     "demo": ("keyswap.gateway.cli:demo", "gateway", "Run gateway + origin with a demo key."),
     "consumers": ("keyswap.gateway.cli:consumers", "gateway", "Manage API consumers."),

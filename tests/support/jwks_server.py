@@ -98,7 +98,9 @@ class JWKSServer:
         self._release.set()
         self._release = threading.Event()
 
-    def wait_for_hits(self, n: int, timeout: float = 5.0, path: str = "/.well-known/jwks.json") -> bool:
+    def wait_for_hits(
+        self, n: int, timeout: float = 5.0, path: str = "/.well-known/jwks.json"
+    ) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.count(path) >= n:

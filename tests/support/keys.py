@@ -7,7 +7,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -46,7 +46,9 @@ class TestKey:
             size = (key.curve.key_size + 7) // 8
             jwk = {
                 "kty": "EC",
-                "crv": {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}[key.curve.name],
+                "crv": {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}[
+                    key.curve.name
+                ],
                 "x": _int_b64u(nums_ec.x, size),
                 "y": _int_b64u(nums_ec.y, size),
             }
@@ -97,15 +99,15 @@ class TestKey:
             hdr.update(header)
             hdr = {k: v for k, v in hdr.items() if v is not None}
         payload = claims if isinstance(claims, bytes) else json.dumps(claims).encode()
-        signing_input = (
-            b64u(json.dumps(hdr).encode()) + "." + b64u(payload)
-        ).encode("ascii")
-        sig = self.raw_sign(signing_input, hdr.get("alg") if hdr.get("alg") in
-                            ("RS256", "PS256", "ES256", "EdDSA") else self.alg)
+        signing_input = (b64u(json.dumps(hdr).encode()) + "." + b64u(payload)).encode("ascii")
+        sig = self.raw_sign(
+            signing_input,
+            hdr.get("alg") if hdr.get("alg") in ("RS256", "PS256", "ES256", "EdDSA") else self.alg,
+        )
         return signing_input.decode("ascii") + "." + b64u(sig)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _rsa(bits: int, n: int) -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
@@ -147,4 +149,6 @@ def thumbprint(jwk: dict[str, Any]) -> str:
     """RFC 7638 thumbprint (for tests that want realistic kids)."""
     members = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
     req = {k: jwk[k] for k in members[jwk["kty"]]}
-    return b64u(hashlib.sha256(json.dumps(req, separators=(",", ":"), sort_keys=True).encode()).digest())
+    return b64u(
+        hashlib.sha256(json.dumps(req, separators=(",", ":"), sort_keys=True).encode()).digest()
+    )
