@@ -8,6 +8,9 @@ them into responses; nothing reaches the server as a 500.
 
     KeyswapError                          code                 status
     ├── ConfigError                       config_error         500 (raised at start-up, never per request)
+    ├── InvalidInput                      invalid_input        400  management input (CLI, admin): name, JSON, duration
+    │   ├── NotFound                      not_found            404  unknown consumer / key id
+    │   └── AlreadyExists                 already_exists       409  duplicate consumer name
     ├── AuthError
     │   ├── MissingToken                  (no error attribute) 401
     │   ├── InvalidToken                  invalid_token        401
@@ -35,6 +38,7 @@ middleware sanitises it again (RFC 6750 §3 character set) before it reaches ``e
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyExists",
     "AuthError",
     "BadSignature",
     "ConfigError",
@@ -43,6 +47,7 @@ __all__ = [
     "InvalidApiKey",
     "InvalidAudience",
     "InvalidClaim",
+    "InvalidInput",
     "InvalidIssuer",
     "InvalidToken",
     "JWKSFetchError",
@@ -50,6 +55,7 @@ __all__ = [
     "KeyswapError",
     "MalformedToken",
     "MissingToken",
+    "NotFound",
     "RateLimited",
     "TokenNotYetValid",
     "UnknownKey",
@@ -77,6 +83,30 @@ class ConfigError(KeyswapError):
 
     code = "config_error"
     label = "config"
+
+
+class InvalidInput(KeyswapError, ValueError):
+    """Management input was rejected (consumer name, metadata, duration, ...)."""
+
+    code = "invalid_input"
+    status = 400
+    label = "invalid_input"
+
+
+class NotFound(InvalidInput):
+    """The named consumer or key does not exist."""
+
+    code = "not_found"
+    status = 404
+    label = "not_found"
+
+
+class AlreadyExists(InvalidInput):
+    """Something with that name already exists."""
+
+    code = "already_exists"
+    status = 409
+    label = "already_exists"
 
 
 class AuthError(KeyswapError):
@@ -187,11 +217,19 @@ class KeysUnavailable(KeyswapError):
 
 
 class JWKSFetchError(KeyswapError):
-    """A JWKS fetch failed (network, status, size, content)."""
+    """A JWKS fetch failed (network, status, size, content).
+
+    ``kind`` is a stable snake_case cause for metrics and logs (``timeout``, ``status``, ``too_large``,
+    ``not_json``, ``redirect``, ``network``, ``not_jwks``, ...).
+    """
 
     code = "jwks_fetch_failed"
     status = 503
     label = "jwks_fetch"
+
+    def __init__(self, reason: str = "", *, kind: str = "not_jwks") -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 class RateLimited(KeyswapError):

@@ -1,0 +1,404 @@
+"""Consumers' API keys: format, creation, authentication, revocation, roll, last-used.
+
+Format: ``<prefix>_<30 random base62><6 base62 CRC32 checksum>`` (default prefix ``ks``), e.g.
+``ks_4fT0aQk2...``. The 30 characters come from :mod:`secrets` (about 178 bits); the checksum is the
+CRC32 of the random part, base62 encoded to 6 characters (as GitHub's tokens do), so a malformed or
+mistyped key is refused without a lookup and secret scanners can match keys with :data:`KEY_REGEX`.
+
+The key is shown once, at creation. The store keeps only HMAC-SHA-256(subkey, key), the key's public id
+(``key_`` + 12 base62, random, unrelated to the key) and a hint (prefix and last 4 characters).
+
+Authentication (:meth:`ApiKeys.authenticate`) refuses every bad key the same way:
+``InvalidApiKey("Invalid API key")`` for malformed, unknown, revoked and expired alike. The HMAC is
+computed for every key, malformed ones included. Lookups go through a bounded in-memory cache
+(positive and negative entries, ``cache_ttl`` seconds, cleared by :meth:`ApiKeys.clear_cache`, which the
+gateway calls whenever the store revision changes); expiry and revocation are checked against the
+request time on every hit, so an expired key is refused at once even when cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+import secrets
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from keyswap.errors import AlreadyExists, ConfigError, InvalidApiKey, InvalidInput, NotFound
+from keyswap.gateway.secret import ServerSecret, check_secret
+from keyswap.store.models import ApiKeyRecord, Consumer
+from keyswap.store.sql import Store
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "DEFAULT_PREFIX",
+    "KEY_REGEX",
+    "ApiKeys",
+    "Principal",
+    "generate_key",
+    "generate_key_id",
+    "is_well_formed",
+    "key_regex",
+]
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+DEFAULT_PREFIX = "ks"
+#: How long a rolled key keeps working by default (24 h).
+DEFAULT_GRACE = 86400.0
+RANDOM_LENGTH = 30
+CHECKSUM_LENGTH = 6
+KEY_ID_PREFIX = "key_"
+KEY_ID_LENGTH = 12
+
+_PREFIX = re.compile(r"[a-z][a-z0-9]{1,15}", re.ASCII)
+_BODY = re.compile(rf"[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}", re.ASCII)
+_REFUSAL = "Invalid API key"
+
+
+def key_regex(prefix: str = DEFAULT_PREFIX) -> str:
+    """The regular expression matching keys with ``prefix`` (for secret scanners)."""
+    return rf"\b{re.escape(prefix)}_[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}\b"
+
+
+#: Matches keyswap API keys with the default prefix: ``\bks_[0-9A-Za-z]{36}\b``.
+KEY_REGEX = key_regex(DEFAULT_PREFIX)
+
+
+def _base62(number: int, width: int) -> str:
+    digits = []
+    while number:
+        number, rest = divmod(number, 62)
+        digits.append(BASE62[rest])
+    return "".join(reversed(digits)).rjust(width, "0")
+
+
+def _random_base62(length: int) -> str:
+    return "".join(secrets.choice(BASE62) for _ in range(length))
+
+
+def _checksum(random_part: str) -> str:
+    return _base62(zlib.crc32(random_part.encode("ascii")), CHECKSUM_LENGTH)
+
+
+def _check_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str) or _PREFIX.fullmatch(prefix) is None:
+        raise ConfigError(
+            "the API key prefix must be 2-16 lowercase letters or digits, starting with a letter"
+        )
+    return prefix
+
+
+def generate_key(prefix: str = DEFAULT_PREFIX) -> str:
+    """A new API key: ``<prefix>_`` + 30 random base62 characters + 6-character CRC32 checksum.
+
+    Raises:
+        ConfigError: the prefix is not 2-16 lowercase letters/digits starting with a letter.
+    """
+    random_part = _random_base62(RANDOM_LENGTH)
+    return f"{_check_prefix(prefix)}_{random_part}{_checksum(random_part)}"
+
+
+def generate_key_id() -> str:
+    """A public key id: ``key_`` + 12 random base62 characters (never derived from the key)."""
+    return KEY_ID_PREFIX + _random_base62(KEY_ID_LENGTH)
+
+
+def is_well_formed(key: str, prefix: str = DEFAULT_PREFIX) -> bool:
+    """True if ``key`` has the prefix, length, alphabet and a matching checksum. No I/O."""
+    if not isinstance(key, str) or len(key) != len(prefix) + 1 + RANDOM_LENGTH + CHECKSUM_LENGTH:
+        return False
+    if not key.startswith(prefix + "_"):
+        return False
+    body = key[len(prefix) + 1 :]
+    if _BODY.fullmatch(body) is None:
+        return False
+    return hmac.compare_digest(body[RANDOM_LENGTH:], _checksum(body[:RANDOM_LENGTH]))
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a valid API key belongs to. ``metadata`` is read-only and shared: do not mutate it."""
+
+    key_id: str
+    consumer: str
+    consumer_id: int
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    record: ApiKeyRecord
+    principal: Principal
+
+
+class _LookupCache:
+    """Digest -> entry (or ``None`` for an unknown digest), bounded LRU with a TTL.
+
+    ``generation`` moves on every :meth:`clear`; a lookup that started before a clear does not store
+    its (possibly stale) answer.
+    """
+
+    def __init__(self, size: int, ttl: float, monotonic: Callable[[], float]) -> None:
+        self._size = size
+        self._ttl = ttl
+        self._monotonic = monotonic
+        self._items: OrderedDict[bytes, tuple[float, _Entry | None]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.generation = 0
+
+    def get(self, digest: bytes) -> tuple[bool, _Entry | None]:
+        with self._lock:
+            item = self._items.get(digest)
+            if item is None:
+                return False, None
+            if item[0] <= self._monotonic():
+                del self._items[digest]
+                return False, None
+            self._items.move_to_end(digest)
+            return True, item[1]
+
+    def put(self, digest: bytes, entry: _Entry | None, generation: int) -> None:
+        if self._size <= 0 or self._ttl <= 0:
+            return
+        with self._lock:
+            if generation != self.generation:
+                return
+            self._items[digest] = (self._monotonic() + self._ttl, entry)
+            self._items.move_to_end(digest)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class ApiKeys:
+    """API keys over a :class:`~keyswap.store.Store` and the server secret.
+
+    Args:
+        store: where digests live.
+        secret: the server secret (its API-key HMAC subkey is used).
+        prefix: key prefix (``ks``); keys with another prefix are malformed.
+        cache_size: most cached lookups (positive and negative); 0 disables the cache.
+        cache_ttl: seconds a cached lookup is trusted without a revision change (default 1 s: a change
+            made by another process shows within a second even without a ChangeWatcher).
+        last_used_interval: :meth:`flush_last_used` writes at most this often unless forced.
+        clock: wall-clock seconds (expiry, revocation, last used).
+        monotonic: monotonic seconds (cache ages, flush interval).
+
+    Raises:
+        ConfigError: bad prefix, or the database belongs to another server secret.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        secret: ServerSecret,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        cache_size: int = 10_000,
+        cache_ttl: float = 1.0,
+        last_used_interval: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._mac_key = secret.api_key_mac_key
+        self.prefix = _check_prefix(prefix)
+        self._clock = clock
+        self._monotonic = monotonic
+        self._cache = _LookupCache(cache_size, cache_ttl, monotonic)
+        self._last_used_interval = last_used_interval
+        self._last_used: dict[str, float] = {}
+        self._last_used_lock = threading.Lock()
+        self._last_flush = monotonic()
+        check_secret(store, secret)
+
+    # -- management ---------------------------------------------------------------------------------
+
+    def create(
+        self, consumer: str, *, expires_in: float | None = None, now: float | None = None
+    ) -> tuple[ApiKeyRecord, str]:
+        """Create a key for ``consumer``; returns the record and the key (shown once, never stored).
+
+        Raises:
+            NotFound: no such consumer.
+            InvalidInput: ``expires_in`` is not a positive number of seconds.
+        """
+        now = self._clock() if now is None else now
+        if expires_in is not None and not (math.isfinite(expires_in) and expires_in > 0):
+            raise InvalidInput("the expiry must be a positive duration")
+        owner = self._consumer(consumer)
+        expires_at = None if expires_in is None else now + expires_in
+        for _ in range(5):
+            key, key_id = generate_key(self.prefix), generate_key_id()
+            try:
+                record = self._store.insert_api_key(
+                    consumer_id=owner.id,
+                    key_id=key_id,
+                    digest=self.digest(key),
+                    hint=self._hint(key),
+                    created_at=now,
+                    expires_at=expires_at,
+                )
+            except AlreadyExists:  # pragma: no cover - a 71-bit id collision
+                continue
+            return record, key
+        raise ConfigError("could not draw a unique key id")  # pragma: no cover
+
+    def revoke(self, key_id: str, now: float | None = None) -> ApiKeyRecord:
+        """Revoke a key at once (idempotent).
+
+        Raises:
+            NotFound: no such key id.
+        """
+        record = self._store.revoke_api_key(key_id, now=self._clock() if now is None else now)
+        self.clear_cache()
+        return record
+
+    def roll(
+        self, key_id: str, grace: float = DEFAULT_GRACE, now: float | None = None
+    ) -> tuple[ApiKeyRecord, str]:
+        """Replace a key: a new key for the same consumer; the old one stops working after ``grace``.
+
+        The new key inherits the old key's expiry if it had one; the old key's expiry becomes
+        ``min(its expiry, now + grace)``. A key can be rolled once (roll its replacement next time).
+
+        Raises:
+            NotFound: no such key id.
+            InvalidInput: bad grace, or the key is revoked, expired or already rolled.
+        """
+        now = self._clock() if now is None else now
+        if not (math.isfinite(grace) and grace >= 0):
+            raise InvalidInput("the grace period must be zero or a positive duration")
+        old = self._store.get_api_key(key_id)
+        if old is None:
+            raise NotFound(f"unknown key id '{key_id}'")
+        if not old.usable_at(now) or old.replaced_by is not None:
+            suffix = f"; roll '{old.replaced_by}' instead" if old.replaced_by else ""
+            raise InvalidInput(
+                f"key '{key_id}' is {old.status_at(now)} and cannot be rolled{suffix}"
+            )
+        old_expires_at = now + grace if old.expires_at is None else min(old.expires_at, now + grace)
+        for _ in range(5):
+            key, new_id = generate_key(self.prefix), generate_key_id()
+            try:
+                _, record = self._store.roll_api_key(
+                    key_id,
+                    old_expires_at=old_expires_at,
+                    new_key_id=new_id,
+                    new_digest=self.digest(key),
+                    new_hint=self._hint(key),
+                    created_at=now,
+                    new_expires_at=old.expires_at,
+                )
+            except AlreadyExists:  # pragma: no cover - a 71-bit id collision
+                continue
+            self.clear_cache()
+            return record, key
+        raise ConfigError("could not draw a unique key id")  # pragma: no cover
+
+    # -- the request path ---------------------------------------------------------------------------
+
+    def digest(self, key: str) -> bytes:
+        """HMAC-SHA-256 of ``key`` under the API-key subkey (what the store keeps)."""
+        return hmac.new(
+            self._mac_key, key.encode("utf-8", "surrogatepass"), hashlib.sha256
+        ).digest()
+
+    def authenticate(self, key: str, now: float | None = None) -> Principal:
+        """The principal for a valid key. May query the store (on a cache miss): run it off the loop.
+
+        Raises:
+            InvalidApiKey: ``"Invalid API key"`` for every cause (malformed, unknown, revoked, expired).
+        """
+        digest, generation, hit, entry = self._lookup(key)
+        if not hit:
+            found = self._store.find_api_key(digest)
+            entry = None if found is None else _entry(*found)
+            self._cache.put(digest, entry, generation)
+        return self._accept(entry, self._clock() if now is None else now)
+
+    def lookup_cached(self, key: str, now: float | None = None) -> Principal | None:
+        """Like :meth:`authenticate` but without I/O: ``None`` on a cache miss.
+
+        Raises:
+            InvalidApiKey: the key is malformed, or the cache knows it is unknown, revoked or expired.
+        """
+        _, _, hit, entry = self._lookup(key)
+        if not hit:
+            return None
+        return self._accept(entry, self._clock() if now is None else now)
+
+    def clear_cache(self) -> None:
+        """Forget every cached lookup (call it when the store revision changes)."""
+        self._cache.clear()
+
+    def flush_last_used(self, force: bool = False) -> int:
+        """Write pending last-used times in one batch, at most every ``last_used_interval`` unless forced.
+
+        Returns how many keys were written. On a store error the times are kept for the next flush.
+        """
+        if not force and self._monotonic() - self._last_flush < self._last_used_interval:
+            return 0
+        with self._last_used_lock:
+            pending, self._last_used = self._last_used, {}
+        self._last_flush = self._monotonic()
+        if not pending:
+            return 0
+        try:
+            self._store.touch_api_keys(pending)
+        except Exception:
+            with self._last_used_lock:
+                for key_id, at in pending.items():
+                    self._last_used[key_id] = max(at, self._last_used.get(key_id, at))
+            raise
+        return len(pending)
+
+    def _lookup(self, key: str) -> tuple[bytes, int, bool, _Entry | None]:
+        # The HMAC comes first for every key, well-formed or not: same work before any refusal.
+        digest = self.digest(key if isinstance(key, str) else "")
+        if not is_well_formed(key, self.prefix):
+            raise InvalidApiKey(_REFUSAL)
+        generation = self._cache.generation
+        hit, entry = self._cache.get(digest)
+        return digest, generation, hit, entry
+
+    def _accept(self, entry: _Entry | None, now: float) -> Principal:
+        if entry is None or not entry.record.usable_at(now):
+            raise InvalidApiKey(_REFUSAL)
+        with self._last_used_lock:
+            self._last_used[entry.record.id] = now
+        return entry.principal
+
+    def _consumer(self, name: str) -> Consumer:
+        consumer = self._store.get_consumer(name)
+        if consumer is None:
+            raise NotFound(f"unknown consumer '{name}'")
+        return consumer
+
+    def _hint(self, key: str) -> str:
+        return f"{self.prefix}_...{key[-4:]}"
+
+
+def _entry(record: ApiKeyRecord, consumer: Consumer) -> _Entry:
+    principal = Principal(
+        key_id=record.id,
+        consumer=consumer.name,
+        consumer_id=consumer.id,
+        metadata=MappingProxyType(dict(consumer.metadata)),
+    )
+    return _Entry(record, principal)

@@ -1,0 +1,165 @@
+"""Records the store returns, and validation of what management input may put into it."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from keyswap.errors import InvalidInput
+
+__all__ = [
+    "MAX_METADATA_BYTES",
+    "SIGNING_KEY_STATES",
+    "ApiKeyRecord",
+    "Consumer",
+    "SigningKeyRecord",
+    "parse_metadata",
+    "serialize_metadata",
+    "validate_consumer_name",
+    "validate_metadata",
+]
+
+#: Largest consumer metadata, as compact UTF-8 JSON.
+MAX_METADATA_BYTES = 1024
+
+#: Lifecycle of a signing key: published first (``next``), then signing (``active``), then only
+#: published until every token it signed has expired (``retired``).
+SIGNING_KEY_STATES = ("next", "active", "retired")
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    """An API consumer: a unique name, a small JSON metadata object, a creation time."""
+
+    id: int
+    name: str
+    metadata: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """What the store keeps about an API key: never the key itself, only a public id and a hint."""
+
+    id: str
+    consumer_id: int
+    consumer_name: str
+    hint: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+    last_used_at: float | None
+    replaced_by: str | None = None
+
+    def usable_at(self, now: float) -> bool:
+        """True if the key is neither revoked nor expired at ``now`` (epoch seconds)."""
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+    def status_at(self, now: float) -> str:
+        """``"revoked"``, ``"expired"``, ``"rolled"`` (usable until its grace expiry) or ``"active"``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "expired"
+        if self.replaced_by is not None:
+            return "rolled"
+        return "active"
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeyRecord:
+    """A stored signing key: public JWK in clear, private key as an AES-GCM encrypted PKCS8 blob."""
+
+    kid: str
+    alg: str
+    state: str
+    public_jwk: dict[str, Any]
+    private_blob: bytes
+    created_at: float
+    activated_at: float | None
+    retired_at: float | None
+
+
+def validate_consumer_name(name: str) -> str:
+    """Return ``name`` if it is 1-64 characters of ``[A-Za-z0-9._-]``.
+
+    Raises:
+        InvalidInput: the name is empty, too long or has other characters.
+    """
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        raise InvalidInput(
+            "consumer name must be 1-64 characters of letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+def serialize_metadata(metadata: dict[str, Any]) -> str:
+    """Compact JSON text of ``metadata`` (the form whose size is capped)."""
+    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def validate_metadata(metadata: Any) -> dict[str, Any]:
+    """Return ``metadata`` if it is a JSON object of at most 1 KiB (compact UTF-8 JSON).
+
+    Raises:
+        InvalidInput: not an object, not JSON-serialisable (NaN, non-string keys, other types), or too big.
+    """
+    if not isinstance(metadata, dict):
+        raise InvalidInput("metadata must be a JSON object")
+    _check_json_value(metadata)
+    size = len(serialize_metadata(metadata).encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        raise InvalidInput(
+            f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES} bytes"
+        )
+    return metadata
+
+
+def parse_metadata(text: str) -> dict[str, Any]:
+    """Parse JSON text into validated consumer metadata.
+
+    Raises:
+        InvalidInput: the text is not valid JSON, or not an acceptable metadata object.
+    """
+    if len(text.encode("utf-8", "surrogatepass")) > 4 * MAX_METADATA_BYTES:
+        raise InvalidInput(f"metadata is too big; the limit is {MAX_METADATA_BYTES} bytes as JSON")
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise InvalidInput(f"metadata is not valid JSON: {_json_error(exc)}") from None
+    return validate_metadata(value)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _json_error(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    return str(exc)
+
+
+def _check_json_value(value: Any, depth: int = 0) -> None:
+    if depth > 32:
+        raise InvalidInput("metadata is nested too deeply")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidInput("metadata keys must be strings")
+            _check_json_value(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json_value(item, depth + 1)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidInput("metadata numbers must be finite")
+    elif value is not None and not isinstance(value, str | int | bool):
+        raise InvalidInput(f"metadata cannot hold a {type(value).__name__}")

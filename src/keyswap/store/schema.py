@@ -1,0 +1,99 @@
+"""The database schema: every table, index and constraint, in one place.
+
+Portable types only (SQLite now, PostgreSQL later with the same schema; a later change moves it under
+Alembic). Times are epoch seconds as double precision. ``meta`` has a single row (``id = 1``): the
+``revision`` every mutation bumps, the schema version, and the fingerprint of the server secret the
+database was set up with.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "api_keys",
+    "consumers",
+    "meta",
+    "metadata",
+    "signing_keys",
+]
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+_TIME: sa.Double[float] = sa.Double()
+
+meta = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+    sa.Column("schema_version", sa.Integer, nullable=False),
+    sa.Column("secret_fingerprint", sa.String(64), nullable=True),
+)
+
+consumers = sa.Table(
+    "consumers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column(
+        "consumer_id",
+        sa.Integer,
+        sa.ForeignKey("consumers.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    # HMAC-SHA-256 of the key under a secret-derived subkey: the only form of the key we keep.
+    sa.Column("digest", sa.LargeBinary(32), nullable=False, unique=True),
+    sa.Column("hint", sa.String(40), nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("expires_at", _TIME, nullable=True),
+    sa.Column("revoked_at", _TIME, nullable=True),
+    sa.Column("last_used_at", _TIME, nullable=True),
+    # Set when the key was rolled: the id of its replacement (a key is rolled at most once).
+    sa.Column("replaced_by", sa.String(32), nullable=True),
+)
+
+signing_keys = sa.Table(
+    "signing_keys",
+    metadata,
+    sa.Column("kid", sa.String(64), primary_key=True),
+    sa.Column("alg", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("public_jwk", sa.JSON, nullable=False),
+    # AES-256-GCM(PKCS8 DER), key derived from the server secret, kid as associated data.
+    sa.Column("private_blob", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("activated_at", _TIME, nullable=True),
+    sa.Column("retired_at", _TIME, nullable=True),
+    sa.CheckConstraint("state IN ('next', 'active', 'retired')", name="state"),
+)
+
+# At most one "next" and one "active" key: two gateways starting at once cannot both create a pair.
+_LIVE_STATE = signing_keys.c.state.in_(["next", "active"])
+sa.Index(
+    "uq_signing_keys_live_state",
+    signing_keys.c.state,
+    unique=True,
+    sqlite_where=_LIVE_STATE,
+    postgresql_where=_LIVE_STATE,
+)

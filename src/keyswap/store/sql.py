@@ -1,0 +1,593 @@
+"""The store: consumers, API keys and signing keys over SQLAlchemy Core (SQLite now, PostgreSQL later).
+
+Every mutation runs in one transaction that first bumps ``meta.revision``. That first write serialises
+writers (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: the row lock on ``meta``), and lets a running gateway
+notice a change made by another process with one cheap query (:meth:`Store.revision`). The one write
+that does not bump it is :meth:`Store.touch_api_keys` (last-used times): a gateway must not flush its
+caches because some key was used.
+
+SQLite files are created with mode 0600 (their directory 0700 when we create it) and run in WAL mode,
+so the CLI can write while a gateway reads.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.pool import StaticPool
+
+from keyswap.errors import AlreadyExists, ConfigError, InvalidInput, NotFound
+from keyswap.store import schema
+from keyswap.store.models import (
+    ApiKeyRecord,
+    Consumer,
+    SigningKeyRecord,
+    validate_consumer_name,
+    validate_metadata,
+)
+from keyswap.store.schema import api_keys, consumers, meta, signing_keys
+from keyswap.store.urls import display_url, normalize_database_url, sqlite_file
+
+__all__ = ["Store"]
+
+_IMMEDIATE = "keyswap_immediate"
+
+
+class _Conflict(Exception):
+    """Internal: a conditional update found the row changed; roll the transaction back."""
+
+
+class Store:
+    """Consumers, API keys and signing keys in one SQL database.
+
+    Args:
+        url: a SQLAlchemy URL (``sqlite:///path``; ``postgresql+psycopg://...`` later) or a plain file
+            path for SQLite. The schema is created if absent.
+
+    Raises:
+        ConfigError: the URL is invalid, or the database was created by a newer keyswap.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = normalize_database_url(url)
+        path = sqlite_file(self.url)
+        if path is not None:
+            _prepare_sqlite_file(path)
+        self.engine = _create_engine(self.url, file_backed=path is not None)
+        try:
+            self._create_schema()
+        except OperationalError as exc:
+            self.engine.dispose()
+            raise ConfigError(
+                f"cannot open the database {display_url(self.url)}: {_first_line(exc.orig)}"
+            ) from None
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Store({display_url(self.url)!r})"
+
+    # -- transactions -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _writing(self, *, bump: bool = True) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(**{_IMMEDIATE: True})
+            with conn.begin():
+                if bump:
+                    conn.execute(
+                        sa.update(meta).where(meta.c.id == 1).values(revision=meta.c.revision + 1)
+                    )
+                yield conn
+
+    def _create_schema(self) -> None:
+        for attempt in range(2):
+            try:
+                with self._writing(bump=False) as conn:
+                    schema.metadata.create_all(conn, checkfirst=True)
+                    row = conn.execute(sa.select(meta).where(meta.c.id == 1)).first()
+                    if row is None:
+                        conn.execute(
+                            sa.insert(meta).values(
+                                id=1, revision=0, schema_version=schema.SCHEMA_VERSION
+                            )
+                        )
+                    elif row.schema_version > schema.SCHEMA_VERSION:
+                        raise ConfigError(
+                            f"the database schema (version {row.schema_version}) is newer than this "
+                            f"keyswap understands (version {schema.SCHEMA_VERSION}); upgrade keyswap"
+                        )
+                return
+            except (IntegrityError, ProgrammingError, OperationalError):
+                # Another process created the schema at the same moment (PostgreSQL); look again.
+                if attempt:
+                    raise
+
+    # -- change detection ---------------------------------------------------------------------------
+
+    def revision(self) -> int:
+        """The change counter: every mutation (except last-used times) increases it."""
+        with self._reading() as conn:
+            return int(conn.execute(sa.select(meta.c.revision).where(meta.c.id == 1)).scalar_one())
+
+    def bind_secret(self, fingerprint: str) -> bool:
+        """Record the server secret's fingerprint on first use; False if another secret is recorded."""
+        with self._reading() as conn:
+            stored = conn.execute(
+                sa.select(meta.c.secret_fingerprint).where(meta.c.id == 1)
+            ).scalar_one()
+        if stored is None:
+            with self._writing(bump=False) as conn:
+                conn.execute(
+                    sa.update(meta)
+                    .where(meta.c.id == 1, meta.c.secret_fingerprint.is_(None))
+                    .values(secret_fingerprint=fingerprint)
+                )
+                stored = conn.execute(
+                    sa.select(meta.c.secret_fingerprint).where(meta.c.id == 1)
+                ).scalar_one()
+        return hmac.compare_digest(str(stored).encode(), fingerprint.encode())
+
+    # -- consumers ----------------------------------------------------------------------------------
+
+    def create_consumer(
+        self, name: str, metadata: Mapping[str, Any] | None = None, *, now: float | None = None
+    ) -> Consumer:
+        """Create a consumer.
+
+        Raises:
+            InvalidInput: bad name or metadata.
+            AlreadyExists: a consumer with that name exists.
+        """
+        validate_consumer_name(name)
+        data = validate_metadata(dict(metadata or {}))
+        created = time.time() if now is None else now
+        try:
+            with self._writing() as conn:
+                consumer_id = conn.execute(
+                    sa.insert(consumers)
+                    .values(name=name, metadata=data, created_at=created)
+                    .returning(consumers.c.id)
+                ).scalar_one()
+        except IntegrityError:
+            raise AlreadyExists(f"consumer '{name}' already exists") from None
+        return Consumer(id=consumer_id, name=name, metadata=data, created_at=created)
+
+    def get_consumer(self, name: str) -> Consumer | None:
+        """The consumer called ``name``, or ``None``."""
+        with self._reading() as conn:
+            row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).first()
+        return None if row is None else _consumer(row)
+
+    def list_consumers(self) -> list[Consumer]:
+        """Every consumer, by name."""
+        with self._reading() as conn:
+            rows = conn.execute(sa.select(consumers).order_by(consumers.c.name)).all()
+        return [_consumer(row) for row in rows]
+
+    def delete_consumer(self, name: str) -> int:
+        """Delete a consumer and its keys; returns how many keys went with it.
+
+        Raises:
+            NotFound: no such consumer.
+        """
+        with self._writing() as conn:
+            consumer_id = conn.execute(
+                sa.select(consumers.c.id).where(consumers.c.name == name)
+            ).scalar_one_or_none()
+            if consumer_id is None:
+                raise NotFound(f"unknown consumer '{name}'")
+            deleted = conn.execute(
+                sa.delete(api_keys).where(api_keys.c.consumer_id == consumer_id)
+            ).rowcount
+            conn.execute(sa.delete(consumers).where(consumers.c.id == consumer_id))
+        return int(deleted)
+
+    def set_consumer_metadata(self, name: str, metadata: Mapping[str, Any]) -> Consumer:
+        """Replace a consumer's metadata.
+
+        Raises:
+            InvalidInput: bad metadata.
+            NotFound: no such consumer.
+        """
+        data = validate_metadata(dict(metadata))
+        with self._writing() as conn:
+            updated = conn.execute(
+                sa.update(consumers).where(consumers.c.name == name).values(metadata=data)
+            ).rowcount
+            if not updated:
+                raise NotFound(f"unknown consumer '{name}'")
+            row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
+        return _consumer(row)
+
+    # -- API keys -----------------------------------------------------------------------------------
+
+    def insert_api_key(
+        self,
+        *,
+        consumer_id: int,
+        key_id: str,
+        digest: bytes,
+        hint: str,
+        created_at: float,
+        expires_at: float | None,
+    ) -> ApiKeyRecord:
+        """Store a new key's digest.
+
+        Raises:
+            NotFound: the consumer no longer exists.
+            AlreadyExists: the key id or digest is taken (the caller draws another key).
+        """
+        try:
+            with self._writing() as conn:
+                _insert_key(conn, consumer_id, key_id, digest, hint, created_at, expires_at)
+                row = conn.execute(_key_select().where(api_keys.c.id == key_id)).one()
+        except IntegrityError:
+            raise AlreadyExists("key id or digest collision") from None
+        return _key(row)
+
+    def find_api_key(self, digest: bytes) -> tuple[ApiKeyRecord, Consumer] | None:
+        """The key with this HMAC digest and its consumer, or ``None``."""
+        query = _key_select(
+            consumers.c.metadata.label("consumer_metadata"),
+            consumers.c.created_at.label("consumer_created_at"),
+            api_keys.c.digest,
+        ).where(api_keys.c.digest == digest)
+        with self._reading() as conn:
+            row = conn.execute(query).first()
+        if row is None or not hmac.compare_digest(bytes(row.digest), digest):
+            return None
+        consumer = Consumer(
+            id=row.consumer_id,
+            name=row.consumer_name,
+            metadata=dict(row.consumer_metadata),
+            created_at=row.consumer_created_at,
+        )
+        return _key(row), consumer
+
+    def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        """The key with this public id, or ``None``."""
+        with self._reading() as conn:
+            row = conn.execute(_key_select().where(api_keys.c.id == key_id)).first()
+        return None if row is None else _key(row)
+
+    def list_api_keys(self, consumer_name: str | None = None) -> list[ApiKeyRecord]:
+        """Every key (of one consumer, if named), oldest first.
+
+        Raises:
+            NotFound: the named consumer does not exist.
+        """
+        query = _key_select().order_by(api_keys.c.created_at, api_keys.c.id)
+        with self._reading() as conn:
+            if consumer_name is not None:
+                exists = conn.execute(
+                    sa.select(consumers.c.id).where(consumers.c.name == consumer_name)
+                ).first()
+                if exists is None:
+                    raise NotFound(f"unknown consumer '{consumer_name}'")
+                query = query.where(consumers.c.name == consumer_name)
+            rows = conn.execute(query).all()
+        return [_key(row) for row in rows]
+
+    def revoke_api_key(self, key_id: str, *, now: float) -> ApiKeyRecord:
+        """Revoke a key (idempotent: the first revocation time is kept).
+
+        Raises:
+            NotFound: no such key.
+        """
+        with self._writing() as conn:
+            conn.execute(
+                sa.update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            row = conn.execute(_key_select().where(api_keys.c.id == key_id)).first()
+            if row is None:
+                raise NotFound(f"unknown key id '{key_id}'")
+        return _key(row)
+
+    def roll_api_key(
+        self,
+        old_id: str,
+        *,
+        old_expires_at: float,
+        new_key_id: str,
+        new_digest: bytes,
+        new_hint: str,
+        created_at: float,
+        new_expires_at: float | None,
+    ) -> tuple[ApiKeyRecord, ApiKeyRecord]:
+        """In one transaction: add the replacement key and make the old one expire at ``old_expires_at``.
+
+        Returns ``(old, new)`` as stored afterwards.
+
+        Raises:
+            NotFound: no such key.
+            InvalidInput: the old key is revoked, expired or already rolled (checked in the transaction).
+            AlreadyExists: the new key id or digest is taken.
+        """
+        try:
+            with self._writing() as conn:
+                old = conn.execute(_key_select().where(api_keys.c.id == old_id)).first()
+                if old is None:
+                    raise NotFound(f"unknown key id '{old_id}'")
+                changed = conn.execute(
+                    sa.update(api_keys)
+                    .where(
+                        api_keys.c.id == old_id,
+                        api_keys.c.revoked_at.is_(None),
+                        api_keys.c.replaced_by.is_(None),
+                        sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > created_at),
+                    )
+                    .values(expires_at=old_expires_at, replaced_by=new_key_id)
+                ).rowcount
+                if not changed:
+                    record = _key(old)
+                    raise InvalidInput(
+                        f"key '{old_id}' is {record.status_at(created_at)} and cannot be rolled"
+                        + (f"; roll '{record.replaced_by}' instead" if record.replaced_by else "")
+                    )
+                _insert_key(
+                    conn,
+                    old.consumer_id,
+                    new_key_id,
+                    new_digest,
+                    new_hint,
+                    created_at,
+                    new_expires_at,
+                )
+                rows = conn.execute(
+                    _key_select().where(api_keys.c.id.in_([old_id, new_key_id]))
+                ).all()
+        except IntegrityError:
+            raise AlreadyExists("key id or digest collision") from None
+        by_id = {row.id: _key(row) for row in rows}
+        return by_id[old_id], by_id[new_key_id]
+
+    def touch_api_keys(self, last_used: Mapping[str, float]) -> None:
+        """Record last-used times in one batch (never moves a time backwards; no revision bump)."""
+        if not last_used:
+            return
+        statement = (
+            sa.update(api_keys)
+            .where(
+                api_keys.c.id == sa.bindparam("b_id"),
+                sa.or_(
+                    api_keys.c.last_used_at.is_(None),
+                    api_keys.c.last_used_at < sa.bindparam("b_at"),
+                ),
+            )
+            .values(last_used_at=sa.bindparam("b_at"))
+        )
+        params = [{"b_id": key_id, "b_at": at} for key_id, at in last_used.items()]
+        with self._writing(bump=False) as conn:
+            conn.execute(statement, params)
+
+    # -- signing keys -------------------------------------------------------------------------------
+
+    def list_signing_keys(self) -> list[SigningKeyRecord]:
+        """Every signing key, oldest first."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                sa.select(signing_keys).order_by(signing_keys.c.created_at, signing_keys.c.kid)
+            ).all()
+        return [_signing_key(row) for row in rows]
+
+    def insert_signing_keys(self, records: Iterable[SigningKeyRecord]) -> bool:
+        """Insert keys in one transaction; False if a constraint refused them (e.g. a second active key)."""
+        values = [_signing_values(record) for record in records]
+        if not values:
+            return True
+        try:
+            with self._writing() as conn:
+                conn.execute(sa.insert(signing_keys), values)
+        except IntegrityError:
+            return False
+        return True
+
+    def rotate_signing_keys(
+        self, *, active_kid: str, next_kid: str, new_next: SigningKeyRecord, now: float
+    ) -> bool:
+        """Retire ``active_kid``, activate ``next_kid``, insert ``new_next``: all or nothing.
+
+        Returns False (and changes nothing) if the keys are no longer in those states: another process
+        rotated first.
+        """
+        try:
+            with self._writing() as conn:
+                retired = conn.execute(
+                    sa.update(signing_keys)
+                    .where(signing_keys.c.kid == active_kid, signing_keys.c.state == "active")
+                    .values(state="retired", retired_at=now)
+                ).rowcount
+                if retired != 1:
+                    raise _Conflict
+                activated = conn.execute(
+                    sa.update(signing_keys)
+                    .where(signing_keys.c.kid == next_kid, signing_keys.c.state == "next")
+                    .values(state="active", activated_at=now)
+                ).rowcount
+                if activated != 1:
+                    raise _Conflict
+                conn.execute(sa.insert(signing_keys).values(**_signing_values(new_next)))
+        except (_Conflict, IntegrityError):
+            return False
+        return True
+
+    def delete_signing_keys(self, kids: Iterable[str]) -> int:
+        """Delete retired keys by kid (live keys are never deleted); returns how many went."""
+        wanted = list(kids)
+        if not wanted:
+            return 0
+        with self._writing() as conn:
+            deleted = conn.execute(
+                sa.delete(signing_keys).where(
+                    signing_keys.c.kid.in_(wanted), signing_keys.c.state == "retired"
+                )
+            ).rowcount
+        return int(deleted)
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def _first_line(error: object) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # created by another process just now
+    except OSError as exc:
+        raise ConfigError(f"cannot create the database file {path}: {exc.strerror}") from None
+
+
+def _create_engine(url: str, *, file_backed: bool) -> Engine:
+    options: dict[str, Any] = {}
+    is_sqlite = sa.make_url(url).get_backend_name() == "sqlite"
+    if is_sqlite and not file_backed:
+        # In-memory SQLite: one shared connection, or every connection would see its own database.
+        options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+    try:
+        engine = sa.create_engine(url, **options)
+    except ArgumentError:
+        raise ConfigError(
+            f"cannot use the database URL {display_url(url)}: unknown database or driver"
+        ) from None
+    except ImportError as exc:
+        raise ConfigError(
+            f"the database URL {display_url(url)} needs a driver that is not installed "
+            f"({exc.name or exc}); for PostgreSQL: pip install 'keyswap[postgres]'"
+        ) from None
+    if is_sqlite:
+        _configure_sqlite(engine, wal=file_backed)
+    return engine
+
+
+def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves (below), so pysqlite's own transaction handling is switched off.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA busy_timeout = 10000")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if wal:
+                cursor.execute("PRAGMA journal_mode = WAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front, so a read-then-write transaction cannot deadlock.
+        immediate = conn.get_execution_options().get(_IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _key_select(*extra: Any) -> sa.Select[Any]:
+    return sa.select(
+        api_keys.c.id,
+        api_keys.c.consumer_id,
+        consumers.c.name.label("consumer_name"),
+        api_keys.c.hint,
+        api_keys.c.created_at,
+        api_keys.c.expires_at,
+        api_keys.c.revoked_at,
+        api_keys.c.last_used_at,
+        api_keys.c.replaced_by,
+        *extra,
+    ).join_from(api_keys, consumers, api_keys.c.consumer_id == consumers.c.id)
+
+
+def _insert_key(
+    conn: Connection,
+    consumer_id: int,
+    key_id: str,
+    digest: bytes,
+    hint: str,
+    created_at: float,
+    expires_at: float | None,
+) -> None:
+    exists = conn.execute(sa.select(consumers.c.id).where(consumers.c.id == consumer_id)).first()
+    if exists is None:
+        raise NotFound("the consumer no longer exists")
+    conn.execute(
+        sa.insert(api_keys).values(
+            id=key_id,
+            consumer_id=consumer_id,
+            digest=digest,
+            hint=hint,
+            created_at=created_at,
+            expires_at=expires_at,
+        )
+    )
+
+
+def _consumer(row: sa.Row[Any]) -> Consumer:
+    return Consumer(
+        id=row.id, name=row.name, metadata=dict(row.metadata), created_at=row.created_at
+    )
+
+
+def _key(row: sa.Row[Any]) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=row.id,
+        consumer_id=row.consumer_id,
+        consumer_name=row.consumer_name,
+        hint=row.hint,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        last_used_at=row.last_used_at,
+        replaced_by=row.replaced_by,
+    )
+
+
+def _signing_key(row: sa.Row[Any]) -> SigningKeyRecord:
+    return SigningKeyRecord(
+        kid=row.kid,
+        alg=row.alg,
+        state=row.state,
+        public_jwk=dict(row.public_jwk),
+        private_blob=bytes(row.private_blob),
+        created_at=row.created_at,
+        activated_at=row.activated_at,
+        retired_at=row.retired_at,
+    )
+
+
+def _signing_values(record: SigningKeyRecord) -> dict[str, Any]:
+    return {
+        "kid": record.kid,
+        "alg": record.alg,
+        "state": record.state,
+        "public_jwk": record.public_jwk,
+        "private_blob": record.private_blob,
+        "created_at": record.created_at,
+        "activated_at": record.activated_at,
+        "retired_at": record.retired_at,
+    }

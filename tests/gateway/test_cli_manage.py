@@ -1,0 +1,412 @@
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from keyswap.cli import main
+from keyswap.errors import InvalidApiKey
+from keyswap.gateway.apikeys import KEY_REGEX, ApiKeys
+from keyswap.gateway.secret import load_secret
+from keyswap.store import ApiKeyRecord, Store
+
+ENV_NAMES = (
+    "KEYSWAP_DB",
+    "KEYSWAP_SECRET",
+    "KEYSWAP_SECRET_FILE",
+    "KEYSWAP_DATA_DIR",
+    "XDG_DATA_HOME",
+    "KEYSWAP_KEY_PREFIX",
+    "KEYSWAP_TOKEN_TTL",
+)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "keyswap.db")
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    environment: dict[str, str | None] = dict.fromkeys(ENV_NAMES)
+    environment.update(env or {})
+    return CliRunner().invoke(main, list(args), env=environment)
+
+
+def ok(*args: str, env: dict[str, str] | None = None) -> Result:
+    result = run(*args, env=env)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def fails(*args: str, exit_code: int = 1) -> str:
+    result = run(*args)
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    return lines[0]
+
+
+def as_json(result: Result) -> Any:
+    return json.loads(result.stdout)
+
+
+def stored_keys(db: str) -> list[ApiKeyRecord]:
+    store = Store(db)
+    try:
+        return store.list_api_keys()
+    finally:
+        store.close()
+
+
+def authenticate(db: str, key: str) -> str:
+    store = Store(db)
+    try:
+        return ApiKeys(store, load_secret(store.url, env={})).authenticate(key).consumer
+    finally:
+        store.close()
+
+
+# -- consumers ------------------------------------------------------------------------------------------
+
+
+def test_consumers_can_be_created_listed_updated_and_deleted(db: str) -> None:
+    created = as_json(
+        ok("consumers", "create", "acme", "--metadata", '{"tier":"gold"}', "--json", "--db", db)
+    )
+    assert created["name"] == "acme"
+    assert created["metadata"] == {"tier": "gold"}
+    assert "Created consumer 'beta'." in ok("consumers", "create", "beta", "--db", db).stdout
+
+    listed = ok("consumers", "list", "--db", db).stdout
+    assert listed.splitlines()[0].split() == ["NAME", "CREATED", "METADATA"]
+    assert '{"tier":"gold"}' in listed
+    assert [c["name"] for c in as_json(ok("consumers", "list", "--json", "--db", db))] == [
+        "acme",
+        "beta",
+    ]
+
+    ok("consumers", "set-metadata", "acme", '{"tier":"platinum"}', "--db", db)
+    assert as_json(ok("consumers", "list", "--json", "--db", db))[0]["metadata"] == {
+        "tier": "platinum"
+    }
+
+    ok("keys", "create", "acme", "--db", db)
+    assert (
+        "Deleted consumer 'acme' and 1 API key(s)."
+        in ok("consumers", "delete", "acme", "--db", db).stdout
+    )
+    assert [c["name"] for c in as_json(ok("consumers", "list", "--json", "--db", db))] == ["beta"]
+
+
+def test_an_empty_consumer_list_says_so(db: str) -> None:
+    assert ok("consumers", "list", "--db", db).stdout.strip() == "No consumers."
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["consumers", "create", "bad name"], "Error: consumer name must be 1-64 characters"),
+        (["consumers", "create", "x", "--metadata", "{oops"], "Error: metadata is not valid JSON"),
+        (
+            ["consumers", "create", "x", "--metadata", "[1]"],
+            "Error: metadata must be a JSON object",
+        ),
+        (
+            ["consumers", "create", "x", "--metadata", json.dumps({"k": "v" * 1100})],
+            "Error: metadata is 1108 bytes as JSON; the limit is 1024 bytes",
+        ),
+        (["consumers", "delete", "ghost"], "Error: unknown consumer 'ghost'"),
+        (["consumers", "set-metadata", "ghost", "{}"], "Error: unknown consumer 'ghost'"),
+        (["keys", "create", "ghost"], "Error: unknown consumer 'ghost'"),
+        (["keys", "list", "ghost"], "Error: unknown consumer 'ghost'"),
+        (["keys", "revoke", "key_nope"], "Error: unknown key id 'key_nope'"),
+        (["keys", "roll", "key_nope"], "Error: unknown key id 'key_nope'"),
+        (
+            ["keys", "create", "acme", "--expires-in", "soon"],
+            "Error: --expires-in: invalid duration",
+        ),
+        (["keys", "create", "acme", "--expires-in", "0"], "Error: the expiry must be a positive"),
+        (["signing-keys", "rotate", "--token-ttl", "5x"], "Error: --token-ttl: invalid duration"),
+    ],
+)
+def test_bad_input_prints_one_error_line_and_exits_non_zero(
+    db: str, args: list[str], message: str
+) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    assert fails(*args, "--db", db).startswith(message)
+
+
+def test_a_duplicate_consumer_is_one_error_line(db: str) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    assert (
+        fails("consumers", "create", "acme", "--db", db) == "Error: consumer 'acme' already exists"
+    )
+
+
+def test_usage_errors_are_one_line_too(db: str) -> None:
+    assert (
+        fails("consumers", "create", "--db", db, exit_code=2) == "Error: Missing argument 'NAME'."
+    )
+    assert "No such option" in fails("keys", "create", "acme", "--nope", exit_code=2)
+    assert "'HS256' is not one of" in fails("signing-keys", "rotate", "--alg", "HS256", exit_code=2)
+
+
+# -- keys -----------------------------------------------------------------------------------------------
+
+
+def test_keys_create_json_prints_the_id_and_the_key_once(db: str) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    created = as_json(ok("keys", "create", "acme", "--json", "--db", db))
+    assert created["id"].startswith("key_")
+    assert re.fullmatch(KEY_REGEX, created["key"])
+    assert created["expires_at"] is None
+    assert authenticate(db, created["key"]) == "acme"
+    listing = (
+        ok("keys", "list", "--db", db).stdout + ok("keys", "list", "--json", "--db", db).stdout
+    )
+    assert created["key"] not in listing
+    assert created["id"] in listing
+
+
+def test_keys_create_human_output_warns_the_key_is_shown_only_once(db: str) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    output = ok("keys", "create", "acme", "--expires-in", "90d", "--db", db).stdout
+    assert "shown only once" in output
+    assert "Expires: " in output
+    key = next(
+        word for line in output.splitlines() for word in line.split() if word.startswith("ks_")
+    )
+    assert authenticate(db, key) == "acme"
+
+
+def test_an_expiry_duration_sets_the_expiry_time(db: str) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    ok("keys", "create", "acme", "--expires-in", "12h", "--db", db)
+    record = stored_keys(db)[0]
+    assert record.expires_at is not None
+    assert abs(record.expires_at - (time.time() + 12 * 3600)) < 60
+
+
+def test_keys_list_shows_ids_hints_and_status_without_secrets(db: str) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    ok("consumers", "create", "beta", "--db", db)
+    first = as_json(ok("keys", "create", "acme", "--json", "--db", db))
+    as_json(ok("keys", "create", "beta", "--json", "--db", db))
+    ok("keys", "revoke", first["id"], "--db", db)
+    table = ok("keys", "list", "acme", "--db", db).stdout.splitlines()
+    assert table[0].split() == [
+        "ID",
+        "CONSUMER",
+        "HINT",
+        "STATUS",
+        "CREATED",
+        "EXPIRES",
+        "REVOKED",
+        "LAST",
+        "USED",
+    ]
+    assert len(table) == 2
+    assert first["id"] in table[1]
+    assert "revoked" in table[1]
+    assert f"ks_...{first['key'][-4:]}" in table[1]
+    rows = as_json(ok("keys", "list", "--json", "--db", db))
+    assert [r["consumer"] for r in rows] == ["acme", "beta"]
+    assert set(rows[0]) == {
+        "id",
+        "consumer",
+        "hint",
+        "status",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+        "replaced_by",
+    }
+
+
+def test_a_revoked_key_is_refused(db: str) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    created = as_json(ok("keys", "create", "acme", "--json", "--db", db))
+    assert "Revoked key" in ok("keys", "revoke", created["id"], "--db", db).stdout
+    with pytest.raises(InvalidApiKey):
+        authenticate(db, created["key"])
+
+
+def test_keys_roll_prints_a_new_key_and_gives_the_old_one_a_grace_period(db: str) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    old = as_json(ok("keys", "create", "acme", "--json", "--db", db))
+    new = as_json(ok("keys", "roll", old["id"], "--grace", "1h", "--json", "--db", db))
+    assert new["id"] != old["id"]
+    assert authenticate(db, new["key"]) == "acme"
+    assert authenticate(db, old["key"]) == "acme"
+    stored = {r.id: r for r in stored_keys(db)}
+    old_expiry = stored[old["id"]].expires_at
+    assert old_expiry is not None
+    assert abs(old_expiry - (time.time() + 3600)) < 60
+    assert stored[old["id"]].replaced_by == new["id"]
+    again = fails("keys", "roll", old["id"], "--db", db)
+    assert (
+        again
+        == f"Error: key '{old['id']}' is rolled and cannot be rolled; roll '{new['id']}' instead"
+    )
+
+
+def test_the_key_prefix_can_be_configured(db: str) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    created = as_json(
+        ok("keys", "create", "acme", "--json", "--db", db, env={"KEYSWAP_KEY_PREFIX": "acme"})
+    )
+    assert created["key"].startswith("acme_")
+
+
+# -- signing keys ---------------------------------------------------------------------------------------
+
+
+def test_signing_keys_rotate_creates_then_rotates_and_list_shows_no_private_material(
+    db: str,
+) -> None:
+    assert "No signing keys yet" in ok("signing-keys", "list", "--db", db).stdout
+    created = ok("signing-keys", "rotate", "--alg", "ES256", "--db", db).stdout
+    assert created.startswith("Created the first signing keys: ")
+    first = as_json(ok("signing-keys", "list", "--json", "--db", db))
+    assert sorted(k["state"] for k in first) == ["active", "next"]
+    output = ok("signing-keys", "rotate", "--alg", "EdDSA", "--db", db).stdout
+    next_kid = next(k["kid"] for k in first if k["state"] == "next")
+    assert f"Rotated: {next_kid} (ES256) signs now." in output
+    keys = as_json(ok("signing-keys", "list", "--json", "--db", db))
+    assert {k["state"]: k["alg"] for k in keys} == {
+        "active": "ES256",
+        "next": "EdDSA",
+        "retired": "ES256",
+    }
+    retired = next(k for k in keys if k["state"] == "retired")
+    assert retired["published_until"] is not None
+    for key in keys:
+        assert set(key) == {
+            "kid",
+            "alg",
+            "state",
+            "created_at",
+            "activated_at",
+            "retired_at",
+            "published_until",
+        }
+    table = ok("signing-keys", "list", "--db", db).stdout.splitlines()
+    assert table[0].split() == [
+        "KID",
+        "ALG",
+        "STATE",
+        "CREATED",
+        "ACTIVATED",
+        "RETIRED",
+        "PUBLISHED",
+        "UNTIL",
+    ]
+
+
+def test_signing_keys_prune_removes_only_expired_retired_keys(db: str) -> None:
+    ok("signing-keys", "rotate", "--alg", "ES256", "--db", db)
+    ok("signing-keys", "rotate", "--db", db)
+    ok("signing-keys", "rotate", "--db", db)  # rotating never prunes: the gateway knows its TTL
+    assert len(as_json(ok("signing-keys", "list", "--json", "--db", db))) == 4
+    assert "Pruned 0 retired key(s)." in ok("signing-keys", "prune", "--db", db).stdout
+    output = ok(
+        "signing-keys", "prune", "--token-ttl", "0", "--cache-margin", "0", "--db", db
+    ).stdout
+    assert output.startswith("Pruned 2 retired key(s).")
+    assert len(as_json(ok("signing-keys", "list", "--json", "--db", db))) == 2
+
+
+# -- database location ----------------------------------------------------------------------------------
+
+
+def test_the_token_ttl_for_pruning_can_come_from_the_gateways_variable(db: str) -> None:
+    ok("signing-keys", "rotate", "--alg", "ES256", "--db", db)
+    ok("signing-keys", "rotate", "--db", db)
+    env = {"KEYSWAP_TOKEN_TTL": "0"}
+    assert "Pruned 0" in ok("signing-keys", "prune", "--db", db, env=env).stdout  # margin 300 s
+    pruned = ok("signing-keys", "prune", "--cache-margin", "0", "--db", db, env=env).stdout
+    assert pruned.startswith("Pruned 1 retired key(s).")
+
+
+def test_db_upgrade_creates_the_schema(db: str) -> None:
+    assert "Schema version 1 is in place" in ok("db", "upgrade", "--db", db).stdout
+    assert Path(db).exists()
+
+
+def test_the_default_database_lives_in_keyswap_data_dir_with_its_secret(tmp_path: Path) -> None:
+    env = {"KEYSWAP_DATA_DIR": str(tmp_path / "data")}
+    ok("consumers", "create", "acme", env=env)
+    ok("keys", "create", "acme", env=env)
+    assert sorted(
+        p.name for p in (tmp_path / "data").iterdir() if not p.name.endswith(("-wal", "-shm"))
+    ) == [
+        "keyswap.db",
+        "keyswap.db.secret",
+    ]
+
+
+def test_xdg_data_home_is_honoured_and_keyswap_db_overrides_it(tmp_path: Path) -> None:
+    ok("consumers", "create", "acme", env={"XDG_DATA_HOME": str(tmp_path / "xdg")})
+    assert (tmp_path / "xdg" / "keyswap" / "keyswap.db").exists()
+    other = tmp_path / "other.db"
+    ok("db", "upgrade", env={"XDG_DATA_HOME": str(tmp_path / "xdg"), "KEYSWAP_DB": str(other)})
+    assert other.exists()
+
+
+def test_help_says_where_the_database_is(db: str) -> None:
+    help_text = " ".join(ok("keys", "create", "--help").stdout.split())
+    assert "$KEYSWAP_DB" in help_text
+    assert "~/.local/share/keyswap" in help_text
+    assert "$XDG_DATA_HOME/keyswap" in help_text
+    assert ".secret beside" in help_text
+
+
+def test_a_postgres_url_without_a_secret_is_a_clear_error(tmp_path: Path) -> None:
+    result = run("keys", "create", "acme", "--db", "sqlite://")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "Error: the database sqlite:// is not a SQLite file, so there is no secret file beside it: "
+        "set KEYSWAP_SECRET or pass --secret-file"
+    )
+
+
+# -- the real entry point -------------------------------------------------------------------------------
+
+
+def test_the_installed_keyswap_command_manages_consumers_and_keys(tmp_path: Path) -> None:
+    executable = Path(sys.executable).parent / "keyswap"
+    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
+    env["KEYSWAP_DATA_DIR"] = str(tmp_path)
+
+    def keyswap(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(executable), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+
+    created = keyswap("consumers", "create", "acme", "--metadata", '{"tier":"gold"}')
+    assert created.returncode == 0, created.stderr
+    key = keyswap("keys", "create", "acme", "--json")
+    assert key.returncode == 0, key.stderr
+    issued = json.loads(key.stdout)
+    assert set(issued) >= {"id", "key"}
+    assert authenticate(str(tmp_path / "keyswap.db"), issued["key"]) == "acme"
+    duplicate = keyswap("consumers", "create", "acme")
+    assert duplicate.returncode == 1
+    assert duplicate.stderr == "Error: consumer 'acme' already exists\n"
+    assert duplicate.stdout == ""
