@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,15 @@ class Behaviour:
     delay: float = 0.0  # seconds to stall before answering (a "hang")
     redirect_to: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """Clients that give up (timeouts, size caps) reset connections: that is expected, not an error."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class JWKSServer:
@@ -70,12 +80,14 @@ class JWKSServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _QuietHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}"
         self.url = f"{self.base}/.well-known/jwks.json"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def start(self) -> JWKSServer:
         self._thread.start()

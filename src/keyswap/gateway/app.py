@@ -1,0 +1,521 @@
+"""The gateway ASGI app: API key in, minted JWT out, request streamed to the upstream.
+
+Hot path (pure ASGI, no framework objects)::
+
+    Authorization header -> ApiKeys.lookup_cached (memory)  -> TokenMinter cache -> UpstreamProxy
+                             \\-> cache miss: ApiKeys.authenticate in a worker thread
+
+Paths under ``/__keyswap/`` are the gateway's own (JWKS, discovery, health) and need no API key; they
+are never proxied. Refusals (written by the gateway, never reaching the upstream)::
+
+    400  Bad request          the request target is not plain ASCII
+    401  No API key provided  no Authorization header, or a scheme other than Bearer
+                              (WWW-Authenticate: Bearer realm="keyswap")
+    401  Invalid API key      unknown, malformed, revoked or expired key; two Authorization headers
+                              (WWW-Authenticate: Bearer realm="keyswap", error="invalid_token")
+    502  Bad gateway          upstream unreachable or broken
+    503  Service unavailable  no signing key / key store unavailable (Retry-After: 5)
+    504  Gateway timeout      upstream slower than the upstream timeout
+
+Lifespan: start-up opens the connection pool, starts the store's ``ChangeWatcher`` (on every store
+revision change: clear the API-key cache, reload the keyring, re-render the JWKS, flush minted tokens)
+and a task pruning retired signing keys; shutdown stops them in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from keyswap.errors import (
+    ConfigError,
+    InvalidApiKey,
+    KeysUnavailable,
+    KeyswapError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from keyswap.gateway.accesslog import AccessLog
+from keyswap.gateway.mint import SIGNING_ALGORITHMS, PrincipalLike, SigningKeyLike, TokenMinter
+from keyswap.gateway.proxy import (
+    BadTarget,
+    ClientGone,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    UpstreamProxy,
+    forwarded_request_headers,
+    validate_upstream,
+)
+from keyswap.gateway.wellknown import DEFAULT_MAX_AGE, WellKnown, issuer_for
+
+__all__ = [
+    "ApiKeysLike",
+    "GatewayApp",
+    "GatewaySettings",
+    "KeyringLike",
+    "WatcherLike",
+    "build_gateway",
+]
+
+logger = logging.getLogger("keyswap.gateway")
+
+_RESERVED = b"/__keyswap/"
+_AUTHORIZATION = b"authorization"
+_BEARER = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +([\x21-\x7e]+) *")
+_SCHEME = re.compile(rb"[A-Za-z0-9!#$%&'*+\-.^_`|~]+( .*)?", re.DOTALL)
+_MAX_KEY_HEADER = 512
+
+
+class ApiKeysLike(Protocol):
+    """The part of ``keyswap.gateway.apikeys.ApiKeys`` the app uses."""
+
+    def authenticate(self, key: str, now: float) -> PrincipalLike: ...
+
+
+class KeyringLike(Protocol):
+    """The part of ``keyswap.gateway.keyring.Keyring`` the app uses."""
+
+    def ensure(self, alg: str) -> None: ...
+
+    def active(self) -> SigningKeyLike: ...
+
+    def public_jwks(self) -> Mapping[str, Any]: ...
+
+    def reload(self) -> bool: ...
+
+    def prune(self, now: float | None = None) -> list[str]: ...
+
+
+class WatcherLike(Protocol):
+    """A started/stopped background watcher (``keyswap.gateway.apikeys.ChangeWatcher``)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """Validated gateway configuration (built once by the CLI, or by tests).
+
+    Attributes:
+        upstream: base URL of the protected API.
+        public_url: how clients and origins reach the gateway; the issuer is
+            ``<public_url>/__keyswap/issuer``.
+        audience: ``aud`` of minted tokens; the upstream URL when not given.
+        token_ttl: lifetime of minted tokens, seconds.
+        upstream_timeout: connect / read timeout towards the upstream, seconds (504 when exceeded).
+        alg: signing algorithm for new signing keys (``RS256``, ``ES256`` or ``EdDSA``).
+        trust_forwarded: keep the client's ``X-Forwarded-*`` (only behind a proxy you run).
+        max_connections: upstream keep-alive pool size.
+        watch_interval: seconds between store revision polls (revocation / rotation pick-up).
+        prune_interval: seconds between prunes of retired signing keys (a retired key stays published
+            for ``token_ttl + jwks_max_age`` after retirement).
+        jwks_max_age: ``Cache-Control`` max-age of the JWKS and discovery documents.
+        key_prefix: API key prefix (must match the one keys were created with).
+    """
+
+    upstream: str
+    public_url: str
+    audience: str = ""
+    token_ttl: int = 300
+    upstream_timeout: float = 30.0
+    alg: str = "RS256"
+    trust_forwarded: bool = False
+    max_connections: int = 100
+    watch_interval: float = 1.0
+    prune_interval: float = 60.0
+    jwks_max_age: int = DEFAULT_MAX_AGE
+    key_prefix: str = "ks"
+    issuer: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.alg not in SIGNING_ALGORITHMS:
+            raise ConfigError(
+                f"alg must be one of {', '.join(SIGNING_ALGORITHMS)}, got {self.alg!r}"
+            )
+        validate_upstream(self.upstream)
+        object.__setattr__(self, "issuer", issuer_for(self.public_url))
+        if not self.audience:
+            object.__setattr__(self, "audience", self.upstream)
+        if not isinstance(self.token_ttl, int) or not 1 <= self.token_ttl <= 86_400:
+            raise ConfigError(f"token TTL must be 1-86400 whole seconds, got {self.token_ttl!r}")
+        if not 0 < self.upstream_timeout <= 3600:
+            raise ConfigError(
+                f"upstream timeout must be in (0, 3600] seconds, got {self.upstream_timeout!r}"
+            )
+        if not self.watch_interval > 0 or not self.prune_interval > 0:
+            raise ConfigError("watch and prune intervals must be positive")
+        if not 0 <= self.jwks_max_age <= 86_400:
+            raise ConfigError(f"JWKS max-age must be 0-86400 seconds, got {self.jwks_max_age!r}")
+
+
+def _text(
+    status: int, body: str, *extra: tuple[bytes, bytes]
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    data = body.encode()
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(data)).encode()),
+        (b"cache-control", b"no-store"),
+        *extra,
+    ]
+    return status, headers, data
+
+
+#: Exact refusal responses (documented in docs/gateway.md).
+NO_API_KEY = _text(401, "No API key provided", (b"www-authenticate", b'Bearer realm="keyswap"'))
+INVALID_API_KEY = _text(
+    401,
+    "Invalid API key",
+    (b"www-authenticate", b'Bearer realm="keyswap", error="invalid_token"'),
+)
+BAD_REQUEST = _text(400, "Bad request")
+BAD_GATEWAY = _text(502, "Bad gateway")
+GATEWAY_TIMEOUT = _text(504, "Gateway timeout")
+UNAVAILABLE = _text(503, "Service unavailable", (b"retry-after", b"5"))
+
+
+class _NoKey(Exception):
+    pass
+
+
+class _StoreDown(Exception):
+    pass
+
+
+def _api_key_from(headers: list[tuple[bytes, bytes]]) -> str:
+    """The API key from the ``Authorization: Bearer <key>`` header.
+
+    Raises:
+        _NoKey: no ``Authorization`` header, or one with another scheme.
+        InvalidApiKey: two headers, an empty or over-long or non-ASCII bearer value.
+    """
+    value: bytes | None = None
+    for name, raw in headers:
+        if name == _AUTHORIZATION or (len(name) == 13 and name.lower() == _AUTHORIZATION):
+            if value is not None:
+                raise InvalidApiKey("more than one Authorization header")
+            value = raw
+    if value is None:
+        raise _NoKey
+    if len(value) > _MAX_KEY_HEADER:
+        raise InvalidApiKey("Authorization header too long")
+    match = _BEARER.fullmatch(value)
+    if match is None:
+        if (
+            value[:7].lower() != b"bearer "
+            and value.lower() != b"bearer"
+            and _SCHEME.fullmatch(value)
+        ):
+            raise _NoKey
+        raise InvalidApiKey("malformed Authorization header")
+    return match.group(1).decode("ascii")
+
+
+async def _respond(send: Send, response: tuple[int, list[tuple[bytes, bytes]], bytes]) -> int:
+    status, headers, body = response
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    return status
+
+
+class GatewayApp:
+    """The gateway as an ASGI 3 application.
+
+    Args:
+        settings: validated settings.
+        api_keys: authenticates API keys (``ApiKeys``); if it has ``lookup_cached(key, now)``
+            (no I/O; ``None`` on a miss) the event loop uses it first and only misses go to a thread.
+        keyring: the signing keys (``Keyring``).
+        watcher: factory ``(on_change) -> watcher`` started in the lifespan (``ChangeWatcher``);
+            ``None`` for no cross-process change detection.
+        clock: wall-clock seconds (token ``iat``/``exp``, key expiry); injectable for tests.
+        on_close: called (in a thread) after shutdown, e.g. to close the store.
+        access_log: where access lines go (default: the ``keyswap.access`` logger).
+    """
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        api_keys: ApiKeysLike,
+        keyring: KeyringLike,
+        watcher: Callable[[Callable[[], None]], WatcherLike] | None = None,
+        clock: Callable[[], float] = time.time,
+        on_close: Callable[[], None] | None = None,
+        access_log: AccessLog | None = None,
+    ) -> None:
+        self.settings = settings
+        self._api_keys = api_keys
+        self._lookup_cached: Callable[[str, float], PrincipalLike | None] | None = getattr(
+            api_keys, "lookup_cached", None
+        )
+        self._keyring = keyring
+        self._clock = clock
+        self._watcher_factory = watcher
+        self._watcher: WatcherLike | None = None
+        self._on_close = on_close
+        self._access = access_log or AccessLog()
+        self.minter = TokenMinter(
+            keyring.active,
+            issuer=settings.issuer,
+            audience=settings.audience,
+            ttl=settings.token_ttl,
+            clock=clock,
+        )
+        self.wellknown = WellKnown(
+            settings.issuer,
+            keyring.public_jwks,
+            algorithm=settings.alg,
+            max_age=settings.jwks_max_age,
+        )
+        self.proxy = UpstreamProxy(
+            settings.upstream,
+            timeout=settings.upstream_timeout,
+            max_connections=settings.max_connections,
+        )
+        self._prepared = False
+        self._prune_task: asyncio.Task[None] | None = None
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create signing keys on first start and render the JWKS (blocking; idempotent).
+
+        The CLI calls it before the server starts, so configuration errors surface as one line.
+
+        Raises:
+            ConfigError: the keyring cannot provide a key for the configured algorithm.
+        """
+        if self._prepared:
+            return
+        self._keyring.ensure(self.settings.alg)
+        active = self._keyring.active()
+        if active.alg != self.settings.alg:
+            logger.warning(
+                "the active signing key is %s, not %s: --alg applies to keys created from now on "
+                "(switch with 'keyswap signing-keys rotate --alg %s', twice)",
+                active.alg,
+                self.settings.alg,
+                self.settings.alg,
+            )
+        self.wellknown.refresh()
+        self._prepared = True
+
+    def on_change(self) -> None:
+        """React to a store change (called on the watcher's thread; reference swaps only)."""
+        clear = getattr(self._api_keys, "clear_cache", None)
+        if callable(clear):
+            clear()
+        try:
+            self._keyring.reload()
+            self.wellknown.refresh()
+        except Exception as exc:  # keep serving the last good keys
+            logger.error("reloading signing keys failed (%s)", type(exc).__name__)
+        self.minter.flush()
+
+    async def startup(self) -> None:
+        """Lifespan start-up: keys, connection pool, change watcher, prune task."""
+        if not self._prepared:
+            await asyncio.to_thread(self.prepare)
+        await self.proxy.start()
+        if self._watcher_factory is not None:
+            self._watcher = self._watcher_factory(self.on_change)
+            self._watcher.start()
+        self._prune_task = asyncio.create_task(self._prune_loop())
+
+    async def shutdown(self) -> None:
+        """Lifespan shutdown: stop everything started in :meth:`startup`."""
+        task, self._prune_task = self._prune_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            await asyncio.to_thread(watcher.stop)
+        await self.proxy.close()
+        if self._on_close is not None:
+            await asyncio.to_thread(self._on_close)
+
+    async def _prune_loop(self) -> None:
+        settings = self.settings
+        while True:
+            try:
+                removed = await asyncio.to_thread(self._keyring.prune, self._clock())
+                if removed:
+                    logger.info("pruned %d retired signing key(s)", len(removed))
+            except Exception as exc:
+                logger.error("pruning signing keys failed (%s)", type(exc).__name__)
+            await asyncio.sleep(settings.prune_interval)
+
+    # -- ASGI ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":  # not proxied: refuse the handshake (403)
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message: Message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    reason = exc.reason if isinstance(exc, KeyswapError) else type(exc).__name__
+                    await send({"type": "lifespan.startup.failed", "message": reason})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        method: str = scope["method"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        consumer: str | None = None
+        key_id: str | None = None
+        status = 500
+        try:
+            if raw_path.startswith(_RESERVED):
+                document = self.wellknown.lookup(method, raw_path.decode("latin-1"))
+                status = await _respond(send, (document.status, document.headers, document.body))
+                return
+            try:
+                key = _api_key_from(scope["headers"])
+                principal = await self._authenticate(key)
+            except _NoKey:
+                status = await _respond(send, NO_API_KEY)
+                return
+            except InvalidApiKey:
+                status = await _respond(send, INVALID_API_KEY)
+                return
+            except _StoreDown:
+                status = await _respond(send, UNAVAILABLE)
+                return
+            consumer, key_id = principal.consumer, principal.key_id
+            try:
+                url = self.proxy.target(raw_path, scope.get("query_string", b""))
+            except BadTarget:
+                status = await _respond(send, BAD_REQUEST)
+                return
+            try:
+                token = self.minter.token_for(principal).token
+            except (KeysUnavailable, ConfigError) as exc:
+                logger.error("cannot mint a token: %s", exc.reason)
+                status = await _respond(send, UNAVAILABLE)
+                return
+            headers = forwarded_request_headers(
+                scope["headers"],
+                client=scope.get("client"),
+                scheme=scope.get("scheme", "http"),
+                trust_forwarded=self.settings.trust_forwarded,
+            )
+            headers["authorization"] = "Bearer " + token
+            try:
+                status = await self.proxy.forward(scope, receive, send, url, headers)
+            except UpstreamTimeout:
+                status = await _respond(send, GATEWAY_TIMEOUT)
+            except UpstreamError:
+                status = await _respond(send, BAD_GATEWAY)
+            except ClientGone:
+                status = 499
+        finally:
+            self._access.log(method, raw_path, status, consumer, key_id, started)
+
+    async def _authenticate(self, key: str) -> PrincipalLike:
+        now = self._clock()
+        try:
+            lookup = self._lookup_cached
+            if lookup is not None:
+                principal = lookup(key, now)
+                if principal is not None:
+                    return principal
+            return await asyncio.to_thread(self._api_keys.authenticate, key, now)
+        except InvalidApiKey:
+            raise
+        except Exception as exc:  # a store failure must not become a 500 nor leak the key
+            logger.error("API key lookup failed (%s)", type(exc).__name__)
+            raise _StoreDown from None
+
+
+def build_gateway(
+    settings: GatewaySettings,
+    *,
+    db_url: str,
+    secret_file: str | None = None,
+    env: Mapping[str, str] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> GatewayApp:
+    """The gateway over the store at ``db_url``: API keys, keyring, change watcher, all wired.
+
+    Opens the store (creating the schema if absent) and loads the server secret; the store is closed
+    when the app shuts down (or here, if wiring fails). Call :meth:`GatewayApp.prepare` before serving
+    to create the signing keys on first start.
+
+    Raises:
+        ConfigError: bad settings, no usable server secret, or a database set up with another secret.
+    """
+    from keyswap.gateway.apikeys import ApiKeys
+    from keyswap.gateway.keyring import Keyring
+    from keyswap.gateway.secret import load_secret
+    from keyswap.store import ChangeWatcher, Store
+
+    store = Store(db_url)
+    try:
+        secret = load_secret(db_url, secret_file=secret_file, env=env)
+        # Cached lookups live 5 s even if change detection fails, so revocation still lands in 5 s.
+        api_keys = ApiKeys(store, secret, prefix=settings.key_prefix, cache_ttl=5.0, clock=clock)
+        keyring = Keyring(
+            store,
+            secret,
+            token_ttl=settings.token_ttl,
+            cache_margin=settings.jwks_max_age,
+            clock=clock,
+        )
+
+        def tick() -> None:  # batched last-used writes, at most every 10 s
+            api_keys.flush_last_used()
+
+        def watcher(on_change: Callable[[], None]) -> WatcherLike:
+            return ChangeWatcher(
+                store,
+                settings.watch_interval,
+                on_change,
+                on_tick=tick,
+            )
+
+        def close() -> None:
+            try:
+                api_keys.flush_last_used(force=True)
+            except Exception as exc:
+                logger.warning("could not record last-used times (%s)", type(exc).__name__)
+            store.close()
+
+        return GatewayApp(
+            settings,
+            api_keys=api_keys,
+            keyring=keyring,
+            watcher=watcher,
+            clock=clock,
+            on_close=close,
+        )
+    except BaseException:
+        store.close()
+        raise

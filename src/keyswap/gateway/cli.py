@@ -1,0 +1,818 @@
+"""Gateway commands: ``keyswap consumers|keys|signing-keys|db`` (and ``gateway``/``demo``, added below).
+
+Every command takes ``--db URL`` (a SQLAlchemy URL or a SQLite file path). Without it: ``$KEYSWAP_DB``,
+else the SQLite file ``keyswap.db`` in the data directory (``$KEYSWAP_DATA_DIR``, else
+``$XDG_DATA_HOME/keyswap``, else ``~/.local/share/keyswap``). Commands that need the server secret also
+take ``--secret-file`` (see :mod:`keyswap.gateway.secret` for where the secret comes from).
+
+Bad input (JSON, names, durations, unknown consumers or key ids, flags) prints one ``Error: ...`` line and
+exits non-zero (1 for rejected values, 2 for bad flags); never a traceback.
+
+Adding a command: write a function decorated with a group's ``.command()`` (or ``@click.command`` for a
+top-level one mapped in :mod:`keyswap.cli`), use :func:`db_option` / :func:`secret_file_option`, open
+state with :func:`open_store` / :func:`open_secret`, and wrap the body with :func:`handle_errors`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from keyswap.errors import KeyswapError
+from keyswap.gateway.apikeys import DEFAULT_GRACE, DEFAULT_PREFIX, ApiKeys
+from keyswap.gateway.durations import format_duration, parse_duration
+from keyswap.gateway.keymaterial import SIGNING_ALGORITHMS
+from keyswap.gateway.keyring import DEFAULT_CACHE_MARGIN, DEFAULT_TOKEN_TTL, Keyring, sort_keys
+from keyswap.gateway.secret import ServerSecret, load_secret
+from keyswap.store.models import ApiKeyRecord, Consumer, SigningKeyRecord, parse_metadata
+from keyswap.store.schema import SCHEMA_VERSION
+from keyswap.store.sql import Store
+from keyswap.store.urls import default_database_url, display_url, normalize_database_url
+
+__all__ = [
+    "consumers",
+    "db",
+    "db_option",
+    "demo",
+    "gateway",
+    "handle_errors",
+    "key_prefix_option",
+    "keys",
+    "open_secret",
+    "open_store",
+    "resolve_db_url",
+    "secret_file_option",
+    "signing_keys",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DB_HELP = (
+    "Database: a SQLAlchemy URL or a SQLite file path. Default: $KEYSWAP_DB, else keyswap.db in "
+    "$KEYSWAP_DATA_DIR, else $XDG_DATA_HOME/keyswap, else ~/.local/share/keyswap."
+)
+
+# -- shared plumbing ------------------------------------------------------------------------------------
+
+
+class _OneLineUsageError(click.ClickException):
+    exit_code = 2
+
+
+class ManagedCommand(click.Command):
+    """A command whose usage errors (bad or missing flags) print one ``Error:`` line, no usage text."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise _OneLineUsageError(exc.format_message()) from None
+
+
+class ManagedGroup(click.Group):
+    """A group whose subcommands are :class:`ManagedCommand` by default."""
+
+    command_class = ManagedCommand
+
+
+def db_option(function: F) -> F:
+    """``--db URL`` (stored as ``db_url``; ``None`` means the default, see :func:`resolve_db_url`)."""
+    return click.option("--db", "db_url", metavar="URL", default=None, help=DB_HELP)(function)
+
+
+def secret_file_option(function: F) -> F:
+    """``--secret-file PATH`` (stored as ``secret_file``)."""
+    return click.option(
+        "--secret-file",
+        "secret_file",
+        metavar="PATH",
+        default=None,
+        help=(
+            "File holding the server secret (created, mode 0600, if missing). Default: "
+            "$KEYSWAP_SECRET, else $KEYSWAP_SECRET_FILE, else <database file>.secret beside a "
+            "SQLite database."
+        ),
+    )(function)
+
+
+def key_prefix_option(function: F) -> F:
+    """``--key-prefix`` (``$KEYSWAP_KEY_PREFIX``, default ``ks``): the gateway and the CLI must agree."""
+    return click.option(
+        "--key-prefix",
+        "key_prefix",
+        metavar="PREFIX",
+        envvar="KEYSWAP_KEY_PREFIX",
+        default=DEFAULT_PREFIX,
+        show_default=True,
+        help="API key prefix (also $KEYSWAP_KEY_PREFIX); the gateway must use the same.",
+    )(function)
+
+
+def json_option(function: F) -> F:
+    """``--json``: machine-readable output."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(function)
+
+
+def resolve_db_url(db_url: str | None) -> str:
+    """The database URL for ``--db`` (``None``: ``$KEYSWAP_DB`` or the default SQLite file)."""
+    return default_database_url() if db_url is None else normalize_database_url(db_url)
+
+
+@contextmanager
+def open_store(db_url: str | None) -> Iterator[Store]:
+    """Open the store for ``--db`` (creating the schema if absent) and close it afterwards."""
+    store = Store(resolve_db_url(db_url))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def open_secret(store: Store, secret_file: str | None) -> ServerSecret:
+    """Load the server secret for ``store`` (``--secret-file`` first; see keyswap.gateway.secret)."""
+    return load_secret(store.url, secret_file=secret_file)
+
+
+def handle_errors(function: F) -> F:
+    """Turn keyswap and database errors into one ``Error: ...`` line and exit status 1."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except KeyswapError as exc:
+            raise click.ClickException(exc.reason) from None
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise click.ClickException(f"database error: {_first_line(cause)}") from None
+        except OSError as exc:
+            raise click.ClickException(
+                f"{exc.strerror or exc}: {exc.filename or ''}".strip()
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _time(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str | None]]) -> None:
+    cells = [[cell if cell is not None else "-" for cell in row] for row in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    for row in [list(headers), *cells]:
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def _duration(text: str | None, what: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except KeyswapError as exc:
+        exc.reason = f"{what}: {exc.reason}"
+        raise
+
+
+# -- consumers ------------------------------------------------------------------------------------------
+
+
+def _consumer_json(consumer: Consumer) -> dict[str, Any]:
+    return {
+        "id": consumer.id,
+        "name": consumer.name,
+        "metadata": consumer.metadata,
+        "created_at": _time(consumer.created_at),
+    }
+
+
+@click.group(cls=ManagedGroup)
+def consumers() -> None:
+    """Manage API consumers (who the keys belong to)."""
+
+
+@consumers.command("create")
+@click.argument("name")
+@click.option(
+    "--metadata", "metadata_json", metavar="JSON", default=None, help="JSON object (<= 1 KiB)."
+)
+@json_option
+@db_option
+@handle_errors
+def consumers_create(
+    name: str, metadata_json: str | None, as_json: bool, db_url: str | None
+) -> None:
+    """Create consumer NAME (1-64 characters of letters, digits, '.', '_', '-')."""
+    metadata = parse_metadata(metadata_json) if metadata_json is not None else {}
+    with open_store(db_url) as store:
+        consumer = store.create_consumer(name, metadata)
+    if as_json:
+        _print_json(_consumer_json(consumer))
+    else:
+        click.echo(f"Created consumer '{consumer.name}'.")
+
+
+@consumers.command("list")
+@json_option
+@db_option
+@handle_errors
+def consumers_list(as_json: bool, db_url: str | None) -> None:
+    """List consumers."""
+    with open_store(db_url) as store:
+        everyone = store.list_consumers()
+    if as_json:
+        _print_json([_consumer_json(c) for c in everyone])
+        return
+    if not everyone:
+        click.echo("No consumers.")
+        return
+    rows = [
+        [
+            c.name,
+            _time(c.created_at),
+            json.dumps(c.metadata, separators=(",", ":"), ensure_ascii=False),
+        ]
+        for c in everyone
+    ]
+    _print_table(["NAME", "CREATED", "METADATA"], rows)
+
+
+@consumers.command("set-metadata")
+@click.argument("name")
+@click.argument("metadata_json", metavar="JSON")
+@json_option
+@db_option
+@handle_errors
+def consumers_set_metadata(
+    name: str, metadata_json: str, as_json: bool, db_url: str | None
+) -> None:
+    """Replace the metadata of consumer NAME with the JSON object JSON."""
+    metadata = parse_metadata(metadata_json)
+    with open_store(db_url) as store:
+        consumer = store.set_consumer_metadata(name, metadata)
+    if as_json:
+        _print_json(_consumer_json(consumer))
+    else:
+        click.echo(f"Updated the metadata of consumer '{consumer.name}'.")
+
+
+@consumers.command("delete")
+@click.argument("name")
+@db_option
+@handle_errors
+def consumers_delete(name: str, db_url: str | None) -> None:
+    """Delete consumer NAME and all its API keys (they stop working at once)."""
+    with open_store(db_url) as store:
+        deleted = store.delete_consumer(name)
+    click.echo(f"Deleted consumer '{name}' and {deleted} API key(s).")
+
+
+# -- keys -----------------------------------------------------------------------------------------------
+
+
+def _key_json(record: ApiKeyRecord, now: float) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "consumer": record.consumer_name,
+        "hint": record.hint,
+        "status": record.status_at(now),
+        "created_at": _time(record.created_at),
+        "expires_at": _time(record.expires_at),
+        "revoked_at": _time(record.revoked_at),
+        "last_used_at": _time(record.last_used_at),
+        "replaced_by": record.replaced_by,
+    }
+
+
+def _show_new_key(record: ApiKeyRecord, key: str, as_json: bool, headline: str) -> None:
+    if as_json:
+        _print_json(
+            {
+                "id": record.id,
+                "key": key,
+                "consumer": record.consumer_name,
+                "hint": record.hint,
+                "expires_at": _time(record.expires_at),
+            }
+        )
+        return
+    click.echo(headline)
+    click.echo("API key (shown only once; store it now, it cannot be shown again):")
+    click.echo("")
+    click.echo(f"    {key}")
+    click.echo("")
+    click.echo(f"Expires: {_time(record.expires_at) or 'never'}")
+
+
+@click.group(cls=ManagedGroup)
+def keys() -> None:
+    """Manage consumers' API keys (create, list, revoke, roll)."""
+
+
+@keys.command("create")
+@click.argument("consumer")
+@click.option(
+    "--expires-in",
+    metavar="DURATION",
+    default=None,
+    help="Lifetime: 90d, 12h, 30m, 45s or seconds.",
+)
+@json_option
+@key_prefix_option
+@db_option
+@secret_file_option
+@handle_errors
+def keys_create(
+    consumer: str,
+    expires_in: str | None,
+    as_json: bool,
+    key_prefix: str,
+    db_url: str | None,
+    secret_file: str | None,
+) -> None:
+    """Create an API key for CONSUMER. The key is printed once and never stored."""
+    lifetime = _duration(expires_in, "--expires-in")
+    with open_store(db_url) as store:
+        api_keys = ApiKeys(store, open_secret(store, secret_file), prefix=key_prefix)
+        record, key = api_keys.create(consumer, expires_in=lifetime)
+    _show_new_key(record, key, as_json, f"Created key {record.id} for consumer '{consumer}'.")
+
+
+@keys.command("list")
+@click.argument("consumer", required=False)
+@json_option
+@db_option
+@handle_errors
+def keys_list(consumer: str | None, as_json: bool, db_url: str | None) -> None:
+    """List API keys (of CONSUMER, if given). Shows ids and hints, never keys."""
+    with open_store(db_url) as store:
+        records = store.list_api_keys(consumer)
+    now = datetime.now(UTC).timestamp()
+    if as_json:
+        _print_json([_key_json(r, now) for r in records])
+        return
+    if not records:
+        click.echo("No API keys.")
+        return
+    rows = [
+        [
+            r.id,
+            r.consumer_name,
+            r.hint,
+            r.status_at(now),
+            _time(r.created_at),
+            _time(r.expires_at),
+            _time(r.revoked_at),
+            _time(r.last_used_at),
+        ]
+        for r in records
+    ]
+    _print_table(
+        ["ID", "CONSUMER", "HINT", "STATUS", "CREATED", "EXPIRES", "REVOKED", "LAST USED"], rows
+    )
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@db_option
+@handle_errors
+def keys_revoke(key_id: str, db_url: str | None) -> None:
+    """Revoke the key KEY_ID at once (running gateways notice within seconds)."""
+    with open_store(db_url) as store:
+        record = store.revoke_api_key(key_id, now=datetime.now(UTC).timestamp())
+    click.echo(f"Revoked key {record.id} of consumer '{record.consumer_name}'.")
+
+
+@keys.command("roll")
+@click.argument("key_id")
+@click.option(
+    "--grace",
+    metavar="DURATION",
+    default=None,
+    help="How long the old key keeps working (default 24h; 0 = stop now).",
+)
+@json_option
+@key_prefix_option
+@db_option
+@secret_file_option
+@handle_errors
+def keys_roll(
+    key_id: str,
+    grace: str | None,
+    as_json: bool,
+    key_prefix: str,
+    db_url: str | None,
+    secret_file: str | None,
+) -> None:
+    """Replace KEY_ID with a new key for the same consumer (inheriting its expiry, if any)."""
+    grace_seconds = _duration(grace, "--grace")
+    with open_store(db_url) as store:
+        api_keys = ApiKeys(store, open_secret(store, secret_file), prefix=key_prefix)
+        record, key = api_keys.roll(
+            key_id, DEFAULT_GRACE if grace_seconds is None else grace_seconds
+        )
+        old = store.get_api_key(key_id)
+    old_until = _time(old.expires_at) if old is not None else None
+    _show_new_key(
+        record,
+        key,
+        as_json,
+        f"Rolled key {key_id}: new key {record.id} for consumer '{record.consumer_name}'; "
+        f"the old key works until {old_until}.",
+    )
+
+
+# -- signing keys ---------------------------------------------------------------------------------------
+
+
+def _signing_json(record: SigningKeyRecord, window: float) -> dict[str, Any]:
+    return {
+        "kid": record.kid,
+        "alg": record.alg,
+        "state": record.state,
+        "created_at": _time(record.created_at),
+        "activated_at": _time(record.activated_at),
+        "retired_at": _time(record.retired_at),
+        "published_until": _time(_published_until(record, window)),
+    }
+
+
+def _window_options(function: F) -> F:
+    function = click.option(
+        "--cache-margin",
+        metavar="DURATION",
+        default=None,
+        help=f"How long verifiers cache the JWKS (default {format_duration(DEFAULT_CACHE_MARGIN)}).",
+    )(function)
+    return click.option(
+        "--token-ttl",
+        metavar="DURATION",
+        envvar="KEYSWAP_TOKEN_TTL",
+        default=None,
+        help=(
+            f"Lifetime of minted tokens, as the gateway uses (default "
+            f"{format_duration(DEFAULT_TOKEN_TTL)}; $KEYSWAP_TOKEN_TTL)."
+        ),
+    )(function)
+
+
+def _published_until(record: SigningKeyRecord, window: float) -> float | None:
+    if record.state != "retired" or record.retired_at is None:
+        return None
+    return record.retired_at + window
+
+
+def _window(token_ttl: str | None, cache_margin: str | None) -> tuple[float, float]:
+    ttl = _duration(token_ttl, "--token-ttl")
+    margin = _duration(cache_margin, "--cache-margin")
+    return (
+        DEFAULT_TOKEN_TTL if ttl is None else ttl,
+        DEFAULT_CACHE_MARGIN if margin is None else margin,
+    )
+
+
+def _keyring(
+    store: Store, secret_file: str | None, token_ttl: str | None, cache_margin: str | None
+) -> Keyring:
+    ttl, margin = _window(token_ttl, cache_margin)
+    return Keyring(store, open_secret(store, secret_file), token_ttl=ttl, cache_margin=margin)
+
+
+def _print_signing_keys(records: list[SigningKeyRecord], window: float, as_json: bool) -> None:
+    if as_json:
+        _print_json([_signing_json(r, window) for r in records])
+        return
+    if not records:
+        click.echo("No signing keys yet (the gateway creates them on first start).")
+        return
+    rows = [
+        [
+            r.kid,
+            r.alg,
+            r.state,
+            _time(r.created_at),
+            _time(r.activated_at),
+            _time(r.retired_at),
+            _time(_published_until(r, window)),
+        ]
+        for r in records
+    ]
+    _print_table(
+        ["KID", "ALG", "STATE", "CREATED", "ACTIVATED", "RETIRED", "PUBLISHED UNTIL"], rows
+    )
+
+
+@click.group("signing-keys", cls=ManagedGroup)
+def signing_keys() -> None:
+    """Manage the gateway's JWT signing keys (next -> active -> retired -> pruned)."""
+
+
+@signing_keys.command("list")
+@json_option
+@_window_options
+@db_option
+@handle_errors
+def signing_keys_list(
+    as_json: bool, token_ttl: str | None, cache_margin: str | None, db_url: str | None
+) -> None:
+    """List signing keys: kid, algorithm, state and dates (never private material)."""
+    ttl, margin = _window(token_ttl, cache_margin)
+    with open_store(db_url) as store:
+        records = sort_keys(store.list_signing_keys())
+    _print_signing_keys(records, ttl + margin, as_json)
+
+
+@signing_keys.command("rotate")
+@click.option(
+    "--alg",
+    type=click.Choice(SIGNING_ALGORITHMS),
+    default=None,
+    help="Algorithm of the new next key (default: the same as the key becoming active).",
+)
+@json_option
+@_window_options
+@db_option
+@secret_file_option
+@handle_errors
+def signing_keys_rotate(
+    alg: str | None,
+    as_json: bool,
+    token_ttl: str | None,
+    cache_margin: str | None,
+    db_url: str | None,
+    secret_file: str | None,
+) -> None:
+    """Rotate: the next key starts signing, the active key retires, a new next key is published.
+
+    The retired key stays in the JWKS for token TTL + cache margin; the running gateway prunes it
+    after that (or run `keyswap signing-keys prune`). With no keys yet, this creates them.
+    """
+    with open_store(db_url) as store:
+        keyring = _keyring(store, secret_file, token_ttl, cache_margin)
+        keyring.reload()
+        had_keys = bool(keyring.records())
+        keyring.rotate(alg=alg)
+        if not as_json:
+            active = keyring.active()
+            done = "Rotated" if had_keys else "Created the first signing keys"
+            click.echo(f"{done}: {active.kid} ({active.alg}) signs now.")
+        _print_signing_keys(keyring.records(), keyring.token_ttl + keyring.cache_margin, as_json)
+
+
+@signing_keys.command("prune")
+@_window_options
+@db_option
+@secret_file_option
+@handle_errors
+def signing_keys_prune(
+    token_ttl: str | None, cache_margin: str | None, db_url: str | None, secret_file: str | None
+) -> None:
+    """Delete retired keys whose tokens have all expired (retired + token TTL + cache margin)."""
+    with open_store(db_url) as store:
+        pruned = _keyring(store, secret_file, token_ttl, cache_margin).prune()
+    click.echo(
+        f"Pruned {len(pruned)} retired key(s)." + (f" ({', '.join(pruned)})" if pruned else "")
+    )
+
+
+# -- db -------------------------------------------------------------------------------------------------
+
+
+@click.group(cls=ManagedGroup)
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@db_option
+@handle_errors
+def db_upgrade(db_url: str | None) -> None:
+    """Create the schema if it is missing (migrations come with PostgreSQL support)."""
+    with open_store(db_url) as store:
+        store.revision()
+        url = store.url
+    click.echo(f"Schema version {SCHEMA_VERSION} is in place: {display_url(url)}")
+
+
+# -- gateway and demo (the servers) ---------------------------------------------------------------------
+
+
+class _Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """A duration (``300``, ``5m``, ``1.5``) in seconds within bounds; whole seconds if asked."""
+
+    name = "duration"
+
+    def __init__(self, minimum: float, maximum: float, *, whole: bool = False) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.whole = whole
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            try:
+                seconds = parse_duration(str(value))
+            except KeyswapError as exc:
+                self.fail(exc.reason, param, ctx)
+        if not self.minimum <= seconds <= self.maximum or (self.whole and not seconds.is_integer()):
+            kind = "whole seconds" if self.whole else "seconds"
+            self.fail(
+                f"must be {kind} between {self.minimum:g} and {self.maximum:g} (got {value!r})",
+                param,
+                ctx,
+            )
+        return int(seconds) if self.whole else seconds
+
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+@click.command("gateway", cls=ManagedCommand)
+@click.option(
+    "--upstream",
+    envvar="KEYSWAP_UPSTREAM",
+    required=True,
+    metavar="URL",
+    help="The protected API (base URL; an optional path prefix is kept). $KEYSWAP_UPSTREAM.",
+)
+@click.option(
+    "--public-url",
+    envvar="KEYSWAP_PUBLIC_URL",
+    metavar="URL",
+    default=None,
+    help="How clients and origins reach this gateway; the issuer is <URL>/__keyswap/issuer. "
+    "Default http://<host>:<port>. $KEYSWAP_PUBLIC_URL.",
+)
+@click.option("--host", envvar="KEYSWAP_HOST", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port", envvar="KEYSWAP_PORT", type=click.IntRange(1, 65535), default=8080, show_default=True
+)
+@click.option(
+    "--audience",
+    envvar="KEYSWAP_AUDIENCE",
+    metavar="AUD",
+    default=None,
+    help="`aud` of minted tokens. Default: the upstream URL. $KEYSWAP_AUDIENCE.",
+)
+@click.option(
+    "--token-ttl",
+    envvar="KEYSWAP_TOKEN_TTL",
+    type=_Seconds(1, 86400, whole=True),
+    default=300,
+    show_default=True,
+    help="Lifetime of minted tokens (seconds, or 5m). $KEYSWAP_TOKEN_TTL.",
+)
+@click.option(
+    "--upstream-timeout",
+    envvar="KEYSWAP_UPSTREAM_TIMEOUT",
+    type=_Seconds(0.001, 3600),
+    default=30.0,
+    show_default=True,
+    help="Connect/read timeout towards the upstream; 504 when exceeded. $KEYSWAP_UPSTREAM_TIMEOUT.",
+)
+@click.option(
+    "--alg",
+    envvar="KEYSWAP_ALG",
+    type=click.Choice(SIGNING_ALGORITHMS),
+    default="RS256",
+    show_default=True,
+    help="Algorithm of the signing keys created on first start. $KEYSWAP_ALG.",
+)
+@click.option(
+    "--trust-forwarded/--no-trust-forwarded",
+    envvar="KEYSWAP_TRUST_FORWARDED",
+    default=False,
+    show_default=True,
+    help="Keep the client's X-Forwarded-For/-Proto/-Host (only behind a proxy you run).",
+)
+@click.option(
+    "--max-connections",
+    envvar="KEYSWAP_MAX_CONNECTIONS",
+    type=click.IntRange(1, 10000),
+    default=100,
+    show_default=True,
+    help="Keep-alive connection pool size towards the upstream.",
+)
+@click.option(
+    "--log-level",
+    envvar="KEYSWAP_LOG_LEVEL",
+    type=click.Choice(_LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="info logs one access line per request (logger keyswap.access).",
+)
+@key_prefix_option
+@db_option
+@secret_file_option
+@handle_errors
+def gateway(
+    upstream: str,
+    public_url: str | None,
+    host: str,
+    port: int,
+    audience: str | None,
+    token_ttl: int,
+    upstream_timeout: float,
+    alg: str,
+    trust_forwarded: bool,
+    max_connections: int,
+    log_level: str,
+    key_prefix: str,
+    db_url: str | None,
+    secret_file: str | None,
+) -> None:
+    """Run the API-key gateway: API key in, short-lived JWT to --upstream, JWKS published.
+
+    Clients send `Authorization: Bearer <API key>`; the upstream receives `Authorization: Bearer <JWT>`
+    signed by the gateway (verify it with the JWKS at <public-url>/__keyswap/issuer/.well-known/jwks.json).
+    """
+    from keyswap.gateway.app import GatewaySettings, build_gateway
+    from keyswap.gateway.serve import configure_logging, run_until_signal, server_config
+
+    settings = GatewaySettings(
+        upstream=upstream.strip(),
+        public_url=(public_url or f"http://{_url_host(host)}:{port}").strip(),
+        audience=(audience or "").strip(),
+        token_ttl=token_ttl,
+        upstream_timeout=upstream_timeout,
+        alg=alg,
+        trust_forwarded=trust_forwarded,
+        max_connections=max_connections,
+        key_prefix=key_prefix,
+    )
+    configure_logging(log_level)
+    url = resolve_db_url(db_url)
+    app = build_gateway(settings, db_url=url, secret_file=secret_file)
+    app.prepare()
+    click.echo(
+        f"keyswap gateway on http://{_url_host(host)}:{port} -> {settings.upstream} "
+        f"(issuer {settings.issuer}, audience {settings.audience}, db {display_url(url)})",
+        err=True,
+    )
+    if run_until_signal([server_config(app, host, port, log_level=log_level)]) != 0:
+        raise click.ClickException("the gateway could not start (see the message above)")
+
+
+@click.command("demo", cls=ManagedCommand)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="Gateway port."
+)
+@click.option(
+    "--origin-port",
+    type=click.IntRange(1, 65535),
+    default=7878,
+    show_default=True,
+    help="Origin (keyswap origin) port.",
+)
+@click.option(
+    "--data-dir",
+    metavar="DIR",
+    default=".keyswap-data",
+    show_default=True,
+    help="Where the demo keeps its SQLite database and secret.",
+)
+@click.option(
+    "--alg",
+    type=click.Choice(SIGNING_ALGORITHMS),
+    default="RS256",
+    show_default=True,
+    help="Algorithm of the signing keys created on the first run.",
+)
+@handle_errors
+def demo(port: int, origin_port: int, data_dir: str, alg: str) -> None:
+    """Run the gateway (port 8080) in front of `keyswap origin` (port 7878) with a demo key.
+
+    Prints a curl command to try; the answer is the origin echoing the verified JWT claims. Each run
+    reuses the data in --data-dir and prints a fresh demo key (older demo keys are revoked).
+    """
+    from pathlib import Path
+
+    from keyswap.gateway.demo import run_demo
+
+    if run_demo(Path(data_dir), port=port, origin_port=origin_port, alg=alg, echo=click.echo) != 0:
+        raise click.ClickException("the demo could not start (see the message above)")

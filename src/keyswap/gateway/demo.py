@@ -1,0 +1,183 @@
+"""``keyswap demo``: the gateway and ``keyswap origin`` in one process, with a demo consumer and key.
+
+- state lives in ``./.keyswap-data/`` (the current directory; ``--data-dir`` to change it): the SQLite
+  file ``keyswap.db`` and its secret ``keyswap.db.secret`` (mode 0600);
+- the gateway listens on ``127.0.0.1:8080`` and forwards to the origin on ``127.0.0.1:7878``, which
+  verifies the gateway's JWTs against its JWKS (issuer and audience configured to match) and answers
+  with the verified claims;
+- consumer ``demo`` (metadata ``{"plan": "free"}``) is created on the first run and reused afterwards;
+  every run revokes the previous run's demo keys and prints a fresh one, with the ``curl`` to try;
+- Ctrl-C (SIGINT) or SIGTERM stops both servers cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from keyswap.gateway.mint import SIGNING_ALGORITHMS
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "DEMO_CONSUMER",
+    "DEMO_METADATA",
+    "DemoInfo",
+    "prepare_demo",
+    "run_demo",
+]
+
+DEFAULT_DATA_DIR = ".keyswap-data"
+DEMO_CONSUMER = "demo"
+DEMO_METADATA: dict[str, Any] = {"plan": "free"}
+_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoInfo:
+    """What the demo prints: where things are and the key to try."""
+
+    gateway_url: str
+    origin_url: str
+    jwks_url: str
+    db_path: Path
+    key: str
+    key_id: str
+    revoked: int
+
+    @property
+    def curl(self) -> str:
+        """The command to try (the key is quoted for a POSIX shell)."""
+        header = shlex.quote(f"Authorization: Bearer {self.key}")
+        return f"curl -H {header} {self.gateway_url}/hello"
+
+
+def _demo_key(db_url: str) -> tuple[str, str, int]:
+    """Create consumer ``demo`` if missing, revoke its usable keys, create a new one."""
+    from keyswap.gateway.apikeys import ApiKeys
+    from keyswap.gateway.secret import load_secret
+    from keyswap.store import Store
+
+    store = Store(db_url)
+    try:
+        api_keys = ApiKeys(store, load_secret(db_url, env={}), cache_size=0)
+        if store.get_consumer(DEMO_CONSUMER) is None:
+            store.create_consumer(DEMO_CONSUMER, DEMO_METADATA)
+        now = time.time()
+        revoked = 0
+        for record in store.list_api_keys(DEMO_CONSUMER):
+            if record.usable_at(now):
+                store.revoke_api_key(record.id, now=now)
+                revoked += 1
+        record, key = api_keys.create(DEMO_CONSUMER)
+        return key, record.id, revoked
+    finally:
+        store.close()
+
+
+def prepare_demo(
+    data_dir: Path, *, port: int = 8080, origin_port: int = 7878, alg: str = "RS256"
+) -> tuple[Any, Any, DemoInfo]:
+    """Build the gateway app, the origin app and the demo key (blocking; creates ``data_dir``).
+
+    Returns ``(gateway_app, origin_app, info)``.
+
+    Raises:
+        ConfigError: bad ports or algorithm, or a data dir set up with another secret.
+        OSError: the data dir cannot be created.
+    """
+    from keyswap.gateway.app import GatewaySettings, build_gateway
+    from keyswap.gateway.wellknown import JWKS_PATH
+    from keyswap.origin.app import create_app
+    from keyswap.store.urls import DATABASE_FILE_NAME, normalize_database_url
+    from keyswap.verifier.verify import IssuerConfig, Verifier
+
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    db_path = (data_dir / DATABASE_FILE_NAME).resolve()
+    db_url = normalize_database_url(str(db_path))
+    gateway_url = f"http://{_HOST}:{port}"
+    origin_url = f"http://{_HOST}:{origin_port}"
+    settings = GatewaySettings(upstream=origin_url, public_url=gateway_url, alg=alg)
+    gateway_app = build_gateway(settings, db_url=db_url, env={})
+    gateway_app.prepare()
+    key, key_id, revoked = _demo_key(db_url)
+    jwks_url = gateway_url + JWKS_PATH
+    verifier = Verifier(
+        IssuerConfig(
+            issuer=settings.issuer,
+            jwks_url=jwks_url,
+            audience=settings.audience,
+            algorithms=SIGNING_ALGORITHMS,
+        )
+    )
+    origin_app = create_app(verifier)
+    info = DemoInfo(gateway_url, origin_url, jwks_url, db_path, key, key_id, revoked)
+    return gateway_app, origin_app, info
+
+
+def _instructions(info: DemoInfo) -> str:
+    metadata = json.dumps(DEMO_METADATA)
+    replaced = f"; {info.revoked} older demo key(s) revoked" if info.revoked else ""
+    return "\n".join(
+        [
+            "",
+            f"keyswap demo: gateway {info.gateway_url} -> origin {info.origin_url}",
+            f"  data:  {info.db_path} (consumer '{DEMO_CONSUMER}' {metadata}, "
+            f"key {info.key_id}{replaced})",
+            f"  JWKS:  {info.jwks_url}",
+            "",
+            "Try it (the origin answers with the JWT claims it verified):",
+            "",
+            f"  {info.curl}",
+            "",
+            f"Manage it: keyswap keys list --db {shlex.quote(str(info.db_path))}",
+            "Press Ctrl-C to stop.",
+            "",
+        ]
+    )
+
+
+def run_demo(
+    data_dir: Path,
+    *,
+    port: int = 8080,
+    origin_port: int = 7878,
+    alg: str = "RS256",
+    echo: Callable[[str], None] | None = None,
+) -> int:
+    """Prepare the demo, serve gateway and origin until SIGINT/SIGTERM; returns the exit status.
+
+    Raises:
+        ConfigError: see :func:`prepare_demo`.
+    """
+    from keyswap.gateway.serve import configure_logging, run_until_signal, server_config
+
+    if port == origin_port:
+        from keyswap.errors import ConfigError
+
+        raise ConfigError("--port and --origin-port must differ")
+    configure_logging("info")
+    gateway_app, origin_app, info = prepare_demo(
+        data_dir, port=port, origin_port=origin_port, alg=alg
+    )
+
+    def ready() -> None:
+        text = _instructions(info)
+        if echo is not None:
+            echo(text)
+        else:
+            sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    return run_until_signal(
+        [
+            server_config(gateway_app, _HOST, port),
+            server_config(origin_app, _HOST, origin_port, log_level="warning"),
+        ],
+        on_ready=ready,
+    )

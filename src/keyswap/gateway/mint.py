@@ -1,0 +1,224 @@
+"""Minting the short-lived JWT the gateway hands the origin, and the minted-token cache.
+
+A minted token carries::
+
+    header  {"alg": <signing key alg>, "kid": <signing key kid>, "typ": "JWT"}
+    claims  {"iss", "sub": <consumer name>, "aud", "iat", "exp": iat + ttl, "jti": <random>,
+             "key_id": <id of the API key, never the key>, "metadata": <consumer metadata>}
+
+Cache policy (:class:`TokenMinter`): one entry per API key id, reused while more than half of the
+token's lifetime remains; re-minted at once when the active signing key (``kid``) or the principal
+(consumer name, metadata) differs from the cached one; bounded (oldest entry evicted first);
+:meth:`TokenMinter.flush` empties it (the app calls it whenever the store revision changes: rotation,
+revocation, metadata change). RS256 signing costs ~260 µs, a cache hit well under 1 µs.
+
+Signing uses ``cryptography`` directly (RS256 = RSASSA-PKCS1-v1_5/SHA-256, ES256 = P-256 ECDSA with the
+raw ``r || s`` signature of RFC 7518 §3.4, EdDSA = Ed25519/Ed448).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa, utils
+
+from keyswap.errors import ConfigError
+from keyswap.verifier.jws import b64url_encode
+
+__all__ = [
+    "SIGNING_ALGORITHMS",
+    "MintedToken",
+    "PrincipalLike",
+    "SigningKeyLike",
+    "TokenMinter",
+    "sign_compact",
+]
+
+#: Algorithms the gateway can sign with (``keyswap gateway --alg``).
+SIGNING_ALGORITHMS = ("RS256", "ES256", "EdDSA")
+
+PrivateKey = (
+    rsa.RSAPrivateKey
+    | ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+)
+
+
+class SigningKeyLike(Protocol):
+    """What :meth:`Keyring.active` returns: a ``kid``, an ``alg`` and a prepared private key."""
+
+    @property
+    def kid(self) -> str: ...
+
+    @property
+    def alg(self) -> str: ...
+
+    @property
+    def private_key(self) -> Any: ...
+
+
+class PrincipalLike(Protocol):
+    """What :meth:`ApiKeys.authenticate` returns."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    @property
+    def consumer(self) -> str: ...
+
+    @property
+    def metadata(self) -> Mapping[str, Any]: ...
+
+
+def _json(value: Mapping[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _sign(private_key: Any, alg: str, data: bytes) -> bytes:
+    if alg == "RS256" and isinstance(private_key, rsa.RSAPrivateKey):
+        return private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    if (
+        alg == "ES256"
+        and isinstance(private_key, ec.EllipticCurvePrivateKey)
+        and isinstance(private_key.curve, ec.SECP256R1)
+    ):
+        r, s = utils.decode_dss_signature(private_key.sign(data, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    if alg == "EdDSA" and isinstance(
+        private_key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
+    ):
+        return private_key.sign(data)
+    raise ConfigError(f"signing key of type {type(private_key).__name__} cannot sign {alg}")
+
+
+def sign_compact(key: SigningKeyLike, claims: Mapping[str, Any]) -> str:
+    """Sign ``claims`` with ``key`` as a compact JWS with header ``{alg, kid, typ: "JWT"}``.
+
+    Raises:
+        ConfigError: the private key does not fit the key's ``alg``.
+        ValueError: a claim is not JSON-serialisable (NaN, a non-JSON type).
+    """
+    header = {"alg": key.alg, "kid": key.kid, "typ": "JWT"}
+    signing_input = b64url_encode(_json(header)) + "." + b64url_encode(_json(claims))
+    signature = _sign(key.private_key, key.alg, signing_input.encode("ascii"))
+    return signing_input + "." + b64url_encode(signature)
+
+
+@dataclass(frozen=True, slots=True)
+class MintedToken:
+    """A minted token with what decides whether it may be reused."""
+
+    token: str
+    kid: str
+    jti: str
+    iat: int
+    exp: int
+    consumer: str
+    metadata: Mapping[str, Any]
+
+
+class TokenMinter:
+    """Mints (and caches) the upstream JWT for an authenticated principal.
+
+    Args:
+        active_key: returns the signing key to use now (``Keyring.active``); called once per request,
+            so it must be cheap (no I/O).
+        issuer: the ``iss`` claim (``<public-url>/__keyswap/issuer``).
+        audience: the ``aud`` claim.
+        ttl: token lifetime in seconds (``exp - iat``).
+        clock: wall-clock seconds; injectable for tests.
+        max_entries: cache bound; the oldest entry is evicted first.
+
+    Raises:
+        ConfigError: ``ttl`` or ``max_entries`` out of range, empty issuer or audience.
+    """
+
+    def __init__(
+        self,
+        active_key: Callable[[], SigningKeyLike],
+        *,
+        issuer: str,
+        audience: str,
+        ttl: int = 300,
+        clock: Callable[[], float] = time.time,
+        max_entries: int = 10_000,
+    ) -> None:
+        if not isinstance(ttl, int) or not 1 <= ttl <= 86_400:
+            raise ConfigError(
+                f"token TTL must be a whole number of seconds in 1..86400, got {ttl!r}"
+            )
+        if max_entries < 1:
+            raise ConfigError(f"max_entries must be at least 1, got {max_entries!r}")
+        if not issuer or not audience:
+            raise ConfigError("issuer and audience must not be empty")
+        self._active_key = active_key
+        self._issuer = issuer
+        self._audience = audience
+        self._ttl = ttl
+        self._reuse_for = ttl / 2
+        self._clock = clock
+        self._max_entries = max_entries
+        self._cache: dict[str, MintedToken] = {}
+
+    @property
+    def ttl(self) -> int:
+        """Token lifetime in seconds."""
+        return self._ttl
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def flush(self) -> None:
+        """Forget every cached token (thread-safe: swaps the cache)."""
+        self._cache = {}
+
+    def token_for(self, principal: PrincipalLike) -> MintedToken:
+        """The token for ``principal``: the cached one if still reusable, else a fresh one.
+
+        Raises:
+            ConfigError: the active signing key cannot sign its declared algorithm.
+        """
+        key = self._active_key()
+        now = self._clock()
+        cache = self._cache
+        entry = cache.get(principal.key_id)
+        if (
+            entry is not None
+            and now - entry.iat < self._reuse_for
+            and entry.kid == key.kid
+            and entry.consumer == principal.consumer
+            and entry.metadata == principal.metadata
+        ):
+            return entry
+        entry = self._mint(key, principal, int(now))
+        if len(cache) >= self._max_entries and principal.key_id not in cache:
+            # StopIteration / KeyError / RuntimeError: emptied by a flush on another thread.
+            with contextlib.suppress(StopIteration, KeyError, RuntimeError):
+                del cache[next(iter(cache))]
+        cache[principal.key_id] = entry
+        return entry
+
+    def _mint(self, key: SigningKeyLike, principal: PrincipalLike, iat: int) -> MintedToken:
+        jti = secrets.token_urlsafe(16)
+        exp = iat + self._ttl
+        metadata = dict(principal.metadata)
+        claims = {
+            "iss": self._issuer,
+            "sub": principal.consumer,
+            "aud": self._audience,
+            "iat": iat,
+            "exp": exp,
+            "jti": jti,
+            "key_id": principal.key_id,
+            "metadata": metadata,
+        }
+        token = sign_compact(key, claims)
+        return MintedToken(token, key.kid, jti, iat, exp, principal.consumer, metadata)

@@ -1,0 +1,135 @@
+"""`keyswap demo` as a real subprocess on free ports: the printed curl works, twice, and Ctrl-C stops it."""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.support.asgi_server import free_port
+
+KEYSWAP = str(Path(sys.executable).with_name("keyswap"))
+_CURL = re.compile(r"curl -H 'Authorization: Bearer (\S+)' (http://127\.0\.0\.1:\d+/hello)")
+
+
+@dataclass
+class Demo:
+    process: subprocess.Popen[str]
+    key: str
+    url: str
+    output: list[str]
+
+
+@contextmanager
+def running_demo(data_dir: Path, port: int, origin_port: int) -> Iterator[Demo]:
+    process = subprocess.Popen(
+        [
+            KEYSWAP,
+            "demo",
+            "--port",
+            str(port),
+            "--origin-port",
+            str(origin_port),
+            "--data-dir",
+            str(data_dir),
+            "--alg",
+            "ES256",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "HOME": str(data_dir.parent)},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    output: list[str] = []
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        match = None
+        while match is None:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError("no curl line:\n" + "".join(output)) from None
+            output.append(line)
+            match = _CURL.search(line)
+        yield Demo(process, match.group(1), match.group(2), output)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        reader.join(5)
+        if process.stdout is not None:
+            process.stdout.close()
+        while not lines.empty():
+            output.append(lines.get())
+
+
+def _try(demo: Demo, key: str | None = None) -> httpx.Response:
+    return httpx.get(demo.url, headers={"Authorization": f"Bearer {key or demo.key}"}, timeout=10)
+
+
+def test_the_printed_curl_works_and_a_second_run_prints_a_fresh_working_key(tmp_path: Path) -> None:
+    data_dir = tmp_path / ".keyswap-data"
+    port, origin_port = free_port(), free_port()
+
+    with running_demo(data_dir, port, origin_port) as first:
+        response = _try(first)
+        assert response.status_code == 200, response.text
+        claims = response.json()
+        assert claims["sub"] == "demo"
+        assert claims["metadata"] == {"plan": "free"}
+        assert claims["aud"] == f"http://127.0.0.1:{origin_port}"
+        assert httpx.get(first.url).status_code == 401
+    assert first.process.returncode == 0, "".join(first.output)
+    assert "Traceback" not in "".join(first.output)
+
+    with running_demo(data_dir, port, origin_port) as second:
+        assert second.key != first.key
+        assert _try(second).status_code == 200
+        assert _try(second, key=first.key).status_code == 401
+    assert second.process.returncode == 0, "".join(second.output)
+    assert (data_dir / "keyswap.db").exists()
+    assert first.key.encode() not in (data_dir / "keyswap.db").read_bytes()
+
+
+def test_the_same_port_twice_is_one_error_line(tmp_path: Path) -> None:
+    port = free_port()
+    done = subprocess.run(
+        [
+            KEYSWAP,
+            "demo",
+            "--port",
+            str(port),
+            "--origin-port",
+            str(port),
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "Error: --port and --origin-port must differ"
