@@ -1,0 +1,130 @@
+"""JWT claim checks: ``exp``/``nbf``/``iat`` with leeway, exact ``iss``, ``aud``, required claims.
+
+Pure: the caller passes the wall-clock time ``now`` (seconds since the epoch).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from keyswap.errors import (
+    ExpiredToken,
+    InvalidAudience,
+    InvalidClaim,
+    InvalidIssuer,
+    TokenNotYetValid,
+)
+
+__all__ = ["STRING_CLAIMS", "numeric_date", "validate_claims", "validity_window"]
+
+#: Registered claims that must be strings whenever they are present (``aud`` has its own rules).
+STRING_CLAIMS = frozenset({"iss", "sub", "jti"})
+
+
+_NUMBER_TYPES = frozenset({int, float})
+
+
+def _is_numeric_date(value: Any) -> bool:
+    # int or float but not bool (type(), not isinstance); ``x - x == 0`` is false for inf and nan.
+    return type(value) in _NUMBER_TYPES and value - value == 0
+
+
+def numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    """Return claim ``name`` as a NumericDate, or ``None`` when absent.
+
+    Raises:
+        InvalidClaim: present but not a finite JSON number (``bool``, strings, ``null`` refused).
+    """
+    if name not in claims:
+        return None
+    value = claims[name]
+    if not _is_numeric_date(value):
+        raise InvalidClaim(f"claim {name!r} is not a number")
+    return value  # type: ignore[no-any-return]
+
+
+def validity_window(claims: dict[str, Any], *, leeway: float) -> tuple[float, float]:
+    """``(not_before, expires)``: the token is valid while ``not_before <= now < expires``.
+
+    Both bounds include ``leeway``. ``not_before`` comes from ``nbf`` and ``iat`` (a token issued
+    in the future is not valid yet); ``expires`` from ``exp``, which is required.
+
+    Raises:
+        InvalidClaim: ``exp`` missing, or a time claim that is not a finite number.
+    """
+    exp = numeric_date(claims, "exp")
+    if exp is None:
+        raise InvalidClaim("claim 'exp' is required")
+    start = -math.inf
+    nbf = numeric_date(claims, "nbf")
+    if nbf is not None:
+        start = nbf
+    iat = numeric_date(claims, "iat")
+    if iat is not None and iat > start:
+        start = iat
+    return start - leeway, exp + leeway
+
+
+def validate_claims(
+    claims: dict[str, Any],
+    *,
+    issuer: str,
+    audience: str | None,
+    leeway: float,
+    required: tuple[str, ...],
+    now: float,
+) -> tuple[float, float]:
+    """Check the claim set of a token; return its validity window (see :func:`validity_window`).
+
+    - ``exp`` is required; the token is expired when ``now >= exp + leeway``.
+    - ``nbf`` and ``iat``, when present, must not be later than ``now + leeway``.
+    - ``iss`` must equal ``issuer`` exactly.
+    - with ``audience`` set, ``aud`` must be that string or a non-empty list of strings containing it;
+      without it, ``aud`` (when present) must still have one of those shapes.
+    - every claim in ``required`` must be present; ``iss``/``sub``/``jti`` must be non-empty strings.
+
+    Raises:
+        InvalidClaim, ExpiredToken, TokenNotYetValid, InvalidIssuer, InvalidAudience.
+    """
+    not_before, expires = validity_window(claims, leeway=leeway)
+    if now >= expires:
+        raise ExpiredToken("token has expired")
+    if now < not_before:
+        raise TokenNotYetValid("token is not valid yet (nbf or iat in the future)")
+
+    for name in required:
+        if name not in claims:
+            raise InvalidClaim(f"claim {name!r} is required")
+    for name in STRING_CLAIMS:
+        if name in claims:
+            value = claims[name]
+            if type(value) is not str or not value:
+                raise InvalidClaim(f"claim {name!r} must be a non-empty string")
+
+    if claims.get("iss") != issuer:
+        raise InvalidIssuer("issuer not accepted")
+    aud = claims.get("aud")
+    if audience is not None and aud == audience and type(aud) is str:
+        return not_before, expires  # the common case, decided without a call
+    _check_audience(claims, audience)
+    return not_before, expires
+
+
+def _check_audience(claims: dict[str, Any], audience: str | None) -> None:
+    if "aud" not in claims:
+        if audience is not None:
+            raise InvalidAudience("claim 'aud' is required")
+        return
+    aud = claims["aud"]
+    if type(aud) is str:
+        if audience is not None and aud != audience:
+            raise InvalidAudience("audience not accepted")
+        return
+    if type(aud) is not list or not aud:
+        raise InvalidAudience("claim 'aud' must be a string or a non-empty list of strings")
+    for item in aud:
+        if type(item) is not str:
+            raise InvalidAudience("claim 'aud' must be a string or a non-empty list of strings")
+    if audience is not None and audience not in aud:
+        raise InvalidAudience("audience not accepted")

@@ -1,0 +1,372 @@
+"""The :class:`Verifier`: issuer registry -> key set -> signature -> claims, sync and async, one token cache.
+
+Order of the checks for a token that is not in the token cache (each step raises an
+:class:`~keyswap.errors.InvalidToken` subclass, or :class:`~keyswap.errors.KeysUnavailable`):
+
+1. size cap, ASCII, three strict base64url segments, header and payload strict JSON objects;
+2. ``alg`` in the union of the issuers' allow-lists; ``kid`` a string; no forbidden header parameter;
+3. the exact ``iss`` of the (still unverified) payload selects the issuer; an unknown issuer is rejected
+   here, before any I/O; ``alg`` must be in *that* issuer's allow-list;
+4. the claims (``exp``/``nbf``/``iat`` with the issuer's leeway, ``aud``, required claims), so an expired
+   or misdirected token never causes a JWKS fetch;
+5. the issuer's key set gives the key for ``kid`` (may fetch the JWKS, rate-limited by the key set);
+6. the signature, with the key bound to its algorithm family.
+
+A verified token is cached (by SHA-256 digest) until its ``exp`` + leeway; a hit costs a hash and a dict
+lookup and never repeats the signature check. When a key set drops a kid, its ``on_keys_removed``
+callback purges every cached token of that issuer signed with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from keyswap.errors import (
+    ConfigError,
+    InvalidIssuer,
+    InvalidToken,
+    JWKSFetchError,
+    KeysUnavailable,
+    KeyswapError,
+    MalformedToken,
+    UnsupportedAlgorithm,
+)
+from keyswap.verifier.claims import validate_claims
+from keyswap.verifier.fetch import JWKSFetcher, check_jwks_url
+from keyswap.verifier.jwk import VerificationKey
+from keyswap.verifier.jws import (
+    DEFAULT_MAX_TOKEN_SIZE,
+    SUPPORTED_ALGORITHMS,
+    ParsedToken,
+    parse_compact,
+    verify_signature,
+)
+from keyswap.verifier.keyset import KeySet
+from keyswap.verifier.metrics import Metrics
+from keyswap.verifier.tokencache import (
+    DEFAULT_TOKEN_CACHE_SIZE,
+    CachedToken,
+    TokenCache,
+)
+
+__all__ = ["IssuerConfig", "Verifier"]
+
+logger = logging.getLogger("keyswap.verifier")
+_sha256 = hashlib.sha256
+
+#: Largest clock-skew allowance accepted in configuration, in seconds.
+MAX_LEEWAY = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    """One trusted issuer: where its keys are and what its tokens must look like.
+
+    Attributes:
+        issuer: the exact ``iss`` value (no normalisation: trailing slashes and case matter).
+        jwks_url: ``http(s)`` URL of the issuer's JWKS.
+        audience: required ``aud`` (exact string, or an element of an ``aud`` list); ``None`` does not
+            check the audience (not recommended when several services share an issuer).
+        algorithms: allowed ``alg`` values, a subset of ``RS256``, ``PS256``, ``ES256``, ``EdDSA``.
+        leeway: clock-skew allowance in seconds for ``exp``/``nbf``/``iat`` (0 to 300).
+        required_claims: claims that must be present (``exp`` always is).
+        jwks_cache_ttl: JWKS freshness when the response has no ``Cache-Control: max-age`` (>= 1 s).
+        jwks_cooldown: minimum seconds between refetches caused by unknown kids (>= 1 s).
+        jwks_max_stale: how long the last good key set keeps serving while the JWKS cannot be fetched.
+
+    Raises:
+        ConfigError: any value out of range (checked at construction).
+    """
+
+    issuer: str
+    jwks_url: str
+    audience: str | None = None
+    algorithms: tuple[str, ...] = ("RS256",)
+    leeway: float = 30
+    required_claims: tuple[str, ...] = ("sub",)
+    jwks_cache_ttl: float = 300
+    jwks_cooldown: float = 10
+    jwks_max_stale: float = 3600
+
+    def __post_init__(self) -> None:
+        if type(self.issuer) is not str or not self.issuer:
+            raise ConfigError("issuer must be a non-empty string")
+        check_jwks_url(self.jwks_url)
+        if self.audience is not None and (type(self.audience) is not str or not self.audience):
+            raise ConfigError("audience must be a non-empty string or None")
+        algorithms: object = self.algorithms  # a list or one string are accepted too
+        if isinstance(algorithms, str):
+            object.__setattr__(self, "algorithms", (algorithms,))
+        else:
+            object.__setattr__(self, "algorithms", tuple(self.algorithms))
+        unknown = [a for a in self.algorithms if a not in SUPPORTED_ALGORITHMS]
+        if unknown or not self.algorithms:
+            raise ConfigError(
+                f"algorithms must be a non-empty subset of {sorted(SUPPORTED_ALGORITHMS)}, "
+                f"got {list(self.algorithms)!r}"
+            )
+        object.__setattr__(self, "required_claims", tuple(self.required_claims))
+        if not all(type(c) is str and c for c in self.required_claims):
+            raise ConfigError("required_claims must be non-empty strings")
+        if not (isinstance(self.leeway, int | float) and 0 <= self.leeway <= MAX_LEEWAY):
+            raise ConfigError(f"leeway must be between 0 and {MAX_LEEWAY:g} seconds")
+        for name, low in (("jwks_cache_ttl", 1), ("jwks_cooldown", 1), ("jwks_max_stale", 0)):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= low):
+                raise ConfigError(f"{name} must be a finite number >= {low}")
+
+
+def _shape_error(token: object, max_size: int) -> MalformedToken:
+    if type(token) is not str:
+        return MalformedToken("token is not a string")
+    if len(token) > max_size:
+        return MalformedToken("token too large")
+    return MalformedToken("token is not ASCII")
+
+
+class _Issuer:
+    """Per-issuer state prepared once: the config, its key set and the values the hot path reads."""
+
+    __slots__ = ("algorithms", "audience", "config", "keyset", "leeway", "name", "required")
+
+    def __init__(self, config: IssuerConfig, keyset: KeySet) -> None:
+        self.config = config
+        self.name = config.issuer
+        self.keyset = keyset
+        self.algorithms = frozenset(config.algorithms)
+        self.audience = config.audience
+        self.leeway = float(config.leeway)
+        self.required = config.required_claims
+
+
+class Verifier:
+    """Verify compact JWS tokens from one or more configured issuers.
+
+    ``verify`` (async, for ASGI) and ``verify_sync`` (for WSGI and scripts, never touches asyncio) run
+    the same checks (see the module docstring) and share one token cache. Each issuer gets its own
+    :class:`~keyswap.verifier.keyset.KeySet`; all share ``fetcher`` (one is created when omitted).
+
+    Call :meth:`start` at application start-up to fetch the key sets in the background, :meth:`close`
+    at shutdown (or use the verifier as a context manager).
+
+    Metrics (``metrics``): ``verifications``, ``rejections`` [``reason``], ``token_cache_hits``,
+    ``token_cache_misses``, plus the key sets' own counters.
+
+    Raises:
+        ConfigError: no issuer, the same issuer twice, or a bad ``max_token_size`` / cache size.
+    """
+
+    def __init__(
+        self,
+        issuers: IssuerConfig | Sequence[IssuerConfig],
+        *,
+        clock: Callable[[], float] = time.time,
+        max_token_size: int = DEFAULT_MAX_TOKEN_SIZE,
+        token_cache_size: int = DEFAULT_TOKEN_CACHE_SIZE,
+        metrics: Metrics | None = None,
+        fetcher: JWKSFetcher | None = None,
+    ) -> None:
+        configs = [issuers] if isinstance(issuers, IssuerConfig) else list(issuers)
+        if not configs:
+            raise ConfigError("at least one issuer is required")
+        if not all(isinstance(c, IssuerConfig) for c in configs):
+            raise ConfigError("issuers must be IssuerConfig instances")
+        names = [c.issuer for c in configs]
+        if len(set(names)) != len(names):
+            raise ConfigError("each issuer may be configured only once")
+        if not (isinstance(max_token_size, int) and max_token_size >= 64):
+            raise ConfigError("max_token_size must be an integer >= 64")
+        if not (isinstance(token_cache_size, int) and token_cache_size >= 0):
+            raise ConfigError("token_cache_size must be an integer >= 0")
+
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._clock = clock
+        self._max_size = max_token_size
+        self._cache = TokenCache(token_cache_size)
+        self._own_fetcher = fetcher is None
+        self._fetcher = fetcher if fetcher is not None else JWKSFetcher()
+        self._issuers: dict[str, _Issuer] = {}
+        try:
+            for config in configs:
+                self._issuers[config.issuer] = _Issuer(config, self._make_keyset(config))
+        except BaseException:
+            self.close()
+            raise
+        self._algorithms = frozenset().union(*(i.algorithms for i in self._issuers.values()))
+        self._inc = self.metrics.inc
+        # Lock-free counters for the per-token events (see Metrics.counter).
+        self._count_hit = self.metrics.counter("token_cache_hits")
+        self._count_miss = self.metrics.counter("token_cache_misses")
+        self._count_ok = self.metrics.counter("verifications")
+
+    def _make_keyset(self, config: IssuerConfig) -> KeySet:
+        def on_keys_removed(kids: set[str]) -> None:
+            self._cache.purge(config.issuer, kids)
+
+        return KeySet(
+            config.jwks_url,
+            fetcher=self._fetcher,
+            default_ttl=config.jwks_cache_ttl,
+            cooldown=config.jwks_cooldown,
+            max_stale=config.jwks_max_stale,
+            metrics=self.metrics,
+            on_keys_removed=on_keys_removed,
+        )
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    @property
+    def issuers(self) -> tuple[IssuerConfig, ...]:
+        """The configured issuers, in configuration order."""
+        return tuple(i.config for i in self._issuers.values())
+
+    def keyset(self, issuer: str) -> KeySet:
+        """The key set of ``issuer`` (exact string).
+
+        Raises:
+            KeyError: ``issuer`` is not configured.
+        """
+        return self._issuers[issuer].keyset
+
+    def start(self) -> None:
+        """Start every key set's background fetch (non-blocking)."""
+        for issuer in self._issuers.values():
+            issuer.keyset.start()
+
+    def close(self) -> None:
+        """Stop the key sets, drop the token cache and close the fetcher if this verifier made it."""
+        for issuer in self._issuers.values():
+            issuer.keyset.close()
+        self._cache.clear()
+        if self._own_fetcher:
+            self._fetcher.close()
+
+    def __enter__(self) -> Verifier:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Verifier:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- verification -------------------------------------------------------------------------------
+
+    def verify_sync(self, token: str) -> dict[str, Any]:
+        """Verify ``token`` and return a copy of its claims (blocking; may fetch the JWKS).
+
+        Raises:
+            InvalidToken: a subclass naming the cause (401).
+            KeysUnavailable: no usable key set could be obtained (503).
+        """
+        now = self._clock()
+        try:
+            if type(token) is str and len(token) <= self._max_size and token.isascii():
+                digest = _sha256(token.encode("ascii")).digest()  # = tokencache.token_digest
+            else:
+                raise _shape_error(token, self._max_size)
+            entry = self._cache.get(digest, now)
+            if entry is not None:
+                self._count_hit()
+                self._count_ok()
+                return dict(entry.claims)
+            parsed, issuer, window = self._pre_key(token, now)
+            key = issuer.keyset.get_key_sync(parsed.kid)
+            return self._finish(digest, parsed, issuer, window, key)
+        except (InvalidToken, KeysUnavailable) as err:
+            self._reject(err)
+            raise
+        except JWKSFetchError as err:
+            unavailable = KeysUnavailable("signing keys could not be fetched")
+            self._reject(unavailable)
+            raise unavailable from err
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        """Verify ``token`` and return a copy of its claims (the key set's I/O never blocks the loop).
+
+        Raises:
+            InvalidToken: a subclass naming the cause (401).
+            KeysUnavailable: no usable key set could be obtained (503).
+        """
+        now = self._clock()
+        try:
+            if type(token) is str and len(token) <= self._max_size and token.isascii():
+                digest = _sha256(token.encode("ascii")).digest()  # = tokencache.token_digest
+            else:
+                raise _shape_error(token, self._max_size)
+            entry = self._cache.get(digest, now)
+            if entry is not None:
+                self._count_hit()
+                self._count_ok()
+                return dict(entry.claims)
+            parsed, issuer, window = self._pre_key(token, now)
+            key = await issuer.keyset.get_key(parsed.kid)
+            return self._finish(digest, parsed, issuer, window, key)
+        except (InvalidToken, KeysUnavailable) as err:
+            self._reject(err)
+            raise
+        except JWKSFetchError as err:
+            unavailable = KeysUnavailable("signing keys could not be fetched")
+            self._reject(unavailable)
+            raise unavailable from err
+
+    def _pre_key(self, token: str, now: float) -> tuple[ParsedToken, _Issuer, tuple[float, float]]:
+        self._count_miss()
+        parsed = parse_compact(token, algorithms=self._algorithms, max_size=self._max_size)
+        iss = parsed.claims.get("iss")
+        issuer = self._issuers.get(iss) if type(iss) is str else None
+        if issuer is None:
+            raise InvalidIssuer("issuer not accepted")
+        if parsed.alg not in issuer.algorithms:
+            raise UnsupportedAlgorithm("algorithm not allowed for this issuer")
+        window = validate_claims(
+            parsed.claims,
+            issuer=issuer.name,
+            audience=issuer.audience,
+            leeway=issuer.leeway,
+            required=issuer.required,
+            now=now,
+        )
+        return parsed, issuer, window
+
+    def _finish(
+        self,
+        digest: bytes,
+        parsed: ParsedToken,
+        issuer: _Issuer,
+        window: tuple[float, float],
+        key: VerificationKey,
+    ) -> dict[str, Any]:
+        verify_signature(key, parsed.alg, parsed.signing_input, parsed.signature)
+        self._cache.put(digest, CachedToken(parsed.claims, *window, issuer.name, parsed.kid))
+        # The key set installs a new set *before* calling on_keys_removed, so if the kid left while
+        # this token was being verified, either the purge saw the entry or this check does.
+        if not issuer.keyset.has_kid(parsed.kid):
+            self._cache.discard(digest)
+        self._count_ok()
+        return dict(parsed.claims)
+
+    def _reject(self, err: KeyswapError) -> None:
+        self._inc("rejections", reason=err.label)
+        logger.info("token rejected: %s (%r)", err.label, err.reason)

@@ -1,0 +1,229 @@
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from keyswap.errors import (
+    ExpiredToken,
+    InvalidAudience,
+    InvalidClaim,
+    InvalidIssuer,
+    InvalidToken,
+    TokenNotYetValid,
+)
+from keyswap.verifier.claims import validate_claims, validity_window
+
+NOW = 1_700_000_000
+ISS = "https://issuer.test"
+AUD = "https://api.test"
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    c: dict[str, Any] = {"iss": ISS, "sub": "consumer-1", "aud": AUD, "iat": NOW, "exp": NOW + 300}
+    c.update(overrides)
+    return {k: v for k, v in c.items() if v is not None}
+
+
+def check(
+    c: dict[str, Any],
+    *,
+    now: float = NOW,
+    audience: str | None = AUD,
+    leeway: float = 30,
+    required: tuple[str, ...] = ("sub",),
+) -> tuple[float, float]:
+    return validate_claims(
+        c, issuer=ISS, audience=audience, leeway=leeway, required=required, now=now
+    )
+
+
+def test_valid_claims_return_the_validity_window() -> None:
+    assert check(claims()) == (NOW - 30, NOW + 330)
+
+
+def test_window_without_nbf_or_iat_starts_at_minus_infinity() -> None:
+    start, end = validity_window({"exp": NOW}, leeway=0)
+    assert start == -math.inf
+    assert end == NOW
+
+
+def test_window_starts_at_the_later_of_nbf_and_iat() -> None:
+    assert validity_window({"exp": NOW, "nbf": NOW - 10, "iat": NOW - 5}, leeway=1)[0] == NOW - 6
+    assert validity_window({"exp": NOW, "nbf": NOW - 5, "iat": NOW - 10}, leeway=1)[0] == NOW - 6
+
+
+# --- exp / nbf / iat at the boundaries (A16) --------------------------------------------------------
+
+
+def test_missing_exp_is_rejected() -> None:
+    with pytest.raises(InvalidClaim, match="exp"):
+        check(claims(exp=None))
+
+
+@pytest.mark.parametrize(
+    ("exp", "accepted"),
+    [
+        (NOW - 31, False),
+        (NOW - 30, False),  # now == exp + leeway: expired
+        (NOW - 29, True),
+        (NOW, True),
+        (NOW + 1, True),
+    ],
+)
+def test_exp_boundary_with_leeway(exp: int, accepted: bool) -> None:
+    if accepted:
+        check(claims(exp=exp, iat=None))
+    else:
+        with pytest.raises(ExpiredToken):
+            check(claims(exp=exp, iat=None))
+
+
+def test_exp_equal_to_now_without_leeway_is_expired() -> None:
+    with pytest.raises(ExpiredToken):
+        check(claims(exp=NOW, iat=None), leeway=0)
+
+
+@pytest.mark.parametrize(
+    ("nbf", "accepted"), [(NOW + 30, True), (NOW + 31, False), (NOW - 100, True)]
+)
+def test_nbf_boundary_with_leeway(nbf: int, accepted: bool) -> None:
+    if accepted:
+        check(claims(nbf=nbf))
+    else:
+        with pytest.raises(TokenNotYetValid):
+            check(claims(nbf=nbf))
+
+
+@pytest.mark.parametrize(
+    ("iat", "accepted"), [(NOW + 30, True), (NOW + 31, False), (10**12, False)]
+)
+def test_iat_in_the_future_beyond_leeway_is_rejected(iat: int, accepted: bool) -> None:
+    if accepted:
+        check(claims(iat=iat))
+    else:
+        with pytest.raises(TokenNotYetValid):
+            check(claims(iat=iat))
+
+
+def test_leeway_is_configurable() -> None:
+    check(claims(exp=NOW - 50, iat=None), leeway=60)
+    with pytest.raises(ExpiredToken):
+        check(claims(exp=NOW - 50, iat=None), leeway=10)
+
+
+# --- NumericDate types (A15) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize(
+    "value", ["9999999999", True, False, math.inf, -math.inf, math.nan, [], {}, "1.5"]
+)
+def test_time_claims_must_be_finite_numbers(name: str, value: object) -> None:
+    with pytest.raises(InvalidClaim, match=name):
+        check(claims(**{name: value}))
+
+
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+def test_null_time_claim_is_rejected_not_ignored(name: str) -> None:
+    c = claims()
+    c[name] = None
+    with pytest.raises(InvalidClaim, match=name):
+        check(c)
+
+
+def test_fractional_numeric_dates_are_accepted() -> None:
+    check(claims(exp=NOW + 0.5, iat=NOW - 0.5, nbf=NOW - 0.25))
+
+
+def test_negative_exp_is_expired() -> None:
+    with pytest.raises(ExpiredToken):
+        check(claims(exp=-1, iat=None))
+
+
+# --- issuer (A17) -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "iss",
+    [
+        "https://issuer.test/",
+        "https://issuer.test.evil",
+        "https://ISSUER.test",
+        "https://issuer",
+        "",
+        ["https://issuer.test"],
+        None,
+    ],
+)
+def test_issuer_must_match_exactly(iss: object) -> None:
+    with pytest.raises((InvalidIssuer, InvalidClaim)):
+        check(claims(iss=iss))
+
+
+# --- audience (A18) ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("aud", [AUD, [AUD], ["other", AUD]])
+def test_audience_string_or_list_element_matches(aud: object) -> None:
+    check(claims(aud=aud))
+
+
+@pytest.mark.parametrize(
+    "aud",
+    [
+        None,
+        "other",
+        "",
+        [],
+        ["other"],
+        [123],
+        [AUD, 123],
+        {"aud": AUD},
+        "https://api.tes",
+        AUD + "/",
+        123,
+    ],
+)
+def test_audience_mismatch_or_bad_shape_is_rejected(aud: object) -> None:
+    with pytest.raises(InvalidAudience):
+        check(claims(aud=aud))
+
+
+def test_without_configured_audience_any_well_formed_aud_or_none_is_accepted() -> None:
+    check(claims(aud=None), audience=None)
+    check(claims(aud="anything"), audience=None)
+    check(claims(aud=["a", "b"]), audience=None)
+
+
+@pytest.mark.parametrize("aud", [[], [1], 5, {"a": 1}])
+def test_without_configured_audience_a_malformed_aud_is_still_rejected(aud: object) -> None:
+    with pytest.raises(InvalidAudience):
+        check(claims(aud=aud), audience=None)
+
+
+# --- required and string claims -------------------------------------------------------------------
+
+
+def test_sub_is_required_by_default() -> None:
+    with pytest.raises(InvalidClaim, match="sub"):
+        check(claims(sub=None))
+
+
+def test_required_claims_are_configurable() -> None:
+    check(claims(sub=None), required=())
+    with pytest.raises(InvalidClaim, match="jti"):
+        check(claims(), required=("sub", "jti"))
+    check(claims(jti="j-1"), required=("sub", "jti"))
+
+
+@pytest.mark.parametrize(("name", "value"), [("sub", 5), ("sub", ""), ("sub", ["a"]), ("jti", 1)])
+def test_string_claims_must_be_non_empty_strings(name: str, value: object) -> None:
+    with pytest.raises(InvalidClaim, match=name):
+        check(claims(**{name: value}))
+
+
+def test_all_claim_errors_are_invalid_tokens() -> None:
+    for cls in (ExpiredToken, TokenNotYetValid, InvalidIssuer, InvalidAudience, InvalidClaim):
+        assert issubclass(cls, InvalidToken)
