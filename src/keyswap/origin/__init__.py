@@ -1,0 +1,11 @@
+"""``keyswap origin``: a runnable protected API that answers every request with its verified claims.
+
+:func:`create_app` builds the ASGI app (reusable in-process, e.g. by the gateway demo); the click
+command lives in :mod:`keyswap.origin.cli` and serves it with uvicorn.
+"""
+
+from __future__ import annotations
+
+from keyswap.origin.app import ManagedVerifier, create_app
+
+__all__ = ["ManagedVerifier", "create_app"]

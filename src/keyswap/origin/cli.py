@@ -1,0 +1,270 @@
+"""``keyswap origin``: serve the claims-echo app behind the JWT middleware with uvicorn.
+
+Every option can also be set by an environment variable (``KEYSWAP_JWKS_URL``, ``KEYSWAP_ISSUER``,
+``KEYSWAP_AUDIENCE``, ``KEYSWAP_ALGORITHMS``, ``KEYSWAP_HOST``, ``KEYSWAP_PORT``, ``KEYSWAP_LEEWAY``,
+``KEYSWAP_JWKS_CACHE_TTL``, ``KEYSWAP_JWKS_COOLDOWN``, ``KEYSWAP_REALM``, ``KEYSWAP_LOG_LEVEL``,
+``KEYSWAP_ACCESS_LOG``); a flag wins over its variable. A bad value prints one ``Error: ...`` line and
+exits with status 2 before anything is served.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import sys
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+
+from keyswap.errors import ConfigError
+
+__all__ = ["DEFAULT_ALGORITHMS", "origin"]
+
+#: Accepted when ``--algorithms`` is not given: every algorithm keyswap verifies. Each JWKS key is
+#: bound to its own algorithm family, so allowing all four never lets one key verify another's alg.
+DEFAULT_ALGORITHMS = "RS256,PS256,ES256,EdDSA"
+
+logger = logging.getLogger("keyswap.origin")
+
+
+class _OneLineUsageError(click.ClickException):
+    exit_code = 2
+
+
+class _OneLineErrors(click.Command):
+    """A command whose bad flags / variables print one ``Error:`` line instead of usage + hint."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            message = exc.format_message()
+            param = getattr(exc, "param", None)
+            if (
+                isinstance(param, click.Option)
+                and isinstance(param.envvar, str)
+                and param.name is not None
+                and ctx.get_parameter_source(param.name) is click.core.ParameterSource.ENVIRONMENT
+            ):
+                message = f"{message} (from {param.envvar})"
+            raise _OneLineUsageError(message) from exc
+
+
+class _Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    name = "seconds"
+
+    def __init__(self, minimum: float, maximum: float = math.inf) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            try:
+                seconds = float(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or not self.minimum <= seconds <= self.maximum:
+            bounds = f">= {self.minimum:g}"
+            if math.isfinite(self.maximum):
+                bounds = f"between {self.minimum:g} and {self.maximum:g}"
+            self.fail(f"must be a number of seconds {bounds} (got {value!r})", param, ctx)
+        return seconds
+
+
+class _HttpUrl(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        try:
+            parts = urlsplit(text)
+            host = parts.hostname
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            host = None
+        if parts.scheme not in ("http", "https"):
+            got = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+            self.fail(f"must be an http:// or https:// URL (got {got})", param, ctx)
+        if not host or any(c.isspace() or not c.isprintable() for c in text):
+            from keyswap.verifier.fetch import redact_url
+
+            self.fail(f"must be a URL with a valid host (got {redact_url(text)!r})", param, ctx)
+        return text
+
+
+class _Algorithms(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    name = "algs"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        from keyswap.verifier.jws import SUPPORTED_ALGORITHMS
+
+        names = [name.strip() for name in str(value).split(",") if name.strip()]
+        unknown = [name for name in names if name not in SUPPORTED_ALGORITHMS]
+        if unknown or not names:
+            supported = ", ".join(sorted(SUPPORTED_ALGORITHMS))
+            got = ", ".join(unknown) if unknown else "nothing"
+            self.fail(f"unsupported algorithm {got} (supported: {supported})", param, ctx)
+        return tuple(dict.fromkeys(names))
+
+
+class _NonEmpty(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        if not text:
+            self.fail("must not be empty", param, ctx)
+        return text
+
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@click.command(
+    cls=_OneLineErrors,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--jwks-url", envvar="KEYSWAP_JWKS_URL", required=True, type=_HttpUrl(), help="Issuer's JWKS."
+)
+@click.option(
+    "--issuer", envvar="KEYSWAP_ISSUER", required=True, type=_NonEmpty(), help="Exact `iss`."
+)
+@click.option(
+    "--audience", envvar="KEYSWAP_AUDIENCE", type=_NonEmpty(), help="Required `aud` (optional)."
+)
+@click.option(
+    "--algorithms",
+    envvar="KEYSWAP_ALGORITHMS",
+    type=_Algorithms(),
+    default=DEFAULT_ALGORITHMS,
+    show_default=True,
+    help="Comma-separated allow-list.",
+)
+@click.option("--host", envvar="KEYSWAP_HOST", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port", envvar="KEYSWAP_PORT", type=click.IntRange(1, 65535), default=7878, show_default=True
+)
+@click.option(
+    "--leeway",
+    envvar="KEYSWAP_LEEWAY",
+    type=_Seconds(0, 300),
+    default=30.0,
+    show_default=True,
+    help="Clock skew allowed for exp/nbf/iat, seconds (0-300).",
+)
+@click.option(
+    "--jwks-cache-ttl",
+    envvar="KEYSWAP_JWKS_CACHE_TTL",
+    type=_Seconds(1),
+    default=300.0,
+    show_default=True,
+    help="Refresh the JWKS after this many seconds (>= 1).",
+)
+@click.option(
+    "--jwks-cooldown",
+    envvar="KEYSWAP_JWKS_COOLDOWN",
+    type=_Seconds(1),
+    default=10.0,
+    show_default=True,
+    help="Minimum seconds between refetches caused by unknown kids (>= 1).",
+)
+@click.option("--realm", envvar="KEYSWAP_REALM", default="keyswap", show_default=True)
+@click.option(
+    "--log-level",
+    envvar="KEYSWAP_LOG_LEVEL",
+    type=click.Choice(_LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+)
+@click.option(
+    "--access-log/--no-access-log", envvar="KEYSWAP_ACCESS_LOG", default=False, show_default=True
+)
+def origin(
+    jwks_url: str,
+    issuer: str,
+    audience: str | None,
+    algorithms: tuple[str, ...],
+    host: str,
+    port: int,
+    leeway: float,
+    jwks_cache_ttl: float,
+    jwks_cooldown: float,
+    realm: str,
+    log_level: str,
+    access_log: bool,
+) -> None:
+    """Run a protected API that answers every request with its verified JWT claims as JSON.
+
+    Requests without a bearer token get 401 "No token provided", bad tokens 401 "Invalid token",
+    and 503 with Retry-After while no signing keys could be fetched yet.
+    """
+    import uvicorn
+
+    from keyswap.origin.app import create_app
+    from keyswap.verifier.fetch import redact_url
+    from keyswap.verifier.verify import IssuerConfig, Verifier
+
+    _configure_logging(log_level)
+    try:
+        config = IssuerConfig(
+            issuer=issuer,
+            jwks_url=jwks_url,
+            audience=audience,
+            algorithms=algorithms,
+            leeway=leeway,
+            jwks_cache_ttl=jwks_cache_ttl,
+            jwks_cooldown=jwks_cooldown,
+        )
+        verifier = Verifier(config)
+        app = create_app(verifier, realm=realm)
+    except ConfigError as exc:
+        raise _OneLineUsageError(str(exc)) from exc
+    logger.info(
+        "keyswap origin on http://%s:%d: issuer=%s jwks_url=%s algorithms=%s audience=%s",
+        host,
+        port,
+        issuer,
+        redact_url(jwks_url),
+        ",".join(algorithms),
+        audience or "-",
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            loop=_available("uvloop"),
+            http=_available("httptools"),
+            lifespan="on",
+            log_level=log_level.lower(),
+            access_log=access_log,
+            server_header=False,
+        )
+    )
+    server.run()
+    if not server.started:  # e.g. the port is taken; uvicorn has logged why
+        sys.exit(1)
+
+
+def _available(module: str) -> str:
+    return module if importlib.util.find_spec(module) is not None else "auto"
+
+
+def _configure_logging(level: str) -> None:
+    root = logging.getLogger("keyswap")
+    root.setLevel(level.upper())
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        root.addHandler(handler)

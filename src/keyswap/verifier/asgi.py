@@ -1,0 +1,303 @@
+"""Pure ASGI middleware that lets only requests with a valid bearer token through.
+
+It sits on every request, so it keeps to the minimum: no framework request objects, response headers
+built once at construction, one header scan, one ``await verifier.verify(token)`` (a token-cache hit
+once warm). It never keeps per-request state on ``self``.
+
+Responses (RFC 6750 §3):
+
+=========================  ======  ===================================================================
+cause                      status  ``WWW-Authenticate`` / body
+=========================  ======  ===================================================================
+no bearer token            401     ``Bearer realm="..."`` (no ``error``) / ``No token provided``
+any bad token              401     ``Bearer realm="...", error="invalid_token", error_description="..."``
+                                   / ``Invalid token``
+:class:`InsufficientScope`  403     ``Bearer realm="...", error="insufficient_scope", scope="..."``
+                                   / ``Insufficient scope``
+keys unavailable           503     ``Retry-After: N`` / ``Signing keys temporarily unavailable``
+verifier bug (any other    401     like a bad token; the exception is logged without the token
+exception)
+=========================  ======  ===================================================================
+
+``error_description`` is the error's ``reason`` reduced to the RFC 6750 character set (printable ASCII
+without ``"`` and ``\\``) and at most :data:`MAX_DESCRIPTION_LENGTH` characters; pass
+``error_descriptions=False`` to leave it out. Exceptions raised by the wrapped app are not touched.
+
+Scopes: ``http`` and ``websocket`` are authenticated; everything else (``lifespan``) passes through. A
+websocket handshake without a valid token is refused before the app sees it: with the server's
+``websocket.http.response`` extension as the same HTTP response as above, otherwise with
+``websocket.close`` code 1008 (the server then answers the handshake with 403).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from keyswap.errors import (
+    AuthError,
+    ConfigError,
+    InsufficientScope,
+    JWKSFetchError,
+    KeysUnavailable,
+    MissingToken,
+)
+from keyswap.verifier.extract import DEFAULT_MAX_TOKEN_SIZE, bearer_token
+
+__all__ = [
+    "CLAIMS_SCOPE_KEY",
+    "MAX_DESCRIPTION_LENGTH",
+    "ASGIApp",
+    "JWTAuthMiddleware",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "TokenVerifier",
+    "sanitize_description",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Where the verified claims go in the ASGI scope (also ``scope["state"]["claims"]``).
+CLAIMS_SCOPE_KEY = "keyswap.claims"
+#: ``error_description`` values are cut to this many characters.
+MAX_DESCRIPTION_LENGTH = 200
+
+logger = logging.getLogger("keyswap.verifier.asgi")
+
+_NOT_RFC6750 = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]+")
+_SCOPE_JUNK = re.compile(r"[^\x21\x23-\x5b\x5d-\x7e]+")
+_TEXT = (b"content-type", b"text/plain; charset=utf-8")
+
+
+class TokenVerifier(Protocol):
+    """What the middleware needs from a verifier (``keyswap.verifier.Verifier`` is one)."""
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        """Return the verified claims or raise a :class:`keyswap.errors.KeyswapError`."""
+        ...
+
+
+def sanitize_description(text: str, *, limit: int = MAX_DESCRIPTION_LENGTH) -> str:
+    """Reduce ``text`` to RFC 6750 ``error_description`` characters (%x20-21 / %x23-5B / %x5D-7E).
+
+    Double quotes become single quotes, backslashes slashes, every other run of characters outside the
+    set (control characters, newlines, non-ASCII) one space; the result is trimmed and cut to ``limit``.
+    """
+    cleaned = _NOT_RFC6750.sub(" ", text.replace('"', "'").replace("\\", "/"))
+    cleaned = " ".join(cleaned.split())
+    if len(cleaned) > limit:
+        cleaned = cleaned[: max(0, limit - 3)].rstrip() + "..."
+    return cleaned
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejection:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    label: str
+    reason: str
+
+
+def _text_headers(body: bytes, *extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    return [_TEXT, (b"content-length", str(len(body)).encode("ascii")), *extra]
+
+
+class JWTAuthMiddleware:
+    """Pure ASGI middleware: verify the bearer token, put the claims on the scope, or answer 401/403/503.
+
+    On success the claims dict is stored as ``scope["keyswap.claims"]`` and
+    ``scope["state"]["claims"]`` (Starlette/FastAPI: ``request.state.claims``).
+
+    Args:
+        app: the ASGI app to protect.
+        verifier: anything with ``async verify(token) -> dict`` (normally a ``Verifier``).
+        realm: the ``realm`` of the ``WWW-Authenticate`` challenge.
+        exempt_paths: paths served without a token. ``"/health"`` matches that path exactly;
+            ``"/public/*"`` matches every path starting with ``/public/`` (never one containing a
+            ``.`` or ``..`` segment).
+        error_descriptions: send ``error_description`` with ``invalid_token`` / ``insufficient_scope``.
+        max_token_size: longer ``Authorization`` values are rejected before any other work.
+
+    Raises:
+        ConfigError: a bad ``realm`` or exempt path.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        verifier: TokenVerifier,
+        realm: str = "keyswap",
+        exempt_paths: Iterable[str] = (),
+        error_descriptions: bool = True,
+        max_token_size: int = DEFAULT_MAX_TOKEN_SIZE,
+    ) -> None:
+        if not realm or sanitize_description(realm, limit=len(realm)) != realm:
+            raise ConfigError(
+                f"realm must be non-empty printable ASCII without quotes or backslashes: {realm!r}"
+            )
+        if max_token_size < 1:
+            raise ConfigError("max_token_size must be at least 1")
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        for path in exempt_paths:
+            if not isinstance(path, str) or not path.startswith("/") or "*" in path[:-1]:
+                raise ConfigError(
+                    f"exempt path must start with '/' and may only end with '*': {path!r}"
+                )
+            if path.endswith("*"):
+                prefixes.append(path[:-1])
+            else:
+                exact.add(path)
+        self.app = app
+        self.verifier = verifier
+        self.realm = realm
+        self.error_descriptions = error_descriptions
+        self.max_token_size = max_token_size
+        self._exact = frozenset(exact)
+        self._prefixes = tuple(prefixes)
+        self._has_exempt = bool(exact or prefixes)
+        self._challenge = f'Bearer realm="{realm}"'
+        missing_body = b"No token provided"
+        self._missing = _Rejection(
+            401,
+            _text_headers(missing_body, (b"www-authenticate", self._challenge.encode("ascii"))),
+            missing_body,
+            MissingToken.label,
+            "",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if (kind != "http" and kind != "websocket") or (
+            self._has_exempt and self._is_exempt(scope["path"])
+        ):
+            await self.app(scope, receive, send)
+            return
+        token: str | None = None
+        try:
+            token = bearer_token(scope["headers"], max_size=self.max_token_size)
+            claims = await self.verifier.verify(token)
+        except Exception as exc:
+            rejection = self._rejection(exc, token)
+        else:
+            scope[CLAIMS_SCOPE_KEY] = claims
+            state = scope.get("state")
+            if state is None:
+                scope["state"] = {"claims": claims}
+            else:
+                state["claims"] = claims
+            await self.app(scope, receive, send)
+            return
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "rejected %s %r: %s %d %s",
+                scope.get("method", "WEBSOCKET"),
+                scope.get("path", ""),
+                rejection.label,
+                rejection.status,
+                sanitize_description(rejection.reason),
+            )
+        if kind == "http":
+            await _send_http(send, rejection)
+        else:
+            await _refuse_websocket(scope, receive, send, rejection)
+
+    def _is_exempt(self, path: str) -> bool:
+        if path in self._exact:
+            return True
+        if self._prefixes and path.startswith(self._prefixes):
+            return not any(segment in (".", "..") for segment in path.split("/"))
+        return False
+
+    def _rejection(self, exc: Exception, token: str | None) -> _Rejection:
+        if isinstance(exc, MissingToken):
+            return self._missing
+        if isinstance(exc, InsufficientScope):
+            params = ['error="insufficient_scope"']
+            scope = " ".join(_SCOPE_JUNK.sub(" ", exc.scope).split())
+            if scope:
+                params.append(f'scope="{scope}"')
+            return self._challenge_rejection(403, b"Insufficient scope", exc, params)
+        if isinstance(exc, AuthError):
+            return self._challenge_rejection(401, b"Invalid token", exc, ['error="invalid_token"'])
+        if isinstance(exc, KeysUnavailable | JWKSFetchError):
+            retry_after = exc.retry_after if isinstance(exc, KeysUnavailable) else 5
+            body = b"Signing keys temporarily unavailable"
+            headers = _text_headers(body, (b"retry-after", str(retry_after).encode("ascii")))
+            return _Rejection(503, headers, body, exc.label, exc.reason)
+        _log_verifier_bug(exc, token)
+        return self._challenge_rejection(
+            401,
+            b"Invalid token",
+            None,
+            ['error="invalid_token"'],
+            reason="the token could not be verified",
+        )
+
+    def _challenge_rejection(
+        self,
+        status: int,
+        body: bytes,
+        exc: AuthError | None,
+        params: list[str],
+        *,
+        reason: str | None = None,
+    ) -> _Rejection:
+        reason = reason if reason is not None else (exc.reason if exc is not None else "")
+        description = sanitize_description(reason) if self.error_descriptions else ""
+        if description:
+            params.append(f'error_description="{description}"')
+        challenge = ", ".join([self._challenge, *params]).encode("ascii")
+        label = exc.label if exc is not None else "internal"
+        return _Rejection(
+            status, _text_headers(body, (b"www-authenticate", challenge)), body, label, reason
+        )
+
+
+def _log_verifier_bug(exc: Exception, token: str | None) -> None:
+    """Log an unexpected verifier exception with its traceback, the token (and its parts) redacted."""
+    text = "".join(traceback.format_exception(exc))
+    if token:
+        for secret in sorted({token, *token.split(".")}, key=len, reverse=True):
+            if len(secret) >= 8:
+                text = text.replace(secret, "<redacted>")
+    logger.error("verifier raised an unexpected %s; answered 401\n%s", type(exc).__name__, text)
+
+
+async def _send_http(send: Send, rejection: _Rejection) -> None:
+    await send(
+        {"type": "http.response.start", "status": rejection.status, "headers": rejection.headers}
+    )
+    await send({"type": "http.response.body", "body": rejection.body})
+
+
+async def _refuse_websocket(
+    scope: Scope, receive: Receive, send: Send, rejection: _Rejection
+) -> None:
+    message = await receive()
+    if message.get("type") != "websocket.connect":
+        return  # the client went away first
+    extensions = scope.get("extensions") or {}
+    if "websocket.http.response" in extensions:
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": rejection.status,
+                "headers": rejection.headers,
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": rejection.body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
