@@ -1,0 +1,43 @@
+"""FastAPI example: the protected route of `keyswap origin`, as a FastAPI app.
+
+    KEYSWAP_ISSUER=... KEYSWAP_JWKS_URL=... KEYSWAP_AUDIENCE=... uvicorn examples.fastapi_app:app
+
+`GET /claims` answers the verified claims as JSON; `GET /orders` also needs the `orders:read` scope;
+`/docs` has an Authorize button for the bearer token.
+"""
+
+import os
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Security
+
+from keyswap.verifier.fastapi import KeyswapBearer, TokenClaims
+from keyswap.verifier.verify import IssuerConfig, Verifier
+
+verifier = Verifier(
+    IssuerConfig(
+        issuer=os.environ["KEYSWAP_ISSUER"],
+        jwks_url=os.environ["KEYSWAP_JWKS_URL"],
+        audience=os.environ.get("KEYSWAP_AUDIENCE") or None,
+    )
+)
+auth = KeyswapBearer(verifier)
+app = FastAPI(title="keyswap FastAPI example", lifespan=auth.lifespan)
+auth.install(app)
+
+
+@app.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@app.get("/claims")
+async def claims(token: Annotated[TokenClaims, Depends(auth)]) -> dict[str, Any]:
+    return dict(token.raw)
+
+
+@app.get("/orders")
+async def orders(
+    token: Annotated[TokenClaims, Security(auth, scopes=["orders:read"])],
+) -> dict[str, Any]:
+    return {"orders": [], "consumer": token.sub}

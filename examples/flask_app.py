@@ -1,0 +1,36 @@
+"""Flask example: the protected route of `keyswap origin`, as a Flask app.
+
+    KEYSWAP_ISSUER=... KEYSWAP_JWKS_URL=... KEYSWAP_AUDIENCE=... flask --app examples.flask_app run
+
+Every path except `/health` needs a valid token; `/claims` answers the verified claims as JSON;
+`/orders` also needs the `orders:read` scope. The verifier is built from the `KEYSWAP_*` settings.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask, g, jsonify
+
+from keyswap.verifier.flask import KeyswapFlask, require_token
+
+app = Flask(__name__)
+app.config.update({k: v for k, v in os.environ.items() if k.startswith("KEYSWAP_")})
+KeyswapFlask(app, exempt_paths=["/health"])
+
+
+@app.get("/health")
+def health() -> Any:
+    return jsonify(status="ok")
+
+
+@app.get("/claims")
+def claims() -> Any:
+    return jsonify(g.keyswap_claims)
+
+
+@app.get("/orders")
+@require_token(scopes=["orders:read"])
+def orders() -> Any:
+    return jsonify(orders=[], consumer=g.keyswap_claims["sub"])

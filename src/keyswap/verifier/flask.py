@@ -1,0 +1,226 @@
+"""Flask extension: verify bearer tokens app-wide or per view; claims on ``flask.g.keyswap_claims``.
+
+::
+
+    from flask import Flask, g
+    from keyswap.verifier.verify import IssuerConfig, Verifier
+    from keyswap.verifier.flask import KeyswapFlask, require_token
+
+    app = Flask(__name__)
+    KeyswapFlask(app, verifier=Verifier(IssuerConfig(issuer=..., jwks_url=..., audience=...)))
+
+    @app.get("/orders")
+    @require_token(scopes=["orders:read"])
+    def orders():
+        return g.keyswap_claims
+
+``KeyswapFlask(app, ...)`` checks every request (except ``exempt_paths``) before its view runs;
+``KeyswapFlask(app, ..., protect_all=False)`` only registers the verifier, and ``@require_token`` then
+protects the views it decorates. Both put the verified claims dict on ``g.keyswap_claims`` (and
+``request.environ["keyswap.claims"]``). The application-factory pattern works as usual::
+
+    keyswap = KeyswapFlask(verifier=verifier)
+    def create_app():
+        app = Flask(__name__)
+        keyswap.init_app(app)
+        return app
+
+Errors are the ASGI middleware's responses: 401 ``No token provided`` / ``Invalid token`` with the
+RFC 6750 challenge, 403 ``insufficient_scope`` with ``scope="..."``, 503 with ``Retry-After``.
+The verifier is started (background key refresh) on the first request of each worker process.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ParamSpec, TypeVar, cast
+
+from flask import Flask, Response, current_app, g, request
+
+from keyswap.errors import ConfigError
+from keyswap.verifier.extract import DEFAULT_MAX_TOKEN_SIZE
+from keyswap.verifier.permissions import (
+    DEFAULT_PERMISSION_CLAIMS,
+    ClaimPath,
+    normalise_paths,
+    validate_scopes,
+)
+from keyswap.verifier.responses import (
+    CLAIMS_ENVIRON_KEY,
+    Guard,
+    Rejection,
+    VerifierLike,
+    verifier_from_settings,
+)
+
+__all__ = ["EXTENSION_KEY", "G_CLAIMS", "KeyswapFlask", "get_claims", "require_token"]
+
+#: ``app.extensions`` key of the extension state.
+EXTENSION_KEY = "keyswap"
+#: Attribute of :data:`flask.g` holding the verified claims dict.
+G_CLAIMS = "keyswap_claims"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def get_claims() -> dict[str, Any] | None:
+    """The verified claims of the current request, or ``None`` when it was not verified."""
+    claims = g.get(G_CLAIMS)
+    return claims if isinstance(claims, dict) else None
+
+
+def _response(rejection: Rejection) -> Response:
+    return Response(
+        rejection.body,
+        status=rejection.status,
+        headers=rejection.extra_headers,
+        content_type=rejection.content_type,
+    )
+
+
+class KeyswapFlask:
+    """The Flask extension.
+
+    Args:
+        app: the app to set up now; or call :meth:`init_app` later.
+        verifier: a ``Verifier`` (its ``verify_sync`` is used, on the request's thread). When omitted,
+            :meth:`init_app` builds one from ``app.config``: ``KEYSWAP_ISSUER``, ``KEYSWAP_JWKS_URL``,
+            ``KEYSWAP_AUDIENCE`` (and optionally ``KEYSWAP_ALGORITHMS``, ``KEYSWAP_LEEWAY``).
+        protect_all: check every request before its view (``exempt_paths`` aside). With ``False``
+            only views decorated with :func:`require_token` are protected.
+        exempt_paths: paths served without a token (``"/health"`` exactly, ``"/public/*"`` as a prefix).
+        scopes: scopes every protected request must have (with ``protect_all``).
+        realm: the ``realm`` of the ``WWW-Authenticate`` challenge.
+        permission_claims: where scopes are read from (default ``scope``, ``scp``, ``roles``).
+        error_descriptions: include ``error_description`` in challenges.
+        max_token_size: longer ``Authorization`` values are rejected before any other work.
+
+    Raises:
+        ConfigError: no verifier and no ``KEYSWAP_*`` config, a bad realm or exempt path.
+        ValueError: a bad scope or claim path.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        verifier: VerifierLike | None = None,
+        protect_all: bool = True,
+        exempt_paths: Iterable[str] = (),
+        scopes: Sequence[str] = (),
+        realm: str = "keyswap",
+        permission_claims: Iterable[ClaimPath] = DEFAULT_PERMISSION_CLAIMS,
+        error_descriptions: bool = True,
+        max_token_size: int = DEFAULT_MAX_TOKEN_SIZE,
+    ) -> None:
+        self.verifier = verifier
+        self.protect_all = protect_all
+        self.scopes = validate_scopes(scopes)
+        self._options: dict[str, Any] = {
+            "realm": realm,
+            "exempt_paths": tuple(exempt_paths),
+            "permission_claims": normalise_paths(permission_claims),
+            "error_descriptions": error_descriptions,
+            "max_token_size": max_token_size,
+            "logger_name": "keyswap.verifier.flask",
+        }
+        if verifier is not None:
+            Guard(verifier, **self._options)  # validate eagerly, before any app exists
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register the extension on ``app`` (and, with ``protect_all``, the request check).
+
+        Raises:
+            ConfigError: no verifier was given and ``app.config`` has no ``KEYSWAP_*`` settings.
+        """
+        verifier = self.verifier
+        if verifier is None:
+            verifier = verifier_from_settings(app.config, prefix="KEYSWAP_")
+        app.extensions[EXTENSION_KEY] = _AppState(Guard(verifier, **self._options), self.scopes)
+        if self.protect_all:
+            app.before_request(_before_request)
+
+
+class _AppState:
+    """What one app needs per request: the guard and the app-wide scopes."""
+
+    def __init__(self, guard: Guard, scopes: tuple[str, ...]) -> None:
+        self.guard = guard
+        self.scopes = scopes
+
+    def authenticate(self, scopes: Sequence[str] = ()) -> Rejection | None:
+        """Verify the current request (once) and check ``scopes``; store the claims on ``g``.
+
+        Returns ``None`` on success, else the rejection to send.
+        """
+        self.guard.ensure_started()
+        claims = get_claims()
+        if claims is None:
+            result = self.guard.authenticate_sync(request.environ.get("HTTP_AUTHORIZATION"))
+            if isinstance(result, Rejection):
+                self.guard.responder.log(request.method, request.path, result)
+                return result
+            claims = result
+            setattr(g, G_CLAIMS, claims)
+            request.environ[CLAIMS_ENVIRON_KEY] = claims
+        rejection = self.guard.check_scopes(claims, scopes)
+        if rejection is not None:
+            self.guard.responder.log(request.method, request.path, rejection)
+        return rejection
+
+
+def _state() -> _AppState:
+    state = current_app.extensions.get(EXTENSION_KEY)
+    if not isinstance(state, _AppState):
+        raise ConfigError("@require_token needs KeyswapFlask(app, verifier=...) on this app")
+    return state
+
+
+def _before_request() -> Response | None:
+    state = _state()
+    if state.guard.is_exempt(request.path):
+        return None
+    rejection = state.authenticate(state.scopes)
+    return _response(rejection) if rejection is not None else None
+
+
+def require_token(
+    scopes: Sequence[str] = (),
+) -> Callable[[Callable[P, R]], Callable[P, R | Response]]:
+    """Protect one view: a valid token (and every scope in ``scopes``) is required.
+
+    Works with ``protect_all=True`` (the token is then verified once, before the view, and only the
+    scopes are checked here) and with ``protect_all=False``. ``async def`` views are supported.
+
+    Raises:
+        ValueError: a scope is not an RFC 6749 scope token.
+    """
+    required = validate_scopes(scopes)
+
+    def decorate(view: Callable[P, R]) -> Callable[P, R | Response]:
+        if inspect.iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                rejection = _state().authenticate(required)
+                if rejection is not None:
+                    return _response(rejection)
+                return await view(*args, **kwargs)
+
+            return cast("Callable[P, R | Response]", async_wrapper)
+
+        @functools.wraps(view)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | Response:
+            rejection = _state().authenticate(required)
+            if rejection is not None:
+                return _response(rejection)
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
