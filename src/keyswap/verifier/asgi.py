@@ -167,7 +167,7 @@ class JWTAuthMiddleware:
         self.max_token_size = max_token_size
         self._exact = frozenset(exact)
         self._prefixes = tuple(prefixes)
-        self._has_exempt = bool(exact or prefixes)
+        self.has_exempt = bool(exact or prefixes)
         self._challenge = f'Bearer realm="{realm}"'
         missing_body = b"No token provided"
         self._missing = _Rejection(
@@ -181,7 +181,7 @@ class JWTAuthMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if (kind != "http" and kind != "websocket") or (
-            self._has_exempt and self._is_exempt(scope["path"])
+            self.has_exempt and self.is_exempt(scope["path"])
         ):
             await self.app(scope, receive, send)
             return
@@ -190,7 +190,7 @@ class JWTAuthMiddleware:
             token = bearer_token(scope["headers"], max_size=self.max_token_size)
             claims = await self.verifier.verify(token)
         except Exception as exc:
-            rejection = self._rejection(exc, token)
+            rejection = self.rejection(exc, token)
         else:
             scope[CLAIMS_SCOPE_KEY] = claims
             state = scope.get("state")
@@ -214,14 +214,16 @@ class JWTAuthMiddleware:
         else:
             await _refuse_websocket(scope, receive, send, rejection)
 
-    def _is_exempt(self, path: str) -> bool:
+    def is_exempt(self, path: str) -> bool:
+        """True when ``path`` is an exempt path (exact, or under a ``prefix*`` entry without dot segments)."""
         if path in self._exact:
             return True
         if self._prefixes and path.startswith(self._prefixes):
             return not any(segment in (".", "..") for segment in path.split("/"))
         return False
 
-    def _rejection(self, exc: Exception, token: str | None) -> _Rejection:
+    def rejection(self, exc: Exception, token: str | None) -> _Rejection:
+        """The response for ``exc``: status, headers and body, shared by every framework adapter."""
         if isinstance(exc, MissingToken):
             return self._missing
         if isinstance(exc, InsufficientScope):

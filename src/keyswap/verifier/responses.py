@@ -149,7 +149,7 @@ class Responder:
 
     def reject(self, exc: Exception, *, token: str | None = None) -> Rejection:
         """The response for ``exc``; ``token`` is only used to redact it from a logged traceback."""
-        raw = self._middleware._rejection(exc, token)
+        raw = self._middleware.rejection(exc, token)
         headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw.headers)
         return Rejection(raw.status, headers, raw.body, raw.label, raw.reason)
 
@@ -248,7 +248,7 @@ class Guard:
 
     def is_exempt(self, path: str) -> bool:
         """``True`` when ``path`` is served without a token."""
-        return self._paths._has_exempt and self._paths._is_exempt(path)
+        return self._paths.has_exempt and self._paths.is_exempt(path)
 
     def permissions(self, claims: Mapping[str, Any] | None) -> frozenset[str]:
         """The permissions ``claims`` grant, read from the configured claims."""

@@ -369,4 +369,4 @@ class Verifier:
 
     def _reject(self, err: KeyswapError) -> None:
         self._inc("rejections", reason=err.label)
-        logger.info("token rejected: %s (%r)", err.label, err.reason)
+        logger.debug("token rejected: %s (%r)", err.label, err.reason)
