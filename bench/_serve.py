@@ -1,0 +1,183 @@
+"""Serve one benchmark app with uvicorn (one worker, uvloop + httptools, no access log).
+
+    python bench/_serve.py APP --port N [--jwks-url URL] [--upstream URL]
+
+Apps:
+  bare         Starlette, one small JSON route (the 1.00 of every table)
+  keyswap      the same app behind keyswap's pure-ASGI JWTAuthMiddleware
+  handwritten  the same app behind the JWT middleware people write today: Starlette
+               BaseHTTPMiddleware + PyJWKClient(url).get_signing_key_from_jwt + jwt.decode
+  naiveproxy   a Starlette proxy: API-key check (HMAC of the presented key, dict lookup), then
+               forward over one keep-alive aiohttp.ClientSession (env BENCH_API_KEY, BENCH_KEY_HEADER)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import AUDIENCE, HOST, ISSUER
+
+
+async def hello(request: Request) -> JSONResponse:
+    return JSONResponse({"hello": "world"})
+
+
+def bare_app() -> Starlette:
+    return Starlette(routes=[Route("/", hello), Route("/{path:path}", hello)])
+
+
+def keyswap_app(jwks_url: str) -> Any:
+    from keyswap.verifier.asgi import JWTAuthMiddleware
+    from keyswap.verifier.verify import IssuerConfig, Verifier
+
+    verifier = Verifier(IssuerConfig(issuer=ISSUER, jwks_url=jwks_url, audience=AUDIENCE))
+    verifier.start()
+    return JWTAuthMiddleware(bare_app(), verifier=verifier)
+
+
+def handwritten_app(jwks_url: str) -> Starlette:
+    import jwt
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+    class JWTMiddleware(BaseHTTPMiddleware):
+        def __init__(self, app: Any, jwks_url: str) -> None:
+            super().__init__(app)
+            self.jwks_client = jwt.PyJWKClient(jwks_url)
+
+        async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+            auth = request.headers.get("authorization", "")
+            if not auth.startswith("Bearer "):
+                return JSONResponse({"detail": "Not authenticated"}, status_code=401)
+            token = auth[len("Bearer ") :]
+            try:
+                signing_key = self.jwks_client.get_signing_key_from_jwt(token)
+                claims = jwt.decode(
+                    token, signing_key.key, algorithms=["RS256"], audience=AUDIENCE, issuer=ISSUER
+                )
+            except jwt.PyJWTError:
+                return JSONResponse({"detail": "Invalid token"}, status_code=401)
+            request.state.claims = claims
+            return await call_next(request)
+
+    return Starlette(
+        routes=[Route("/", hello), Route("/{path:path}", hello)],
+        middleware=[Middleware(JWTMiddleware, jwks_url=jwks_url)],
+    )
+
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+
+
+def naive_proxy_app(upstream: str) -> Starlette:
+    import contextlib
+
+    import aiohttp
+
+    key_header = os.environ.get("BENCH_KEY_HEADER", "x-api-key").lower()
+    secret = secrets.token_bytes(32)
+    consumers = {
+        hmac.digest(secret, os.environ["BENCH_API_KEY"].encode(), hashlib.sha256): "bench",
+    }
+    state: dict[str, aiohttp.ClientSession] = {}
+    upstream = upstream.rstrip("/")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        connector = aiohttp.TCPConnector(limit=100, keepalive_timeout=60)
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+            state["session"] = session
+            yield
+
+    async def proxy(request: Request) -> Response:
+        presented = request.headers.get(key_header, "")
+        if key_header == "authorization" and presented.startswith("Bearer "):
+            presented = presented[len("Bearer ") :]
+        if (
+            not presented
+            or consumers.get(hmac.digest(secret, presented.encode(), hashlib.sha256)) is None
+        ):
+            return JSONResponse({"error": "invalid_api_key"}, status_code=401)
+        headers = {
+            k: v for k, v in request.headers.items() if k not in _HOP_BY_HOP and k != key_header
+        }
+        url = upstream + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+        body = await request.body()
+        async with state["session"].request(
+            request.method, url, headers=headers, data=body or None
+        ) as resp:
+            content = await resp.read()
+            out = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP}
+            return Response(content=content, status_code=resp.status, headers=out)
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    return Starlette(
+        routes=[Route("/", proxy, methods=methods), Route("/{path:path}", proxy, methods=methods)],
+        lifespan=lifespan,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("app", choices=["bare", "keyswap", "handwritten", "naiveproxy"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--jwks-url")
+    parser.add_argument("--upstream")
+    args = parser.parse_args()
+
+    app: Any
+    if args.app == "bare":
+        app = bare_app()
+    elif args.app == "keyswap":
+        app = keyswap_app(args.jwks_url)
+    elif args.app == "handwritten":
+        app = handwritten_app(args.jwks_url)
+    else:
+        app = naive_proxy_app(args.upstream)
+
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host=HOST,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="auto",
+    )
+
+
+if __name__ == "__main__":
+    main()

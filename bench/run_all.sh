@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run every benchmark (full length unless arguments such as --quick are given) and keep each report in
+# bench/results/<name>.md. Run on a quiet machine. Exit status: non-zero if any benchmark missed a target.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p bench/results
+status=0
+for name in verify http gateway; do
+  echo "== ${name}_bench.py $*" >&2
+  .venv/bin/python "bench/${name}_bench.py" "$@" | tee "bench/results/${name}.md" || status=1
+done
+exit "$status"
