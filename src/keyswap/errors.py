@@ -26,6 +26,7 @@ them into responses; nothing reaches the server as a 500.
     │   ├── InsufficientScope             insufficient_scope   403
     │   └── InvalidApiKey                 invalid_api_key      401  (gateway: every cause looks the same)
     ├── KeysUnavailable                   temporarily_unavailable 503 (+ Retry-After)
+    ├── StoreUnavailable                  temporarily_unavailable 503 (+ Retry-After)  key store unreachable
     ├── JWKSFetchError                    jwks_fetch_failed    503  (internal: a fetch failed)
     ├── RateLimited                       rate_limited         429 (+ Retry-After)
     └── UpstreamError                     bad_gateway          502
@@ -57,6 +58,7 @@ __all__ = [
     "MissingToken",
     "NotFound",
     "RateLimited",
+    "StoreUnavailable",
     "TokenNotYetValid",
     "UnknownKey",
     "UnsupportedAlgorithm",
@@ -210,6 +212,18 @@ class KeysUnavailable(KeyswapError):
     code = "temporarily_unavailable"
     status = 503
     label = "keys_unavailable"
+
+    def __init__(self, reason: str = "", *, retry_after: int = 5) -> None:
+        super().__init__(reason)
+        self.retry_after = max(1, int(retry_after))
+
+
+class StoreUnavailable(KeyswapError):
+    """The key store cannot be reached right now; the key is not one this node already knows."""
+
+    code = "temporarily_unavailable"
+    status = 503
+    label = "store_unavailable"
 
     def __init__(self, reason: str = "", *, retry_after: int = 5) -> None:
         super().__init__(reason)

@@ -14,6 +14,7 @@ import pytest
 
 from keyswap.gateway.apikeys import ApiKeys
 from keyswap.gateway.app import GatewayApp, GatewaySettings, build_gateway
+from keyswap.gateway.cluster import ClusterSettings
 from keyswap.gateway.secret import load_secret
 from keyswap.store import Store
 from tests.support.asgi_server import ServerThread, bound_socket
@@ -63,7 +64,12 @@ def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> float:
 
 @contextmanager
 def running_gateway(
-    tmp_path: Path, upstream_url: str, *, real_clock: bool = False, **settings: Any
+    tmp_path: Path,
+    upstream_url: str,
+    *,
+    real_clock: bool = False,
+    cluster: ClusterSettings | None = None,
+    **settings: Any,
 ) -> Iterator[Gateway]:
     """Start a gateway in front of ``upstream_url`` with consumer ``acme`` ({"plan": "free"}) and a key.
 
@@ -78,7 +84,9 @@ def running_gateway(
     options: dict[str, Any] = {"alg": "ES256", "watch_interval": 0.1}
     options.update(settings)
     config = GatewaySettings(upstream_url, f"http://127.0.0.1:{port}", **options)
-    app = build_gateway(config, db_url=db_url, env={}, clock=time.time if real_clock else clock)
+    app = build_gateway(
+        config, db_url=db_url, env={}, clock=time.time if real_clock else clock, cluster=cluster
+    )
     admin_store = Store(db_url)
     try:
         admin = ApiKeys(admin_store, load_secret(db_url, env={}), cache_size=0)

@@ -17,7 +17,9 @@ REQUIRED = os.environ.get("KEYSWAP_REQUIRE_SERVICES") == "1"
 def _reachable(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 1.0):
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), 1.0
+        ):
             return True
     except OSError:
         return False

@@ -14,6 +14,12 @@ computed for every key, malformed ones included. Lookups go through a bounded in
 (positive and negative entries, ``cache_ttl`` seconds, cleared by :meth:`ApiKeys.clear_cache`, which the
 gateway calls whenever the store revision changes); expiry and revocation are checked against the
 request time on every hit, so an expired key is refused at once even when cached.
+
+When the store cannot be reached (a database restart, a network cut), a key this node confirmed within
+the last ``outage_grace`` seconds (default 300) keeps working from memory, expiry and revocation as last
+seen still applied; any other key gets :class:`~keyswap.errors.StoreUnavailable` (503, not 401: the key
+may well be valid). After a failure the store is left alone for ``retry_interval`` seconds (known keys
+are then answered without a thread or a query), then tried again; service recovers by itself.
 """
 
 from __future__ import annotations
@@ -30,15 +36,25 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
-from keyswap.errors import AlreadyExists, ConfigError, InvalidApiKey, InvalidInput, NotFound
+from sqlalchemy.exc import SQLAlchemyError
+
+from keyswap.errors import (
+    AlreadyExists,
+    ConfigError,
+    InvalidApiKey,
+    InvalidInput,
+    NotFound,
+    StoreUnavailable,
+)
 from keyswap.gateway.secret import ServerSecret, check_secret
 from keyswap.store.models import ApiKeyRecord, Consumer
 from keyswap.store.sql import Store
 
 __all__ = [
     "DEFAULT_GRACE",
+    "DEFAULT_OUTAGE_GRACE",
     "DEFAULT_PREFIX",
     "KEY_REGEX",
     "ApiKeys",
@@ -53,6 +69,8 @@ BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 DEFAULT_PREFIX = "ks"
 #: How long a rolled key keeps working by default (24 h).
 DEFAULT_GRACE = 86400.0
+#: How long a key confirmed by the store keeps working while the store is unreachable (5 min).
+DEFAULT_OUTAGE_GRACE = 300.0
 RANDOM_LENGTH = 30
 CHECKSUM_LENGTH = 6
 KEY_ID_PREFIX = "key_"
@@ -61,6 +79,7 @@ KEY_ID_LENGTH = 12
 _PREFIX = re.compile(r"[a-z][a-z0-9]{1,15}", re.ASCII)
 _BODY = re.compile(rf"[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}", re.ASCII)
 _REFUSAL = "Invalid API key"
+_UNAVAILABLE = "the key store is unavailable"
 
 
 def key_regex(prefix: str = DEFAULT_PREFIX) -> str:
@@ -125,12 +144,16 @@ def is_well_formed(key: str, prefix: str = DEFAULT_PREFIX) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who a valid API key belongs to. ``metadata`` is read-only and shared: do not mutate it."""
+    """Who a valid API key belongs to. ``metadata`` is read-only and shared: do not mutate it.
+
+    ``rate_limit`` is the consumer's own limit as stored (``None``: the gateway's default).
+    """
 
     key_id: str
     consumer: str
     consumer_id: int
     metadata: Mapping[str, Any]
+    rate_limit: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,31 +162,54 @@ class _Entry:
     principal: Principal
 
 
+@dataclass(frozen=True, slots=True)
+class _Item:
+    fresh_until: float  # monotonic: trusted without asking the store until then (same generation)
+    confirmed_at: float  # monotonic: when the store said so (outage fallback)
+    generation: int
+    entry: _Entry | None
+
+
+class _Lookup(NamedTuple):
+    digest: bytes
+    generation: int
+    hit: bool  # a fresh answer (entry None: a known-unknown key)
+    entry: _Entry | None
+    fallback: _Entry | None  # a known key as last confirmed, usable while the store is down
+
+
 class _LookupCache:
-    """Digest -> entry (or ``None`` for an unknown digest), bounded LRU with a TTL.
+    """Digest -> item, bounded LRU. An item answers for ``ttl`` seconds while the generation is
+    unchanged; a positive item also stays (as a fallback for store outages) for ``grace`` seconds after
+    the store confirmed it.
 
     ``generation`` moves on every :meth:`clear`; a lookup that started before a clear does not store
     its (possibly stale) answer.
     """
 
-    def __init__(self, size: int, ttl: float, monotonic: Callable[[], float]) -> None:
+    def __init__(self, size: int, ttl: float, grace: float, monotonic: Callable[[], float]) -> None:
         self._size = size
         self._ttl = ttl
+        self._grace = grace
         self._monotonic = monotonic
-        self._items: OrderedDict[bytes, tuple[float, _Entry | None]] = OrderedDict()
+        self._items: OrderedDict[bytes, _Item] = OrderedDict()
         self._lock = threading.Lock()
         self.generation = 0
 
-    def get(self, digest: bytes) -> tuple[bool, _Entry | None]:
+    def get(self, digest: bytes) -> tuple[bool, _Entry | None, _Entry | None]:
+        """``(fresh hit, its entry, outage fallback)``."""
         with self._lock:
             item = self._items.get(digest)
             if item is None:
-                return False, None
-            if item[0] <= self._monotonic():
+                return False, None, None
+            now = self._monotonic()
+            fallback = item.entry if now - item.confirmed_at < self._grace else None
+            if item.generation == self.generation and now < item.fresh_until:
+                self._items.move_to_end(digest)
+                return True, item.entry, fallback
+            if fallback is None:
                 del self._items[digest]
-                return False, None
-            self._items.move_to_end(digest)
-            return True, item[1]
+            return False, None, fallback
 
     def put(self, digest: bytes, entry: _Entry | None, generation: int) -> None:
         if self._size <= 0 or self._ttl <= 0:
@@ -171,15 +217,18 @@ class _LookupCache:
         with self._lock:
             if generation != self.generation:
                 return
-            self._items[digest] = (self._monotonic() + self._ttl, entry)
+            now = self._monotonic()
+            self._items[digest] = _Item(now + self._ttl, now, generation, entry)
             self._items.move_to_end(digest)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
 
     def clear(self) -> None:
+        """Stop trusting every item (known keys stay as outage fallbacks)."""
         with self._lock:
             self.generation += 1
-            self._items.clear()
+            if self._grace <= 0:
+                self._items.clear()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -196,8 +245,12 @@ class ApiKeys:
         cache_ttl: seconds a cached lookup is trusted without a revision change (default 1 s: a change
             made by another process shows within a second even without a ChangeWatcher).
         last_used_interval: :meth:`flush_last_used` writes at most this often unless forced.
+        outage_grace: while the store is unreachable, a key the store confirmed within this many
+            seconds keeps working from memory (0: refuse every key with 503 during an outage).
+        retry_interval: after a store failure, seconds before the store is asked again (known keys
+            are answered from memory meanwhile; unknown ones get 503 at once).
         clock: wall-clock seconds (expiry, revocation, last used).
-        monotonic: monotonic seconds (cache ages, flush interval).
+        monotonic: monotonic seconds (cache ages, flush interval, outage bookkeeping).
 
     Raises:
         ConfigError: bad prefix, or the database belongs to another server secret.
@@ -212,15 +265,21 @@ class ApiKeys:
         cache_size: int = 10_000,
         cache_ttl: float = 1.0,
         last_used_interval: float = 10.0,
+        outage_grace: float = DEFAULT_OUTAGE_GRACE,
+        retry_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not (outage_grace >= 0 and retry_interval >= 0):
+            raise ConfigError("outage_grace and retry_interval must not be negative")
         self._store = store
         self._mac_key = secret.api_key_mac_key
         self.prefix = _check_prefix(prefix)
         self._clock = clock
         self._monotonic = monotonic
-        self._cache = _LookupCache(cache_size, cache_ttl, monotonic)
+        self._cache = _LookupCache(cache_size, cache_ttl, outage_grace, monotonic)
+        self._retry_interval = retry_interval
+        self._down_until: float | None = None  # monotonic; set while the store is failing
         self._last_used_interval = last_used_interval
         self._last_used: dict[str, float] = {}
         self._last_used_lock = threading.Lock()
@@ -324,24 +383,52 @@ class ApiKeys:
 
         Raises:
             InvalidApiKey: ``"Invalid API key"`` for every cause (malformed, unknown, revoked, expired).
+            StoreUnavailable: the store cannot be reached and this node does not know the key (503).
         """
-        digest, generation, hit, entry = self._lookup(key)
-        if not hit:
-            found = self._store.find_api_key(digest)
-            entry = None if found is None else _entry(*found)
-            self._cache.put(digest, entry, generation)
+        found = self._lookup(key)
+        entry = found.entry
+        if not found.hit:
+            if self.store_down:
+                entry = self._fallback(found)
+            else:
+                try:
+                    row = self._store.find_api_key(found.digest)
+                except SQLAlchemyError:
+                    self._down_until = self._monotonic() + self._retry_interval
+                    entry = self._fallback(found)
+                else:
+                    self._down_until = None
+                    entry = None if row is None else _entry(*row)
+                    self._cache.put(found.digest, entry, found.generation)
         return self._accept(entry, self._clock() if now is None else now)
 
     def lookup_cached(self, key: str, now: float | None = None) -> Principal | None:
         """Like :meth:`authenticate` but without I/O: ``None`` on a cache miss.
 
+        While the store is failing (see ``retry_interval``), a known key is answered from memory and an
+        unknown one raises :class:`~keyswap.errors.StoreUnavailable`, still without I/O.
+
         Raises:
             InvalidApiKey: the key is malformed, or the cache knows it is unknown, revoked or expired.
+            StoreUnavailable: the store is failing and the key is not known here.
         """
-        _, _, hit, entry = self._lookup(key)
-        if not hit:
-            return None
-        return self._accept(entry, self._clock() if now is None else now)
+        found = self._lookup(key)
+        if found.hit:
+            return self._accept(found.entry, self._clock() if now is None else now)
+        if self.store_down:
+            return self._accept(self._fallback(found), self._clock() if now is None else now)
+        return None
+
+    @property
+    def store_down(self) -> bool:
+        """True while the last store lookup failed less than ``retry_interval`` seconds ago."""
+        down_until = self._down_until
+        return down_until is not None and self._monotonic() < down_until
+
+    def _fallback(self, found: _Lookup) -> _Entry:
+        if found.fallback is None:
+            raise StoreUnavailable(_UNAVAILABLE)
+        return found.fallback
 
     def clear_cache(self) -> None:
         """Forget every cached lookup (call it when the store revision changes)."""
@@ -368,14 +455,14 @@ class ApiKeys:
             raise
         return len(pending)
 
-    def _lookup(self, key: str) -> tuple[bytes, int, bool, _Entry | None]:
+    def _lookup(self, key: str) -> _Lookup:
         # The HMAC comes first for every key, well-formed or not: same work before any refusal.
         digest = self.digest(key if isinstance(key, str) else "")
         if not is_well_formed(key, self.prefix):
             raise InvalidApiKey(_REFUSAL)
         generation = self._cache.generation
-        hit, entry = self._cache.get(digest)
-        return digest, generation, hit, entry
+        hit, entry, fallback = self._cache.get(digest)
+        return _Lookup(digest, generation, hit, entry, fallback)
 
     def _accept(self, entry: _Entry | None, now: float) -> Principal:
         if entry is None or not entry.record.usable_at(now):
@@ -400,5 +487,6 @@ def _entry(record: ApiKeyRecord, consumer: Consumer) -> _Entry:
         consumer=consumer.name,
         consumer_id=consumer.id,
         metadata=MappingProxyType(dict(consumer.metadata)),
+        rate_limit=consumer.rate_limit,
     )
     return _Entry(record, principal)

@@ -13,13 +13,16 @@ are never proxied. Refusals (written by the gateway, never reaching the upstream
                               (WWW-Authenticate: Bearer realm="keyswap")
     401  Invalid API key      unknown, malformed, revoked or expired key; two Authorization headers
                               (WWW-Authenticate: Bearer realm="keyswap", error="invalid_token")
+    429  Too many requests    the consumer's rate limit is spent (Retry-After, RateLimit-* fields;
+                              see keyswap.gateway.ratelimit)
     502  Bad gateway          upstream unreachable or broken
     503  Service unavailable  no signing key / key store unavailable (Retry-After: 5)
     504  Gateway timeout      upstream slower than the upstream timeout
 
-Lifespan: start-up opens the connection pool, starts the store's ``ChangeWatcher`` (on every store
-revision change: clear the API-key cache, reload the keyring, re-render the JWKS, flush minted tokens)
-and a task pruning retired signing keys; shutdown stops them in reverse order.
+Lifespan: start-up opens the connection pool, starts the store's ``ChangeWatcher`` with its push
+channels and the rotation scheduler (:mod:`keyswap.gateway.cluster`; on every store revision change:
+clear the API-key cache, reload the keyring, re-render the JWKS, flush minted tokens) and a task
+pruning retired signing keys; shutdown stops them in reverse order.
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ from keyswap.errors import (
     InvalidApiKey,
     KeysUnavailable,
     KeyswapError,
+    StoreUnavailable,
     UpstreamError,
     UpstreamTimeout,
 )
 from keyswap.gateway.accesslog import AccessLog
+from keyswap.gateway.cluster import ClusterSettings
 from keyswap.gateway.mint import SIGNING_ALGORITHMS, PrincipalLike, SigningKeyLike, TokenMinter
 from keyswap.gateway.proxy import (
     BadTarget,
@@ -53,6 +58,13 @@ from keyswap.gateway.proxy import (
     UpstreamProxy,
     forwarded_request_headers,
     validate_upstream,
+)
+from keyswap.gateway.ratelimit import (
+    Rate,
+    RateLimiter,
+    rate_for,
+    too_many_requests,
+    with_rate_headers,
 )
 from keyswap.gateway.wellknown import DEFAULT_MAX_AGE, WellKnown, issuer_for
 
@@ -241,6 +253,9 @@ class GatewayApp:
         clock: wall-clock seconds (token ``iat``/``exp``, key expiry); injectable for tests.
         on_close: called (in a thread) after shutdown, e.g. to close the store.
         access_log: where access lines go (default: the ``keyswap.access`` logger).
+        rate_limiter: counts requests per consumer (``None``: no rate limiting at all); closed at
+            shutdown.
+        default_rate: the limit of consumers without their own (``None``: unlimited).
     """
 
     def __init__(
@@ -253,8 +268,12 @@ class GatewayApp:
         clock: Callable[[], float] = time.time,
         on_close: Callable[[], None] | None = None,
         access_log: AccessLog | None = None,
+        rate_limiter: RateLimiter | None = None,
+        default_rate: Rate | None = None,
     ) -> None:
         self.settings = settings
+        self.rate_limiter = rate_limiter
+        self._default_rate = default_rate
         self._api_keys = api_keys
         self._lookup_cached: Callable[[str, float], PrincipalLike | None] | None = getattr(
             api_keys, "lookup_cached", None
@@ -344,6 +363,8 @@ class GatewayApp:
         if watcher is not None:
             await asyncio.to_thread(watcher.stop)
         await self.proxy.close()
+        if self.rate_limiter is not None:
+            await self.rate_limiter.close()
         if self._on_close is not None:
             await asyncio.to_thread(self._on_close)
 
@@ -410,6 +431,15 @@ class GatewayApp:
                 status = await _respond(send, UNAVAILABLE)
                 return
             consumer, key_id = principal.consumer, principal.key_id
+            if self.rate_limiter is not None:
+                rate = rate_for(getattr(principal, "rate_limit", None), self._default_rate)
+                if rate is not None:
+                    consumer_id: int = getattr(principal, "consumer_id", 0)
+                    decision = await self.rate_limiter.hit(consumer_id, rate)
+                    if not decision.allowed:
+                        status = await _respond(send, too_many_requests(decision))
+                        return
+                    send = with_rate_headers(send, decision)
             try:
                 url = self.proxy.target(raw_path, scope.get("query_string", b""))
             except BadTarget:
@@ -450,6 +480,8 @@ class GatewayApp:
             return await asyncio.to_thread(self._api_keys.authenticate, key, now)
         except InvalidApiKey:
             raise
+        except StoreUnavailable:  # the outage itself is logged once, by the change watcher
+            raise _StoreDown from None
         except Exception as exc:  # a store failure must not become a 500 nor leak the key
             logger.error("API key lookup failed (%s)", type(exc).__name__)
             raise _StoreDown from None
@@ -462,26 +494,40 @@ def build_gateway(
     secret_file: str | None = None,
     env: Mapping[str, str] | None = None,
     clock: Callable[[], float] = time.time,
+    cluster: ClusterSettings | None = None,
 ) -> GatewayApp:
     """The gateway over the store at ``db_url``: API keys, keyring, change watcher, all wired.
 
-    Opens the store (creating the schema if absent) and loads the server secret; the store is closed
-    when the app shuts down (or here, if wiring fails). Call :meth:`GatewayApp.prepare` before serving
-    to create the signing keys on first start.
+    Opens the store and loads the server secret; the store is closed when the app shuts down (or here,
+    if wiring fails). A SQLite database is created or upgraded on open; any other must be at the
+    newest schema (``keyswap db upgrade``). Call :meth:`GatewayApp.prepare` before serving to create
+    the signing keys on first start. ``cluster`` adds what several nodes need (change push, scheduled
+    rotation, shared rate limits, outage grace; :mod:`keyswap.gateway.cluster`); the defaults apply
+    without it.
 
     Raises:
-        ConfigError: bad settings, no usable server secret, or a database set up with another secret.
+        ConfigError: bad settings, no usable server secret, a database set up with another secret, or
+            a database schema that is behind (or from a newer keyswap).
     """
     from keyswap.gateway.apikeys import ApiKeys
+    from keyswap.gateway.cluster import build_cluster, build_rate_limiter
     from keyswap.gateway.keyring import Keyring
     from keyswap.gateway.secret import load_secret
-    from keyswap.store import ChangeWatcher, Store
+    from keyswap.store import Store
 
+    cluster = cluster or ClusterSettings()
     store = Store(db_url)
     try:
         secret = load_secret(db_url, secret_file=secret_file, env=env)
         # Cached lookups live 5 s even if change detection fails, so revocation still lands in 5 s.
-        api_keys = ApiKeys(store, secret, prefix=settings.key_prefix, cache_ttl=5.0, clock=clock)
+        api_keys = ApiKeys(
+            store,
+            secret,
+            prefix=settings.key_prefix,
+            cache_ttl=5.0,
+            outage_grace=cluster.outage_grace,
+            clock=clock,
+        )
         keyring = Keyring(
             store,
             secret,
@@ -494,11 +540,14 @@ def build_gateway(
             api_keys.flush_last_used()
 
         def watcher(on_change: Callable[[], None]) -> WatcherLike:
-            return ChangeWatcher(
+            return build_cluster(
                 store,
-                settings.watch_interval,
-                on_change,
+                keyring,
+                cluster,
+                on_change=on_change,
                 on_tick=tick,
+                watch_interval=settings.watch_interval,
+                clock=clock,
             )
 
         def close() -> None:
@@ -515,6 +564,8 @@ def build_gateway(
             watcher=watcher,
             clock=clock,
             on_close=close,
+            rate_limiter=build_rate_limiter(cluster, clock=clock),
+            default_rate=cluster.rate_limit,
         )
     except BaseException:
         store.close()

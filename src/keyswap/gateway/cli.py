@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -31,10 +32,16 @@ from keyswap.gateway.durations import format_duration, parse_duration
 from keyswap.gateway.keymaterial import SIGNING_ALGORITHMS
 from keyswap.gateway.keyring import DEFAULT_CACHE_MARGIN, DEFAULT_TOKEN_TTL, Keyring, sort_keys
 from keyswap.gateway.secret import ServerSecret, load_secret
-from keyswap.store.models import ApiKeyRecord, Consumer, SigningKeyRecord, parse_metadata
+from keyswap.store import migrate
+from keyswap.store.models import UNLIMITED, ApiKeyRecord, Consumer, SigningKeyRecord, parse_metadata
 from keyswap.store.schema import SCHEMA_VERSION
-from keyswap.store.sql import Store
-from keyswap.store.urls import default_database_url, display_url, normalize_database_url
+from keyswap.store.sql import SchemaMode, Store
+from keyswap.store.urls import (
+    default_database_url,
+    display_url,
+    is_postgres,
+    normalize_database_url,
+)
 
 __all__ = [
     "consumers",
@@ -126,12 +133,29 @@ def resolve_db_url(db_url: str | None) -> str:
 
 
 @contextmanager
-def open_store(db_url: str | None) -> Iterator[Store]:
-    """Open the store for ``--db`` (creating the schema if absent) and close it afterwards."""
-    store = Store(resolve_db_url(db_url))
+def open_store(db_url: str | None, *, schema: SchemaMode = "auto") -> Iterator[Store]:
+    """Open the store for ``--db`` and close it afterwards.
+
+    A SQLite database is created or upgraded on open; another database must be at the newest schema
+    (``keyswap db upgrade``). With ``$KEYSWAP_REDIS_URL`` set (as for ``keyswap gateway --redis``),
+    every change is also announced on Redis (prefix ``$KEYSWAP_REDIS_PREFIX``), so gateways sharing a
+    SQLite file hear about it at once; on PostgreSQL the database announces changes itself.
+    """
+    store = Store(resolve_db_url(db_url), schema=schema)
+    changes = None
     try:
+        redis_url = os.environ.get("KEYSWAP_REDIS_URL", "").strip()
+        if redis_url:
+            from keyswap.gateway.redisbus import DEFAULT_PREFIX, RedisChanges
+
+            changes = RedisChanges(
+                redis_url, prefix=os.environ.get("KEYSWAP_REDIS_PREFIX") or DEFAULT_PREFIX
+            )
+            store.on_commit(changes.publish)
         yield store
     finally:
+        if changes is not None:
+            changes.stop()
         store.close()
 
 
@@ -203,6 +227,7 @@ def _consumer_json(consumer: Consumer) -> dict[str, Any]:
         "name": consumer.name,
         "metadata": consumer.metadata,
         "created_at": _time(consumer.created_at),
+        "rate_limit": consumer.rate_limit,
     }
 
 
@@ -250,11 +275,12 @@ def consumers_list(as_json: bool, db_url: str | None) -> None:
         [
             c.name,
             _time(c.created_at),
+            c.rate_limit or "default",
             json.dumps(c.metadata, separators=(",", ":"), ensure_ascii=False),
         ]
         for c in everyone
     ]
-    _print_table(["NAME", "CREATED", "METADATA"], rows)
+    _print_table(["NAME", "CREATED", "RATE_LIMIT", "METADATA"], rows)
 
 
 @consumers.command("set-metadata")
@@ -274,6 +300,42 @@ def consumers_set_metadata(
         _print_json(_consumer_json(consumer))
     else:
         click.echo(f"Updated the metadata of consumer '{consumer.name}'.")
+
+
+@consumers.command("set-limit")
+@click.argument("name")
+@click.option(
+    "--rate",
+    metavar="RATE",
+    required=True,
+    help="REQUESTS/WINDOW (100/60s, 100/1m, 10/s), 'unlimited', or 'default' (the gateway's "
+    "--rate-limit).",
+)
+@json_option
+@db_option
+@handle_errors
+def consumers_set_limit(name: str, rate: str, as_json: bool, db_url: str | None) -> None:
+    """Set the rate limit of consumer NAME (shared by all its keys, on every gateway node)."""
+    from keyswap.gateway.ratelimit import parse_rate
+
+    wanted = rate.strip().lower()
+    value: str | None
+    if wanted == "default":
+        value = None
+    elif wanted == UNLIMITED:
+        value = UNLIMITED
+    else:
+        value = str(parse_rate(rate))
+    with open_store(db_url) as store:
+        consumer = store.set_consumer_rate_limit(name, value)
+    if as_json:
+        _print_json(_consumer_json(consumer))
+    elif value is None:
+        click.echo(f"Consumer '{consumer.name}' now has the gateway's default rate limit.")
+    elif value == UNLIMITED:
+        click.echo(f"Consumer '{consumer.name}' is not rate limited.")
+    else:
+        click.echo(f"Consumer '{consumer.name}' may make {value} (requests/window).")
 
 
 @consumers.command("delete")
@@ -607,11 +669,59 @@ def db() -> None:
 @db_option
 @handle_errors
 def db_upgrade(db_url: str | None) -> None:
-    """Create the schema if it is missing (migrations come with PostgreSQL support)."""
-    with open_store(db_url) as store:
-        store.revision()
-        url = store.url
-    click.echo(f"Schema version {SCHEMA_VERSION} is in place: {display_url(url)}")
+    """Create the schema, or bring it to this keyswap's revision (Alembic migrations).
+
+    Safe to run at any time and from several places at once; needed before the first start on
+    PostgreSQL and after each keyswap upgrade that changes the schema (SQLite upgrades itself).
+    """
+    with open_store(db_url, schema="upgrade") as store:
+        change, url = store.schema_change, store.url
+    if change is None:
+        click.echo(
+            f"The schema is up to date (revision {migrate.head_revision()}, version "
+            f"{SCHEMA_VERSION}): {display_url(url)}"
+        )
+    else:
+        before = "an empty database" if change[0] is None else f"revision {change[0]}"
+        click.echo(
+            f"Upgraded {display_url(url)} from {before} to revision {change[1]} "
+            f"(schema version {SCHEMA_VERSION})."
+        )
+
+
+@db.command("status")
+@json_option
+@db_option
+@handle_errors
+def db_status(as_json: bool, db_url: str | None) -> None:
+    """Show the schema revision of the database and the one this keyswap needs (exit 1 if behind)."""
+    with open_store(db_url, schema="any") as store:
+        state, url = store.schema_state, store.url
+    assert state is not None
+    status = (
+        "up to date"
+        if state.up_to_date
+        else "newer than this keyswap"
+        if state.ahead
+        else ("behind: run `keyswap db upgrade`")
+    )
+    if as_json:
+        _print_json(
+            {
+                "database": display_url(url),
+                "revision": state.current,
+                "head": state.head,
+                "up_to_date": state.up_to_date,
+                "status": status,
+            }
+        )
+    else:
+        click.echo(f"Database: {display_url(url)}")
+        click.echo(f"Revision: {state.current or 'none (empty database)'}")
+        click.echo(f"Needed:   {state.head}")
+        click.echo(f"Status:   {status}")
+    if not state.up_to_date:
+        raise SystemExit(1)
 
 
 # -- gateway and demo (the servers) ---------------------------------------------------------------------
@@ -726,6 +836,52 @@ def _url_host(host: str) -> str:
     show_default=True,
     help="info logs one access line per request (logger keyswap.access).",
 )
+@click.option(
+    "--redis",
+    "redis_url",
+    envvar="KEYSWAP_REDIS_URL",
+    metavar="URL",
+    default=None,
+    help="Redis shared by every node: rate limits counted cluster-wide, changes pushed by pub/sub "
+    "(redis://host:6379/0). $KEYSWAP_REDIS_URL.",
+)
+@click.option(
+    "--redis-prefix",
+    envvar="KEYSWAP_REDIS_PREFIX",
+    metavar="PREFIX",
+    default="keyswap",
+    show_default=True,
+    help="Prefix of keyswap's Redis keys and channel (one per deployment). $KEYSWAP_REDIS_PREFIX.",
+)
+@click.option(
+    "--rotate-every",
+    envvar="KEYSWAP_ROTATE_EVERY",
+    metavar="DURATION",
+    type=_Seconds(0, 100 * 365 * 86400),
+    default="30d",
+    show_default=True,
+    help="Rotate the signing keys this often (one node does it); 0 turns it off. "
+    "$KEYSWAP_ROTATE_EVERY.",
+)
+@click.option(
+    "--rate-limit",
+    envvar="KEYSWAP_RATE_LIMIT",
+    metavar="RATE",
+    default="off",
+    show_default=True,
+    help="Requests per window for consumers without their own limit (100/60s, 10/s), or off. "
+    "$KEYSWAP_RATE_LIMIT.",
+)
+@click.option(
+    "--outage-grace",
+    envvar="KEYSWAP_OUTAGE_GRACE",
+    metavar="DURATION",
+    type=_Seconds(0, 86400),
+    default="5m",
+    show_default=True,
+    help="While the database is unreachable, keys this node checked within this time keep working; "
+    "others get 503. $KEYSWAP_OUTAGE_GRACE.",
+)
 @key_prefix_option
 @db_option
 @secret_file_option
@@ -742,6 +898,11 @@ def gateway(
     trust_forwarded: bool,
     max_connections: int,
     log_level: str,
+    redis_url: str | None,
+    redis_prefix: str,
+    rotate_every: float,
+    rate_limit: str,
+    outage_grace: float,
     key_prefix: str,
     db_url: str | None,
     secret_file: str | None,
@@ -752,6 +913,8 @@ def gateway(
     signed by the gateway (verify it with the JWKS at <public-url>/__keyswap/issuer/.well-known/jwks.json).
     """
     from keyswap.gateway.app import GatewaySettings, build_gateway
+    from keyswap.gateway.cluster import ClusterSettings
+    from keyswap.gateway.ratelimit import parse_rate
     from keyswap.gateway.serve import configure_logging, run_until_signal, server_config
 
     settings = GatewaySettings(
@@ -765,13 +928,30 @@ def gateway(
         max_connections=max_connections,
         key_prefix=key_prefix,
     )
+    limit = rate_limit.strip().lower()
+    cluster = ClusterSettings(
+        redis_url=(redis_url or "").strip() or None,
+        redis_prefix=redis_prefix,
+        rotate_every=rotate_every,
+        rate_limit=None if limit in {"off", "none", ""} else parse_rate(rate_limit),
+        outage_grace=outage_grace,
+    )
     configure_logging(log_level)
     url = resolve_db_url(db_url)
-    app = build_gateway(settings, db_url=url, secret_file=secret_file)
+    app = build_gateway(settings, db_url=url, secret_file=secret_file, cluster=cluster)
     app.prepare()
     click.echo(
         f"keyswap gateway on http://{_url_host(host)}:{port} -> {settings.upstream} "
         f"(issuer {settings.issuer}, audience {settings.audience}, db {display_url(url)})",
+        err=True,
+    )
+    pushes = ["PostgreSQL NOTIFY"] if is_postgres(url) else []
+    pushes += ["Redis pub/sub"] if cluster.redis_url else []
+    click.echo(
+        f"changes: {' + '.join([*pushes, 'polling'])}; rate limits: "
+        f"{'shared in Redis' if cluster.redis_url else 'per node'}, default "
+        f"{cluster.rate_limit or 'none'}; signing keys rotate "
+        f"{'every ' + format_duration(cluster.rotate_every) if cluster.rotate_every else 'by hand'}",
         err=True,
     )
     if run_until_signal([server_config(app, host, port, log_level=log_level)]) != 0:

@@ -225,6 +225,45 @@ class Keyring:
                 "another process rotated the signing keys at the same moment; nothing was changed here"
             )
 
+    def rotation_due_in(self, every: float, now: float | None = None) -> float | None:
+        """Seconds until the active key is ``every`` seconds old (<= 0: due); ``None`` without keys.
+
+        Decided from the active key's ``activated_at`` in the snapshot (no I/O), so a restarted
+        gateway keeps the schedule instead of starting it again.
+        """
+        now = self._clock() if now is None else now
+        active = next((r for r in self._snapshot.records if r.state == "active"), None)
+        if active is None:
+            return None
+        return (active.activated_at or active.created_at) + every - now
+
+    def rotate_if_due(self, every: float, min_next_age: float, now: float | None = None) -> bool:
+        """Rotate if the active key has signed for ``every`` seconds and the next key has been
+        published for at least ``min_next_age`` seconds (so verifiers already have it); True if this
+        call rotated.
+
+        Safe against other processes doing the same: the rotation is conditional on the very keys
+        this call looked at (re-read first), so one rotation happens per due key, never two.
+        """
+        now = self._clock() if now is None else now
+        self.reload()
+        current = {r.state: r for r in self._snapshot.records if r.state != "retired"}
+        active, upcoming = current.get("active"), current.get("next")
+        if active is None or upcoming is None:
+            return False
+        if (active.activated_at or active.created_at) + every > now:
+            return False
+        if upcoming.created_at + min_next_age > now:
+            return False  # the next key is too new to sign: verifiers may not have it yet
+        rotated = self._store.rotate_signing_keys(
+            active_kid=active.kid,
+            next_kid=upcoming.kid,
+            new_next=self._new_record(upcoming.alg, "next", now),
+            now=now,
+        )
+        self.reload()
+        return rotated
+
     def prune(
         self, now: float | None = None, token_ttl: float | None = None, margin: float | None = None
     ) -> list[str]:

@@ -12,7 +12,10 @@ from keyswap.errors import InvalidInput
 
 __all__ = [
     "MAX_METADATA_BYTES",
+    "MAX_RATE_REQUESTS",
+    "MAX_RATE_WINDOW",
     "SIGNING_KEY_STATES",
+    "UNLIMITED",
     "ApiKeyRecord",
     "Consumer",
     "SigningKeyRecord",
@@ -20,6 +23,7 @@ __all__ = [
     "serialize_metadata",
     "validate_consumer_name",
     "validate_metadata",
+    "validate_rate_limit",
 ]
 
 #: Largest consumer metadata, as compact UTF-8 JSON.
@@ -31,15 +35,24 @@ SIGNING_KEY_STATES = ("next", "active", "retired")
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
+#: A consumer's stored rate limit that exempts it from the gateway's default.
+UNLIMITED = "unlimited"
+#: Bounds of a rate limit: requests per window, and the window in whole seconds (one day).
+MAX_RATE_REQUESTS = 1_000_000_000
+MAX_RATE_WINDOW = 86_400
+_RATE = re.compile(r"([1-9][0-9]{0,9})/([1-9][0-9]{0,5})s", re.ASCII)
+
 
 @dataclass(frozen=True, slots=True)
 class Consumer:
-    """An API consumer: a unique name, a small JSON metadata object, a creation time."""
+    """An API consumer: a unique name, a small JSON metadata object, a creation time, and its own rate
+    limit (``None``: the gateway's default; ``"<requests>/<seconds>s"``; or ``"unlimited"``)."""
 
     id: int
     name: str
     metadata: dict[str, Any]
     created_at: float
+    rate_limit: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +111,28 @@ def validate_consumer_name(name: str) -> str:
             "consumer name must be 1-64 characters of letters, digits, '.', '_' or '-'"
         )
     return name
+
+
+def validate_rate_limit(value: str | None) -> str | None:
+    """Return a stored rate limit if it is ``None``, ``"unlimited"`` or canonical ``"<n>/<seconds>s"``
+    (1 to 10^9 requests per 1 to 86400 whole seconds).
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if value is None or value == UNLIMITED:
+        return value
+    match = _RATE.fullmatch(value) if isinstance(value, str) else None
+    if (
+        match is None
+        or int(match.group(1)) > MAX_RATE_REQUESTS
+        or int(match.group(2)) > MAX_RATE_WINDOW
+    ):
+        raise InvalidInput(
+            "a rate limit is <requests>/<seconds>s (1-1000000000 requests per 1-86400 s) "
+            "or 'unlimited'"
+        )
+    return value
 
 
 def serialize_metadata(metadata: dict[str, Any]) -> str:

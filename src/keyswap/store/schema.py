@@ -1,9 +1,13 @@
 """The database schema: every table, index and constraint, in one place.
 
-Portable types only (SQLite now, PostgreSQL later with the same schema; a later change moves it under
-Alembic). Times are epoch seconds as double precision. ``meta`` has a single row (``id = 1``): the
-``revision`` every mutation bumps, the schema version, and the fingerprint of the server secret the
-database was set up with.
+Portable types only: the same schema runs on SQLite and PostgreSQL. It is created and changed by the
+Alembic revisions in ``keyswap/store/migrations/versions`` (:mod:`keyswap.store.migrate`); this module
+describes the result, and a test checks that the migrated database matches it exactly. Changing the
+schema means changing both: edit the tables here, add a revision, bump :data:`SCHEMA_VERSION`.
+
+Times are epoch seconds as double precision. ``meta`` has a single row (``id = 1``): the ``revision``
+every mutation bumps, the schema version, and the fingerprint of the server secret the database was
+set up with.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ __all__ = [
     "signing_keys",
 ]
 
-SCHEMA_VERSION = 1
+#: The number of the latest migration (``0002``): what ``meta.schema_version`` says after an upgrade.
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData(
     naming_convention={
@@ -49,6 +54,8 @@ consumers = sa.Table(
     sa.Column("name", sa.String(64), nullable=False, unique=True),
     sa.Column("metadata", sa.JSON, nullable=False),
     sa.Column("created_at", _TIME, nullable=False),
+    # NULL: the gateway's default (--rate-limit); else "<requests>/<seconds>s" or "unlimited".
+    sa.Column("rate_limit", sa.String(32), nullable=True),
 )
 
 api_keys = sa.Table(

@@ -1,4 +1,4 @@
-"""The store: consumers, API keys and signing keys over SQLAlchemy Core (SQLite now, PostgreSQL later).
+"""The store: consumers, API keys and signing keys over SQLAlchemy Core, on SQLite or PostgreSQL.
 
 Every mutation runs in one transaction that first bumps ``meta.revision``. That first write serialises
 writers (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: the row lock on ``meta``), and lets a running gateway
@@ -6,19 +6,33 @@ notice a change made by another process with one cheap query (:meth:`Store.revis
 that does not bump it is :meth:`Store.touch_api_keys` (last-used times): a gateway must not flush its
 caches because some key was used.
 
+Change notifications (push, on top of polling the revision):
+
+- PostgreSQL: the bumping transaction also runs ``NOTIFY keyswap_changes, '<schema>:<revision>'``, which
+  PostgreSQL delivers at commit and never for a rolled-back transaction
+  (:class:`keyswap.store.listen.PostgresListener` receives it);
+- any database: callbacks registered with :meth:`Store.on_commit` run after each committed bump with the
+  new revision (the gateway's Redis publisher is one); their errors are logged, never raised.
+
+Schema: created and upgraded by the Alembic revisions of :mod:`keyswap.store.migrate`. By default a
+SQLite database upgrades itself when opened; any other database must already be at the newest
+revision (``keyswap db upgrade``), else opening it raises a :class:`~keyswap.errors.ConfigError`.
+
 SQLite files are created with mode 0600 (their directory 0700 when we create it) and run in WAL mode,
 so the CLI can write while a gateway reads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -27,20 +41,31 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, Prog
 from sqlalchemy.pool import StaticPool
 
 from keyswap.errors import AlreadyExists, ConfigError, InvalidInput, NotFound
-from keyswap.store import schema
+from keyswap.store import migrate
 from keyswap.store.models import (
     ApiKeyRecord,
     Consumer,
     SigningKeyRecord,
     validate_consumer_name,
     validate_metadata,
+    validate_rate_limit,
 )
 from keyswap.store.schema import api_keys, consumers, meta, signing_keys
-from keyswap.store.urls import display_url, normalize_database_url, sqlite_file
+from keyswap.store.urls import display_url, is_postgres, normalize_database_url, sqlite_file
 
-__all__ = ["Store"]
+__all__ = ["NOTIFY_CHANNEL", "SchemaMode", "Store"]
+
+log = logging.getLogger("keyswap.store")
 
 _IMMEDIATE = "keyswap_immediate"
+#: The PostgreSQL channel every bump is announced on; the payload is ``<schema>:<revision>``.
+NOTIFY_CHANNEL = "keyswap_changes"
+#: Seconds a PostgreSQL connection attempt may take (unless the URL sets ``connect_timeout``).
+PG_CONNECT_TIMEOUT = 3
+
+#: What opening a store does with the schema: ``auto`` (upgrade SQLite, check anything else),
+#: ``upgrade`` (always upgrade), ``check`` (refuse unless current), ``any`` (no check: ``db status``).
+SchemaMode = Literal["auto", "upgrade", "check", "any"]
 
 
 class _Conflict(Exception):
@@ -51,26 +76,38 @@ class Store:
     """Consumers, API keys and signing keys in one SQL database.
 
     Args:
-        url: a SQLAlchemy URL (``sqlite:///path``; ``postgresql+psycopg://...`` later) or a plain file
-            path for SQLite. The schema is created if absent.
+        url: a SQLAlchemy URL (``sqlite:///path``, ``postgresql://user@host/db``) or a plain file path
+            for SQLite.
+        schema: ``auto`` (default): a SQLite database is created or upgraded on open, any other must
+            be at the newest revision; ``upgrade``: upgrade whatever it is; ``check``: never upgrade;
+            ``any``: skip the check (to report the state, see :attr:`schema_state`).
 
     Raises:
-        ConfigError: the URL is invalid, or the database was created by a newer keyswap.
+        ConfigError: the URL is invalid, the database cannot be reached, its schema is behind (run
+            ``keyswap db upgrade``) or was changed by a newer keyswap.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, schema: SchemaMode = "auto") -> None:
         self.url = normalize_database_url(url)
+        self.is_postgres = is_postgres(self.url)
         path = sqlite_file(self.url)
         if path is not None:
             _prepare_sqlite_file(path)
         self.engine = _create_engine(self.url, file_backed=path is not None)
+        self._commit_hooks: list[Callable[[int], object]] = []
+        #: ``(before, after)`` revisions if opening the store upgraded the schema.
+        self.schema_change: tuple[str | None, str] | None = None
         try:
-            self._create_schema()
+            self.notify_scope = self._scope()
+            self.schema_state = self._prepare_schema(schema)
         except OperationalError as exc:
             self.engine.dispose()
             raise ConfigError(
                 f"cannot open the database {display_url(self.url)}: {_first_line(exc.orig)}"
             ) from None
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -88,37 +125,103 @@ class Store:
 
     @contextmanager
     def _writing(self, *, bump: bool = True) -> Iterator[Connection]:
+        revision: int | None = None
         with self.engine.connect() as conn:
             conn.execution_options(**{_IMMEDIATE: True})
             with conn.begin():
                 if bump:
-                    conn.execute(
-                        sa.update(meta).where(meta.c.id == 1).values(revision=meta.c.revision + 1)
-                    )
+                    revision = conn.execute(
+                        sa.update(meta)
+                        .where(meta.c.id == 1)
+                        .values(revision=meta.c.revision + 1)
+                        .returning(meta.c.revision)
+                    ).scalar_one()
+                    if self.is_postgres:
+                        # Delivered by PostgreSQL at commit, never for a rolled-back transaction.
+                        payload = f"{self.notify_scope}:{revision}"
+                        conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, payload)))
                 yield conn
+        if revision is not None:
+            self._committed(revision)
 
-    def _create_schema(self) -> None:
+    def on_commit(self, callback: Callable[[int], object]) -> None:
+        """Call ``callback(revision)`` after every committed change (errors are logged, not raised)."""
+        self._commit_hooks.append(callback)
+
+    def _committed(self, revision: int) -> None:
+        for hook in self._commit_hooks:
+            try:
+                hook(revision)
+            except Exception:
+                log.warning("a change notification could not be sent", exc_info=True)
+
+    def _scope(self) -> str:
+        """What tells this database's notifications apart on a shared server: the schema name."""
+        if not self.is_postgres:
+            return ""
+        with self._reading() as conn:
+            return str(conn.execute(sa.select(sa.func.current_schema())).scalar() or "")
+
+    def _prepare_schema(self, mode: SchemaMode) -> migrate.SchemaState | None:
+        if mode == "any":
+            with self._reading() as conn:
+                return migrate.schema_state(conn)
+        upgrade = mode == "upgrade" or (mode == "auto" and not self.is_postgres)
         for attempt in range(2):
             try:
                 with self._writing(bump=False) as conn:
-                    schema.metadata.create_all(conn, checkfirst=True)
-                    row = conn.execute(sa.select(meta).where(meta.c.id == 1)).first()
-                    if row is None:
-                        conn.execute(
-                            sa.insert(meta).values(
-                                id=1, revision=0, schema_version=schema.SCHEMA_VERSION
-                            )
-                        )
-                    elif row.schema_version > schema.SCHEMA_VERSION:
+                    if upgrade and self.is_postgres:
+                        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key("schema"))))
+                    state = migrate.schema_state(conn)
+                    if state.ahead:
                         raise ConfigError(
-                            f"the database schema (version {row.schema_version}) is newer than this "
-                            f"keyswap understands (version {schema.SCHEMA_VERSION}); upgrade keyswap"
+                            f"the database schema (revision {state.current}, version "
+                            f"{state.version}) is newer than this keyswap understands (revision "
+                            f"{state.head}); upgrade keyswap"
                         )
-                return
+                    if state.behind and not upgrade:
+                        raise ConfigError(_behind_message(state, self.url))
+                    if state.behind:
+                        self.schema_change = migrate.upgrade(conn)
+                        state = migrate.schema_state(conn)
+                return state
             except (IntegrityError, ProgrammingError, OperationalError):
-                # Another process created the schema at the same moment (PostgreSQL); look again.
+                # Another process created the schema at the same moment; look again.
                 if attempt:
                     raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- cluster coordination -----------------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """Hold the cluster-wide lock ``name`` while the block runs; yields False if another holds it.
+
+        PostgreSQL: a session advisory lock (``pg_try_advisory_lock``) on a connection of its own,
+        released when the block ends (or when the connection dies). SQLite: always True; callers rely on
+        conditional updates (e.g. :meth:`rotate_signing_keys`) for mutual exclusion.
+        """
+        if not self.is_postgres:
+            yield True
+            return
+        key = _lock_key(name)
+        with self.engine.connect() as conn:
+            acquired = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar())
+            conn.commit()
+            try:
+                yield acquired
+            finally:
+                if acquired:
+                    try:
+                        conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                        conn.commit()
+                    except Exception:  # the session is gone, and the lock with it
+                        conn.invalidate()
+
+    def listen_connect_args(self) -> tuple[list[Any], dict[str, Any]]:
+        """Arguments for ``psycopg.connect`` reaching this database (PostgreSQL listeners)."""
+        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
+        return list(cargs), dict(cparams)
 
     # -- change detection ---------------------------------------------------------------------------
 
@@ -217,6 +320,24 @@ class Store:
             row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
         return _consumer(row)
 
+    def set_consumer_rate_limit(self, name: str, rate_limit: str | None) -> Consumer:
+        """Set a consumer's own rate limit (``None``: the gateway's default; ``"unlimited"``; or
+        ``"<requests>/<seconds>s"``).
+
+        Raises:
+            InvalidInput: not one of those forms.
+            NotFound: no such consumer.
+        """
+        value = validate_rate_limit(rate_limit)
+        with self._writing() as conn:
+            updated = conn.execute(
+                sa.update(consumers).where(consumers.c.name == name).values(rate_limit=value)
+            ).rowcount
+            if not updated:
+                raise NotFound(f"unknown consumer '{name}'")
+            row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
+        return _consumer(row)
+
     # -- API keys -----------------------------------------------------------------------------------
 
     def insert_api_key(
@@ -248,6 +369,7 @@ class Store:
         query = _key_select(
             consumers.c.metadata.label("consumer_metadata"),
             consumers.c.created_at.label("consumer_created_at"),
+            consumers.c.rate_limit.label("consumer_rate_limit"),
             api_keys.c.digest,
         ).where(api_keys.c.digest == digest)
         with self._reading() as conn:
@@ -259,6 +381,7 @@ class Store:
             name=row.consumer_name,
             metadata=dict(row.consumer_metadata),
             created_at=row.consumer_created_at,
+            rate_limit=row.consumer_rate_limit,
         )
         return _key(row), consumer
 
@@ -448,6 +571,24 @@ class Store:
 # -- helpers -----------------------------------------------------------------------------------------
 
 
+def _lock_key(name: str) -> int:
+    """A signed 64-bit advisory lock key for ``name`` (PostgreSQL)."""
+    digest = hashlib.sha256(f"keyswap:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _behind_message(state: migrate.SchemaState, url: str) -> str:
+    where = (
+        "has no keyswap schema yet"
+        if state.current is None
+        else (f"schema is at revision {state.current}")
+    )
+    return (
+        f"the database {display_url(url)} {where}; this keyswap needs revision {state.head}: "
+        f"run `keyswap db upgrade --db URL` first"
+    )
+
+
 def _first_line(error: object) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
@@ -471,6 +612,11 @@ def _create_engine(url: str, *, file_backed: bool) -> Engine:
     if is_sqlite and not file_backed:
         # In-memory SQLite: one shared connection, or every connection would see its own database.
         options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+    if is_postgres(url):
+        # Notice connections a database restart killed before using them; bound connection attempts.
+        options["pool_pre_ping"] = True
+        if "connect_timeout" not in sa.make_url(url).query:
+            options["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT}
     try:
         engine = sa.create_engine(url, **options)
     except ArgumentError:
@@ -549,7 +695,11 @@ def _insert_key(
 
 def _consumer(row: sa.Row[Any]) -> Consumer:
     return Consumer(
-        id=row.id, name=row.name, metadata=dict(row.metadata), created_at=row.created_at
+        id=row.id,
+        name=row.name,
+        metadata=dict(row.metadata),
+        created_at=row.created_at,
+        rate_limit=row.rate_limit,
     )
 
 

@@ -2,7 +2,8 @@
 
 The default is a SQLite file ``keyswap.db`` in the data directory: ``$KEYSWAP_DATA_DIR`` if set, else
 ``$XDG_DATA_HOME/keyswap``, else ``~/.local/share/keyswap``. ``KEYSWAP_DB`` overrides it with any
-SQLAlchemy URL.
+SQLAlchemy URL. PostgreSQL runs on psycopg 3: ``postgresql://`` and ``postgres://`` URLs become
+``postgresql+psycopg://``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,16 @@ __all__ = [
     "data_dir",
     "default_database_url",
     "display_url",
+    "is_postgres",
     "normalize_database_url",
     "sqlite_file",
 ]
 
 DATABASE_FILE_NAME = "keyswap.db"
+
+#: The one PostgreSQL driver keyswap uses (LISTEN/NOTIFY needs it): psycopg 3.
+POSTGRES_DRIVER = "postgresql+psycopg"
+_POSTGRES_ALIASES = frozenset({"postgres", "postgresql"})
 
 
 def data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -51,8 +57,11 @@ def default_database_url(env: Mapping[str, str] | None = None) -> str:
 def normalize_database_url(value: str) -> str:
     """Accept a SQLAlchemy URL, or a plain file path that becomes ``sqlite:///<absolute path>``.
 
+    ``postgresql://`` and ``postgres://`` become ``postgresql+psycopg://`` (psycopg 3); another
+    PostgreSQL driver is refused, since change notifications (LISTEN/NOTIFY) use psycopg.
+
     Raises:
-        ConfigError: the value is empty or not a valid URL.
+        ConfigError: the value is empty, not a valid URL, or names another PostgreSQL driver.
     """
     value = value.strip()
     if not value:
@@ -60,10 +69,28 @@ def normalize_database_url(value: str) -> str:
     if "://" not in value:
         return "sqlite:///" + str(Path(value).expanduser().resolve())
     try:
-        sa.make_url(value)
+        parsed = sa.make_url(value)
     except ArgumentError:
         raise ConfigError("the database URL is not valid (expected e.g. sqlite:///path)") from None
+    if parsed.drivername in _POSTGRES_ALIASES:
+        return parsed.set(drivername=POSTGRES_DRIVER).render_as_string(hide_password=False)
+    if (
+        parsed.drivername.split("+")[0] in _POSTGRES_ALIASES
+        and parsed.drivername != POSTGRES_DRIVER
+    ):
+        raise ConfigError(
+            f"cannot use the database URL {display_url(value)}: unknown database or driver "
+            "(keyswap talks to PostgreSQL through psycopg 3: use postgresql://...)"
+        )
     return value
+
+
+def is_postgres(url: str) -> bool:
+    """True for a PostgreSQL URL (after :func:`normalize_database_url`)."""
+    try:
+        return sa.make_url(url).drivername.split("+")[0] in _POSTGRES_ALIASES
+    except ArgumentError:
+        return False
 
 
 def sqlite_file(url: str) -> Path | None:

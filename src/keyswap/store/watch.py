@@ -1,4 +1,5 @@
-"""Notice changes another process made to the store: poll ``Store.revision()`` on a small thread."""
+"""Notice changes another process made to the store: poll ``Store.revision()`` on a small thread, and
+take pushed revisions (PostgreSQL LISTEN/NOTIFY, Redis pub/sub) through :meth:`ChangeWatcher.observe`."""
 
 from __future__ import annotations
 
@@ -23,7 +24,13 @@ class ChangeWatcher:
     revision seen at :meth:`start` is the baseline (no call for it). ``on_tick`` (optional) runs after
     every poll, changed or not, and once more on :meth:`stop`: the place for periodic chores such as
     ``ApiKeys.flush_last_used``. Errors from the store or a callback are logged and the loop goes on:
-    a database that is briefly unavailable delays change detection, it does not stop it.
+    a database that is briefly unavailable delays change detection, it does not stop it (the first
+    failure is logged as a warning, the recovery once; the ones in between at debug level).
+
+    Push channels call :meth:`observe` with the revision a change produced (any thread): a revision
+    newer than the last one seen calls ``on_change`` at once, so polling is only the fallback. A
+    channel that reconnects calls :meth:`poll_once` to catch up on what it missed. ``on_change`` calls
+    never overlap.
 
     Args:
         store: anything with ``revision() -> int`` (a :class:`keyswap.store.Store`).
@@ -49,6 +56,9 @@ class ChangeWatcher:
         self._on_change = on_change
         self._on_tick = on_tick
         self._seen: int | None = None
+        self._failing = False
+        self._lock = threading.Lock()  # guards _seen
+        self._change_lock = threading.Lock()  # one on_change at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -87,14 +97,32 @@ class ChangeWatcher:
     def poll_once(self) -> bool:
         """Poll now, on the caller's thread; True (after calling ``on_change``) if the revision moved."""
         current = self._read()
-        # A baseline we could not read counts as a change: flushing caches once is the safe side.
-        changed = current is not None and current != self._seen
-        if current is not None:
-            self._seen = current
+        with self._lock:
+            # A baseline we could not read counts as a change: flushing caches once is the safe side.
+            changed = current is not None and current != self._seen
+            if current is not None:
+                self._seen = current
         if changed:
-            self._call(self._on_change)
+            self._changed()
         self._call(self._on_tick)
         return changed
+
+    def observe(self, revision: int) -> bool:
+        """A revision pushed by a notification: call ``on_change`` if it is newer than the last seen.
+
+        Thread-safe; returns True if ``on_change`` ran. Older or repeated revisions (the poller or
+        another channel got there first) are ignored.
+        """
+        with self._lock:
+            if self._seen is not None and revision <= self._seen:
+                return False
+            self._seen = revision
+        self._changed()
+        return True
+
+    def _changed(self) -> None:
+        with self._change_lock:
+            self._call(self._on_change)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -102,10 +130,20 @@ class ChangeWatcher:
 
     def _read(self) -> int | None:
         try:
-            return self._store.revision()
-        except Exception:
-            log.warning("could not read the store revision; will retry", exc_info=True)
+            revision = self._store.revision()
+        except Exception as exc:
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "could not read the store revision (%s); will keep trying", _describe(exc)
+                )
+            else:
+                log.debug("the store is still unavailable (%s)", _describe(exc))
             return None
+        if self._failing:
+            self._failing = False
+            log.warning("the store is reachable again")
+        return revision
 
     @staticmethod
     def _call(callback: Callable[[], None] | None) -> None:
@@ -115,3 +153,8 @@ class ChangeWatcher:
             callback()
         except Exception:
             log.exception("change watcher callback failed")
+
+
+def _describe(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

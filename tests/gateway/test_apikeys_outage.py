@@ -1,0 +1,193 @@
+"""API keys while the database is unreachable: known keys keep working for a bounded time, unknown keys
+get 503 (never 401), and everything recovers by itself. The outage is a TCP relay in front of a real
+PostgreSQL that drops every connection and refuses new ones."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from keyswap.errors import InvalidApiKey, StoreUnavailable
+from keyswap.gateway.apikeys import ApiKeys, generate_key
+from keyswap.gateway.app import GatewaySettings, build_gateway
+from keyswap.gateway.cluster import ClusterSettings
+from keyswap.store import Store
+from tests.support.asgi_server import ServerThread, bound_socket
+from tests.support.cluster import TcpRelay, postgres_schema, relayed_url
+from tests.support.gateway_state import SECRET_TEXT, Clock, secret
+from tests.support.running_gateway import eventually
+from tests.support.upstream import RecordingUpstream
+
+GRACE = 300.0
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with postgres_schema() as url:
+        Store(url, schema="upgrade").close()
+        yield url
+
+
+@pytest.fixture
+def relay(pg_url: str) -> Iterator[TcpRelay]:
+    target = sa.make_url(pg_url)
+    with TcpRelay(target.host or "127.0.0.1", target.port or 5432) as relay:
+        yield relay
+
+
+class Setup:
+    def __init__(self, pg_url: str, relay: TcpRelay, grace: float = GRACE) -> None:
+        self.admin = Store(pg_url)  # direct: the outage is between the gateway and the database
+        self.admin.create_consumer("acme", {"plan": "gold"})
+        self.admin_keys = ApiKeys(self.admin, secret(), cache_size=0)
+        self.store = Store(relayed_url(pg_url, relay))
+        self.monotonic = Clock(1000.0)
+        self.keys = ApiKeys(
+            self.store, secret(), cache_ttl=5.0, outage_grace=grace, monotonic=self.monotonic
+        )
+
+    def close(self) -> None:
+        self.store.close()
+        self.admin.close()
+
+
+@pytest.fixture
+def setup(pg_url: str, relay: TcpRelay) -> Iterator[Setup]:
+    made = Setup(pg_url, relay)
+    yield made
+    made.close()
+
+
+def test_a_known_key_keeps_working_from_memory_while_the_database_is_away(
+    setup: Setup, relay: TcpRelay
+) -> None:
+    record, key = setup.admin_keys.create("acme")
+    assert setup.keys.authenticate(key).metadata == {"plan": "gold"}
+    relay.cut()
+    setup.monotonic.advance(60)  # long past the 5 s cache TTL: the store would be asked
+    principal = setup.keys.authenticate(key)
+    assert (principal.key_id, principal.consumer) == (record.id, "acme")
+    assert setup.keys.store_down
+
+
+def test_an_unknown_key_is_unavailable_not_invalid_during_an_outage(
+    setup: Setup, relay: TcpRelay
+) -> None:
+    _, key = setup.admin_keys.create("acme")  # valid, but this node has never seen it
+    relay.cut()
+    with pytest.raises(StoreUnavailable):
+        setup.keys.authenticate(key)
+    with pytest.raises(StoreUnavailable):
+        setup.keys.lookup_cached(key)  # answered from memory while the store is failing
+    with pytest.raises(InvalidApiKey):
+        setup.keys.authenticate("ks_malformed")  # no lookup needed to refuse this one
+
+
+def test_a_key_known_to_be_revoked_stays_refused_during_an_outage(
+    setup: Setup, relay: TcpRelay
+) -> None:
+    record, key = setup.admin_keys.create("acme")
+    setup.admin.revoke_api_key(record.id, now=time.time())
+    with pytest.raises(InvalidApiKey):
+        setup.keys.authenticate(key)
+    relay.cut()
+    setup.monotonic.advance(60)
+    with pytest.raises(InvalidApiKey):
+        setup.keys.authenticate(key)
+
+
+def test_known_keys_work_only_for_the_outage_grace(setup: Setup, relay: TcpRelay) -> None:
+    _, key = setup.admin_keys.create("acme")
+    setup.keys.authenticate(key)
+    relay.cut()
+    setup.monotonic.advance(GRACE - 1)
+    setup.keys.authenticate(key)
+    setup.monotonic.advance(1)
+    with pytest.raises(StoreUnavailable):
+        setup.keys.authenticate(key)
+
+
+def test_a_failing_store_is_left_alone_for_the_retry_interval_then_used_again(
+    setup: Setup, relay: TcpRelay
+) -> None:
+    _, known = setup.admin_keys.create("acme")
+    _, new = setup.admin_keys.create("acme")
+    setup.keys.authenticate(known)
+    relay.cut()
+    setup.monotonic.advance(10)
+    assert setup.keys.lookup_cached(known) is None  # stale: the store must be asked, off the loop
+    setup.keys.authenticate(known)  # ...which fails, and the known key is served from memory
+    assert setup.keys.lookup_cached(known) is not None  # ...then known keys need no thread at all
+    relay.restore()
+    with pytest.raises(StoreUnavailable):
+        setup.keys.authenticate(new)  # within the retry interval: the store is not asked
+    setup.monotonic.advance(1.0)
+    assert setup.keys.authenticate(new).consumer == "acme"
+    assert not setup.keys.store_down
+
+
+def test_a_cache_flush_during_an_outage_keeps_known_keys(setup: Setup, relay: TcpRelay) -> None:
+    _, key = setup.admin_keys.create("acme")
+    setup.keys.authenticate(key)
+    relay.cut()
+    setup.keys.clear_cache()  # a change notification arriving over Redis, say
+    assert setup.keys.authenticate(key).consumer == "acme"
+
+
+def test_no_grace_means_every_key_waits_for_the_database(pg_url: str, relay: TcpRelay) -> None:
+    setup = Setup(pg_url, relay, grace=0)
+    try:
+        _, key = setup.admin_keys.create("acme")
+        setup.keys.authenticate(key)
+        relay.cut()
+        setup.monotonic.advance(6)
+        with pytest.raises(StoreUnavailable):
+            setup.keys.authenticate(key)
+    finally:
+        setup.close()
+
+
+def test_the_gateway_answers_503_for_unknown_keys_and_serves_known_ones_then_recovers(
+    pg_url: str, relay: TcpRelay
+) -> None:
+    upstream = RecordingUpstream().start()
+    admin = Store(pg_url)
+    admin.create_consumer("acme")
+    admin_keys = ApiKeys(admin, secret(), cache_size=0)
+    _, known = admin_keys.create("acme")
+    _, unknown = admin_keys.create("acme")
+    sock = bound_socket()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = GatewaySettings(upstream.url, url, alg="ES256", watch_interval=0.1)
+    app = build_gateway(
+        settings,
+        db_url=relayed_url(pg_url, relay),
+        env={"KEYSWAP_SECRET": SECRET_TEXT},
+        cluster=ClusterSettings(rotate_every=0),
+    )
+    app.prepare()
+    server = ServerThread(app, sock=sock).start()
+
+    def get(key: str) -> httpx.Response:
+        return httpx.get(url + "/x", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+
+    try:
+        assert get(known).status_code == 200
+        relay.cut()
+        assert get(known).status_code == 200
+        refused = get(unknown)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "5"
+        assert get(generate_key()).status_code == 503  # unknown to this node: cannot say 401
+        relay.restore()
+        eventually(lambda: get(unknown).status_code == 200)
+        assert get(generate_key()).status_code == 401
+        assert len(upstream.received) >= 3
+    finally:
+        server.stop()
+        admin.close()
+        upstream.stop()

@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from click.testing import CliRunner, Result
+
+from keyswap.cli import main
+from keyswap.errors import ConfigError
+from keyswap.store import Store, migrate
+from keyswap.store.schema import SCHEMA_VERSION, metadata
+from tests.support.cluster import postgres_schema
+from tests.support.gateway_state import SECRET_TEXT, db_url
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield db_url(tmp_path)
+    else:
+        with postgres_schema() as url:
+            yield url
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), env={"KEYSWAP_SECRET": SECRET_TEXT})
+
+
+def _downgrade(store: Store, revision: str) -> None:
+    with store.engine.begin() as conn:
+        command.downgrade(migrate._config(conn), revision)
+
+
+def test_db_upgrade_creates_the_schema_in_an_empty_postgresql_schema(pg_url: str) -> None:
+    result = cli("db", "upgrade", "--db", pg_url)
+    assert result.exit_code == 0, result.output
+    assert f"from an empty database to revision {migrate.head_revision()}" in result.stdout
+    again = cli("db", "upgrade", "--db", pg_url)
+    assert "The schema is up to date" in again.stdout
+    store = Store(pg_url)
+    try:
+        assert store.revision() == 0
+        assert store.schema_state is not None
+        assert store.schema_state.up_to_date
+    finally:
+        store.close()
+
+
+def test_the_migrated_schema_is_exactly_the_one_schema_py_describes(any_url: str) -> None:
+    store = Store(any_url, schema="upgrade")
+    try:
+        with store.engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, metadata) == []
+            version = conn.execute(sa.text("SELECT schema_version FROM meta")).scalar_one()
+        assert version == SCHEMA_VERSION == int(migrate.head_revision())
+    finally:
+        store.close()
+
+
+def test_migrations_go_down_and_up_again(any_url: str) -> None:
+    store = Store(any_url, schema="upgrade")
+    try:
+        store.create_consumer("acme")
+        _downgrade(store, "0001")
+        with store.engine.connect() as conn:
+            assert "rate_limit" not in {
+                c["name"] for c in sa.inspect(conn).get_columns("consumers")
+            }
+        again = Store(any_url, schema="upgrade")
+        assert again.schema_change == ("0001", migrate.head_revision())
+        assert again.get_consumer("acme") is not None
+        again.close()
+    finally:
+        store.close()
+
+
+def test_postgresql_never_creates_its_schema_by_itself(pg_url: str) -> None:
+    with pytest.raises(ConfigError, match=r"no keyswap schema yet.*keyswap db upgrade"):
+        Store(pg_url)
+
+
+def test_a_store_refuses_a_postgresql_schema_that_is_behind(pg_url: str) -> None:
+    store = Store(pg_url, schema="upgrade")
+    _downgrade(store, "0001")
+    store.close()
+    with pytest.raises(
+        ConfigError, match=r"revision 0001.*needs revision 0002.*keyswap db upgrade"
+    ):
+        Store(pg_url)
+
+
+def test_the_gateway_refuses_to_start_while_the_schema_is_behind(pg_url: str) -> None:
+    store = Store(pg_url, schema="upgrade")
+    _downgrade(store, "0001")
+    store.close()
+    result = cli("gateway", "--db", pg_url, "--upstream", "http://127.0.0.1:9")
+    assert result.exit_code == 1
+    assert "keyswap db upgrade" in result.stderr
+    assert "Traceback" not in result.output
+    assert cli("db", "upgrade", "--db", pg_url).exit_code == 0
+    Store(pg_url).close()  # starts now
+
+
+def test_db_status_tells_behind_from_up_to_date(pg_url: str) -> None:
+    behind = cli("db", "status", "--db", pg_url)
+    assert behind.exit_code == 1
+    assert "none (empty database)" in behind.stdout
+    assert "keyswap db upgrade" in behind.stdout
+    cli("db", "upgrade", "--db", pg_url)
+    current = cli("db", "status", "--db", pg_url)
+    assert current.exit_code == 0, current.output
+    assert "Status:   up to date" in current.stdout
+
+
+def test_a_schema_from_a_newer_keyswap_is_refused(pg_url: str) -> None:
+    store = Store(pg_url, schema="upgrade")
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    store.close()
+    for mode in ("auto", "upgrade"):
+        with pytest.raises(ConfigError, match="newer than this keyswap"):
+            Store(pg_url, schema=mode)  # type: ignore[arg-type]
+
+
+def test_concurrent_upgrades_of_one_postgresql_schema_create_it_once(pg_url: str) -> None:
+    barrier, errors, changes = threading.Barrier(4), [], []
+
+    def upgrade() -> None:
+        barrier.wait()
+        try:
+            store = Store(pg_url, schema="upgrade")
+            changes.append(store.schema_change)
+            store.close()
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert changes.count(None) == 3
+    assert (None, migrate.head_revision()) in changes
+
+
+def test_a_sqlite_database_from_before_migrations_is_adopted_and_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    # What keyswap 0.1 created: the initial tables and a meta row, no alembic_version table.
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        command.upgrade(migrate._config(conn), "0001")
+        conn.execute(sa.text("DROP TABLE alembic_version"))
+        conn.execute(sa.text("INSERT INTO meta VALUES (1, 7, 1, NULL)"))
+        conn.execute(
+            sa.text("INSERT INTO consumers (name, metadata, created_at) VALUES ('acme', '{}', 1.0)")
+        )
+    engine.dispose()
+    store = Store(str(path))
+    try:
+        assert store.schema_change == ("0001", migrate.head_revision())
+        consumer = store.get_consumer("acme")
+        assert consumer is not None
+        assert consumer.rate_limit is None
+        assert store.revision() == 7
+    finally:
+        store.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
+
+
+def test_migrations_ship_inside_the_package() -> None:
+    versions = sorted(p.name for p in (migrate.MIGRATIONS_DIR / "versions").glob("*.py"))
+    assert versions == ["0001_initial.py", "0002_consumer_rate_limit.py"]
+    assert (migrate.MIGRATIONS_DIR / "env.py").is_file()
