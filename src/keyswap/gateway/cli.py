@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
+from keyswap.cli_support import OneLineErrorsCommand, OneLineErrorsGroup
 from keyswap.errors import KeyswapError
 from keyswap.gateway.apikeys import DEFAULT_GRACE, DEFAULT_PREFIX, ApiKeys
 from keyswap.gateway.durations import format_duration, parse_duration
@@ -69,24 +70,9 @@ DB_HELP = (
 # -- shared plumbing ------------------------------------------------------------------------------------
 
 
-class _OneLineUsageError(click.ClickException):
-    exit_code = 2
-
-
-class ManagedCommand(click.Command):
-    """A command whose usage errors (bad or missing flags) print one ``Error:`` line, no usage text."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise _OneLineUsageError(exc.format_message()) from None
-
-
-class ManagedGroup(click.Group):
-    """A group whose subcommands are :class:`ManagedCommand` by default."""
-
-    command_class = ManagedCommand
+# One-line usage errors: shared with `keyswap origin`.
+ManagedCommand = OneLineErrorsCommand
+ManagedGroup = OneLineErrorsGroup
 
 
 def db_option(function: F) -> F:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from keyswap.cli_support import OneLineErrorsCommand, OneLineUsageError
 from keyswap.errors import ConfigError
 
 __all__ = ["DEFAULT_ALGORITHMS", "origin"]
@@ -27,29 +28,6 @@ __all__ = ["DEFAULT_ALGORITHMS", "origin"]
 DEFAULT_ALGORITHMS = "RS256,PS256,ES256,EdDSA"
 
 logger = logging.getLogger("keyswap.origin")
-
-
-class _OneLineUsageError(click.ClickException):
-    exit_code = 2
-
-
-class _OneLineErrors(click.Command):
-    """A command whose bad flags / variables print one ``Error:`` line instead of usage + hint."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            message = exc.format_message()
-            param = getattr(exc, "param", None)
-            if (
-                isinstance(param, click.Option)
-                and isinstance(param.envvar, str)
-                and param.name is not None
-                and ctx.get_parameter_source(param.name) is click.core.ParameterSource.ENVIRONMENT
-            ):
-                message = f"{message} (from {param.envvar})"
-            raise _OneLineUsageError(message) from exc
 
 
 class _Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
@@ -131,7 +109,7 @@ _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 @click.command(
-    cls=_OneLineErrors,
+    cls=OneLineErrorsCommand,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option(
@@ -229,7 +207,7 @@ def origin(
         verifier = Verifier(config)
         app = create_app(verifier, realm=realm)
     except ConfigError as exc:
-        raise _OneLineUsageError(str(exc)) from exc
+        raise OneLineUsageError(str(exc)) from exc
     logger.info(
         "keyswap origin on http://%s:%d: issuer=%s jwks_url=%s algorithms=%s audience=%s",
         host,
