@@ -344,3 +344,71 @@ def test_a_large_body_cut_mid_stream_is_never_passed_off_as_complete() -> None:
         pytest.raises(httpx.RemoteProtocolError),
     ):
         httpx.get(proxy.url + "/x")
+
+
+def test_a_request_without_a_body_goes_without_framing_headers(
+    upstream: RecordingUpstream, proxy: ServerThread
+) -> None:
+    raw_http(proxy.port, b"DELETE /thing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    names = {name for name, _ in upstream.last.headers}
+    assert b"content-length" not in names
+    assert b"transfer-encoding" not in names
+    assert upstream.last.method == "DELETE"
+
+
+def test_a_chunked_client_body_is_reframed_never_relayed(
+    upstream: RecordingUpstream, proxy: ServerThread
+) -> None:
+    # Small enough to reach the app in one ASGI message: it goes upstream with a Content-Length.
+    raw_http(
+        proxy.port,
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    )
+    got = upstream.last
+    assert got.body_len == 5
+    assert got.body_sha256 == hashlib.sha256(b"abcde").hexdigest()
+    assert got.header("transfer-encoding") == []
+    assert got.header("content-length") == ["5"]
+
+
+def test_a_streamed_body_without_a_length_goes_chunked(
+    upstream: RecordingUpstream, proxy: ServerThread
+) -> None:
+    body = pattern(TWO_MIB)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 100_000):
+            yield body[start : start + 100_000]
+            await asyncio.sleep(0.001)  # separate ASGI messages, not one buffered body
+
+    async def upload() -> httpx.Response:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await client.post(proxy.url + "/stream", content=chunks())
+
+    assert asyncio.run(upload()).json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert upstream.last.header("transfer-encoding") == ["chunked"]
+    assert upstream.last.header("content-length") == []
+
+
+def test_upstream_connections_are_kept_alive_between_client_requests(
+    upstream: RecordingUpstream,
+) -> None:
+    app = ProxyApp(upstream.url)
+    with serving(app) as proxy, httpx.Client(timeout=10) as client:
+        for _ in range(10):
+            assert client.get(proxy.url + "/ka").status_code == 200
+        with httpx.Client(timeout=10) as other:  # another client, same upstream connection
+            assert other.get(proxy.url + "/ka").status_code == 200
+    assert app.proxy.pool.connections_opened == 1
+
+
+def test_forwarded_headers_hide_their_values_when_printed() -> None:
+    headers = forwarded_request_headers(
+        [(b"x-a", b"1")], client=None, scheme="http", trust_forwarded=False
+    )
+    headers["authorization"] = "Bearer secret-token"
+    headers["authorization"] = "Bearer replaced"
+    assert headers.getall("authorization") == ["Bearer replaced"]
+    assert "secret" not in repr(headers)
+    assert "replaced" not in repr(headers)

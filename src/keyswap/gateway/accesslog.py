@@ -49,20 +49,23 @@ class AccessLog:
             return
         latency_ms = (time.perf_counter() - started) * 1000.0
         path = _printable(raw_path)
-        logger.info(
+        # makeRecord + handle, not logger.info: skips the caller lookup (a stack walk) and the
+        # `extra` copy, about a third of the cost of a line.
+        record = logger.makeRecord(
+            logger.name,
+            logging.INFO,
+            __file__,
+            0,
             "%s %s %d consumer=%s key_id=%s %.2fms",
-            method,
-            path,
-            status,
-            consumer or "-",
-            key_id or "-",
-            latency_ms,
-            extra={
-                "method": method,
-                "path": path,
-                "status": status,
-                "consumer": consumer,
-                "key_id": key_id,
-                "latency_ms": round(latency_ms, 3),
-            },
+            (method, path, status, consumer or "-", key_id or "-", latency_ms),
+            None,
+            "log",
         )
+        fields = record.__dict__
+        fields["method"] = method
+        fields["path"] = path
+        fields["status"] = status
+        fields["consumer"] = consumer
+        fields["key_id"] = key_id
+        fields["latency_ms"] = round(latency_ms, 3)
+        logger.handle(record)

@@ -1,5 +1,8 @@
 """The streaming reverse proxy: one ASGI request in, one upstream request out, bodies streamed both ways.
 
+This module adapts ASGI to :mod:`keyswap.gateway.upstream` (the HTTP/1.1 client and its keep-alive
+pool) and holds the header rules.
+
 Request rules (RFC 9110 §7.6.1, and security corpus G04-G06):
 
 - method, raw path and query string are forwarded byte for byte (no normalisation, no re-encoding) after
@@ -9,40 +12,44 @@ Request rules (RFC 9110 §7.6.1, and security corpus G04-G06):
   ``Proxy-Authenticate``, ``Proxy-Authorization``, ``Proxy-Connection``, ``TE``, ``Trailer``,
   ``Transfer-Encoding``, ``Upgrade``) and every name listed in ``Connection``; every ``Authorization``;
   ``Host`` (the upstream's own host is sent); ``Expect`` (answered by the server already);
+  ``Content-Length`` (the client sets the framing, see below);
   ``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP``, ``X-Original-URL``, ``X-Rewrite-URL``; the identity
   namespaces ``X-Keyswap-*``, ``X-Consumer-*``, ``X-Authenticated-*``; any name containing ``_``;
 - added: ``Authorization: Bearer <minted JWT>`` (by the app) and ``X-Forwarded-For`` / ``-Proto`` /
   ``-Host`` from the connection. With ``trust_forwarded`` (``--trust-forwarded``, for a gateway behind
   a proxy you run) the client's ``X-Forwarded-For`` is kept and the peer address appended, and its
   ``X-Forwarded-Proto`` / ``-Host`` are kept when present;
-- the body is streamed from ASGI ``receive`` (a small body that arrives in one message is sent as is).
+- framing is never relayed from the client: a body that arrives in one ASGI message goes with
+  ``Content-Length`` set to its size; a body that arrives in pieces is streamed with the client's
+  ``Content-Length`` when it sent one (the upstream request is aborted if the body does not match it),
+  chunked otherwise; a request without a body (no ``Content-Length``, no ``Transfer-Encoding``) gets no
+  framing header and its ASGI ``receive`` is not even called.
 
 Response rules: status, headers (minus hop-by-hop and ``Connection``-listed names) and body pass back
-unchanged (no decompression, no cookie jar, no redirects followed); the body is streamed with
-``more_body``. Failures before the response starts raise :class:`~keyswap.errors.UpstreamError`
-(unreachable, broken response: 502) or :class:`~keyswap.errors.UpstreamTimeout` (no answer within the
-timeout, or no free pooled connection within it: 504); a failure mid-body aborts the client connection,
-so a truncated body is never passed off as complete.
+unchanged (no decompression, no cookie jar, no redirects followed); ``HEAD``/``204``/``304`` answers
+carry no body; a small body (``Content-Length`` up to 64 KiB) is read whole before the response
+starts, a larger or unsized one is streamed with ``more_body`` (reading from the upstream pauses while
+the client is slower). Failures before the response starts raise :class:`~keyswap.errors.UpstreamError`
+(unreachable, broken response: 502) or :class:`~keyswap.errors.UpstreamTimeout` (no connection or no
+response head within the timeout: 504); a failure mid-body aborts the client connection, so a truncated
+body is never passed off as complete.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-import aiohttp
-from multidict import CIMultiDict
-from yarl import URL
-
-from keyswap.errors import ConfigError, UpstreamError, UpstreamTimeout
+from keyswap.errors import UpstreamError
+from keyswap.gateway.upstream import Origin, UpstreamPool, UpstreamResponse, parse_origin
 
 __all__ = [
     "HOP_BY_HOP",
     "BadTarget",
     "ClientGone",
+    "ForwardedHeaders",
     "UpstreamProxy",
     "forwarded_request_headers",
     "returned_response_headers",
@@ -74,6 +81,7 @@ _DROP_INBOUND = HOP_BY_HOP | {
     b"authorization",
     b"host",
     b"expect",
+    b"content-length",
     b"forwarded",
     b"x-real-ip",
     b"x-original-url",
@@ -82,10 +90,10 @@ _DROP_INBOUND = HOP_BY_HOP | {
 _DROP_INBOUND_PREFIXES = (b"x-forwarded-", b"x-keyswap-", b"x-consumer-", b"x-authenticated-")
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
 _QUERY = re.compile(rb"[\x21-\x7e]*")
-# Headers aiohttp would otherwise invent; the client's own values pass through when it sent them.
-_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
 # Bodies announced at or below this size are read in one go and sent in one ASGI message.
 _SMALL_BODY = 64 * 1024
+_NO_LENGTH = (204, 304)
 
 
 class BadTarget(Exception):
@@ -94,6 +102,46 @@ class BadTarget(Exception):
 
 class ClientGone(Exception):
     """The client disconnected before its request body was complete."""
+
+
+class ForwardedHeaders:
+    """The request headers as they go upstream, plus what the client said about its body.
+
+    Attributes:
+        items: ``(name, value)`` pairs, names lower-case, in the client's order.
+        content_length: the client's ``Content-Length`` (``None`` when absent or unusable).
+        has_body: the client announced a body (``Content-Length`` above 0, or ``Transfer-Encoding``).
+    """
+
+    __slots__ = ("content_length", "has_body", "items")
+
+    def __init__(
+        self,
+        items: list[tuple[bytes, bytes]],
+        *,
+        content_length: int | None = None,
+        has_body: bool = False,
+    ) -> None:
+        self.items = items
+        self.content_length = content_length
+        self.has_body = has_body
+
+    def __setitem__(self, name: str, value: str) -> None:
+        """Replace every ``name`` header by one ``name: value`` line (at the end)."""
+        key = name.lower().encode("ascii")
+        items = self.items
+        if any(n == key for n, _ in items):
+            self.items = items = [(n, v) for n, v in items if n != key]
+        items.append((key, value.encode("latin-1")))
+
+    def getall(self, name: str) -> list[str]:
+        """Every value of ``name``, in order (decoded as Latin-1)."""
+        key = name.lower().encode("ascii")
+        return [v.decode("latin-1") for n, v in self.items if n == key]
+
+    def __repr__(self) -> str:  # names only: values may carry tokens
+        names = ", ".join(n.decode("latin-1") for n, _ in self.items)
+        return f"ForwardedHeaders([{names}], content_length={self.content_length!r})"
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
@@ -111,56 +159,76 @@ def forwarded_request_headers(
     client: tuple[str, int] | None,
     scheme: str,
     trust_forwarded: bool = False,
-) -> CIMultiDict[str]:
+) -> ForwardedHeaders:
     """The inbound ASGI headers as they go upstream (see the module docstring for the rules).
 
-    ``Authorization`` is not added here; the caller adds the minted token.
+    ``Authorization`` is not added here; the caller sets the minted token
+    (``headers["authorization"] = "Bearer " + token``).
     """
-    headers = list(headers)
-    listed = _connection_tokens(headers)
-    out: CIMultiDict[str] = CIMultiDict()
+    listed: set[bytes] | None = None
+    out: list[tuple[bytes, bytes]] = []
     host: bytes | None = None
-    fwd_for: list[str] = []
-    fwd_proto: str | None = None
-    fwd_host: str | None = None
+    fwd_for: list[bytes] = []
+    fwd_proto: bytes | None = None
+    fwd_host: bytes | None = None
+    lengths: list[bytes] = []
+    chunked = False
     for raw_name, value in headers:
         name = raw_name.lower()
         if name in _DROP_INBOUND or name.startswith(_DROP_INBOUND_PREFIXES) or b"_" in name:
             if name == b"host":
                 host = value if host is None else host
+            elif name == b"content-length":
+                lengths.append(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"connection":
+                if listed is None:
+                    listed = set()
+                listed.update(t.strip().lower() for t in value.split(b","))
             elif trust_forwarded:
                 if name == b"x-forwarded-for":
-                    fwd_for.append(value.decode("latin-1").strip())
+                    fwd_for.append(value.strip())
                 elif name == b"x-forwarded-proto" and fwd_proto is None:
-                    fwd_proto = value.decode("latin-1").strip()
+                    fwd_proto = value.strip()
                 elif name == b"x-forwarded-host" and fwd_host is None:
-                    fwd_host = value.decode("latin-1").strip()
+                    fwd_host = value.strip()
             continue
-        if listed and name in listed:
-            continue
-        out.add(name.decode("latin-1"), value.decode("latin-1"))
+        out.append((name, value))
+    if listed:
+        out = [(n, v) for n, v in out if n not in listed]
     if client is not None:
-        fwd_for.append(client[0])
+        fwd_for.append(client[0].encode("latin-1"))
     if fwd_for:
-        out["x-forwarded-for"] = ", ".join(v for v in fwd_for if v)
-    out["x-forwarded-proto"] = fwd_proto or scheme
+        out.append((b"x-forwarded-for", b", ".join(v for v in fwd_for if v)))
+    out.append((b"x-forwarded-proto", fwd_proto or scheme.encode("latin-1")))
     if fwd_host or host:
-        out["x-forwarded-host"] = fwd_host or (host or b"").decode("latin-1")
-    return out
+        out.append((b"x-forwarded-host", fwd_host or host or b""))
+    length: int | None = None
+    if len(lengths) == 1 and _DIGITS.fullmatch(lengths[0].strip()):
+        length = int(lengths[0])
+    return ForwardedHeaders(
+        out, content_length=length, has_body=chunked or (bool(lengths) and length != 0)
+    )
 
 
 def returned_response_headers(
     raw_headers: Iterable[tuple[bytes, bytes]],
 ) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers minus hop-by-hop and ``Connection``-listed names."""
-    raw_headers = list(raw_headers)
-    listed = _connection_tokens(raw_headers)
     out: list[tuple[bytes, bytes]] = []
+    listed: set[bytes] | None = None
     for raw_name, value in raw_headers:
         name = raw_name.lower()
-        if name in HOP_BY_HOP or (listed and name in listed):
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                if listed is None:
+                    listed = set()
+                listed.update(t.strip().lower() for t in value.split(b","))
             continue
         out.append((name, value))
+    if listed:
+        out = [(n, v) for n, v in out if n not in listed]
     return out
 
 
@@ -178,38 +246,24 @@ async def _stream_body(first: bytes, receive: Receive) -> AsyncIterator[bytes]:
             return
 
 
-def validate_upstream(upstream: str) -> URL:
+def validate_upstream(upstream: str) -> Origin:
     """Parse the upstream base URL.
 
     Raises:
         ConfigError: not an absolute ``http(s)`` URL with a host, or it carries a query, fragment or
             credentials.
     """
-    try:
-        url = URL(upstream)
-    except (ValueError, TypeError):
-        raise ConfigError(f"upstream must be an absolute http(s) URL, got {upstream!r}") from None
-    if (
-        url.scheme not in ("http", "https")
-        or not url.host
-        or not upstream.isprintable()
-        or " " in upstream
-    ):
-        raise ConfigError(f"upstream must be an absolute http(s) URL, got {upstream!r}")
-    if url.query_string or url.fragment or url.user or url.password:
-        raise ConfigError(
-            "upstream URL must not carry a query, fragment or credentials, got " + repr(upstream)
-        )
-    return url
+    return parse_origin(upstream)
 
 
 class UpstreamProxy:
-    """Forwards requests to one upstream over a pooled keep-alive ``aiohttp`` session.
+    """Forwards requests to one upstream over a pooled keep-alive :class:`UpstreamPool`.
 
     Args:
-        upstream: base URL (``http://host:port`` with an optional path prefix).
-        timeout: seconds to wait for a connection (pool slot included) and for each read from the
-            upstream; exceeded before the response starts: :class:`UpstreamTimeout` (504).
+        upstream: base URL (``http(s)://host:port`` with an optional path prefix).
+        timeout: seconds to wait for a connection (pool slot included), for the response head, and
+            for each read of the body from the upstream; exceeded before the response starts:
+            :class:`~keyswap.errors.UpstreamTimeout` (504).
         max_connections: size of the keep-alive connection pool.
 
     Raises:
@@ -223,64 +277,41 @@ class UpstreamProxy:
         timeout: float = 30.0,
         max_connections: int = 100,
     ) -> None:
-        url = validate_upstream(upstream)
-        if not timeout > 0:
-            raise ConfigError(f"upstream timeout must be positive, got {timeout!r}")
-        if max_connections < 1:
-            raise ConfigError(f"max_connections must be at least 1, got {max_connections!r}")
-        self._base = str(url.with_path(url.raw_path.rstrip("/"), encoded=True))
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
-        )
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = UpstreamPool(upstream, timeout=timeout, max_connections=max_connections)
+        self._prefix = self._pool.origin.path.encode("ascii")
 
     @property
     def base_url(self) -> str:
         """The upstream base URL requests are appended to (no trailing slash)."""
-        return self._base
+        return str(self._pool.origin)
+
+    @property
+    def pool(self) -> UpstreamPool:
+        """The connection pool (for diagnostics and tests)."""
+        return self._pool
 
     async def start(self) -> None:
         """Open the connection pool (call from the app's lifespan, on its event loop)."""
-        if self._session is not None:
-            return
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections,
-            limit_per_host=self._max_connections,
-            keepalive_timeout=30,
-            ttl_dns_cache=300,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            trust_env=False,
-            raise_for_status=False,
-        )
+        await self._pool.start()
 
     async def close(self) -> None:
         """Close the pool."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        await self._pool.close()
 
-    def target(self, raw_path: bytes, query: bytes) -> URL:
-        """The upstream URL for a request, without re-encoding anything.
+    def target(self, raw_path: bytes, query: bytes) -> bytes:
+        """The upstream request target for a request, without re-encoding anything.
 
         Raises:
             BadTarget: the path does not start with ``/`` or either part is not printable ASCII.
         """
         if _TARGET.fullmatch(raw_path) is None or _QUERY.fullmatch(query) is None:
             raise BadTarget
-        text = self._base + raw_path.decode("ascii")
         if query:
-            text += "?" + query.decode("ascii")
-        return URL(text, encoded=True)
+            return self._prefix + raw_path + b"?" + query
+        return self._prefix + raw_path
 
     async def forward(
-        self, scope: Scope, receive: Receive, send: Send, url: URL, headers: CIMultiDict[str]
+        self, scope: Scope, receive: Receive, send: Send, target: bytes, headers: ForwardedHeaders
     ) -> int:
         """Send the request upstream and stream the answer back; returns the status sent.
 
@@ -289,66 +320,63 @@ class UpstreamProxy:
             UpstreamTimeout: no connection or no response head within the timeout.
             ClientGone: the client went away while its body was being read.
         """
-        session = self._session
-        if session is None:
-            raise UpstreamError("the proxy is not started")
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        first = message.get("body", b"")
-        data: Any
-        if message.get("more_body", False):
-            data = _stream_body(first, receive)
-        else:
-            data = first if first or "content-length" in headers else None
+        body: bytes | AsyncIterator[bytes] | None = None
+        length: int | None = None
+        if headers.has_body:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            first: bytes = message.get("body", b"")
+            if message.get("more_body", False):
+                body = _stream_body(first, receive)
+                length = headers.content_length
+            else:
+                body = first
+        elif headers.content_length == 0:
+            body = b""
         method: str = scope["method"]
         try:
-            response = await session.request(
-                method, url, headers=headers, data=data, allow_redirects=False
+            response = await self._pool.request(
+                method, target, headers.items, body, content_length=length
             )
-        except ClientGone:
-            raise
-        except TimeoutError as exc:
-            raise UpstreamTimeout("the upstream did not answer in time") from exc
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            if isinstance(exc.__cause__, ClientGone) or isinstance(exc.__context__, ClientGone):
-                raise ClientGone from exc
-            raise UpstreamError("the upstream could not be reached") from exc
+        except ValueError as exc:  # cannot be written as HTTP/1.1 (the ASGI server let it through)
+            raise UpstreamError("the request cannot be forwarded") from exc
         try:
-            return await self._relay(method, response, send)
+            return await self._relay(response, send)
         finally:
-            response.release()
+            response.close()
 
-    async def _relay(self, method: str, response: aiohttp.ClientResponse, send: Send) -> int:
+    async def _relay(self, response: UpstreamResponse, send: Send) -> int:
         status = response.status
-        if (
-            not 200 <= status <= 599
-        ):  # 1xx never reaches here unless unsolicited (101 without Upgrade)
-            raise UpstreamError("the upstream answered with an unusable status")
-        headers = returned_response_headers(response.raw_headers)
-        length = response.content_length
-        if status in (204, 304):
+        headers = returned_response_headers(response.headers)
+        if status in _NO_LENGTH:
             # Never a body; a Content-Length here would make the server expect one.
             headers = [(name, value) for name, value in headers if name != b"content-length"]
-        no_body = method == "HEAD" or status in (204, 304) or length == 0
-        if not no_body and length is not None and length <= _SMALL_BODY:
-            try:
-                body = await response.read()
-            except TimeoutError as exc:
-                raise UpstreamTimeout("the upstream stalled while sending its body") from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamError("the upstream sent a broken body") from exc
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body, "more_body": False})
-            return status
+        if response.complete:
+            body = response.take()
+        else:
+            length = response.content_length
+            if length is None or length > _SMALL_BODY:
+                return await self._stream(status, headers, response, send)
+            body = await response.read_all(length)
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        if not no_body:
-            try:
-                async for chunk in response.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except (TimeoutError, aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
-                # Headers are out: the only honest signal left is to cut the connection.
-                logger.warning("upstream response body failed mid-stream (%s)", type(exc).__name__)
-                return status
+        await send({"type": "http.response.body", "body": body})
+        return status
+
+    @staticmethod
+    async def _stream(
+        status: int, headers: list[tuple[bytes, bytes]], response: UpstreamResponse, send: Send
+    ) -> int:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        try:
+            while True:
+                chunk = await response.read()
+                if not chunk:
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (UpstreamError, ClientGone) as exc:
+            # Headers are out: the only honest signal left is to cut the connection.
+            logger.warning("upstream response body failed mid-stream (%s)", type(exc).__name__)
+            return status
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return status
