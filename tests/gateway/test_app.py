@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,13 @@ def test_access_log_has_one_line_per_request_without_key_token_or_query(
     gateway.get("/logged?api_key=secret-in-query")
     httpx.get(gateway.url + "/refused")
 
-    lines = [r.getMessage() for r in caplog.records if r.name == "keyswap.access"]
+    # The server thread logs after the response is sent: wait (bounded) for both lines.
+    deadline = time.monotonic() + 5.0
+    while True:
+        lines = [r.getMessage() for r in caplog.records if r.name == "keyswap.access"]
+        if len(lines) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
     assert len(lines) == 2
     assert lines[0].startswith(f"GET /logged 200 consumer=acme key_id={gateway.key_id} ")
     assert lines[0].endswith("ms")
