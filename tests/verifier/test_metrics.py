@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import threading
 
-from keyswap.verifier.metrics import Metrics
+from keyswap.verifier.metrics import Metrics, register_prometheus
 
 
 def test_counter_increments_are_visible_through_get_and_snapshot() -> None:
@@ -48,3 +48,23 @@ def test_counter_loses_no_increments_across_threads() -> None:
     for t in threads:
         t.join()
     assert metrics.get("n") == 40_000
+
+
+def test_counters_are_exported_to_prometheus_with_their_labels() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    metrics = Metrics()
+    metrics.inc("rejections", reason="expired")
+    metrics.inc("rejections", reason="expired")
+    metrics.inc("rejections", reason="signature")
+    bump = metrics.counter("token_cache_hits")
+    bump()
+    registry = CollectorRegistry()
+    register_prometheus(metrics, registry)
+
+    text = generate_latest(registry).decode()
+    assert 'keyswap_rejections_total{reason="expired"} 2.0' in text
+    assert 'keyswap_rejections_total{reason="signature"} 1.0' in text
+    assert "keyswap_token_cache_hits_total 1.0" in text
+    metrics.inc("rejections", reason="expired")  # the export is live, not a copy
+    assert 'keyswap_rejections_total{reason="expired"} 3.0' in generate_latest(registry).decode()
