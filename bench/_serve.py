@@ -1,6 +1,6 @@
 """Serve one benchmark app with uvicorn (one worker, uvloop + httptools, no access log).
 
-    python bench/_serve.py APP --port N [--jwks-url URL] [--upstream URL]
+    python bench/_serve.py APP --port N [--jwks-url URL] [--upstream URL] [--server uvicorn|granian]
 
 Apps:
   bare         Starlette, one small JSON route (the 1.00 of every table)
@@ -145,6 +145,18 @@ def naive_proxy_app(upstream: str) -> Starlette:
     )
 
 
+def make_app() -> Any:
+    """Build the app named by $BENCH_APP (the factory granian imports; see ``--server granian``)."""
+    name = os.environ["BENCH_APP"]
+    if name == "bare":
+        return bare_app()
+    if name == "keyswap":
+        return keyswap_app(os.environ["BENCH_JWKS_URL"])
+    if name == "handwritten":
+        return handwritten_app(os.environ["BENCH_JWKS_URL"])
+    return naive_proxy_app(os.environ["BENCH_UPSTREAM"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -153,22 +165,26 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--jwks-url")
     parser.add_argument("--upstream")
+    parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn")
     args = parser.parse_args()
+    os.environ["BENCH_APP"] = args.app
+    os.environ["BENCH_JWKS_URL"] = args.jwks_url or ""
+    os.environ["BENCH_UPSTREAM"] = args.upstream or ""
 
-    app: Any
-    if args.app == "bare":
-        app = bare_app()
-    elif args.app == "keyswap":
-        app = keyswap_app(args.jwks_url)
-    elif args.app == "handwritten":
-        app = handwritten_app(args.jwks_url)
-    else:
-        app = naive_proxy_app(args.upstream)
+    if args.server == "granian":
+        # One worker, uvloop, HTTP/1, no access log: the same shape as the uvicorn runs.
+        argv = [
+            sys.executable, "-m", "granian", "--interface", "asgi", "--host", HOST,
+            "--port", str(args.port), "--workers", "1", "--loop", "uvloop", "--http", "1",
+            "--no-ws", "--log-level", "warning", "--no-access-log",
+            "--working-dir", str(Path(__file__).resolve().parent), "--factory", "_serve:make_app",
+        ]  # fmt: skip
+        os.execv(sys.executable, argv)  # noqa: S606 - replaces this process with the server
 
     import uvicorn
 
     uvicorn.run(
-        app,
+        make_app(),
         host=HOST,
         port=args.port,
         loop="uvloop",

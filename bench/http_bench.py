@@ -45,7 +45,7 @@ from _common import (
 
 CONFIGS = ("bare", "keyswap", "handwritten")
 LABELS = {
-    "bare": "Starlette bare (uvicorn)",
+    "bare": "Starlette bare",
     "keyswap": "+ keyswap JWTAuthMiddleware",
     "handwritten": "+ hand-written BaseHTTPMiddleware (PyJWKClient + jwt.decode)",
 }
@@ -88,6 +88,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
+    parser.add_argument(
+        "--server",
+        choices=["uvicorn", "granian"],
+        default="uvicorn",
+        help="ASGI server for every config",
+    )
     args = parser.parse_args()
     duration = args.duration or (3.0 if args.quick else 10.0)
     warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
@@ -105,7 +111,7 @@ def main() -> int:
 
     print_header(
         "HTTP layer: JWT middleware vs bare app",
-        f"wrk -t1 -c{args.connections} -d{duration:g}s --latency after a {warmup:g} s warm-up, "
+        f"{args.server}; wrk -t1 -c{args.connections} -d{duration:g}s --latency after a {warmup:g} s warm-up, "
         f"{rounds} interleaved round(s), medians; RS256 token on every request; "
         "server CPU = utime+stime from /proc/<pid>/stat over the measured run / requests.",
         tools=("wrk",),
@@ -121,6 +127,7 @@ def main() -> int:
             for name in configs:
                 port = free_port()
                 extra = ["--jwks-url", jwks.url] if name != "bare" else []
+                extra += ["--server", args.server]
                 server = Server(name, serve_argv(name, port, *extra), log_dir=tmp)
                 servers[name] = server.start(f"http://{HOST}:{port}/")
             for name, server in servers.items():
