@@ -6,7 +6,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +64,11 @@ def get(node: GatewayProcess, key: str, path: str = "/x") -> httpx.Response:
     return httpx.get(node.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
 
+def answers(node: GatewayProcess, key: str, status: int) -> Callable[[], bool]:
+    """The condition "``node`` answers a request with ``key`` with ``status``", for eventually()."""
+    return lambda: get(node, key).status_code == status
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     logs = tmp_path_factory.mktemp("cluster-logs")
@@ -90,7 +95,7 @@ def test_a_key_revoked_through_one_node_is_refused_by_every_node_within_a_second
     cluster.cli("keys", "revoke", key_id)
     revoked_at = time.monotonic()
     for node in cluster.nodes:
-        eventually(lambda node=node: get(node, key).status_code == 401, timeout=1.0)
+        eventually(answers(node, key, 401), timeout=1.0)
     assert time.monotonic() - revoked_at < 1.0
 
 
@@ -123,7 +128,11 @@ def test_every_node_serves_the_same_jwks_and_tokens_from_each_verify_after_a_rot
     active.reload()
     new_kid = active.active().kid
     for node in cluster.nodes:
-        eventually(lambda node=node: cluster.jwks(node) != before, timeout=1.0)
+
+        def rotated(node: GatewayProcess = node) -> bool:
+            return cluster.jwks(node) != before
+
+        eventually(rotated, timeout=1.0)
     assert cluster.jwks(cluster.nodes[0]) == cluster.jwks(cluster.nodes[1])
     verifier = Verifier(
         IssuerConfig(
@@ -238,10 +247,10 @@ def test_known_keys_keep_working_while_postgresql_restarts_and_service_recovers(
     assert all(r.headers["retry-after"] == "5" for r in outage)
     # Recovered by itself: new keys work and revocations propagate again, no restart needed.
     for node in cluster.nodes:
-        eventually(lambda node=node: get(node, unseen).status_code == 200, timeout=10)
+        eventually(answers(node, unseen, 200), timeout=10)
     key_id, fresh = cluster.new_key()
     for node in cluster.nodes:
         assert get(node, fresh).status_code == 200
     cluster.store.revoke_api_key(key_id, now=time.time())
     for node in cluster.nodes:
-        eventually(lambda node=node: get(node, fresh).status_code == 401, timeout=2)
+        eventually(answers(node, fresh, 401), timeout=2)

@@ -162,6 +162,7 @@ async def test_redis_counters_expire_after_their_window(redis_env: tuple[str, st
     client = redis.Redis.from_url(url)
     try:
         (key,) = client.keys(f"{prefix}:rl:*")
+        assert isinstance(key, bytes)  # the client does not decode responses
         assert key.startswith(f"{prefix}:rl:{{3}}:10000:".encode())
         assert 0 < client.pttl(key) <= 11_000
     finally:
@@ -183,7 +184,9 @@ async def test_limits_fall_back_to_each_node_while_redis_is_down_and_recover(
             assert (await limiter.hit(1, rate)).remaining == 1  # counted in Redis
             relay.cut()
             in_memory = [await limiter.hit(1, rate) for _ in range(3)]
-            assert limiter.redis_down
+            # (a local: mypy would keep a narrowed `limiter.redis_down` past the awaits below)
+            down_after_cut = limiter.redis_down
+            assert down_after_cut
             assert [d.allowed for d in in_memory] == [True, True, False]  # a per-node window
             relay.restore()
             monotonic.advance(0.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -193,7 +194,7 @@ def test_a_failing_database_is_logged_and_retried(
     class Broken:
         """Failure injection: the database cannot be reached."""
 
-        def exclusive(self, name: str) -> object:
+        def exclusive(self, name: str) -> AbstractContextManager[bool]:
             raise OSError("database unreachable")
 
     scheduler = RotationScheduler(
@@ -201,7 +202,7 @@ def test_a_failing_database_is_logged_and_retried(
         Broken(),
         every=EVERY,
         min_next_age=MARGIN,
-        clock=clock,  # type: ignore[arg-type]
+        clock=clock,
     )
     assert not scheduler.run_once()
     assert "scheduled signing-key rotation failed (OSError)" in caplog.text

@@ -133,7 +133,7 @@ def test_a_schema_from_a_newer_keyswap_is_refused(pg_url: str) -> None:
     store.close()
     for mode in ("auto", "upgrade"):
         with pytest.raises(ConfigError, match="newer than this keyswap"):
-            Store(pg_url, schema=mode)  # type: ignore[arg-type]
+            Store(pg_url, schema=mode)
 
 
 def test_concurrent_upgrades_of_one_postgresql_schema_create_it_once(pg_url: str) -> None:

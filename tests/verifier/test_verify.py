@@ -497,32 +497,90 @@ def _swap_sig(token: str, sig: bytes) -> str:
     return token.rsplit(".", 1)[0] + "." + b64u(sig)
 
 
+# Builders for the parametrised rows: each binds its row's values and returns the row's Case.
+
+
+def _alg_none(alg: str, sig: str) -> Case:
+    return lambda e: (
+        f"{b64u(json.dumps({'alg': alg, 'kid': 'rsa-1'}).encode())}."
+        f"{b64u(json.dumps(C()).encode())}."
+        + ("" if sig == "empty" else e.rsa.sign(C()).split(".")[2])
+    )
+
+
+def _hs_confusion(form: int, alg: str) -> Case:
+    return lambda e: _hmac_token({"alg": alg, "kid": "rsa-1"}, C(), _public_forms(e.rsa)[form])
+
+
+def _signed_with_kid(kid: str) -> Case:
+    return lambda e: e.rsa.sign(C(), kid=kid)
+
+
+def _forged_with_kid(kid: object) -> Case:
+    return lambda e: forge(e.rsa, {"alg": "RS256", "kid": kid}, C())
+
+
+def _psychic(r: int, s: int) -> Case:
+    return lambda e: _swap_sig(e.ec.sign(C()), r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+
+def _header_extra(extra: dict[str, Any]) -> Case:
+    return lambda e: forge(e.rsa, _h(e, e.rsa, **extra), C())
+
+
+def _duplicate_claim(name: str) -> Case:
+    return lambda e: forge(e.rsa, _h(e, e.rsa), _dup_payload(name))
+
+
+def _raw_exp(raw_value: bytes) -> Case:
+    return lambda e: forge(e.rsa, _h(e, e.rsa), _raw_claims("exp", raw_value))
+
+
+def _signed_claims(**overrides: Any) -> Case:
+    return lambda e: e.rsa.sign(C(**overrides))
+
+
+def _reshaped(change: Callable[[str], str]) -> Case:
+    return lambda e: change(e.rsa.sign(C()))
+
+
+def _not_an_object(part: str, raw: bytes) -> Case:
+    if part == "header":
+        return lambda e: forge(e.rsa, raw, C())
+    return lambda e: forge(e.rsa, _h(e, e.rsa), raw)
+
+
+def _alg_spelling(alg: str) -> Case:
+    return lambda e: forge(e.rsa, {"alg": alg, "kid": "rsa-1"}, C(), alg="RS256")
+
+
+# Rows whose values mix JSON types (a bare literal list of them would be typed list[object]).
+_KIDS_OF_EVERY_JSON_TYPE: list[tuple[str, object]] = [
+    ("null", None),
+    ("int", 123),
+    ("list", []),
+    ("object", {}),
+    ("empty", ""),
+]
+_CRIT_HEADERS: list[tuple[str, dict[str, Any]]] = [
+    ("x-ext", {"crit": ["x-ext"], "x-ext": 1}),
+    ("empty", {"crit": []}),
+    ("string-b64", {"crit": "b64"}),
+    ("exp", {"crit": ["exp"]}),
+    ("absent-param", {"crit": ["nothere"]}),
+]
+
+
 ATTACKS: dict[str, tuple[Case, type[InvalidToken]]] = {
     # A01 alg none, any casing, with an empty or a kept signature
     **{
-        f"A01-alg-{alg}-{sig}": (
-            (
-                lambda e, alg=alg, sig=sig: (
-                    f"{b64u(json.dumps({'alg': alg, 'kid': 'rsa-1'}).encode())}."
-                    f"{b64u(json.dumps(C()).encode())}."
-                    + ("" if sig == "empty" else e.rsa.sign(C()).split(".")[2])
-                )
-            ),
-            UnsupportedAlgorithm,
-        )
+        f"A01-alg-{alg}-{sig}": (_alg_none(alg, sig), UnsupportedAlgorithm)
         for alg in ("none", "None", "NONE", "nOnE")
         for sig in ("empty", "kept")
     },
     # A02 HS256 with the public key (PEM, PKCS#1, DER, OpenSSH, JWK text) as the HMAC secret
     **{
-        f"A02-hs-confusion-{i}-{alg}": (
-            (
-                lambda e, i=i, alg=alg: _hmac_token(
-                    {"alg": alg, "kid": "rsa-1"}, C(), _public_forms(e.rsa)[i]
-                )
-            ),
-            UnsupportedAlgorithm,
-        )
+        f"A02-hs-confusion-{i}-{alg}": (_hs_confusion(i, alg), UnsupportedAlgorithm)
         for i in range(6)
         for alg in ("HS256", "HS384", "HS512")
     },
@@ -565,7 +623,7 @@ ATTACKS: dict[str, tuple[Case, type[InvalidToken]]] = {
     "A04-attacker-key-under-real-kid": (lambda e: e.attacker.sign(C()), BadSignature),
     # A06 kid injection: only an exact lookup key
     **{
-        f"A06-kid-{i}": ((lambda e, kid=kid: e.rsa.sign(C(), kid=kid)), UnknownKey)
+        f"A06-kid-{i}": (_signed_with_kid(kid), UnknownKey)
         for i, kid in enumerate(
             [
                 "../../../../dev/null",
@@ -581,11 +639,8 @@ ATTACKS: dict[str, tuple[Case, type[InvalidToken]]] = {
         )
     },
     **{
-        f"A06-kid-type-{name}": (
-            (lambda e, kid=kid: forge(e.rsa, {"alg": "RS256", "kid": kid}, C())),
-            MalformedToken,
-        )
-        for name, kid in [("null", None), ("int", 123), ("list", []), ("object", {}), ("empty", "")]
+        f"A06-kid-type-{name}": (_forged_with_kid(kid), MalformedToken)
+        for name, kid in _KIDS_OF_EVERY_JSON_TYPE
     },
     # A07 kid missing; kid of a key of another type
     "A07-kid-missing": (lambda e: forge(e.rsa, {"alg": "RS256"}, C()), MalformedToken),
@@ -595,14 +650,7 @@ ATTACKS: dict[str, tuple[Case, type[InvalidToken]]] = {
     ),
     # A09 psychic ECDSA
     **{
-        f"A09-psychic-{name}": (
-            (
-                lambda e, r=r, s=s: _swap_sig(
-                    e.ec.sign(C()), r.to_bytes(32, "big") + s.to_bytes(32, "big")
-                )
-            ),
-            BadSignature,
-        )
+        f"A09-psychic-{name}": (_psychic(r, s), BadSignature)
         for name, r, s in [
             ("zeros", 0, 0),
             ("r-zero", 0, 1),
@@ -649,19 +697,7 @@ ATTACKS: dict[str, tuple[Case, type[InvalidToken]]] = {
         BadSignature,
     ),
     # A11 crit in any form
-    **{
-        f"A11-crit-{name}": (
-            (lambda e, extra=extra: forge(e.rsa, _h(e, e.rsa, **extra), C())),
-            MalformedToken,
-        )
-        for name, extra in [
-            ("x-ext", {"crit": ["x-ext"], "x-ext": 1}),
-            ("empty", {"crit": []}),
-            ("string-b64", {"crit": "b64"}),
-            ("exp", {"crit": ["exp"]}),
-            ("absent-param", {"crit": ["nothere"]}),
-        ]
-    },
+    **{f"A11-crit-{name}": (_header_extra(extra), MalformedToken) for name, extra in _CRIT_HEADERS},
     # A12 b64:false (RFC 7797), with and without crit, raw and detached payload
     "A12-b64-false-crit": (
         lambda e: forge(e.rsa, _h(e, e.rsa, b64=False, crit=["b64"]), C()),
@@ -678,10 +714,7 @@ ATTACKS: dict[str, tuple[Case, type[InvalidToken]]] = {
         MalformedToken,
     ),
     **{
-        f"A13-duplicate-{name}": (
-            (lambda e, name=name: forge(e.rsa, _h(e, e.rsa), _dup_payload(name))),
-            MalformedToken,
-        )
+        f"A13-duplicate-{name}": (_duplicate_claim(name), MalformedToken)
         for name in ("sub", "exp", "aud")
     },
     # A14 non-canonical base64url on a token the real key signed
@@ -717,7 +750,7 @@ ATTACKS: dict[str, tuple[Case, type[InvalidToken]]] = {
     ),
     # A15 NumericDate types (signed with the real key)
     **{
-        f"A15-exp-{name}": ((lambda e, v=v: forge(e.rsa, _h(e, e.rsa), _raw_claims("exp", v))), cls)
+        f"A15-exp-{name}": (_raw_exp(v), cls)
         for name, v, cls in [
             ("string", b'"9999999999"', InvalidClaim),
             ("true", b"true", InvalidClaim),
@@ -743,7 +776,7 @@ ATTACKS: dict[str, tuple[Case, type[InvalidToken]]] = {
     "A16-nbf-beyond-leeway": (lambda e: e.rsa.sign(C(nbf=int(NOW) + 31)), TokenNotYetValid),
     # A17 issuer: exact string only
     **{
-        f"A17-iss-{name}": ((lambda e, iss=iss: e.rsa.sign(C(iss=iss))), InvalidIssuer)
+        f"A17-iss-{name}": (_signed_claims(iss=iss), InvalidIssuer)
         for name, iss in [
             ("other", "https://evil.test"),
             ("prefix", "https://issuer"),
@@ -756,7 +789,7 @@ ATTACKS: dict[str, tuple[Case, type[InvalidToken]]] = {
     "A17-iss-missing": (lambda e: e.rsa.sign(C() | {"iss": None}), InvalidIssuer),
     # A18 audience
     **{
-        f"A18-aud-{name}": ((lambda e, aud=aud: e.rsa.sign(C(aud=aud))), InvalidAudience)
+        f"A18-aud-{name}": (_signed_claims(aud=aud), InvalidAudience)
         for name, aud in [
             ("other", "https://other.test"),
             ("empty-string", ""),
@@ -770,7 +803,7 @@ ATTACKS: dict[str, tuple[Case, type[InvalidToken]]] = {
     "A18-aud-missing": (lambda e: e.rsa.sign(C() | {"aud": None}), InvalidAudience),
     # A20 wrong structure
     **{
-        f"A20-{name}": ((lambda e, f=f: f(e.rsa.sign(C()))), MalformedToken)
+        f"A20-{name}": (_reshaped(f), MalformedToken)
         for name, f in [
             ("four-parts", lambda t: t + ".x"),
             ("five-parts-jwe", lambda t: t + ".x.y"),
@@ -792,14 +825,7 @@ ATTACKS: dict[str, tuple[Case, type[InvalidToken]]] = {
     ),
     # A22 header or payload that is not a UTF-8 JSON object (signed with the real key)
     **{
-        f"A22-{part}-{name}": (
-            (
-                lambda e, part=part, raw=raw: (
-                    forge(e.rsa, raw, C()) if part == "header" else forge(e.rsa, _h(e, e.rsa), raw)
-                )
-            ),
-            MalformedToken,
-        )
+        f"A22-{part}-{name}": (_not_an_object(part, raw), MalformedToken)
         for part in ("header", "payload")
         for name, raw in [
             ("list", b"[]"),
@@ -822,10 +848,7 @@ ATTACKS: dict[str, tuple[Case, type[InvalidToken]]] = {
     ),
     # A30 alg spelling
     **{
-        f"A30-alg-{name}": (
-            (lambda e, alg=alg: forge(e.rsa, {"alg": alg, "kid": "rsa-1"}, C(), alg="RS256")),
-            UnsupportedAlgorithm,
-        )
+        f"A30-alg-{name}": (_alg_spelling(alg), UnsupportedAlgorithm)
         for name, alg in [
             ("lower", "rs256"),
             ("trailing-space", "RS256 "),

@@ -3,9 +3,9 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -27,11 +27,30 @@ from tests.verifier.adapter_cases import (
     token,
 )
 
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+
 
 def echo_claims(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     body = json.dumps({"claims": get_claims(environ), "path": environ["PATH_INFO"]}).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body]
+
+
+class RecordingStartResponse:
+    """A WSGI ``start_response`` (a ``wsgiref.types.StartResponse``) that records status lines."""
+
+    def __init__(self) -> None:
+        self.statuses: list[str] = []
+
+    def __call__(
+        self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None, /
+    ) -> Callable[[bytes], object]:
+        self.statuses.append(status)
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy ``write`` callable: these tests never use it."""
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -181,9 +200,9 @@ def test_the_verifier_is_started_by_the_first_request(jwks_server: JWKSServer) -
     app = WSGIAuthMiddleware(echo_claims, verifier=verifier)
     try:
         assert jwks_server.count() == 0
-        statuses: list[str] = []
-        app({"PATH_INFO": "/", "REQUEST_METHOD": "GET"}, lambda s, h, e=None: statuses.append(s))  # type: ignore[misc]
-        assert statuses == ["401 Unauthorized"]
+        start_response = RecordingStartResponse()
+        app({"PATH_INFO": "/", "REQUEST_METHOD": "GET"}, start_response)
+        assert start_response.statuses == ["401 Unauthorized"]
         assert jwks_server.wait_for_hits(1)
     finally:
         verifier.close()
@@ -191,12 +210,12 @@ def test_the_verifier_is_started_by_the_first_request(jwks_server: JWKSServer) -
 
 def test_a_header_that_is_not_latin_1_is_an_invalid_token(verifier: Verifier) -> None:
     app = WSGIAuthMiddleware(echo_claims, verifier=verifier, start=False)
-    seen: list[str] = []
+    start_response = RecordingStartResponse()
     body = app(
         {"PATH_INFO": "/", "REQUEST_METHOD": "GET", "HTTP_AUTHORIZATION": "Bearer \u20ac"},
-        lambda status, headers, exc_info=None: seen.append(status),  # type: ignore[arg-type,return-value]
+        start_response,
     )
-    assert seen == ["401 Unauthorized"]
+    assert start_response.statuses == ["401 Unauthorized"]
     assert list(body) == [b"Invalid token"]
 
 

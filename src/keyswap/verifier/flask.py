@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ParamSpec, TypeVar, cast
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from flask import Flask, Response, current_app, g, request
 
@@ -64,6 +64,19 @@ G_CLAIMS = "keyswap_claims"
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class _ViewDecorator(Protocol):
+    """What :func:`require_token` returns: the view keeps its signature, and may now also return
+    the rejection :class:`~flask.Response` (from its coroutine, for an ``async def`` view)."""
+
+    @overload
+    def __call__(
+        self, view: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> Callable[P, Coroutine[Any, Any, R | Response]]: ...
+
+    @overload
+    def __call__(self, view: Callable[P, R], /) -> Callable[P, R | Response]: ...
 
 
 def get_claims() -> dict[str, Any] | None:
@@ -189,9 +202,7 @@ def _before_request() -> Response | None:
     return _response(rejection) if rejection is not None else None
 
 
-def require_token(
-    scopes: Sequence[str] = (),
-) -> Callable[[Callable[P, R]], Callable[P, R | Response]]:
+def require_token(scopes: Sequence[str] = ()) -> _ViewDecorator:
     """Protect one view: a valid token (and every scope in ``scopes``) is required.
 
     Works with ``protect_all=True`` (the token is then verified once, before the view, and only the
@@ -202,7 +213,7 @@ def require_token(
     """
     required = validate_scopes(scopes)
 
-    def decorate(view: Callable[P, R]) -> Callable[P, R | Response]:
+    def decorate(view: Callable[P, Any]) -> Callable[P, Any]:
         if inspect.iscoroutinefunction(view):
 
             @functools.wraps(view)
@@ -212,10 +223,10 @@ def require_token(
                     return _response(rejection)
                 return await view(*args, **kwargs)
 
-            return cast("Callable[P, R | Response]", async_wrapper)
+            return async_wrapper
 
         @functools.wraps(view)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | Response:
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
             rejection = _state().authenticate(required)
             if rejection is not None:
                 return _response(rejection)
