@@ -412,3 +412,14 @@ def test_forwarded_headers_hide_their_values_when_printed() -> None:
     assert headers.getall("authorization") == ["Bearer replaced"]
     assert "secret" not in repr(headers)
     assert "replaced" not in repr(headers)
+
+
+def test_a_request_head_over_the_header_count_or_size_limit_is_refused() -> None:
+    from keyswap.gateway.proxy import MAX_HEADER_BYTES, MAX_HEADER_COUNT, HeadersTooLarge
+
+    at_count = [(b"x-h%d" % i, b"v") for i in range(MAX_HEADER_COUNT)]
+    forwarded_request_headers(at_count, client=None, scheme="http")  # at the limit: fine
+    with pytest.raises(HeadersTooLarge):
+        forwarded_request_headers([*at_count, (b"x-one-more", b"v")], client=None, scheme="http")
+    with pytest.raises(HeadersTooLarge):
+        forwarded_request_headers([(b"x-big", b"a" * MAX_HEADER_BYTES)], client=None, scheme="http")

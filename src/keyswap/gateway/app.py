@@ -9,6 +9,7 @@ Paths under ``/__keyswap/`` are the gateway's own (JWKS, discovery, health) and 
 are never proxied. Refusals (written by the gateway, never reaching the upstream)::
 
     400  Bad request          the request target is not plain ASCII
+    431  Request header fields too large   over 256 headers or 64 KiB of headers (after the key check)
     401  No API key provided  no Authorization header, or a scheme other than Bearer
                               (WWW-Authenticate: Bearer realm="keyswap")
     401  Invalid API key      unknown, malformed, revoked or expired key; two Authorization headers
@@ -51,6 +52,7 @@ from keyswap.gateway.mint import SIGNING_ALGORITHMS, PrincipalLike, SigningKeyLi
 from keyswap.gateway.proxy import (
     BadTarget,
     ClientGone,
+    HeadersTooLarge,
     Message,
     Receive,
     Scope,
@@ -191,6 +193,7 @@ INVALID_API_KEY = _text(
     (b"www-authenticate", b'Bearer realm="keyswap", error="invalid_token"'),
 )
 BAD_REQUEST = _text(400, "Bad request")
+HEADERS_TOO_LARGE = _text(431, "Request header fields too large")
 BAD_GATEWAY = _text(502, "Bad gateway")
 GATEWAY_TIMEOUT = _text(504, "Gateway timeout")
 UNAVAILABLE = _text(503, "Service unavailable", (b"retry-after", b"5"))
@@ -451,12 +454,16 @@ class GatewayApp:
                 logger.error("cannot mint a token: %s", exc.reason)
                 status = await _respond(send, UNAVAILABLE)
                 return
-            headers = forwarded_request_headers(
-                scope["headers"],
-                client=scope.get("client"),
-                scheme=scope.get("scheme", "http"),
-                trust_forwarded=self.settings.trust_forwarded,
-            )
+            try:
+                headers = forwarded_request_headers(
+                    scope["headers"],
+                    client=scope.get("client"),
+                    scheme=scope.get("scheme", "http"),
+                    trust_forwarded=self.settings.trust_forwarded,
+                )
+            except HeadersTooLarge:
+                status = await _respond(send, HEADERS_TOO_LARGE)
+                return
             headers["authorization"] = "Bearer " + token
             try:
                 status = await self.proxy.forward(scope, receive, send, url, headers)

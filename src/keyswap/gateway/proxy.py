@@ -47,9 +47,12 @@ from keyswap.gateway.upstream import Origin, UpstreamPool, UpstreamResponse, par
 
 __all__ = [
     "HOP_BY_HOP",
+    "MAX_HEADER_BYTES",
+    "MAX_HEADER_COUNT",
     "BadTarget",
     "ClientGone",
     "ForwardedHeaders",
+    "HeadersTooLarge",
     "UpstreamProxy",
     "forwarded_request_headers",
     "returned_response_headers",
@@ -86,8 +89,27 @@ _DROP_INBOUND = HOP_BY_HOP | {
     b"x-real-ip",
     b"x-original-url",
     b"x-rewrite-url",
+    # Identity headers that origins behind auth proxies often trust: only the minted JWT speaks for
+    # the consumer.
+    b"x-user",
+    b"x-remote-user",
+    b"remote-user",
+    b"x-api-key",
+    # Method overrides: the origin must run the method the gateway forwarded and logged.
+    b"x-http-method-override",
+    b"x-http-method",
+    b"x-method-override",
 }
-_DROP_INBOUND_PREFIXES = (b"x-forwarded-", b"x-keyswap-", b"x-consumer-", b"x-authenticated-")
+_DROP_INBOUND_PREFIXES = (
+    b"x-forwarded-",
+    b"x-keyswap-",
+    b"x-consumer-",
+    b"x-authenticated-",
+    b"x-auth-request-",
+)
+#: Limits on the request head the gateway forwards (nginx's default large buffers are 4 x 8 KiB).
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_COUNT = 256
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
 _QUERY = re.compile(rb"[\x21-\x7e]*")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
@@ -98,6 +120,10 @@ _NO_LENGTH = (204, 304)
 
 class BadTarget(Exception):
     """The request target cannot be forwarded byte for byte (not plain ASCII)."""
+
+
+class HeadersTooLarge(Exception):
+    """The request head is over :data:`MAX_HEADER_BYTES` or :data:`MAX_HEADER_COUNT` (answered 431)."""
 
 
 class ClientGone(Exception):
@@ -164,7 +190,16 @@ def forwarded_request_headers(
 
     ``Authorization`` is not added here; the caller sets the minted token
     (``headers["authorization"] = "Bearer " + token``).
+
+    Raises:
+        HeadersTooLarge: more than :data:`MAX_HEADER_COUNT` headers or :data:`MAX_HEADER_BYTES` bytes.
     """
+    if not isinstance(headers, list):
+        headers = list(headers)
+    if len(headers) > MAX_HEADER_COUNT or (
+        sum(len(n) + len(v) + 4 for n, v in headers) > MAX_HEADER_BYTES
+    ):
+        raise HeadersTooLarge
     listed: set[bytes] | None = None
     out: list[tuple[bytes, bytes]] = []
     host: bytes | None = None
