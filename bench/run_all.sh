@@ -5,7 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bench/results
 status=0
-for name in verify http gateway; do
+for name in verify http gateway cluster; do
   echo "== ${name}_bench.py $*" >&2
   .venv/bin/python "bench/${name}_bench.py" "$@" | tee "bench/results/${name}.md" || status=1
 done
