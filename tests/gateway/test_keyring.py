@@ -242,6 +242,46 @@ def test_a_concurrent_rotation_is_refused_without_changing_anything(
     assert sorted(_states(second).values()) == ["active", "next", "retired"]
 
 
+class SlowFirstReadStore(Store):
+    """Failure injection: the next signing-key read returns its rows only when released (or after
+    0.5 s), like a query that was slow while another thread reloaded."""
+
+    hold: threading.Event | None = None
+    reading = threading.Event()
+
+    def list_signing_keys(self) -> list[SigningKeyRecord]:
+        records = super().list_signing_keys()
+        hold, self.hold = self.hold, None
+        if hold is not None:
+            self.reading.set()
+            hold.wait(0.5)
+        return records
+
+
+def test_a_slow_reload_never_puts_back_keys_older_than_a_later_reload(tmp_path: Path) -> None:
+    store = SlowFirstReadStore(db_url(tmp_path))
+    other = Store(db_url(tmp_path))
+    try:
+        gateway = Keyring(store, secret(), token_ttl=30, cache_margin=30)
+        gateway.ensure("ES256")
+        retired = gateway.active().kid
+        release = threading.Event()
+        store.reading = threading.Event()
+        store.hold = release
+        slow = threading.Thread(target=gateway.reload)  # e.g. the prune task
+        slow.start()
+        assert store.reading.wait(5)
+        cli = Keyring(other, secret())
+        cli.rotate()
+        gateway.reload()  # the change watcher, after the rotation committed
+        release.set()
+        slow.join(5)
+        assert gateway.active().kid == cli.active().kid != retired
+    finally:
+        store.close()
+        other.close()
+
+
 def test_the_jwks_never_carries_private_members(
     keyring: Keyring, store: Store, clock: Clock
 ) -> None:

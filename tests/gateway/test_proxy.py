@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 import socketserver
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -344,6 +346,49 @@ def test_a_large_body_cut_mid_stream_is_never_passed_off_as_complete() -> None:
         pytest.raises(httpx.RemoteProtocolError),
     ):
         httpx.get(proxy.url + "/x")
+
+
+class EndlessUpstream:
+    """Answers one request with a chunked body that never ends (an event stream); `cut` is set once
+    the gateway side of the connection is gone (a write fails)."""
+
+    def __init__(self) -> None:
+        self.cut = threading.Event()
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.recv(65536)
+                try:
+                    self.request.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    for _ in range(3000):  # at most a minute
+                        self.request.sendall(b"6\r\ntick\n\n\r\n")
+                        time.sleep(0.02)
+                except OSError:
+                    outer.cut.set()
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    def __enter__(self) -> EndlessUpstream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_a_client_leaving_an_endless_stream_releases_the_upstream_connection() -> None:
+    with EndlessUpstream() as upstream, serving(ProxyApp(upstream.url)) as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as client:
+            client.sendall(b"GET /events HTTP/1.1\r\nHost: gw\r\n\r\n")
+            assert b"tick" in client.recv(65536) + client.recv(65536)
+        assert upstream.cut.wait(5), "the gateway kept reading the stream for a gone client"
 
 
 def test_a_request_without_a_body_goes_without_framing_headers(

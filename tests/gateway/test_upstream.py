@@ -551,6 +551,18 @@ def test_stray_bytes_after_a_complete_answer_drop_the_connection(run: Run) -> No
     run(scenario)
 
 
+def test_stray_bytes_that_start_like_an_answer_also_drop_the_connection(run: Run) -> None:
+    # A valid prefix of a status line fires no header callback: the start of a message must count.
+    async def scenario() -> None:
+        stray = answer(ok() + b"HTTP/1.1 2")
+        async with RawUpstream(stray) as up, started(UpstreamPool(up.url)) as pool:
+            assert await get(pool) == (200, b"ok")
+            assert await get(pool) == (200, b"ok")
+            assert up.connections == 2
+
+    run(scenario)
+
+
 @pytest.mark.parametrize(
     "raw",
     [

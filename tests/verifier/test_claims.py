@@ -133,6 +133,19 @@ def test_null_time_claim_is_rejected_not_ignored(name: str) -> None:
         check(c)
 
 
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", [10**400, -(10**400)], ids=["huge", "huge-negative"])
+def test_integer_time_claims_beyond_float_range_are_invalid_claims_not_overflow_errors(
+    name: str, value: int
+) -> None:
+    with pytest.raises(InvalidClaim, match=name):
+        check(claims(**{name: value}))
+
+
+def test_huge_but_float_sized_integer_exp_is_accepted() -> None:
+    assert check(claims(exp=10**300))[1] == 10**300 + 30
+
+
 def test_fractional_numeric_dates_are_accepted() -> None:
     check(claims(exp=NOW + 0.5, iat=NOW - 0.5, nbf=NOW - 0.25))
 

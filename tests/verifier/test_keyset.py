@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import select
+import signal
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -836,3 +840,56 @@ def test_close_releases_a_lookup_waiting_for_an_unstarted_fetch(
     with pytest.raises(KeysUnavailable):
         ks.get_key_sync("k1")
     assert jwks_server.count() == 0
+
+
+def _lookup_in_a_forked_child(ks: KeySet, kid: str) -> str:
+    """Fork; the child looks `kid` up and reports the kid found or the exception's name."""
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():  # Python 3.12+ warns about forking a threaded process
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        try:
+            try:
+                answer = ks.get_key_sync(kid).kid
+            except Exception as exc:
+                answer = type(exc).__name__
+            os.write(write_end, answer.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], 15.0)
+        answer = os.read(read_end, 200).decode() if ready else "no answer"
+    finally:
+        os.close(read_end)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return answer
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_fetches_with_its_own_worker_thread(
+    jwks_server: JWKSServer, make_keyset: MakeKeySet, clock: FakeClock
+) -> None:
+    # A pre-fork server (gunicorn --preload) may warm the key set in the parent: the child inherits
+    # the set but not the worker thread, and must still be able to fetch (here: a rotated-in kid).
+    ks = make_keyset(wait_timeout=1.0)
+    warm(jwks_server, ks, K1)
+    jwks_server.serve(jwks(K1, K2))
+    clock.advance(60)  # past the cooldown
+    assert _lookup_in_a_forked_child(ks, "k2") == "k2"
+    assert jwks_server.count() == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_during_the_parents_first_fetch_fetches_for_itself(
+    jwks_server: JWKSServer, make_keyset: MakeKeySet
+) -> None:
+    ks = make_keyset(wait_timeout=1.0)
+    jwks_server.serve(jwks(K1), delay=30)  # the parent's fetch hangs until the test ends
+    ks.start()
+    assert jwks_server.wait_for_hits(1)
+    jwks_server.serve(jwks(K1))
+    assert _lookup_in_a_forked_child(ks, "k1") == "k1"

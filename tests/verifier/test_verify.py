@@ -237,6 +237,22 @@ def test_expired_token_causes_no_jwks_request(jwks_server: JWKSServer, signer: S
         v.close()
 
 
+def test_an_unsigned_token_with_a_huge_integer_exp_is_an_invalid_claim_without_io(
+    jwks_server: JWKSServer, signer: SigningKey
+) -> None:
+    jwks_server.serve(jwks(signer))
+    header = b64u(json.dumps({"alg": "RS256", "kid": signer.kid}).encode())
+    payload = b64u(json.dumps(valid_claims() | {"exp": 10**400}).encode())
+    token = f"{header}.{payload}.{b64u(bytes(256))}"
+    v = make_verifier(jwks_server.url)
+    try:
+        with pytest.raises(InvalidClaim):
+            v.verify_sync(token)
+        assert jwks_server.count() == 0
+    finally:
+        v.close()
+
+
 def test_required_claims_are_configurable_per_issuer(
     jwks_server: JWKSServer, signer: SigningKey
 ) -> None:

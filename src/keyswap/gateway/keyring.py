@@ -113,6 +113,7 @@ class Keyring:
         self.cache_margin = float(cache_margin)
         self._clock = clock
         self._lock = threading.Lock()
+        self._reload_lock = threading.Lock()
         self._snapshot = _Snapshot(records=(), active=None, version=None)
         self._private: dict[str, PrivateKey] = {}
         check_secret(store, secret)
@@ -158,19 +159,22 @@ class Keyring:
         Raises:
             ConfigError: the active key does not decrypt (wrong secret or a damaged row).
         """
-        records = tuple(self._store.list_signing_keys())
-        version = tuple((r.kid, r.state, r.retired_at) for r in records)
-        with self._lock:
-            if version == self._snapshot.version:
-                return False
-            active = None
-            for record in records:
-                if record.state == "active":
-                    active = SigningKey(record.kid, record.alg, self._decrypt(record))
-            kids = {r.kid for r in records}
-            self._private = {kid: key for kid, key in self._private.items() if kid in kids}
-            self._snapshot = _Snapshot(records=records, active=active, version=version)
-        return True
+        # One reload at a time (the change watcher, the prune task and the rotation scheduler all
+        # reload): a read that started earlier must not install its rows after a later one did.
+        with self._reload_lock:
+            records = tuple(self._store.list_signing_keys())
+            version = tuple((r.kid, r.state, r.retired_at) for r in records)
+            with self._lock:
+                if version == self._snapshot.version:
+                    return False
+                active = None
+                for record in records:
+                    if record.state == "active":
+                        active = SigningKey(record.kid, record.alg, self._decrypt(record))
+                kids = {r.kid for r in records}
+                self._private = {kid: key for kid, key in self._private.items() if kid in kids}
+                self._snapshot = _Snapshot(records=records, active=active, version=version)
+            return True
 
     def ensure(self, alg: str = DEFAULT_ALGORITHM) -> None:
         """Create an active and a next key (with ``alg``) where they are missing; no-op otherwise.

@@ -37,6 +37,8 @@ body is never passed off as complete.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
@@ -376,12 +378,16 @@ class UpstreamProxy:
             )
         except ValueError as exc:  # cannot be written as HTTP/1.1 (the ASGI server let it through)
             raise UpstreamError("the request cannot be forwarded") from exc
+        # With the request body read whole, `receive` is free to watch for the client leaving.
+        watch = receive if body is None or isinstance(body, bytes) else None
         try:
-            return await self._relay(response, send)
+            return await self._relay(response, send, watch)
         finally:
             response.close()
 
-    async def _relay(self, response: UpstreamResponse, send: Send) -> int:
+    async def _relay(
+        self, response: UpstreamResponse, send: Send, receive: Receive | None = None
+    ) -> int:
         status = response.status
         headers = returned_response_headers(response.headers)
         if status in _NO_LENGTH:
@@ -392,7 +398,7 @@ class UpstreamProxy:
         else:
             length = response.content_length
             if length is None or length > _SMALL_BODY:
-                return await self._stream(status, headers, response, send)
+                return await self._stream(status, headers, response, send, receive)
             body = await response.read_all(length)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -400,9 +406,22 @@ class UpstreamProxy:
 
     @staticmethod
     async def _stream(
-        status: int, headers: list[tuple[bytes, bytes]], response: UpstreamResponse, send: Send
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        response: UpstreamResponse,
+        send: Send,
+        receive: Receive | None = None,
     ) -> int:
         await send({"type": "http.response.start", "status": status, "headers": headers})
+        # ASGI servers drop what is sent to a client that has gone: without watching `receive`, an
+        # endless upstream stream (events) would be read for nobody, holding its connection forever.
+        # The client leaving fails the read below (and `forward` then drops the connection).
+        gone: asyncio.Future[bool] | None = None
+        if receive is not None:
+            gone = asyncio.ensure_future(_client_gone(receive))
+            gone.add_done_callback(
+                lambda f: response._fail(ClientGone()) if not f.cancelled() and f.result() else None
+            )
         try:
             while True:
                 chunk = await response.read()
@@ -411,7 +430,24 @@ class UpstreamProxy:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (UpstreamError, ClientGone) as exc:
             # Headers are out: the only honest signal left is to cut the connection.
-            logger.warning("upstream response body failed mid-stream (%s)", type(exc).__name__)
+            if not isinstance(exc, ClientGone):
+                logger.warning("upstream response body failed mid-stream (%s)", type(exc).__name__)
             return status
+        finally:
+            if gone is not None:
+                gone.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return status
+
+
+async def _client_gone(receive: Receive) -> bool:
+    """True once the client has disconnected (the request body must already be read whole).
+
+    Before the disconnect a server may still hand out the (empty) end of the request body; anything
+    else, or an error, ends the watch with False.
+    """
+    with contextlib.suppress(Exception):
+        for _ in range(3):
+            if (await receive())["type"] == "http.disconnect":
+                return True
+    return False

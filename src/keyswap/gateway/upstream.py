@@ -382,6 +382,11 @@ class _Conn(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        resp = self.resp
+        if resp is None or resp.complete:  # a message after the answer: even a partial one
+            self.violation = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
         resp = self.resp
         if resp is None or resp.complete:

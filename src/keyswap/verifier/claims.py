@@ -23,6 +23,8 @@ STRING_CLAIMS = frozenset({"iss", "sub", "jti"})
 
 
 _NUMBER_TYPES = frozenset({int, float})
+#: Largest integer NumericDate accepted (any larger cannot be converted to a float).
+_MAX_DATE = 10**300
 
 
 def _is_numeric_date(value: Any) -> bool:
@@ -41,6 +43,9 @@ def numeric_date(claims: dict[str, Any], name: str) -> float | None:
     value = claims[name]
     if not _is_numeric_date(value):
         raise InvalidClaim(f"claim {name!r} is not a number")
+    if type(value) is int and not -_MAX_DATE <= value <= _MAX_DATE:
+        # An integer beyond float range would raise OverflowError in the leeway arithmetic.
+        raise InvalidClaim(f"claim {name!r} is out of range")
     return value  # type: ignore[no-any-return]
 
 

@@ -10,9 +10,11 @@ import concurrent.futures
 import contextlib
 import logging
 import math
+import os
 import random
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,6 +45,19 @@ class _Snapshot:
 
 
 _NOTHING = _Snapshot({}, -math.inf, -math.inf)
+
+#: Key sets that have started a worker thread, reset in a forked child (which has no such thread).
+_THREADED: weakref.WeakSet[KeySet] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for keyset in list(_THREADED):
+        keyset._after_fork()
+    _THREADED.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,8 +428,21 @@ class KeySet:
                 target=self._run, name=f"keyswap-jwks {self.name}", daemon=True
             )
             self._thread.start()
+            _THREADED.add(self)
         self._cond.notify_all()
         return fut
+
+    def _after_fork(self) -> None:
+        """In a forked child: the worker thread did not survive, and the lock may be held forever.
+
+        Keeps the installed set; forgets the parent's thread, fetch in flight and scheduled retry, so
+        the child's next lookup that needs a fetch starts its own worker (rules 3, 7, 12).
+        """
+        self._cond = threading.Condition(threading.Lock())
+        self._thread = None
+        self._inflight = None
+        self._picked = False
+        self._retry_at = None
 
     def _run(self) -> None:
         while True:
