@@ -1002,3 +1002,20 @@ def test_unusable_keys_in_the_jwks_never_verify(jwks_server: JWKSServer, case: s
         with pytest.raises((UnknownKey, UnsupportedAlgorithm)):
             v.verify_sync(token)
         assert v.verify_sync(good.sign(valid_claims()))  # the set itself stays usable
+
+
+def test_an_app_mutating_nested_claims_never_changes_what_later_requests_see(
+    jwks_server: JWKSServer,
+) -> None:
+    key = rsa_key("nested")
+    jwks_server.serve(jwks(key))
+    token = key.sign(claims(iss=ISS, aud=AUD, metadata={"plan": "free", "tags": ["a"]}))
+    with Verifier(IssuerConfig(issuer=ISS, jwks_url=jwks_server.url, audience=AUD)) as verifier:
+        first = verifier.verify_sync(token)  # a cache miss: verified, then cached
+        first["metadata"]["plan"] = "enterprise"
+        first["metadata"]["tags"].append("admin")
+        second = verifier.verify_sync(token)  # a cache hit
+        assert second["metadata"] == {"plan": "free", "tags": ["a"]}
+        second["metadata"]["tags"].append("admin")
+        assert verifier.verify_sync(token)["metadata"] == {"plan": "free", "tags": ["a"]}
+        assert verifier.metrics.get("token_cache_hits") == 2

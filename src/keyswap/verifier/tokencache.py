@@ -39,6 +39,9 @@ class CachedToken(NamedTuple):
     expires: float
     issuer: Hashable
     kid: str
+    #: Names of claims whose values are JSON objects or arrays: copied on every hit, so an app that
+    #: mutates the claims it was given never changes what later requests see.
+    nested: tuple[str, ...] = ()
 
 
 class TokenCache:
