@@ -280,7 +280,12 @@ def test_signing_keys_rotate_creates_then_rotates_and_list_shows_no_private_mate
     assert created.startswith("Created the first signing keys: ")
     first = as_json(ok("signing-keys", "list", "--json", "--db", db))
     assert sorted(k["state"] for k in first) == ["active", "next"]
-    output = ok("signing-keys", "rotate", "--alg", "EdDSA", "--db", db).stdout
+    # The next key was published a moment ago: verifiers may not have it, so a plain rotate refuses.
+    refused = fails("signing-keys", "rotate", "--db", db)
+    assert "has been published for only" in refused
+    assert "--force" in refused
+    assert as_json(ok("signing-keys", "list", "--json", "--db", db)) == first
+    output = ok("signing-keys", "rotate", "--alg", "EdDSA", "--force", "--db", db).stdout
     next_kid = next(k["kid"] for k in first if k["state"] == "next")
     assert f"Rotated: {next_kid} (ES256) signs now." in output
     keys = as_json(ok("signing-keys", "list", "--json", "--db", db))
@@ -316,8 +321,10 @@ def test_signing_keys_rotate_creates_then_rotates_and_list_shows_no_private_mate
 
 def test_signing_keys_prune_removes_only_expired_retired_keys(db: str) -> None:
     ok("signing-keys", "rotate", "--alg", "ES256", "--db", db)
-    ok("signing-keys", "rotate", "--db", db)
-    ok("signing-keys", "rotate", "--db", db)  # rotating never prunes: the gateway knows its TTL
+    ok("signing-keys", "rotate", "--force", "--db", db)
+    ok(
+        "signing-keys", "rotate", "--force", "--db", db
+    )  # rotating never prunes: the gateway knows its TTL
     assert len(as_json(ok("signing-keys", "list", "--json", "--db", db))) == 4
     assert "Pruned 0 retired key(s)." in ok("signing-keys", "prune", "--db", db).stdout
     output = ok(
@@ -332,7 +339,7 @@ def test_signing_keys_prune_removes_only_expired_retired_keys(db: str) -> None:
 
 def test_the_token_ttl_for_pruning_can_come_from_the_gateways_variable(db: str) -> None:
     ok("signing-keys", "rotate", "--alg", "ES256", "--db", db)
-    ok("signing-keys", "rotate", "--db", db)
+    ok("signing-keys", "rotate", "--force", "--db", db)
     env = {"KEYSWAP_TOKEN_TTL": "0"}
     assert "Pruned 0" in ok("signing-keys", "prune", "--db", db, env=env).stdout  # margin 300 s
     pruned = ok("signing-keys", "prune", "--cache-margin", "0", "--db", db, env=env).stdout

@@ -123,7 +123,7 @@ def test_every_node_serves_the_same_jwks_and_tokens_from_each_verify_after_a_rot
     _, key = cluster.new_key()
     before = cluster.jwks(cluster.nodes[0])
     assert cluster.jwks(cluster.nodes[1]) == before
-    cluster.cli("signing-keys", "rotate")
+    cluster.cli("signing-keys", "rotate", "--force")
     active = Keyring(cluster.store, secret())
     active.reload()
     new_kid = active.active().kid

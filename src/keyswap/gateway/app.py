@@ -325,7 +325,7 @@ class GatewayApp:
         if active.alg != self.settings.alg:
             logger.warning(
                 "the active signing key is %s, not %s: --alg applies to keys created from now on "
-                "(switch with 'keyswap signing-keys rotate --alg %s', twice)",
+                "(switch with 'keyswap signing-keys rotate --alg %s', then rotate again after 5 minutes)",
                 active.alg,
                 self.settings.alg,
                 self.settings.alg,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -597,6 +598,11 @@ def signing_keys_list(
     default=None,
     help="Algorithm of the new next key (default: the same as the key becoming active).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Rotate even if the next key was published less than the cache margin ago (emergency).",
+)
 @json_option
 @_window_options
 @db_option
@@ -604,6 +610,7 @@ def signing_keys_list(
 @handle_errors
 def signing_keys_rotate(
     alg: str | None,
+    force: bool,
     as_json: bool,
     token_ttl: str | None,
     cache_margin: str | None,
@@ -613,12 +620,23 @@ def signing_keys_rotate(
     """Rotate: the next key starts signing, the active key retires, a new next key is published.
 
     The retired key stays in the JWKS for token TTL + cache margin; the running gateway prunes it
-    after that (or run `keyswap signing-keys prune`). With no keys yet, this creates them.
+    after that (or run `keyswap signing-keys prune`). With no keys yet, this creates them. The next key
+    must have been published for at least the cache margin, so verifiers caching the JWKS already know
+    it; `--force` rotates anyway (verifiers then refetch on the unknown kid).
     """
     with open_store(db_url) as store:
         keyring = _keyring(store, secret_file, token_ttl, cache_margin)
         keyring.reload()
         had_keys = bool(keyring.records())
+        upcoming = [r for r in keyring.records() if r.state == "next"]
+        if upcoming and not force:
+            age = time.time() - upcoming[0].created_at
+            if age < keyring.cache_margin:
+                raise click.ClickException(
+                    f"the next key {upcoming[0].kid} has been published for only {age:.0f} s; "
+                    f"verifiers caching the JWKS for up to {keyring.cache_margin:.0f} s may not know "
+                    "it yet. Wait, or pass --force (an emergency rotation)"
+                )
         keyring.rotate(alg=alg)
         if not as_json:
             active = keyring.active()
