@@ -79,6 +79,8 @@ class ParsedToken(NamedTuple):
     signature: bytes
     alg: str
     kid: str
+    #: The payload may hold nested objects or arrays (a cheap byte test: can be a false positive).
+    nested: bool = False
 
 
 def b64url_encode(data: bytes) -> str:
@@ -243,10 +245,12 @@ def parse_compact(
                 _header_cache.clear()
             _header_cache[h] = header
     alg, kid = _check_header(header, algorithms)
-    claims = parse_json_object(_decode_checked(p), "payload")
+    payload = _decode_checked(p)
+    claims = parse_json_object(payload, "payload")
     signature = _decode_checked(s)
     signing_input = token[: len(h) + 1 + len(p)].encode("ascii")
-    return ParsedToken(header, claims, signing_input, signature, alg, kid)
+    nested = b"[" in payload or payload.count(b"{") > 1
+    return ParsedToken(header, claims, signing_input, signature, alg, kid, nested)
 
 
 # --- signatures -----------------------------------------------------------------------------------

@@ -364,8 +364,7 @@ class Verifier:
     ) -> dict[str, Any]:
         verify_signature(key, parsed.alg, parsed.signing_input, parsed.signature)
         claims = parsed.claims
-        types = set(map(type, claims.values()))  # C-speed; nested values are rare
-        nested = _nested_names(claims) if dict in types or list in types else ()
+        nested = _nested_names(claims) if parsed.nested else ()
         self._cache.put(digest, CachedToken(claims, *window, issuer.name, parsed.kid, nested))
         # The key set installs a new set *before* calling on_keys_removed, so if the kid left while
         # this token was being verified, either the purge saw the entry or this check does.
