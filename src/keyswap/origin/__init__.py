@@ -1,7 +1,8 @@
 """``keyswap origin``: a runnable protected API that answers every request with its verified claims.
 
 :func:`create_app` builds the ASGI app (reusable in-process, e.g. by the gateway demo); the click
-command lives in :mod:`keyswap.origin.cli` and serves it with uvicorn.
+command lives in :mod:`keyswap.origin.cli` and serves it with uvicorn, or with granian through the
+factory in :mod:`keyswap.origin.server_granian`.
 """
 
 from __future__ import annotations

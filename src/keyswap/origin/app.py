@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -29,6 +30,8 @@ from keyswap.verifier.asgi import (
 __all__ = ["ManagedVerifier", "create_app"]
 
 _JSON = (b"content-type", b"application/json")
+
+logger = logging.getLogger("keyswap.origin")
 
 
 class ManagedVerifier(TokenVerifier, Protocol):
@@ -123,6 +126,7 @@ class _EchoClaims:
                 try:
                     if self.verifier is not None:
                         self.verifier.start()
+                        logger.debug("verifier started")
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
@@ -131,6 +135,7 @@ class _EchoClaims:
                 try:
                     if self.verifier is not None:
                         await asyncio.to_thread(self.verifier.close)
+                        logger.debug("verifier closed")
                 except Exception as exc:
                     await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
                     return

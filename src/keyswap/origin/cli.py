@@ -1,10 +1,10 @@
-"""``keyswap origin``: serve the claims-echo app behind the JWT middleware with uvicorn.
+"""``keyswap origin``: serve the claims-echo app behind the JWT middleware with uvicorn or granian.
 
 Every option can also be set by an environment variable (``KEYSWAP_JWKS_URL``, ``KEYSWAP_ISSUER``,
 ``KEYSWAP_AUDIENCE``, ``KEYSWAP_ALGORITHMS``, ``KEYSWAP_HOST``, ``KEYSWAP_PORT``, ``KEYSWAP_LEEWAY``,
 ``KEYSWAP_JWKS_CACHE_TTL``, ``KEYSWAP_JWKS_COOLDOWN``, ``KEYSWAP_REALM``, ``KEYSWAP_LOG_LEVEL``,
-``KEYSWAP_ACCESS_LOG``); a flag wins over its variable. A bad value prints one ``Error: ...`` line and
-exits with status 2 before anything is served.
+``KEYSWAP_ACCESS_LOG``, ``KEYSWAP_SERVER``); a flag wins over its variable. A bad value prints one
+``Error: ...`` line and exits with status 2 before anything is served.
 """
 
 from __future__ import annotations
@@ -12,14 +12,18 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import click
 
 from keyswap.cli_support import OneLineErrorsCommand, OneLineUsageError
 from keyswap.errors import ConfigError
+
+if TYPE_CHECKING:
+    from keyswap.verifier.verify import IssuerConfig, Verifier
 
 __all__ = ["DEFAULT_ALGORITHMS", "origin"]
 
@@ -106,6 +110,7 @@ class _NonEmpty(click.ParamType):  # type: ignore[type-arg]  # generic only in c
 
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_SERVERS = ("uvicorn", "granian")
 
 
 @click.command(
@@ -168,6 +173,14 @@ _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 @click.option(
     "--access-log/--no-access-log", envvar="KEYSWAP_ACCESS_LOG", default=False, show_default=True
 )
+@click.option(
+    "--server",
+    envvar="KEYSWAP_SERVER",
+    type=click.Choice(_SERVERS, case_sensitive=False),
+    default="uvicorn",
+    show_default=True,
+    help="ASGI server (granian: one worker, uvloop, HTTP/1).",
+)
 def origin(
     jwks_url: str,
     issuer: str,
@@ -181,18 +194,22 @@ def origin(
     realm: str,
     log_level: str,
     access_log: bool,
+    server: str,
 ) -> None:
     """Run a protected API that answers every request with its verified JWT claims as JSON.
 
     Requests without a bearer token get 401 "No token provided", bad tokens 401 "Invalid token",
     and 503 with Retry-After while no signing keys could be fetched yet.
     """
-    import uvicorn
-
     from keyswap.origin.app import create_app
     from keyswap.verifier.fetch import redact_url
     from keyswap.verifier.verify import IssuerConfig, Verifier
 
+    server = server.lower()
+    if server == "granian" and importlib.util.find_spec("granian") is None:
+        raise OneLineUsageError(
+            "--server granian needs granian, which is not installed (pip install 'keyswap[server]')"
+        )
     _configure_logging(log_level)
     try:
         config = IssuerConfig(
@@ -217,7 +234,12 @@ def origin(
         ",".join(algorithms),
         audience or "-",
     )
-    server = uvicorn.Server(
+    if server == "granian":
+        _serve_granian(verifier, config, realm, host, port, log_level, access_log)
+        return
+    import uvicorn
+
+    uvicorn_server = uvicorn.Server(
         uvicorn.Config(
             app,
             host=host,
@@ -230,8 +252,30 @@ def origin(
             server_header=False,
         )
     )
-    server.run()
-    if not server.started:  # e.g. the port is taken; uvicorn has logged why
+    uvicorn_server.run()
+    if not uvicorn_server.started:  # e.g. the port is taken; uvicorn has logged why
+        sys.exit(1)
+
+
+def _serve_granian(
+    verifier: Verifier,
+    config: IssuerConfig,
+    realm: str,
+    host: str,
+    port: int,
+    log_level: str,
+    access_log: bool,
+) -> None:
+    """Hand the validated settings to granian's worker through ``KEYSWAP_*`` and serve."""
+    from keyswap.origin.server_granian import export_env, serve_granian
+
+    verifier.close()  # built only to validate; the worker builds (and starts) its own
+    export_env(config, realm, os.environ)
+    try:
+        serve_granian(host=host, port=port, log_level=log_level, access_log=access_log)
+    except RuntimeError as exc:  # from granian's Rust core, e.g. the port is taken
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        logger.error("granian could not start: %s", reason)
         sys.exit(1)
 
 
