@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import click
 
-__all__ = ["OneLineErrorsCommand", "OneLineErrorsGroup", "OneLineUsageError"]
+from keyswap.durations import parse_duration
+from keyswap.errors import InvalidInput
+
+__all__ = ["OneLineErrorsCommand", "OneLineErrorsGroup", "OneLineUsageError", "Seconds"]
 
 
 class OneLineUsageError(click.ClickException):
@@ -39,3 +45,37 @@ class OneLineErrorsGroup(click.Group):
     """A group whose subcommands are :class:`OneLineErrorsCommand` by default."""
 
     command_class = OneLineErrorsCommand
+
+
+class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """Seconds within ``[minimum, maximum]``: a number (``300``, ``1.5``) or a duration (``5m``, ``1d12h``).
+
+    With ``whole=True`` the value must be a whole number of seconds and converts to ``int``.
+    """
+
+    name = "seconds"
+
+    def __init__(self, minimum: float, maximum: float = math.inf, *, whole: bool = False) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.whole = whole
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            try:
+                seconds = float(str(value).strip())
+            except ValueError:
+                try:
+                    seconds = parse_duration(str(value))
+                except InvalidInput as exc:
+                    self.fail(f"{value!r} is not a number of seconds ({exc.reason})", param, ctx)
+        in_range = math.isfinite(seconds) and self.minimum <= seconds <= self.maximum
+        if not in_range or (self.whole and not seconds.is_integer()):
+            kind = "whole seconds" if self.whole else "a number of seconds"
+            bounds = f">= {self.minimum:g}"
+            if math.isfinite(self.maximum):
+                bounds = f"between {self.minimum:g} and {self.maximum:g}"
+            self.fail(f"must be {kind} {bounds} (got {value!r})", param, ctx)
+        return int(seconds) if self.whole else seconds

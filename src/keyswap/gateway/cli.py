@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from keyswap.cli_support import OneLineErrorsCommand, OneLineErrorsGroup
+from keyswap.cli_support import OneLineErrorsCommand, OneLineErrorsGroup, Seconds
+from keyswap.durations import format_duration, parse_duration
 from keyswap.errors import KeyswapError
 from keyswap.gateway.apikeys import DEFAULT_GRACE, DEFAULT_PREFIX, ApiKeys
-from keyswap.gateway.durations import format_duration, parse_duration
 from keyswap.gateway.keymaterial import SIGNING_ALGORITHMS
 from keyswap.gateway.keyring import DEFAULT_CACHE_MARGIN, DEFAULT_TOKEN_TTL, Keyring, sort_keys
 from keyswap.gateway.secret import ServerSecret, load_secret
@@ -731,34 +731,6 @@ def db_status(as_json: bool, db_url: str | None) -> None:
 # -- gateway and demo (the servers) ---------------------------------------------------------------------
 
 
-class _Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
-    """A duration (``300``, ``5m``, ``1.5``) in seconds within bounds; whole seconds if asked."""
-
-    name = "duration"
-
-    def __init__(self, minimum: float, maximum: float, *, whole: bool = False) -> None:
-        self.minimum = minimum
-        self.maximum = maximum
-        self.whole = whole
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            seconds = float(value)
-        else:
-            try:
-                seconds = parse_duration(str(value))
-            except KeyswapError as exc:
-                self.fail(exc.reason, param, ctx)
-        if not self.minimum <= seconds <= self.maximum or (self.whole and not seconds.is_integer()):
-            kind = "whole seconds" if self.whole else "seconds"
-            self.fail(
-                f"must be {kind} between {self.minimum:g} and {self.maximum:g} (got {value!r})",
-                param,
-                ctx,
-            )
-        return int(seconds) if self.whole else seconds
-
-
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -796,7 +768,7 @@ def _url_host(host: str) -> str:
 @click.option(
     "--token-ttl",
     envvar="KEYSWAP_TOKEN_TTL",
-    type=_Seconds(1, 86400, whole=True),
+    type=Seconds(1, 86400, whole=True),
     default=300,
     show_default=True,
     help="Lifetime of minted tokens (seconds, or 5m). $KEYSWAP_TOKEN_TTL.",
@@ -804,7 +776,7 @@ def _url_host(host: str) -> str:
 @click.option(
     "--upstream-timeout",
     envvar="KEYSWAP_UPSTREAM_TIMEOUT",
-    type=_Seconds(0.001, 3600),
+    type=Seconds(0.001, 3600),
     default=30.0,
     show_default=True,
     help="Connect/read timeout towards the upstream; 504 when exceeded. $KEYSWAP_UPSTREAM_TIMEOUT.",
@@ -861,7 +833,7 @@ def _url_host(host: str) -> str:
     "--rotate-every",
     envvar="KEYSWAP_ROTATE_EVERY",
     metavar="DURATION",
-    type=_Seconds(0, 100 * 365 * 86400),
+    type=Seconds(0, 100 * 365 * 86400),
     default="30d",
     show_default=True,
     help="Rotate the signing keys this often (one node does it); 0 turns it off. "
@@ -880,7 +852,7 @@ def _url_host(host: str) -> str:
     "--outage-grace",
     envvar="KEYSWAP_OUTAGE_GRACE",
     metavar="DURATION",
-    type=_Seconds(0, 86400),
+    type=Seconds(0, 86400),
     default="5m",
     show_default=True,
     help="While the database is unreachable, keys this node checked within this time keep working; "

@@ -41,8 +41,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from keyswap.durations import parse_duration
 from keyswap.errors import ConfigError, InvalidInput
-from keyswap.gateway.durations import parse_duration
 from keyswap.store.models import MAX_RATE_REQUESTS, MAX_RATE_WINDOW, UNLIMITED
 
 __all__ = [

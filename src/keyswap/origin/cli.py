@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from keyswap.cli_support import OneLineErrorsCommand, OneLineUsageError
+from keyswap.cli_support import OneLineErrorsCommand, OneLineUsageError, Seconds
 from keyswap.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -32,31 +31,6 @@ __all__ = ["DEFAULT_ALGORITHMS", "origin"]
 DEFAULT_ALGORITHMS = "RS256,PS256,ES256,EdDSA"
 
 logger = logging.getLogger("keyswap.origin")
-
-
-class _Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
-    name = "seconds"
-
-    def __init__(self, minimum: float, maximum: float = math.inf) -> None:
-        self.minimum = minimum
-        self.maximum = maximum
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        if isinstance(value, float | int) and not isinstance(value, bool):
-            seconds = float(value)
-        else:
-            try:
-                seconds = float(str(value).strip())
-            except ValueError:
-                self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        if not math.isfinite(seconds) or not self.minimum <= seconds <= self.maximum:
-            bounds = f">= {self.minimum:g}"
-            if math.isfinite(self.maximum):
-                bounds = f"between {self.minimum:g} and {self.maximum:g}"
-            self.fail(f"must be a number of seconds {bounds} (got {value!r})", param, ctx)
-        return seconds
 
 
 class _HttpUrl(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
@@ -141,7 +115,7 @@ _SERVERS = ("uvicorn", "granian")
 @click.option(
     "--leeway",
     envvar="KEYSWAP_LEEWAY",
-    type=_Seconds(0, 300),
+    type=Seconds(0, 300),
     default=30.0,
     show_default=True,
     help="Clock skew allowed for exp/nbf/iat, seconds (0-300).",
@@ -149,7 +123,7 @@ _SERVERS = ("uvicorn", "granian")
 @click.option(
     "--jwks-cache-ttl",
     envvar="KEYSWAP_JWKS_CACHE_TTL",
-    type=_Seconds(1),
+    type=Seconds(1),
     default=300.0,
     show_default=True,
     help="Refresh the JWKS after this many seconds (>= 1).",
@@ -157,7 +131,7 @@ _SERVERS = ("uvicorn", "granian")
 @click.option(
     "--jwks-cooldown",
     envvar="KEYSWAP_JWKS_COOLDOWN",
-    type=_Seconds(1),
+    type=Seconds(1),
     default=10.0,
     show_default=True,
     help="Minimum seconds between refetches caused by unknown kids (>= 1).",

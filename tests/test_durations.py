@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from keyswap.durations import format_duration, parse_duration
 from keyswap.errors import InvalidInput
-from keyswap.gateway.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(
