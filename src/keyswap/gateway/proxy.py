@@ -196,12 +196,8 @@ def forwarded_request_headers(
     Raises:
         HeadersTooLarge: more than :data:`MAX_HEADER_COUNT` headers or :data:`MAX_HEADER_BYTES` bytes.
     """
-    if not isinstance(headers, list):
-        headers = list(headers)
-    if len(headers) > MAX_HEADER_COUNT or (
-        sum(len(n) + len(v) + 4 for n, v in headers) > MAX_HEADER_BYTES
-    ):
-        raise HeadersTooLarge
+    budget = MAX_HEADER_BYTES
+    count = 0
     listed: set[bytes] | None = None
     out: list[tuple[bytes, bytes]] = []
     host: bytes | None = None
@@ -211,6 +207,10 @@ def forwarded_request_headers(
     lengths: list[bytes] = []
     chunked = False
     for raw_name, value in headers:
+        count += 1
+        budget -= len(raw_name) + len(value) + 4  # "name: value\r\n"
+        if budget < 0 or count > MAX_HEADER_COUNT:
+            raise HeadersTooLarge
         name = raw_name.lower()
         if name in _DROP_INBOUND or name.startswith(_DROP_INBOUND_PREFIXES) or b"_" in name:
             if name == b"host":
