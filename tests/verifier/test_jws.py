@@ -5,6 +5,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keyswap.errors import BadSignature, InvalidToken, MalformedToken, UnsupportedAlgorithm
 from keyswap.verifier.jwk import parse_jwk
@@ -159,6 +161,67 @@ def test_json_keeps_valid_objects() -> None:
     assert parse_json_object(b' {"a": [1, 2.5, "x", null, true]} ', "payload") == {
         "a": [1, 2.5, "x", None, True]
     }
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"sub":"a","sub":"b"}',  # flat duplicate: caught by the comma count
+        b'{"sub":"a,b","sub":"c"}',  # a comma inside a string makes up for the lost member
+        b'{"a":",","b":1,"a":2}',
+        b'{"sub":"a" , "sub" : "b"}',  # whitespace around the separators
+        b'{"sub":"a"}{"sub":"b"}',  # trailing data
+        b'{"sub":"a"} x',
+        b'{"sub":NaN}',
+        b'{"sub":"\xff"}',  # not UTF-8
+        b"{}",  # empty: the strict parser decides (a JSON object, so it is kept)
+    ],
+)
+def test_flat_payload_fast_path_agrees_with_the_strict_parser(payload: bytes) -> None:
+    token = raw_token(HEADER, payload)
+    try:
+        expected: Any = parse_json_object(payload, "payload")
+    except MalformedToken as exc:
+        expected = exc
+    if isinstance(expected, MalformedToken):
+        with pytest.raises(MalformedToken, match="payload is not valid JSON"):
+            parse_compact(token, algorithms=ALL)
+    else:
+        assert parse_compact(token, algorithms=ALL).claims == expected
+
+
+_JSON_NAMES = st.sampled_from(["a", "b", "sub", "a,b", ",", "x\\", '"'])
+_JSON_SCALARS = st.one_of(
+    st.integers(-(10**20), 10**20),
+    st.text(alphabet=',ab :\\"{}[]\u00e9', max_size=6),
+    st.booleans(),
+    st.none(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    members=st.lists(st.tuples(_JSON_NAMES, _JSON_SCALARS), max_size=5),
+    spaced=st.booleans(),
+)
+def test_fast_and_strict_json_paths_agree_on_flat_objects(
+    members: list[tuple[str, Any]], spaced: bool
+) -> None:
+    sep = ", " if spaced else ","
+    body = sep.join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in members)
+    payload = ("{" + body + "}").encode()
+    try:
+        expected: Any = parse_json_object(payload, "payload")
+    except MalformedToken:
+        expected = None
+    names = [k for k, _ in members]
+    assert (expected is None) == (len(set(names)) != len(names))
+    token = raw_token(HEADER, payload)
+    if expected is None:
+        with pytest.raises(MalformedToken):
+            parse_compact(token, algorithms=ALL)
+    else:
+        assert parse_compact(token, algorithms=ALL).claims == expected
 
 
 def test_duplicate_alg_in_header_is_malformed() -> None:

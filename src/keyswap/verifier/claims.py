@@ -40,13 +40,19 @@ def numeric_date(claims: dict[str, Any], name: str) -> float | None:
     """
     if name not in claims:
         return None
-    value = claims[name]
+    return _checked_date(name, claims[name])
+
+
+def _checked_date(name: str, value: Any) -> float:
     if not _is_numeric_date(value):
         raise InvalidClaim(f"claim {name!r} is not a number")
     if type(value) is int and not -_MAX_DATE <= value <= _MAX_DATE:
         # An integer beyond float range would raise OverflowError in the leeway arithmetic.
         raise InvalidClaim(f"claim {name!r} is out of range")
     return value  # type: ignore[no-any-return]
+
+
+_ABSENT: Any = object()
 
 
 def validity_window(claims: dict[str, Any], *, leeway: float) -> tuple[float, float]:
@@ -58,16 +64,23 @@ def validity_window(claims: dict[str, Any], *, leeway: float) -> tuple[float, fl
     Raises:
         InvalidClaim: ``exp`` missing, or a time claim that is not a finite number.
     """
-    exp = numeric_date(claims, "exp")
-    if exp is None:
-        raise InvalidClaim("claim 'exp' is required")
-    start = -math.inf
-    nbf = numeric_date(claims, "nbf")
-    if nbf is not None:
-        start = nbf
-    iat = numeric_date(claims, "iat")
-    if iat is not None and iat > start:
-        start = iat
+    # Every token pays for this: integer dates in range pass inline, anything else goes through
+    # _checked_date, which accepts finite floats and gives the precise reason for the rest.
+    get = claims.get
+    exp = get("exp", _ABSENT)
+    if type(exp) is not int or not -_MAX_DATE <= exp <= _MAX_DATE:
+        if exp is _ABSENT:
+            raise InvalidClaim("claim 'exp' is required")
+        exp = _checked_date("exp", exp)
+    start: float = -math.inf
+    for name in ("nbf", "iat"):
+        value = get(name, _ABSENT)
+        if value is _ABSENT:
+            continue
+        if type(value) is not int or not -_MAX_DATE <= value <= _MAX_DATE:
+            value = _checked_date(name, value)
+        if value > start:
+            start = value
     return start - leeway, exp + leeway
 
 
