@@ -618,6 +618,33 @@ class TestWithTheRealVerifier:
         )
         assert real_verifier.metrics.get("rejections", reason=label) == 1
 
+    @pytest.mark.parametrize(
+        ("value", "description"),
+        [
+            (b"Bearer a b.c.d", "token contains characters outside the b64token set"),
+            (b"Bearer a.b.c\x00", "token contains characters outside the b64token set"),
+            (b"Bearer a.b.c\xe9", "token contains characters outside the b64token set"),
+            (b"Bearer a.b.c ", "trailing whitespace after the token"),
+            (b"Bearer  a.b.c", "more than one space after Bearer"),
+            (b"Bearer \ta.b.c", "more than one space after Bearer"),
+            (b"Bearer a.b.c=", "invalid base64url"),  # b64token allows "=": the verifier refuses
+            (b"Bearer a~bc.d.e", "invalid base64url"),
+        ],
+    )
+    async def test_the_deferred_character_check_keeps_the_extractors_reasons(
+        self, real_verifier: Verifier, value: bytes, description: str
+    ) -> None:
+        # With keyswap's own Verifier the middleware skips the b64token scan on the way in and runs
+        # it only when verification fails: the reasons must be the ones the full extractor gives.
+        sent = await call_http(
+            JWTAuthMiddleware(RecordingApp(), verifier=real_verifier),
+            headers=[(b"authorization", value)],
+        )
+        assert (sent.status, sent.body) == (401, b"Invalid token")
+        assert sent.header("www-authenticate") == (
+            f'Bearer realm="keyswap", error="invalid_token", error_description="{description}"'
+        )
+
     async def test_a_jwks_that_cannot_be_fetched_gives_503_with_retry_after(
         self, jwks_server: JWKSServer
     ) -> None:

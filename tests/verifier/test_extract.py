@@ -91,3 +91,32 @@ def test_any_header_bytes_give_a_token_or_one_of_the_two_errors(value: bytes, ca
     assert value[:7].lower() == b"bearer "
     assert value[7:] == token.encode()
     assert len(token) <= cap
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"Bearer a.b.c", "a.b.c"),
+        (b"bearer a b", "a b"),  # the character scan is the one check left out
+        (b'Bearer a"b', 'a"b'),
+    ],
+)
+def test_without_the_character_check_only_the_scan_is_skipped(value: bytes, expected: str) -> None:
+    assert bearer_token([(b"authorization", value)], check_characters=False) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "reason"),
+    [
+        (b"Bearer ", MalformedToken, "without a token"),
+        (b"Bearer  a.b.c", MalformedToken, "more than one space"),
+        (b"Bearer a.b.c\t", MalformedToken, "trailing whitespace"),
+        (b"Bearer caf\xe9", MalformedToken, "outside the b64token"),
+        (b"Basic abc", MissingToken, "another scheme"),
+    ],
+)
+def test_without_the_character_check_the_structure_is_still_checked(
+    value: bytes, error: type[Exception], reason: str
+) -> None:
+    with pytest.raises(error, match=reason):
+        bearer_token([(b"authorization", value)], check_characters=False)

@@ -42,11 +42,13 @@ from keyswap.errors import (
     AuthError,
     ConfigError,
     InsufficientScope,
+    InvalidToken,
     JWKSFetchError,
     KeysUnavailable,
     MissingToken,
 )
 from keyswap.verifier.extract import DEFAULT_MAX_TOKEN_SIZE, bearer_token
+from keyswap.verifier.verify import Verifier
 
 __all__ = [
     "CLAIMS_SCOPE_KEY",
@@ -168,6 +170,9 @@ class JWTAuthMiddleware:
         self._exact = frozenset(exact)
         self._prefixes = tuple(prefixes)
         self.has_exempt = bool(exact or prefixes)
+        # keyswap's Verifier accepts only base64url and dots, a strict subset of b64token, so the
+        # extractor's character scan is left to failures (_precise_extraction_error).
+        self._check_characters = not isinstance(verifier, Verifier)
         self._challenge = f'Bearer realm="{realm}"'
         missing_body = b"No token provided"
         self._missing = _Rejection(
@@ -187,9 +192,15 @@ class JWTAuthMiddleware:
             return
         token: str | None = None
         try:
-            token = bearer_token(scope["headers"], max_size=self.max_token_size)
+            token = bearer_token(
+                scope["headers"],
+                max_size=self.max_token_size,
+                check_characters=self._check_characters,
+            )
             claims = await self.verifier.verify(token)
         except Exception as exc:
+            if token is not None and not self._check_characters and isinstance(exc, InvalidToken):
+                exc = _precise_extraction_error(scope["headers"], self.max_token_size, exc)
             rejection = self.rejection(exc, token)
         else:
             scope[CLAIMS_SCOPE_KEY] = claims
@@ -266,6 +277,17 @@ class JWTAuthMiddleware:
         return _Rejection(
             status, _text_headers(body, (b"www-authenticate", challenge)), body, label, reason
         )
+
+
+def _precise_extraction_error(
+    headers: Iterable[tuple[bytes, bytes]], max_size: int, error: Exception
+) -> Exception:
+    """The full extractor's reason for a token the verifier refused, when it has one, else ``error``."""
+    try:
+        bearer_token(headers, max_size=max_size)
+    except AuthError as precise:
+        return precise
+    return error
 
 
 def _log_verifier_bug(exc: Exception, token: str | None) -> None:
