@@ -96,6 +96,8 @@ def machine_info(tools: Sequence[str] = ()) -> dict[str, str]:
         info["wrk"] = _tool_version(["wrk", "-v"], r"wrk\s+(\S+)")
     if "nginx" in tools:
         info["nginx"] = _tool_version(["nginx", "-v"], r"nginx/(\S+)")
+    if "valgrind" in tools:
+        info["valgrind"] = _tool_version(["valgrind", "--version"], r"valgrind-(\S+)")
     return info
 
 
