@@ -231,7 +231,7 @@ _HEADER_CACHE_MAX_SEGMENT = 512
 
 # Flat payloads (no array, a single object: most JWTs) are first parsed without the duplicate-
 # rejecting hook, which makes the C scanner build a list of pairs per object (about a third of the
-# parse); duplicates are then ruled out by counting. A flat object of n members has exactly n - 1
+# JSON decoding); duplicates are then ruled out by counting. A flat object of n members has exactly n - 1
 # structural commas, and commas can otherwise only appear inside strings, so
 # ``count(",") == len(result) - 1`` proves the n members have n distinct names. When it does not
 # hold (a comma inside a string, or a real duplicate) the strict parser decides. (Nested payloads
