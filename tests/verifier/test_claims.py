@@ -240,3 +240,58 @@ def test_string_claims_must_be_non_empty_strings(name: str, value: object) -> No
 def test_all_claim_errors_are_invalid_tokens() -> None:
     for cls in (ExpiredToken, TokenNotYetValid, InvalidIssuer, InvalidAudience, InvalidClaim):
         assert issubclass(cls, InvalidToken)
+
+
+@pytest.mark.parametrize(
+    ("iss", "error", "reason"),
+    [
+        ("", InvalidClaim, "claim 'iss' must be a non-empty string"),
+        (5, InvalidClaim, "claim 'iss' must be a non-empty string"),
+        ([ISS], InvalidClaim, "claim 'iss' must be a non-empty string"),
+        (False, InvalidClaim, "claim 'iss' must be a non-empty string"),
+        ("https://other.test", InvalidIssuer, "issuer not accepted"),
+        (None, InvalidIssuer, "issuer not accepted"),  # absent
+    ],
+)
+def test_issuer_errors_name_the_precise_reason(
+    iss: object, error: type[InvalidToken], reason: str
+) -> None:
+    with pytest.raises(error) as info:
+        check(claims(iss=iss))
+    assert type(info.value) is error
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("issuer", ["-", "x"])
+def test_a_missing_iss_never_matches_even_a_short_configured_issuer(issuer: str) -> None:
+    with pytest.raises(InvalidIssuer):
+        validate_claims(
+            {"sub": "s", "exp": NOW + 60},
+            issuer=issuer,
+            audience=None,
+            leeway=0,
+            required=(),
+            now=NOW,
+        )
+
+
+def test_an_empty_issuer_never_accepts_an_empty_iss() -> None:
+    with pytest.raises(InvalidClaim, match="iss"):
+        validate_claims(
+            {"iss": "", "exp": NOW + 60}, issuer="", audience=None, leeway=0, required=(), now=NOW
+        )
+
+
+@pytest.mark.parametrize("name", ["sub", "jti"])
+def test_absent_optional_string_claims_pass(name: str) -> None:
+    c = claims(jti="j")
+    del c[name]
+    check(c, required=())
+
+
+@pytest.mark.parametrize("value", [None, 0, "", ["a"], {"a": 1}, True])
+def test_a_present_jti_must_be_a_non_empty_string(value: object) -> None:
+    c = claims()
+    c["jti"] = value  # None here means JSON null, present
+    with pytest.raises(InvalidClaim, match="claim 'jti' must be a non-empty string"):
+        check(c)

@@ -39,6 +39,7 @@ __all__ = [
     "b64url_decode",
     "b64url_encode",
     "decode_header",
+    "parse_ascii",
     "parse_compact",
     "parse_json_object",
     "split_compact",
@@ -90,24 +91,25 @@ def b64url_encode(data: bytes) -> str:
     )
 
 
+_CANONICAL_LAST_BYTES = tuple(chars.encode("ascii") for chars in _CANONICAL_LAST)
+
+
 def _has_foreign_characters(text: str) -> bool:
     # The standard-alphabet characters and padding survive the -_ -> +/ translation, so they are
     # refused up front; a2b_base64(strict_mode=True) refuses everything else outside the alphabet.
     return not text.isascii() or "+" in text or "/" in text or "=" in text
 
 
-def _decode_checked(segment: str) -> bytes:
-    """Decode a segment already checked by :func:`_has_foreign_characters`."""
+def _decode_segment(segment: bytes) -> bytes:
+    """Decode an ASCII segment free of ``+``, ``/`` and ``=`` (see :func:`_has_foreign_characters`)."""
     rem = len(segment) & 3
     if rem:
         if rem == 1:
             raise MalformedToken("invalid base64url length")
-        if segment[-1] not in _CANONICAL_LAST[rem]:
+        if segment[-1] not in _CANONICAL_LAST_BYTES[rem]:
             raise MalformedToken("non-canonical base64url")
     try:
-        return binascii.a2b_base64(
-            segment.encode("ascii").translate(_TO_STD) + _PAD[rem], strict_mode=True
-        )
+        return binascii.a2b_base64(segment.translate(_TO_STD) + _PAD[rem], strict_mode=True)
     except binascii.Error:
         raise MalformedToken("invalid base64url") from None
 
@@ -121,7 +123,7 @@ def b64url_decode(segment: str) -> bytes:
     """
     if not isinstance(segment, str) or _has_foreign_characters(segment):
         raise MalformedToken("invalid base64url")
-    return _decode_checked(segment)
+    return _decode_segment(segment.encode("ascii"))
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -181,19 +183,24 @@ def split_compact(token: str, *, max_size: int = DEFAULT_MAX_TOKEN_SIZE) -> tupl
     """
     parts = token.split(".") if type(token) is str and len(token) <= max_size else []
     if len(parts) != 3 or _has_foreign_characters(token):
-        raise _structure_error(token, max_size, parts)
+        raise _structure_error(token, max_size)
     return parts[0], parts[1], parts[2]
 
 
-def _structure_error(token: object, max_size: int, parts: list[str]) -> MalformedToken:
+def _structure_error(token: object, max_size: int) -> MalformedToken:
     """Why :func:`split_compact` refused ``token`` (the size cap is checked before splitting)."""
     if type(token) is not str:
         return MalformedToken("token is not a string")
     if len(token) > max_size:
         return MalformedToken("token too large")
-    if len(parts) == 5:
+    return _segments_error(token.count(".") + 1)
+
+
+def _segments_error(count: int) -> MalformedToken:
+    """Why a token of the right type and size, split into ``count`` segments, was refused."""
+    if count == 5:
         return MalformedToken("JWE is not accepted, expected a compact JWS")
-    if len(parts) != 3:
+    if count != 3:
         return MalformedToken("expected a compact JWS with three segments")
     return MalformedToken("invalid base64url")
 
@@ -225,7 +232,7 @@ def _check_header(header: dict[str, Any], algorithms: frozenset[str]) -> tuple[s
 # Tokens of one issuer and key share their header segment, so checked headers are memoised as
 # ``(header, alg, kid)`` (the parse and every check but the allow-list are pure functions of the
 # segment). Bounded: cleared when full, short segments only, headers that passed every check only.
-_header_cache: dict[str, tuple[dict[str, Any], str, str]] = {}
+_header_cache: dict[bytes, tuple[dict[str, Any], str, str]] = {}
 _HEADER_CACHE_SIZE = 256
 _HEADER_CACHE_MAX_SEGMENT = 512
 
@@ -241,18 +248,6 @@ _plain_decoder = json.JSONDecoder(parse_constant=_reject_constant)
 _scan_plain: Callable[[str, int], tuple[Any, int]] = _make_scanner(_plain_decoder)
 
 
-def _parse_flat_payload(payload: bytes) -> dict[str, Any] | None:
-    """A flat payload object with distinct names, proven cheaply; ``None`` when not proven."""
-    try:
-        text = payload.decode("utf-8")
-        obj, end = _scan_plain(text, 0)
-    except (ValueError, StopIteration):
-        return None  # the strict parser gives the reason
-    if end != len(text) or type(obj) is not dict or not obj:
-        return None
-    return obj if payload.count(b",") == len(obj) - 1 else None
-
-
 def parse_compact(
     token: str, *, algorithms: frozenset[str], max_size: int = DEFAULT_MAX_TOKEN_SIZE
 ) -> ParsedToken:
@@ -265,14 +260,27 @@ def parse_compact(
         MalformedToken: anything structurally wrong (see the module docstring).
         UnsupportedAlgorithm: ``alg`` not in ``algorithms``.
     """
-    # split_compact, inlined: this runs for every token that is not in the token cache
-    parts = token.split(".") if type(token) is str and len(token) <= max_size else []
-    if len(parts) != 3 or _has_foreign_characters(token):
-        raise _structure_error(token, max_size, parts)
+    if type(token) is not str or len(token) > max_size or not token.isascii():
+        raise _structure_error(token, max_size)
+    return parse_ascii(token.encode("ascii"), algorithms)
+
+
+def parse_ascii(raw: bytes, algorithms: frozenset[str]) -> ParsedToken:
+    """:func:`parse_compact` of a token already known to be ASCII and within the size cap, as bytes.
+
+    (The verifier checks the size and ASCII itself before its cache lookup; working on the bytes of
+    the whole token saves encoding each segment on its own.)
+
+    Raises:
+        MalformedToken, UnsupportedAlgorithm: as :func:`parse_compact`.
+    """
+    parts = raw.split(b".")
+    if len(parts) != 3 or b"+" in raw or b"/" in raw or b"=" in raw:
+        raise _segments_error(len(parts))
     h, p, s = parts
     cached = _header_cache.get(h)
     if cached is None:
-        header = parse_json_object(_decode_checked(h), "header")
+        header = parse_json_object(_decode_segment(h), "header")
         alg, kid = _check_header(header, algorithms)
         if len(h) <= _HEADER_CACHE_MAX_SEGMENT:
             if len(_header_cache) >= _HEADER_CACHE_SIZE:
@@ -282,14 +290,33 @@ def parse_compact(
         header, alg, kid = cached
         if alg not in algorithms:
             raise UnsupportedAlgorithm("algorithm not allowed")
-    payload = _decode_checked(p)
+    payload = _decode_segment(p)
+    claims: Any = None
     nested = b"[" in payload or payload.count(b"{") > 1
-    claims = None if nested else _parse_flat_payload(payload)
+    if not nested:
+        try:
+            text = payload.decode("utf-8")
+            claims, end = _scan_plain(text, 0)
+        except (ValueError, StopIteration):
+            claims = None  # the strict parser gives the reason
+        else:
+            # (an empty object fails the count too: the strict parser decides)
+            if (
+                end != len(text)
+                or type(claims) is not dict
+                or payload.count(b",") != len(claims) - 1
+            ):
+                claims = None
     if claims is None:
         claims = parse_json_object(payload, "payload")
-    signature = _decode_checked(s)
-    signing_input = token[: len(h) + 1 + len(p)].encode("ascii")
-    return ParsedToken(header, claims, signing_input, signature, alg, kid, nested)
+    signature = _decode_segment(s)
+    # tuple.__new__ directly: the named tuple's own __new__ is a Python-level call
+    return _new_tuple(  # type: ignore[no-any-return]
+        ParsedToken, (header, claims, raw[: len(h) + 1 + len(p)], signature, alg, kid, nested)
+    )
+
+
+_new_tuple: Any = tuple.__new__
 
 
 # --- signatures -----------------------------------------------------------------------------------
@@ -348,6 +375,9 @@ def verify_signature(
     if len(signature) != key.signature_size:
         raise BadSignature("signature has the wrong length")
     try:
-        _VERIFIERS[alg](key.public_key, signing_input, signature)
+        if alg == "RS256":  # the default, called directly: one Python call less per token
+            key.public_key.verify(signature, signing_input, _PKCS1V15, _SHA256)  # type: ignore[call-arg, arg-type]
+        else:
+            _VERIFIERS[alg](key.public_key, signing_input, signature)
     except InvalidSignature:
         raise BadSignature("signature does not verify") from None
