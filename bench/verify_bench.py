@@ -10,7 +10,8 @@ Rows (per alg, same process, same run):
                   cache cycling through more distinct tokens (different jti) than it holds, so every
                   call is a miss + verify + insert (checked with the verifier's metrics)
   keyswap no cache  Verifier(token_cache_size=0), same tokens (only if the Verifier accepts 0)
-  keyswap warm    Verifier.verify_sync on one token repeated (verified-token cache hit)
+  keyswap warm    Verifier.verify_sync on one token repeated (verified-token cache hit), each call
+                  with a new string object equal to it, as in a server
 The Verifiers fetch their JWKS from a real HTTP server this script runs on 127.0.0.1; they are warmed
 before timing and the script checks that no JWKS fetch happens during the timed loops.
 Fixed loop counts, 5 interleaved repeats (3 with --quick, loops / 5), median.
@@ -205,6 +206,10 @@ def main() -> int:
                         n = max(1, LOOPS[alg]["unique" if method == "nocache" else method] // scale)
                         if method in ("unique", "nocache"):
                             items = _cycle(tokens[alg], n)
+                        elif method == "warm":
+                            # A new string object per call, as a server has one per request
+                            # (Python caches a string's hash, and the token cache keys by it).
+                            items = [(tokens[alg][0] + " ")[:-1] for _ in range(n)]
                         else:
                             items = [tokens[alg][0]] * n
                         elapsed = _loop(fns[alg, method], items)

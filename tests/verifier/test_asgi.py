@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -587,6 +588,44 @@ class TestWithTheRealVerifier:
             assert sent.status == 200
         assert app.scopes[0]["keyswap.claims"]["plan"] == "gold"
         assert real_verifier.metrics.get("token_cache_hits") == 2
+
+    async def test_a_warm_request_is_answered_from_the_cache_without_awaiting_verify(
+        self, jwks_server: JWKSServer
+    ) -> None:
+        jwks_server.serve(jwks(REAL_KEY))
+        now = [time.time()]
+
+        class CountingVerifier(Verifier):
+            awaited = 0
+
+            async def verify(self, token: str) -> dict[str, Any]:
+                CountingVerifier.awaited += 1
+                return await super().verify(token)
+
+        verifier = CountingVerifier(
+            IssuerConfig(issuer=ISSUER, jwks_url=jwks_server.url, audience=AUDIENCE),
+            clock=lambda: now[0],
+        )
+        verifier.start()
+        try:
+            app = RecordingApp()
+            mw = JWTAuthMiddleware(app, verifier=verifier)
+            token = real_token(ttl=60, now=int(now[0]))
+            for _ in range(3):
+                assert (await call_http(mw, headers=bearer(token))).status == 200
+            assert CountingVerifier.awaited == 1
+            assert [s["keyswap.claims"]["sub"] for s in app.scopes] == ["consumer-1"] * 3
+            app.scopes[0]["keyswap.claims"]["sub"] = "admin"  # each request gets its own copy
+            assert (await call_http(mw, headers=bearer(token))).status == 200
+            assert app.scopes[-1]["keyswap.claims"]["sub"] == "consumer-1"
+            # Past exp + leeway the cache misses and the full verification gives the reason.
+            now[0] += 60 + 30
+            sent = await call_http(mw, headers=bearer(token))
+            assert sent.status == 401
+            assert "expired" in (sent.header("www-authenticate") or "")
+            assert CountingVerifier.awaited == 2
+        finally:
+            verifier.close()
 
     @pytest.mark.parametrize(
         ("kind", "label"),

@@ -293,6 +293,34 @@ async def test_sync_and_async_share_one_cache(verifier: Verifier, signer: Signin
     assert verifier.metrics.get("token_cache_hits") == 1
 
 
+def test_cached_answers_only_for_tokens_verified_before_and_still_valid(
+    jwks_server: JWKSServer, signer: SigningKey
+) -> None:
+    jwks_server.serve(jwks(signer))
+    clock = Clock()
+    with make_verifier(jwks_server.url, clock=clock, leeway=0) as v:
+        token = signer.sign(valid_claims(ttl=60, scope={"read": ["a"]}))
+        assert v.cached(token) is None  # unseen: no parsing, no I/O, no rejection counted
+        assert v.metrics.get("rejections") == 0
+        assert v.metrics.get("jwks_fetches") == 0
+        expected = v.verify_sync(token)
+        first = v.cached(token)
+        assert first == expected
+        assert first is not None
+        first["scope"]["read"].append("admin")  # the caller's own copy, nested values included
+        assert v.cached("".join(list(token))) == expected  # an equal string built anew hits too
+        assert v.metrics.get("token_cache_hits") == 2
+        assert v.metrics.get("verifications") == 3
+        for other in (token[:-1] + ("A" if token[-1] != "A" else "B"), token + ".", ""):
+            assert v.cached(other) is None
+        assert v.cached(token.encode()) is None  # type: ignore[arg-type]
+        assert v.cached(None) is None  # type: ignore[arg-type]
+        clock.now = NOW + 60
+        assert v.cached(token) is None  # expired: dropped, verify gives the reason
+        with pytest.raises(ExpiredToken):
+            v.verify_sync(token)
+
+
 def test_cache_hit_really_skips_rsa(verifier: Verifier, signer: SigningKey) -> None:
     # With the key set gone (no I/O possible, no key), only a cache hit can still accept the token.
     token = signer.sign(valid_claims())

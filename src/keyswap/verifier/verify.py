@@ -12,14 +12,13 @@ Order of the checks for a token that is not in the token cache (each step raises
 5. the issuer's key set gives the key for ``kid`` (may fetch the JWKS, rate-limited by the key set);
 6. the signature, with the key bound to its algorithm family.
 
-A verified token is cached (by SHA-256 digest) until its ``exp`` + leeway; a hit costs a hash and a dict
-lookup and never repeats the signature check. When a key set drops a kid, its ``on_keys_removed``
+A verified token is cached (by a hash of the token, see :func:`~keyswap.verifier.tokencache.token_key`)
+until its ``exp`` + leeway; a hit costs a hash and a dict lookup and never repeats the signature check. When a key set drops a kid, its ``on_keys_removed``
 callback purges every cached token of that issuer signed with it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -45,12 +44,13 @@ from keyswap.verifier.jws import (
     DEFAULT_MAX_TOKEN_SIZE,
     SUPPORTED_ALGORITHMS,
     ParsedToken,
-    parse_compact,
+    parse_ascii,
     verify_signature,
 )
 from keyswap.verifier.keyset import KeySet
 from keyswap.verifier.metrics import Metrics
 from keyswap.verifier.tokencache import (
+    CHECK_LENGTH,
     DEFAULT_TOKEN_CACHE_SIZE,
     CachedToken,
     TokenCache,
@@ -59,7 +59,7 @@ from keyswap.verifier.tokencache import (
 __all__ = ["IssuerConfig", "Verifier"]
 
 logger = logging.getLogger("keyswap.verifier")
-_sha256 = hashlib.sha256
+_new_tuple: Any = tuple.__new__
 
 #: Largest clock-skew allowance accepted in configuration, in seconds.
 MAX_LEEWAY = 300.0
@@ -273,6 +273,23 @@ class Verifier:
 
     # --- verification -------------------------------------------------------------------------------
 
+    def cached(self, token: str) -> dict[str, Any] | None:
+        """A copy of the claims of ``token`` if it is in the token cache and valid now, else ``None``.
+
+        The cheap first step of a verification, for callers on a hot path (the ASGI middleware): no
+        parsing, no I/O, no coroutine, never raises. A hit counts as a verification, as in
+        :meth:`verify`; ``None`` says nothing about the token (unseen, expired, evicted, or not a
+        token at all): call :meth:`verify` or :meth:`verify_sync` then, for the claims or the reason.
+        """
+        entry = self._cache.get(token, self._clock()) if type(token) is str else None
+        if entry is None:
+            return None
+        self._count_hit()
+        self._count_ok()
+        if entry.nested:
+            return _copy_claims(entry.claims, entry.nested)
+        return dict(entry.claims)
+
     def verify_sync(self, token: str) -> dict[str, Any]:
         """Verify ``token`` and return a copy of its claims (blocking; may fetch the JWKS).
 
@@ -282,11 +299,9 @@ class Verifier:
         """
         now = self._clock()
         try:
-            if type(token) is str and len(token) <= self._max_size and token.isascii():
-                digest = _sha256(token.encode("ascii")).digest()  # = tokencache.token_digest
-            else:
+            if type(token) is not str or len(token) > self._max_size or not token.isascii():
                 raise _shape_error(token, self._max_size)
-            entry = self._cache.get(digest, now)
+            entry = self._cache.get(token, now)
             if entry is not None:
                 self._count_hit()
                 self._count_ok()
@@ -295,7 +310,7 @@ class Verifier:
                 return dict(entry.claims)
             parsed, issuer, window = self._pre_key(token, now)
             key = issuer.keyset.get_key_sync(parsed.kid)
-            return self._finish(digest, parsed, issuer, window, key)
+            return self._finish(token, parsed, issuer, window, key)
         except (InvalidToken, KeysUnavailable) as err:
             self._reject(err)
             raise
@@ -313,11 +328,9 @@ class Verifier:
         """
         now = self._clock()
         try:
-            if type(token) is str and len(token) <= self._max_size and token.isascii():
-                digest = _sha256(token.encode("ascii")).digest()  # = tokencache.token_digest
-            else:
+            if type(token) is not str or len(token) > self._max_size or not token.isascii():
                 raise _shape_error(token, self._max_size)
-            entry = self._cache.get(digest, now)
+            entry = self._cache.get(token, now)
             if entry is not None:
                 self._count_hit()
                 self._count_ok()
@@ -326,7 +339,7 @@ class Verifier:
                 return dict(entry.claims)
             parsed, issuer, window = self._pre_key(token, now)
             key = await issuer.keyset.get_key(parsed.kid)
-            return self._finish(digest, parsed, issuer, window, key)
+            return self._finish(token, parsed, issuer, window, key)
         except (InvalidToken, KeysUnavailable) as err:
             self._reject(err)
             raise
@@ -337,7 +350,7 @@ class Verifier:
 
     def _pre_key(self, token: str, now: float) -> tuple[ParsedToken, _Issuer, tuple[float, float]]:
         self._count_miss()
-        parsed = parse_compact(token, algorithms=self._algorithms, max_size=self._max_size)
+        parsed = parse_ascii(token.encode("ascii"), self._algorithms)
         iss = parsed.claims.get("iss")
         issuer = self._issuers.get(iss) if type(iss) is str else None
         if issuer is None:
@@ -356,7 +369,7 @@ class Verifier:
 
     def _finish(
         self,
-        digest: bytes,
+        token: str,
         parsed: ParsedToken,
         issuer: _Issuer,
         window: tuple[float, float],
@@ -365,11 +378,14 @@ class Verifier:
         verify_signature(key, parsed.alg, parsed.signing_input, parsed.signature)
         claims = parsed.claims
         nested = _nested_names(claims) if parsed.nested else ()
-        self._cache.put(digest, CachedToken(claims, *window, issuer.name, parsed.kid, nested))
+        # tuple.__new__ directly: the named tuple's own __new__ is a Python-level call
+        check = token[-CHECK_LENGTH:]
+        entry = _new_tuple(CachedToken, (claims, *window, issuer.name, parsed.kid, nested, check))
+        self._cache.put(token, entry)
         # The key set installs a new set *before* calling on_keys_removed, so if the kid left while
         # this token was being verified, either the purge saw the entry or this check does.
         if not issuer.keyset.has_kid(parsed.kid):
-            self._cache.discard(digest)
+            self._cache.discard(token)
         self._count_ok()
         return _copy_claims(claims, nested) if nested else dict(claims)
 
