@@ -109,6 +109,8 @@ _DROP_INBOUND_PREFIXES = (
     b"x-authenticated-",
     b"x-auth-request-",
 )
+# ``int in bytes`` is a memchr; ``b"_" in name`` would first try b"_" as an int (a dropped TypeError).
+_UNDERSCORE = ord("_")
 #: Limits on the request head the gateway forwards (nginx's default large buffers are 4 x 8 KiB).
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_COUNT = 256
@@ -212,7 +214,7 @@ def forwarded_request_headers(
         if budget < 0 or count > MAX_HEADER_COUNT:
             raise HeadersTooLarge
         name = raw_name.lower()
-        if name in _DROP_INBOUND or name.startswith(_DROP_INBOUND_PREFIXES) or b"_" in name:
+        if name in _DROP_INBOUND or name.startswith(_DROP_INBOUND_PREFIXES) or _UNDERSCORE in name:
             if name == b"host":
                 host = value if host is None else host
             elif name == b"content-length":

@@ -756,7 +756,8 @@ class UpstreamPool:
         parts.append(b"\r\n")
         head = b"".join(parts)
         lines = len(headers) + (4 if framing else 3)
-        if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\x00" in head:
+        # (0 in head: a NUL byte, as an int: a memchr without a dropped TypeError)
+        if head.count(b"\n") != lines or head.count(b"\r") != lines or 0 in head:
             raise ValueError("CR, LF or NUL in the request target or a header value")
         return head
 

@@ -25,6 +25,7 @@ STRING_CLAIMS = frozenset({"iss", "sub", "jti"})
 _NUMBER_TYPES = frozenset({int, float})
 #: Largest integer NumericDate accepted (any larger cannot be converted to a float).
 _MAX_DATE = 10**300
+_MIN_DATE = -_MAX_DATE
 
 
 def _is_numeric_date(value: Any) -> bool:
@@ -46,7 +47,7 @@ def numeric_date(claims: dict[str, Any], name: str) -> float | None:
 def _checked_date(name: str, value: Any) -> float:
     if not _is_numeric_date(value):
         raise InvalidClaim(f"claim {name!r} is not a number")
-    if type(value) is int and not -_MAX_DATE <= value <= _MAX_DATE:
+    if type(value) is int and not _MIN_DATE <= value <= _MAX_DATE:
         # An integer beyond float range would raise OverflowError in the leeway arithmetic.
         raise InvalidClaim(f"claim {name!r} is out of range")
     return value  # type: ignore[no-any-return]
@@ -64,24 +65,21 @@ def validity_window(claims: dict[str, Any], *, leeway: float) -> tuple[float, fl
     Raises:
         InvalidClaim: ``exp`` missing, or a time claim that is not a finite number.
     """
-    # Every token pays for this: integer dates in range pass inline, anything else goes through
-    # _checked_date, which accepts finite floats and gives the precise reason for the rest.
+    # Every token pays for this, so it is unrolled: integer dates in range pass inline, anything else
+    # goes through _checked_date, which accepts finite floats and gives the precise reason for the rest.
     get = claims.get
     exp = get("exp", _ABSENT)
-    if type(exp) is not int or not -_MAX_DATE <= exp <= _MAX_DATE:
+    if type(exp) is not int or not _MIN_DATE <= exp <= _MAX_DATE:
         if exp is _ABSENT:
             raise InvalidClaim("claim 'exp' is required")
         exp = _checked_date("exp", exp)
-    start: float = -math.inf
-    for name in ("nbf", "iat"):
-        value = get(name, _ABSENT)
-        if value is _ABSENT:
-            continue
-        if type(value) is not int or not -_MAX_DATE <= value <= _MAX_DATE:
-            value = _checked_date(name, value)
-        if value > start:
-            start = value
-    return start - leeway, exp + leeway
+    nbf = get("nbf", _ABSENT)
+    if type(nbf) is not int or not _MIN_DATE <= nbf <= _MAX_DATE:
+        nbf = -math.inf if nbf is _ABSENT else _checked_date("nbf", nbf)
+    iat = get("iat", _ABSENT)
+    if type(iat) is not int or not _MIN_DATE <= iat <= _MAX_DATE:
+        iat = -math.inf if iat is _ABSENT else _checked_date("iat", iat)
+    return (nbf if nbf > iat else iat) - leeway, exp + leeway
 
 
 def validate_claims(

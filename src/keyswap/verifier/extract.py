@@ -72,9 +72,13 @@ def bearer_token(
     if value[:_PREFIX_LEN].lower() == _PREFIX:
         token = value[_PREFIX_LEN:]
         if not check_characters:
-            # Only what the caller's verifier cannot tell: present, ASCII, no surrounding blanks.
-            if token and token[0] not in _BLANKS and token[-1] not in _BLANKS and token.isascii():
-                return token.decode("ascii")
+            # Only what the caller's verifier cannot tell: present, ASCII (the decoding checks it,
+            # a separate isascii() would scan the token twice), no surrounding blanks.
+            if token and token[0] not in _BLANKS and token[-1] not in _BLANKS:
+                try:
+                    return token.decode("ascii")
+                except UnicodeDecodeError:
+                    pass
             return _classify(value)
         body = token.rstrip(b"=")
         # translate() deletes every allowed byte at C speed: anything left is outside b64token.
