@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import select
+import signal
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 
 import httpx
@@ -355,3 +359,43 @@ def test_fetch_errors_do_not_leak_the_query_string(
     with pytest.raises(JWKSFetchError) as info:
         fetcher.fetch(jwks_server.base + "/jwks?access_token=s3cret")
     assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_fetches_with_a_new_client_of_its_own(jwks_server: JWKSServer) -> None:
+    # The parent's connection pool (and any lock a fetch in flight held at the fork) is not the
+    # child's: a fetcher that made its own client makes a new one in the child; a client the caller
+    # passed is left alone.
+    jwks_server.serve(jwks(rsa_key("fork")))
+    own = JWKSFetcher()
+    given = httpx.Client()
+    passed = JWKSFetcher(client=given)
+    own.fetch(jwks_server.url)  # the parent's client has been used
+    parent_client = own._client
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():  # Python 3.12+ warns about forking a threaded process
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        try:
+            try:
+                keys = len(own.fetch(jwks_server.url).document["keys"])
+                answer = f"{own._client is not parent_client} {passed._client is given} {keys}"
+            except Exception as exc:
+                answer = type(exc).__name__
+            os.write(write_end, answer.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], 15.0)
+        answer = os.read(read_end, 200).decode() if ready else "no answer"
+    finally:
+        os.close(read_end)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        own.close()
+        given.close()
+    assert answer == "True True 1"
+    assert own._client is parent_client  # the parent keeps its own

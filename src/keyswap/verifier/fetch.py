@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,6 +193,19 @@ def _shutdown(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
+#: Fetchers with a client of their own, given a new one in a forked child (see JWKSFetcher).
+_OWN_CLIENTS: weakref.WeakSet[JWKSFetcher] = weakref.WeakSet()
+
+
+def _new_clients_after_fork() -> None:
+    for fetcher in list(_OWN_CLIENTS):
+        fetcher._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_clients_after_fork)
+
+
 class JWKSFetcher:
     """Fetches JWKS documents with a total deadline, a size cap and same-host redirects only.
 
@@ -198,6 +213,10 @@ class JWKSFetcher:
     ``client`` to use your own :class:`httpx.Client` (for example one with an ``httpx.MockTransport``
     in tests, or custom TLS settings); it must not follow redirects by itself (the fetcher asks it not
     to per request) and is not closed by :meth:`close`.
+
+    Fork-safe with its own client: a forked child (a pre-fork server started after the verifier)
+    gets a new client, because the parent's connection pool, and the lock a fetch in flight held at
+    the fork, do not belong to the child. A client you pass is yours to replace after a fork.
 
     Raises:
         ConfigError: ``timeout`` or ``max_bytes`` not positive.
@@ -224,6 +243,12 @@ class JWKSFetcher:
         self.user_agent = user_agent
         self._own_client = client is None
         self._client = client if client is not None else self._default_client()
+        if self._own_client:
+            _OWN_CLIENTS.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new client; the parent's is dropped unclosed (its lock may be held)."""
+        self._client = self._default_client()
 
     @staticmethod
     def _default_client() -> httpx.Client:
