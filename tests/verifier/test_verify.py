@@ -315,6 +315,7 @@ def test_cached_answers_only_for_tokens_verified_before_and_still_valid(
             assert v.cached(other) is None
         assert v.cached(token.encode()) is None  # type: ignore[arg-type]
         assert v.cached(None) is None  # type: ignore[arg-type]
+        assert v.cached(token + "x" * 8192) is None  # beyond the size cap
         clock.now = NOW + 60
         assert v.cached(token) is None  # expired: dropped, verify gives the reason
         with pytest.raises(ExpiredToken):

@@ -13,8 +13,9 @@ Order of the checks for a token that is not in the token cache (each step raises
 6. the signature, with the key bound to its algorithm family.
 
 A verified token is cached (by a hash of the token, see :func:`~keyswap.verifier.tokencache.token_key`)
-until its ``exp`` + leeway; a hit costs a hash and a dict lookup and never repeats the signature check. When a key set drops a kid, its ``on_keys_removed``
-callback purges every cached token of that issuer signed with it.
+until its ``exp`` + leeway; a hit costs a hash and a dict lookup and never repeats the signature check.
+When a key set drops a kid, its ``on_keys_removed`` callback purges every cached token of that issuer
+signed with it.
 """
 
 from __future__ import annotations
@@ -281,7 +282,9 @@ class Verifier:
         :meth:`verify`; ``None`` says nothing about the token (unseen, expired, evicted, or not a
         token at all): call :meth:`verify` or :meth:`verify_sync` then, for the claims or the reason.
         """
-        entry = self._cache.get(token, self._clock()) if type(token) is str else None
+        if type(token) is not str or len(token) > self._max_size:
+            return None
+        entry = self._cache.get(token, self._clock())
         if entry is None:
             return None
         self._count_hit()
