@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import signal
 import socket
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 
 import httpx
@@ -24,6 +21,7 @@ from keyswap.verifier.fetch import (
     parse_max_age,
     redact_url,
 )
+from tests.support.forking import answer_from_forked_child
 from tests.support.jwks_server import JWKSServer, running_jwks_server
 from tests.support.keys import jwks, rsa_key
 
@@ -372,29 +370,14 @@ def test_a_forked_child_fetches_with_a_new_client_of_its_own(jwks_server: JWKSSe
     passed = JWKSFetcher(client=given)
     own.fetch(jwks_server.url)  # the parent's client has been used
     parent_client = own._client
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():  # Python 3.12+ warns about forking a threaded process
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        try:
-            try:
-                keys = len(own.fetch(jwks_server.url).document["keys"])
-                answer = f"{own._client is not parent_client} {passed._client is given} {keys}"
-            except Exception as exc:
-                answer = type(exc).__name__
-            os.write(write_end, answer.encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
+
+    def in_the_child() -> str:
+        keys = len(own.fetch(jwks_server.url).document["keys"])
+        return f"{own._client is not parent_client} {passed._client is given} {keys}"
+
     try:
-        ready, _, _ = select.select([read_end], [], [], 15.0)
-        answer = os.read(read_end, 200).decode() if ready else "no answer"
+        answer = answer_from_forked_child(in_the_child)
     finally:
-        os.close(read_end)
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
         own.close()
         given.close()
     assert answer == "True True 1"

@@ -9,12 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import select
-import signal
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +21,7 @@ from keyswap.errors import ConfigError, JWKSFetchError, KeysUnavailable, Unknown
 from keyswap.verifier.fetch import FetchResult, JWKSFetcher
 from keyswap.verifier.keyset import KeySet
 from keyswap.verifier.metrics import Metrics
+from tests.support.forking import answer_from_forked_child
 from tests.support.jwks_server import JWKSServer
 from tests.support.keys import ec_key, ed_key, jwks, rsa_key
 
@@ -844,29 +842,7 @@ def test_close_releases_a_lookup_waiting_for_an_unstarted_fetch(
 
 def _lookup_in_a_forked_child(ks: KeySet, kid: str) -> str:
     """Fork; the child looks `kid` up and reports the kid found or the exception's name."""
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():  # Python 3.12+ warns about forking a threaded process
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        try:
-            try:
-                answer = ks.get_key_sync(kid).kid
-            except Exception as exc:
-                answer = type(exc).__name__
-            os.write(write_end, answer.encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], 15.0)
-        answer = os.read(read_end, 200).decode() if ready else "no answer"
-    finally:
-        os.close(read_end)
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    return answer
+    return answer_from_forked_child(lambda: ks.get_key_sync(kid).kid)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
