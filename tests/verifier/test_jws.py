@@ -15,6 +15,7 @@ from keyswap.verifier.jws import (
     b64url_decode,
     b64url_encode,
     decode_header,
+    parse_ascii,
     parse_compact,
     parse_json_object,
     split_compact,
@@ -395,3 +396,21 @@ def test_reshaped_signatures_fail(key: SigningKey, change: str) -> None:
 def test_every_error_here_is_an_invalid_token() -> None:
     for cls in (MalformedToken, UnsupportedAlgorithm, BadSignature):
         assert issubclass(cls, InvalidToken)
+
+
+@pytest.mark.parametrize("segment", [0, 1, 2])
+@pytest.mark.parametrize("junk", [b"\xff", b"\xc3\xa9", b"\x00", b" "])
+def test_parse_ascii_refuses_bytes_outside_base64url_in_any_segment(
+    segment: int, junk: bytes
+) -> None:
+    # parse_ascii trusts its caller for ASCII and the size cap; bytes that break the promise still
+    # end as MalformedToken, never another exception.
+    parts = raw_token(HEADER, {"sub": "a"}).encode().split(b".")
+    parts[segment] = parts[segment][:4] + junk + parts[segment][4:]
+    with pytest.raises(MalformedToken):
+        parse_ascii(b".".join(parts), ALL)
+
+
+def test_parse_ascii_and_parse_compact_agree() -> None:
+    token = raw_token(HEADER, {"sub": "a", "n": [1, {"x": 2}]})
+    assert parse_ascii(token.encode(), ALL) == parse_compact(token, algorithms=ALL)

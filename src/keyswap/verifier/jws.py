@@ -272,7 +272,8 @@ def parse_ascii(raw: bytes, algorithms: frozenset[str]) -> ParsedToken:
     """:func:`parse_compact` of a token already known to be ASCII and within the size cap, as bytes.
 
     (The verifier checks the size and ASCII itself before its cache lookup; working on the bytes of
-    the whole token saves encoding each segment on its own.)
+    the whole token saves encoding each segment on its own.) Bytes that break the promise still end
+    as :class:`MalformedToken`, but the size cap is the caller's to apply.
 
     Raises:
         MalformedToken, UnsupportedAlgorithm: as :func:`parse_compact`.
