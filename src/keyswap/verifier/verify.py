@@ -300,18 +300,13 @@ class Verifier:
             InvalidToken: a subclass naming the cause (401).
             KeysUnavailable: no usable key set could be obtained (503).
         """
-        now = self._clock()
         try:
             if type(token) is not str or len(token) > self._max_size or not token.isascii():
                 raise _shape_error(token, self._max_size)
-            entry = self._cache.get(token, now)
-            if entry is not None:
-                self._count_hit()
-                self._count_ok()
-                if entry.nested:
-                    return _copy_claims(entry.claims, entry.nested)
-                return dict(entry.claims)
-            parsed, issuer, window = self._pre_key(token, now)
+            claims = self.cached(token)
+            if claims is not None:
+                return claims
+            parsed, issuer, window = self._pre_key(token, self._clock())
             key = issuer.keyset.get_key_sync(parsed.kid)
             return self._finish(token, parsed, issuer, window, key)
         except (InvalidToken, KeysUnavailable) as err:
@@ -329,18 +324,13 @@ class Verifier:
             InvalidToken: a subclass naming the cause (401).
             KeysUnavailable: no usable key set could be obtained (503).
         """
-        now = self._clock()
         try:
             if type(token) is not str or len(token) > self._max_size or not token.isascii():
                 raise _shape_error(token, self._max_size)
-            entry = self._cache.get(token, now)
-            if entry is not None:
-                self._count_hit()
-                self._count_ok()
-                if entry.nested:
-                    return _copy_claims(entry.claims, entry.nested)
-                return dict(entry.claims)
-            parsed, issuer, window = self._pre_key(token, now)
+            claims = self.cached(token)
+            if claims is not None:
+                return claims
+            parsed, issuer, window = self._pre_key(token, self._clock())
             key = await issuer.keyset.get_key(parsed.kid)
             return self._finish(token, parsed, issuer, window, key)
         except (InvalidToken, KeysUnavailable) as err:
