@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from keyswap.durations import parse_duration
 from keyswap.errors import InvalidInput
 
-__all__ = ["OneLineErrorsCommand", "OneLineErrorsGroup", "OneLineUsageError", "Seconds"]
+__all__ = [
+    "OneLineErrorsCommand",
+    "OneLineErrorsGroup",
+    "OneLineUsageError",
+    "Seconds",
+    "show_envvars",
+]
+
+_Command = TypeVar("_Command", bound=click.Command)
 
 
 class OneLineUsageError(click.ClickException):
@@ -45,6 +53,23 @@ class OneLineErrorsGroup(click.Group):
     """A group whose subcommands are :class:`OneLineErrorsCommand` by default."""
 
     command_class = OneLineErrorsCommand
+
+
+def show_envvars(command: _Command) -> _Command:
+    """Make ``--help`` name the environment variable of every option of ``command`` that has one.
+
+    Each such option's help then ends with click's ``[env var: KEYSWAP_X]`` (merged with the default:
+    ``[env var: KEYSWAP_PORT; default: 7878]``). Apply it as the outermost decorator of a command
+    (above ``@click.command``), or call it on a group once its subcommands are registered: it recurses
+    into the subcommands the group has at that moment. Returns ``command`` itself.
+    """
+    for param in command.params:
+        if isinstance(param, click.Option) and param.envvar:
+            param.show_envvar = True
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            show_envvars(sub)
+    return command
 
 
 class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
