@@ -8,11 +8,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import click
 import httpx
 import pytest
 from click.testing import CliRunner
 
 from keyswap.cli import main
+from keyswap.origin.cli import origin
 from tests.support import keys
 from tests.support.asgi import free_port
 from tests.support.jwks_server import JWKSServer, running_jwks_server
@@ -112,6 +114,23 @@ class TestBadValues:
             "--log-level",
         ):
             assert flag in text
+
+    def test_help_names_the_environment_variable_of_every_option_that_has_one(self) -> None:
+        ctx = click.Context(origin)
+        with_envvar = [
+            p for p in origin.get_params(ctx) if isinstance(p, click.Option) and p.envvar
+        ]
+        assert len(with_envvar) >= 13, with_envvar  # every option of `keyswap origin`
+        code, lines = run_cli("--help")
+        assert code == 0
+        help_text = " ".join(" ".join(lines).split())  # click wraps long entries
+        for option in with_envvar:
+            record = option.get_help_record(ctx)
+            assert record is not None
+            entry = " ".join(" ".join(record).split())
+            assert isinstance(option.envvar, str)
+            assert f"env var: {option.envvar}" in entry, entry
+            assert option.envvar in help_text
 
 
 # -- end to end: `keyswap origin` as a real subprocess against a real JWKS server ---------------
