@@ -79,11 +79,29 @@ def test_show_envvars_names_the_variable_of_every_option_that_has_one() -> None:
     sub = _tool.commands["serve"]
     assert "KEYSWAP_TEST_PORT" not in _help_line(sub, "--port")  # click's default: not shown
     assert show_envvars(_tool) is _tool
-    assert "env var: KEYSWAP_TEST_PORT" in _help_line(sub, "--port")
-    assert "default: 7878" in _help_line(sub, "--port")
-    assert "env var: KEYSWAP_TEST_NAME" in _help_line(sub, "--name")
-    assert "env var" not in _help_line(sub, "--plain")
+    assert show_envvars(_tool) is _tool  # idempotent
+    port = _help_line(sub, "--port")
+    assert port.count("[env: KEYSWAP_TEST_PORT]") == 1
+    assert "[default: 7878]" in port
+    assert _help_line(sub, "--name").endswith("A name.  [env: KEYSWAP_TEST_NAME]")
+    assert "env" not in _help_line(sub, "--plain")
     result = CliRunner().invoke(_tool, ["serve", "--help"])
     assert result.exit_code == 0
     assert "KEYSWAP_TEST_PORT" in result.output
     assert "KEYSWAP_TEST_NAME" in result.output
+
+
+def test_show_envvars_leaves_error_messages_alone() -> None:
+    @show_envvars
+    @click.command(cls=OneLineErrorsCommand)
+    @click.option("--ttl", envvar="KEYSWAP_TEST_TTL", type=Seconds(1))
+    def ttl_command(ttl: float | None) -> None:
+        """A command."""
+
+    result = CliRunner().invoke(ttl_command, ["--ttl", "0"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "Error: Invalid value for '--ttl': must be a number of seconds >= 1 (got '0')"
+    )
+    result = CliRunner().invoke(ttl_command, [], env={"KEYSWAP_TEST_TTL": "0"})
+    assert result.output.strip().endswith("(got '0') (from KEYSWAP_TEST_TTL)")

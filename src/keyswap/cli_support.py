@@ -58,14 +58,20 @@ class OneLineErrorsGroup(click.Group):
 def show_envvars(command: _Command) -> _Command:
     """Make ``--help`` name the environment variable of every option of ``command`` that has one.
 
-    Each such option's help then ends with click's ``[env var: KEYSWAP_X]`` (merged with the default:
-    ``[env var: KEYSWAP_PORT; default: 7878]``). Apply it as the outermost decorator of a command
-    (above ``@click.command``), or call it on a group once its subcommands are registered: it recurses
-    into the subcommands the group has at that moment. Returns ``command`` itself.
+    Appends ``[env: KEYSWAP_X]`` to each such option's help text (once, however often it is applied),
+    before click's own ``[default: ...]``. Apply it as the outermost decorator of a command (above
+    ``@click.command``), or call it on a group once its subcommands are registered: it recurses into
+    the subcommands the group has at that moment. Returns ``command`` itself.
+
+    (click's ``show_envvar=True`` is not used: from click 8.5 it also changes the error messages.)
     """
     for param in command.params:
-        if isinstance(param, click.Option) and param.envvar:
-            param.show_envvar = True
+        if not isinstance(param, click.Option) or not param.envvar:
+            continue
+        names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
+        note = f"[env: {', '.join(names)}]"
+        if note not in (param.help or ""):
+            param.help = f"{param.help}  {note}" if param.help else note
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             show_envvars(sub)
