@@ -129,7 +129,7 @@ class TestBadValues:
             assert record is not None
             entry = " ".join(" ".join(record).split())
             assert isinstance(option.envvar, str)
-            assert f"env var: {option.envvar}" in entry, entry
+            assert f"[env: {option.envvar}]" in entry, entry
             assert option.envvar in help_text
 
 
