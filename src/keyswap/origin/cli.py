@@ -174,7 +174,8 @@ def origin(
     """Run a protected API that answers every request with its verified JWT claims as JSON.
 
     Requests without a bearer token get 401 "No token provided", bad tokens 401 "Invalid token",
-    and 503 with Retry-After while no signing keys could be fetched yet.
+    and 503 with Retry-After while no signing keys could be fetched yet. GET /__keyswap/health
+    needs no token: 200 while the signing keys are held, 503 otherwise (for load balancers).
     """
     from keyswap.origin.app import create_app
     from keyswap.verifier.fetch import redact_url
