@@ -133,8 +133,8 @@ class KeySet:
         a failed attempt lookups answer ``KeysUnavailable`` at once while retries go on, and the set
         recovers by itself. While the set has never had keys, a lookup that finds no fetch running
         and the ``cooldown`` passed since the last fetch started fetches at once instead of waiting
-        for the next retry, and waits for that fetch like a first attempt (single flight: concurrent
-        lookups wait for the same fetch). A lookup on a set that was never started starts it. A set
+        for the next retry, and waits for that fetch (at most 1 s after failed attempts; single
+        flight: concurrent lookups wait for the same fetch). A lookup on a set that was never started starts it. A set
         left idle past ``max_stale`` (no failure seen) fetches and waits like a cold start.
     13. **Threads.** Fetches run on one daemon worker thread per key set; async callers await the
         fetch future through :func:`asyncio.wrap_future` (the event loop never blocks on I/O), sync
@@ -208,9 +208,8 @@ class KeySet:
         self._picked = False  # the worker has taken _inflight
         self._failures = 0
         self._had_keys = False  # a fetch has ever succeeded (rules 6 and 12: cold until then)
-        self._lookup_fetch = (
-            False  # _inflight was started by a lookup with no usable set: wait on it
-        )
+        # _inflight was started by a lookup that found no usable set: later lookups wait on it too.
+        self._lookup_fetch = False
         self._cold_warned_at = -math.inf  # real monotonic time of the last cold-failure WARNING
         self._retry_at: float | None = None  # real monotonic time of the next background retry
         self._last_fetch_started = -math.inf  # KeySet clock
