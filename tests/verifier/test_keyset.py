@@ -19,7 +19,7 @@ import pytest
 
 from keyswap.errors import ConfigError, JWKSFetchError, KeysUnavailable, UnknownKey
 from keyswap.verifier.fetch import FetchResult, JWKSFetcher
-from keyswap.verifier.keyset import KeySet
+from keyswap.verifier.keyset import KeySet, KeySetStatus
 from keyswap.verifier.metrics import Metrics
 from tests.support.forking import answer_from_forked_child
 from tests.support.jwks_server import JWKSServer
@@ -734,9 +734,15 @@ def test_a_cold_start_lookup_waits_at_most_the_fetch_timeout(
     assert time.monotonic() - started < 0.25
 
 
-def _fail_until(ks: KeySet, failures: int) -> None:
-    """Wait (real time, bounded) until ``ks`` has failed ``failures`` times and no fetch runs."""
-    wait_until(lambda: ks.status().failures >= failures and not ks.status().fetching)
+def _fail_until(ks: KeySet, failures: int) -> KeySetStatus:
+    """Wait (real time, bounded) for ``ks`` to fail ``failures`` times; its status between fetches."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        status = ks.status()
+        if status.failures >= failures and not status.fetching:
+            return status
+        assert time.monotonic() < deadline, "not enough failures"
+        time.sleep(0.005)
 
 
 def test_a_set_that_never_had_keys_retries_at_most_cold_retry_max_apart(
@@ -745,8 +751,7 @@ def test_a_set_that_never_had_keys_retries_at_most_cold_retry_max_apart(
     ks = make_keyset(retry_min=0.01, retry_max=60, cold_retry_max=0.05)
     jwks_server.serve(jwks(K1), status=503)
     ks.start()
-    _fail_until(ks, 8)  # without the cap the 8th wait would be 0.64-1.28 s
-    next_retry = ks.status().next_retry_in
+    next_retry = _fail_until(ks, 8).next_retry_in  # without the cap: 0.64-1.28 s after the 8th
     assert next_retry is not None
     assert next_retry <= 0.05
     jwks_server.serve(jwks(K1))
@@ -761,8 +766,7 @@ def test_once_a_set_has_had_keys_the_full_backoff_applies_again(
     jwks_server.behaviour.status = 503
     clock.advance(301)
     ks.get_key_sync("k1")  # stale: starts the refresh, which fails and retries by itself
-    _fail_until(ks, 6)  # the 6th wait is 0.16-0.32 s: past the cold cap
-    next_retry = ks.status().next_retry_in
+    next_retry = _fail_until(ks, 6).next_retry_in  # the 6th wait is 0.16-0.32 s: past the cold cap
     assert next_retry is not None
     assert next_retry > 0.05
 
