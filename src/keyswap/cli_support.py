@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from keyswap.durations import parse_duration
 from keyswap.errors import InvalidInput
 
-__all__ = ["OneLineErrorsCommand", "OneLineErrorsGroup", "OneLineUsageError", "Seconds"]
+__all__ = [
+    "OneLineErrorsCommand",
+    "OneLineErrorsGroup",
+    "OneLineUsageError",
+    "Seconds",
+    "show_envvars",
+]
+
+_Command = TypeVar("_Command", bound=click.Command)
 
 
 class OneLineUsageError(click.ClickException):
@@ -45,6 +53,29 @@ class OneLineErrorsGroup(click.Group):
     """A group whose subcommands are :class:`OneLineErrorsCommand` by default."""
 
     command_class = OneLineErrorsCommand
+
+
+def show_envvars(command: _Command) -> _Command:
+    """Make ``--help`` name the environment variable of every option of ``command`` that has one.
+
+    Appends ``[env: KEYSWAP_X]`` to each such option's help text (once, however often it is applied),
+    before click's own ``[default: ...]``. Apply it as the outermost decorator of a command (above
+    ``@click.command``), or call it on a group once its subcommands are registered: it recurses into
+    the subcommands the group has at that moment. Returns ``command`` itself.
+
+    (click's ``show_envvar=True`` is not used: from click 8.5 it also changes the error messages.)
+    """
+    for param in command.params:
+        if not isinstance(param, click.Option) or not param.envvar:
+            continue
+        names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
+        note = f"[env: {', '.join(names)}]"
+        if note not in (param.help or ""):
+            param.help = f"{param.help}  {note}" if param.help else note
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            show_envvars(sub)
+    return command
 
 
 class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2

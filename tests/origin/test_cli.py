@@ -8,11 +8,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import click
 import httpx
 import pytest
 from click.testing import CliRunner
 
 from keyswap.cli import main
+from keyswap.origin.cli import origin
 from tests.support import keys
 from tests.support.asgi import free_port
 from tests.support.jwks_server import JWKSServer, running_jwks_server
@@ -112,6 +114,23 @@ class TestBadValues:
             "--log-level",
         ):
             assert flag in text
+
+    def test_help_names_the_environment_variable_of_every_option_that_has_one(self) -> None:
+        ctx = click.Context(origin)
+        with_envvar = [
+            p for p in origin.get_params(ctx) if isinstance(p, click.Option) and p.envvar
+        ]
+        assert len(with_envvar) >= 13, with_envvar  # every option of `keyswap origin`
+        code, lines = run_cli("--help")
+        assert code == 0
+        help_text = " ".join(" ".join(lines).split())  # click wraps long entries
+        for option in with_envvar:
+            record = option.get_help_record(ctx)
+            assert record is not None
+            entry = " ".join(" ".join(record).split())
+            assert isinstance(option.envvar, str)
+            assert f"[env: {option.envvar}]" in entry, entry
+            assert option.envvar in help_text
 
 
 # -- end to end: `keyswap origin` as a real subprocess against a real JWKS server ---------------
@@ -225,6 +244,17 @@ class TestOriginProcess:
         )
         assert (response.status_code, response.json()["sub"]) == (200, "consumer-1")
 
+    def test_the_health_path_answers_without_a_token(self, running: Running) -> None:
+        response = running.origin.get(path="/__keyswap/health")
+        assert response.status_code == 200
+        assert response.headers["cache-control"] == "no-store"
+        assert response.json() == {
+            "status": "ok",
+            "issuers": [{"issuer": ISSUER, "usable": True, "keys": 1}],
+        }
+        head = httpx.head(running.origin.base + "/__keyswap/health", timeout=5)
+        assert (head.status_code, head.content) == (200, b"")
+
     def test_no_token_gets_401_no_token_provided(self, running: Running) -> None:
         response = running.origin.get()
         assert response.status_code == 401
@@ -274,6 +304,8 @@ def test_configured_by_environment_with_the_jwks_down_at_start_it_answers_503_th
         token = key.sign(claims(iss=ISSUER, aud=None))
         down = origin.get(token)
         assert down.status_code == 503
+        health = origin.get(path="/__keyswap/health")
+        assert (health.status_code, health.json()["status"]) == (503, "unavailable")
         assert int(down.headers["retry-after"]) >= 1
         assert down.text == "Signing keys temporarily unavailable"
 
@@ -286,6 +318,7 @@ def test_configured_by_environment_with_the_jwks_down_at_start_it_answers_503_th
             assert status in (200, 503)
         assert status == 200
         assert origin.get(token).json()["sub"] == "consumer-1"
+        assert origin.get(path="/__keyswap/health").json()["status"] == "ok"
     finally:
         log = assert_clean_exit(origin)
     assert token not in log

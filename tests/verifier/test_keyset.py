@@ -19,7 +19,7 @@ import pytest
 
 from keyswap.errors import ConfigError, JWKSFetchError, KeysUnavailable, UnknownKey
 from keyswap.verifier.fetch import FetchResult, JWKSFetcher
-from keyswap.verifier.keyset import KeySet
+from keyswap.verifier.keyset import KeySet, KeySetStatus
 from keyswap.verifier.metrics import Metrics
 from tests.support.forking import answer_from_forked_child
 from tests.support.jwks_server import JWKSServer
@@ -127,6 +127,7 @@ def test_a_non_http_url_is_refused_at_construction(url: str) -> None:
         {"max_stale": -1},
         {"retry_min": 0},
         {"retry_min": 5, "retry_max": 1},
+        {"cold_retry_max": 0},
         {"wait_timeout": 0},
         {"negative_cache_size": -1},
     ],
@@ -731,6 +732,157 @@ def test_a_cold_start_lookup_waits_at_most_the_fetch_timeout(
     with pytest.raises(KeysUnavailable):
         ks.get_key_sync("k1")  # ...but after a failed attempt nobody waits for it
     assert time.monotonic() - started < 0.25
+
+
+def _fail_until(ks: KeySet, failures: int) -> KeySetStatus:
+    """Wait (real time, bounded) for ``ks`` to fail ``failures`` times; its status between fetches."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        status = ks.status()
+        if status.failures >= failures and not status.fetching:
+            return status
+        assert time.monotonic() < deadline, "not enough failures"
+        time.sleep(0.005)
+
+
+def test_a_set_that_never_had_keys_retries_at_most_cold_retry_max_apart(
+    jwks_server: JWKSServer, make_keyset: MakeKeySet
+) -> None:
+    ks = make_keyset(retry_min=0.01, retry_max=60, cold_retry_max=0.05)
+    jwks_server.serve(jwks(K1), status=503)
+    ks.start()
+    next_retry = _fail_until(ks, 8).next_retry_in  # without the cap: 0.64-1.28 s after the 8th
+    assert next_retry is not None
+    assert next_retry <= 0.05
+    jwks_server.serve(jwks(K1))
+    wait_until(lambda: ks.has_kid("k1"), timeout=1.0)
+
+
+def test_once_a_set_has_had_keys_the_full_backoff_applies_again(
+    jwks_server: JWKSServer, make_keyset: MakeKeySet, clock: FakeClock
+) -> None:
+    ks = make_keyset(retry_min=0.01, retry_max=60, cold_retry_max=0.05)
+    warm(jwks_server, ks, K1)
+    jwks_server.behaviour.status = 503
+    clock.advance(301)
+    ks.get_key_sync("k1")  # stale: starts the refresh, which fails and retries by itself
+    next_retry = _fail_until(ks, 6).next_retry_in  # the 6th wait is 0.16-0.32 s: past the cold cap
+    assert next_retry is not None
+    assert next_retry > 0.05
+
+
+async def test_after_a_long_outage_since_start_the_next_request_fetches_and_gets_the_key(
+    jwks_server: JWKSServer, make_keyset: MakeKeySet, clock: FakeClock
+) -> None:
+    ks = make_keyset(retry_min=30, retry_max=60, cold_retry_max=30)  # no retry within the test
+    jwks_server.serve(jwks(K1), status=503)
+    ks.start()
+    with pytest.raises(KeysUnavailable):
+        await ks.get_key("k1")  # waits for the first attempt, which fails
+    for _ in range(20):  # within the cooldown of that attempt: at once, no fetch
+        with pytest.raises(KeysUnavailable):
+            ks.get_key_sync("k1")
+    assert jwks_server.count() == 1
+    clock.advance(3600)  # the gateway stays down for an hour, then comes up
+    jwks_server.serve(jwks(K1))
+    assert (await ks.get_key("k1")).kid == "k1"  # this request fetches and waits for it
+    assert ks.get_key_sync("k1").kid == "k1"
+    assert jwks_server.count() == 2
+    assert ks.status().failures == 0
+
+
+async def test_after_a_long_outage_since_start_concurrent_requests_share_one_fetch(
+    jwks_server: JWKSServer, make_keyset: MakeKeySet, clock: FakeClock
+) -> None:
+    ks = make_keyset(retry_min=30, retry_max=60, cold_retry_max=30)
+    jwks_server.serve(jwks(K1), status=503)
+    with pytest.raises(KeysUnavailable):
+        ks.get_key_sync("k1")
+    clock.advance(3600)
+    jwks_server.serve(jwks(K1), delay=0.2)
+    found: list[str] = []
+
+    def in_thread() -> None:
+        found.append(ks.get_key_sync("k1").kid)
+
+    threads = [threading.Thread(target=in_thread) for _ in range(8)]
+    tasks = [asyncio.create_task(ks.get_key("k1")) for _ in range(20)]
+    await asyncio.sleep(0)
+    for t in threads:
+        t.start()
+    keys = await asyncio.gather(*tasks)
+    for t in threads:
+        t.join(5)
+    assert [k.kid for k in keys] == ["k1"] * 20
+    assert found == ["k1"] * 8
+    assert jwks_server.count() == 2
+
+
+def test_a_request_started_retry_on_a_hanging_jwks_holds_requests_at_most_a_second(
+    jwks_server: JWKSServer, make_keyset: MakeKeySet, clock: FakeClock
+) -> None:
+    ks = make_keyset(timeout=3.0, retry_min=30, retry_max=60, cold_retry_max=30)
+    jwks_server.serve(jwks(K1), status=503)
+    with pytest.raises(KeysUnavailable):
+        ks.get_key_sync("k1")
+    clock.advance(3600)
+    jwks_server.serve(jwks(K1), delay=5.0)
+    started = time.monotonic()
+    with pytest.raises(KeysUnavailable) as info:
+        ks.get_key_sync("k1")
+    assert 0.8 < time.monotonic() - started < 1.6
+    assert info.value.retry_after == 1
+    started = time.monotonic()
+    with pytest.raises(KeysUnavailable):
+        ks.get_key_sync("k1")  # joins the same hanging fetch, with the same bound
+    assert time.monotonic() - started < 1.6
+    assert jwks_server.count() == 2
+
+
+def test_past_max_stale_after_having_keys_requests_add_no_fetches_while_a_retry_is_pending(
+    jwks_server: JWKSServer, make_keyset: MakeKeySet, clock: FakeClock
+) -> None:
+    ks = make_keyset(retry_min=30, retry_max=60, cold_retry_max=0.05, max_stale=600)
+    warm(jwks_server, ks, K1)
+    jwks_server.behaviour.status = 503
+    clock.advance(301)
+    with pytest.raises(JWKSFetchError):
+        ks.refresh_sync()
+    clock.advance(3600)  # past max_stale, and far past the cooldown
+    for _ in range(20):
+        with pytest.raises(KeysUnavailable):
+            ks.get_key_sync("k1")
+    assert jwks_server.count() == 2  # warm + the failed refresh: the long backoff is kept
+
+
+def test_failures_before_the_first_keys_are_warned_about_once_a_minute(
+    jwks_server: JWKSServer,
+    make_keyset: MakeKeySet,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ks = make_keyset(retry_min=0.01, retry_max=60, cold_retry_max=0.02)
+    jwks_server.serve(jwks(K1), status=503)
+    with caplog.at_level(logging.DEBUG, LOGGER):
+        ks.start()
+        _fail_until(ks, 5)
+        jwks_server.serve(jwks(K1))
+        wait_until(lambda: ks.has_kid("k1"))
+        jwks_server.behaviour.status = 503
+        clock.advance(301)
+        for _ in range(2):
+            with pytest.raises(JWKSFetchError):
+                ks.refresh_sync()
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    ok = next(i for i, (_, m) in enumerate(messages) if m.startswith("JWKS fetch ok"))
+    cold = [(lvl, m) for lvl, m in messages[:ok] if m.startswith("JWKS fetch failed")]
+    warm_ = [lvl for lvl, m in messages[ok:] if m.startswith("JWKS fetch failed")]
+    assert cold[0][0] == logging.WARNING
+    assert "(failure 1)" in cold[0][1]
+    assert len(cold) >= 5
+    assert {lvl for lvl, _ in cold[1:]} == {logging.DEBUG}
+    assert len(warm_) >= 2
+    assert set(warm_) == {logging.WARNING}  # once it has had keys, every failure warns
 
 
 def test_an_idle_set_past_max_stale_fetches_again_before_answering(

@@ -4,6 +4,10 @@ It is a tiny pure-ASGI app behind :class:`~keyswap.verifier.asgi.JWTAuthMiddlewa
 discards the request body, then answers ``200`` with ``application/json``. A websocket (authenticated
 by the middleware at the handshake) is accepted, sent the claims as one text message, and closed.
 
+``GET`` or ``HEAD`` on the health path (:data:`HEALTH_PATH` by default) is answered without a token,
+for load balancers: ``200 {"status": "ok", ...}`` while the verifier holds usable signing keys for
+every issuer, ``503 {"status": "unavailable", ...}`` otherwise (see :func:`health`).
+
 With ``manage_verifier=True`` (the default) the app owns the verifier's lifetime through the ASGI
 lifespan: ``verifier.start()`` at start-up (non-blocking: the JWKS is fetched in the background, so
 start-up never fails because the JWKS is down) and ``verifier.close()`` at shutdown.
@@ -15,8 +19,9 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
+from keyswap.errors import ConfigError
 from keyswap.verifier.asgi import (
     CLAIMS_SCOPE_KEY,
     ASGIApp,
@@ -26,10 +31,16 @@ from keyswap.verifier.asgi import (
     Send,
     TokenVerifier,
 )
+from keyswap.verifier.keyset import KeySet
+from keyswap.verifier.verify import IssuerConfig
 
-__all__ = ["ManagedVerifier", "create_app"]
+__all__ = ["HEALTH_PATH", "KeyStatusSource", "ManagedVerifier", "create_app", "health"]
+
+#: The default health path of the origin app: answered without a token.
+HEALTH_PATH = "/__keyswap/health"
 
 _JSON = (b"content-type", b"application/json")
+_NO_STORE = (b"cache-control", b"no-store")
 
 logger = logging.getLogger("keyswap.origin")
 
@@ -46,6 +57,37 @@ class ManagedVerifier(TokenVerifier, Protocol):
         ...
 
 
+@runtime_checkable
+class KeyStatusSource(Protocol):
+    """A verifier that can report its key sets (``keyswap.verifier.Verifier`` is one)."""
+
+    @property
+    def issuers(self) -> tuple[IssuerConfig, ...]:
+        """The configured issuers."""
+        ...
+
+    def keyset(self, issuer: str) -> KeySet:
+        """The key set of ``issuer``."""
+        ...
+
+
+def health(verifier: object) -> tuple[bool, dict[str, Any]]:
+    """Whether ``verifier`` holds usable signing keys for every issuer, and the health body.
+
+    The body is ``{"status": "ok" | "unavailable", "issuers": [{"issuer", "usable", "keys"}]}``:
+    public facts only (no JWKS URL, no key material). An issuer is usable while its key set is
+    fresh or stale within ``max_stale`` (it answers lookups from the cache). A verifier that does not
+    report key sets (not a :class:`KeyStatusSource`) is healthy with an empty ``issuers`` list.
+    """
+    issuers: list[dict[str, Any]] = []
+    if isinstance(verifier, KeyStatusSource):
+        for config in verifier.issuers:
+            status = verifier.keyset(config.issuer).status()
+            issuers.append({"issuer": config.issuer, "usable": status.usable, "keys": status.keys})
+    ok = all(item["usable"] for item in issuers)
+    return ok, {"status": "ok" if ok else "unavailable", "issuers": issuers}
+
+
 def create_app(
     verifier: ManagedVerifier,
     *,
@@ -53,6 +95,7 @@ def create_app(
     exempt_paths: Iterable[str] = (),
     error_descriptions: bool = True,
     manage_verifier: bool = True,
+    health_path: str | None = HEALTH_PATH,
 ) -> ASGIApp:
     """The origin app: ``JWTAuthMiddleware`` around an app that echoes the verified claims.
 
@@ -62,23 +105,38 @@ def create_app(
         exempt_paths: paths served without a token (they answer ``{}``); see ``JWTAuthMiddleware``.
         error_descriptions: send ``error_description`` in challenges.
         manage_verifier: start the verifier at lifespan start-up and close it at shutdown.
+        health_path: answered without a token with the verifier's :func:`health` (``200``/``503``,
+            JSON) to ``GET`` and ``HEAD``, ``405`` to other methods; ``None`` turns it off.
 
     Raises:
-        ConfigError: a bad realm or exempt path.
+        ConfigError: a bad realm, exempt path or health path.
     """
-    inner = _EchoClaims(verifier if manage_verifier else None)
+    exempt = list(exempt_paths)
+    if health_path is not None:
+        if (
+            not isinstance(health_path, str)
+            or not health_path.startswith("/")
+            or "*" in health_path
+        ):
+            raise ConfigError(f"health path must start with '/' and have no '*': {health_path!r}")
+        exempt.append(health_path)
+    inner = _EchoClaims(verifier if manage_verifier else None, verifier, health_path)
     return JWTAuthMiddleware(
         inner,
         verifier=verifier,
         realm=realm,
-        exempt_paths=exempt_paths,
+        exempt_paths=exempt,
         error_descriptions=error_descriptions,
     )
 
 
 class _EchoClaims:
-    def __init__(self, verifier: ManagedVerifier | None) -> None:
+    def __init__(
+        self, verifier: ManagedVerifier | None, reporter: object, health_path: str | None
+    ) -> None:
         self.verifier = verifier
+        self.reporter = reporter
+        self.health_path = health_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -101,19 +159,26 @@ class _EchoClaims:
                 return
             if not message.get("more_body", False):
                 break
-        body = self._encode(scope)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [_JSON, (b"content-length", str(len(body)).encode("ascii"))],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        if self.health_path is not None and scope["path"] == self.health_path:
+            await self._health(scope, send)
+            return
+        await _send_json(send, 200, self._encode(scope))
+
+    async def _health(self, scope: Scope, send: Send) -> None:
+        if scope.get("method") not in ("GET", "HEAD"):
+            body = b'{"error":"method not allowed"}'
+            await _send_json(send, 405, body, (b"allow", b"GET, HEAD"), _NO_STORE)
+            return
+        ok, report = health(self.reporter)
+        body = json.dumps(report, separators=(",", ":"), ensure_ascii=False).encode()
+        await _send_json(send, 200 if ok else 503, body, _NO_STORE)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
         if message["type"] != "websocket.connect":
+            return
+        if self.health_path is not None and scope["path"] == self.health_path:
+            await send({"type": "websocket.close", "code": 1008})  # an HTTP path only
             return
         await send({"type": "websocket.accept"})
         await send({"type": "websocket.send", "text": self._encode(scope).decode()})
@@ -141,3 +206,11 @@ class _EchoClaims:
                     return
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _send_json(send: Send, status: int, body: bytes, *headers: tuple[bytes, bytes]) -> None:
+    length = (b"content-length", str(len(body)).encode("ascii"))
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [_JSON, length, *headers]}
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -3,8 +3,8 @@
 Every option can also be set by an environment variable (``KEYSWAP_JWKS_URL``, ``KEYSWAP_ISSUER``,
 ``KEYSWAP_AUDIENCE``, ``KEYSWAP_ALGORITHMS``, ``KEYSWAP_HOST``, ``KEYSWAP_PORT``, ``KEYSWAP_LEEWAY``,
 ``KEYSWAP_JWKS_CACHE_TTL``, ``KEYSWAP_JWKS_COOLDOWN``, ``KEYSWAP_REALM``, ``KEYSWAP_LOG_LEVEL``,
-``KEYSWAP_ACCESS_LOG``, ``KEYSWAP_SERVER``); a flag wins over its variable. A bad value prints one
-``Error: ...`` line and exits with status 2 before anything is served.
+``KEYSWAP_ACCESS_LOG``, ``KEYSWAP_SERVER``), which ``--help`` names; a flag wins over its variable.
+A bad value prints one ``Error: ...`` line and exits with status 2 before anything is served.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from keyswap.cli_support import OneLineErrorsCommand, OneLineUsageError, Seconds
+from keyswap.cli_support import OneLineErrorsCommand, OneLineUsageError, Seconds, show_envvars
 from keyswap.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -87,6 +87,7 @@ _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _SERVERS = ("uvicorn", "granian")
 
 
+@show_envvars
 @click.command(
     cls=OneLineErrorsCommand,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -173,7 +174,8 @@ def origin(
     """Run a protected API that answers every request with its verified JWT claims as JSON.
 
     Requests without a bearer token get 401 "No token provided", bad tokens 401 "Invalid token",
-    and 503 with Retry-After while no signing keys could be fetched yet.
+    and 503 with Retry-After while no signing keys could be fetched yet. GET /__keyswap/health
+    needs no token: 200 while the signing keys are held, 503 otherwise (for load balancers).
     """
     from keyswap.origin.app import create_app
     from keyswap.verifier.fetch import redact_url

@@ -34,6 +34,16 @@ _FetchFuture = concurrent.futures.Future[_Outcome]
 #: Most (kid, reason) pairs remembered for "log each skipped key once"; the memory is reset beyond it.
 _SKIP_LOG_MEMORY = 4096
 
+#: While a set has never had keys, a failed fetch is logged at WARNING at most this often (real
+#: seconds); the failures in between are logged at DEBUG (rule 6).
+_COLD_WARN_EVERY = 60.0
+
+#: Longest a lookup waits for a fetch that a lookup started after failed attempts (rule 12): a JWKS
+#: that is back answers well within it; one that hangs does not hold requests for the fetch timeout.
+_RETRY_LOOKUP_WAIT = 1.0
+
+_Wait = tuple[_FetchFuture, float]  # the fetch a lookup waits for, and for how long at most
+
 
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
@@ -100,7 +110,11 @@ class KeySet:
        :class:`~keyswap.errors.UnknownKey`.
     6. **Backoff.** After a failure the set retries in the background with exponential backoff
        (``retry_min`` doubling up to ``retry_max``, with jitter) until a fetch succeeds; lookups do not
-       add fetches while a retry is pending.
+       add fetches while a retry is pending. While the set has **never had keys** the backoff is
+       capped at ``cold_retry_max`` (default 1 s, so a retry comes every 0.5-1 s) and lookups may add
+       fetches (rule 12), so a service started before its issuer serves within about a second of
+       the JWKS becoming reachable; such failures are logged at WARNING at most once a minute (DEBUG
+       in between). Once the set has had keys, the full backoff applies.
     7. **Unknown kid.** A kid missing from a usable set triggers a refetch at most once per
        ``cooldown`` (default 10 s, at least 1 s), counted from the start of the last fetch of any kind;
        the lookup waits for that fetch (bounded by the fetch timeout) and looks again. Within the
@@ -117,8 +131,11 @@ class KeySet:
     12. **Cold start.** :meth:`start` never blocks or fails: it starts the first fetch in the
         background. A lookup during the first attempt waits for it (bounded by the fetch timeout); after
         a failed attempt lookups answer ``KeysUnavailable`` at once while retries go on, and the set
-        recovers by itself. A lookup on a set that was never started starts it. A set left idle past
-        ``max_stale`` (no failure seen) fetches and waits like a cold start.
+        recovers by itself. While the set has never had keys, a lookup that finds no fetch running
+        and the ``cooldown`` passed since the last fetch started fetches at once instead of waiting
+        for the next retry, and waits for that fetch (at most 1 s after failed attempts; single
+        flight: concurrent lookups wait for the same fetch). A lookup on a set that was never started starts it. A set
+        left idle past ``max_stale`` (no failure seen) fetches and waits like a cold start.
     13. **Threads.** Fetches run on one daemon worker thread per key set; async callers await the
         fetch future through :func:`asyncio.wrap_future` (the event loop never blocks on I/O), sync
         callers wait on it with a timeout. :meth:`close` stops the worker.
@@ -141,6 +158,7 @@ class KeySet:
         max_stale: float = 3600,
         retry_min: float = 1,
         retry_max: float = 60,
+        cold_retry_max: float = 1,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
         on_keys_removed: Callable[[set[str]], None] | None = None,
@@ -156,6 +174,7 @@ class KeySet:
         _check("max_stale", max_stale, low=0)
         _check("retry_min", retry_min, low=0, strict=True)
         _check("retry_max", retry_max, low=retry_min)
+        _check("cold_retry_max", cold_retry_max, low=0, strict=True)
         if wait_timeout is not None:
             _check("wait_timeout", wait_timeout, low=0, strict=True)
         if negative_cache_size < 0:
@@ -171,6 +190,7 @@ class KeySet:
         self._max_stale = float(max_stale)
         self._retry_min = float(retry_min)
         self._retry_max = float(retry_max)
+        self._cold_retry_max = float(cold_retry_max)
         self._clock = clock
         self._metrics = metrics if metrics is not None else Metrics()
         self._on_keys_removed = on_keys_removed
@@ -187,6 +207,10 @@ class KeySet:
         self._inflight: _FetchFuture | None = None
         self._picked = False  # the worker has taken _inflight
         self._failures = 0
+        self._had_keys = False  # a fetch has ever succeeded (rules 6 and 12: cold until then)
+        # _inflight was started by a lookup that found no usable set: later lookups wait on it too.
+        self._lookup_fetch = False
+        self._cold_warned_at = -math.inf  # real monotonic time of the last cold-failure WARNING
         self._retry_at: float | None = None  # real monotonic time of the next background retry
         self._last_fetch_started = -math.inf  # KeySet clock
         self._negative: OrderedDict[str, None] = OrderedDict()
@@ -236,15 +260,16 @@ class KeySet:
         step = self._decide(kid)
         if isinstance(step, VerificationKey):
             return step
+        fut, bound = step
         outcome: _Outcome = None
         timed_out = False
-        if not step.done():
-            waiter = asyncio.wrap_future(step)
+        if not fut.done():
+            waiter = asyncio.wrap_future(fut)
             # asyncio.wait never cancels `waiter`; cancelling it would cancel the shared future.
-            done, _ = await asyncio.wait({waiter}, timeout=self._wait_timeout)
+            done, _ = await asyncio.wait({waiter}, timeout=bound)
             timed_out = not done
         if not timed_out:
-            outcome = step.result()
+            outcome = fut.result()
         return self._after_wait(kid, confirmed=not timed_out and outcome is None)
 
     def get_key_sync(self, kid: str) -> VerificationKey:
@@ -261,8 +286,9 @@ class KeySet:
         step = self._decide(kid)
         if isinstance(step, VerificationKey):
             return step
+        fut, bound = step
         try:
-            outcome = step.result(timeout=self._wait_timeout)
+            outcome = fut.result(timeout=bound)
         except concurrent.futures.TimeoutError:
             return self._after_wait(kid, confirmed=False)
         return self._after_wait(kid, confirmed=outcome is None)
@@ -324,8 +350,8 @@ class KeySet:
 
     # ---------------------------------------------------------------- lookup policy
 
-    def _decide(self, kid: str) -> VerificationKey | _FetchFuture:
-        """Slow path: answer, raise, or return the fetch future to wait on before looking again."""
+    def _decide(self, kid: str) -> VerificationKey | _Wait:
+        """Slow path: answer, raise, or return the fetch to wait on (and how long) before looking again."""
         now = self._clock()
         snap = self._snap
         key = snap.keys.get(kid)
@@ -342,16 +368,25 @@ class KeySet:
                     if now - self._last_fetch_started < self._cooldown:
                         raise UnknownKey("no key with this kid in the issuer's key set")
                     fut = self._begin_locked(now)
-            return fut
+            return fut, self._wait_timeout
         with self._cond:  # no usable set: cold start, idle past max_stale, or an outage
             fut = self._inflight
             if fut is not None:
                 if self._failures == 0:
-                    return fut
+                    return fut, self._wait_timeout
+                if self._lookup_fetch:
+                    return fut, min(self._wait_timeout, _RETRY_LOOKUP_WAIT)
                 raise self._unavailable_locked()
-            if self._retry_at is not None or self._closed:
+            if self._closed:
                 raise self._unavailable_locked()
-            return self._begin_locked(now)
+            if self._retry_at is not None:
+                cold_and_cooled = (
+                    not self._had_keys and now - self._last_fetch_started >= self._cooldown
+                )
+                if not cold_and_cooled:
+                    raise self._unavailable_locked()
+            bound = self._wait_timeout if self._failures == 0 else _RETRY_LOOKUP_WAIT
+            return self._begin_locked(now, by_lookup=True), min(self._wait_timeout, bound)
 
     def _after_wait(self, kid: str, *, confirmed: bool) -> VerificationKey:
         """Look again after waiting for a fetch; ``confirmed``: it succeeded, so a miss is final."""
@@ -398,7 +433,7 @@ class KeySet:
         if self._retry_at is not None:
             wait = self._retry_at - time.monotonic()
         elif self._inflight is not None:
-            wait = self._wait_timeout
+            wait = self._wait_timeout if self._had_keys else _RETRY_LOOKUP_WAIT
         else:
             wait = 1.0
         return KeysUnavailable(
@@ -414,12 +449,16 @@ class KeySet:
 
     # ---------------------------------------------------------------- worker
 
-    def _begin_locked(self, now: float) -> _FetchFuture:
-        """Request a fetch (caller holds the lock and checked that none is in flight)."""
+    def _begin_locked(self, now: float, *, by_lookup: bool = False) -> _FetchFuture:
+        """Request a fetch (caller holds the lock and checked that none is in flight).
+
+        ``by_lookup``: a lookup with no usable set asked for it and waits; later lookups wait too.
+        """
         if self._closed:
             raise self._unavailable_locked()
         fut: _FetchFuture = concurrent.futures.Future()
         self._inflight = fut
+        self._lookup_fetch = by_lookup
         self._picked = False
         self._retry_at = None
         self._last_fetch_started = now
@@ -501,6 +540,7 @@ class KeySet:
             self._snap = _Snapshot(keys, now + ttl, now + ttl + self._max_stale)
             recovered = self._failures
             self._failures = 0
+            self._had_keys = True
             self._retry_at = None
             removed = set(old.keys) - set(keys)
             self._negative.clear()
@@ -523,18 +563,30 @@ class KeySet:
     def _failed(self, exc: JWKSFetchError) -> None:
         with self._cond:
             self._failures += 1
-            base = self._retry_min * 2 ** min(self._failures - 1, 40)
-            delay = min(self._retry_max, base) * random.uniform(0.5, 1.0)
-            self._retry_at = time.monotonic() + delay
+            failures = self._failures
+            cap = self._retry_max if self._had_keys else min(self._retry_max, self._cold_retry_max)
+            base = self._retry_min * 2 ** min(failures - 1, 40)
+            delay = min(cap, base) * random.uniform(0.5, 1.0)
+            real_now = time.monotonic()
+            self._retry_at = real_now + delay
             kept = len(self._snap.keys)
+            level = logging.WARNING
+            if not self._had_keys:  # short retries: do not log every one of them (rule 6)
+                if real_now - self._cold_warned_at < _COLD_WARN_EVERY:
+                    level = logging.DEBUG
+                else:
+                    self._cold_warned_at = real_now
         self._metrics.inc("jwks_fetch_failures", issuer=self.name, reason=exc.kind)
-        log.warning(
-            "JWKS fetch failed: url=%s reason=%s (%s); keeping %d cached keys; retry in %.2fs",
+        log.log(
+            level,
+            "JWKS fetch failed: url=%s reason=%s (%s); keeping %d cached keys; retry in %.2fs"
+            " (failure %d)",
             self.name,
             exc.kind,
             exc.reason,
             kept,
             delay,
+            failures,
         )
 
     def _log_skipped(self, skipped: list[SkippedKey]) -> None:
