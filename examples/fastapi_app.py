@@ -2,8 +2,8 @@
 
     KEYSWAP_ISSUER=... KEYSWAP_JWKS_URL=... KEYSWAP_AUDIENCE=... uvicorn examples.fastapi_app:app
 
-`GET /claims` answers the verified claims as JSON; `GET /orders` also needs the `orders:read` scope;
-`/docs` has an Authorize button for the bearer token.
+`GET /claims` answers the verified claims as JSON; `GET /orders` also needs the `orders:read` scope,
+`POST /orders` the `orders:write` scope; `/docs` has an Authorize button for the bearer token.
 """
 
 import os
@@ -41,3 +41,10 @@ async def orders(
     token: Annotated[TokenClaims, Security(auth, scopes=["orders:read"])],
 ) -> dict[str, Any]:
     return {"orders": [], "consumer": token.sub}
+
+
+@app.post("/orders", status_code=201)
+async def create_order(
+    token: Annotated[TokenClaims, Security(auth, scopes=["orders:write"])],
+) -> dict[str, Any]:
+    return {"created": True, "consumer": token.sub}

@@ -3,7 +3,8 @@
     KEYSWAP_ISSUER=... KEYSWAP_JWKS_URL=... KEYSWAP_AUDIENCE=... flask --app examples.flask_app run
 
 Every path except `/health` needs a valid token; `/claims` answers the verified claims as JSON;
-`/orders` also needs the `orders:read` scope. The verifier is built from the `KEYSWAP_*` settings.
+`GET /orders` also needs the `orders:read` scope, `POST /orders` the `orders:write` scope. The verifier
+is built from the `KEYSWAP_*` settings.
 """
 
 from __future__ import annotations
@@ -34,3 +35,9 @@ def claims() -> Any:
 @require_token(scopes=["orders:read"])
 def orders() -> Any:
     return jsonify(orders=[], consumer=g.keyswap_claims["sub"])
+
+
+@app.post("/orders")
+@require_token(scopes=["orders:write"])
+def create_order() -> Any:
+    return jsonify(created=True, consumer=g.keyswap_claims["sub"]), 201

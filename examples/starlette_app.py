@@ -3,7 +3,8 @@
     KEYSWAP_ISSUER=... KEYSWAP_JWKS_URL=... KEYSWAP_AUDIENCE=... uvicorn examples.starlette_app:app
 
 Every path except `/health` needs a valid token (the ASGI middleware); `/claims` answers the verified
-claims as JSON; `/orders` also needs the `orders:read` scope.
+claims as JSON; `GET /orders` also needs the `orders:read` scope, `POST /orders` the `orders:write`
+scope.
 """
 
 from __future__ import annotations
@@ -42,8 +43,19 @@ async def orders(request: Request) -> JSONResponse:
     return JSONResponse({"orders": [], "consumer": (get_claims(request) or {}).get("sub")})
 
 
+@requires_scopes("orders:write")
+async def create_order(request: Request) -> JSONResponse:
+    consumer = (get_claims(request) or {}).get("sub")
+    return JSONResponse({"created": True, "consumer": consumer}, status_code=201)
+
+
 app = Starlette(
-    routes=[Route("/health", health), Route("/claims", claims), Route("/orders", orders)],
+    routes=[
+        Route("/health", health),
+        Route("/claims", claims),
+        Route("/orders", orders, methods=["GET"]),
+        Route("/orders", create_order, methods=["POST"]),
+    ],
     middleware=[Middleware(JWTAuthMiddleware, verifier=verifier, exempt_paths=["/health"])],
     lifespan=verifier_lifespan(verifier),
 )

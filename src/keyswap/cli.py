@@ -26,6 +26,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "keys": ("keyswap.gateway.cli:keys", "gateway", "Manage consumers' API keys."),
     "signing-keys": ("keyswap.gateway.cli:signing_keys", "gateway", "Manage JWT signing keys."),
     "db": ("keyswap.gateway.cli:db", "gateway", "Database schema commands."),
+    "tokens": (
+        "keyswap.gateway.cli_tokens:tokens",
+        "gateway",
+        "Mint tokens as the gateway would (test an origin).",
+    ),
 }
 
 

@@ -88,7 +88,7 @@ def test_consumers_can_be_created_listed_updated_and_deleted(db: str) -> None:
     assert "Created consumer 'beta'." in ok("consumers", "create", "beta", "--db", db).stdout
 
     listed = ok("consumers", "list", "--db", db).stdout
-    assert listed.splitlines()[0].split() == ["NAME", "CREATED", "RATE_LIMIT", "METADATA"]
+    assert listed.splitlines()[0].split() == ["NAME", "CREATED", "RATE_LIMIT", "SCOPES", "METADATA"]
     assert '{"tier":"gold"}' in listed
     assert [c["name"] for c in as_json(ok("consumers", "list", "--json", "--db", db))] == [
         "acme",
@@ -214,6 +214,7 @@ def test_keys_list_shows_ids_hints_and_status_without_secrets(db: str) -> None:
         "REVOKED",
         "LAST",
         "USED",
+        "SCOPES",
     ]
     assert len(table) == 2
     assert first["id"] in table[1]
@@ -231,6 +232,8 @@ def test_keys_list_shows_ids_hints_and_status_without_secrets(db: str) -> None:
         "revoked_at",
         "last_used_at",
         "replaced_by",
+        "scopes",
+        "effective_scopes",
     }
 
 
@@ -347,9 +350,9 @@ def test_the_token_ttl_for_pruning_can_come_from_the_gateways_variable(db: str) 
 
 
 def test_db_upgrade_creates_the_schema(db: str) -> None:
-    assert "from an empty database to revision 0002" in ok("db", "upgrade", "--db", db).stdout
+    assert "from an empty database to revision 0003" in ok("db", "upgrade", "--db", db).stdout
     assert Path(db).exists()
-    assert "up to date (revision 0002" in ok("db", "upgrade", "--db", db).stdout
+    assert "up to date (revision 0003" in ok("db", "upgrade", "--db", db).stdout
 
 
 def test_the_default_database_lives_in_keyswap_data_dir_with_its_secret(tmp_path: Path) -> None:

@@ -185,3 +185,33 @@ def test_es256_signature_is_the_raw_64_byte_form() -> None:
 def test_token_ttl_out_of_range_is_a_config_error(ttl: Any) -> None:
     with pytest.raises(ConfigError):
         TokenMinter(ActiveKey(_key()), issuer=ISSUER, audience=AUDIENCE, ttl=ttl)
+
+
+@dataclass(frozen=True)
+class ScopedPrincipal:
+    key_id: str
+    consumer: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    scopes: tuple[str, ...] = ()
+
+
+def _claims(token: str) -> dict[str, Any]:
+    decoded: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return decoded
+
+
+def test_scopes_are_minted_as_one_space_separated_scope_claim_and_omitted_when_none() -> None:
+    minter = _minter(ActiveKey(_key()), Clock())
+    scoped = minter.token_for(ScopedPrincipal("key_a", "acme", scopes=("orders:read", "x:y")))
+    assert _claims(scoped.token)["scope"] == "orders:read x:y"
+    assert "scope" not in _claims(minter.token_for(ScopedPrincipal("key_b", "acme")).token)
+    assert "scope" not in _claims(minter.token_for(Principal("key_c", "acme")).token)
+
+
+def test_a_change_of_scopes_re_mints_at_once() -> None:
+    minter = _minter(ActiveKey(_key()), Clock())
+    first = minter.token_for(ScopedPrincipal("key_a", "acme", scopes=("a", "b")))
+    assert minter.token_for(ScopedPrincipal("key_a", "acme", scopes=("a", "b"))) is first
+    narrowed = minter.token_for(ScopedPrincipal("key_a", "acme", scopes=("a",)))
+    assert narrowed is not first
+    assert _claims(narrowed.token)["scope"] == "a"

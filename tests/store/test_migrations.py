@@ -98,7 +98,7 @@ def test_a_store_refuses_a_postgresql_schema_that_is_behind(pg_url: str) -> None
     _downgrade(store, "0001")
     store.close()
     with pytest.raises(
-        ConfigError, match=r"revision 0001.*needs revision 0002.*keyswap db upgrade"
+        ConfigError, match=r"revision 0001.*needs revision 0003.*keyswap db upgrade"
     ):
         Store(pg_url)
 
@@ -180,10 +180,53 @@ def test_a_sqlite_database_from_before_migrations_is_adopted_and_upgraded(tmp_pa
     finally:
         store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
 
 
 def test_migrations_ship_inside_the_package() -> None:
     versions = sorted(p.name for p in (migrate.MIGRATIONS_DIR / "versions").glob("*.py"))
-    assert versions == ["0001_initial.py", "0002_consumer_rate_limit.py"]
+    assert versions == ["0001_initial.py", "0002_consumer_rate_limit.py", "0003_scopes.py"]
     assert (migrate.MIGRATIONS_DIR / "env.py").is_file()
+
+
+def test_0003_adds_scopes_and_keeps_consumers_and_keys_both_ways(any_url: str) -> None:
+    store = Store(any_url, schema="upgrade")
+    try:
+        _downgrade(store, "0002")
+        with store.engine.begin() as conn:
+            assert "scopes" not in {c["name"] for c in sa.inspect(conn).get_columns("api_keys")}
+            conn.execute(
+                sa.text(
+                    "INSERT INTO consumers (name, metadata, created_at, rate_limit) "
+                    "VALUES ('acme', '{}', 1.0, '5/1s')"
+                )
+            )
+            consumer_id = conn.execute(sa.text("SELECT id FROM consumers")).scalar_one()
+            conn.execute(
+                sa.text(
+                    "INSERT INTO api_keys (id, consumer_id, digest, hint, created_at) "
+                    "VALUES ('key_old', :cid, :digest, 'ks_...abcd', 1.0)"
+                ),
+                {"cid": consumer_id, "digest": b"d" * 32},
+            )
+        upgraded = Store(any_url, schema="upgrade")
+        try:
+            assert upgraded.schema_change == ("0002", "0003")
+            consumer = upgraded.get_consumer("acme")
+            assert consumer is not None
+            assert (consumer.scopes, consumer.rate_limit) == ((), "5/1s")
+            (key,) = upgraded.list_api_keys()
+            assert (key.id, key.scopes, key.effective_scopes) == ("key_old", None, ())
+            upgraded.set_consumer_scopes("acme", ["orders:read"])
+            assert upgraded.list_api_keys()[0].effective_scopes == ("orders:read",)
+        finally:
+            upgraded.close()
+        _downgrade(store, "0002")
+        with store.engine.connect() as conn:
+            names = {c["name"] for c in sa.inspect(conn).get_columns("consumers")}
+            assert "scopes" not in names
+            assert "rate_limit" in names
+            keys = conn.execute(sa.text("SELECT id FROM api_keys")).scalars().all()
+        assert keys == ["key_old"]  # dropping the columns did not cascade to the keys
+    finally:
+        store.close()

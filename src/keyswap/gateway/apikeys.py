@@ -6,7 +6,8 @@ CRC32 of the random part, base62 encoded to 6 characters (as GitHub's tokens do)
 mistyped key is refused without a lookup and secret scanners can match keys with :data:`KEY_REGEX`.
 
 The key is shown once, at creation. The store keeps only HMAC-SHA-256(subkey, key), the key's public id
-(``key_`` + 12 base62, random, unrelated to the key) and a hint (prefix and last 4 characters).
+(``key_`` + 12 base62, random, unrelated to the key), a hint (prefix and last 4 characters) and the key's
+own scopes, if it has any (else it has its consumer's; a rolled key's replacement keeps them).
 
 Authentication (:meth:`ApiKeys.authenticate`) refuses every bad key the same way:
 ``InvalidApiKey("Invalid API key")`` for malformed, unknown, revoked and expired alike. The HMAC is
@@ -33,7 +34,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -147,6 +148,8 @@ class Principal:
     """Who a valid API key belongs to. ``metadata`` is read-only and shared: do not mutate it.
 
     ``rate_limit`` is the consumer's own limit as stored (``None``: the gateway's default).
+    ``scopes`` are the key's effective scopes (its own within its consumer's, or its consumer's; see
+    :func:`keyswap.store.models.effective_scopes`): the ``scope`` claim of minted tokens.
     """
 
     key_id: str
@@ -154,6 +157,7 @@ class Principal:
     consumer_id: int
     metadata: Mapping[str, Any]
     rate_limit: str | None = None
+    scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,13 +293,22 @@ class ApiKeys:
     # -- management ---------------------------------------------------------------------------------
 
     def create(
-        self, consumer: str, *, expires_in: float | None = None, now: float | None = None
+        self,
+        consumer: str,
+        *,
+        expires_in: float | None = None,
+        scopes: Iterable[str] | None = None,
+        now: float | None = None,
     ) -> tuple[ApiKeyRecord, str]:
         """Create a key for ``consumer``; returns the record and the key (shown once, never stored).
 
+        ``scopes``: the key's own scopes, each one its consumer's (``None``: the key has whatever scopes
+        its consumer has, now and later).
+
         Raises:
             NotFound: no such consumer.
-            InvalidInput: ``expires_in`` is not a positive number of seconds.
+            InvalidInput: ``expires_in`` is not a positive number of seconds; a bad scope, or one the
+                consumer does not have.
         """
         now = self._clock() if now is None else now
         if expires_in is not None and not (math.isfinite(expires_in) and expires_in > 0):
@@ -312,6 +325,7 @@ class ApiKeys:
                     hint=self._hint(key),
                     created_at=now,
                     expires_at=expires_at,
+                    scopes=None if scopes is None else tuple(scopes),
                 )
             except AlreadyExists:  # pragma: no cover - a 71-bit id collision
                 continue
@@ -488,5 +502,6 @@ def _entry(record: ApiKeyRecord, consumer: Consumer) -> _Entry:
         consumer_id=consumer.id,
         metadata=MappingProxyType(dict(consumer.metadata)),
         rate_limit=consumer.rate_limit,
+        scopes=record.effective_scopes,
     )
     return _Entry(record, principal)

@@ -77,6 +77,7 @@ __all__ = [
     "KeyringLike",
     "WatcherLike",
     "build_gateway",
+    "token_audience",
 ]
 
 logger = logging.getLogger("keyswap.gateway")
@@ -114,6 +115,21 @@ class WatcherLike(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+def token_audience(audience: str | None, upstream: str | None) -> str:
+    """The ``aud`` of minted tokens: ``audience`` if given, else the upstream URL (the gateway's default).
+
+    Raises:
+        ConfigError: neither is given.
+    """
+    chosen = (audience or "").strip() or (upstream or "").strip()
+    if not chosen:
+        raise ConfigError(
+            "no audience: give --audience ($KEYSWAP_AUDIENCE) or the gateway's --upstream "
+            "($KEYSWAP_UPSTREAM), which is its default audience"
+        )
+    return chosen
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +174,7 @@ class GatewaySettings:
             )
         validate_upstream(self.upstream)
         object.__setattr__(self, "issuer", issuer_for(self.public_url))
-        if not self.audience:
-            object.__setattr__(self, "audience", self.upstream)
+        object.__setattr__(self, "audience", token_audience(self.audience, self.upstream))
         if not isinstance(self.token_ttl, int) or not 1 <= self.token_ttl <= 86_400:
             raise ConfigError(f"token TTL must be 1-86400 whole seconds, got {self.token_ttl!r}")
         if not 0 < self.upstream_timeout <= 3600:

@@ -35,7 +35,14 @@ from keyswap.gateway.keymaterial import SIGNING_ALGORITHMS
 from keyswap.gateway.keyring import DEFAULT_CACHE_MARGIN, DEFAULT_TOKEN_TTL, Keyring, sort_keys
 from keyswap.gateway.secret import ServerSecret, load_secret
 from keyswap.store import migrate
-from keyswap.store.models import UNLIMITED, ApiKeyRecord, Consumer, SigningKeyRecord, parse_metadata
+from keyswap.store.models import (
+    UNLIMITED,
+    ApiKeyRecord,
+    Consumer,
+    SigningKeyRecord,
+    parse_metadata,
+    parse_scopes,
+)
 from keyswap.store.schema import SCHEMA_VERSION
 from keyswap.store.sql import SchemaMode, Store
 from keyswap.store.urls import (
@@ -215,7 +222,18 @@ def _consumer_json(consumer: Consumer) -> dict[str, Any]:
         "metadata": consumer.metadata,
         "created_at": _time(consumer.created_at),
         "rate_limit": consumer.rate_limit,
+        "scopes": list(consumer.scopes),
     }
+
+
+SCOPES_HELP = (
+    "Scopes, separated by commas (orders:read,orders:write); each 1-64 printable ASCII characters "
+    "without space, '\"', '\\' or ','."
+)
+
+
+def _scopes_text(scopes: Sequence[str]) -> str:
+    return ",".join(scopes) or "-"
 
 
 @click.group(cls=ManagedGroup)
@@ -228,16 +246,23 @@ def consumers() -> None:
 @click.option(
     "--metadata", "metadata_json", metavar="JSON", default=None, help="JSON object (<= 1 KiB)."
 )
+@click.option(
+    "--scopes", "scopes_text", metavar="SCOPES", default=None, help=SCOPES_HELP + " Default: none."
+)
 @json_option
 @db_option
 @handle_errors
 def consumers_create(
-    name: str, metadata_json: str | None, as_json: bool, db_url: str | None
+    name: str, metadata_json: str | None, scopes_text: str | None, as_json: bool, db_url: str | None
 ) -> None:
-    """Create consumer NAME (1-64 characters of letters, digits, '.', '_', '-')."""
+    """Create consumer NAME (1-64 characters of letters, digits, '.', '_', '-').
+
+    --scopes are what its keys may be granted: the `scope` claim of the tokens the gateway mints.
+    """
     metadata = parse_metadata(metadata_json) if metadata_json is not None else {}
+    scopes = parse_scopes(scopes_text) if scopes_text is not None else ()
     with open_store(db_url) as store:
-        consumer = store.create_consumer(name, metadata)
+        consumer = store.create_consumer(name, metadata, scopes=scopes)
     if as_json:
         _print_json(_consumer_json(consumer))
     else:
@@ -263,11 +288,12 @@ def consumers_list(as_json: bool, db_url: str | None) -> None:
             c.name,
             _time(c.created_at),
             c.rate_limit or "default",
+            _scopes_text(c.scopes),
             json.dumps(c.metadata, separators=(",", ":"), ensure_ascii=False),
         ]
         for c in everyone
     ]
-    _print_table(["NAME", "CREATED", "RATE_LIMIT", "METADATA"], rows)
+    _print_table(["NAME", "CREATED", "RATE_LIMIT", "SCOPES", "METADATA"], rows)
 
 
 @consumers.command("set-metadata")
@@ -287,6 +313,29 @@ def consumers_set_metadata(
         _print_json(_consumer_json(consumer))
     else:
         click.echo(f"Updated the metadata of consumer '{consumer.name}'.")
+
+
+@consumers.command("set-scopes")
+@click.argument("name")
+@click.argument("scopes_text", metavar="SCOPES")
+@json_option
+@db_option
+@handle_errors
+def consumers_set_scopes(name: str, scopes_text: str, as_json: bool, db_url: str | None) -> None:
+    """Replace the scopes of consumer NAME with SCOPES (comma-separated; '' clears them).
+
+    Keys created with scopes of their own keep them, but carry only those the consumer still has;
+    keys without their own carry the consumer's. Running gateways pick the change up within a second.
+    """
+    scopes = parse_scopes(scopes_text)
+    with open_store(db_url) as store:
+        consumer = store.set_consumer_scopes(name, scopes)
+    if as_json:
+        _print_json(_consumer_json(consumer))
+    elif consumer.scopes:
+        click.echo(f"Consumer '{consumer.name}' now has the scopes {','.join(consumer.scopes)}.")
+    else:
+        click.echo(f"Consumer '{consumer.name}' now has no scopes.")
 
 
 @consumers.command("set-limit")
@@ -350,6 +399,8 @@ def _key_json(record: ApiKeyRecord, now: float) -> dict[str, Any]:
         "revoked_at": _time(record.revoked_at),
         "last_used_at": _time(record.last_used_at),
         "replaced_by": record.replaced_by,
+        "scopes": None if record.scopes is None else list(record.scopes),
+        "effective_scopes": list(record.effective_scopes),
     }
 
 
@@ -362,6 +413,8 @@ def _show_new_key(record: ApiKeyRecord, key: str, as_json: bool, headline: str) 
                 "consumer": record.consumer_name,
                 "hint": record.hint,
                 "expires_at": _time(record.expires_at),
+                "scopes": None if record.scopes is None else list(record.scopes),
+                "effective_scopes": list(record.effective_scopes),
             }
         )
         return
@@ -371,6 +424,8 @@ def _show_new_key(record: ApiKeyRecord, key: str, as_json: bool, headline: str) 
     click.echo(f"    {key}")
     click.echo("")
     click.echo(f"Expires: {_time(record.expires_at) or 'never'}")
+    inherited = " (its consumer's)" if record.scopes is None else ""
+    click.echo(f"Scopes:  {_scopes_text(record.effective_scopes)}{inherited}")
 
 
 @click.group(cls=ManagedGroup)
@@ -386,6 +441,14 @@ def keys() -> None:
     default=None,
     help="Lifetime: 90d, 12h, 30m, 45s or seconds.",
 )
+@click.option(
+    "--scopes",
+    "scopes_text",
+    metavar="SCOPES",
+    default=None,
+    help=SCOPES_HELP + " Each must be one of the consumer's; '' gives the key none. "
+    "Default: the consumer's scopes, whatever they are at the time.",
+)
 @json_option
 @key_prefix_option
 @db_option
@@ -394,6 +457,7 @@ def keys() -> None:
 def keys_create(
     consumer: str,
     expires_in: str | None,
+    scopes_text: str | None,
     as_json: bool,
     key_prefix: str,
     db_url: str | None,
@@ -401,9 +465,10 @@ def keys_create(
 ) -> None:
     """Create an API key for CONSUMER. The key is printed once and never stored."""
     lifetime = _duration(expires_in, "--expires-in")
+    scopes = None if scopes_text is None else parse_scopes(scopes_text)
     with open_store(db_url) as store:
         api_keys = ApiKeys(store, open_secret(store, secret_file), prefix=key_prefix)
-        record, key = api_keys.create(consumer, expires_in=lifetime)
+        record, key = api_keys.create(consumer, expires_in=lifetime, scopes=scopes)
     _show_new_key(record, key, as_json, f"Created key {record.id} for consumer '{consumer}'.")
 
 
@@ -433,11 +498,23 @@ def keys_list(consumer: str | None, as_json: bool, db_url: str | None) -> None:
             _time(r.expires_at),
             _time(r.revoked_at),
             _time(r.last_used_at),
+            _scopes_text(r.effective_scopes) + ("" if r.scopes is None else " (own)"),
         ]
         for r in records
     ]
     _print_table(
-        ["ID", "CONSUMER", "HINT", "STATUS", "CREATED", "EXPIRES", "REVOKED", "LAST USED"], rows
+        [
+            "ID",
+            "CONSUMER",
+            "HINT",
+            "STATUS",
+            "CREATED",
+            "EXPIRES",
+            "REVOKED",
+            "LAST USED",
+            "SCOPES",
+        ],
+        rows,
     )
 
 

@@ -92,7 +92,17 @@ def openid_configuration(issuer: str, algorithms: Iterable[str]) -> dict[str, An
         "jwks_uri": issuer + "/.well-known/jwks.json",
         "id_token_signing_alg_values_supported": list(algorithms),
         "subject_types_supported": ["public"],
-        "claims_supported": ["iss", "sub", "aud", "iat", "exp", "jti", "key_id", "metadata"],
+        "claims_supported": [
+            "iss",
+            "sub",
+            "aud",
+            "iat",
+            "exp",
+            "jti",
+            "key_id",
+            "metadata",
+            "scope",
+        ],
     }
 
 

@@ -80,7 +80,7 @@ def _script() -> ScriptDirectory:
 
 
 def head_revision() -> str:
-    """The newest revision this keyswap ships (e.g. ``"0002"``)."""
+    """The newest revision this keyswap ships (e.g. ``"0003"``)."""
     head = _script().get_current_head()
     assert head is not None
     return head

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,16 +15,22 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "MAX_RATE_REQUESTS",
     "MAX_RATE_WINDOW",
+    "MAX_SCOPES",
+    "MAX_SCOPE_LENGTH",
     "SIGNING_KEY_STATES",
     "UNLIMITED",
     "ApiKeyRecord",
     "Consumer",
     "SigningKeyRecord",
+    "effective_scopes",
+    "format_scopes",
     "parse_metadata",
+    "parse_scopes",
     "serialize_metadata",
     "validate_consumer_name",
     "validate_metadata",
     "validate_rate_limit",
+    "validate_scopes",
 ]
 
 #: Largest consumer metadata, as compact UTF-8 JSON.
@@ -42,17 +49,26 @@ MAX_RATE_REQUESTS = 1_000_000_000
 MAX_RATE_WINDOW = 86_400
 _RATE = re.compile(r"([1-9][0-9]{0,9})/([1-9][0-9]{0,5})s", re.ASCII)
 
+#: Bounds of a scope list: characters per scope, and scopes per consumer or key.
+MAX_SCOPE_LENGTH = 64
+MAX_SCOPES = 32
+# An RFC 6749 §3.3 scope-token (printable ASCII but space, '"' and '\\') without ',' (the CLI's
+# separator), so the stored, space-separated form and the ``scope`` claim parse back unchanged.
+_SCOPE = re.compile(r"[\x21\x23-\x2b\x2d-\x5b\x5d-\x7e]+", re.ASCII)
+
 
 @dataclass(frozen=True, slots=True)
 class Consumer:
-    """An API consumer: a unique name, a small JSON metadata object, a creation time, and its own rate
-    limit (``None``: the gateway's default; ``"<requests>/<seconds>s"``; or ``"unlimited"``)."""
+    """An API consumer: a unique name, a small JSON metadata object, a creation time, its own rate
+    limit (``None``: the gateway's default; ``"<requests>/<seconds>s"``; or ``"unlimited"``) and the
+    scopes its keys may be granted (empty: none)."""
 
     id: int
     name: str
     metadata: dict[str, Any]
     created_at: float
     rate_limit: str | None = None
+    scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +84,15 @@ class ApiKeyRecord:
     revoked_at: float | None
     last_used_at: float | None
     replaced_by: str | None = None
+    #: The key's own scopes; ``None``: it has its consumer's.
+    scopes: tuple[str, ...] | None = None
+    #: Its consumer's scopes now (what :attr:`effective_scopes` narrows the key's own to).
+    consumer_scopes: tuple[str, ...] = ()
+
+    @property
+    def effective_scopes(self) -> tuple[str, ...]:
+        """What tokens minted for this key carry: see :func:`effective_scopes`."""
+        return effective_scopes(self.scopes, self.consumer_scopes)
 
     def usable_at(self, now: float) -> bool:
         """True if the key is neither revoked nor expired at ``now`` (epoch seconds)."""
@@ -133,6 +158,66 @@ def validate_rate_limit(value: str | None) -> str | None:
             "or 'unlimited'"
         )
     return value
+
+
+def validate_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """Return ``scopes`` without duplicates (first occurrence kept) if every one is a valid scope:
+    1-64 printable ASCII characters other than space, ``"``, ``\\`` and ``,``; at most 32 of them.
+
+    Raises:
+        InvalidInput: a scope is not such a string, or there are too many.
+    """
+    if isinstance(scopes, str):
+        raise InvalidInput("scopes must be a list of strings")
+    result: list[str] = []
+    for scope in scopes:
+        if (
+            not isinstance(scope, str)
+            or len(scope) > MAX_SCOPE_LENGTH
+            or _SCOPE.fullmatch(scope) is None
+        ):
+            shown = repr(scope) if isinstance(scope, str) else type(scope).__name__
+            raise InvalidInput(
+                f"invalid scope {shown[: MAX_SCOPE_LENGTH + 8]}: a scope is 1-{MAX_SCOPE_LENGTH} "
+                "printable ASCII characters other than space, '\"', '\\' and ','"
+            )
+        if scope not in result:
+            result.append(scope)
+    if len(result) > MAX_SCOPES:
+        raise InvalidInput(f"{len(result)} scopes given; the limit is {MAX_SCOPES}")
+    return tuple(result)
+
+
+def parse_scopes(text: str) -> tuple[str, ...]:
+    """Scopes from CLI text: separated by commas and/or spaces (``"orders:read,orders:write"``);
+    an empty (or blank) text gives no scopes.
+
+    Raises:
+        InvalidInput: see :func:`validate_scopes`.
+    """
+    if len(text) > 4 * MAX_SCOPES * (MAX_SCOPE_LENGTH + 1):
+        raise InvalidInput(f"the scope list is too long (at most {MAX_SCOPES} scopes)")
+    return validate_scopes(part for part in re.split(r"[,\s]+", text) if part)
+
+
+def format_scopes(scopes: Iterable[str]) -> str:
+    """The stored and ``scope``-claim form of ``scopes``: space-separated (RFC 8693 / RFC 9068)."""
+    return " ".join(scopes)
+
+
+def effective_scopes(
+    own: tuple[str, ...] | None, consumer_scopes: tuple[str, ...]
+) -> tuple[str, ...]:
+    """A key's scopes now: its own scopes that its consumer still has (in the key's order), or the
+    consumer's scopes when the key has none of its own (``own`` is ``None``).
+
+    Narrowing a consumer's scopes thus narrows every key at once, and widening them again gives the key
+    back no more than it was created with.
+    """
+    if own is None:
+        return consumer_scopes
+    granted = frozenset(consumer_scopes)
+    return tuple(scope for scope in own if scope in granted)
 
 
 def serialize_metadata(metadata: dict[str, Any]) -> str:

@@ -23,8 +23,8 @@ __all__ = [
     "signing_keys",
 ]
 
-#: The number of the latest migration (``0002``): what ``meta.schema_version`` says after an upgrade.
-SCHEMA_VERSION = 2
+#: The number of the latest migration (``0003``): what ``meta.schema_version`` says after an upgrade.
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData(
     naming_convention={
@@ -56,6 +56,8 @@ consumers = sa.Table(
     sa.Column("created_at", _TIME, nullable=False),
     # NULL: the gateway's default (--rate-limit); else "<requests>/<seconds>s" or "unlimited".
     sa.Column("rate_limit", sa.String(32), nullable=True),
+    # Space-separated scopes its keys may carry; NULL (or empty): none.
+    sa.Column("scopes", sa.Text, nullable=True),
 )
 
 api_keys = sa.Table(
@@ -78,6 +80,8 @@ api_keys = sa.Table(
     sa.Column("last_used_at", _TIME, nullable=True),
     # Set when the key was rolled: the id of its replacement (a key is rolled at most once).
     sa.Column("replaced_by", sa.String(32), nullable=True),
+    # Space-separated scopes of its own (within its consumer's); NULL: its consumer's scopes.
+    sa.Column("scopes", sa.Text, nullable=True),
 )
 
 signing_keys = sa.Table(

@@ -46,9 +46,11 @@ from keyswap.store.models import (
     ApiKeyRecord,
     Consumer,
     SigningKeyRecord,
+    format_scopes,
     validate_consumer_name,
     validate_metadata,
     validate_rate_limit,
+    validate_scopes,
 )
 from keyswap.store.schema import api_keys, consumers, meta, signing_keys
 from keyswap.store.urls import display_url, is_postgres, normalize_database_url, sqlite_file
@@ -251,27 +253,35 @@ class Store:
     # -- consumers ----------------------------------------------------------------------------------
 
     def create_consumer(
-        self, name: str, metadata: Mapping[str, Any] | None = None, *, now: float | None = None
+        self,
+        name: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        scopes: Iterable[str] = (),
+        now: float | None = None,
     ) -> Consumer:
-        """Create a consumer.
+        """Create a consumer, with the scopes its keys may be granted (default none).
 
         Raises:
-            InvalidInput: bad name or metadata.
+            InvalidInput: bad name, metadata or scopes.
             AlreadyExists: a consumer with that name exists.
         """
         validate_consumer_name(name)
         data = validate_metadata(dict(metadata or {}))
+        granted = validate_scopes(scopes)
         created = time.time() if now is None else now
         try:
             with self._writing() as conn:
                 consumer_id = conn.execute(
                     sa.insert(consumers)
-                    .values(name=name, metadata=data, created_at=created)
+                    .values(name=name, metadata=data, created_at=created, scopes=_stored(granted))
                     .returning(consumers.c.id)
                 ).scalar_one()
         except IntegrityError:
             raise AlreadyExists(f"consumer '{name}' already exists") from None
-        return Consumer(id=consumer_id, name=name, metadata=data, created_at=created)
+        return Consumer(
+            id=consumer_id, name=name, metadata=data, created_at=created, scopes=granted
+        )
 
     def get_consumer(self, name: str) -> Consumer | None:
         """The consumer called ``name``, or ``None``."""
@@ -338,6 +348,26 @@ class Store:
             row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
         return _consumer(row)
 
+    def set_consumer_scopes(self, name: str, scopes: Iterable[str]) -> Consumer:
+        """Replace the scopes a consumer's keys may be granted (empty: none).
+
+        Keys with scopes of their own keep them as stored; they are granted those the consumer still
+        has (:func:`keyswap.store.models.effective_scopes`), so narrowing takes effect on every key.
+
+        Raises:
+            InvalidInput: a bad scope, or too many.
+            NotFound: no such consumer.
+        """
+        granted = validate_scopes(scopes)
+        with self._writing() as conn:
+            updated = conn.execute(
+                sa.update(consumers).where(consumers.c.name == name).values(scopes=_stored(granted))
+            ).rowcount
+            if not updated:
+                raise NotFound(f"unknown consumer '{name}'")
+            row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
+        return _consumer(row)
+
     # -- API keys -----------------------------------------------------------------------------------
 
     def insert_api_key(
@@ -349,16 +379,29 @@ class Store:
         hint: str,
         created_at: float,
         expires_at: float | None,
+        scopes: Iterable[str] | None = None,
     ) -> ApiKeyRecord:
-        """Store a new key's digest.
+        """Store a new key's digest, with scopes of its own (``None``: its consumer's scopes).
 
         Raises:
             NotFound: the consumer no longer exists.
+            InvalidInput: a bad scope, or one its consumer does not have (checked in the transaction).
             AlreadyExists: the key id or digest is taken (the caller draws another key).
         """
+        own = None if scopes is None else validate_scopes(scopes)
         try:
             with self._writing() as conn:
-                _insert_key(conn, consumer_id, key_id, digest, hint, created_at, expires_at)
+                _insert_key(
+                    conn,
+                    consumer_id,
+                    key_id,
+                    digest,
+                    hint,
+                    created_at,
+                    expires_at,
+                    scopes=own,
+                    within_consumer=True,
+                )
                 row = conn.execute(_key_select().where(api_keys.c.id == key_id)).one()
         except IntegrityError:
             raise AlreadyExists("key id or digest collision") from None
@@ -382,6 +425,7 @@ class Store:
             metadata=dict(row.consumer_metadata),
             created_at=row.consumer_created_at,
             rate_limit=row.consumer_rate_limit,
+            scopes=_scopes(row.consumer_scopes) or (),
         )
         return _key(row), consumer
 
@@ -475,6 +519,8 @@ class Store:
                     new_hint,
                     created_at,
                     new_expires_at,
+                    scopes=_scopes(old.scopes),  # its own scopes as stored (None: the consumer's)
+                    within_consumer=False,
                 )
                 rows = conn.execute(
                     _key_select().where(api_keys.c.id.in_([old_id, new_key_id]))
@@ -665,6 +711,8 @@ def _key_select(*extra: Any) -> sa.Select[Any]:
         api_keys.c.revoked_at,
         api_keys.c.last_used_at,
         api_keys.c.replaced_by,
+        api_keys.c.scopes,
+        consumers.c.scopes.label("consumer_scopes"),
         *extra,
     ).join_from(api_keys, consumers, api_keys.c.consumer_id == consumers.c.id)
 
@@ -677,10 +725,24 @@ def _insert_key(
     hint: str,
     created_at: float,
     expires_at: float | None,
+    *,
+    scopes: tuple[str, ...] | None,
+    within_consumer: bool,
 ) -> None:
-    exists = conn.execute(sa.select(consumers.c.id).where(consumers.c.id == consumer_id)).first()
-    if exists is None:
+    owner = conn.execute(
+        sa.select(consumers.c.name, consumers.c.scopes).where(consumers.c.id == consumer_id)
+    ).first()
+    if owner is None:
         raise NotFound("the consumer no longer exists")
+    if within_consumer and scopes is not None:
+        granted = _scopes(owner.scopes) or ()
+        beyond = [scope for scope in scopes if scope not in granted]
+        if beyond:
+            raise InvalidInput(
+                f"consumer '{owner.name}' does not have the scope(s) {', '.join(beyond)}; "
+                f"its scopes: {', '.join(granted) or 'none'} "
+                f"(keyswap consumers set-scopes changes them)"
+            )
     conn.execute(
         sa.insert(api_keys).values(
             id=key_id,
@@ -689,6 +751,7 @@ def _insert_key(
             hint=hint,
             created_at=created_at,
             expires_at=expires_at,
+            scopes=None if scopes is None else format_scopes(scopes),
         )
     )
 
@@ -700,7 +763,18 @@ def _consumer(row: sa.Row[Any]) -> Consumer:
         metadata=dict(row.metadata),
         created_at=row.created_at,
         rate_limit=row.rate_limit,
+        scopes=_scopes(row.scopes) or (),
     )
+
+
+def _stored(scopes: tuple[str, ...]) -> str | None:
+    """A consumer's scopes as stored: space-separated, ``NULL`` for none."""
+    return format_scopes(scopes) or None
+
+
+def _scopes(value: str | None) -> tuple[str, ...] | None:
+    """Stored scopes as a tuple (``None`` stays ``None``: for a key, "its consumer's")."""
+    return None if value is None else tuple(value.split())
 
 
 def _key(row: sa.Row[Any]) -> ApiKeyRecord:
@@ -714,6 +788,8 @@ def _key(row: sa.Row[Any]) -> ApiKeyRecord:
         revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
         replaced_by=row.replaced_by,
+        scopes=_scopes(row.scopes),
+        consumer_scopes=_scopes(row.consumer_scopes) or (),
     )
 
 
