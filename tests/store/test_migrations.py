@@ -230,3 +230,34 @@ def test_0003_adds_scopes_and_keeps_consumers_and_keys_both_ways(any_url: str) -
         assert keys == ["key_old"]  # dropping the columns did not cascade to the keys
     finally:
         store.close()
+
+
+def test_downgrading_0002_keeps_every_api_key(any_url: str) -> None:
+    """0002's downgrade once rebuilt ``consumers`` on SQLite, and the cascade deleted every API key."""
+    store = Store(any_url, schema="upgrade")
+    try:
+        _downgrade(store, "0002")
+        with store.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO consumers (name, metadata, created_at, rate_limit) "
+                    "VALUES ('acme', '{}', 1.0, '5/1s')"
+                )
+            )
+            consumer_id = conn.execute(sa.text("SELECT id FROM consumers")).scalar_one()
+            conn.execute(
+                sa.text(
+                    "INSERT INTO api_keys (id, consumer_id, digest, hint, created_at) "
+                    "VALUES ('key_old', :cid, :digest, 'ks_...abcd', 1.0)"
+                ),
+                {"cid": consumer_id, "digest": b"d" * 32},
+            )
+        _downgrade(store, "0001")
+        with store.engine.connect() as conn:
+            names = {c["name"] for c in sa.inspect(conn).get_columns("consumers")}
+            consumers = conn.execute(sa.text("SELECT name FROM consumers")).scalars().all()
+            keys = conn.execute(sa.text("SELECT id FROM api_keys")).scalars().all()
+        assert "rate_limit" not in names
+        assert (consumers, keys) == (["acme"], ["key_old"])
+    finally:
+        store.close()

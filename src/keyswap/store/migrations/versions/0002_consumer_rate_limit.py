@@ -24,5 +24,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("consumers") as batch:
-        batch.drop_column("rate_limit")
+    # Plain ALTER TABLE ... DROP COLUMN (SQLite 3.35+), not a batch "copy and move": on SQLite, dropping
+    # and recreating ``consumers`` cascaded to every API key (all keys were lost on a downgrade).
+    op.drop_column("consumers", "rate_limit")
