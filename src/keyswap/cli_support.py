@@ -10,7 +10,13 @@ import click
 from keyswap.durations import parse_duration
 from keyswap.errors import InvalidInput
 
-__all__ = ["OneLineErrorsCommand", "OneLineErrorsGroup", "OneLineUsageError", "Seconds"]
+__all__ = [
+    "OneLineErrorsCommand",
+    "OneLineErrorsGroup",
+    "OneLineUsageError",
+    "Seconds",
+    "show_envvars",
+]
 
 
 class OneLineUsageError(click.ClickException):
@@ -19,11 +25,30 @@ class OneLineUsageError(click.ClickException):
     exit_code = 2
 
 
+def show_envvars(params: list[click.Parameter]) -> None:
+    """Make ``--help`` name the environment variable of every option that has one.
+
+    An option whose help text does not mention its variable(s) gets click's ``show_envvar``, which
+    adds ``[env var: NAME]`` (beside ``default: ...``) to its help line.
+    """
+    for param in params:
+        if not isinstance(param, click.Option) or not param.envvar:
+            continue
+        names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
+        if not all(name in (param.help or "") for name in names):
+            param.show_envvar = True
+
+
 class OneLineErrorsCommand(click.Command):
     """A command whose bad flags or variables print one ``Error:`` line instead of usage + hint.
 
-    When the bad value came from an environment variable, the message names the variable.
+    When the bad value came from an environment variable, the message names the variable. ``--help``
+    names the environment variable of every option (:func:`show_envvars`).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        show_envvars(self.params)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
@@ -45,6 +70,10 @@ class OneLineErrorsGroup(click.Group):
     """A group whose subcommands are :class:`OneLineErrorsCommand` by default."""
 
     command_class = OneLineErrorsCommand
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        show_envvars(self.params)
 
 
 class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
