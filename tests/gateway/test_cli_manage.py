@@ -404,6 +404,190 @@ def test_a_postgres_url_without_a_secret_is_a_clear_error(tmp_path: Path) -> Non
     )
 
 
+# -- a database that is not there ------------------------------------------------------------------------
+
+# Commands that only read, or act on consumers and keys that must already exist.
+NEEDS_A_DATABASE = [
+    ["consumers", "list"],
+    ["consumers", "set-metadata", "acme", "{}"],
+    ["consumers", "set-limit", "acme", "--rate", "10/s"],
+    ["consumers", "delete", "acme", "--yes"],
+    ["keys", "list"],
+    ["keys", "create", "acme"],
+    ["keys", "revoke", "key_x"],
+    ["keys", "roll", "key_x"],
+    ["signing-keys", "list"],
+    ["signing-keys", "prune"],
+    ["db", "status"],
+]
+# Commands that may create the database file (in a directory that exists).
+CREATE_A_DATABASE = [
+    ["consumers", "create", "acme"],
+    ["signing-keys", "rotate"],
+    ["db", "upgrade"],
+]
+
+
+@pytest.mark.parametrize("args", NEEDS_A_DATABASE, ids=" ".join)
+def test_commands_on_existing_data_never_create_a_database(tmp_path: Path, args: list[str]) -> None:
+    missing = tmp_path / "keyswap.db"
+    assert fails(*args, "--db", str(missing)) == f"Error: no database at {missing}"
+    assert list(tmp_path.iterdir()) == []
+    in_no_dir = tmp_path / "typo" / "x.db"
+    assert fails(*args, "--db", str(in_no_dir)) == f"Error: no database at {in_no_dir}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_database_is_not_created_by_a_listing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    result = run("consumers", "list", env={"KEYSWAP_DATA_DIR": str(data)})
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: no database at {data / 'keyswap.db'}\n"
+    assert not data.exists()
+
+
+@pytest.mark.parametrize("args", CREATE_A_DATABASE, ids=" ".join)
+def test_a_named_database_in_a_missing_directory_is_an_error(
+    tmp_path: Path, args: list[str]
+) -> None:
+    path = tmp_path / "typo" / "x.db"
+    expected = (
+        f"Error: cannot create the database {path}: the directory {path.parent} does not exist"
+    )
+    assert fails(*args, "--db", str(path)) == expected
+    result = run(*args, env={"KEYSWAP_DB": str(path)})
+    assert result.exit_code == 1
+    assert result.stderr == expected + "\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", CREATE_A_DATABASE, ids=" ".join)
+def test_writing_commands_create_a_named_file_in_an_existing_directory(
+    tmp_path: Path, args: list[str]
+) -> None:
+    ok(*args, "--db", str(tmp_path / "new.db"))
+    assert (tmp_path / "new.db").is_file()
+
+
+# -- JSON output ----------------------------------------------------------------------------------------
+
+
+def test_every_result_can_be_printed_as_json(db: str) -> None:
+    consumer = as_json(ok("consumers", "create", "acme", "--json", "--db", db))
+    assert set(consumer) == {"id", "name", "metadata", "created_at", "rate_limit"}
+    limited = as_json(ok("consumers", "set-limit", "acme", "--rate", "10/s", "--json", "--db", db))
+    assert limited["rate_limit"] == "10/1s"
+    unlimited = as_json(
+        ok("consumers", "set-limit", "acme", "--rate", "unlimited", "--json", "--db", db)
+    )
+    assert unlimited["rate_limit"] == "unlimited"
+    default = as_json(
+        ok("consumers", "set-limit", "acme", "--rate", "default", "--json", "--db", db)
+    )
+    assert default["rate_limit"] is None
+    updated = as_json(ok("consumers", "set-metadata", "acme", '{"a":1}', "--json", "--db", db))
+    assert updated["metadata"] == {"a": 1}
+
+    key = as_json(ok("keys", "create", "acme", "--json", "--db", db))
+    revoked = as_json(ok("keys", "revoke", key["id"], "--json", "--db", db))
+    assert revoked["id"] == key["id"]
+    assert revoked["status"] == "revoked"
+    assert revoked["revoked_at"] is not None
+    assert set(revoked) == set(as_json(ok("keys", "list", "--json", "--db", db))[0])
+    assert key["key"] not in json.dumps(revoked)
+
+    ok("keys", "create", "acme", "--db", db)
+    deleted = as_json(ok("consumers", "delete", "acme", "--yes", "--json", "--db", db))
+    assert deleted == {"deleted": "acme", "api_keys_deleted": 2}
+
+
+def test_db_upgrade_and_signing_keys_prune_print_json(tmp_path: Path) -> None:
+    db = str(tmp_path / "k.db")
+    first = as_json(ok("db", "upgrade", "--json", "--db", db))
+    assert first == {
+        "database": f"sqlite:///{db}",
+        "upgraded": True,
+        "from_revision": None,
+        "revision": "0002",
+        "schema_version": 2,
+    }
+    again = as_json(ok("db", "upgrade", "--json", "--db", db))
+    assert again["upgraded"] is False
+    assert again["revision"] == "0002"
+
+    assert as_json(ok("signing-keys", "prune", "--json", "--db", db)) == {"pruned": []}
+    ok("signing-keys", "rotate", "--alg", "ES256", "--db", db)
+    ok("signing-keys", "rotate", "--force", "--db", db)
+    retired = [
+        k["kid"]
+        for k in as_json(ok("signing-keys", "list", "--json", "--db", db))
+        if k["state"] == "retired"
+    ]
+    pruned = ok(
+        "signing-keys", "prune", "--token-ttl", "0", "--cache-margin", "0", "--json", "--db", db
+    )
+    assert as_json(pruned) == {"pruned": retired}
+
+
+# -- consumers delete asks first ------------------------------------------------------------------------
+
+
+def test_delete_without_a_terminal_needs_yes(db: str) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    line = fails("consumers", "delete", "acme", "--db", db)
+    assert line == (
+        "Error: not deleting consumer 'acme' without confirmation: pass --yes (no terminal to ask on)"
+    )
+    assert [c["name"] for c in as_json(ok("consumers", "list", "--json", "--db", db))] == ["acme"]
+    assert "Deleted consumer 'acme'" in ok("consumers", "delete", "acme", "-y", "--db", db).stdout
+
+
+def _delete_on_a_terminal(db: str, answer: bytes) -> tuple[int, str]:
+    """Run `keyswap consumers delete acme` with a real pseudo-terminal as stdin and answer it."""
+    import pty
+
+    executable = Path(sys.executable).parent / "keyswap"
+    main_fd, terminal_fd = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
+    try:
+        process = subprocess.Popen(
+            [str(executable), "consumers", "delete", "acme", "--db", db],
+            stdin=terminal_fd,
+            stdout=subprocess.PIPE,
+            stderr=terminal_fd,
+            env=env,
+        )
+        os.close(terminal_fd)
+        shown = b""
+        while b"[y/N]" not in shown:
+            chunk = os.read(main_fd, 1024)
+            assert chunk, shown
+            shown += chunk
+        os.write(main_fd, answer + b"\n")
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        os.close(main_fd)
+    return process.returncode, shown.decode() + stdout.decode()
+
+
+@pytest.mark.parametrize("answer", [b"n", b""])
+def test_delete_on_a_terminal_keeps_the_consumer_unless_confirmed(db: str, answer: bytes) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    ok("keys", "create", "acme", "--db", db)
+    code, output = _delete_on_a_terminal(db, answer)
+    assert code == 1
+    assert "Delete consumer 'acme' and its 1 API key(s)? They stop working at once." in output
+    assert [c["name"] for c in as_json(ok("consumers", "list", "--json", "--db", db))] == ["acme"]
+
+
+def test_delete_on_a_terminal_deletes_when_confirmed(db: str) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    code, output = _delete_on_a_terminal(db, b"y")
+    assert code == 0, output
+    assert "Deleted consumer 'acme' and 0 API key(s)." in output
+    assert as_json(ok("consumers", "list", "--json", "--db", db)) == []
+
+
 # -- the real entry point -------------------------------------------------------------------------------
 
 
