@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -25,18 +27,27 @@ class OneLineUsageError(click.ClickException):
     exit_code = 2
 
 
-def show_envvars(params: list[click.Parameter]) -> None:
-    """Make ``--help`` name the environment variable of every option that has one.
+@contextmanager
+def show_envvars(params: list[click.Parameter]) -> Iterator[None]:
+    """While help is formatted, name the environment variable of every option that has one.
 
-    An option whose help text does not mention its variable(s) gets click's ``show_envvar``, which
-    adds ``[env var: NAME]`` (beside ``default: ...``) to its help line.
+    An option whose help text does not mention its variable(s) gets click's ``show_envvar`` for the
+    duration, which adds ``env var: NAME`` to the ``[...]`` of its help line (beside ``default:``).
+    Only for help: with ``show_envvar`` set, click would also change the option's error messages.
     """
+    shown: list[click.Option] = []
     for param in params:
-        if not isinstance(param, click.Option) or not param.envvar:
+        if not isinstance(param, click.Option) or not param.envvar or param.show_envvar:
             continue
         names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
         if not all(name in (param.help or "") for name in names):
             param.show_envvar = True
+            shown.append(param)
+    try:
+        yield
+    finally:
+        for param in shown:
+            param.show_envvar = False
 
 
 class OneLineErrorsCommand(click.Command):
@@ -46,9 +57,10 @@ class OneLineErrorsCommand(click.Command):
     names the environment variable of every option (:func:`show_envvars`).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        show_envvars(self.params)
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The options section of ``--help``, naming each option's environment variable."""
+        with show_envvars(self.get_params(ctx)):
+            super().format_options(ctx, formatter)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
@@ -71,9 +83,10 @@ class OneLineErrorsGroup(click.Group):
 
     command_class = OneLineErrorsCommand
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        show_envvars(self.params)
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The options section of ``--help``, naming each option's environment variable."""
+        with show_envvars(self.get_params(ctx)):
+            super().format_options(ctx, formatter)
 
 
 class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2

@@ -1060,9 +1060,9 @@ def gateway(
             rate_limit=rate_limit,
             outage_grace=outage_grace,
         )
-        url = check_db_location(db_url)
     except ConfigError as exc:  # a bad flag or variable value: a usage error
         raise OneLineUsageError(exc.reason) from None
+    url = check_db_location(db_url)
     # The port before anything else: taken, it is one error line and nothing was loaded or changed.
     sockets = bind_listeners(host, port)
     try:
