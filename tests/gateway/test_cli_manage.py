@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import subprocess
 import sys
 import time
@@ -559,7 +560,12 @@ def _delete_on_a_terminal(db: str, answer: bytes) -> tuple[int, str]:
         )
         os.close(terminal_fd)
         shown = b""
+        deadline = time.monotonic() + 30
         while b"[y/N]" not in shown:
+            ready, _, _ = select.select([main_fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                process.kill()
+                raise AssertionError(f"no confirmation prompt: {shown!r}")
             chunk = os.read(main_fd, 1024)
             assert chunk, shown
             shown += chunk
