@@ -5,8 +5,11 @@ else the SQLite file ``keyswap.db`` in the data directory (``$KEYSWAP_DATA_DIR``
 ``$XDG_DATA_HOME/keyswap``, else ``~/.local/share/keyswap``). Commands that need the server secret also
 take ``--secret-file`` (see :mod:`keyswap.gateway.secret` for where the secret comes from).
 
-Bad input (JSON, names, durations, unknown consumers or key ids, flags) prints one ``Error: ...`` line and
-exits non-zero (1 for rejected values, 2 for bad flags); never a traceback.
+Errors print one ``Error: ...`` line, never a traceback. Exit status 2 when the command line is wrong and
+nothing was done (unknown flags; bad values: JSON, new consumer names, durations, rates: parse them
+with a click type such as :class:`RateType` or :class:`~keyswap.cli_support.Seconds`); 1 for everything
+else (unknown consumers or key ids, no database, a port in use, ...). Commands that only read or act on
+existing data open the store with ``existing=True`` (a missing database is an error, never created).
 
 Adding a command: write a function decorated with a group's ``.command()`` (or ``@click.command`` for a
 top-level one mapped in :mod:`keyswap.cli`), use :func:`db_option` / :func:`secret_file_option`, open
