@@ -6,7 +6,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from keyswap.cli_support import OneLineErrorsCommand, Seconds, show_envvars
+from keyswap.cli_support import OneLineErrorsCommand, OneLineErrorsGroup, Seconds
 
 
 @click.command(cls=OneLineErrorsCommand)
@@ -51,18 +51,7 @@ def test_bad_seconds_are_one_error_line(args: list[str], message: str) -> None:
     assert message in lines[0]
 
 
-def _help_line(command: click.Command, option: str) -> str:
-    """The help entry of ``option`` (joined onto one line, as click may wrap it)."""
-    ctx = click.Context(command)
-    for param in command.get_params(ctx):
-        if option in getattr(param, "opts", ()):
-            record = param.get_help_record(ctx)
-            assert record is not None
-            return " ".join(record)
-    raise AssertionError(f"no option {option}")
-
-
-@click.group()
+@click.group(cls=OneLineErrorsGroup)
 def _tool() -> None:
     """A group with a subcommand, for show_envvars."""
 
@@ -70,38 +59,34 @@ def _tool() -> None:
 @_tool.command("serve")
 @click.option("--port", envvar="KEYSWAP_TEST_PORT", default=7878, show_default=True)
 @click.option("--name", envvar="KEYSWAP_TEST_NAME", help="A name.")
+@click.option("--named", envvar="KEYSWAP_TEST_NAMED", help="Also $KEYSWAP_TEST_NAMED.")
 @click.option("--plain", help="No variable.")
-def _serve(port: int, name: str | None, plain: str | None) -> None:
+@click.option("--ttl", envvar="KEYSWAP_TEST_TTL", type=Seconds(1))
+def _serve(
+    port: int, name: str | None, named: str | None, plain: str | None, ttl: float | None
+) -> None:
     """Serve."""
 
 
-def test_show_envvars_names_the_variable_of_every_option_that_has_one() -> None:
-    sub = _tool.commands["serve"]
-    assert "KEYSWAP_TEST_PORT" not in _help_line(sub, "--port")  # click's default: not shown
-    assert show_envvars(_tool) is _tool
-    assert show_envvars(_tool) is _tool  # idempotent
-    port = _help_line(sub, "--port")
-    assert port.count("[env: KEYSWAP_TEST_PORT]") == 1
-    assert "[default: 7878]" in port
-    assert _help_line(sub, "--name").endswith("A name.  [env: KEYSWAP_TEST_NAME]")
-    assert "env" not in _help_line(sub, "--plain")
+def test_help_names_the_variable_of_every_option_that_has_one() -> None:
     result = CliRunner().invoke(_tool, ["serve", "--help"])
     assert result.exit_code == 0
-    assert "KEYSWAP_TEST_PORT" in result.output
-    assert "KEYSWAP_TEST_NAME" in result.output
+    text = " ".join(result.output.split())
+    assert "[env var: KEYSWAP_TEST_PORT; default: 7878]" in text
+    assert "A name. [env var: KEYSWAP_TEST_NAME]" in text
+    assert text.count("KEYSWAP_TEST_NAMED") == 1  # already named in its help: not twice
+    assert "env var: KEYSWAP_TEST_TTL" in text
+    assert text.count("env var:") == 3
 
 
-def test_show_envvars_leaves_error_messages_alone() -> None:
-    @show_envvars
-    @click.command(cls=OneLineErrorsCommand)
-    @click.option("--ttl", envvar="KEYSWAP_TEST_TTL", type=Seconds(1))
-    def ttl_command(ttl: float | None) -> None:
-        """A command."""
-
-    result = CliRunner().invoke(ttl_command, ["--ttl", "0"])
+def test_showing_help_leaves_options_and_error_messages_alone() -> None:
+    assert CliRunner().invoke(_tool, ["serve", "--help"]).exit_code == 0
+    options = [p for p in _tool.commands["serve"].params if isinstance(p, click.Option)]
+    assert not any(p.show_envvar for p in options)
+    result = CliRunner().invoke(_tool, ["serve", "--ttl", "0"])
     assert result.exit_code == 2
     assert result.output.strip() == (
         "Error: Invalid value for '--ttl': must be a number of seconds >= 1 (got '0')"
     )
-    result = CliRunner().invoke(ttl_command, [], env={"KEYSWAP_TEST_TTL": "0"})
+    result = CliRunner().invoke(_tool, ["serve"], env={"KEYSWAP_TEST_TTL": "0"})
     assert result.output.strip().endswith("(got '0') (from KEYSWAP_TEST_TTL)")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import click
 
@@ -18,8 +20,6 @@ __all__ = [
     "show_envvars",
 ]
 
-_Command = TypeVar("_Command", bound=click.Command)
-
 
 class OneLineUsageError(click.ClickException):
     """A usage error printed as one ``Error: ...`` line (exit status 2, like click's own)."""
@@ -27,11 +27,40 @@ class OneLineUsageError(click.ClickException):
     exit_code = 2
 
 
+@contextmanager
+def show_envvars(params: list[click.Parameter]) -> Iterator[None]:
+    """While help is formatted, name the environment variable of every option that has one.
+
+    An option whose help text does not mention its variable(s) gets click's ``show_envvar`` for the
+    duration, which adds ``env var: NAME`` to the ``[...]`` of its help line (beside ``default:``).
+    Only for help: with ``show_envvar`` set, click would also change the option's error messages.
+    """
+    shown: list[click.Option] = []
+    for param in params:
+        if not isinstance(param, click.Option) or not param.envvar or param.show_envvar:
+            continue
+        names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
+        if not all(name in (param.help or "") for name in names):
+            param.show_envvar = True
+            shown.append(param)
+    try:
+        yield
+    finally:
+        for param in shown:
+            param.show_envvar = False
+
+
 class OneLineErrorsCommand(click.Command):
     """A command whose bad flags or variables print one ``Error:`` line instead of usage + hint.
 
-    When the bad value came from an environment variable, the message names the variable.
+    When the bad value came from an environment variable, the message names the variable. ``--help``
+    names the environment variable of every option (:func:`show_envvars`).
     """
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The options section of ``--help``, naming each option's environment variable."""
+        with show_envvars(self.get_params(ctx)):
+            super().format_options(ctx, formatter)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
@@ -54,28 +83,10 @@ class OneLineErrorsGroup(click.Group):
 
     command_class = OneLineErrorsCommand
 
-
-def show_envvars(command: _Command) -> _Command:
-    """Make ``--help`` name the environment variable of every option of ``command`` that has one.
-
-    Appends ``[env: KEYSWAP_X]`` to each such option's help text (once, however often it is applied),
-    before click's own ``[default: ...]``. Apply it as the outermost decorator of a command (above
-    ``@click.command``), or call it on a group once its subcommands are registered: it recurses into
-    the subcommands the group has at that moment. Returns ``command`` itself.
-
-    (click's ``show_envvar=True`` is not used: from click 8.5 it also changes the error messages.)
-    """
-    for param in command.params:
-        if not isinstance(param, click.Option) or not param.envvar:
-            continue
-        names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
-        note = f"[env: {', '.join(names)}]"
-        if note not in (param.help or ""):
-            param.help = f"{param.help}  {note}" if param.help else note
-    if isinstance(command, click.Group):
-        for sub in command.commands.values():
-            show_envvars(sub)
-    return command
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The options section of ``--help``, naming each option's environment variable."""
+        with show_envvars(self.get_params(ctx)):
+            super().format_options(ctx, formatter)
 
 
 class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import subprocess
 import sys
 import time
@@ -16,7 +17,8 @@ from keyswap.cli import main
 from keyswap.errors import InvalidApiKey
 from keyswap.gateway.apikeys import KEY_REGEX, ApiKeys
 from keyswap.gateway.secret import load_secret
-from keyswap.store import ApiKeyRecord, Store
+from keyswap.store import ApiKeyRecord, Store, migrate
+from keyswap.store.schema import SCHEMA_VERSION
 
 ENV_NAMES = (
     "KEYSWAP_DB",
@@ -103,47 +105,61 @@ def test_consumers_can_be_created_listed_updated_and_deleted(db: str) -> None:
     ok("keys", "create", "acme", "--db", db)
     assert (
         "Deleted consumer 'acme' and 1 API key(s)."
-        in ok("consumers", "delete", "acme", "--db", db).stdout
+        in ok("consumers", "delete", "acme", "--yes", "--db", db).stdout
     )
     assert [c["name"] for c in as_json(ok("consumers", "list", "--json", "--db", db))] == ["beta"]
 
 
 def test_an_empty_consumer_list_says_so(db: str) -> None:
+    ok("db", "upgrade", "--db", db)
     assert ok("consumers", "list", "--db", db).stdout.strip() == "No consumers."
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["consumers", "create", "bad name"], "Error: consumer name must be 1-64 characters"),
-        (["consumers", "create", "x", "--metadata", "{oops"], "Error: metadata is not valid JSON"),
-        (
-            ["consumers", "create", "x", "--metadata", "[1]"],
-            "Error: metadata must be a JSON object",
-        ),
-        (
-            ["consumers", "create", "x", "--metadata", json.dumps({"k": "v" * 1100})],
-            "Error: metadata is 1108 bytes as JSON; the limit is 1024 bytes",
-        ),
-        (["consumers", "delete", "ghost"], "Error: unknown consumer 'ghost'"),
+        (["consumers", "delete", "ghost", "--yes"], "Error: unknown consumer 'ghost'"),
         (["consumers", "set-metadata", "ghost", "{}"], "Error: unknown consumer 'ghost'"),
         (["keys", "create", "ghost"], "Error: unknown consumer 'ghost'"),
         (["keys", "list", "ghost"], "Error: unknown consumer 'ghost'"),
         (["keys", "revoke", "key_nope"], "Error: unknown key id 'key_nope'"),
         (["keys", "roll", "key_nope"], "Error: unknown key id 'key_nope'"),
-        (
-            ["keys", "create", "acme", "--expires-in", "soon"],
-            "Error: --expires-in: invalid duration",
-        ),
-        (["keys", "create", "acme", "--expires-in", "0"], "Error: the expiry must be a positive"),
-        (["signing-keys", "rotate", "--token-ttl", "5x"], "Error: --token-ttl: invalid duration"),
     ],
 )
-def test_bad_input_prints_one_error_line_and_exits_non_zero(
+def test_refused_requests_print_one_error_line_and_exit_1(
     db: str, args: list[str], message: str
 ) -> None:
     ok("consumers", "create", "acme", "--db", db)
     assert fails(*args, "--db", db).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["consumers", "create", "bad name"], "consumer name must be 1-64 characters"),
+        (["consumers", "create", "x", "--metadata", "{oops"], "metadata is not valid JSON"),
+        (["consumers", "create", "x", "--metadata", "[1]"], "metadata must be a JSON object"),
+        (
+            ["consumers", "create", "x", "--metadata", json.dumps({"k": "v" * 1100})],
+            "metadata is 1108 bytes as JSON; the limit is 1024 bytes",
+        ),
+        (["consumers", "set-metadata", "acme", "{oops"], "metadata is not valid JSON"),
+        (["consumers", "set-limit", "acme", "--rate", "lots"], "invalid rate 'lots'"),
+        (["keys", "create", "acme", "--expires-in", "soon"], "'--expires-in': 'soon' is not"),
+        (["keys", "create", "acme", "--expires-in", "0"], "'--expires-in': must be a number"),
+        (["keys", "roll", "key_x", "--grace", "-1"], "'--grace': must be a number"),
+        (["signing-keys", "rotate", "--token-ttl", "5x"], "'--token-ttl': '5x' is not"),
+        (["signing-keys", "prune", "--cache-margin", "soon"], "'--cache-margin': 'soon' is not"),
+    ],
+)
+def test_bad_values_on_the_command_line_are_usage_errors(
+    db: str, args: list[str], message: str
+) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    before = ok("consumers", "list", "--json", "--db", db).stdout
+    line = fails(*args, "--db", db, exit_code=2)
+    assert message in line
+    assert ok("consumers", "list", "--json", "--db", db).stdout == before
 
 
 def test_a_duplicate_consumer_is_one_error_line(db: str) -> None:
@@ -278,6 +294,7 @@ def test_the_key_prefix_can_be_configured(db: str) -> None:
 def test_signing_keys_rotate_creates_then_rotates_and_list_shows_no_private_material(
     db: str,
 ) -> None:
+    ok("db", "upgrade", "--db", db)
     assert "No signing keys yet" in ok("signing-keys", "list", "--db", db).stdout
     created = ok("signing-keys", "rotate", "--alg", "ES256", "--db", db).stdout
     assert created.startswith("Created the first signing keys: ")
@@ -390,6 +407,195 @@ def test_a_postgres_url_without_a_secret_is_a_clear_error(tmp_path: Path) -> Non
         "Error: the database sqlite:// is not a SQLite file, so there is no secret file beside it: "
         "set KEYSWAP_SECRET or pass --secret-file"
     )
+
+
+# -- a database that is not there ------------------------------------------------------------------------
+
+# Commands that only read, or act on consumers and keys that must already exist.
+NEEDS_A_DATABASE = [
+    ["consumers", "list"],
+    ["consumers", "set-metadata", "acme", "{}"],
+    ["consumers", "set-limit", "acme", "--rate", "10/s"],
+    ["consumers", "delete", "acme", "--yes"],
+    ["keys", "list"],
+    ["keys", "create", "acme"],
+    ["keys", "revoke", "key_x"],
+    ["keys", "roll", "key_x"],
+    ["signing-keys", "list"],
+    ["signing-keys", "prune"],
+    ["db", "status"],
+]
+# Commands that may create the database file (in a directory that exists).
+CREATE_A_DATABASE = [
+    ["consumers", "create", "acme"],
+    ["signing-keys", "rotate"],
+    ["db", "upgrade"],
+]
+
+
+@pytest.mark.parametrize("args", NEEDS_A_DATABASE, ids=" ".join)
+def test_commands_on_existing_data_never_create_a_database(tmp_path: Path, args: list[str]) -> None:
+    missing = tmp_path / "keyswap.db"
+    assert fails(*args, "--db", str(missing)) == f"Error: no database at {missing}"
+    assert list(tmp_path.iterdir()) == []
+    in_no_dir = tmp_path / "typo" / "x.db"
+    assert fails(*args, "--db", str(in_no_dir)) == f"Error: no database at {in_no_dir}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_database_is_not_created_by_a_listing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    result = run("consumers", "list", env={"KEYSWAP_DATA_DIR": str(data)})
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: no database at {data / 'keyswap.db'}\n"
+    assert not data.exists()
+
+
+@pytest.mark.parametrize("args", CREATE_A_DATABASE, ids=" ".join)
+def test_a_named_database_in_a_missing_directory_is_an_error(
+    tmp_path: Path, args: list[str]
+) -> None:
+    path = tmp_path / "typo" / "x.db"
+    expected = (
+        f"Error: cannot create the database {path}: the directory {path.parent} does not exist"
+    )
+    assert fails(*args, "--db", str(path)) == expected
+    result = run(*args, env={"KEYSWAP_DB": str(path)})
+    assert result.exit_code == 1
+    assert result.stderr == expected + "\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", CREATE_A_DATABASE, ids=" ".join)
+def test_writing_commands_create_a_named_file_in_an_existing_directory(
+    tmp_path: Path, args: list[str]
+) -> None:
+    ok(*args, "--db", str(tmp_path / "new.db"))
+    assert (tmp_path / "new.db").is_file()
+
+
+# -- JSON output ----------------------------------------------------------------------------------------
+
+
+def test_every_result_can_be_printed_as_json(db: str) -> None:
+    consumer = as_json(ok("consumers", "create", "acme", "--json", "--db", db))
+    assert set(consumer) == {"id", "name", "metadata", "created_at", "rate_limit", "scopes"}
+    limited = as_json(ok("consumers", "set-limit", "acme", "--rate", "10/s", "--json", "--db", db))
+    assert limited["rate_limit"] == "10/1s"
+    unlimited = as_json(
+        ok("consumers", "set-limit", "acme", "--rate", "unlimited", "--json", "--db", db)
+    )
+    assert unlimited["rate_limit"] == "unlimited"
+    default = as_json(
+        ok("consumers", "set-limit", "acme", "--rate", "default", "--json", "--db", db)
+    )
+    assert default["rate_limit"] is None
+    updated = as_json(ok("consumers", "set-metadata", "acme", '{"a":1}', "--json", "--db", db))
+    assert updated["metadata"] == {"a": 1}
+
+    key = as_json(ok("keys", "create", "acme", "--json", "--db", db))
+    revoked = as_json(ok("keys", "revoke", key["id"], "--json", "--db", db))
+    assert revoked["id"] == key["id"]
+    assert revoked["status"] == "revoked"
+    assert revoked["revoked_at"] is not None
+    assert set(revoked) == set(as_json(ok("keys", "list", "--json", "--db", db))[0])
+    assert key["key"] not in json.dumps(revoked)
+
+    ok("keys", "create", "acme", "--db", db)
+    deleted = as_json(ok("consumers", "delete", "acme", "--yes", "--json", "--db", db))
+    assert deleted == {"deleted": "acme", "api_keys_deleted": 2}
+
+
+def test_db_upgrade_and_signing_keys_prune_print_json(tmp_path: Path) -> None:
+    db = str(tmp_path / "k.db")
+    first = as_json(ok("db", "upgrade", "--json", "--db", db))
+    assert first == {
+        "database": f"sqlite:///{db}",
+        "upgraded": True,
+        "from_revision": None,
+        "revision": migrate.head_revision(),
+        "schema_version": SCHEMA_VERSION,
+    }
+    again = as_json(ok("db", "upgrade", "--json", "--db", db))
+    assert again["upgraded"] is False
+    assert again["revision"] == migrate.head_revision()
+
+    assert as_json(ok("signing-keys", "prune", "--json", "--db", db)) == {"pruned": []}
+    ok("signing-keys", "rotate", "--alg", "ES256", "--db", db)
+    ok("signing-keys", "rotate", "--force", "--db", db)
+    retired = [
+        k["kid"]
+        for k in as_json(ok("signing-keys", "list", "--json", "--db", db))
+        if k["state"] == "retired"
+    ]
+    pruned = ok(
+        "signing-keys", "prune", "--token-ttl", "0", "--cache-margin", "0", "--json", "--db", db
+    )
+    assert as_json(pruned) == {"pruned": retired}
+
+
+# -- consumers delete asks first ------------------------------------------------------------------------
+
+
+def test_delete_without_a_terminal_needs_yes(db: str) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    line = fails("consumers", "delete", "acme", "--db", db)
+    assert line == (
+        "Error: not deleting consumer 'acme' without confirmation: pass --yes (no terminal to ask on)"
+    )
+    assert [c["name"] for c in as_json(ok("consumers", "list", "--json", "--db", db))] == ["acme"]
+    assert "Deleted consumer 'acme'" in ok("consumers", "delete", "acme", "-y", "--db", db).stdout
+
+
+def _delete_on_a_terminal(db: str, answer: bytes) -> tuple[int, str]:
+    """Run `keyswap consumers delete acme` with a real pseudo-terminal as stdin and answer it."""
+    import pty
+
+    executable = Path(sys.executable).parent / "keyswap"
+    main_fd, terminal_fd = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
+    try:
+        process = subprocess.Popen(
+            [str(executable), "consumers", "delete", "acme", "--db", db],
+            stdin=terminal_fd,
+            stdout=subprocess.PIPE,
+            stderr=terminal_fd,
+            env=env,
+        )
+        os.close(terminal_fd)
+        shown = b""
+        deadline = time.monotonic() + 30
+        while b"[y/N]" not in shown:
+            ready, _, _ = select.select([main_fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                process.kill()
+                raise AssertionError(f"no confirmation prompt: {shown!r}")
+            chunk = os.read(main_fd, 1024)
+            assert chunk, shown
+            shown += chunk
+        os.write(main_fd, answer + b"\n")
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        os.close(main_fd)
+    return process.returncode, shown.decode() + stdout.decode()
+
+
+@pytest.mark.parametrize("answer", [b"n", b""])
+def test_delete_on_a_terminal_keeps_the_consumer_unless_confirmed(db: str, answer: bytes) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    ok("keys", "create", "acme", "--db", db)
+    code, output = _delete_on_a_terminal(db, answer)
+    assert code == 1
+    assert "Delete consumer 'acme' and its 1 API key(s)? They stop working at once." in output
+    assert [c["name"] for c in as_json(ok("consumers", "list", "--json", "--db", db))] == ["acme"]
+
+
+def test_delete_on_a_terminal_deletes_when_confirmed(db: str) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    code, output = _delete_on_a_terminal(db, b"y")
+    assert code == 0, output
+    assert "Deleted consumer 'acme' and 0 API key(s)." in output
+    assert as_json(ok("consumers", "list", "--json", "--db", db)) == []
 
 
 # -- the real entry point -------------------------------------------------------------------------------

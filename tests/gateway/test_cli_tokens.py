@@ -200,6 +200,7 @@ def test_refusals_are_one_line(gateway: Gateway) -> None:
         'a"b',
         "--db",
         db,
+        exit_code=2,
     )
     assert "not both" in fails(
         "tokens",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
+from keyswap.store import Store
 from tests.support.asgi_server import free_port
 
 KEYSWAP = str(Path(sys.executable).with_name("keyswap"))
@@ -90,7 +93,9 @@ def _try(demo: Demo, key: str | None = None) -> httpx.Response:
     return httpx.get(demo.url, headers={"Authorization": f"Bearer {key or demo.key}"}, timeout=10)
 
 
-def test_the_printed_curl_works_and_a_second_run_prints_a_fresh_working_key(tmp_path: Path) -> None:
+def test_the_printed_curl_works_and_a_second_run_prints_a_fresh_key_leaving_the_first_working(
+    tmp_path: Path,
+) -> None:
     data_dir = tmp_path / ".keyswap-data"
     port, origin_port = free_port(), free_port()
 
@@ -108,7 +113,8 @@ def test_the_printed_curl_works_and_a_second_run_prints_a_fresh_working_key(tmp_
     with running_demo(data_dir, port, origin_port) as second:
         assert second.key != first.key
         assert _try(second).status_code == 200
-        assert _try(second, key=first.key).status_code == 401
+        assert _try(second, key=first.key).status_code == 200  # never revoked by a demo
+        assert "1 older demo key(s) still work" in "".join(second.output)
     assert second.process.returncode == 0, "".join(second.output)
     assert (data_dir / "keyswap.db").exists()
     assert first.key.encode() not in (data_dir / "keyswap.db").read_bytes()
@@ -131,5 +137,86 @@ def test_the_same_port_twice_is_one_error_line(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.strip() == "Error: --port and --origin-port must differ"
+    assert not any(tmp_path.iterdir())
+
+
+def _demo_keys(data_dir: Path) -> list[tuple[str, float | None]]:
+    store = Store(str(data_dir / "keyswap.db"), create="none")
+    try:
+        return [(r.id, r.revoked_at) for r in store.list_api_keys()]
+    finally:
+        store.close()
+
+
+def _demo(data_dir: Path, port: int, origin_port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            KEYSWAP,
+            "demo",
+            "--port",
+            str(port),
+            "--origin-port",
+            str(origin_port),
+            "--data-dir",
+            str(data_dir),
+            "--alg",
+            "ES256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(data_dir.parent)},
+    )
+
+
+def test_a_second_demo_on_the_same_ports_fails_and_leaves_the_running_one_alone(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / ".keyswap-data"
+    port, origin_port = free_port(), free_port()
+    with running_demo(data_dir, port, origin_port) as first:
+        keys = _demo_keys(data_dir)
+        done = _demo(data_dir, port, origin_port)
+        assert done.returncode == 1, done.stderr
+        assert done.stdout == ""
+        assert done.stderr == (
+            f"Error: cannot listen on 127.0.0.1:{port}: address already in use\n"
+        )
+        assert _demo_keys(data_dir) == keys  # none revoked, none created
+        assert _try(first).status_code == 200
+
+
+@pytest.mark.parametrize("busy", ["gateway", "origin"])
+def test_a_port_in_use_is_one_error_line_and_changes_no_data(tmp_path: Path, busy: str) -> None:
+    data_dir = tmp_path / ".keyswap-data"
+    data_dir.mkdir()
+    db = str(data_dir / "keyswap.db")
+    for args in (["consumers", "create", "demo"], ["keys", "create", "demo"]):
+        made = subprocess.run([KEYSWAP, *args, "--db", db], capture_output=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+    keys = _demo_keys(data_dir)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        taken_port = taken.getsockname()[1]
+        port, origin_port = (
+            (taken_port, free_port()) if busy == "gateway" else (free_port(), taken_port)
+        )
+        done = _demo(data_dir, port, origin_port)
+    assert done.returncode == 1
+    assert (
+        done.stderr == f"Error: cannot listen on 127.0.0.1:{taken_port}: address already in use\n"
+    )
+    assert _demo_keys(data_dir) == keys
+
+
+def test_a_port_in_use_creates_no_data_dir(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = _demo(tmp_path / "fresh", taken.getsockname()[1], free_port())
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: cannot listen on 127.0.0.1:")
+    assert not (tmp_path / "fresh").exists()

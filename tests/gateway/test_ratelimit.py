@@ -290,8 +290,8 @@ def test_consumers_set_limit_from_the_command_line(tmp_path: Path) -> None:
     assert "not rate limited" in cli("consumers", "set-limit", "acme", "--rate", "unlimited")[1]
     assert "default rate limit" in cli("consumers", "set-limit", "acme", "--rate", "default")[1]
     code, message = cli("consumers", "set-limit", "acme", "--rate", "lots")
-    assert code == 1
-    assert message.startswith("Error: invalid rate 'lots'")
+    assert code == 2  # a bad flag value is a usage error
+    assert message.startswith("Error: Invalid value for '--rate': invalid rate 'lots'")
     code, message = cli("consumers", "set-limit", "nobody", "--rate", "1/s")
     assert code == 1
     assert "unknown consumer 'nobody'" in message
@@ -310,5 +310,6 @@ def test_a_gateway_with_a_bad_rate_limit_does_not_start(tmp_path: Path) -> None:
             str(tmp_path / "k.db"),
         ],
     )
-    assert result.exit_code == 1
-    assert "Error: invalid rate 'fast'" in result.output
+    assert result.exit_code == 2  # a bad flag value is a usage error
+    assert "Error: Invalid value for '--rate-limit': invalid rate 'fast'" in result.output
+    assert not (tmp_path / "k.db").exists()

@@ -16,6 +16,7 @@ from keyswap.cli import main
 from keyswap.errors import ConfigError
 from keyswap.store import Store, migrate
 from keyswap.store.schema import SCHEMA_VERSION, metadata
+from tests.support.asgi_server import free_port
 from tests.support.cluster import postgres_schema
 from tests.support.gateway_state import SECRET_TEXT, db_url
 
@@ -107,7 +108,8 @@ def test_the_gateway_refuses_to_start_while_the_schema_is_behind(pg_url: str) ->
     store = Store(pg_url, schema="upgrade")
     _downgrade(store, "0001")
     store.close()
-    result = cli("gateway", "--db", pg_url, "--upstream", "http://127.0.0.1:9")
+    port = str(free_port())  # the port is bound first: it must be free for the schema check
+    result = cli("gateway", "--db", pg_url, "--upstream", "http://127.0.0.1:9", "--port", port)
     assert result.exit_code == 1
     assert "keyswap db upgrade" in result.stderr
     assert "Traceback" not in result.output

@@ -59,6 +59,39 @@ def test_a_new_database_file_gets_the_schema_revision_zero_and_mode_0600(tmp_pat
         store.close()
 
 
+def test_create_none_never_creates_a_missing_database(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "keyswap.db"
+    for target in (path, tmp_path / "keyswap.db"):
+        with pytest.raises(ConfigError) as caught:
+            Store(str(target), create="none")
+        assert caught.value.reason == f"no database at {target}"
+        assert not target.exists()
+    assert not path.parent.exists()
+
+
+def test_create_none_opens_an_existing_database(tmp_path: Path) -> None:
+    path = tmp_path / "keyswap.db"
+    Store(str(path)).close()
+    store = Store(str(path), create="none")
+    try:
+        assert store.list_consumers() == []
+    finally:
+        store.close()
+
+
+def test_create_file_needs_the_directory_to_exist(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "keyswap.db"
+    with pytest.raises(ConfigError) as caught:
+        Store(str(path), create="file")
+    assert caught.value.reason == (
+        f"cannot create the database {path}: the directory {path.parent} does not exist"
+    )
+    assert not path.parent.exists()
+    here = tmp_path / "here.db"
+    Store(str(here), create="file").close()
+    assert here.is_file()
+
+
 def test_sqlite_files_run_in_wal_mode(store: Store) -> None:
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

@@ -5,8 +5,11 @@ else the SQLite file ``keyswap.db`` in the data directory (``$KEYSWAP_DATA_DIR``
 ``$XDG_DATA_HOME/keyswap``, else ``~/.local/share/keyswap``). Commands that need the server secret also
 take ``--secret-file`` (see :mod:`keyswap.gateway.secret` for where the secret comes from).
 
-Bad input (JSON, names, durations, unknown consumers or key ids, flags) prints one ``Error: ...`` line and
-exits non-zero (1 for rejected values, 2 for bad flags); never a traceback.
+Errors print one ``Error: ...`` line, never a traceback. Exit status 2 when the command line is wrong and
+nothing was done (unknown flags; bad values: JSON, new consumer names, durations, rates: parse them
+with a click type such as :class:`RateType` or :class:`~keyswap.cli_support.Seconds`); 1 for everything
+else (unknown consumers or key ids, no database, a port in use, ...). Commands that only read or act on
+existing data open the store with ``existing=True`` (a missing database is an error, never created).
 
 Adding a command: write a function decorated with a group's ``.command()`` (or ``@click.command`` for a
 top-level one mapped in :mod:`keyswap.cli`), use :func:`db_option` / :func:`secret_file_option`, open
@@ -18,18 +21,20 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from keyswap.cli_support import OneLineErrorsCommand, OneLineErrorsGroup, Seconds
-from keyswap.durations import format_duration, parse_duration
-from keyswap.errors import KeyswapError
+from keyswap.cli_support import OneLineErrorsCommand, OneLineErrorsGroup, OneLineUsageError, Seconds
+from keyswap.durations import format_duration
+from keyswap.errors import ConfigError, KeyswapError, NotFound
 from keyswap.gateway.apikeys import DEFAULT_GRACE, DEFAULT_PREFIX, ApiKeys
 from keyswap.gateway.keymaterial import SIGNING_ALGORITHMS
 from keyswap.gateway.keyring import DEFAULT_CACHE_MARGIN, DEFAULT_TOKEN_TTL, Keyring, sort_keys
@@ -42,17 +47,20 @@ from keyswap.store.models import (
     SigningKeyRecord,
     parse_metadata,
     parse_scopes,
+    validate_consumer_name,
 )
 from keyswap.store.schema import SCHEMA_VERSION
-from keyswap.store.sql import SchemaMode, Store
+from keyswap.store.sql import CreateMode, SchemaMode, Store
 from keyswap.store.urls import (
     default_database_url,
     display_url,
     is_postgres,
     normalize_database_url,
+    sqlite_file,
 )
 
 __all__ = [
+    "ScopesType",
     "consumers",
     "db",
     "db_option",
@@ -67,6 +75,10 @@ __all__ = [
     "secret_file_option",
     "signing_keys",
 ]
+
+if TYPE_CHECKING:
+    from keyswap.gateway.cluster import ClusterSettings
+    from keyswap.gateway.ratelimit import Rate
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -121,21 +133,124 @@ def json_option(function: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(function)
 
 
+class RateType(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """A rate limit flag: ``<requests>/<window>`` (``100/60s``, ``10/s``; converts to a ``Rate``) or
+    one of ``keywords`` (case-insensitive; converts to the keyword's value). A bad value is a usage
+    error (exit status 2)."""
+
+    name = "rate"
+
+    def __init__(self, keywords: dict[str, Any]) -> None:
+        self.keywords = keywords
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from keyswap.gateway.ratelimit import Rate, parse_rate
+
+        if isinstance(value, Rate):
+            return value
+        text = str(value).strip()
+        if text.lower() in self.keywords:
+            return self.keywords[text.lower()]
+        try:
+            return parse_rate(text)
+        except KeyswapError as exc:
+            words = " or ".join(repr(k) for k in self.keywords if k)
+            self.fail(f"{exc.reason}; or {words}" if words else exc.reason, param, ctx)
+
+
+class _MetadataType(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """Consumer metadata: a JSON object of at most 1 KiB (a bad one is a usage error)."""
+
+    name = "json"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, dict):
+            return value
+        try:
+            return parse_metadata(str(value))
+        except KeyswapError as exc:
+            self.fail(exc.reason, param, ctx)
+
+
+class ScopesType(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """Scopes, comma- or space-separated, as a tuple (a bad scope is a usage error)."""
+
+    name = "scopes"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_scopes(str(value))
+        except KeyswapError as exc:
+            self.fail(exc.reason, param, ctx)
+
+
+class _ConsumerNameType(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """A new consumer's name (a bad one is a usage error)."""
+
+    name = "name"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return validate_consumer_name(str(value))
+        except KeyswapError as exc:
+            self.fail(exc.reason, param, ctx)
+
+
+#: Longest duration a flag takes (100 years).
+_MAX_SECONDS = 100 * 365 * 86400
+
+
 def resolve_db_url(db_url: str | None) -> str:
     """The database URL for ``--db`` (``None``: ``$KEYSWAP_DB`` or the default SQLite file)."""
     return default_database_url() if db_url is None else normalize_database_url(db_url)
 
 
+def _db_is_explicit(db_url: str | None) -> bool:
+    """True when the database was named (``--db`` or ``$KEYSWAP_DB``), not the default data dir."""
+    return db_url is not None or bool(os.environ.get("KEYSWAP_DB", "").strip())
+
+
+def _create_mode(db_url: str | None, *, existing: bool) -> CreateMode:
+    if existing:
+        return "none"
+    return "file" if _db_is_explicit(db_url) else "dirs"
+
+
+def check_db_location(db_url: str | None) -> str:
+    """The URL for ``--db``, refused if it names a SQLite file in a directory that does not exist.
+
+    Raises:
+        ConfigError: ``cannot create the database PATH: the directory DIR does not exist``.
+    """
+    url = resolve_db_url(db_url)
+    path = sqlite_file(url)
+    if path is not None and _db_is_explicit(db_url) and not path.parent.is_dir():
+        raise ConfigError(
+            f"cannot create the database {path}: the directory {path.parent} does not exist"
+        )
+    return url
+
+
 @contextmanager
-def open_store(db_url: str | None, *, schema: SchemaMode = "auto") -> Iterator[Store]:
+def open_store(
+    db_url: str | None, *, schema: SchemaMode = "auto", existing: bool = False
+) -> Iterator[Store]:
     """Open the store for ``--db`` and close it afterwards.
 
     A SQLite database is created or upgraded on open; another database must be at the newest schema
-    (``keyswap db upgrade``). With ``$KEYSWAP_REDIS_URL`` set (as for ``keyswap gateway --redis``),
-    every change is also announced on Redis (prefix ``$KEYSWAP_REDIS_PREFIX``), so gateways sharing a
-    SQLite file hear about it at once; on PostgreSQL the database announces changes itself.
+    (``keyswap db upgrade``). What may be created: with ``existing=True`` (read-only commands and
+    those acting on existing consumers or keys) nothing (``no database at PATH``); for a database
+    named by ``--db`` or ``$KEYSWAP_DB``, the file but not its directory; for the default database,
+    the file and the data directory. With ``$KEYSWAP_REDIS_URL`` set (as for ``keyswap gateway
+    --redis``), every change is also announced on Redis (prefix ``$KEYSWAP_REDIS_PREFIX``), so
+    gateways sharing a SQLite file hear about it at once; on PostgreSQL the database announces changes
+    itself.
     """
-    store = Store(resolve_db_url(db_url), schema=schema)
+    store = Store(
+        resolve_db_url(db_url), schema=schema, create=_create_mode(db_url, existing=existing)
+    )
     changes = None
     try:
         redis_url = os.environ.get("KEYSWAP_REDIS_URL", "").strip()
@@ -202,16 +317,6 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str | None]]) -
         )
 
 
-def _duration(text: str | None, what: str) -> float | None:
-    if text is None:
-        return None
-    try:
-        return parse_duration(text)
-    except KeyswapError as exc:
-        exc.reason = f"{what}: {exc.reason}"
-        raise
-
-
 # -- consumers ------------------------------------------------------------------------------------------
 
 
@@ -242,27 +347,39 @@ def consumers() -> None:
 
 
 @consumers.command("create")
-@click.argument("name")
+@click.argument("name", type=_ConsumerNameType())
 @click.option(
-    "--metadata", "metadata_json", metavar="JSON", default=None, help="JSON object (<= 1 KiB)."
+    "--metadata",
+    "metadata",
+    metavar="JSON",
+    type=_MetadataType(),
+    default=None,
+    help="JSON object (<= 1 KiB).",
 )
 @click.option(
-    "--scopes", "scopes_text", metavar="SCOPES", default=None, help=SCOPES_HELP + " Default: none."
+    "--scopes",
+    "scopes",
+    metavar="SCOPES",
+    type=ScopesType(),
+    default=None,
+    help=SCOPES_HELP + " Default: none.",
 )
 @json_option
 @db_option
 @handle_errors
 def consumers_create(
-    name: str, metadata_json: str | None, scopes_text: str | None, as_json: bool, db_url: str | None
+    name: str,
+    metadata: dict[str, Any] | None,
+    scopes: tuple[str, ...] | None,
+    as_json: bool,
+    db_url: str | None,
 ) -> None:
     """Create consumer NAME (1-64 characters of letters, digits, '.', '_', '-').
 
     --scopes are what its keys may be granted: the `scope` claim of the tokens the gateway mints.
     """
-    metadata = parse_metadata(metadata_json) if metadata_json is not None else {}
-    scopes = parse_scopes(scopes_text) if scopes_text is not None else ()
     with open_store(db_url) as store:
-        consumer = store.create_consumer(name, metadata, scopes=scopes)
+        consumer = store.create_consumer(name, metadata or {}, scopes=scopes or ())
     if as_json:
         _print_json(_consumer_json(consumer))
     else:
@@ -275,7 +392,7 @@ def consumers_create(
 @handle_errors
 def consumers_list(as_json: bool, db_url: str | None) -> None:
     """List consumers."""
-    with open_store(db_url) as store:
+    with open_store(db_url, existing=True) as store:
         everyone = store.list_consumers()
     if as_json:
         _print_json([_consumer_json(c) for c in everyone])
@@ -298,16 +415,15 @@ def consumers_list(as_json: bool, db_url: str | None) -> None:
 
 @consumers.command("set-metadata")
 @click.argument("name")
-@click.argument("metadata_json", metavar="JSON")
+@click.argument("metadata", metavar="JSON", type=_MetadataType())
 @json_option
 @db_option
 @handle_errors
 def consumers_set_metadata(
-    name: str, metadata_json: str, as_json: bool, db_url: str | None
+    name: str, metadata: dict[str, Any], as_json: bool, db_url: str | None
 ) -> None:
     """Replace the metadata of consumer NAME with the JSON object JSON."""
-    metadata = parse_metadata(metadata_json)
-    with open_store(db_url) as store:
+    with open_store(db_url, existing=True) as store:
         consumer = store.set_consumer_metadata(name, metadata)
     if as_json:
         _print_json(_consumer_json(consumer))
@@ -317,18 +433,19 @@ def consumers_set_metadata(
 
 @consumers.command("set-scopes")
 @click.argument("name")
-@click.argument("scopes_text", metavar="SCOPES")
+@click.argument("scopes", metavar="SCOPES", type=ScopesType())
 @json_option
 @db_option
 @handle_errors
-def consumers_set_scopes(name: str, scopes_text: str, as_json: bool, db_url: str | None) -> None:
+def consumers_set_scopes(
+    name: str, scopes: tuple[str, ...], as_json: bool, db_url: str | None
+) -> None:
     """Replace the scopes of consumer NAME with SCOPES (comma-separated; '' clears them).
 
     Keys created with scopes of their own keep them, but carry only those the consumer still has;
     keys without their own carry the consumer's. Running gateways pick the change up within a second.
     """
-    scopes = parse_scopes(scopes_text)
-    with open_store(db_url) as store:
+    with open_store(db_url, existing=True) as store:
         consumer = store.set_consumer_scopes(name, scopes)
     if as_json:
         _print_json(_consumer_json(consumer))
@@ -343,6 +460,7 @@ def consumers_set_scopes(name: str, scopes_text: str, as_json: bool, db_url: str
 @click.option(
     "--rate",
     metavar="RATE",
+    type=RateType({"default": "default", UNLIMITED: UNLIMITED}),
     required=True,
     help="REQUESTS/WINDOW (100/60s, 100/1m, 10/s), 'unlimited', or 'default' (the gateway's "
     "--rate-limit).",
@@ -350,19 +468,10 @@ def consumers_set_scopes(name: str, scopes_text: str, as_json: bool, db_url: str
 @json_option
 @db_option
 @handle_errors
-def consumers_set_limit(name: str, rate: str, as_json: bool, db_url: str | None) -> None:
+def consumers_set_limit(name: str, rate: Any, as_json: bool, db_url: str | None) -> None:
     """Set the rate limit of consumer NAME (shared by all its keys, on every gateway node)."""
-    from keyswap.gateway.ratelimit import parse_rate
-
-    wanted = rate.strip().lower()
-    value: str | None
-    if wanted == "default":
-        value = None
-    elif wanted == UNLIMITED:
-        value = UNLIMITED
-    else:
-        value = str(parse_rate(rate))
-    with open_store(db_url) as store:
+    value: str | None = None if rate == "default" else str(rate)
+    with open_store(db_url, existing=True) as store:
         consumer = store.set_consumer_rate_limit(name, value)
     if as_json:
         _print_json(_consumer_json(consumer))
@@ -376,13 +485,49 @@ def consumers_set_limit(name: str, rate: str, as_json: bool, db_url: str | None)
 
 @consumers.command("delete")
 @click.argument("name")
+@click.option(
+    "--yes",
+    "-y",
+    "yes",
+    is_flag=True,
+    help="Do not ask for confirmation (needed without a terminal).",
+)
+@json_option
 @db_option
 @handle_errors
-def consumers_delete(name: str, db_url: str | None) -> None:
-    """Delete consumer NAME and all its API keys (they stop working at once)."""
-    with open_store(db_url) as store:
+def consumers_delete(name: str, yes: bool, as_json: bool, db_url: str | None) -> None:
+    """Delete consumer NAME and all its API keys (they stop working at once).
+
+    Asks for confirmation on a terminal; scripts pass --yes (without a terminal and without --yes,
+    nothing is deleted and the command fails).
+    """
+    if not yes and not _stdin_is_terminal():
+        raise click.ClickException(
+            f"not deleting consumer '{name}' without confirmation: pass --yes (no terminal to ask on)"
+        )
+    with open_store(db_url, existing=True) as store:
+        if not yes:
+            if store.get_consumer(name) is None:
+                raise NotFound(f"unknown consumer '{name}'")
+            count = len(store.list_api_keys(name))
+            if not click.confirm(
+                f"Delete consumer '{name}' and its {count} API key(s)? They stop working at once.",
+                default=False,
+                err=True,
+            ):
+                raise click.ClickException(f"consumer '{name}' was not deleted")
         deleted = store.delete_consumer(name)
-    click.echo(f"Deleted consumer '{name}' and {deleted} API key(s).")
+    if as_json:
+        _print_json({"deleted": name, "api_keys_deleted": deleted})
+    else:
+        click.echo(f"Deleted consumer '{name}' and {deleted} API key(s).")
+
+
+def _stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream: no one to ask
+        return False
 
 
 # -- keys -----------------------------------------------------------------------------------------------
@@ -438,13 +583,15 @@ def keys() -> None:
 @click.option(
     "--expires-in",
     metavar="DURATION",
+    type=Seconds(1, _MAX_SECONDS),
     default=None,
     help="Lifetime: 90d, 12h, 30m, 45s or seconds.",
 )
 @click.option(
     "--scopes",
-    "scopes_text",
+    "scopes",
     metavar="SCOPES",
+    type=ScopesType(),
     default=None,
     help=SCOPES_HELP + " Each must be one of the consumer's; '' gives the key none. "
     "Default: the consumer's scopes, whatever they are at the time.",
@@ -456,19 +603,17 @@ def keys() -> None:
 @handle_errors
 def keys_create(
     consumer: str,
-    expires_in: str | None,
-    scopes_text: str | None,
+    expires_in: float | None,
+    scopes: tuple[str, ...] | None,
     as_json: bool,
     key_prefix: str,
     db_url: str | None,
     secret_file: str | None,
 ) -> None:
     """Create an API key for CONSUMER. The key is printed once and never stored."""
-    lifetime = _duration(expires_in, "--expires-in")
-    scopes = None if scopes_text is None else parse_scopes(scopes_text)
-    with open_store(db_url) as store:
+    with open_store(db_url, existing=True) as store:
         api_keys = ApiKeys(store, open_secret(store, secret_file), prefix=key_prefix)
-        record, key = api_keys.create(consumer, expires_in=lifetime, scopes=scopes)
+        record, key = api_keys.create(consumer, expires_in=expires_in, scopes=scopes)
     _show_new_key(record, key, as_json, f"Created key {record.id} for consumer '{consumer}'.")
 
 
@@ -479,7 +624,7 @@ def keys_create(
 @handle_errors
 def keys_list(consumer: str | None, as_json: bool, db_url: str | None) -> None:
     """List API keys (of CONSUMER, if given). Shows ids and hints, never keys."""
-    with open_store(db_url) as store:
+    with open_store(db_url, existing=True) as store:
         records = store.list_api_keys(consumer)
     now = datetime.now(UTC).timestamp()
     if as_json:
@@ -520,13 +665,18 @@ def keys_list(consumer: str | None, as_json: bool, db_url: str | None) -> None:
 
 @keys.command("revoke")
 @click.argument("key_id")
+@json_option
 @db_option
 @handle_errors
-def keys_revoke(key_id: str, db_url: str | None) -> None:
+def keys_revoke(key_id: str, as_json: bool, db_url: str | None) -> None:
     """Revoke the key KEY_ID at once (running gateways notice within seconds)."""
-    with open_store(db_url) as store:
-        record = store.revoke_api_key(key_id, now=datetime.now(UTC).timestamp())
-    click.echo(f"Revoked key {record.id} of consumer '{record.consumer_name}'.")
+    now = datetime.now(UTC).timestamp()
+    with open_store(db_url, existing=True) as store:
+        record = store.revoke_api_key(key_id, now=now)
+    if as_json:
+        _print_json(_key_json(record, now))
+    else:
+        click.echo(f"Revoked key {record.id} of consumer '{record.consumer_name}'.")
 
 
 @keys.command("roll")
@@ -534,6 +684,7 @@ def keys_revoke(key_id: str, db_url: str | None) -> None:
 @click.option(
     "--grace",
     metavar="DURATION",
+    type=Seconds(0, _MAX_SECONDS),
     default=None,
     help="How long the old key keeps working (default 24h; 0 = stop now).",
 )
@@ -544,19 +695,16 @@ def keys_revoke(key_id: str, db_url: str | None) -> None:
 @handle_errors
 def keys_roll(
     key_id: str,
-    grace: str | None,
+    grace: float | None,
     as_json: bool,
     key_prefix: str,
     db_url: str | None,
     secret_file: str | None,
 ) -> None:
     """Replace KEY_ID with a new key for the same consumer (inheriting its expiry, if any)."""
-    grace_seconds = _duration(grace, "--grace")
-    with open_store(db_url) as store:
+    with open_store(db_url, existing=True) as store:
         api_keys = ApiKeys(store, open_secret(store, secret_file), prefix=key_prefix)
-        record, key = api_keys.roll(
-            key_id, DEFAULT_GRACE if grace_seconds is None else grace_seconds
-        )
+        record, key = api_keys.roll(key_id, DEFAULT_GRACE if grace is None else grace)
         old = store.get_api_key(key_id)
     old_until = _time(old.expires_at) if old is not None else None
     _show_new_key(
@@ -587,6 +735,7 @@ def _window_options(function: F) -> F:
     function = click.option(
         "--cache-margin",
         metavar="DURATION",
+        type=Seconds(0, _MAX_SECONDS),
         default=None,
         help=f"How long verifiers cache the JWKS (default {format_duration(DEFAULT_CACHE_MARGIN)}).",
     )(function)
@@ -594,6 +743,7 @@ def _window_options(function: F) -> F:
         "--token-ttl",
         metavar="DURATION",
         envvar="KEYSWAP_TOKEN_TTL",
+        type=Seconds(0, _MAX_SECONDS),
         default=None,
         help=(
             f"Lifetime of minted tokens, as the gateway uses (default "
@@ -608,17 +758,15 @@ def _published_until(record: SigningKeyRecord, window: float) -> float | None:
     return record.retired_at + window
 
 
-def _window(token_ttl: str | None, cache_margin: str | None) -> tuple[float, float]:
-    ttl = _duration(token_ttl, "--token-ttl")
-    margin = _duration(cache_margin, "--cache-margin")
+def _window(token_ttl: float | None, cache_margin: float | None) -> tuple[float, float]:
     return (
-        DEFAULT_TOKEN_TTL if ttl is None else ttl,
-        DEFAULT_CACHE_MARGIN if margin is None else margin,
+        DEFAULT_TOKEN_TTL if token_ttl is None else token_ttl,
+        DEFAULT_CACHE_MARGIN if cache_margin is None else cache_margin,
     )
 
 
 def _keyring(
-    store: Store, secret_file: str | None, token_ttl: str | None, cache_margin: str | None
+    store: Store, secret_file: str | None, token_ttl: float | None, cache_margin: float | None
 ) -> Keyring:
     ttl, margin = _window(token_ttl, cache_margin)
     return Keyring(store, open_secret(store, secret_file), token_ttl=ttl, cache_margin=margin)
@@ -659,11 +807,11 @@ def signing_keys() -> None:
 @db_option
 @handle_errors
 def signing_keys_list(
-    as_json: bool, token_ttl: str | None, cache_margin: str | None, db_url: str | None
+    as_json: bool, token_ttl: float | None, cache_margin: float | None, db_url: str | None
 ) -> None:
     """List signing keys: kid, algorithm, state and dates (never private material)."""
     ttl, margin = _window(token_ttl, cache_margin)
-    with open_store(db_url) as store:
+    with open_store(db_url, existing=True) as store:
         records = sort_keys(store.list_signing_keys())
     _print_signing_keys(records, ttl + margin, as_json)
 
@@ -689,8 +837,8 @@ def signing_keys_rotate(
     alg: str | None,
     force: bool,
     as_json: bool,
-    token_ttl: str | None,
-    cache_margin: str | None,
+    token_ttl: float | None,
+    cache_margin: float | None,
     db_url: str | None,
     secret_file: str | None,
 ) -> None:
@@ -723,16 +871,24 @@ def signing_keys_rotate(
 
 
 @signing_keys.command("prune")
+@json_option
 @_window_options
 @db_option
 @secret_file_option
 @handle_errors
 def signing_keys_prune(
-    token_ttl: str | None, cache_margin: str | None, db_url: str | None, secret_file: str | None
+    as_json: bool,
+    token_ttl: float | None,
+    cache_margin: float | None,
+    db_url: str | None,
+    secret_file: str | None,
 ) -> None:
     """Delete retired keys whose tokens have all expired (retired + token TTL + cache margin)."""
-    with open_store(db_url) as store:
+    with open_store(db_url, existing=True) as store:
         pruned = _keyring(store, secret_file, token_ttl, cache_margin).prune()
+    if as_json:
+        _print_json({"pruned": list(pruned)})
+        return
     click.echo(
         f"Pruned {len(pruned)} retired key(s)." + (f" ({', '.join(pruned)})" if pruned else "")
     )
@@ -747,9 +903,10 @@ def db() -> None:
 
 
 @db.command("upgrade")
+@json_option
 @db_option
 @handle_errors
-def db_upgrade(db_url: str | None) -> None:
+def db_upgrade(as_json: bool, db_url: str | None) -> None:
     """Create the schema, or bring it to this keyswap's revision (Alembic migrations).
 
     Safe to run at any time and from several places at once; needed before the first start on
@@ -757,7 +914,17 @@ def db_upgrade(db_url: str | None) -> None:
     """
     with open_store(db_url, schema="upgrade") as store:
         change, url = store.schema_change, store.url
-    if change is None:
+    if as_json:
+        _print_json(
+            {
+                "database": display_url(url),
+                "upgraded": change is not None,
+                "from_revision": None if change is None else change[0],
+                "revision": migrate.head_revision() if change is None else change[1],
+                "schema_version": SCHEMA_VERSION,
+            }
+        )
+    elif change is None:
         click.echo(
             f"The schema is up to date (revision {migrate.head_revision()}, version "
             f"{SCHEMA_VERSION}): {display_url(url)}"
@@ -776,7 +943,7 @@ def db_upgrade(db_url: str | None) -> None:
 @handle_errors
 def db_status(as_json: bool, db_url: str | None) -> None:
     """Show the schema revision of the database and the one this keyswap needs (exit 1 if behind)."""
-    with open_store(db_url, schema="any") as store:
+    with open_store(db_url, schema="any", existing=True) as store:
         state, url = store.schema_state, store.url
     assert state is not None
     status = (
@@ -920,6 +1087,7 @@ def _url_host(host: str) -> str:
     "--rate-limit",
     envvar="KEYSWAP_RATE_LIMIT",
     metavar="RATE",
+    type=RateType({"off": None, "none": None, "": None}),
     default="off",
     show_default=True,
     help="Requests per window for consumers without their own limit (100/60s, 10/s), or off. "
@@ -954,7 +1122,7 @@ def gateway(
     redis_url: str | None,
     redis_prefix: str,
     rotate_every: float,
-    rate_limit: str,
+    rate_limit: Rate | None,
     outage_grace: float,
     key_prefix: str,
     db_url: str | None,
@@ -967,48 +1135,92 @@ def gateway(
     """
     from keyswap.gateway.app import GatewaySettings, build_gateway
     from keyswap.gateway.cluster import ClusterSettings
-    from keyswap.gateway.ratelimit import parse_rate
     from keyswap.gateway.serve import configure_logging, run_until_signal, server_config
+    from keyswap.ports import bind_listeners
 
-    settings = GatewaySettings(
-        upstream=upstream.strip(),
-        public_url=(public_url or f"http://{_url_host(host)}:{port}").strip(),
-        audience=(audience or "").strip(),
-        token_ttl=token_ttl,
-        upstream_timeout=upstream_timeout,
-        alg=alg,
-        trust_forwarded=trust_forwarded,
-        max_connections=max_connections,
-        key_prefix=key_prefix,
-    )
-    limit = rate_limit.strip().lower()
-    cluster = ClusterSettings(
-        redis_url=(redis_url or "").strip() or None,
-        redis_prefix=redis_prefix,
-        rotate_every=rotate_every,
-        rate_limit=None if limit in {"off", "none", ""} else parse_rate(rate_limit),
-        outage_grace=outage_grace,
-    )
-    configure_logging(log_level)
-    url = resolve_db_url(db_url)
-    app = build_gateway(settings, db_url=url, secret_file=secret_file, cluster=cluster)
-    app.prepare()
+    try:
+        settings = GatewaySettings(
+            upstream=upstream.strip(),
+            public_url=(public_url or f"http://{_url_host(host)}:{port}").strip(),
+            audience=(audience or "").strip(),
+            token_ttl=token_ttl,
+            upstream_timeout=upstream_timeout,
+            alg=alg,
+            trust_forwarded=trust_forwarded,
+            max_connections=max_connections,
+            key_prefix=key_prefix,
+        )
+        cluster = ClusterSettings(
+            redis_url=(redis_url or "").strip() or None,
+            redis_prefix=redis_prefix,
+            rotate_every=rotate_every,
+            rate_limit=rate_limit,
+            outage_grace=outage_grace,
+        )
+    except ConfigError as exc:  # a bad flag or variable value: a usage error
+        raise OneLineUsageError(exc.reason) from None
+    url = check_db_location(db_url)
+    # The port before anything else: taken, it is one error line and nothing was loaded or changed.
+    sockets = bind_listeners(host, port)
+    try:
+        configure_logging(log_level)
+        app = build_gateway(settings, db_url=url, secret_file=secret_file, cluster=cluster)
+        app.prepare()
+        redis_up = cluster.redis_url is None or _redis_reachable(cluster.redis_url)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     click.echo(
         f"keyswap gateway on http://{_url_host(host)}:{port} -> {settings.upstream} "
         f"(issuer {settings.issuer}, audience {settings.audience}, db {display_url(url)})",
         err=True,
     )
-    pushes = ["PostgreSQL NOTIFY"] if is_postgres(url) else []
-    pushes += ["Redis pub/sub"] if cluster.redis_url else []
-    click.echo(
-        f"changes: {' + '.join([*pushes, 'polling'])}; rate limits: "
-        f"{'shared in Redis' if cluster.redis_url else 'per node'}, default "
-        f"{cluster.rate_limit or 'none'}; signing keys rotate "
-        f"{'every ' + format_duration(cluster.rotate_every) if cluster.rotate_every else 'by hand'}",
-        err=True,
-    )
-    if run_until_signal([server_config(app, host, port, log_level=log_level)]) != 0:
+    click.echo(_cluster_banner(cluster, postgres=is_postgres(url), redis_up=redis_up), err=True)
+    if run_until_signal([server_config(app, host, port, log_level=log_level)], sockets=[sockets]):
         raise click.ClickException("the gateway could not start (see the message above)")
+
+
+def _redis_reachable(url: str, timeout: float = 1.0) -> bool:
+    """True if Redis at ``url`` answers a PING within ``timeout`` seconds."""
+    import redis
+
+    from keyswap.gateway.redisbus import redis_options
+
+    client = redis.Redis.from_url(url, **redis_options(timeout))
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def redis_display(url: str) -> str:
+    """A Redis URL for messages: scheme, host, port and path; never a user, password or query."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def _cluster_banner(cluster: ClusterSettings, *, postgres: bool, redis_up: bool) -> str:
+    """The gateway's second start-up line: how changes arrive, rate limits, signing-key rotation."""
+    pushes = ["PostgreSQL NOTIFY"] if postgres else []
+    if cluster.redis_url is None:
+        limits = "per node"
+    elif redis_up:
+        pushes.append("Redis pub/sub")
+        limits = "shared in Redis"
+    else:
+        where = redis_display(cluster.redis_url)
+        pushes.append("Redis pub/sub (once reachable)")
+        limits = f"per node until Redis at {where} is reachable (then shared)"
+    rotation = (
+        "every " + format_duration(cluster.rotate_every) if cluster.rotate_every else "by hand"
+    )
+    return (
+        f"changes: {' + '.join([*pushes, 'polling'])}; rate limits: {limits}, default "
+        f"{cluster.rate_limit or 'none'}; signing keys rotate {rotation}"
+    )
 
 
 @click.command("demo", cls=ManagedCommand)
@@ -1041,11 +1253,16 @@ def demo(port: int, origin_port: int, data_dir: str, alg: str) -> None:
     """Run the gateway (port 8080) in front of `keyswap origin` (port 7878) with a demo key.
 
     Prints a curl command to try; the answer is the origin echoing the verified JWT claims. Each run
-    reuses the data in --data-dir and prints a fresh demo key (older demo keys are revoked).
+    reuses the data in --data-dir and prints a fresh demo key; older demo keys keep working (another
+    demo or a script may use them; `keyswap keys revoke` them). Both ports are checked before the data
+    is touched: a port in use changes nothing.
     """
     from pathlib import Path
 
     from keyswap.gateway.demo import run_demo
+
+    if port == origin_port:
+        raise OneLineUsageError("--port and --origin-port must differ")
 
     if run_demo(Path(data_dir), port=port, origin_port=origin_port, alg=alg, echo=click.echo) != 0:
         raise click.ClickException("the demo could not start (see the message above)")

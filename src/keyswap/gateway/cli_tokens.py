@@ -20,6 +20,7 @@ from keyswap.errors import ConfigError, InvalidInput, KeysUnavailable, NotFound
 from keyswap.gateway.app import token_audience
 from keyswap.gateway.cli import (
     ManagedGroup,
+    ScopesType,
     _print_json,
     _time,
     db_option,
@@ -32,7 +33,6 @@ from keyswap.gateway.cli import (
 from keyswap.gateway.keyring import Keyring
 from keyswap.gateway.mint import sign_compact, token_claims
 from keyswap.gateway.wellknown import issuer_for
-from keyswap.store.models import parse_scopes
 
 __all__ = ["mint_token", "tokens"]
 
@@ -148,8 +148,9 @@ def mint_token(
 )
 @click.option(
     "--scopes",
-    "scopes_text",
+    "narrowed",
     metavar="SCOPES",
+    type=ScopesType(),
     default=None,
     help="Narrow the `scope` claim to these of the consumer's scopes (comma-separated; '' for "
     "none). Default: all the consumer's scopes.",
@@ -167,7 +168,7 @@ def tokens_mint(
     issuer: str | None,
     audience: str | None,
     upstream: str | None,
-    scopes_text: str | None,
+    narrowed: tuple[str, ...] | None,
     as_json: bool,
     db_url: str | None,
     secret_file: str | None,
@@ -181,8 +182,7 @@ def tokens_mint(
     """
     iss = _issuer(ctx, public_url, issuer)
     aud = token_audience(audience, upstream)
-    narrowed = None if scopes_text is None else parse_scopes(scopes_text)
-    with open_store(db_url) as store:
+    with open_store(db_url, existing=True) as store:
         owner = store.get_consumer(consumer)
         if owner is None:
             raise NotFound(f"unknown consumer '{consumer}'")

@@ -6,7 +6,10 @@
   verifies the gateway's JWTs against its JWKS (issuer and audience configured to match) and answers
   with the verified claims;
 - consumer ``demo`` (metadata ``{"plan": "free"}``) is created on the first run and reused afterwards;
-  every run revokes the previous run's demo keys and prints a fresh one, with the ``curl`` to try;
+  every run creates and prints a fresh demo key, with the ``curl`` to try, and leaves the older demo
+  keys working (another demo on the same data, or a script, may be using them; revoke them with
+  ``keyswap keys revoke``);
+- both ports are bound before the data is touched: a port in use is one error and changes nothing;
 - Ctrl-C (SIGINT) or SIGTERM stops both servers cleanly.
 """
 
@@ -48,7 +51,8 @@ class DemoInfo:
     db_path: Path
     key: str
     key_id: str
-    revoked: int
+    #: Older demo keys that still work (never revoked by the demo).
+    older_keys: int
 
     @property
     def curl(self) -> str:
@@ -58,7 +62,10 @@ class DemoInfo:
 
 
 def _demo_key(db_url: str) -> tuple[str, str, int]:
-    """Create consumer ``demo`` if missing, revoke its usable keys, create a new one."""
+    """Create consumer ``demo`` if missing and a new key for it; count its other usable keys.
+
+    Older keys are left alone: another demo on the same data, or a script, may be using them.
+    """
     from keyswap.gateway.apikeys import ApiKeys
     from keyswap.gateway.secret import load_secret
     from keyswap.store import Store
@@ -69,13 +76,9 @@ def _demo_key(db_url: str) -> tuple[str, str, int]:
         if store.get_consumer(DEMO_CONSUMER) is None:
             store.create_consumer(DEMO_CONSUMER, DEMO_METADATA)
         now = time.time()
-        revoked = 0
-        for record in store.list_api_keys(DEMO_CONSUMER):
-            if record.usable_at(now):
-                store.revoke_api_key(record.id, now=now)
-                revoked += 1
+        older = sum(1 for record in store.list_api_keys(DEMO_CONSUMER) if record.usable_at(now))
         record, key = api_keys.create(DEMO_CONSUMER)
-        return key, record.id, revoked
+        return key, record.id, older
     finally:
         store.close()
 
@@ -105,7 +108,7 @@ def prepare_demo(
     settings = GatewaySettings(upstream=origin_url, public_url=gateway_url, alg=alg)
     gateway_app = build_gateway(settings, db_url=db_url, env={})
     gateway_app.prepare()
-    key, key_id, revoked = _demo_key(db_url)
+    key, key_id, older_keys = _demo_key(db_url)
     jwks_url = gateway_url + JWKS_PATH
     verifier = Verifier(
         IssuerConfig(
@@ -116,19 +119,19 @@ def prepare_demo(
         )
     )
     origin_app = create_app(verifier)
-    info = DemoInfo(gateway_url, origin_url, jwks_url, db_path, key, key_id, revoked)
+    info = DemoInfo(gateway_url, origin_url, jwks_url, db_path, key, key_id, older_keys)
     return gateway_app, origin_app, info
 
 
 def _instructions(info: DemoInfo) -> str:
     metadata = json.dumps(DEMO_METADATA)
-    replaced = f"; {info.revoked} older demo key(s) revoked" if info.revoked else ""
+    older = f"; {info.older_keys} older demo key(s) still work" if info.older_keys else ""
     return "\n".join(
         [
             "",
             f"keyswap demo: gateway {info.gateway_url} -> origin {info.origin_url}",
             f"  data:  {info.db_path} (consumer '{DEMO_CONSUMER}' {metadata}, "
-            f"key {info.key_id}{replaced})",
+            f"key {info.key_id}{older})",
             f"  JWKS:  {info.jwks_url}",
             "",
             "Try it (the origin answers with the JWT claims it verified):",
@@ -153,18 +156,34 @@ def run_demo(
     """Prepare the demo, serve gateway and origin until SIGINT/SIGTERM; returns the exit status.
 
     Raises:
-        ConfigError: see :func:`prepare_demo`.
+        ConfigError: a port is in use (``cannot listen on 127.0.0.1:8080: address already in use``;
+            checked before the data is touched), or see :func:`prepare_demo`.
     """
     from keyswap.gateway.serve import configure_logging, run_until_signal, server_config
+    from keyswap.ports import bind_listeners
 
     if port == origin_port:
         from keyswap.errors import ConfigError
 
         raise ConfigError("--port and --origin-port must differ")
-    configure_logging("info")
-    gateway_app, origin_app, info = prepare_demo(
-        data_dir, port=port, origin_port=origin_port, alg=alg
-    )
+    # Both ports first: a demo that cannot serve must not create keys (nor touch the data at all).
+    gateway_sockets = bind_listeners(_HOST, port)
+    try:
+        origin_sockets = bind_listeners(_HOST, origin_port)
+    except BaseException:
+        for sock in gateway_sockets:
+            sock.close()
+        raise
+    sockets = [gateway_sockets, origin_sockets]
+    try:
+        configure_logging("info")
+        gateway_app, origin_app, info = prepare_demo(
+            data_dir, port=port, origin_port=origin_port, alg=alg
+        )
+    except BaseException:
+        for sock in gateway_sockets + origin_sockets:
+            sock.close()
+        raise
 
     def ready() -> None:
         text = _instructions(info)
@@ -180,4 +199,5 @@ def run_demo(
             server_config(origin_app, _HOST, origin_port, log_level="warning"),
         ],
         on_ready=ready,
+        sockets=sockets,
     )

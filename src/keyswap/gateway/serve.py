@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import logging
 import signal
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -57,29 +58,48 @@ class _Server(uvicorn.Server):
 
 
 def run_until_signal(
-    configs: Sequence[uvicorn.Config], *, on_ready: Callable[[], None] | None = None
+    configs: Sequence[uvicorn.Config],
+    *,
+    on_ready: Callable[[], None] | None = None,
+    sockets: Sequence[list[socket.socket]] | None = None,
 ) -> int:
     """Serve every config (started in order) until SIGINT/SIGTERM; ``on_ready`` runs once all serve.
+
+    ``sockets`` (one list per config, from :func:`keyswap.ports.bind_listeners`) are already bound:
+    the servers listen on them instead of binding their config's host and port.
 
     Returns 0 after a clean shutdown, 1 if a server failed to start (uvicorn has logged why).
     """
     servers = [_Server(config) for config in configs]
+    bound: list[list[socket.socket] | None] = (
+        list(sockets) if sockets is not None else [None] * len(configs)
+    )
     loop_factory = configs[0].get_loop_factory() if configs else None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_serve_all(servers, on_ready))
-
-
-async def _serve_one(server: uvicorn.Server, failed: list[uvicorn.Server]) -> None:
     try:
-        await server.serve()
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(_serve_all(list(zip(servers, bound, strict=True)), on_ready))
+    finally:
+        for listeners in bound:
+            for sock in listeners or []:
+                sock.close()
+
+
+async def _serve_one(
+    server: uvicorn.Server, sockets: list[socket.socket] | None, failed: list[uvicorn.Server]
+) -> None:
+    try:
+        await server.serve(sockets=sockets)
     except SystemExit:  # uvicorn exits on a failed start-up (port taken, lifespan failed)
         failed.append(server)
     if not server.started:
         failed.append(server)
 
 
-async def _serve_all(servers: list[_Server], on_ready: Callable[[], None] | None) -> int:
+async def _serve_all(
+    pairs: list[tuple[_Server, list[socket.socket] | None]], on_ready: Callable[[], None] | None
+) -> int:
     loop = asyncio.get_running_loop()
+    servers = [server for server, _ in pairs]
     failed: list[uvicorn.Server] = []
 
     def stop() -> None:
@@ -92,8 +112,8 @@ async def _serve_all(servers: list[_Server], on_ready: Callable[[], None] | None
         loop.add_signal_handler(sig, stop)
     tasks: list[asyncio.Task[None]] = []
     try:
-        for server in servers:  # in order: the origin starts once the gateway serves
-            task = asyncio.create_task(_serve_one(server, failed))
+        for server, sockets in pairs:  # in order: the origin starts once the gateway serves
+            task = asyncio.create_task(_serve_one(server, sockets, failed))
             tasks.append(task)
             # uvicorn offers a `started` flag, no event to wait on.
             while not server.started and not task.done() and not server.should_exit:  # noqa: ASYNC110

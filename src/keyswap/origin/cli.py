@@ -12,13 +12,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import socket
 import sys
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import click
 
-from keyswap.cli_support import OneLineErrorsCommand, OneLineUsageError, Seconds, show_envvars
+from keyswap.cli_support import OneLineErrorsCommand, OneLineUsageError, Seconds
 from keyswap.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -87,7 +88,6 @@ _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _SERVERS = ("uvicorn", "granian")
 
 
-@show_envvars
 @click.command(
     cls=OneLineErrorsCommand,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -201,6 +201,7 @@ def origin(
         app = create_app(verifier, realm=realm)
     except ConfigError as exc:
         raise OneLineUsageError(str(exc)) from exc
+    sockets = _bind(host, port)
     logger.info(
         "keyswap origin on http://%s:%d: issuer=%s jwks_url=%s algorithms=%s audience=%s",
         host,
@@ -211,6 +212,8 @@ def origin(
         audience or "-",
     )
     if server == "granian":
+        for sock in sockets:  # granian binds by itself: the check was all that was wanted
+            sock.close()
         _serve_granian(verifier, config, realm, host, port, log_level, access_log)
         return
     import uvicorn
@@ -228,9 +231,19 @@ def origin(
             server_header=False,
         )
     )
-    uvicorn_server.run()
+    uvicorn_server.run(sockets=sockets)
     if not uvicorn_server.started:  # e.g. the port is taken; uvicorn has logged why
         sys.exit(1)
+
+
+def _bind(host: str, port: int) -> list[socket.socket]:
+    """Bind the address before serving: a port in use is one ``Error:`` line and exit status 1."""
+    from keyswap.ports import bind_listeners
+
+    try:
+        return bind_listeners(host, port)
+    except ConfigError as exc:
+        raise click.ClickException(exc.reason) from None
 
 
 def _serve_granian(

@@ -55,7 +55,7 @@ from keyswap.store.models import (
 from keyswap.store.schema import api_keys, consumers, meta, signing_keys
 from keyswap.store.urls import display_url, is_postgres, normalize_database_url, sqlite_file
 
-__all__ = ["NOTIFY_CHANNEL", "SchemaMode", "Store"]
+__all__ = ["NOTIFY_CHANNEL", "CreateMode", "SchemaMode", "Store"]
 
 log = logging.getLogger("keyswap.store")
 
@@ -68,6 +68,10 @@ PG_CONNECT_TIMEOUT = 3
 #: What opening a store does with the schema: ``auto`` (upgrade SQLite, check anything else),
 #: ``upgrade`` (always upgrade), ``check`` (refuse unless current), ``any`` (no check: ``db status``).
 SchemaMode = Literal["auto", "upgrade", "check", "any"]
+
+#: What opening a SQLite file may create: ``dirs`` (the file and its missing directories), ``file``
+#: (the file, in a directory that must exist), ``none`` (nothing: the file must exist).
+CreateMode = Literal["dirs", "file", "none"]
 
 
 class _Conflict(Exception):
@@ -83,18 +87,24 @@ class Store:
         schema: ``auto`` (default): a SQLite database is created or upgraded on open, any other must
             be at the newest revision; ``upgrade``: upgrade whatever it is; ``check``: never upgrade;
             ``any``: skip the check (to report the state, see :attr:`schema_state`).
+        create: for a SQLite file: ``dirs`` (default) creates it and its missing directories,
+            ``file`` creates it only in an existing directory, ``none`` never creates it (read-only
+            use: a mistyped path must not become a new, empty database).
 
     Raises:
         ConfigError: the URL is invalid, the database cannot be reached, its schema is behind (run
-            ``keyswap db upgrade``) or was changed by a newer keyswap.
+            ``keyswap db upgrade``) or was changed by a newer keyswap; the SQLite file is missing
+            (``no database at PATH``) or its directory is, and ``create`` does not allow creating it.
     """
 
-    def __init__(self, url: str, *, schema: SchemaMode = "auto") -> None:
+    def __init__(
+        self, url: str, *, schema: SchemaMode = "auto", create: CreateMode = "dirs"
+    ) -> None:
         self.url = normalize_database_url(url)
         self.is_postgres = is_postgres(self.url)
         path = sqlite_file(self.url)
         if path is not None:
-            _prepare_sqlite_file(path)
+            _prepare_sqlite_file(path, create)
         self.engine = _create_engine(self.url, file_backed=path is not None)
         self._commit_hooks: list[Callable[[int], object]] = []
         #: ``(before, after)`` revisions if opening the store upgraded the schema.
@@ -640,7 +650,13 @@ def _first_line(error: object) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def _prepare_sqlite_file(path: Path) -> None:
+def _prepare_sqlite_file(path: Path, create: CreateMode) -> None:
+    if create == "none" and not path.is_file():
+        raise ConfigError(f"no database at {path}")
+    if create == "file" and not path.parent.is_dir():
+        raise ConfigError(
+            f"cannot create the database {path}: the directory {path.parent} does not exist"
+        )
     try:
         if not path.parent.exists():
             path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)

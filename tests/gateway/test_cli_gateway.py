@@ -1,0 +1,131 @@
+"""`keyswap gateway` as a real subprocess: start-up errors are one line, the banner says what is in force."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from keyswap.gateway.cli import gateway as gateway_command
+from keyswap.gateway.cli import redis_display
+from keyswap.gateway.wellknown import JWKS_PATH
+from tests.support.asgi_server import free_port
+from tests.support.running_gateway import eventually
+
+KEYSWAP = str(Path(sys.executable).with_name("keyswap"))
+REDIS_URL = "redis://127.0.0.1:6379/0"
+# Variables the gateway reads: the tests set what they need and nothing leaks in from outside.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("KEYSWAP_")}
+
+
+def _gateway(*args: str, db: Path) -> list[str]:
+    return [KEYSWAP, "gateway", "--upstream", "http://127.0.0.1:9", "--db", str(db), *args]
+
+
+def _banner(args: list[str]) -> str:
+    """Start the gateway, read its stderr up to the rate-limit line, stop it once it serves; returns
+    what it said."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*args, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=CLEAN_ENV,
+    )
+    assert process.stderr is not None
+    said = []
+    try:
+        for line in process.stderr:
+            said.append(line)
+            if "rate limits:" in line:
+                break
+
+        def serving() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}{JWKS_PATH}").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        eventually(serving, timeout=20)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        rest = process.communicate(timeout=30)[1]
+    assert process.returncode == 0, "".join(said) + rest
+    return "".join(said) + rest
+
+
+def test_a_port_in_use_is_one_error_line_before_anything_else(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            _gateway("--port", str(port), db=tmp_path / "k.db"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=CLEAN_ENV,
+        )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr == f"Error: cannot listen on 127.0.0.1:{port}: address already in use\n"
+    assert not (tmp_path / "k.db").exists()  # nothing was loaded or created
+
+
+def test_a_named_database_in_a_missing_directory_is_one_error_line(tmp_path: Path) -> None:
+    db = tmp_path / "typo" / "k.db"
+    result = CliRunner().invoke(
+        gateway_command, ["--upstream", "http://127.0.0.1:9", "--db", str(db)], env=CLEAN_ENV
+    )
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: cannot create the database {db}: the directory {db.parent} does not exist\n"
+    )
+    assert not db.parent.exists()
+
+
+def test_an_unreachable_redis_is_named_in_the_banner_without_its_password(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    said = _banner(
+        _gateway(
+            "--redis",
+            f"redis://:hunter2secret@127.0.0.1:{port}/0",
+            db=tmp_path / "k.db",
+        )
+    )
+    assert (
+        f"rate limits: per node until Redis at redis://127.0.0.1:{port}/0 is reachable "
+        "(then shared)" in said
+    )
+    assert "shared in Redis" not in said
+    assert "hunter2secret" not in said
+
+
+def test_a_reachable_redis_shares_the_rate_limits(tmp_path: Path) -> None:
+    said = _banner(_gateway("--redis", REDIS_URL, db=tmp_path / "k.db"))
+    assert "changes: Redis pub/sub + polling; rate limits: shared in Redis" in said
+
+
+def test_without_redis_rate_limits_are_per_node(tmp_path: Path) -> None:
+    said = _banner(_gateway("--rate-limit", "10/s", db=tmp_path / "k.db"))
+    assert "changes: polling; rate limits: per node, default 10/1s;" in said
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@host:6379/0", "redis://host:6379/0"),
+        ("rediss://user:pw@host/1?password=pw2", "rediss://host/1"),
+        ("unix:///run/redis.sock?password=pw", "unix:///run/redis.sock"),
+    ],
+)
+def test_redis_urls_are_shown_without_credentials(url: str, shown: str) -> None:
+    assert redis_display(url) == shown
