@@ -185,6 +185,25 @@ def test_a_sqlite_database_from_before_migrations_is_adopted_and_upgraded(tmp_pa
         assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
 
 
+def _insert_0002_rows(store: Store) -> None:
+    """Consumer 'acme' (rate limit 5/1s) with one API key 'key_old', written as revision 0002 knew them."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO consumers (name, metadata, created_at, rate_limit) "
+                "VALUES ('acme', '{}', 1.0, '5/1s')"
+            )
+        )
+        consumer_id = conn.execute(sa.text("SELECT id FROM consumers")).scalar_one()
+        conn.execute(
+            sa.text(
+                "INSERT INTO api_keys (id, consumer_id, digest, hint, created_at) "
+                "VALUES ('key_old', :cid, :digest, 'ks_...abcd', 1.0)"
+            ),
+            {"cid": consumer_id, "digest": b"d" * 32},
+        )
+
+
 def test_migrations_ship_inside_the_package() -> None:
     versions = sorted(p.name for p in (migrate.MIGRATIONS_DIR / "versions").glob("*.py"))
     assert versions == ["0001_initial.py", "0002_consumer_rate_limit.py", "0003_scopes.py"]
@@ -195,22 +214,9 @@ def test_0003_adds_scopes_and_keeps_consumers_and_keys_both_ways(any_url: str) -
     store = Store(any_url, schema="upgrade")
     try:
         _downgrade(store, "0002")
-        with store.engine.begin() as conn:
+        with store.engine.connect() as conn:
             assert "scopes" not in {c["name"] for c in sa.inspect(conn).get_columns("api_keys")}
-            conn.execute(
-                sa.text(
-                    "INSERT INTO consumers (name, metadata, created_at, rate_limit) "
-                    "VALUES ('acme', '{}', 1.0, '5/1s')"
-                )
-            )
-            consumer_id = conn.execute(sa.text("SELECT id FROM consumers")).scalar_one()
-            conn.execute(
-                sa.text(
-                    "INSERT INTO api_keys (id, consumer_id, digest, hint, created_at) "
-                    "VALUES ('key_old', :cid, :digest, 'ks_...abcd', 1.0)"
-                ),
-                {"cid": consumer_id, "digest": b"d" * 32},
-            )
+        _insert_0002_rows(store)
         upgraded = Store(any_url, schema="upgrade")
         try:
             assert upgraded.schema_change == ("0002", "0003")
@@ -239,21 +245,7 @@ def test_downgrading_0002_keeps_every_api_key(any_url: str) -> None:
     store = Store(any_url, schema="upgrade")
     try:
         _downgrade(store, "0002")
-        with store.engine.begin() as conn:
-            conn.execute(
-                sa.text(
-                    "INSERT INTO consumers (name, metadata, created_at, rate_limit) "
-                    "VALUES ('acme', '{}', 1.0, '5/1s')"
-                )
-            )
-            consumer_id = conn.execute(sa.text("SELECT id FROM consumers")).scalar_one()
-            conn.execute(
-                sa.text(
-                    "INSERT INTO api_keys (id, consumer_id, digest, hint, created_at) "
-                    "VALUES ('key_old', :cid, :digest, 'ks_...abcd', 1.0)"
-                ),
-                {"cid": consumer_id, "digest": b"d" * 32},
-            )
+        _insert_0002_rows(store)
         _downgrade(store, "0001")
         with store.engine.connect() as conn:
             names = {c["name"] for c in sa.inspect(conn).get_columns("consumers")}

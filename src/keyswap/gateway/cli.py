@@ -60,7 +60,7 @@ from keyswap.store.urls import (
 )
 
 __all__ = [
-    "ScopesType",
+    "ParsedType",
     "consumers",
     "db",
     "db_option",
@@ -72,6 +72,7 @@ __all__ = [
     "open_secret",
     "open_store",
     "resolve_db_url",
+    "scopes_type",
     "secret_file_option",
     "signing_keys",
 ]
@@ -158,44 +159,36 @@ class RateType(click.ParamType):  # type: ignore[type-arg]  # generic only in cl
             self.fail(f"{exc.reason}; or {words}" if words else exc.reason, param, ctx)
 
 
-class _MetadataType(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
-    """Consumer metadata: a JSON object of at most 1 KiB (a bad one is a usage error)."""
+class ParsedType(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """A value read by one of keyswap's parsers; what the parser refuses is a usage error (exit 2)."""
 
-    name = "json"
+    def __init__(self, name: str, parse: Callable[[str], Any], parsed: type) -> None:
+        self.name = name
+        self._parse = parse
+        self._parsed = parsed
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, dict):
-            return value
+        if isinstance(value, self._parsed):
+            return value  # a default, or a value converted once already
         try:
-            return parse_metadata(str(value))
+            return self._parse(str(value))
         except KeyswapError as exc:
             self.fail(exc.reason, param, ctx)
 
 
-class ScopesType(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
-    """Scopes, comma- or space-separated, as a tuple (a bad scope is a usage error)."""
-
-    name = "scopes"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_scopes(str(value))
-        except KeyswapError as exc:
-            self.fail(exc.reason, param, ctx)
+def _metadata_type() -> ParsedType:
+    """Consumer metadata: a JSON object of at most 1 KiB."""
+    return ParsedType("json", parse_metadata, dict)
 
 
-class _ConsumerNameType(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
-    """A new consumer's name (a bad one is a usage error)."""
+def scopes_type() -> ParsedType:
+    """Scopes, comma- or space-separated, as a tuple."""
+    return ParsedType("scopes", parse_scopes, tuple)
 
-    name = "name"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        try:
-            return validate_consumer_name(str(value))
-        except KeyswapError as exc:
-            self.fail(exc.reason, param, ctx)
+def _consumer_name_type() -> ParsedType:
+    """A new consumer's name."""
+    return ParsedType("name", validate_consumer_name, type(None))
 
 
 #: Longest duration a flag takes (100 years).
@@ -347,12 +340,12 @@ def consumers() -> None:
 
 
 @consumers.command("create")
-@click.argument("name", type=_ConsumerNameType())
+@click.argument("name", type=_consumer_name_type())
 @click.option(
     "--metadata",
     "metadata",
     metavar="JSON",
-    type=_MetadataType(),
+    type=_metadata_type(),
     default=None,
     help="JSON object (<= 1 KiB).",
 )
@@ -360,7 +353,7 @@ def consumers() -> None:
     "--scopes",
     "scopes",
     metavar="SCOPES",
-    type=ScopesType(),
+    type=scopes_type(),
     default=None,
     help=SCOPES_HELP + " Default: none.",
 )
@@ -415,7 +408,7 @@ def consumers_list(as_json: bool, db_url: str | None) -> None:
 
 @consumers.command("set-metadata")
 @click.argument("name")
-@click.argument("metadata", metavar="JSON", type=_MetadataType())
+@click.argument("metadata", metavar="JSON", type=_metadata_type())
 @json_option
 @db_option
 @handle_errors
@@ -433,7 +426,7 @@ def consumers_set_metadata(
 
 @consumers.command("set-scopes")
 @click.argument("name")
-@click.argument("scopes", metavar="SCOPES", type=ScopesType())
+@click.argument("scopes", metavar="SCOPES", type=scopes_type())
 @json_option
 @db_option
 @handle_errors
@@ -591,7 +584,7 @@ def keys() -> None:
     "--scopes",
     "scopes",
     metavar="SCOPES",
-    type=ScopesType(),
+    type=scopes_type(),
     default=None,
     help=SCOPES_HELP + " Each must be one of the consumer's; '' gives the key none. "
     "Default: the consumer's scopes, whatever they are at the time.",

@@ -20,7 +20,6 @@ from keyswap.errors import ConfigError, InvalidInput, KeysUnavailable, NotFound
 from keyswap.gateway.app import token_audience
 from keyswap.gateway.cli import (
     ManagedGroup,
-    ScopesType,
     _print_json,
     _time,
     db_option,
@@ -28,6 +27,7 @@ from keyswap.gateway.cli import (
     json_option,
     open_secret,
     open_store,
+    scopes_type,
     secret_file_option,
 )
 from keyswap.gateway.keyring import Keyring
@@ -150,7 +150,7 @@ def mint_token(
     "--scopes",
     "narrowed",
     metavar="SCOPES",
-    type=ScopesType(),
+    type=scopes_type(),
     default=None,
     help="Narrow the `scope` claim to these of the consumer's scopes (comma-separated; '' for "
     "none). Default: all the consumer's scopes.",
