@@ -2,6 +2,17 @@
 
     KEYSWAP_ISSUER=... KEYSWAP_JWKS_URL=... KEYSWAP_AUDIENCE=... uvicorn examples.fastapi_app:app
 
+Behind a keyswap gateway, from the repository root (`.venv/bin` from ./scripts/demo or ./scripts/test):
+
+    .venv/bin/keyswap gateway --upstream http://127.0.0.1:7878 --port 8080 &
+    KEYSWAP_ISSUER=http://127.0.0.1:8080/__keyswap/issuer \
+    KEYSWAP_JWKS_URL=http://127.0.0.1:8080/__keyswap/issuer/.well-known/jwks.json \
+    KEYSWAP_AUDIENCE=http://127.0.0.1:7878 \
+    .venv/bin/uvicorn examples.fastapi_app:app --port 7878
+
+(the audience is the gateway's --audience, by default its --upstream URL). Give the consumer the scopes:
+`keyswap consumers create shop --scopes orders:read,orders:write`, then `keyswap keys create shop`.
+
 `GET /claims` answers the verified claims as JSON; `GET /orders` also needs the `orders:read` scope,
 `POST /orders` the `orders:write` scope; `/docs` has an Authorize button for the bearer token.
 """

@@ -220,3 +220,18 @@ def test_a_port_in_use_creates_no_data_dir(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("Error: cannot listen on 127.0.0.1:")
     assert not (tmp_path / "fresh").exists()
+
+
+def test_the_banner_names_keyswap_as_the_user_can_run_it(tmp_path: Path) -> None:
+    """Under scripts/demo, `keyswap` is not on PATH: the banner says .venv/bin/keyswap instead."""
+    from keyswap.gateway.demo import _program
+
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    script = venv_bin / "keyswap"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    assert _program(".venv/bin/keyswap", path=str(tmp_path / "elsewhere")) == ".venv/bin/keyswap"
+    assert _program(str(script), path=str(venv_bin)) == "keyswap"  # the same file is on PATH
+    assert _program("keyswap", path="") == "keyswap"
+    assert _program("/usr/bin/pytest", path="") == "keyswap"

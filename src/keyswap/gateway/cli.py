@@ -125,7 +125,8 @@ def key_prefix_option(function: F) -> F:
         envvar="KEYSWAP_KEY_PREFIX",
         default=DEFAULT_PREFIX,
         show_default=True,
-        help="API key prefix (also $KEYSWAP_KEY_PREFIX); the gateway must use the same.",
+        help="API key prefix (also $KEYSWAP_KEY_PREFIX); the gateway and `keys create|roll` must "
+        "agree on it.",
     )(function)
 
 

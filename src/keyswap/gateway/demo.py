@@ -16,7 +16,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -123,6 +125,21 @@ def prepare_demo(
     return gateway_app, origin_app, info
 
 
+def _program(argv0: str | None = None, path: str | None = None) -> str:
+    """How the user can run keyswap again: ``keyswap`` when that name on PATH is this program, else the
+    path this one was started by (``.venv/bin/keyswap`` under scripts/demo, with no venv activated)."""
+    invoked = sys.argv[0] if argv0 is None else argv0
+    if os.path.basename(invoked) != "keyswap" or os.sep not in invoked:
+        return "keyswap"
+    found = shutil.which("keyswap", path=path)
+    try:
+        if found is not None and os.path.samefile(found, invoked):
+            return "keyswap"
+    except OSError:
+        pass
+    return shlex.quote(invoked)
+
+
 def _instructions(info: DemoInfo) -> str:
     metadata = json.dumps(DEMO_METADATA)
     older = f"; {info.older_keys} older demo key(s) still work" if info.older_keys else ""
@@ -138,7 +155,7 @@ def _instructions(info: DemoInfo) -> str:
             "",
             f"  {info.curl}",
             "",
-            f"Manage it: keyswap keys list --db {shlex.quote(str(info.db_path))}",
+            f"Manage it: {_program()} keys list --db {shlex.quote(str(info.db_path))}",
             "Press Ctrl-C to stop.",
             "",
         ]
