@@ -154,3 +154,18 @@ def test_connection_cap_per_consumer_defaults_to_a_quarter_of_the_pool() -> None
     assert GatewaySettings("http://u", "http://g", max_connections=2).max_connections_per_consumer == 1
     settings = GatewaySettings("http://u", "http://g", max_connections_per_consumer=7)
     assert settings.max_connections_per_consumer == 7
+
+
+def test_a_consumer_own_connection_cap_overrides_the_default(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    with running_gateway(tmp_path, upstream.url, max_connections_per_consumer=10) as gw:
+        gw.admin_store.set_consumer_connections("acme", 1)
+        request = f"GET /stall HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {gw.key}\r\n\r\n"
+        sock = _open(gw, request.encode())
+        try:
+            eventually(lambda: gw.app.in_flight != {})
+            assert gw.get("/").status_code == 429
+        finally:
+            upstream.release()
+            sock.close()

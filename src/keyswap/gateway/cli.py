@@ -328,6 +328,7 @@ def _consumer_json(consumer: Consumer) -> dict[str, Any]:
         "created_at": _time(consumer.created_at),
         "rate_limit": consumer.rate_limit,
         "scopes": list(consumer.scopes),
+        "max_connections": consumer.max_connections,
     }
 
 
@@ -461,21 +462,53 @@ def consumers_set_scopes(
     "--rate",
     metavar="RATE",
     type=RateType({"default": "default", UNLIMITED: UNLIMITED}),
-    required=True,
+    default=None,
     help="REQUESTS/WINDOW (100/60s, 100/1m, 10/s), 'unlimited', or 'default' (the gateway's "
     "--rate-limit).",
+)
+@click.option(
+    "--connections",
+    metavar="N",
+    default=None,
+    help="Most requests in flight to the upstream at once (per gateway process), 1-10000, or "
+    "'default' (the gateway's --max-connections-per-consumer).",
 )
 @json_option
 @db_option
 @handle_errors
-def consumers_set_limit(name: str, rate: Any, as_json: bool, db_url: str | None) -> None:
-    """Set the rate limit of consumer NAME (shared by all its keys, on every gateway node)."""
-    value: str | None = None if rate == "default" else str(rate)
+def consumers_set_limit(
+    name: str, rate: Any, connections: str | None, as_json: bool, db_url: str | None
+) -> None:
+    """Set the rate limit and/or the connection cap of consumer NAME (shared by all its keys)."""
+    if rate is None and connections is None:
+        raise OneLineUsageError("give --rate, --connections or both")
+    cap: int | None = None
+    if connections is not None and connections.strip().lower() != "default":
+        try:
+            cap = int(connections.strip())
+        except ValueError:
+            cap = 0
+        if not 1 <= cap <= 10_000:
+            raise OneLineUsageError(
+                f"--connections must be a whole number 1-10000 or 'default', got {connections!r}"
+            )
+    value: str | None = None if rate in (None, "default") else str(rate)
     with open_store(db_url, existing=True) as store:
-        consumer = store.set_consumer_rate_limit(name, value)
+        if rate is not None:
+            consumer = store.set_consumer_rate_limit(name, value)
+        if connections is not None:
+            consumer = store.set_consumer_connections(name, cap)
     if as_json:
         _print_json(_consumer_json(consumer))
-    elif value is None:
+        return
+    if connections is not None:
+        if cap is None:
+            click.echo(f"Consumer '{consumer.name}' now has the gateway's default connection cap.")
+        else:
+            click.echo(f"Consumer '{consumer.name}' may have {cap} requests in flight at once.")
+    if rate is None:
+        return
+    if value is None:
         click.echo(f"Consumer '{consumer.name}' now has the gateway's default rate limit.")
     elif value == UNLIMITED:
         click.echo(f"Consumer '{consumer.name}' is not rate limited.")
