@@ -646,8 +646,16 @@ def test_set_limit_connections_stores_the_consumer_cap(db: str) -> None:
     assert capped["rate_limit"] is None
     both = as_json(
         ok(
-            "consumers", "set-limit", "acme", "--rate", "10/s", "--connections", "default",
-            "--json", "--db", db,
+            "consumers",
+            "set-limit",
+            "acme",
+            "--rate",
+            "10/s",
+            "--connections",
+            "default",
+            "--json",
+            "--db",
+            db,
         )
     )
     assert both["max_connections"] is None

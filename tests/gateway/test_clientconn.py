@@ -17,7 +17,7 @@ from keyswap.gateway.serve import server_config
 from tests.support.asgi_server import ServerThread
 
 REQUEST = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"
-FAST = {
+FAST: dict[str, Any] = {
     "head_timeout": 0.3,
     "keep_alive_timeout": 0.3,
     "body_timeout": 0.3,
@@ -61,7 +61,7 @@ class App:
 
 @contextmanager
 def guarded(app: Any, **limits: Any) -> Iterator[ServerThread]:
-    options = dict(FAST)
+    options: dict[str, Any] = dict(FAST)
     options.update(limits)
     client_limits = ClientLimits(**options)
     config = server_config(app, "127.0.0.1", 0, client_limits=client_limits)

@@ -3,6 +3,7 @@ consumer A holding requests open with raw sockets while consumer B's requests mu
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -69,7 +70,7 @@ def test_a_consumer_holding_big_responses_unread_does_not_starve_another(
     tmp_path: Path, upstream: RecordingUpstream
 ) -> None:
     with running_gateway(
-        tmp_path, upstream.url, max_connections=4, upstream_timeout=1.0, server=_server()
+        tmp_path, upstream.url, max_connections=4, upstream_timeout=1.0, server_options=_server()
     ) as gw:
         beta = _second_key(gw)
         request = (
@@ -120,7 +121,7 @@ def test_a_consumer_trickling_request_bodies_gets_408_and_frees_the_upstream(
     tmp_path: Path, upstream: RecordingUpstream
 ) -> None:
     with running_gateway(
-        tmp_path, upstream.url, max_connections=4, upstream_timeout=5.0, server=_server()
+        tmp_path, upstream.url, max_connections=4, upstream_timeout=5.0, server_options=_server()
     ) as gw:
         beta = _second_key(gw)
         head = (
@@ -134,10 +135,8 @@ def test_a_consumer_trickling_request_bodies_gets_408_and_frees_the_upstream(
             started = time.monotonic()
             for _ in range(20):  # one byte every 0.1 s: never idle long, but too slow overall
                 for sock in socks:
-                    try:
+                    with contextlib.suppress(OSError):
                         sock.sendall(b"a")
-                    except OSError:
-                        pass
                 time.sleep(0.1)
                 if time.monotonic() - started > 1.5:
                     break
@@ -151,7 +150,9 @@ def test_a_consumer_trickling_request_bodies_gets_408_and_frees_the_upstream(
 
 def test_connection_cap_per_consumer_defaults_to_a_quarter_of_the_pool() -> None:
     assert GatewaySettings("http://u", "http://g").max_connections_per_consumer == 25
-    assert GatewaySettings("http://u", "http://g", max_connections=2).max_connections_per_consumer == 1
+    assert (
+        GatewaySettings("http://u", "http://g", max_connections=2).max_connections_per_consumer == 1
+    )
     settings = GatewaySettings("http://u", "http://g", max_connections_per_consumer=7)
     assert settings.max_connections_per_consumer == 7
 

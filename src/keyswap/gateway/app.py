@@ -193,9 +193,7 @@ class GatewaySettings:
                 self, "max_connections_per_consumer", max(1, self.max_connections // 4)
             )
         elif not isinstance(per_consumer, int) or per_consumer < 1:
-            raise ConfigError(
-                f"connections per consumer must be at least 1, got {per_consumer!r}"
-            )
+            raise ConfigError(f"connections per consumer must be at least 1, got {per_consumer!r}")
         if not self.watch_interval > 0 or not self.prune_interval > 0:
             raise ConfigError("watch and prune intervals must be positive")
         if not 0 <= self.jwks_max_age <= 86_400:

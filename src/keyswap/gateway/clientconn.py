@@ -213,7 +213,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         limits = self.limits
         now = self.loop.time()
-        if self.flow.read_paused:  # the server is not reading (the app has enough): not the client's
+        if (
+            self.flow.read_paused
+        ):  # the server is not reading (the app has enough): not the client's
             self._body_last = now
         idle_until = self._body_last + limits.body_timeout
         deadline = self._body_start + limits.body_deadline
@@ -224,7 +226,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and not cycle.response_started:
             self.transport.write(_REQUEST_TIMEOUT)
-            cycle.disconnected = True  # the app's sends are dropped; its receive sees the disconnect
+            cycle.disconnected = (
+                True  # the app's sends are dropped; its receive sees the disconnect
+            )
             cycle.message_event.set()
             self.transport.close()
         else:

@@ -28,8 +28,8 @@ __all__ = [
     "parse_scopes",
     "serialize_metadata",
     "validate_consumer_name",
-    "validate_metadata",
     "validate_max_connections",
+    "validate_metadata",
     "validate_rate_limit",
     "validate_scopes",
 ]

@@ -48,8 +48,8 @@ from keyswap.store.models import (
     SigningKeyRecord,
     format_scopes,
     validate_consumer_name,
-    validate_metadata,
     validate_max_connections,
+    validate_metadata,
     validate_rate_limit,
     validate_scopes,
 )
@@ -370,9 +370,7 @@ class Store:
         value = validate_max_connections(max_connections)
         with self._writing() as conn:
             updated = conn.execute(
-                sa.update(consumers)
-                .where(consumers.c.name == name)
-                .values(max_connections=value)
+                sa.update(consumers).where(consumers.c.name == name).values(max_connections=value)
             ).rowcount
             if not updated:
                 raise NotFound(f"unknown consumer '{name}'")
