@@ -129,3 +129,31 @@ def test_without_redis_rate_limits_are_per_node(tmp_path: Path) -> None:
 )
 def test_redis_urls_are_shown_without_credentials(url: str, shown: str) -> None:
     assert redis_display(url) == shown
+
+
+def test_client_timeouts_and_caps_come_from_flags_and_variables(tmp_path: Path) -> None:
+    """`--head-timeout` ($KEYSWAP_HEAD_TIMEOUT) reaches the server: a silent connection is closed."""
+    port = free_port()
+    env = {**CLEAN_ENV, "KEYSWAP_HEAD_TIMEOUT": "0.3", "KEYSWAP_MAX_CLIENT_CONNECTIONS": "50"}
+    process = subprocess.Popen(
+        [*_gateway("--port", str(port), "--keep-alive-timeout", "0.3", db=tmp_path / "k.db")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+
+        def serving() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}{JWKS_PATH}").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        eventually(serving, timeout=20)
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+            assert sock.recv(1024) == b""  # closed by the head timeout, well before 3 s
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert process.returncode == 0

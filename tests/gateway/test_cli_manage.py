@@ -367,9 +367,9 @@ def test_the_token_ttl_for_pruning_can_come_from_the_gateways_variable(db: str) 
 
 
 def test_db_upgrade_creates_the_schema(db: str) -> None:
-    assert "from an empty database to revision 0003" in ok("db", "upgrade", "--db", db).stdout
+    assert "from an empty database to revision 0004" in ok("db", "upgrade", "--db", db).stdout
     assert Path(db).exists()
-    assert "up to date (revision 0003" in ok("db", "upgrade", "--db", db).stdout
+    assert "up to date (revision 0004" in ok("db", "upgrade", "--db", db).stdout
 
 
 def test_the_default_database_lives_in_keyswap_data_dir_with_its_secret(tmp_path: Path) -> None:
@@ -479,7 +479,15 @@ def test_writing_commands_create_a_named_file_in_an_existing_directory(
 
 def test_every_result_can_be_printed_as_json(db: str) -> None:
     consumer = as_json(ok("consumers", "create", "acme", "--json", "--db", db))
-    assert set(consumer) == {"id", "name", "metadata", "created_at", "rate_limit", "scopes"}
+    assert set(consumer) == {
+        "id",
+        "name",
+        "metadata",
+        "created_at",
+        "rate_limit",
+        "scopes",
+        "max_connections",
+    }
     limited = as_json(ok("consumers", "set-limit", "acme", "--rate", "10/s", "--json", "--db", db))
     assert limited["rate_limit"] == "10/1s"
     unlimited = as_json(
@@ -627,3 +635,33 @@ def test_the_installed_keyswap_command_manages_consumers_and_keys(tmp_path: Path
     assert duplicate.returncode == 1
     assert duplicate.stderr == "Error: consumer 'acme' already exists\n"
     assert duplicate.stdout == ""
+
+
+def test_set_limit_connections_stores_the_consumer_cap(db: str) -> None:
+    ok("consumers", "create", "acme", "--db", db)
+    capped = as_json(
+        ok("consumers", "set-limit", "acme", "--connections", "3", "--json", "--db", db)
+    )
+    assert capped["max_connections"] == 3
+    assert capped["rate_limit"] is None
+    both = as_json(
+        ok(
+            "consumers",
+            "set-limit",
+            "acme",
+            "--rate",
+            "10/s",
+            "--connections",
+            "default",
+            "--json",
+            "--db",
+            db,
+        )
+    )
+    assert both["max_connections"] is None
+    assert both["rate_limit"] == "10/1s"
+    text = ok("consumers", "set-limit", "acme", "--connections", "7", "--db", db).stdout
+    assert "7 requests in flight" in text
+    for bad in (["--connections", "0"], ["--connections", "many"], []):
+        result = run("consumers", "set-limit", "acme", *bad, "--db", db)
+        assert result.exit_code == 2, result.output

@@ -99,7 +99,7 @@ def test_a_store_refuses_a_postgresql_schema_that_is_behind(pg_url: str) -> None
     _downgrade(store, "0001")
     store.close()
     with pytest.raises(
-        ConfigError, match=r"revision 0001.*needs revision 0003.*keyswap db upgrade"
+        ConfigError, match=r"revision 0001.*needs revision 0004.*keyswap db upgrade"
     ):
         Store(pg_url)
 
@@ -182,7 +182,7 @@ def test_a_sqlite_database_from_before_migrations_is_adopted_and_upgraded(tmp_pa
     finally:
         store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
 
 
 def _insert_0002_rows(store: Store) -> None:
@@ -206,7 +206,12 @@ def _insert_0002_rows(store: Store) -> None:
 
 def test_migrations_ship_inside_the_package() -> None:
     versions = sorted(p.name for p in (migrate.MIGRATIONS_DIR / "versions").glob("*.py"))
-    assert versions == ["0001_initial.py", "0002_consumer_rate_limit.py", "0003_scopes.py"]
+    assert versions == [
+        "0001_initial.py",
+        "0002_consumer_rate_limit.py",
+        "0003_scopes.py",
+        "0004_consumer_connections.py",
+    ]
     assert (migrate.MIGRATIONS_DIR / "env.py").is_file()
 
 
@@ -219,7 +224,7 @@ def test_0003_adds_scopes_and_keeps_consumers_and_keys_both_ways(any_url: str) -
         _insert_0002_rows(store)
         upgraded = Store(any_url, schema="upgrade")
         try:
-            assert upgraded.schema_change == ("0002", "0003")
+            assert upgraded.schema_change == ("0002", migrate.head_revision())
             consumer = upgraded.get_consumer("acme")
             assert consumer is not None
             assert (consumer.scopes, consumer.rate_limit) == ((), "5/1s")
@@ -253,5 +258,51 @@ def test_downgrading_0002_keeps_every_api_key(any_url: str) -> None:
             keys = conn.execute(sa.text("SELECT id FROM api_keys")).scalars().all()
         assert "rate_limit" not in names
         assert (consumers, keys) == (["acme"], ["key_old"])
+    finally:
+        store.close()
+
+
+def test_0004_adds_consumer_connection_caps_and_keeps_consumers_and_keys_both_ways(
+    any_url: str,
+) -> None:
+    store = Store(any_url, schema="upgrade")
+    try:
+        _downgrade(store, "0003")
+        with store.engine.begin() as conn:
+            names = {c["name"] for c in sa.inspect(conn).get_columns("consumers")}
+            assert "max_connections" not in names
+            conn.execute(
+                sa.text(
+                    "INSERT INTO consumers (name, metadata, created_at, rate_limit) "
+                    "VALUES ('acme', '{}', 1.0, '5/1s')"
+                )
+            )
+            consumer_id = conn.execute(sa.text("SELECT id FROM consumers")).scalar_one()
+            conn.execute(
+                sa.text(
+                    "INSERT INTO api_keys (id, consumer_id, digest, hint, created_at) "
+                    "VALUES ('key_old', :cid, :digest, 'ks_...abcd', 1.0)"
+                ),
+                {"cid": consumer_id, "digest": b"d" * 32},
+            )
+        upgraded = Store(any_url, schema="upgrade")
+        try:
+            assert upgraded.schema_change == ("0003", "0004")
+            consumer = upgraded.get_consumer("acme")
+            assert consumer is not None
+            assert (consumer.max_connections, consumer.rate_limit) == (None, "5/1s")
+            assert upgraded.set_consumer_connections("acme", 3).max_connections == 3
+            found = upgraded.find_api_key(b"d" * 32)
+            assert found is not None
+            assert found[1].max_connections == 3
+        finally:
+            upgraded.close()
+        _downgrade(store, "0003")
+        with store.engine.connect() as conn:
+            names = {c["name"] for c in sa.inspect(conn).get_columns("consumers")}
+            assert "max_connections" not in names
+            assert "rate_limit" in names
+            keys = conn.execute(sa.text("SELECT id FROM api_keys")).scalars().all()
+        assert keys == ["key_old"]  # dropping the column did not cascade to the keys
     finally:
         store.close()

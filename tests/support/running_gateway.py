@@ -69,12 +69,14 @@ def running_gateway(
     *,
     real_clock: bool = False,
     cluster: ClusterSettings | None = None,
+    server_options: dict[str, Any] | None = None,
     **settings: Any,
 ) -> Iterator[Gateway]:
     """Start a gateway in front of ``upstream_url`` with consumer ``acme`` ({"plan": "free"}) and a key.
 
     The gateway's clock is a :class:`Clock` tests move by hand (it starts at the real time), unless
-    ``real_clock`` (for expiry set by another process at its real "now").
+    ``real_clock`` (for expiry set by another process at its real "now"). ``server_options``: extra uvicorn
+    config (e.g. ``http=`` a protocol class).
     """
     db_path = tmp_path / "keyswap.db"
     db_url = f"sqlite:///{db_path}"
@@ -92,7 +94,7 @@ def running_gateway(
         admin = ApiKeys(admin_store, load_secret(db_url, env={}), cache_size=0)
         admin_store.create_consumer("acme", {"plan": "free"})
         record, key = admin.create("acme")
-        server = ServerThread(app, sock=sock).start()
+        server = ServerThread(app, sock=sock, **(server_options or {})).start()
         try:
             yield Gateway(app, server, admin, admin_store, db_url, db_path, key, record.id, clock)
         finally:

@@ -147,7 +147,8 @@ def is_well_formed(key: str, prefix: str = DEFAULT_PREFIX) -> bool:
 class Principal:
     """Who a valid API key belongs to. ``metadata`` is read-only and shared: do not mutate it.
 
-    ``rate_limit`` is the consumer's own limit as stored (``None``: the gateway's default).
+    ``rate_limit`` is the consumer's own limit as stored (``None``: the gateway's default), and
+    ``max_connections`` its own cap on requests in flight (``None``: the gateway's default).
     ``scopes`` are the key's effective scopes (its own within its consumer's, or its consumer's; see
     :func:`keyswap.store.models.effective_scopes`): the ``scope`` claim of minted tokens.
     """
@@ -158,6 +159,7 @@ class Principal:
     metadata: Mapping[str, Any]
     rate_limit: str | None = None
     scopes: tuple[str, ...] = ()
+    max_connections: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,5 +505,6 @@ def _entry(record: ApiKeyRecord, consumer: Consumer) -> _Entry:
         metadata=MappingProxyType(dict(consumer.metadata)),
         rate_limit=consumer.rate_limit,
         scopes=record.effective_scopes,
+        max_connections=consumer.max_connections,
     )
     return _Entry(record, principal)

@@ -16,6 +16,8 @@ are never proxied. Refusals (written by the gateway, never reaching the upstream
                               (WWW-Authenticate: Bearer realm="keyswap", error="invalid_token")
     429  Too many requests    the consumer's rate limit is spent (Retry-After, RateLimit-* fields;
                               see keyswap.gateway.ratelimit)
+    429  Too many concurrent requests   the consumer already has its connection cap of requests in
+                              flight to the upstream (Retry-After: 1)
     502  Bad gateway          upstream unreachable or broken
     503  Service unavailable  no signing key / key store unavailable (Retry-After: 5)
     504  Gateway timeout      upstream slower than the upstream timeout
@@ -146,6 +148,9 @@ class GatewaySettings:
         alg: signing algorithm for new signing keys (``RS256``, ``ES256`` or ``EdDSA``).
         trust_forwarded: keep the client's ``X-Forwarded-*`` (only behind a proxy you run).
         max_connections: upstream keep-alive pool size.
+        max_connections_per_consumer: most requests one consumer may have in flight to the upstream
+            at once (each holds one upstream connection) unless the consumer has its own cap; default
+            a quarter of ``max_connections`` (at least 1).
         watch_interval: seconds between store revision polls (revocation / rotation pick-up).
         prune_interval: seconds between prunes of retired signing keys (a retired key stays published
             for ``token_ttl + jwks_max_age`` after retirement).
@@ -161,6 +166,7 @@ class GatewaySettings:
     alg: str = "RS256"
     trust_forwarded: bool = False
     max_connections: int = 100
+    max_connections_per_consumer: int | None = None
     watch_interval: float = 1.0
     prune_interval: float = 60.0
     jwks_max_age: int = DEFAULT_MAX_AGE
@@ -181,6 +187,13 @@ class GatewaySettings:
             raise ConfigError(
                 f"upstream timeout must be in (0, 3600] seconds, got {self.upstream_timeout!r}"
             )
+        per_consumer = self.max_connections_per_consumer
+        if per_consumer is None:
+            object.__setattr__(
+                self, "max_connections_per_consumer", max(1, self.max_connections // 4)
+            )
+        elif not isinstance(per_consumer, int) or per_consumer < 1:
+            raise ConfigError(f"connections per consumer must be at least 1, got {per_consumer!r}")
         if not self.watch_interval > 0 or not self.prune_interval > 0:
             raise ConfigError("watch and prune intervals must be positive")
         if not 0 <= self.jwks_max_age <= 86_400:
@@ -212,6 +225,7 @@ HEADERS_TOO_LARGE = _text(431, "Request header fields too large")
 BAD_GATEWAY = _text(502, "Bad gateway")
 GATEWAY_TIMEOUT = _text(504, "Gateway timeout")
 UNAVAILABLE = _text(503, "Service unavailable", (b"retry-after", b"5"))
+TOO_MANY_CONNECTIONS = _text(429, "Too many concurrent requests", (b"retry-after", b"1"))
 
 
 class _NoKey(Exception):
@@ -320,6 +334,8 @@ class GatewayApp:
             timeout=settings.upstream_timeout,
             max_connections=settings.max_connections,
         )
+        #: Requests in flight to the upstream, per consumer id (see ``max_connections_per_consumer``).
+        self.in_flight: dict[int, int] = {}
         self._prepared = False
         self._prune_task: asyncio.Task[None] | None = None
 
@@ -480,6 +496,12 @@ class GatewayApp:
                 status = await _respond(send, HEADERS_TOO_LARGE)
                 return
             headers["authorization"] = "Bearer " + token
+            holder: int = getattr(principal, "consumer_id", 0)
+            held = self.in_flight.get(holder, 0)
+            if held >= self._connection_cap(principal):
+                status = await _respond(send, TOO_MANY_CONNECTIONS)
+                return
+            self.in_flight[holder] = held + 1
             try:
                 status = await self.proxy.forward(scope, receive, send, url, headers)
             except UpstreamTimeout:
@@ -488,8 +510,24 @@ class GatewayApp:
                 status = await _respond(send, BAD_GATEWAY)
             except ClientGone:
                 status = 499
+            finally:
+                left = self.in_flight[holder] - 1
+                if left:
+                    self.in_flight[holder] = left
+                else:
+                    del self.in_flight[holder]
         finally:
             self._access.log(method, raw_path, status, consumer, key_id, started)
+
+    def _connection_cap(self, principal: PrincipalLike) -> int:
+        """The consumer's own cap on requests in flight (``consumers.max_connections``), else the
+        gateway's ``max_connections_per_consumer``."""
+        own = getattr(principal, "max_connections", None)
+        if isinstance(own, int) and own > 0:
+            return own
+        default = self.settings.max_connections_per_consumer
+        assert default is not None  # set in GatewaySettings.__post_init__
+        return default
 
     async def _authenticate(self, key: str) -> PrincipalLike:
         now = self._clock()

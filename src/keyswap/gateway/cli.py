@@ -322,6 +322,7 @@ def _consumer_json(consumer: Consumer) -> dict[str, Any]:
         "created_at": _time(consumer.created_at),
         "rate_limit": consumer.rate_limit,
         "scopes": list(consumer.scopes),
+        "max_connections": consumer.max_connections,
     }
 
 
@@ -455,21 +456,53 @@ def consumers_set_scopes(
     "--rate",
     metavar="RATE",
     type=RateType({"default": "default", UNLIMITED: UNLIMITED}),
-    required=True,
+    default=None,
     help="REQUESTS/WINDOW (100/60s, 100/1m, 10/s), 'unlimited', or 'default' (the gateway's "
     "--rate-limit).",
+)
+@click.option(
+    "--connections",
+    metavar="N",
+    default=None,
+    help="Most requests in flight to the upstream at once (per gateway process), 1-10000, or "
+    "'default' (the gateway's --max-connections-per-consumer).",
 )
 @json_option
 @db_option
 @handle_errors
-def consumers_set_limit(name: str, rate: Any, as_json: bool, db_url: str | None) -> None:
-    """Set the rate limit of consumer NAME (shared by all its keys, on every gateway node)."""
-    value: str | None = None if rate == "default" else str(rate)
+def consumers_set_limit(
+    name: str, rate: Any, connections: str | None, as_json: bool, db_url: str | None
+) -> None:
+    """Set the rate limit and/or the connection cap of consumer NAME (shared by all its keys)."""
+    if rate is None and connections is None:
+        raise OneLineUsageError("give --rate, --connections or both")
+    cap: int | None = None
+    if connections is not None and connections.strip().lower() != "default":
+        try:
+            cap = int(connections.strip())
+        except ValueError:
+            cap = 0
+        if not 1 <= cap <= 10_000:
+            raise OneLineUsageError(
+                f"--connections must be a whole number 1-10000 or 'default', got {connections!r}"
+            )
+    value: str | None = None if rate in (None, "default") else str(rate)
     with open_store(db_url, existing=True) as store:
-        consumer = store.set_consumer_rate_limit(name, value)
+        if rate is not None:
+            consumer = store.set_consumer_rate_limit(name, value)
+        if connections is not None:
+            consumer = store.set_consumer_connections(name, cap)
     if as_json:
         _print_json(_consumer_json(consumer))
-    elif value is None:
+        return
+    if connections is not None:
+        if cap is None:
+            click.echo(f"Consumer '{consumer.name}' now has the gateway's default connection cap.")
+        else:
+            click.echo(f"Consumer '{consumer.name}' may have {cap} requests in flight at once.")
+    if rate is None:
+        return
+    if value is None:
         click.echo(f"Consumer '{consumer.name}' now has the gateway's default rate limit.")
     elif value == UNLIMITED:
         click.echo(f"Consumer '{consumer.name}' is not rate limited.")
@@ -1043,6 +1076,65 @@ def _url_host(host: str) -> str:
     help="Keep-alive connection pool size towards the upstream.",
 )
 @click.option(
+    "--max-connections-per-consumer",
+    envvar="KEYSWAP_MAX_CONNECTIONS_PER_CONSUMER",
+    type=click.IntRange(1, 10000),
+    default=None,
+    help="Requests one consumer may have in flight to the upstream at once, unless it has its own "
+    "cap (consumers set-limit --connections); beyond it 429. Default: 1/4 of --max-connections. "
+    "$KEYSWAP_MAX_CONNECTIONS_PER_CONSUMER.",
+)
+@click.option(
+    "--max-client-connections",
+    envvar="KEYSWAP_MAX_CLIENT_CONNECTIONS",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="Client connections open at once; a connection beyond it is answered 503. Default: 1000, "
+    "or less to fit the file-descriptor limit. $KEYSWAP_MAX_CLIENT_CONNECTIONS.",
+)
+@click.option(
+    "--head-timeout",
+    envvar="KEYSWAP_HEAD_TIMEOUT",
+    type=Seconds(0.001, 3600),
+    default=10.0,
+    show_default=True,
+    help="A request head must arrive within this time (else 408 and close). $KEYSWAP_HEAD_TIMEOUT.",
+)
+@click.option(
+    "--keep-alive-timeout",
+    envvar="KEYSWAP_KEEP_ALIVE_TIMEOUT",
+    type=Seconds(0.001, 3600),
+    default=5.0,
+    show_default=True,
+    help="An idle client connection is closed when no request starts within this time. "
+    "$KEYSWAP_KEEP_ALIVE_TIMEOUT.",
+)
+@click.option(
+    "--client-body-timeout",
+    envvar="KEYSWAP_CLIENT_BODY_TIMEOUT",
+    type=Seconds(0.001, 3600),
+    default=30.0,
+    show_default=True,
+    help="Most time between two pieces of a request body (else 408). $KEYSWAP_CLIENT_BODY_TIMEOUT.",
+)
+@click.option(
+    "--client-body-deadline",
+    envvar="KEYSWAP_CLIENT_BODY_DEADLINE",
+    type=Seconds(0.001, 86400),
+    default="5m",
+    show_default=True,
+    help="Most time for a whole request body (else 408). $KEYSWAP_CLIENT_BODY_DEADLINE.",
+)
+@click.option(
+    "--client-send-timeout",
+    envvar="KEYSWAP_CLIENT_SEND_TIMEOUT",
+    type=Seconds(0.001, 3600),
+    default=30.0,
+    show_default=True,
+    help="A client that reads none of its response for this long is disconnected. "
+    "$KEYSWAP_CLIENT_SEND_TIMEOUT.",
+)
+@click.option(
     "--log-level",
     envvar="KEYSWAP_LOG_LEVEL",
     type=click.Choice(_LOG_LEVELS, case_sensitive=False),
@@ -1112,6 +1204,13 @@ def gateway(
     alg: str,
     trust_forwarded: bool,
     max_connections: int,
+    max_connections_per_consumer: int | None,
+    max_client_connections: int | None,
+    head_timeout: float,
+    keep_alive_timeout: float,
+    client_body_timeout: float,
+    client_body_deadline: float,
+    client_send_timeout: float,
     log_level: str,
     redis_url: str | None,
     redis_prefix: str,
@@ -1128,6 +1227,7 @@ def gateway(
     signed by the gateway (verify it with the JWKS at <public-url>/__keyswap/issuer/.well-known/jwks.json).
     """
     from keyswap.gateway.app import GatewaySettings, build_gateway
+    from keyswap.gateway.clientconn import ClientLimits, default_max_client_connections
     from keyswap.gateway.cluster import ClusterSettings
     from keyswap.gateway.serve import configure_logging, run_until_signal, server_config
     from keyswap.ports import bind_listeners
@@ -1142,7 +1242,17 @@ def gateway(
             alg=alg,
             trust_forwarded=trust_forwarded,
             max_connections=max_connections,
+            max_connections_per_consumer=max_connections_per_consumer,
             key_prefix=key_prefix,
+        )
+        client_limits = ClientLimits(
+            head_timeout=head_timeout,
+            keep_alive_timeout=keep_alive_timeout,
+            body_timeout=client_body_timeout,
+            body_deadline=client_body_deadline,
+            send_timeout=client_send_timeout,
+            max_connections=max_client_connections
+            or default_max_client_connections(max_connections),
         )
         cluster = ClusterSettings(
             redis_url=(redis_url or "").strip() or None,
@@ -1171,7 +1281,8 @@ def gateway(
         err=True,
     )
     click.echo(_cluster_banner(cluster, postgres=is_postgres(url), redis_up=redis_up), err=True)
-    if run_until_signal([server_config(app, host, port, log_level=log_level)], sockets=[sockets]):
+    config = server_config(app, host, port, log_level=log_level, client_limits=client_limits)
+    if run_until_signal([config], sockets=[sockets]):
         raise click.ClickException("the gateway could not start (see the message above)")
 
 

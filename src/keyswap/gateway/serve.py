@@ -18,6 +18,8 @@ from typing import Any
 
 import uvicorn
 
+from keyswap.gateway.clientconn import ClientLimits, protocol_class
+
 __all__ = ["configure_logging", "run_until_signal", "server_config"]
 
 logger = logging.getLogger("keyswap.gateway")
@@ -27,16 +29,33 @@ def _available(module: str) -> str:
     return module if importlib.util.find_spec(module) is not None else "auto"
 
 
-def server_config(app: Any, host: str, port: int, *, log_level: str = "info") -> uvicorn.Config:
+def server_config(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    log_level: str = "info",
+    client_limits: ClientLimits | None = None,
+) -> uvicorn.Config:
     """A uvicorn config for a keyswap server: uvloop + httptools when installed, no uvicorn access log
     (it would print query strings), no proxy-header rewriting (the gateway decides what to trust), no
-    ``Server``/``Date`` headers of its own (the upstream's pass through), no websockets."""
+    ``Server``/``Date`` headers of its own (the upstream's pass through), no websockets.
+
+    ``client_limits`` (the gateway's) serves with :mod:`keyswap.gateway.clientconn`'s protocol: head,
+    keep-alive, request-body and response-write timeouts and a connection cap.
+    """
+    http: Any = _available("httptools")
+    keep_alive = 5.0
+    if client_limits is not None:
+        http = protocol_class(client_limits)
+        keep_alive = client_limits.keep_alive_timeout
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop=_available("uvloop"),
-        http=_available("httptools"),
+        http=http,
+        timeout_keep_alive=keep_alive,  # type: ignore[arg-type]
         ws="none",
         lifespan="on",
         log_config=None,

@@ -28,6 +28,7 @@ __all__ = [
     "parse_scopes",
     "serialize_metadata",
     "validate_consumer_name",
+    "validate_max_connections",
     "validate_metadata",
     "validate_rate_limit",
     "validate_scopes",
@@ -60,8 +61,9 @@ _SCOPE = re.compile(r"[\x21\x23-\x2b\x2d-\x5b\x5d-\x7e]+", re.ASCII)
 @dataclass(frozen=True, slots=True)
 class Consumer:
     """An API consumer: a unique name, a small JSON metadata object, a creation time, its own rate
-    limit (``None``: the gateway's default; ``"<requests>/<seconds>s"``; or ``"unlimited"``) and the
-    scopes its keys may be granted (empty: none)."""
+    limit (``None``: the gateway's default; ``"<requests>/<seconds>s"``; or ``"unlimited"``), the
+    scopes its keys may be granted (empty: none) and its own cap on requests in flight to the upstream
+    (``None``: the gateway's default)."""
 
     id: int
     name: str
@@ -69,6 +71,7 @@ class Consumer:
     created_at: float
     rate_limit: str | None = None
     scopes: tuple[str, ...] = ()
+    max_connections: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,25 @@ def validate_rate_limit(value: str | None) -> str | None:
             "a rate limit is <requests>/<seconds>s (1-1000000000 requests per 1-86400 s) "
             "or 'unlimited'"
         )
+    return value
+
+
+#: Most requests in flight one consumer may be allowed (``keyswap consumers set-limit --connections``).
+MAX_CONSUMER_CONNECTIONS = 10_000
+
+
+def validate_max_connections(value: int | None) -> int | None:
+    """Return a consumer's connection cap if it is ``None`` or a whole number 1-10000.
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput("a connection cap is a whole number 1-10000 or 'default'")
+    if not 1 <= value <= MAX_CONSUMER_CONNECTIONS:
+        raise InvalidInput("a connection cap is a whole number 1-10000 or 'default'")
     return value
 
 

@@ -23,8 +23,8 @@ __all__ = [
     "signing_keys",
 ]
 
-#: The number of the latest migration (``0003``): what ``meta.schema_version`` says after an upgrade.
-SCHEMA_VERSION = 3
+#: The number of the latest migration (``0004``): what ``meta.schema_version`` says after an upgrade.
+SCHEMA_VERSION = 4
 
 metadata = sa.MetaData(
     naming_convention={
@@ -58,6 +58,8 @@ consumers = sa.Table(
     sa.Column("rate_limit", sa.String(32), nullable=True),
     # Space-separated scopes its keys may carry; NULL (or empty): none.
     sa.Column("scopes", sa.Text, nullable=True),
+    # NULL: the gateway's default (--max-connections-per-consumer); else requests in flight at once.
+    sa.Column("max_connections", sa.Integer, nullable=True),
 )
 
 api_keys = sa.Table(

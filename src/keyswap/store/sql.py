@@ -48,6 +48,7 @@ from keyswap.store.models import (
     SigningKeyRecord,
     format_scopes,
     validate_consumer_name,
+    validate_max_connections,
     validate_metadata,
     validate_rate_limit,
     validate_scopes,
@@ -358,6 +359,24 @@ class Store:
             row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
         return _consumer(row)
 
+    def set_consumer_connections(self, name: str, max_connections: int | None) -> Consumer:
+        """Set a consumer's own cap on requests in flight to the upstream (``None``: the gateway's
+        default, ``--max-connections-per-consumer``).
+
+        Raises:
+            InvalidInput: not ``None`` nor a whole number 1-10000.
+            NotFound: no such consumer.
+        """
+        value = validate_max_connections(max_connections)
+        with self._writing() as conn:
+            updated = conn.execute(
+                sa.update(consumers).where(consumers.c.name == name).values(max_connections=value)
+            ).rowcount
+            if not updated:
+                raise NotFound(f"unknown consumer '{name}'")
+            row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
+        return _consumer(row)
+
     def set_consumer_scopes(self, name: str, scopes: Iterable[str]) -> Consumer:
         """Replace the scopes a consumer's keys may be granted (empty: none).
 
@@ -423,6 +442,7 @@ class Store:
             consumers.c.metadata.label("consumer_metadata"),
             consumers.c.created_at.label("consumer_created_at"),
             consumers.c.rate_limit.label("consumer_rate_limit"),
+            consumers.c.max_connections.label("consumer_max_connections"),
             api_keys.c.digest,
         ).where(api_keys.c.digest == digest)
         with self._reading() as conn:
@@ -436,6 +456,7 @@ class Store:
             created_at=row.consumer_created_at,
             rate_limit=row.consumer_rate_limit,
             scopes=_scopes(row.consumer_scopes) or (),
+            max_connections=row.consumer_max_connections,
         )
         return _key(row), consumer
 
@@ -780,6 +801,7 @@ def _consumer(row: sa.Row[Any]) -> Consumer:
         created_at=row.created_at,
         rate_limit=row.rate_limit,
         scopes=_scopes(row.scopes) or (),
+        max_connections=row.max_connections,
     )
 
 

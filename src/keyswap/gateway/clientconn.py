@@ -1,0 +1,266 @@
+"""Client-side connection limits: uvicorn's httptools protocol with timeouts a public gateway needs.
+
+uvicorn (0.55) closes an idle keep-alive connection after ``timeout_keep_alive`` but cancels that timer
+on *any* byte, has no timer before the first request, none for a request head or body, and none for a
+client that stops reading its response. A few clients holding connections open that way starve
+everyone (file descriptors, and through the proxy, upstream connections). :func:`protocol_class`
+returns a small subclass of ``HttpToolsProtocol`` that adds, per connection, one timer at a time:
+
+- **head** (``head_timeout``): a request head must be complete within this time of the connection
+  opening (first request) or of the first byte of the request (later requests). Exceeded: a
+  connection that sent nothing is closed; one with a partial head gets ``408 Request Timeout`` and is
+  closed;
+- **keep-alive** (``keep_alive_timeout``): after a response, the connection is closed unless a new
+  request *starts* within this time. Leftover bytes of the previous request's body do not count, and a
+  started request then has ``head_timeout`` to complete its head: one stray byte buys at most
+  ``keep_alive_timeout + head_timeout``;
+- **request body** (``body_timeout`` and ``body_deadline``): once the head is in, each piece of the
+  body must follow the previous one within ``body_timeout`` and the whole body must arrive within
+  ``body_deadline`` (time the server itself is not reading - the app is busy with what it has - does
+  not count against the client). Exceeded before the response started: ``408`` and close, and the app
+  sees ``http.disconnect`` (the proxy then drops its upstream connection); after: the connection is
+  cut;
+- **response write** (``send_timeout``): while the transport's write buffer is full (the client is not
+  reading), it must shrink within ``send_timeout``; if it does not, the connection is aborted (not
+  closed: a closed transport waits forever to flush to a client that never reads) and the app's
+  ``receive`` reports ``http.disconnect``, which makes the proxy drop the upstream response and its
+  connection;
+- **connection cap** (``max_connections``): a connection opened while this many are open is answered
+  ``503 Service Unavailable`` (``Connection: close``) as soon as its head arrives, and has at most
+  :data:`OVER_CAP_HEAD_TIMEOUT` seconds to send it. uvicorn's own ``limit_concurrency`` is not used:
+  it answers 503 to *every* connection's requests once the count is reached (the existing clients'
+  too) and only when a head arrives.
+
+Cost per request: no timer for a request without a body (the head timer is re-armed only when a request
+starts on an idle connection); one ``call_later`` per request with a body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from keyswap.errors import ConfigError
+
+__all__ = [
+    "OVER_CAP_HEAD_TIMEOUT",
+    "ClientLimits",
+    "GuardedHttpToolsProtocol",
+    "default_max_client_connections",
+    "protocol_class",
+]
+
+#: Seconds a connection over the cap has to send its head (then it is answered 503 and closed).
+OVER_CAP_HEAD_TIMEOUT = 1.0
+
+_TIMEOUT_BODY = b"Request timeout"
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-length: %d\r\n"
+    b"connection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """Timeouts and caps on client connections (``keyswap gateway`` flags; see the module docstring).
+
+    Attributes:
+        head_timeout: seconds to receive a complete request head (``--head-timeout``).
+        keep_alive_timeout: seconds an idle keep-alive connection stays open (``--keep-alive-timeout``).
+        body_timeout: most seconds between two pieces of a request body (``--client-body-timeout``).
+        body_deadline: most seconds for a whole request body (``--client-body-deadline``).
+        send_timeout: most seconds a blocked response write may make no progress
+            (``--client-send-timeout``).
+        max_connections: most client connections open at once in this process
+            (``--max-client-connections``).
+    """
+
+    head_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0
+    body_timeout: float = 30.0
+    body_deadline: float = 300.0
+    send_timeout: float = 30.0
+    max_connections: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("head_timeout", "keep_alive_timeout", "body_timeout", "send_timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 < value <= 3600):
+                raise ConfigError(f"{name.replace('_', ' ')} must be in (0, 3600] seconds")
+        if not 0 < self.body_deadline <= 86_400:
+            raise ConfigError("body deadline must be in (0, 86400] seconds")
+        if not isinstance(self.max_connections, int) or self.max_connections < 1:
+            raise ConfigError("the client connection cap must be at least 1")
+
+
+def default_max_client_connections(upstream_pool: int) -> int:
+    """A connection cap under the process's file-descriptor limit: at most 1000, leaving room for the
+    upstream pool and 64 descriptors of the process's own (database, logs, listeners)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 1000
+    return max(1, min(1000, soft - upstream_pool - 64))
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """``HttpToolsProtocol`` with the timeouts and cap of :class:`ClientLimits` (``limits``)."""
+
+    limits: ClientLimits = ClientLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._timer: asyncio.TimerHandle | None = None
+        self._head_pending = False  # bytes of a request head arrived, the head is not complete
+        self._body_pending = False  # the head is in, the body is not complete
+        self._body_start = 0.0
+        self._body_last = 0.0
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._send_buffered = 0
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def _arm(self, delay: float, callback: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(delay, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        limits = self.limits
+        if len(self.connections) > limits.max_connections:
+            self.limit_concurrency = 0  # uvicorn then answers this connection's request 503
+            self._arm(min(limits.head_timeout, OVER_CAP_HEAD_TIMEOUT), self._on_head_timeout)
+        else:
+            self._arm(limits.head_timeout, self._on_head_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's, minus cancelling the keep-alive timer on any byte: only a request start does.
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self._disarm()
+            self.send_400_response(msg)
+            return
+        except httptools.HttpParserUpgrade:
+            self._unsupported_upgrade_warning()
+        if self._body_pending and self._timer is None and not self.transport.is_closing():
+            now = self.loop.time()
+            self._body_start = self._body_last = now
+            self._arm(min(self.limits.body_timeout, self.limits.body_deadline), self._on_body_timer)
+
+    # -- parser callbacks ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_pending = True
+        if self.timeout_keep_alive_task is not None:  # a request starts on an idle connection
+            self._unset_keepalive_if_required()
+            self._arm(self.limits.head_timeout, self._on_head_timeout)
+
+    def on_headers_complete(self) -> None:
+        self._head_pending = False
+        self._disarm()
+        self._body_pending = True  # until on_message_complete says otherwise (same feed, no body)
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_last = self.loop.time()
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._body_pending = False
+        self._disarm()
+        super().on_message_complete()
+
+    # -- expiry --------------------------------------------------------------------------------
+
+    def _on_head_timeout(self) -> None:
+        self._timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._head_pending:
+            transport.write(_REQUEST_TIMEOUT)
+        transport.close()
+
+    def _on_body_timer(self) -> None:
+        self._timer = None
+        if not self._body_pending or self.transport.is_closing():
+            return
+        limits = self.limits
+        now = self.loop.time()
+        if (
+            self.flow.read_paused
+        ):  # the server is not reading (the app has enough): not the client's
+            self._body_last = now
+        idle_until = self._body_last + limits.body_timeout
+        deadline = self._body_start + limits.body_deadline
+        if now < idle_until and now < deadline:
+            self._arm(min(idle_until, deadline) - now, self._on_body_timer)
+            return
+        self._body_pending = False
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            self.transport.write(_REQUEST_TIMEOUT)
+            cycle.disconnected = (
+                True  # the app's sends are dropped; its receive sees the disconnect
+            )
+            cycle.message_event.set()
+            self.transport.close()
+        else:
+            self.transport.abort()
+
+    # -- flow control --------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_buffered = self.transport.get_write_buffer_size()
+            self._send_timer = self.loop.call_later(self.limits.send_timeout, self._on_send_timer)
+
+    def resume_writing(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        super().resume_writing()
+
+    def _on_send_timer(self) -> None:
+        self._send_timer = None
+        transport = self.transport
+        if not self.flow.write_paused or transport is None:
+            return
+        buffered = transport.get_write_buffer_size()
+        if buffered < self._send_buffered:  # some progress: another period to make more
+            self._send_buffered = buffered
+            self._send_timer = self.loop.call_later(self.limits.send_timeout, self._on_send_timer)
+            return
+        transport.abort()
+
+
+def protocol_class(limits: ClientLimits) -> type[GuardedHttpToolsProtocol]:
+    """A :class:`GuardedHttpToolsProtocol` subclass bound to ``limits`` (for uvicorn's ``http=``)."""
+    return type("KeyswapHttpProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})

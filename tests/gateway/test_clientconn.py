@@ -1,0 +1,224 @@
+"""Client connection limits (security G11): head, keep-alive, body and write timeouts and the cap,
+checked with raw sockets against a real uvicorn running the guarded protocol."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from keyswap.errors import ConfigError
+from keyswap.gateway.clientconn import ClientLimits, default_max_client_connections, protocol_class
+from keyswap.gateway.serve import server_config
+from tests.support.asgi_server import ServerThread
+
+REQUEST = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"
+FAST: dict[str, Any] = {
+    "head_timeout": 0.3,
+    "keep_alive_timeout": 0.3,
+    "body_timeout": 0.3,
+    "body_deadline": 0.8,
+    "send_timeout": 0.3,
+}
+
+
+class App:
+    """Answers ``ok`` after reading the body; ``/big`` writes 64 MiB and records when it is done."""
+
+    def __init__(self) -> None:
+        self.big_done: float | None = None
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        self.bodies.append(body)
+        if scope["path"] == "/big":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            chunk = b"x" * 65536
+            for _ in range(1024):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            self.big_done = time.monotonic()
+            return
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@contextmanager
+def guarded(app: Any, **limits: Any) -> Iterator[ServerThread]:
+    options: dict[str, Any] = dict(FAST)
+    options.update(limits)
+    client_limits = ClientLimits(**options)
+    config = server_config(app, "127.0.0.1", 0, client_limits=client_limits)
+    server = ServerThread(
+        app,
+        lifespan="off",
+        http=config.http,
+        timeout_keep_alive=config.timeout_keep_alive,
+    ).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def connect(server: ServerThread) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=3)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (fails if it is still open after the timeout)."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            pytest.fail(f"the connection is still open; got {data!r}")
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def read_response(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\nok" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def test_a_silent_connection_is_closed_after_the_head_timeout() -> None:
+    with guarded(App()) as server, connect(server) as sock:
+        started = time.monotonic()
+        assert read_until_closed(sock) == b""
+        assert time.monotonic() - started < 2
+
+
+def test_a_partial_head_gets_408_and_is_closed() -> None:
+    with guarded(App()) as server, connect(server) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_head_sent_byte_by_byte_slower_than_the_head_timeout_is_cut() -> None:
+    with guarded(App()) as server, connect(server) as sock:
+        started = time.monotonic()
+        for byte in REQUEST[:-4]:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.05)
+            if time.monotonic() - started > 2:
+                pytest.fail("the trickled head was never cut")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+
+
+def test_an_idle_keep_alive_connection_is_closed_and_a_stray_byte_does_not_keep_it() -> None:
+    with guarded(App()) as server:
+        with connect(server) as sock:
+            sock.sendall(REQUEST)
+            read_response(sock)
+            assert read_until_closed(sock) == b""  # idle: closed by the keep-alive timeout
+        with connect(server) as sock:
+            sock.sendall(REQUEST)
+            read_response(sock)
+            sock.sendall(b"G")  # a stray byte after a complete request
+            started = time.monotonic()
+            assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+            assert time.monotonic() - started < 2
+
+
+def test_keep_alive_still_works_within_the_timeout() -> None:
+    app = App()
+    with guarded(app, keep_alive_timeout=2.0) as server, connect(server) as sock:
+        for _ in range(3):
+            sock.sendall(REQUEST)
+            assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+            time.sleep(0.1)
+    assert len(app.bodies) == 3
+
+
+def test_connections_beyond_the_cap_get_503_and_the_cap_frees_up() -> None:
+    with guarded(App(), max_connections=2, head_timeout=1.5) as server:
+        holders = [connect(server), connect(server)]
+        try:
+            time.sleep(0.1)
+            with connect(server) as sock:
+                sock.sendall(REQUEST)
+                assert read_until_closed(sock).startswith(b"HTTP/1.1 503 ")
+            for holder in holders:  # the silent holders are dropped by the head timeout
+                assert read_until_closed(holder) == b""
+            with connect(server) as sock:
+                sock.sendall(REQUEST)
+                assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        finally:
+            for holder in holders:
+                holder.close()
+
+
+def test_a_body_that_stalls_gets_408() -> None:
+    app = App()
+    with guarded(app) as server, connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nab")
+        started = time.monotonic()
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - started < 2
+    assert app.bodies == []
+
+
+def test_a_body_trickled_slower_than_the_deadline_gets_408() -> None:
+    app = App()
+    with guarded(app) as server, connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
+        started = time.monotonic()
+        for _ in range(100):  # one byte every 0.1 s: within the idle timeout, past the deadline
+            try:
+                sock.sendall(b"a")
+            except OSError:
+                break
+            time.sleep(0.1)
+            if time.monotonic() - started > 1.5:
+                break
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - started < 1.5
+    assert app.bodies == []
+
+
+def test_a_client_that_does_not_read_its_response_is_disconnected() -> None:
+    app = App()
+    with guarded(app) as server, connect(server) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+        started = time.monotonic()
+        while app.big_done is None:  # the app's sends return once the server dropped the client
+            if time.monotonic() - started > 5:
+                pytest.fail("the server is still writing to a client that does not read")
+            time.sleep(0.05)
+
+
+def test_limits_are_validated() -> None:
+    with pytest.raises(ConfigError):
+        ClientLimits(head_timeout=0)
+    with pytest.raises(ConfigError):
+        ClientLimits(max_connections=0)
+    assert 1 <= default_max_client_connections(100) <= 1000
+    assert protocol_class(ClientLimits()).limits == ClientLimits()
