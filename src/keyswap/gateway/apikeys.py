@@ -524,6 +524,12 @@ class ApiKeys:
             InvalidApiKey: as for :meth:`authenticate` (e.g. a key this node knows is revoked).
             StoreUnavailable: this node does not know the key (503).
         """
+        if not self.store_down:
+            log.warning(
+                "the key store did not answer in time; known keys are answered from memory "
+                "for %g s, then it is tried again",
+                self._retry_interval,
+            )
         self._down_until = self._monotonic() + self._retry_interval
         found = self._lookup(key)
         entry = found.entry if found.hit else self._fallback(found)
