@@ -13,8 +13,9 @@ import sqlalchemy as sa
 
 from keyswap.errors import InvalidApiKey, StoreUnavailable
 from keyswap.gateway.apikeys import ApiKeys, generate_key
-from keyswap.gateway.app import GatewaySettings, build_gateway
+from keyswap.gateway.app import GatewayApp, GatewaySettings, build_gateway
 from keyswap.gateway.cluster import ClusterSettings
+from keyswap.gateway.keyring import Keyring
 from keyswap.store import Store
 from tests.support.asgi_server import ServerThread, bound_socket
 from tests.support.cluster import TcpRelay, postgres_schema, relayed_url
@@ -340,3 +341,43 @@ def test_unknown_keys_are_cached_within_their_own_bound(setup: Setup, relay: Tcp
     relay.cut()
     with pytest.raises(InvalidApiKey):  # still cached: refused without the store
         keys.authenticate(unknown[-1])
+
+
+def test_the_gateway_serves_a_known_key_through_an_outage_after_a_flood_of_unknown_keys(
+    pg_url: str, relay: TcpRelay
+) -> None:
+    upstream = RecordingUpstream().start()
+    admin = Store(pg_url)
+    admin.create_consumer("acme")
+    _, key = ApiKeys(admin, secret(), cache_size=0).create("acme")
+    store = Store(relayed_url(pg_url, relay))
+    monotonic = Clock(1000.0)
+    api_keys = ApiKeys(store, secret(), cache_size=20, cache_ttl=5.0, monotonic=monotonic)
+    sock = bound_socket()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    app = GatewayApp(
+        GatewaySettings(upstream.url, url, alg="ES256"),
+        api_keys=api_keys,
+        keyring=Keyring(store, secret()),
+    )
+    app.prepare()
+    server = ServerThread(app, sock=sock).start()
+
+    def get(key: str) -> int:
+        headers = {"Authorization": f"Bearer {key}"}
+        return httpx.get(url + "/x", headers=headers, timeout=10).status_code
+
+    try:
+        assert get(key) == 200
+        with httpx.Client(timeout=10) as client:  # twice the cache's size in made-up keys
+            for _ in range(40):
+                bearer = {"Authorization": f"Bearer {generate_key()}"}
+                assert client.get(url + "/x", headers=bearer).status_code == 401
+        relay.cut()
+        monotonic.advance(60)
+        assert get(key) == 200
+    finally:
+        server.stop()
+        store.close()
+        admin.close()
+        upstream.stop()

@@ -11,14 +11,17 @@ own scopes, if it has any (else it has its consumer's; a rolled key's replacemen
 
 Authentication (:meth:`ApiKeys.authenticate`) refuses every bad key the same way:
 ``InvalidApiKey("Invalid API key")`` for malformed, unknown, revoked and expired alike. The HMAC is
-computed for every key, malformed ones included. Lookups go through a bounded in-memory cache
-(positive and negative entries, ``cache_ttl`` seconds, cleared by :meth:`ApiKeys.clear_cache`, which the
-gateway calls whenever the store revision changes); expiry and revocation are checked against the
-request time on every hit, so an expired key is refused at once even when cached.
+computed for every key, malformed ones included. Lookups go through two bounded in-memory caches, one
+for known keys and one for unknown ones (so that no flood of made-up keys pushes a known key out), each
+trusted for ``cache_ttl`` seconds and cleared by :meth:`ApiKeys.clear_cache`, which the gateway calls
+whenever the store revision changes and which re-reads the known keys at once (what changed is learned
+then, not at the next lookup); expiry and revocation are checked against the request time on every hit,
+so an expired key is refused at once even when cached.
 
 When the store cannot be reached (a database restart, a network cut), a key this node confirmed within
 the last ``outage_grace`` seconds (default 300) keeps working from memory, expiry and revocation as last
-seen still applied; any other key gets :class:`~keyswap.errors.StoreUnavailable` (503, not 401: the key
+seen still applied (a revocation, roll or deletion this node was told about is never forgotten); any
+other key gets :class:`~keyswap.errors.StoreUnavailable` (503, not 401: the key
 may well be valid). After a failure the store is left alone for ``retry_interval`` seconds (known keys
 are then answered without a thread or a query), then tried again; service recovers by itself.
 """

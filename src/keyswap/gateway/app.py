@@ -3,7 +3,8 @@
 Hot path (pure ASGI, no framework objects)::
 
     Authorization header -> ApiKeys.lookup_cached (memory)  -> TokenMinter cache -> UpstreamProxy
-                             \\-> cache miss: ApiKeys.authenticate in a worker thread
+                             \\-> cache miss: ApiKeys.authenticate on a store thread (StoreCalls:
+                                 bounded wait, bounded threads)
 
 Paths under ``/__keyswap/`` are the gateway's own (JWKS, discovery, health) and need no API key; they
 are never proxied. Refusals (written by the gateway, never reaching the upstream)::
@@ -17,7 +18,8 @@ are never proxied. Refusals (written by the gateway, never reaching the upstream
     429  Too many requests    the consumer's rate limit is spent (Retry-After, RateLimit-* fields;
                               see keyswap.gateway.ratelimit)
     502  Bad gateway          upstream unreachable or broken
-    503  Service unavailable  no signing key / key store unavailable (Retry-After: 5)
+    503  Service unavailable  no signing key / key store unavailable or silent for longer than the
+                              database timeout, for a key not known here (Retry-After: 5)
     504  Gateway timeout      upstream slower than the upstream timeout
 
 Lifespan: start-up opens the connection pool, starts the store's ``ChangeWatcher`` with its push
