@@ -435,12 +435,18 @@ def test_cached_lookups_expire_after_the_ttl(
     assert store.lookups == 2
 
 
-def test_clearing_the_cache_forces_a_fresh_lookup(api_keys: ApiKeys, store: CountingStore) -> None:
-    _, key = api_keys.create("acme")
+def test_clearing_the_cache_re_reads_known_keys_and_forgets_unknown_ones(
+    api_keys: ApiKeys, store: CountingStore
+) -> None:
+    record, key = api_keys.create("acme")
+    unknown = generate_key()
     api_keys.authenticate(key)
-    api_keys.clear_cache()
-    api_keys.authenticate(key)
-    assert store.lookups == 2
+    _refusal(api_keys, unknown)
+    api_keys.revoke(record.id)  # clears the cache, which re-reads the known key in one batch
+    _refusal(api_keys, key)
+    assert store.lookups == 2  # the revocation was learned by the re-read, not by a new lookup
+    _refusal(api_keys, unknown)
+    assert store.lookups == 3
 
 
 def test_the_cache_is_bounded(store: CountingStore) -> None:

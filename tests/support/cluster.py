@@ -72,7 +72,9 @@ def redis_prefix() -> Iterator[tuple[str, str]]:
 
 class TcpRelay:
     """A TCP forwarder on 127.0.0.1 to ``target``: :meth:`cut` drops every connection and refuses new
-    ones (the service looks down); :meth:`restore` accepts again on the same port."""
+    ones (the service looks down); :meth:`restore` accepts again on the same port. :meth:`freeze` keeps
+    every connection open and accepts new ones but forwards nothing either way (the service hangs:
+    neither refusing nor answering); :meth:`thaw` lets the held bytes through."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self._target = (target_host, target_port)
@@ -81,6 +83,14 @@ class TcpRelay:
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     def __enter__(self) -> TcpRelay:
         self.restore()
@@ -88,6 +98,7 @@ class TcpRelay:
 
     def __exit__(self, *_exc: object) -> None:
         self.cut()
+        self.thaw()  # held pumps wake up, find their sockets closed and end
 
     def restore(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -138,6 +149,7 @@ class TcpRelay:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass

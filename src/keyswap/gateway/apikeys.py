@@ -11,14 +11,17 @@ own scopes, if it has any (else it has its consumer's; a rolled key's replacemen
 
 Authentication (:meth:`ApiKeys.authenticate`) refuses every bad key the same way:
 ``InvalidApiKey("Invalid API key")`` for malformed, unknown, revoked and expired alike. The HMAC is
-computed for every key, malformed ones included. Lookups go through a bounded in-memory cache
-(positive and negative entries, ``cache_ttl`` seconds, cleared by :meth:`ApiKeys.clear_cache`, which the
-gateway calls whenever the store revision changes); expiry and revocation are checked against the
-request time on every hit, so an expired key is refused at once even when cached.
+computed for every key, malformed ones included. Lookups go through two bounded in-memory caches, one
+for known keys and one for unknown ones (so that no flood of made-up keys pushes a known key out), each
+trusted for ``cache_ttl`` seconds and cleared by :meth:`ApiKeys.clear_cache`, which the gateway calls
+whenever the store revision changes and which re-reads the known keys at once (what changed is learned
+then, not at the next lookup); expiry and revocation are checked against the request time on every hit,
+so an expired key is refused at once even when cached.
 
 When the store cannot be reached (a database restart, a network cut), a key this node confirmed within
 the last ``outage_grace`` seconds (default 300) keeps working from memory, expiry and revocation as last
-seen still applied; any other key gets :class:`~keyswap.errors.StoreUnavailable` (503, not 401: the key
+seen still applied (a revocation, roll or deletion this node was told about is never forgotten); any
+other key gets :class:`~keyswap.errors.StoreUnavailable` (503, not 401: the key
 may well be valid). After a failure the store is left alone for ``retry_interval`` seconds (known keys
 are then answered without a thread or a query), then tried again; service recovers by itself.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import math
 import re
 import secrets
@@ -65,6 +69,8 @@ __all__ = [
     "is_well_formed",
     "key_regex",
 ]
+
+log = logging.getLogger("keyswap.gateway")
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 DEFAULT_PREFIX = "ks"
@@ -173,7 +179,7 @@ class _Item:
     fresh_until: float  # monotonic: trusted without asking the store until then (same generation)
     confirmed_at: float  # monotonic: when the store said so (outage fallback)
     generation: int
-    entry: _Entry | None
+    entry: _Entry
 
 
 class _Lookup(NamedTuple):
@@ -185,30 +191,49 @@ class _Lookup(NamedTuple):
 
 
 class _LookupCache:
-    """Digest -> item, bounded LRU. An item answers for ``ttl`` seconds while the generation is
-    unchanged; a positive item also stays (as a fallback for store outages) for ``grace`` seconds after
-    the store confirmed it.
+    """Two bounded LRUs: known keys (digest -> item) and unknown ones (digest -> fresh until).
+
+    A known item answers for ``ttl`` seconds while the generation is unchanged, and stays (as a
+    fallback for store outages) for ``grace`` seconds after the store confirmed it. An unknown digest
+    answers "no such key" for ``ttl`` seconds and is dropped on every :meth:`clear`. The two never
+    share room: any number of unknown keys cannot push a known key out (``unknown_size`` bounds them).
 
     ``generation`` moves on every :meth:`clear`; a lookup that started before a clear does not store
     its (possibly stale) answer.
     """
 
-    def __init__(self, size: int, ttl: float, grace: float, monotonic: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        size: int,
+        ttl: float,
+        grace: float,
+        monotonic: Callable[[], float],
+        unknown_size: int | None = None,
+    ) -> None:
         self._size = size
+        self._unknown_size = size if unknown_size is None else unknown_size
         self._ttl = ttl
         self._grace = grace
         self._monotonic = monotonic
         self._items: OrderedDict[bytes, _Item] = OrderedDict()
+        self._unknown: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
         self._lock = threading.Lock()
         self.generation = 0
 
     def get(self, digest: bytes) -> tuple[bool, _Entry | None, _Entry | None]:
         """``(fresh hit, its entry, outage fallback)``."""
         with self._lock:
+            now = self._monotonic()
             item = self._items.get(digest)
             if item is None:
+                unknown = self._unknown.get(digest)
+                if unknown is None:
+                    return False, None, None
+                fresh_until, generation = unknown
+                if generation == self.generation and now < fresh_until:
+                    return True, None, None
+                del self._unknown[digest]
                 return False, None, None
-            now = self._monotonic()
             fallback = item.entry if now - item.confirmed_at < self._grace else None
             if item.generation == self.generation and now < item.fresh_until:
                 self._items.move_to_end(digest)
@@ -218,26 +243,71 @@ class _LookupCache:
             return False, None, fallback
 
     def put(self, digest: bytes, entry: _Entry | None, generation: int) -> None:
-        if self._size <= 0 or self._ttl <= 0:
+        if self._ttl <= 0:
             return
         with self._lock:
             if generation != self.generation:
                 return
             now = self._monotonic()
+            if entry is None:
+                if self._items.pop(digest, None) is not None or self._unknown_size <= 0:
+                    return
+                self._unknown[digest] = (now + self._ttl, generation)
+                self._unknown.move_to_end(digest)
+                while len(self._unknown) > self._unknown_size:
+                    self._unknown.popitem(last=False)
+                return
+            if self._size <= 0:
+                return
+            self._unknown.pop(digest, None)
             self._items[digest] = _Item(now + self._ttl, now, generation, entry)
             self._items.move_to_end(digest)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
 
     def clear(self) -> None:
-        """Stop trusting every item (known keys stay as outage fallbacks)."""
+        """Stop trusting every item (known keys stay as outage fallbacks, as last confirmed)."""
         with self._lock:
             self.generation += 1
+            self._unknown.clear()
             if self._grace <= 0:
                 self._items.clear()
 
+    def known(self) -> dict[str, bytes]:
+        """Key id -> digest of every known key still usable as an outage fallback."""
+        with self._lock:
+            now = self._monotonic()
+            return {
+                item.entry.record.id: digest
+                for digest, item in self._items.items()
+                if now - item.confirmed_at < self._grace
+            }
+
+    def refresh(
+        self, digests: Mapping[str, bytes], found: Mapping[str, _Entry], generation: int
+    ) -> bool:
+        """Replace the known keys ``digests`` names by what the store says now (``found``, by key
+        id; a key not in it is gone and is dropped). False, storing nothing, if the generation moved
+        since ``generation`` (a newer refresh follows)."""
+        with self._lock:
+            if generation != self.generation:
+                return False
+            now = self._monotonic()
+            for key_id, digest in digests.items():
+                entry = found.get(key_id)
+                if entry is None:
+                    self._items.pop(digest, None)
+                elif digest in self._items:
+                    self._items[digest] = _Item(now + self._ttl, now, generation, entry)
+            return True
+
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + len(self._unknown)
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        """``(known keys, unknown keys)`` held now."""
+        return len(self._items), len(self._unknown)
 
 
 class ApiKeys:
@@ -247,7 +317,9 @@ class ApiKeys:
         store: where digests live.
         secret: the server secret (its API-key HMAC subkey is used).
         prefix: key prefix (``ks``); keys with another prefix are malformed.
-        cache_size: most cached lookups (positive and negative); 0 disables the cache.
+        cache_size: most cached known keys (also the outage fallbacks); 0 disables the cache.
+        unknown_cache_size: most cached unknown keys, in a cache of their own so that no flood of
+            made-up keys pushes a known key out (default: ``cache_size``).
         cache_ttl: seconds a cached lookup is trusted without a revision change (default 1 s: a change
             made by another process shows within a second even without a ChangeWatcher).
         last_used_interval: :meth:`flush_last_used` writes at most this often unless forced.
@@ -269,6 +341,7 @@ class ApiKeys:
         *,
         prefix: str = DEFAULT_PREFIX,
         cache_size: int = 10_000,
+        unknown_cache_size: int | None = None,
         cache_ttl: float = 1.0,
         last_used_interval: float = 10.0,
         outage_grace: float = DEFAULT_OUTAGE_GRACE,
@@ -283,7 +356,9 @@ class ApiKeys:
         self.prefix = _check_prefix(prefix)
         self._clock = clock
         self._monotonic = monotonic
-        self._cache = _LookupCache(cache_size, cache_ttl, outage_grace, monotonic)
+        self._cache = _LookupCache(
+            cache_size, cache_ttl, outage_grace, monotonic, unknown_size=unknown_cache_size
+        )
         self._retry_interval = retry_interval
         self._down_until: float | None = None  # monotonic; set while the store is failing
         self._last_used_interval = last_used_interval
@@ -436,10 +511,34 @@ class ApiKeys:
         return None
 
     @property
+    def cache_sizes(self) -> tuple[int, int]:
+        """``(known keys, unknown keys)`` cached now."""
+        return self._cache.sizes
+
+    @property
     def store_down(self) -> bool:
         """True while the last store lookup failed less than ``retry_interval`` seconds ago."""
         down_until = self._down_until
         return down_until is not None and self._monotonic() < down_until
+
+    def store_timed_out(self, key: str, now: float | None = None) -> Principal:
+        """The store did not answer a lookup of ``key`` in time: treat it as failing (for
+        ``retry_interval``) and answer from memory, as :meth:`authenticate` does during an outage.
+
+        Raises:
+            InvalidApiKey: as for :meth:`authenticate` (e.g. a key this node knows is revoked).
+            StoreUnavailable: this node does not know the key (503).
+        """
+        if not self.store_down:
+            log.warning(
+                "the key store did not answer in time; known keys are answered from memory "
+                "for %g s, then it is tried again",
+                self._retry_interval,
+            )
+        self._down_until = self._monotonic() + self._retry_interval
+        found = self._lookup(key)
+        entry = found.entry if found.hit else self._fallback(found)
+        return self._accept(entry, self._clock() if now is None else now)
 
     def _fallback(self, found: _Lookup) -> _Entry:
         if found.fallback is None:
@@ -447,8 +546,36 @@ class ApiKeys:
         return found.fallback
 
     def clear_cache(self) -> None:
-        """Forget every cached lookup (call it when the store revision changes)."""
+        """Stop trusting cached lookups (call it when the store revision changes), then re-read the
+        known keys from the store at once: what changed (a revocation, a roll's new expiry, a deleted
+        key, new metadata) is learned now, so the outage fallback never serves a key as it was before
+        the change this node was told about. If the store cannot be read, known keys stay as last
+        confirmed (the outage fallback) and the next change or lookup tries again.
+        """
         self._cache.clear()
+        self.refresh_known()
+
+    def refresh_known(self) -> bool:
+        """Re-read every known key (those usable as outage fallbacks) from the store, in batches.
+
+        Returns True if the cache now holds what the store says; False if the store failed (it is then
+        left alone for ``retry_interval``) or another change came first. Skipped while the store is
+        failing.
+        """
+        if self.store_down:
+            return False
+        generation = self._cache.generation
+        digests = self._cache.known()
+        if not digests:
+            return True
+        try:
+            rows = self._store.find_api_keys_by_id(list(digests))
+        except SQLAlchemyError as exc:
+            self._down_until = self._monotonic() + self._retry_interval
+            log.warning("could not re-read known API keys after a change (%s)", type(exc).__name__)
+            return False
+        found = {key_id: _entry(*row) for key_id, row in rows.items()}
+        return self._cache.refresh(digests, found, generation)
 
     def flush_last_used(self, force: bool = False) -> int:
         """Write pending last-used times in one batch, at most every ``last_used_interval`` unless forced.

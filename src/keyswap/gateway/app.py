@@ -3,7 +3,8 @@
 Hot path (pure ASGI, no framework objects)::
 
     Authorization header -> ApiKeys.lookup_cached (memory)  -> TokenMinter cache -> UpstreamProxy
-                             \\-> cache miss: ApiKeys.authenticate in a worker thread
+                             \\-> cache miss: ApiKeys.authenticate on a store thread (StoreCalls:
+                                 bounded wait, bounded threads)
 
 Paths under ``/__keyswap/`` are the gateway's own (JWKS, discovery, health) and need no API key; they
 are never proxied. Refusals (written by the gateway, never reaching the upstream)::
@@ -19,7 +20,8 @@ are never proxied. Refusals (written by the gateway, never reaching the upstream
     429  Too many concurrent requests   the consumer already has its connection cap of requests in
                               flight to the upstream (Retry-After: 1)
     502  Bad gateway          upstream unreachable or broken
-    503  Service unavailable  no signing key / key store unavailable (Retry-After: 5)
+    503  Service unavailable  no signing key / key store unavailable or silent for longer than the
+                              database timeout, for a key not known here (Retry-After: 5)
     504  Gateway timeout      upstream slower than the upstream timeout
 
 Lifespan: start-up opens the connection pool, starts the store's ``ChangeWatcher`` with its push
@@ -70,6 +72,7 @@ from keyswap.gateway.ratelimit import (
     too_many_requests,
     with_rate_headers,
 )
+from keyswap.gateway.storecalls import StoreCalls, StoreTimeout
 from keyswap.gateway.wellknown import DEFAULT_MAX_AGE, WellKnown, issuer_for
 
 __all__ = [
@@ -288,6 +291,9 @@ class GatewayApp:
         rate_limiter: counts requests per consumer (``None``: no rate limiting at all); closed at
             shutdown.
         default_rate: the limit of consumers without their own (``None``: unlimited).
+        store_calls: runs cache misses on a few threads, each awaited for a bounded time (default
+            :class:`~keyswap.gateway.storecalls.StoreCalls`: 2 s, 8 threads); past it the key is
+            answered from memory as in an outage (``api_keys.store_timed_out(key, now)``), else 503.
     """
 
     def __init__(
@@ -302,8 +308,10 @@ class GatewayApp:
         access_log: AccessLog | None = None,
         rate_limiter: RateLimiter | None = None,
         default_rate: Rate | None = None,
+        store_calls: StoreCalls | None = None,
     ) -> None:
         self.settings = settings
+        self.store_calls = store_calls or StoreCalls()
         self.rate_limiter = rate_limiter
         self._default_rate = default_rate
         self._api_keys = api_keys
@@ -397,6 +405,7 @@ class GatewayApp:
         if watcher is not None:
             await asyncio.to_thread(watcher.stop)
         await self.proxy.close()
+        self.store_calls.close()
         if self.rate_limiter is not None:
             await self.rate_limiter.close()
         if self._on_close is not None:
@@ -537,7 +546,14 @@ class GatewayApp:
                 principal = lookup(key, now)
                 if principal is not None:
                     return principal
-            return await asyncio.to_thread(self._api_keys.authenticate, key, now)
+            try:
+                return await self.store_calls.run(self._api_keys.authenticate, key, now)
+            except StoreTimeout:  # a hung database: answer from memory as in an outage, or 503
+                timed_out = getattr(self._api_keys, "store_timed_out", None)
+                if timed_out is None:
+                    raise
+                answer: PrincipalLike = timed_out(key, now)
+                return answer
         except InvalidApiKey:
             raise
         except StoreUnavailable:  # the outage itself is logged once, by the change watcher
@@ -576,7 +592,7 @@ def build_gateway(
     from keyswap.store import Store
 
     cluster = cluster or ClusterSettings()
-    store = Store(db_url)
+    store = Store(db_url, timeout=cluster.db_timeout)
     try:
         secret = load_secret(db_url, secret_file=secret_file, env=env)
         # Cached lookups live 5 s even if change detection fails, so revocation still lands in 5 s.
@@ -626,6 +642,7 @@ def build_gateway(
             on_close=close,
             rate_limiter=build_rate_limiter(cluster, clock=clock),
             default_rate=cluster.rate_limit,
+            store_calls=StoreCalls(cluster.db_timeout),
         )
     except BaseException:
         store.close()

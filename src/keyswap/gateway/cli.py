@@ -1189,6 +1189,16 @@ def _url_host(host: str) -> str:
     help="While the database is unreachable, keys this node checked within this time keep working; "
     "others get 503. $KEYSWAP_OUTAGE_GRACE.",
 )
+@click.option(
+    "--db-timeout",
+    envvar="KEYSWAP_DB_TIMEOUT",
+    metavar="SECONDS",
+    type=Seconds(0.1, 60),
+    default="2",
+    show_default=True,
+    help="A request waits this long for the database, then is answered as during an outage "
+    "(PostgreSQL: also the statement timeout). $KEYSWAP_DB_TIMEOUT.",
+)
 @key_prefix_option
 @db_option
 @secret_file_option
@@ -1217,6 +1227,7 @@ def gateway(
     rotate_every: float,
     rate_limit: Rate | None,
     outage_grace: float,
+    db_timeout: float,
     key_prefix: str,
     db_url: str | None,
     secret_file: str | None,
@@ -1260,6 +1271,7 @@ def gateway(
             rotate_every=rotate_every,
             rate_limit=rate_limit,
             outage_grace=outage_grace,
+            db_timeout=db_timeout,
         )
     except ConfigError as exc:  # a bad flag or variable value: a usage error
         raise OneLineUsageError(exc.reason) from None

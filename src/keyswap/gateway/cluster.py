@@ -1,7 +1,8 @@
 """Many gateway nodes as one: change push, scheduled rotation, shared rate limits, outage settings.
 
 :class:`ClusterSettings` holds the options of ``keyswap gateway`` that matter once there is more than one
-node (``--redis``, ``--redis-prefix``, ``--rotate-every``, ``--rate-limit``, ``--outage-grace``).
+node (``--redis``, ``--redis-prefix``, ``--rotate-every``, ``--rate-limit``, ``--outage-grace``,
+``--db-timeout``).
 :class:`ClusterServices` is what the gateway starts in its lifespan and stops at shutdown, in order:
 
 1. the :class:`~keyswap.store.ChangeWatcher` (polls the store revision every ``watch_interval``; the
@@ -30,6 +31,7 @@ from keyswap.gateway.apikeys import DEFAULT_OUTAGE_GRACE
 from keyswap.gateway.ratelimit import MemoryRateLimiter, Rate, RateLimiter, RedisRateLimiter
 from keyswap.gateway.redisbus import DEFAULT_PREFIX, RedisChanges, check_prefix, check_redis_url
 from keyswap.gateway.rotation import RotationScheduler
+from keyswap.gateway.storecalls import DEFAULT_DB_TIMEOUT
 from keyswap.store import ChangeWatcher, Store
 from keyswap.store.listen import PostgresListener
 
@@ -57,6 +59,8 @@ class ClusterSettings:
         rotate_every: signing-key rotation period in seconds; 0 turns scheduled rotation off.
         rate_limit: the limit for consumers without their own (``None``: unlimited).
         outage_grace: how long a known API key keeps working while the database is unreachable.
+        db_timeout: seconds a request waits for the database (then it is answered as during an
+            outage); also PostgreSQL's ``statement_timeout`` for the gateway's connections.
     """
 
     redis_url: str | None = None
@@ -64,6 +68,7 @@ class ClusterSettings:
     rotate_every: float = DEFAULT_ROTATE_EVERY
     rate_limit: Rate | None = None
     outage_grace: float = DEFAULT_OUTAGE_GRACE
+    db_timeout: float = DEFAULT_DB_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.redis_url is not None:
@@ -75,6 +80,8 @@ class ClusterSettings:
             raise ConfigError("the rotation period must be at least 1 minute (or 0 for off)")
         if not (math.isfinite(self.outage_grace) and self.outage_grace >= 0):
             raise ConfigError("the outage grace must be 0 or a positive duration")
+        if not (math.isfinite(self.db_timeout) and 0 < self.db_timeout <= 60):
+            raise ConfigError("the database timeout must be more than 0 and at most 60 seconds")
 
 
 class _Service(Protocol):

@@ -27,11 +27,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -65,6 +67,18 @@ _IMMEDIATE = "keyswap_immediate"
 NOTIFY_CHANNEL = "keyswap_changes"
 #: Seconds a PostgreSQL connection attempt may take (unless the URL sets ``connect_timeout``).
 PG_CONNECT_TIMEOUT = 3
+#: With a ``timeout`` (a gateway's store), how a PostgreSQL connection notices a dead or silent peer:
+#: TCP keepalives (first probe after 5 s idle, then every 2 s, 3 misses) and at most 10 s of unacknowledged
+#: data (``tcp_user_timeout``, milliseconds). Settings in the URL win.
+PG_SOCKET_OPTIONS: Mapping[str, int] = MappingProxyType(
+    {
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 10_000,
+    }
+)
 
 #: What opening a store does with the schema: ``auto`` (upgrade SQLite, check anything else),
 #: ``upgrade`` (always upgrade), ``check`` (refuse unless current), ``any`` (no check: ``db status``).
@@ -91,6 +105,12 @@ class Store:
         create: for a SQLite file: ``dirs`` (default) creates it and its missing directories,
             ``file`` creates it only in an existing directory, ``none`` never creates it (read-only
             use: a mistyped path must not become a new, empty database).
+        timeout: for a store that must answer quickly (the gateway's), seconds: on PostgreSQL the
+            server cancels any statement running longer (``statement_timeout``), a connection attempt
+            gives up after that long (2 s at least; unless the URL sets ``connect_timeout``), a dead or
+            silent connection is noticed by the socket (:data:`PG_SOCKET_OPTIONS`); on any database a
+            request waits that long at most for a pooled connection. ``None`` (default): no such
+            bounds but the 3 s connection timeout (management commands, migrations).
 
     Raises:
         ConfigError: the URL is invalid, the database cannot be reached, its schema is behind (run
@@ -99,14 +119,21 @@ class Store:
     """
 
     def __init__(
-        self, url: str, *, schema: SchemaMode = "auto", create: CreateMode = "dirs"
+        self,
+        url: str,
+        *,
+        schema: SchemaMode = "auto",
+        create: CreateMode = "dirs",
+        timeout: float | None = None,
     ) -> None:
         self.url = normalize_database_url(url)
         self.is_postgres = is_postgres(self.url)
         path = sqlite_file(self.url)
         if path is not None:
             _prepare_sqlite_file(path, create)
-        self.engine = _create_engine(self.url, file_backed=path is not None)
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise ConfigError("the database timeout must be a positive number of seconds")
+        self.engine = _create_engine(self.url, file_backed=path is not None, timeout=timeout)
         self._commit_hooks: list[Callable[[int], object]] = []
         #: ``(before, after)`` revisions if opening the store upgraded the schema.
         self.schema_change: tuple[str | None, str] | None = None
@@ -438,27 +465,32 @@ class Store:
 
     def find_api_key(self, digest: bytes) -> tuple[ApiKeyRecord, Consumer] | None:
         """The key with this HMAC digest and its consumer, or ``None``."""
-        query = _key_select(
-            consumers.c.metadata.label("consumer_metadata"),
-            consumers.c.created_at.label("consumer_created_at"),
-            consumers.c.rate_limit.label("consumer_rate_limit"),
-            consumers.c.max_connections.label("consumer_max_connections"),
-            api_keys.c.digest,
-        ).where(api_keys.c.digest == digest)
+        query = _key_with_consumer_select().where(api_keys.c.digest == digest)
         with self._reading() as conn:
             row = conn.execute(query).first()
         if row is None or not hmac.compare_digest(bytes(row.digest), digest):
             return None
-        consumer = Consumer(
-            id=row.consumer_id,
-            name=row.consumer_name,
-            metadata=dict(row.consumer_metadata),
-            created_at=row.consumer_created_at,
-            rate_limit=row.consumer_rate_limit,
-            scopes=_scopes(row.consumer_scopes) or (),
-            max_connections=row.consumer_max_connections,
-        )
-        return _key(row), consumer
+        return _key(row), _key_consumer(row)
+
+    def find_api_keys_by_id(
+        self, key_ids: Iterable[str], *, batch: int = 500
+    ) -> dict[str, tuple[ApiKeyRecord, Consumer]]:
+        """The keys with these public ids and their consumers, by id (missing ids are left out).
+
+        One query per ``batch`` ids, all in one read transaction (what a gateway re-reads after a
+        change).
+        """
+        wanted = list(dict.fromkeys(key_ids))
+        found: dict[str, tuple[ApiKeyRecord, Consumer]] = {}
+        if not wanted:
+            return found
+        with self._reading() as conn:
+            for start in range(0, len(wanted), batch):
+                chunk = wanted[start : start + batch]
+                query = _key_with_consumer_select().where(api_keys.c.id.in_(chunk))
+                for row in conn.execute(query):
+                    found[row.id] = (_key(row), _key_consumer(row))
+        return found
 
     def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
         """The key with this public id, or ``None``."""
@@ -689,17 +721,18 @@ def _prepare_sqlite_file(path: Path, create: CreateMode) -> None:
         raise ConfigError(f"cannot create the database file {path}: {exc.strerror}") from None
 
 
-def _create_engine(url: str, *, file_backed: bool) -> Engine:
+def _create_engine(url: str, *, file_backed: bool, timeout: float | None = None) -> Engine:
     options: dict[str, Any] = {}
     is_sqlite = sa.make_url(url).get_backend_name() == "sqlite"
     if is_sqlite and not file_backed:
         # In-memory SQLite: one shared connection, or every connection would see its own database.
         options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+    if timeout is not None:
+        options["pool_timeout"] = timeout
     if is_postgres(url):
         # Notice connections a database restart killed before using them; bound connection attempts.
         options["pool_pre_ping"] = True
-        if "connect_timeout" not in sa.make_url(url).query:
-            options["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT}
+        options["connect_args"] = _postgres_connect_args(sa.make_url(url).query, timeout)
     try:
         engine = sa.create_engine(url, **options)
     except ArgumentError:
@@ -714,6 +747,24 @@ def _create_engine(url: str, *, file_backed: bool) -> Engine:
     if is_sqlite:
         _configure_sqlite(engine, wal=file_backed)
     return engine
+
+
+def _postgres_connect_args(query: Mapping[str, Any], timeout: float | None) -> dict[str, Any]:
+    """libpq parameters bounding what a PostgreSQL connection may wait (those in the URL win)."""
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in query:
+        args["connect_timeout"] = (
+            PG_CONNECT_TIMEOUT if timeout is None else max(2, math.ceil(timeout))
+        )
+    if timeout is None:
+        return args
+    args.update((name, value) for name, value in PG_SOCKET_OPTIONS.items() if name not in query)
+    given = query.get("options", "")
+    given = given if isinstance(given, str) else " ".join(given)
+    if "statement_timeout" not in given:
+        limit = f"-c statement_timeout={max(1, round(timeout * 1000))}"
+        args["options"] = f"{given} {limit}".strip()
+    return args
 
 
 def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
@@ -752,6 +803,28 @@ def _key_select(*extra: Any) -> sa.Select[Any]:
         consumers.c.scopes.label("consumer_scopes"),
         *extra,
     ).join_from(api_keys, consumers, api_keys.c.consumer_id == consumers.c.id)
+
+
+def _key_with_consumer_select() -> sa.Select[Any]:
+    return _key_select(
+        consumers.c.metadata.label("consumer_metadata"),
+        consumers.c.created_at.label("consumer_created_at"),
+        consumers.c.rate_limit.label("consumer_rate_limit"),
+        consumers.c.max_connections.label("consumer_max_connections"),
+        api_keys.c.digest,
+    )
+
+
+def _key_consumer(row: sa.Row[Any]) -> Consumer:
+    return Consumer(
+        id=row.consumer_id,
+        name=row.consumer_name,
+        metadata=dict(row.consumer_metadata),
+        created_at=row.consumer_created_at,
+        rate_limit=row.consumer_rate_limit,
+        scopes=_scopes(row.consumer_scopes) or (),
+        max_connections=row.consumer_max_connections,
+    )
 
 
 def _insert_key(
