@@ -16,6 +16,7 @@ from keyswap.gateway.apikeys import ApiKeys
 from keyswap.gateway.app import GatewayApp, GatewaySettings, build_gateway
 from keyswap.gateway.cluster import ClusterSettings
 from keyswap.gateway.secret import load_secret
+from keyswap.gateway.serverproto import http_protocol
 from keyswap.store import Store
 from tests.support.asgi_server import ServerThread, bound_socket
 from tests.support.gateway_state import Clock
@@ -92,7 +93,7 @@ def running_gateway(
         admin = ApiKeys(admin_store, load_secret(db_url, env={}), cache_size=0)
         admin_store.create_consumer("acme", {"plan": "free"})
         record, key = admin.create("acme")
-        server = ServerThread(app, sock=sock).start()
+        server = ServerThread(app, sock=sock, http=http_protocol()).start()
         try:
             yield Gateway(app, server, admin, admin_store, db_url, db_path, key, record.id, clock)
         finally:

@@ -1041,6 +1041,23 @@ def _url_host(host: str) -> str:
     help="Keep the client's X-Forwarded-For/-Proto/-Host (only behind a proxy you run).",
 )
 @click.option(
+    "--drop-header",
+    "drop_headers",
+    envvar="KEYSWAP_DROP_HEADERS",
+    multiple=True,
+    metavar="NAME",
+    help="Also drop this request header; a shell-style pattern (x-internal-*) or a comma-separated "
+    "list works too. Repeatable. $KEYSWAP_DROP_HEADERS.",
+)
+@click.option(
+    "--forward-headers-only",
+    envvar="KEYSWAP_FORWARD_HEADERS_ONLY",
+    metavar="NAMES",
+    default=None,
+    help="Forward only these request headers (comma-separated names or patterns) besides the "
+    "gateway's own. Default: all but the dropped ones. $KEYSWAP_FORWARD_HEADERS_ONLY.",
+)
+@click.option(
     "--max-connections",
     envvar="KEYSWAP_MAX_CONNECTIONS",
     type=click.IntRange(1, 10000),
@@ -1117,6 +1134,8 @@ def gateway(
     upstream_timeout: float,
     alg: str,
     trust_forwarded: bool,
+    drop_headers: tuple[str, ...],
+    forward_headers_only: str | None,
     max_connections: int,
     log_level: str,
     redis_url: str | None,
@@ -1149,6 +1168,12 @@ def gateway(
             trust_forwarded=trust_forwarded,
             max_connections=max_connections,
             key_prefix=key_prefix,
+            drop_headers=drop_headers,
+            forward_headers_only=(
+                (forward_headers_only,)
+                if forward_headers_only is not None and forward_headers_only.strip()
+                else None
+            ),
         )
         cluster = ClusterSettings(
             redis_url=(redis_url or "").strip() or None,

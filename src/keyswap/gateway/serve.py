@@ -18,6 +18,8 @@ from typing import Any
 
 import uvicorn
 
+from keyswap.gateway.serverproto import http_protocol
+
 __all__ = ["configure_logging", "run_until_signal", "server_config"]
 
 logger = logging.getLogger("keyswap.gateway")
@@ -28,7 +30,8 @@ def _available(module: str) -> str:
 
 
 def server_config(app: Any, host: str, port: int, *, log_level: str = "info") -> uvicorn.Config:
-    """A uvicorn config for a keyswap server: uvloop + httptools when installed, no uvicorn access log
+    """A uvicorn config for a keyswap server: uvloop + httptools when installed (request trailers
+    dropped: :mod:`keyswap.gateway.serverproto`), no uvicorn access log
     (it would print query strings), no proxy-header rewriting (the gateway decides what to trust), no
     ``Server``/``Date`` headers of its own (the upstream's pass through), no websockets."""
     return uvicorn.Config(
@@ -36,7 +39,7 @@ def server_config(app: Any, host: str, port: int, *, log_level: str = "info") ->
         host=host,
         port=port,
         loop=_available("uvloop"),
-        http=_available("httptools"),
+        http=http_protocol(),
         ws="none",
         lifespan="on",
         log_config=None,
