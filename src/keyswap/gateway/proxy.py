@@ -6,15 +6,17 @@ pool) and holds the header rules.
 Request rules (RFC 9110 §7.6.1, and security corpus G04-G06):
 
 - method, raw path and query string are forwarded byte for byte (no normalisation, no re-encoding) after
-  the upstream URL's own path prefix; a target that is not plain ASCII (``/`` then ``0x21-0x7e``) is
-  refused with 400 before anything is sent;
-- dropped from the inbound request: hop-by-hop headers (``Connection``, ``Keep-Alive``,
-  ``Proxy-Authenticate``, ``Proxy-Authorization``, ``Proxy-Connection``, ``TE``, ``Trailer``,
-  ``Transfer-Encoding``, ``Upgrade``) and every name listed in ``Connection``; every ``Authorization``;
-  ``Host`` (the upstream's own host is sent); ``Expect`` (answered by the server already);
-  ``Content-Length`` (the client sets the framing, see below);
-  ``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP``, ``X-Original-URL``, ``X-Rewrite-URL``; the identity
-  namespaces ``X-Keyswap-*``, ``X-Consumer-*``, ``X-Authenticated-*``; any name containing ``_``;
+  the upstream URL's own path prefix; refused with 400 before anything is sent instead: a target that
+  is not plain ASCII (``/`` then ``0x21-0x7e``), a path with a dot-segment (raw or percent-encoded,
+  see :meth:`UpstreamProxy.target`), and behind a path prefix an encoded slash or backslash or a raw
+  backslash;
+- dropped from the inbound request (:mod:`keyswap.gateway.headerpolicy`): hop-by-hop headers and every
+  name listed in ``Connection``; every ``Authorization``; ``Host`` (the upstream's own host is sent);
+  ``Expect`` (answered by the server already); ``Content-Length`` (the client sets the framing, see
+  below); ``Forwarded``, ``X-Forwarded-*`` and the other forwarding and identity headers; any name
+  containing ``_``; the identity and client-IP families (unless an allow-list names them); the
+  operator's ``--drop-header`` names and patterns; with ``--forward-headers-only``, every name it does
+  not list;
 - added: ``Authorization: Bearer <minted JWT>`` (by the app) and ``X-Forwarded-For`` / ``-Proto`` /
   ``-Host`` from the connection. With ``trust_forwarded`` (``--trust-forwarded``, for a gateway behind
   a proxy you run) the client's ``X-Forwarded-For`` is kept and the peer address appended, and its
