@@ -222,3 +222,30 @@ def test_limits_are_validated() -> None:
         ClientLimits(max_connections=0)
     assert 1 <= default_max_client_connections(100) <= 1000
     assert protocol_class(ClientLimits()).limits == ClientLimits()
+
+
+def test_the_guarded_protocol_also_keeps_only_the_request_heads_fields() -> None:
+    """The production protocol (with client limits) drops trailer fields too (security G19)."""
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body", False):
+            pass
+        seen.append(list(scope["headers"]))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    with guarded(app) as server, connect(server) as sock:
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n"
+            b"trailer: authorization\r\n\r\n5\r\nhello\r\n0\r\n"
+            b"authorization: Bearer smuggled\r\nx-trailer: 1\r\n\r\n"
+        )
+        assert sock.recv(4096).startswith(b"HTTP/1.1 204")
+    (headers,) = seen
+    names = [name.lower() for name, _ in headers]
+    assert b"authorization" not in names
+    assert b"x-trailer" not in names
+    assert b"trailer" in names  # the head's own fields are all there

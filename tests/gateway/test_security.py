@@ -24,6 +24,7 @@ import httpx
 import jwt
 import pytest
 
+from keyswap.errors import ConfigError
 from keyswap.gateway.apikeys import ApiKeys, Principal, generate_key
 from keyswap.gateway.app import GatewayApp, GatewaySettings
 from keyswap.gateway.keyring import Keyring
@@ -617,17 +618,21 @@ def test_the_upstream_is_never_chosen_from_host_an_absolute_target_or_routing_he
 
 
 @pytest.mark.parametrize(
-    "start",
-    [b"CONNECT 127.0.0.1:{port} HTTP/1.1", b"OPTIONS * HTTP/1.1", b"GET 127.0.0.1:{port} HTTP/1.1"],
+    ("start", "status"),
+    [
+        (b"CONNECT 127.0.0.1:{port} HTTP/1.1", 400),  # the server refuses authority-form
+        (b"OPTIONS * HTTP/1.1", 400),
+        (b"GET 127.0.0.1:{port} HTTP/1.1", 400),
+    ],
     ids=["connect", "options-asterisk", "authority-form-get"],
 )
 def test_targets_that_are_not_a_path_are_refused_and_never_tunnelled(
-    gateway: Gateway, upstream: RecordingUpstream, decoy: JWKSServer, start: bytes
+    gateway: Gateway, upstream: RecordingUpstream, decoy: JWKSServer, start: bytes, status: int
 ) -> None:
     line = start.replace(b"{port}", str(decoy.port).encode())
     data = line + b"\r\nHost: gw\r\n" + auth(gateway.key) + b"\r\nConnection: close\r\n\r\n"
     before = len(upstream.received)
-    assert answers(exchange(gateway.port, data))[0].status == 400
+    assert answers(exchange(gateway.port, data))[0].status == status
     assert since(upstream, before) == []
     assert sum(decoy.hits.values()) == 0
 
@@ -852,10 +857,6 @@ def test_pipelined_requests_are_each_authenticated_on_their_own(
 # -- G08: path confusion ---------------------------------------------------------------------------------
 
 CONFUSING_PATHS = [
-    b"/v1/../admin",
-    b"/v1/%2e%2e/admin",
-    b"/v1/%2E%2E/admin",
-    b"/v1/..%2Fadmin",
     b"/a%2Fb",
     b"//admin",
     b"/%2F%2Fadmin",
@@ -864,8 +865,25 @@ CONFUSING_PATHS = [
     b"/admin.",
     b"/admin%00",
     b"/%61dmin",
+    b"/a\\b",
+    b"/a%5Cb",
+    b"/a..b/...",
+    b"/.well-known/x",
+    b"/a%2eb",
+]
+#: Dot-segments (raw or encoded) are refused even without an upstream path prefix (G16).
+DOT_SEGMENT_PATHS = [
+    b"/v1/../admin",
+    b"/v1/%2e%2e/admin",
+    b"/v1/%2E%2E/admin",
+    b"/v1/..%2Fadmin",
     b"/a/./b",
     b"/.%2e/admin",
+    b"/v1/..;/admin",
+    b"/v1\\..\\admin",
+    b"/v1/%252e%252e/admin",
+    b"/./__keyswap/health",
+    b"/x/../__keyswap/health",
 ]
 
 
@@ -880,6 +898,18 @@ def test_the_path_that_was_authorised_is_forwarded_byte_for_byte(
     assert (record.raw_path, record.query) == (path, b"q=%2e%2e&a=1")
 
 
+@pytest.mark.parametrize("path", DOT_SEGMENT_PATHS, ids=[p.decode() for p in DOT_SEGMENT_PATHS])
+def test_a_path_with_a_dot_segment_is_refused_even_without_a_prefix(
+    gateway: Gateway, upstream: RecordingUpstream, path: bytes
+) -> None:
+    before = len(upstream.received)
+    (without,) = answers(exchange(gateway.port, request(path)))
+    assert (without.status, without.text) == NO_API_KEY  # the key check comes first
+    (with_key,) = answers(exchange(gateway.port, request(path + b"?q=1", auth(gateway.key))))
+    assert (with_key.status, with_key.text) == (400, "Bad request")
+    assert since(upstream, before) == []
+
+
 DISGUISED_RESERVED = [
     b"/%5F%5Fkeyswap/health",
     b"/%5f%5fkeyswap/issuer/.well-known/jwks.json",
@@ -888,8 +918,6 @@ DISGUISED_RESERVED = [
     b"/%2F__keyswap/health",
     b"/__KEYSWAP/health",
     b"/__keyswap",
-    b"/./__keyswap/health",
-    b"/x/../__keyswap/health",
 ]
 
 
@@ -1115,3 +1143,326 @@ def test_a_request_head_over_64_kib_is_refused_before_it_reaches_the_upstream(
     raw = exchange(gateway.port, request(b"/head-limit", auth(gateway.key), *_many_headers(10_000)))
     assert answers(raw)[0].status == 431
     assert since(upstream, before) == []
+
+
+# -- G15: identity and client-IP headers, operator drop lists and allow-lists ----------------------------
+
+#: Identity and client-IP claims an origin behind an auth proxy or CDN may trust (issue 11, item 6).
+CLAIMED_IDENTITY = [
+    b"X-Client-IP: 6.6.6.1",
+    b"True-Client-IP: 6.6.6.2",
+    b"CF-Connecting-IP: 6.6.6.3",
+    b"Client-IP: 6.6.6.4",
+    b"X-Cluster-Client-IP: 6.6.6.5",
+    b"Fastly-Client-IP: 6.6.6.6",
+    b"X-Forwarded: for=6.6.6.7",
+    b"X-Originating-IP: 6.6.6.8",
+    b"X-Original-URI: /spoofed-admin",
+    b"X-Original-Method: DELETE",
+    b"X-Original-Host: spoofed.example",
+    b"X-Host: spoofed.example",
+    b"X-Webauth-User: spoofed-admin",
+    b"X-Auth-User: spoofed-admin",
+    b"X-Userinfo: spoofed-admin",
+    b"X-Credential-Identifier: spoofed-admin",
+    b"X-Anonymous-Consumer: false",
+    b"X-Amzn-Oidc-Identity: spoofed-admin",
+    b"X-Amzn-Oidc-Data: spoofed-admin",
+    b"X-Goog-Authenticated-User-Email: spoofed-admin@example.com",
+    b"X-Ms-Client-Principal-Name: spoofed-admin",
+    b"X-Remote-Group: spoofed-admins",
+    b"X-Email: spoofed-admin@example.com",
+    b"X-Groups: spoofed-admins",
+    b"X-SSL-Client-Verify: SUCCESS",
+    b"X-Client-Cert: spoofed-cert",
+]
+
+
+def _names(record: Received) -> set[bytes]:
+    return {name for name, _ in record.headers}
+
+
+def test_identity_and_client_ip_claims_never_reach_the_upstream(
+    gateway: Gateway, upstream: RecordingUpstream
+) -> None:
+    before = len(upstream.received)
+    data = request(b"/g15/claims", auth(gateway.key), *CLAIMED_IDENTITY, b"X-Request-Id: r-1")
+    assert answers(exchange(gateway.port, data))[0].status == 200
+
+    (record,) = since(upstream, before)
+    names = _names(record)
+    for line in CLAIMED_IDENTITY:
+        assert line.split(b":")[0].lower() not in names, line
+    assert b"spoofed" not in record.raw()
+    assert b"6.6.6." not in record.raw()
+    assert b"SUCCESS" not in record.raw()
+    assert record.header("x-request-id") == ["r-1"]  # ordinary headers still pass
+    assert record.header("x-forwarded-for") == ["127.0.0.1"]
+
+
+def test_the_operator_drops_more_names_and_patterns(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    with running_gateway(
+        tmp_path, upstream.url, drop_headers=("X-Tenant", "x-internal-*", "x-debug-?-flag")
+    ) as gw:
+        before = len(upstream.received)
+        data = request(
+            b"/g15/drop",
+            auth(gw.key),
+            b"X-Tenant: other",
+            b"X-Internal-Route: admin",
+            b"x-internal-: empty-tail",
+            b"X-Debug-1-Flag: on",
+            b"X-Debug-12-Flag: kept",
+            b"X-Tenants: kept",
+        )
+        assert answers(exchange(gw.port, data))[0].status == 200
+        (record,) = since(upstream, before)
+        assert_minted_token_only(gw, record)
+    names = _names(record)
+    assert not names & {b"x-tenant", b"x-internal-route", b"x-internal-", b"x-debug-1-flag"}
+    assert record.header("x-debug-12-flag") == ["kept"]
+    assert record.header("x-tenants") == ["kept"]
+
+
+def test_with_an_allow_list_only_those_headers_and_the_gateways_own_are_forwarded(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    with running_gateway(
+        tmp_path,
+        upstream.url,
+        forward_headers_only=("Accept, x-request-*", "CF-IPCountry", "authorization", "host"),
+        drop_headers=("x-request-secret",),
+    ) as gw:
+        before = len(upstream.received)
+        data = request(
+            b"/g15/only",
+            auth(gw.key),
+            b"Accept: application/json",
+            b"X-Request-Id: r-2",
+            b"X-Request-Secret: no",
+            b"CF-IPCountry: NZ",
+            b"CF-Connecting-IP: 6.6.6.6",
+            b"X-Other: no",
+            b"User-Agent: no",
+            b"X-Forwarded-For: 6.6.6.6",
+            b"Content-Length: 2",
+            method=b"POST",
+            body=b"hi",
+        )
+        assert answers(exchange(gw.port, data))[0].status == 200
+        (record,) = since(upstream, before)
+        assert_minted_token_only(gw, record)
+    assert record.body_len == 2
+    assert sorted(_names(record)) == sorted(
+        [
+            b"host", b"accept", b"x-request-id", b"cf-ipcountry", b"x-forwarded-for",
+            b"x-forwarded-proto", b"x-forwarded-host", b"authorization", b"content-length",
+        ]
+    )  # fmt: skip
+    assert record.header("host") == [f"127.0.0.1:{upstream.port}"]  # listing it changes nothing
+    assert record.header("x-forwarded-for") == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize("entry", ["x bad", "x-é", "x:y", "a;b"])
+def test_a_header_list_entry_that_is_not_a_name_or_pattern_is_a_config_error(entry: str) -> None:
+    with pytest.raises(ConfigError, match="not a header name or pattern"):
+        GatewaySettings("http://127.0.0.1:1", "http://gw", drop_headers=(entry,))
+    with pytest.raises(ConfigError, match="not a header name or pattern"):
+        GatewaySettings("http://127.0.0.1:1", "http://gw", forward_headers_only=(entry,))
+
+
+# -- G16: the upstream path prefix cannot be escaped; dot-segments never pass -------------------------
+
+ESCAPING_PREFIX = [
+    b"/../internal.txt",
+    b"/%2e%2e/internal.txt",
+    b"/%2E%2E/internal.txt",
+    b"/%2e./internal.txt",
+    b"/.%2E/internal.txt",
+    b"/%252e%252e/internal.txt",
+    b"/v1/../../internal.txt",
+    b"/..;/internal.txt",
+    b"/..",
+    b"/v1/.",
+    b"/./internal.txt",
+    b"/..%2Finternal.txt",
+    b"/v1%2F..%2F..%2Finternal.txt",
+    b"/%2Finternal.txt",
+    b"/v1%2finternal.txt",
+    b"/v1%5Cinternal.txt",
+    b"/v1%5c..%5cinternal.txt",
+    b"/v1\\..\\internal.txt",
+    b"/v1\\internal.txt",
+]
+INSIDE_PREFIX = [b"/v1/users", b"/.well-known/x", b"/a..b/...", b"/v1/x%20y", b"/a%2eb", b"//v1"]
+
+
+@pytest.fixture(scope="module")
+def prefixed(
+    tmp_path_factory: pytest.TempPathFactory, upstream: RecordingUpstream
+) -> Iterator[Gateway]:
+    with running_gateway(tmp_path_factory.mktemp("prefixed"), upstream.url + "/api") as running:
+        yield running
+
+
+@pytest.mark.parametrize("path", ESCAPING_PREFIX, ids=[p.decode() for p in ESCAPING_PREFIX])
+def test_a_path_that_could_leave_the_upstream_prefix_is_refused(
+    prefixed: Gateway, upstream: RecordingUpstream, path: bytes
+) -> None:
+    before = len(upstream.received)
+    (answer,) = answers(exchange(prefixed.port, request(path, auth(prefixed.key))))
+    assert (answer.status, answer.text) == (400, "Bad request")
+    assert since(upstream, before) == []
+
+
+@pytest.mark.parametrize("path", INSIDE_PREFIX, ids=[p.decode() for p in INSIDE_PREFIX])
+def test_a_path_inside_the_prefix_is_forwarded_byte_for_byte_after_it(
+    prefixed: Gateway, upstream: RecordingUpstream, path: bytes
+) -> None:
+    before = len(upstream.received)
+    raw = exchange(prefixed.port, request(path + b"?q=..%2F..&a=%5c", auth(prefixed.key)))
+    assert answers(raw)[0].status == 200
+    (record,) = since(upstream, before)
+    assert (record.raw_path, record.query) == (b"/api" + path, b"q=..%2F..&a=%5c")
+
+
+# -- G17: a status the HTTP grammar does not allow is a bad gateway --------------------------------------
+
+
+class ScriptedUpstream:
+    """A raw keep-alive upstream answering every request with ``answer``; it notes when the gateway
+    closes a connection (``closed``) and every request that arrives (``requests``)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.requests = 0
+        self.closed = threading.Event()
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.settimeout(10)
+                data = b""
+                while True:
+                    try:
+                        chunk = self.request.recv(65536)
+                    except OSError:
+                        return
+                    if not chunk:
+                        outer.closed.set()
+                        return
+                    data += chunk
+                    while b"\r\n\r\n" in data:
+                        _, _, data = data.partition(b"\r\n\r\n")
+                        outer.requests += 1
+                        self.request.sendall(answer)
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    def __enter__(self) -> ScriptedUpstream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.mark.parametrize("status", [b"600", b"999", b"099", b"000"])
+def test_an_upstream_status_outside_100_599_is_a_502_and_the_connection_is_closed(
+    tmp_path: Path, status: bytes
+) -> None:
+    answer = b"HTTP/1.1 " + status + b" Odd\r\nContent-Length: 2\r\n\r\nok"
+    with (
+        ScriptedUpstream(answer) as scripted,
+        running_gateway(tmp_path, scripted.url, upstream_timeout=3) as gw,
+    ):
+        (got,) = answers(exchange(gw.port, request(b"/g17/odd", auth(gw.key)), timeout=5))
+        assert (got.status, got.text) == (502, "Bad gateway")
+        assert scripted.closed.wait(5)
+        assert gw.app.proxy.pool.connections_opened == 1
+        (again,) = answers(exchange(gw.port, request(b"/g17/odd", auth(gw.key)), timeout=5))
+        assert again.status == 502
+        assert gw.app.proxy.pool.connections_opened == 2  # never reused
+    assert scripted.requests == 2
+
+
+# -- G18: TRACE and CONNECT never leave the gateway -------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", [b"TRACE", b"CONNECT"])
+@pytest.mark.parametrize("with_key", [True, False], ids=["key", "no-key"])
+def test_trace_and_connect_are_405_before_the_key_check_and_never_forwarded(
+    gateway: Gateway, upstream: RecordingUpstream, method: bytes, with_key: bool
+) -> None:
+    lines = (auth(gateway.key),) if with_key else ()
+    before = len(upstream.received)
+    (answer,) = answers(exchange(gateway.port, request(b"/g18/echo", *lines, method=method)))
+    assert (answer.status, answer.text) == (405, "Method not allowed")
+    allow = dict(answer.headers)[b"allow"]
+    assert b"GET" in allow
+    assert b"TRACE" not in allow
+    assert b"CONNECT" not in allow
+    assert since(upstream, before) == []
+
+
+# -- G19: trailers are never headers ------------------------------------------------------------------------
+
+
+def _chunked(target: bytes, head: list[bytes], trailer: list[bytes]) -> bytes:
+    lines = b"".join(line + b"\r\n" for line in head)
+    fields = b"".join(line + b"\r\n" for line in trailer)
+    return (
+        b"POST " + target + b" HTTP/1.1\r\nHost: gw.example\r\nTransfer-Encoding: chunked\r\n"
+        + lines + b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\n" + fields + b"\r\n"
+    )  # fmt: skip
+
+
+def test_an_api_key_sent_only_in_the_request_trailer_is_no_api_key(
+    gateway: Gateway, upstream: RecordingUpstream
+) -> None:
+    before = len(upstream.received)
+    data = _chunked(b"/g19/trailer-key", [b"Trailer: Authorization"], [auth(gateway.key)])
+    (answer,) = answers(exchange(gateway.port, data))
+    assert (answer.status, answer.text) == NO_API_KEY
+    assert since(upstream, before) == []
+
+
+def test_request_trailer_fields_never_reach_the_upstream(
+    gateway: Gateway, upstream: RecordingUpstream
+) -> None:
+    before = len(upstream.received)
+    data = _chunked(
+        b"/keep/g19/trailer",
+        [auth(gateway.key)],
+        [b"X-Trailer-Field: smuggled", b"X-Client-IP: 6.6.6.6", auth("ks_second")],
+    )
+    assert answers(exchange(gateway.port, data))[0].status == 200
+    (record,) = since(upstream, before)
+    assert upstream.bodies[-1] == b"hello"
+    assert b"smuggled" not in record.raw()
+    assert b"x-trailer-field" not in _names(record)
+    assert_minted_token_only(gateway, record)
+
+
+def test_an_upstream_response_trailer_never_becomes_a_response_header(tmp_path: Path) -> None:
+    answer = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Upstream-Trailer\r\n\r\n"
+        b"2\r\nok\r\n0\r\nX-Upstream-Trailer: leaked\r\nSet-Cookie: session=leaked\r\n\r\n"
+    )
+    with ScriptedUpstream(answer) as scripted, running_gateway(tmp_path, scripted.url) as gw:
+        raw = exchange(gw.port, request(b"/g19/response", auth(gw.key)))
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert b"leaked" not in raw
+        assert b"ok" in body
+        # the connection stays usable: a second request on it is answered the same
+        raw = exchange(gw.port, request(b"/g19/response", auth(gw.key)))
+        assert b"leaked" not in raw
+        assert gw.app.proxy.pool.connections_opened == 1

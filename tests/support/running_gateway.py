@@ -16,6 +16,7 @@ from keyswap.gateway.apikeys import ApiKeys
 from keyswap.gateway.app import GatewayApp, GatewaySettings, build_gateway
 from keyswap.gateway.cluster import ClusterSettings
 from keyswap.gateway.secret import load_secret
+from keyswap.gateway.serverproto import http_protocol
 from keyswap.store import Store
 from tests.support.asgi_server import ServerThread, bound_socket
 from tests.support.gateway_state import Clock
@@ -94,7 +95,8 @@ def running_gateway(
         admin = ApiKeys(admin_store, load_secret(db_url, env={}), cache_size=0)
         admin_store.create_consumer("acme", {"plan": "free"})
         record, key = admin.create("acme")
-        server = ServerThread(app, sock=sock, **(server_options or {})).start()
+        server_config: dict[str, Any] = {"http": http_protocol(), **(server_options or {})}
+        server = ServerThread(app, sock=sock, **server_config).start()
         try:
             yield Gateway(app, server, admin, admin_store, db_url, db_path, key, record.id, clock)
         finally:

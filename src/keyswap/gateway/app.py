@@ -9,7 +9,11 @@ Hot path (pure ASGI, no framework objects)::
 Paths under ``/__keyswap/`` are the gateway's own (JWKS, discovery, health) and need no API key; they
 are never proxied. Refusals (written by the gateway, never reaching the upstream)::
 
-    400  Bad request          the request target is not plain ASCII
+    405  Method not allowed   TRACE, TRACK or CONNECT (before the key check; Allow lists the usual
+                              methods)
+    400  Bad request          the request target is not plain ASCII, has a dot-segment, or (with an
+                              upstream path prefix) an encoded slash or a backslash (after the key
+                              check)
     431  Request header fields too large   over 256 headers or 64 KiB of headers (after the key check)
     401  No API key provided  no Authorization header, or a scheme other than Bearer
                               (WWW-Authenticate: Bearer realm="keyswap")
@@ -52,6 +56,7 @@ from keyswap.errors import (
 )
 from keyswap.gateway.accesslog import AccessLog
 from keyswap.gateway.cluster import ClusterSettings
+from keyswap.gateway.headerpolicy import HeaderPolicy
 from keyswap.gateway.mint import SIGNING_ALGORITHMS, PrincipalLike, SigningKeyLike, TokenMinter
 from keyswap.gateway.proxy import (
     BadTarget,
@@ -159,6 +164,10 @@ class GatewaySettings:
             for ``token_ttl + jwks_max_age`` after retirement).
         jwks_max_age: ``Cache-Control`` max-age of the JWKS and discovery documents.
         key_prefix: API key prefix (must match the one keys were created with).
+        drop_headers: request header names or shell-style patterns dropped on top of the built-in
+            rules (``--drop-header``; :mod:`keyswap.gateway.headerpolicy`).
+        forward_headers_only: when given, the only request headers forwarded (names or patterns),
+            besides those the gateway sets itself (``--forward-headers-only``).
     """
 
     upstream: str
@@ -174,7 +183,10 @@ class GatewaySettings:
     prune_interval: float = 60.0
     jwks_max_age: int = DEFAULT_MAX_AGE
     key_prefix: str = "ks"
+    drop_headers: tuple[str, ...] = ()
+    forward_headers_only: tuple[str, ...] | None = None
     issuer: str = field(init=False)
+    header_policy: HeaderPolicy = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.alg not in SIGNING_ALGORITHMS:
@@ -182,6 +194,9 @@ class GatewaySettings:
                 f"alg must be one of {', '.join(SIGNING_ALGORITHMS)}, got {self.alg!r}"
             )
         validate_upstream(self.upstream)
+        object.__setattr__(
+            self, "header_policy", HeaderPolicy(self.drop_headers, self.forward_headers_only)
+        )
         object.__setattr__(self, "issuer", issuer_for(self.public_url))
         object.__setattr__(self, "audience", token_audience(self.audience, self.upstream))
         if not isinstance(self.token_ttl, int) or not 1 <= self.token_ttl <= 86_400:
@@ -229,6 +244,12 @@ BAD_GATEWAY = _text(502, "Bad gateway")
 GATEWAY_TIMEOUT = _text(504, "Gateway timeout")
 UNAVAILABLE = _text(503, "Service unavailable", (b"retry-after", b"5"))
 TOO_MANY_CONNECTIONS = _text(429, "Too many concurrent requests", (b"retry-after", b"1"))
+METHOD_NOT_ALLOWED = _text(
+    405, "Method not allowed", (b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+)
+#: Never forwarded: TRACE (and IIS's TRACK) would echo the minted token back to the client, CONNECT
+#: asks for a tunnel. Matched case-insensitively (some servers treat method names so).
+_REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
 
 
 class _NoKey(Exception):
@@ -461,6 +482,9 @@ class GatewayApp:
                 document = self.wellknown.lookup(method, raw_path.decode("latin-1"))
                 status = await _respond(send, (document.status, document.headers, document.body))
                 return
+            if method.upper() in _REFUSED_METHODS:
+                status = await _respond(send, METHOD_NOT_ALLOWED)
+                return
             try:
                 key = _api_key_from(scope["headers"])
                 principal = await self._authenticate(key)
@@ -500,6 +524,7 @@ class GatewayApp:
                     client=scope.get("client"),
                     scheme=scope.get("scheme", "http"),
                     trust_forwarded=self.settings.trust_forwarded,
+                    policy=self.settings.header_policy,
                 )
             except HeadersTooLarge:
                 status = await _respond(send, HEADERS_TOO_LARGE)

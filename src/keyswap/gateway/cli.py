@@ -1068,6 +1068,23 @@ def _url_host(host: str) -> str:
     help="Keep the client's X-Forwarded-For/-Proto/-Host (only behind a proxy you run).",
 )
 @click.option(
+    "--drop-header",
+    "drop_headers",
+    envvar="KEYSWAP_DROP_HEADERS",
+    multiple=True,
+    metavar="NAME",
+    help="Also drop this request header; a shell-style pattern (x-internal-*) or a comma-separated "
+    "list works too. Repeatable. $KEYSWAP_DROP_HEADERS.",
+)
+@click.option(
+    "--forward-headers-only",
+    envvar="KEYSWAP_FORWARD_HEADERS_ONLY",
+    metavar="NAMES",
+    default=None,
+    help="Forward only these request headers (comma-separated names or patterns) besides the "
+    "gateway's own. Default: all but the dropped ones. $KEYSWAP_FORWARD_HEADERS_ONLY.",
+)
+@click.option(
     "--max-connections",
     envvar="KEYSWAP_MAX_CONNECTIONS",
     type=click.IntRange(1, 10000),
@@ -1213,6 +1230,8 @@ def gateway(
     upstream_timeout: float,
     alg: str,
     trust_forwarded: bool,
+    drop_headers: tuple[str, ...],
+    forward_headers_only: str | None,
     max_connections: int,
     max_connections_per_consumer: int | None,
     max_client_connections: int | None,
@@ -1255,6 +1274,12 @@ def gateway(
             max_connections=max_connections,
             max_connections_per_consumer=max_connections_per_consumer,
             key_prefix=key_prefix,
+            drop_headers=drop_headers,
+            forward_headers_only=(
+                (forward_headers_only,)
+                if forward_headers_only is not None and forward_headers_only.strip()
+                else None
+            ),
         )
         client_limits = ClientLimits(
             head_timeout=head_timeout,

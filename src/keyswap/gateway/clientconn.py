@@ -42,9 +42,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from keyswap.errors import ConfigError
+from keyswap.gateway.serverproto import HeadOnlyHttpToolsProtocol
 
 __all__ = [
     "OVER_CAP_HEAD_TIMEOUT",
@@ -110,8 +110,9 @@ def default_max_client_connections(upstream_pool: int) -> int:
     return max(1, min(1000, soft - upstream_pool - 64))
 
 
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol`` with the timeouts and cap of :class:`ClientLimits` (``limits``)."""
+class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
+    """uvicorn's httptools protocol with the timeouts and cap of :class:`ClientLimits` (``limits``),
+    keeping only the request head's fields (:mod:`keyswap.gateway.serverproto`)."""
 
     limits: ClientLimits = ClientLimits()
 

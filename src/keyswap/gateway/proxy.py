@@ -6,15 +6,17 @@ pool) and holds the header rules.
 Request rules (RFC 9110 §7.6.1, and security corpus G04-G06):
 
 - method, raw path and query string are forwarded byte for byte (no normalisation, no re-encoding) after
-  the upstream URL's own path prefix; a target that is not plain ASCII (``/`` then ``0x21-0x7e``) is
-  refused with 400 before anything is sent;
-- dropped from the inbound request: hop-by-hop headers (``Connection``, ``Keep-Alive``,
-  ``Proxy-Authenticate``, ``Proxy-Authorization``, ``Proxy-Connection``, ``TE``, ``Trailer``,
-  ``Transfer-Encoding``, ``Upgrade``) and every name listed in ``Connection``; every ``Authorization``;
-  ``Host`` (the upstream's own host is sent); ``Expect`` (answered by the server already);
-  ``Content-Length`` (the client sets the framing, see below);
-  ``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP``, ``X-Original-URL``, ``X-Rewrite-URL``; the identity
-  namespaces ``X-Keyswap-*``, ``X-Consumer-*``, ``X-Authenticated-*``; any name containing ``_``;
+  the upstream URL's own path prefix; refused with 400 before anything is sent instead: a target that
+  is not plain ASCII (``/`` then ``0x21-0x7e``), a path with a dot-segment (raw or percent-encoded,
+  see :meth:`UpstreamProxy.target`), and behind a path prefix an encoded slash or backslash or a raw
+  backslash;
+- dropped from the inbound request (:mod:`keyswap.gateway.headerpolicy`): hop-by-hop headers and every
+  name listed in ``Connection``; every ``Authorization``; ``Host`` (the upstream's own host is sent);
+  ``Expect`` (answered by the server already); ``Content-Length`` (the client sets the framing, see
+  below); ``Forwarded``, ``X-Forwarded-*`` and the other forwarding and identity headers; any name
+  containing ``_``; the identity and client-IP families (unless an allow-list names them); the
+  operator's ``--drop-header`` names and patterns; with ``--forward-headers-only``, every name it does
+  not list;
 - added: ``Authorization: Bearer <minted JWT>`` (by the app) and ``X-Forwarded-For`` / ``-Proto`` /
   ``-Host`` from the connection. With ``trust_forwarded`` (``--trust-forwarded``, for a gateway behind
   a proxy you run) the client's ``X-Forwarded-For`` is kept and the peer address appended, and its
@@ -45,6 +47,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mutabl
 from typing import Any
 
 from keyswap.errors import UpstreamError
+from keyswap.gateway.headerpolicy import DEFAULT_POLICY, HOP_BY_HOP, HeaderPolicy
 from keyswap.gateway.upstream import Origin, UpstreamPool, UpstreamResponse, parse_origin
 
 __all__ = [
@@ -68,47 +71,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 logger = logging.getLogger("keyswap.gateway")
 
-#: Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy ``Proxy-Connection``), never forwarded.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-_DROP_INBOUND = HOP_BY_HOP | {
-    b"authorization",
-    b"host",
-    b"expect",
-    b"content-length",
-    b"forwarded",
-    b"x-real-ip",
-    b"x-original-url",
-    b"x-rewrite-url",
-    # Identity headers that origins behind auth proxies often trust: only the minted JWT speaks for
-    # the consumer.
-    b"x-user",
-    b"x-remote-user",
-    b"remote-user",
-    b"x-api-key",
-    # Method overrides: the origin must run the method the gateway forwarded and logged.
-    b"x-http-method-override",
-    b"x-http-method",
-    b"x-method-override",
-}
-_DROP_INBOUND_PREFIXES = (
-    b"x-forwarded-",
-    b"x-keyswap-",
-    b"x-consumer-",
-    b"x-authenticated-",
-    b"x-auth-request-",
-)
 # ``int in bytes`` is a memchr; ``b"_" in name`` would first try b"_" as an int (a dropped TypeError).
 _UNDERSCORE = ord("_")
 #: Limits on the request head the gateway forwards (nginx's default large buffers are 4 x 8 KiB).
@@ -117,6 +79,12 @@ MAX_HEADER_COUNT = 256
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
 _QUERY = re.compile(rb"[\x21-\x7e]*")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
+# A path segment that is "." or "..", raw or percent-encoded (also twice: %252e), any case, segments
+# split at "/", "\\" or their encodings, with any ";params" after it ("..;/" is ".." to Tomcat).
+_SEP = rb"(?:/|\\|%2f|%5c|%252f|%255c)"
+_DOT_SEGMENT = re.compile(_SEP + rb"(?:\.|%2e|%252e){1,2}(?=$|;|%3b|" + _SEP + rb")", re.IGNORECASE)
+# Behind a path prefix: a slash or backslash the origin may decode into a segment boundary.
+_ENCODED_SLASH = re.compile(rb"\\|%2f|%5c|%252f|%255c", re.IGNORECASE)
 # Bodies announced at or below this size are read in one go and sent in one ASGI message.
 _SMALL_BODY = 64 * 1024
 _NO_LENGTH = (204, 304)
@@ -189,8 +157,12 @@ def forwarded_request_headers(
     client: tuple[str, int] | None,
     scheme: str,
     trust_forwarded: bool = False,
+    policy: HeaderPolicy = DEFAULT_POLICY,
 ) -> ForwardedHeaders:
     """The inbound ASGI headers as they go upstream (see the module docstring for the rules).
+
+    ``policy`` decides which names are dropped (:mod:`keyswap.gateway.headerpolicy`: fixed rules,
+    identity families, the operator's ``--drop-header`` / ``--forward-headers-only``).
 
     ``Authorization`` is not added here; the caller sets the minted token
     (``headers["authorization"] = "Bearer " + token``).
@@ -208,13 +180,21 @@ def forwarded_request_headers(
     fwd_host: bytes | None = None
     lengths: list[bytes] = []
     chunked = False
+    drop, prefixes, pattern = policy.names, policy.prefixes, policy.pattern
+    outside_allow = policy.outside_allow if policy.strict else None
     for raw_name, value in headers:
         count += 1
         budget -= len(raw_name) + len(value) + 4  # "name: value\r\n"
         if budget < 0 or count > MAX_HEADER_COUNT:
             raise HeadersTooLarge
         name = raw_name.lower()
-        if name in _DROP_INBOUND or name.startswith(_DROP_INBOUND_PREFIXES) or _UNDERSCORE in name:
+        if (
+            name in drop
+            or name.startswith(prefixes)
+            or _UNDERSCORE in name
+            or (pattern is not None and pattern.match(name) is not None)
+            or (outside_allow is not None and outside_allow(name))
+        ):
             if name == b"host":
                 host = value if host is None else host
             elif name == b"content-length":
@@ -340,14 +320,26 @@ class UpstreamProxy:
     def target(self, raw_path: bytes, query: bytes) -> bytes:
         """The upstream request target for a request, without re-encoding anything.
 
+        A path the origin could resolve outside what was authorised is refused rather than
+        normalised: the forwarded path is always the authorised one, byte for byte.
+
         Raises:
-            BadTarget: the path does not start with ``/`` or either part is not printable ASCII.
+            BadTarget: the path does not start with ``/``, either part is not printable ASCII, the
+                path has a dot-segment (``.`` or ``..``, raw or percent-encoded, see
+                ``_DOT_SEGMENT``), or the upstream has a path prefix and the path has an encoded
+                slash or backslash (``%2F``, ``%5C``) or a raw backslash.
         """
         if _TARGET.fullmatch(raw_path) is None or _QUERY.fullmatch(query) is None:
             raise BadTarget
+        # 46 = ".", 37 = "%", 92 = "\\" (an int in bytes is a memchr: most paths skip the regexes)
+        if (46 in raw_path or 37 in raw_path) and _DOT_SEGMENT.search(raw_path) is not None:
+            raise BadTarget
+        prefix = self._prefix
+        if prefix and (37 in raw_path or 92 in raw_path) and _ENCODED_SLASH.search(raw_path):
+            raise BadTarget
         if query:
-            return self._prefix + raw_path + b"?" + query
-        return self._prefix + raw_path
+            return prefix + raw_path + b"?" + query
+        return prefix + raw_path
 
     async def forward(
         self, scope: Scope, receive: Receive, send: Send, target: bytes, headers: ForwardedHeaders

@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 
 from keyswap.gateway.clientconn import ClientLimits, protocol_class
+from keyswap.gateway.serverproto import http_protocol
 
 __all__ = ["configure_logging", "run_until_signal", "server_config"]
 
@@ -37,14 +38,15 @@ def server_config(
     log_level: str = "info",
     client_limits: ClientLimits | None = None,
 ) -> uvicorn.Config:
-    """A uvicorn config for a keyswap server: uvloop + httptools when installed, no uvicorn access log
+    """A uvicorn config for a keyswap server: uvloop when installed, httptools (request trailers
+    dropped: :mod:`keyswap.gateway.serverproto`), no uvicorn access log
     (it would print query strings), no proxy-header rewriting (the gateway decides what to trust), no
     ``Server``/``Date`` headers of its own (the upstream's pass through), no websockets.
 
     ``client_limits`` (the gateway's) serves with :mod:`keyswap.gateway.clientconn`'s protocol: head,
     keep-alive, request-body and response-write timeouts and a connection cap.
     """
-    http: Any = _available("httptools")
+    http: Any = http_protocol()
     keep_alive = 5.0
     if client_limits is not None:
         http = protocol_class(client_limits)

@@ -25,10 +25,12 @@ Rules:
   Method, target, header names and values are validated: a name that is not an RFC 9110 token or is a
   framing/``host`` name, or a CR, LF or NUL anywhere, is a :class:`ValueError` before a byte is sent;
 - responses: interim ``1xx`` answers are skipped (``101`` is refused: nothing asks to switch protocols);
-  ``HEAD``, ``204`` and ``304`` answers have no body whatever their headers say; a response without
-  ``Content-Length`` or chunked framing is read until the upstream closes (that connection is never
-  reused); the head (status line + headers) is capped (``max_head_size``, ``max_headers``); a malformed
-  response is an :class:`~keyswap.errors.UpstreamError`;
+  ``HEAD``, ``204`` and ``304`` answers have no body whatever their headers say; a status outside
+  100-599 is malformed; trailer fields after a chunked body are dropped (never merged into the
+  headers); a response without ``Content-Length`` or chunked framing is read until the upstream
+  closes (that connection is never reused); the head (status line + headers) is capped
+  (``max_head_size``, ``max_headers``; trailers count too); a malformed response is an
+  :class:`~keyswap.errors.UpstreamError` (and its connection is closed);
 - pooling: at most ``max_connections`` connections (waiting for a free one counts against the timeout),
   most recently used first; a connection goes back to the pool only after a complete response that
   allows keep-alive to a completely sent request, with no stray bytes after it; ``Connection: close``
@@ -393,11 +395,15 @@ class _Conn(asyncio.Protocol):
             self.violation = True
             return
         name = name.lower()
-        headers = resp.headers
-        headers.append((name, value))
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.pool.max_head_size:
             raise _Reject("the upstream response head is too large")
+        if resp.head_ready:
+            # A trailer field (after a chunked body): counted against the head limit, never merged
+            # into the headers that were already handed to the caller.
+            return
+        headers = resp.headers
+        headers.append((name, value))
         if len(headers) > self.pool.max_headers:
             raise _Reject("the upstream sent too many headers")
         if name == b"content-length":
@@ -414,6 +420,8 @@ class _Conn(asyncio.Protocol):
             self.violation = True
             return
         status = self.parser.get_status_code()
+        if not 100 <= status <= 599:  # RFC 9110 §15: three digits, 1xx-5xx
+            raise _Reject("the upstream sent an invalid status code")
         if status < 200:
             if status == 101:
                 raise _Reject("the upstream switched protocols unasked")
