@@ -241,6 +241,23 @@ class TestOriginProcess:
         )
         assert (response.status_code, response.json()["sub"]) == (200, "consumer-1")
 
+    def test_a_token_sent_only_in_a_chunked_trailer_is_no_token(self, running: Running) -> None:
+        """uvicorn's httptools protocol merged trailer fields into the headers (security G19)."""
+        token = running.key.sign(claims(iss=ISSUER, aud=AUDIENCE))
+        port = int(running.origin.base.rsplit(":", 1)[1])
+        request = (
+            b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Trailer: Authorization\r\nConnection: close\r\n\r\n"
+            b"5\r\nhello\r\n0\r\nAuthorization: Bearer " + token.encode() + b"\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(request)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+        assert b"No token provided" in answer
+
     def test_the_health_path_answers_without_a_token(self, running: Running) -> None:
         response = running.origin.get(path="/__keyswap/health")
         assert response.status_code == 200

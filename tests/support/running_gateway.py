@@ -16,7 +16,7 @@ from keyswap.gateway.apikeys import ApiKeys
 from keyswap.gateway.app import GatewayApp, GatewaySettings, build_gateway
 from keyswap.gateway.cluster import ClusterSettings
 from keyswap.gateway.secret import load_secret
-from keyswap.gateway.serverproto import http_protocol
+from keyswap.serverproto import http_protocol
 from keyswap.store import Store
 from tests.support.asgi_server import ServerThread, bound_socket
 from tests.support.gateway_state import Clock

@@ -44,7 +44,7 @@ from typing import Any
 import httptools
 
 from keyswap.errors import ConfigError
-from keyswap.gateway.serverproto import HeadOnlyHttpToolsProtocol
+from keyswap.serverproto import HeadOnlyHttpToolsProtocol
 
 __all__ = [
     "OVER_CAP_HEAD_TIMEOUT",
@@ -112,7 +112,7 @@ def default_max_client_connections(upstream_pool: int) -> int:
 
 class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
     """uvicorn's httptools protocol with the timeouts and cap of :class:`ClientLimits` (``limits``),
-    keeping only the request head's fields (:mod:`keyswap.gateway.serverproto`)."""
+    keeping only the request head's fields (:mod:`keyswap.serverproto`)."""
 
     limits: ClientLimits = ClientLimits()
 

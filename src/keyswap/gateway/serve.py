@@ -19,7 +19,7 @@ from typing import Any
 import uvicorn
 
 from keyswap.gateway.clientconn import ClientLimits, protocol_class
-from keyswap.gateway.serverproto import http_protocol
+from keyswap.serverproto import http_protocol
 
 __all__ = ["configure_logging", "run_until_signal", "server_config"]
 
@@ -39,7 +39,7 @@ def server_config(
     client_limits: ClientLimits | None = None,
 ) -> uvicorn.Config:
     """A uvicorn config for a keyswap server: uvloop when installed, httptools (request trailers
-    dropped: :mod:`keyswap.gateway.serverproto`), no uvicorn access log
+    dropped: :mod:`keyswap.serverproto`), no uvicorn access log
     (it would print query strings), no proxy-header rewriting (the gateway decides what to trust), no
     ``Server``/``Date`` headers of its own (the upstream's pass through), no websockets.
 

@@ -85,6 +85,17 @@ class _NonEmpty(click.ParamType):  # type: ignore[type-arg]  # generic only in c
 
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _http_protocol() -> Any:
+    """httptools without request trailers (:mod:`keyswap.serverproto`), else uvicorn's h11."""
+    if _available("httptools") != "httptools":
+        return "h11"
+    from keyswap.serverproto import HeadOnlyHttpToolsProtocol
+
+    return HeadOnlyHttpToolsProtocol
+
+
 _SERVERS = ("uvicorn", "granian")
 
 
@@ -224,7 +235,7 @@ def origin(
             host=host,
             port=port,
             loop=_available("uvloop"),
-            http=_available("httptools"),
+            http=_http_protocol(),
             lifespan="on",
             log_level=log_level.lower(),
             access_log=access_log,

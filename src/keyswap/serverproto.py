@@ -1,15 +1,17 @@
-"""The HTTP/1.1 server protocol the gateway runs on: uvicorn's httptools protocol, trailers dropped.
+"""The HTTP/1.1 server protocol keyswap's servers run on: uvicorn's httptools protocol, trailers dropped.
 
 uvicorn's httptools protocol appends every field llhttp reports to the request's ``scope["headers"]``
 list, and llhttp reports the trailer fields of a chunked request (after its last chunk) through the
 same callback. The ASGI task usually starts after the whole packet was parsed, so a field sent only in
-the trailer (``Authorization`` included) would be seen as a request header: by the key check, and by the
-header rules that decide what goes upstream. :class:`HeadOnlyHttpToolsProtocol` keeps only the fields of
-the request head; trailer fields are dropped (the gateway never forwards request trailers).
+the trailer (``Authorization`` included) would be seen as a request header: by the gateway's key check
+and header rules, and by the verifier's middleware behind ``keyswap origin``.
+:class:`HeadOnlyHttpToolsProtocol` keeps only the fields of the request head; trailer fields are dropped
+(keyswap never forwards request trailers).
 
-The gateway's other protocol, :class:`keyswap.gateway.clientconn.GuardedHttpToolsProtocol` (client
-timeouts and caps), is a subclass of this one. (httptools comes with the ``gateway`` extra; uvicorn's h11
-protocol, which also ignores trailers, is never used by the gateway.)
+Used by ``keyswap gateway`` (whose :class:`keyswap.gateway.clientconn.GuardedHttpToolsProtocol` is a
+subclass) and ``keyswap origin`` on uvicorn. Your own app on uvicorn can use it too:
+``uvicorn app:app --http keyswap.serverproto:HeadOnlyHttpToolsProtocol`` (or ``--http h11``, which
+ignores trailers). It needs uvicorn and httptools (the ``server`` or ``gateway`` extra).
 """
 
 from __future__ import annotations
