@@ -391,6 +391,20 @@ def test_a_client_leaving_an_endless_stream_releases_the_upstream_connection() -
         assert upstream.cut.wait(5), "the gateway kept reading the stream for a gone client"
 
 
+def test_a_client_leaving_an_endless_stream_after_a_streamed_body_releases_the_upstream() -> None:
+    """With a request body that came in several pieces, `receive` watches for the client leaving too."""
+    with EndlessUpstream() as upstream, serving(ProxyApp(upstream.url)) as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as client:
+            client.sendall(
+                b"POST /events HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\nabc\r\n"
+            )
+            time.sleep(0.2)  # a separate ASGI message: the body is streamed upstream
+            client.sendall(b"2\r\nde\r\n0\r\n\r\n")
+            assert b"tick" in client.recv(65536) + client.recv(65536)
+        assert upstream.cut.wait(5), "the gateway kept reading the stream for a gone client"
+
+
 def test_a_request_without_a_body_goes_without_framing_headers(
     upstream: RecordingUpstream, proxy: ServerThread
 ) -> None:

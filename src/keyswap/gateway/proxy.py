@@ -251,18 +251,28 @@ def returned_response_headers(
     return out
 
 
-async def _stream_body(first: bytes, receive: Receive) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        body = message.get("body", b"")
-        if body:
-            yield body
-        if not message.get("more_body", False):
-            return
+class _StreamedBody:
+    """The rest of a request body, read from ``receive`` as the upstream write asks for it; ``done`` is
+    set once the last piece was read (``receive`` is then free to watch for the client leaving)."""
+
+    def __init__(self, first: bytes, receive: Receive) -> None:
+        self._first = first
+        self._receive = receive
+        self.done = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._first:
+            yield self._first
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            body = message.get("body", b"")
+            if body:
+                yield body
+            if not message.get("more_body", False):
+                self.done.set()
+                return
 
 
 def validate_upstream(upstream: str) -> Origin:
@@ -352,6 +362,7 @@ class UpstreamProxy:
             ClientGone: the client went away while its body was being read.
         """
         body: bytes | AsyncIterator[bytes] | None = None
+        streamed: _StreamedBody | None = None
         length: int | None = None
         if headers.has_body:
             message = await receive()
@@ -359,7 +370,8 @@ class UpstreamProxy:
                 raise ClientGone
             first: bytes = message.get("body", b"")
             if message.get("more_body", False):
-                body = _stream_body(first, receive)
+                streamed = _StreamedBody(first, receive)
+                body = streamed.__aiter__()
                 length = headers.content_length
             else:
                 body = first
@@ -372,15 +384,16 @@ class UpstreamProxy:
             )
         except ValueError as exc:  # cannot be written as HTTP/1.1 (the ASGI server let it through)
             raise UpstreamError("the request cannot be forwarded") from exc
-        # With the request body read whole, `receive` is free to watch for the client leaving.
-        watch = receive if body is None or isinstance(body, bytes) else None
+        # Once the request body is read whole, `receive` is free to watch for the client leaving: at
+        # once, or for a streamed body (the origin may answer before it has all of it) once it is.
+        watch = _Watch(receive, None if streamed is None else streamed.done)
         try:
             return await self._relay(response, send, watch)
         finally:
             response.close()
 
     async def _relay(
-        self, response: UpstreamResponse, send: Send, receive: Receive | None = None
+        self, response: UpstreamResponse, send: Send, watch: _Watch | None = None
     ) -> int:
         status = response.status
         headers = returned_response_headers(response.headers)
@@ -392,7 +405,7 @@ class UpstreamProxy:
         else:
             length = response.content_length
             if length is None or length > _SMALL_BODY:
-                return await self._stream(status, headers, response, send, receive)
+                return await self._stream(status, headers, response, send, watch)
             body = await response.read_all(length)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -404,15 +417,15 @@ class UpstreamProxy:
         headers: list[tuple[bytes, bytes]],
         response: UpstreamResponse,
         send: Send,
-        receive: Receive | None = None,
+        watch: _Watch | None = None,
     ) -> int:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         # ASGI servers drop what is sent to a client that has gone: without watching `receive`, an
         # endless upstream stream (events) would be read for nobody, holding its connection forever.
         # The client leaving fails the read below (and `forward` then drops the connection).
         gone: asyncio.Future[bool] | None = None
-        if receive is not None:
-            gone = asyncio.ensure_future(_client_gone(receive))
+        if watch is not None:
+            gone = asyncio.ensure_future(watch.client_gone())
             gone.add_done_callback(
                 lambda f: response._fail(ClientGone()) if not f.cancelled() and f.result() else None
             )
@@ -432,6 +445,20 @@ class UpstreamProxy:
                 gone.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return status
+
+
+class _Watch:
+    """What tells :meth:`UpstreamProxy._stream` that the client has gone: ``receive``, once the request
+    body is read whole (``body_read`` set; ``None``: it already is)."""
+
+    def __init__(self, receive: Receive, body_read: asyncio.Event | None) -> None:
+        self.receive = receive
+        self.body_read = body_read
+
+    async def client_gone(self) -> bool:
+        if self.body_read is not None:
+            await self.body_read.wait()
+        return await _client_gone(self.receive)
 
 
 async def _client_gone(receive: Receive) -> bool:
