@@ -746,7 +746,9 @@ class AppendRequestId:
 def test_gzip_middleware_never_leaks_its_headers_into_later_401s() -> None:
     from starlette.middleware.gzip import GZipMiddleware
 
-    app = GZipMiddleware(JWTAuthMiddleware(RecordingApp(), verifier=TableVerifier()), minimum_size=1)
+    app = GZipMiddleware(
+        JWTAuthMiddleware(RecordingApp(), verifier=TableVerifier()), minimum_size=1
+    )
     with running_uvicorn(app) as base, httpx.Client(base_url=base, timeout=5) as client:
         zipped = client.get("/", headers={"Accept-Encoding": "gzip"})
         assert zipped.headers["content-encoding"] == "gzip"

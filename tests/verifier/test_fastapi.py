@@ -303,10 +303,8 @@ def test_a_second_dependency_with_the_same_verifier_reuses_the_claims(verifier: 
 
     app.include_router(router)
 
-    def lookups() -> int:
-        return verifier.metrics.get("token_cache_hits") + verifier.metrics.get(
-            "token_cache_misses"
-        )
+    def lookups() -> float:
+        return verifier.metrics.get("token_cache_hits") + verifier.metrics.get("token_cache_misses")
 
     with TestClient(app) as c:
         before = lookups()
