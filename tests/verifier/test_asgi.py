@@ -716,3 +716,62 @@ class TestWithTheRealVerifier:
             assert sent.status == 200
         else:
             assert sent.status in (401, 503)
+
+
+# -- I04: every response gets its own header list ---------------------------------------------------
+
+
+class AppendRequestId:
+    """A middleware that appends ``x-request-id: N`` to the response's header list in place."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.count = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.count += 1
+        number = str(self.count).encode()
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"].append((b"x-request-id", number))
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def test_gzip_middleware_never_leaks_its_headers_into_later_401s() -> None:
+    from starlette.middleware.gzip import GZipMiddleware
+
+    app = GZipMiddleware(
+        JWTAuthMiddleware(RecordingApp(), verifier=TableVerifier()), minimum_size=1
+    )
+    with running_uvicorn(app) as base, httpx.Client(base_url=base, timeout=5) as client:
+        zipped = client.get("/", headers={"Accept-Encoding": "gzip"})
+        assert zipped.headers["content-encoding"] == "gzip"
+        assert zipped.text == "No token provided"  # httpx decodes it
+        for _ in range(3):
+            plain = client.get("/", headers={"Accept-Encoding": "identity"})
+            assert plain.status_code == 401
+            assert "content-encoding" not in plain.headers
+            assert plain.headers["content-length"] == str(len(b"No token provided"))
+            assert plain.content == b"No token provided"
+            assert plain.headers["www-authenticate"] == 'Bearer realm="keyswap"'
+
+
+def test_a_middleware_editing_headers_in_place_affects_only_its_own_response() -> None:
+    verifier = TableVerifier({"weak": InsufficientScope("needs write", scope="write")})
+    app = AppendRequestId(JWTAuthMiddleware(RecordingApp(), verifier=verifier))
+    with running_uvicorn(app) as base, httpx.Client(base_url=base, timeout=5) as client:
+        ids = [client.get("/").headers.get_list("x-request-id") for _ in range(4)]
+        weak = [
+            client.get("/", headers={"Authorization": "Bearer weak"}).headers.get_list(
+                "x-request-id"
+            )
+            for _ in range(2)
+        ]
+    assert ids == [["1"], ["2"], ["3"], ["4"]]
+    assert weak == [["5"], ["6"]]

@@ -249,3 +249,109 @@ def test_token_user_has_no_django_model_permissions() -> None:
     assert not user.has_perm("auth.add_user")
     assert not user.has_perms(["auth.add_user"])
     assert not user.has_module_perms("auth")
+
+
+# --- I02: only claims keyswap verified with this configuration are reused --------------------------
+
+
+def test_drf_never_trusts_claims_it_did_not_verify(jwks_server: JWKSServer) -> None:
+    planter = ["tests.verifier.django_urls.PlantClaims"]
+    with override_settings(MIDDLEWARE=planter, KEYSWAP=keyswap_settings(jwks_server)):
+        client = Client()
+        anonymous = client.get("/api/orders")
+        lacking = client.get("/api/admin", headers=auth(bearer(token(sub="real"))))
+    assert anonymous.status_code == 401
+    assert lacking.status_code == 403
+
+
+# --- I03: KEYSWAP["SCOPES"] without the middleware ------------------------------------------------
+
+
+def test_drf_applies_the_scopes_setting_without_the_middleware(jwks_server: JWKSServer) -> None:
+    config = keyswap_settings(jwks_server, SCOPES=["api"])
+    with override_settings(MIDDLEWARE=[], KEYSWAP=config):
+        client = Client()
+        lacking = client.get("/api/orders", headers=auth(bearer(token(scope="orders:read"))))
+        granted = client.get("/api/orders", headers=auth(bearer(token(scope="api orders:read"))))
+    assert lacking.status_code == 403
+    assert lacking.headers["WWW-Authenticate"].startswith(
+        'Bearer realm="keyswap", error="insufficient_scope", scope="api"'
+    )
+    assert lacking.json() == {"detail": "Insufficient scope"}
+    assert granted.status_code == 200
+
+
+def test_drf_with_the_middleware_checks_the_scopes_setting_once(jwks_server: JWKSServer) -> None:
+    config = keyswap_settings(jwks_server, SCOPES=["api"], REQUIRED=False)
+    with override_settings(MIDDLEWARE=MIDDLEWARE, KEYSWAP=config):
+        client = Client()
+        lacking = client.get("/api/orders", headers=auth(bearer(token(scope="orders:read"))))
+        granted = client.get("/api/orders", headers=auth(bearer(token(scope="api orders:read"))))
+    assert lacking.status_code == 403
+    assert lacking.content == b"Insufficient scope"  # the middleware's answer
+    assert granted.status_code == 200
+
+
+# --- I05: scopes are separated by SP only -------------------------------------------------------
+
+
+@pytest.mark.parametrize("separator", ["\u00a0", "\x1e", "\u2028", "\t"])
+def test_only_a_space_separates_scopes(jwks_server: JWKSServer, separator: str) -> None:
+    scope = f"reports:read{separator}admin"
+    config = keyswap_settings(jwks_server, SCOPES=["admin"])
+    with override_settings(MIDDLEWARE=[], KEYSWAP=keyswap_settings(jwks_server)):
+        drf = Client().get("/api/admin", headers=auth(bearer(token(scope=scope))))
+    with override_settings(MIDDLEWARE=MIDDLEWARE, KEYSWAP=config):
+        middleware = Client().get("/me", headers=auth(bearer(token(scope=scope))))
+    assert drf.status_code == 403
+    assert middleware.status_code == 403
+
+
+# --- I07: required_scopes is validated once, a string is one scope -------------------------------
+
+
+def test_a_string_required_scopes_is_one_scope(drf_only: Client) -> None:
+    letters = drf_only.get("/api/admin-by-string", headers=auth(bearer(token(scope="a d m i n"))))
+    admin = drf_only.get("/api/admin-by-string", headers=auth(bearer(token(scope="admin"))))
+    assert letters.status_code == 403
+    assert 'scope="admin"' in letters.headers["WWW-Authenticate"]
+    assert admin.json() == {"admin": True}
+
+
+def test_an_invalid_required_scope_is_a_configuration_error_naming_the_view(
+    drf_only: Client,
+) -> None:
+    with pytest.raises(ConfigError, match=r"BadScopes\.required_scopes: invalid scope"):
+        drf_only.get("/api/bad-scopes", headers=auth(bearer(token(scope="orders"))))
+
+
+def test_has_scopes_require_reads_a_string_class_attribute_as_one_scope() -> None:
+    from keyswap.verifier.drf import HasScopes
+
+    class AdminOnly(HasScopes):
+        required_scopes = "admin"  # type: ignore[assignment]
+
+    assert AdminOnly.require("orders:read").required_scopes == ("admin", "orders:read")
+
+
+# --- I08: REQUIRED=False leaves other schemes alone -------------------------------------------------
+
+
+def test_not_required_lets_another_scheme_through_to_the_views(jwks_server: JWKSServer) -> None:
+    config = keyswap_settings(jwks_server, REQUIRED=False)
+    with override_settings(MIDDLEWARE=MIDDLEWARE, KEYSWAP=config):
+        client = Client()
+        basic = client.get("/me", headers=auth("Basic dXNlcjpwYXNz"))
+        drf = client.get("/api/orders", headers=auth("Basic dXNlcjpwYXNz"))
+        malformed = client.get("/me", headers=auth("Bearer"))
+    assert basic.json() == {"claims": None}
+    assert drf.status_code == 401  # no authentication class accepted it
+    assert drf.headers["WWW-Authenticate"] == 'Bearer realm="keyswap"'
+    assert malformed.status_code == 401
+    assert malformed.content == b"Invalid token"
+
+
+def test_required_still_refuses_another_scheme(protected: Client) -> None:
+    response = protected.get("/me", headers=auth("Basic dXNlcjpwYXNz"))
+    assert response.status_code == 401
+    assert response.content == b"No token provided"

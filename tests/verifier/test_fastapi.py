@@ -3,7 +3,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import pytest
-from fastapi import Depends, FastAPI, Security
+from fastapi import APIRouter, Depends, FastAPI, Security
 from fastapi.testclient import TestClient
 
 from keyswap.verifier.asgi import JWTAuthMiddleware
@@ -223,3 +223,102 @@ def test_the_asgi_middleware_answers_before_the_dependency(verifier: Verifier) -
         response = c.get("/me")
     assert response.status_code == 401
     assert response.content == b"No token provided"
+
+
+# --- I02: claims another verifier checked are never trusted ---------------------------------------
+
+INTERNAL_ISSUER = "https://internal.test"
+INTERNAL_AUDIENCE = "https://internal-api.test"
+
+
+def two_verifier_app(gateway: KeyswapBearer, internal: KeyswapBearer) -> FastAPI:
+    app = FastAPI()
+    gateway.install(app)
+    router = APIRouter(dependencies=[Depends(gateway)])
+
+    @router.get("/internal/admin")
+    async def admin(
+        claims: Annotated[TokenClaims, Security(internal, scopes=["admin"])],
+    ) -> dict[str, str]:
+        return {"iss": claims.iss}
+
+    app.include_router(router)
+    return app
+
+
+def test_a_dependency_never_reuses_claims_another_verifier_checked(jwks_server: JWKSServer) -> None:
+    gateway_verifier = make_verifier(jwks_server)
+    internal_verifier = make_verifier(
+        jwks_server, issuer=INTERNAL_ISSUER, audience=INTERNAL_AUDIENCE
+    )
+    try:
+        app = two_verifier_app(KeyswapBearer(gateway_verifier), KeyswapBearer(internal_verifier))
+        with TestClient(app) as c:
+            response = c.get("/internal/admin", headers=auth_header(bearer(token(scope="admin"))))
+    finally:
+        gateway_verifier.close()
+        internal_verifier.close()
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith(
+        'Bearer realm="keyswap", error="invalid_token"'
+    )
+
+
+def test_claims_from_a_middleware_with_another_verifier_are_verified_again(
+    jwks_server: JWKSServer,
+) -> None:
+    gateway_verifier = make_verifier(jwks_server)
+    internal_verifier = make_verifier(
+        jwks_server, issuer=INTERNAL_ISSUER, audience=INTERNAL_AUDIENCE
+    )
+    internal = KeyswapBearer(internal_verifier)
+    app = FastAPI()
+    internal.install(app)
+
+    @app.get("/internal/admin")
+    async def admin(
+        claims: Annotated[TokenClaims, Security(internal, scopes=["admin"])],
+    ) -> dict[str, str]:
+        return {"iss": claims.iss}
+
+    app.add_middleware(JWTAuthMiddleware, verifier=gateway_verifier)
+    try:
+        with TestClient(app) as c:
+            response = c.get("/internal/admin", headers=auth_header(bearer(token(scope="admin"))))
+    finally:
+        gateway_verifier.close()
+        internal_verifier.close()
+    assert response.status_code == 401  # the middleware let it in; the route did not
+    assert response.content == b"Invalid token"
+
+
+def test_a_second_dependency_with_the_same_verifier_reuses_the_claims(verifier: Verifier) -> None:
+    auth = KeyswapBearer(verifier)
+    app = FastAPI()
+    router = APIRouter(dependencies=[Depends(auth)])
+
+    @router.get("/x")
+    async def x(claims: Annotated[TokenClaims, Security(auth, scopes=["a"])]) -> dict[str, str]:
+        return {"sub": claims.sub}
+
+    app.include_router(router)
+
+    def lookups() -> float:
+        return verifier.metrics.get("token_cache_hits") + verifier.metrics.get("token_cache_misses")
+
+    with TestClient(app) as c:
+        before = lookups()
+        response = c.get("/x", headers=auth_header(bearer(token(sub="gus", scope="a"))))
+        after = lookups()
+    assert response.json() == {"sub": "gus"}
+    assert after - before == 1  # the route's dependency reused the router's verification
+
+
+# --- I05: scopes are separated by SP only -------------------------------------------------------
+
+
+@pytest.mark.parametrize("separator", ["\u00a0", "\x1c", "\u2028", "\t"])
+def test_only_a_space_separates_scopes(client: TestClient, separator: str) -> None:
+    headers = auth_header(bearer(token(scope=f"reports:read{separator}orders:write")))
+    response = client.post("/orders", headers=headers)
+    assert response.status_code == 403

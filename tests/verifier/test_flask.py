@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from flask import Flask, g, jsonify, request
 from flask.testing import FlaskClient
@@ -171,3 +173,104 @@ def test_bad_options_fail_at_construction(verifier: Verifier) -> None:
         KeyswapFlask(verifier=verifier, realm="")
     with pytest.raises(ValueError, match="invalid scope"):
         KeyswapFlask(verifier=verifier, scopes=["a b"])
+
+
+# --- I01: no claims survive the request that verified them -----------------------------------------
+
+
+@pytest.fixture
+def single_threaded(verifier: Verifier) -> Iterator[str]:
+    """A real single-threaded werkzeug server whose app context was pushed "at import" (in the
+    serving thread, as a Flask-SQLAlchemy tutorial does in the main module)."""
+    from werkzeug.serving import make_server
+
+    app = build_app(KeyswapFlask(verifier=verifier, exempt_paths=["/health"]))
+
+    @app.get("/admin")
+    @require_token(scopes=["admin"])
+    def admin() -> Any:
+        return jsonify(sub=g.keyswap_claims["sub"])
+
+    server = make_server("127.0.0.1", 0, app, threaded=False)
+
+    def serve() -> None:
+        app.app_context().push()  # one app context, and one g, for every request
+        server.serve_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+
+
+def test_claims_never_outlive_their_request_when_the_app_context_is_shared(
+    single_threaded: str,
+) -> None:
+    alice = bearer(token(sub="alice", scope="admin"))
+    with httpx.Client(base_url=single_threaded, timeout=5) as client:
+        assert client.get("/admin", headers=auth(alice)).json() == {"sub": "alice"}
+        missing = client.get("/admin")
+        garbage = client.get("/admin", headers=auth("Bearer garbage.x.y"))
+        bob = client.get("/admin", headers=auth(bearer(token(sub="bob", scope="orders:read"))))
+        health = client.get("/health")
+        me = client.get("/me", headers=auth(bearer(token(sub="carol"))))
+    assert (missing.status_code, missing.content) == (401, b"No token provided")
+    assert (garbage.status_code, garbage.content) == (401, b"Invalid token")
+    assert (bob.status_code, bob.content) == (403, b"Insufficient scope")
+    assert health.json() == {"claims": None}  # neither g nor get_claims() keep alice's claims
+    assert me.json()["claims"]["sub"] == "carol"
+
+
+def test_g_keyswap_claims_is_cleared_before_other_before_request_functions(
+    verifier: Verifier,
+) -> None:
+    app = Flask(__name__)
+    KeyswapFlask(app, verifier=verifier, protect_all=False)
+    seen: list[Any] = []
+    app.before_request(lambda: seen.append((g.get("keyswap_claims"), get_claims())))
+
+    @app.get("/who")
+    @require_token()
+    def who() -> Any:
+        return jsonify(sub=g.keyswap_claims["sub"])
+
+    with app.app_context():
+        client = app.test_client()
+        assert client.get("/who", headers=auth(bearer(token(sub="dan")))).json == {"sub": "dan"}
+        assert client.get("/who").status_code == 401
+    assert seen == [(None, None), (None, None)]
+
+
+# --- I05 / I08: scopes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("separator", ["\u00a0", "\x1f", "\u2028", "\t"])
+def test_only_a_space_separates_scopes(client: FlaskClient, separator: str) -> None:
+    headers = auth(bearer(token(scope=f"orders:read{separator}orders:write")))
+    assert client.post("/orders", headers=headers).status_code == 403
+
+
+@pytest.mark.parametrize("protect_all", [True, False])
+def test_app_wide_scopes_apply_to_require_token_views_everywhere(
+    verifier: Verifier, protect_all: bool
+) -> None:
+    ext = KeyswapFlask(
+        verifier=verifier, protect_all=protect_all, exempt_paths=["/public"], scopes=["api"]
+    )
+    app = build_app(ext)
+
+    @app.get("/public")
+    @require_token(scopes=["orders:read"])
+    def public() -> Any:
+        return jsonify(ok=True)
+
+    client = app.test_client()
+    lacking = client.get("/public", headers=auth(bearer(token(scope="orders:read"))))
+    granted = client.get("/public", headers=auth(bearer(token(scope="api orders:read"))))
+    assert lacking.status_code == 403
+    assert 'scope="api orders:read"' in lacking.headers["WWW-Authenticate"]
+    assert granted.json == {"ok": True}

@@ -16,7 +16,36 @@ from keyswap.verifier.permissions import (
 
 
 def test_space_separated_scope_string_is_split() -> None:
-    assert permissions_from_claims({"scope": "read  write\tadmin"}) == {"read", "write", "admin"}
+    assert permissions_from_claims({"scope": " read  write admin "}) == {"read", "write", "admin"}
+
+
+# I05: RFC 6749 §3.3 separates scopes by SP (0x20) only; str.split() also split on these.
+@pytest.mark.parametrize(
+    "separator", ["\t", "\n", "\u00a0", "\x1c", "\x1d", "\x1e", "\x1f", "\u2028", "\u3000"]
+)
+def test_only_the_space_character_separates_scopes(separator: str) -> None:
+    granted = permissions_from_claims({"scope": f"reports:read{separator}admin"})
+    assert "admin" not in granted
+    assert "reports:read" not in granted
+    assert granted == {f"reports:read{separator}admin"}
+    assert "admin" not in permissions_from_claims({"roles": [f"{separator}admin"]})
+    with pytest.raises(InsufficientScope):
+        check_scopes({"scp": f"reports:read{separator}admin"}, ["admin"])
+
+
+# I08: a bare string where an iterable is expected is one item, never its characters.
+def test_a_bare_string_path_is_one_claim_path() -> None:
+    claims = {"scope": "orders:read admin", "s": "x", "c": "y"}
+    assert permissions_from_claims(claims, "scope") == {"orders:read", "admin"}
+
+
+def test_a_bare_string_of_required_scopes_is_one_scope() -> None:
+    assert missing_scopes({"a", "d", "m", "i", "n"}, "admin") == ("admin",)
+    assert missing_scopes({"admin"}, "admin") == ()
+    assert check_scopes({"scope": "admin"}, "admin") == {"admin"}
+    with pytest.raises(InsufficientScope) as info:
+        check_scopes({"scope": "a d m i n"}, "admin")
+    assert info.value.scope == "admin"
 
 
 @pytest.mark.parametrize("scp", ["read write", ["read", "write"]])

@@ -9,8 +9,9 @@ from starlette.endpoints import HTTPEndpoint
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocket
 
 from keyswap.verifier.asgi import JWTAuthMiddleware
 from keyswap.verifier.starlette import (
@@ -20,6 +21,7 @@ from keyswap.verifier.starlette import (
     verifier_lifespan,
 )
 from keyswap.verifier.verify import Verifier
+from tests.support.asgi import call_websocket, running_uvicorn
 from tests.support.jwks_server import JWKSServer
 from tests.verifier.adapter_cases import (
     CASE_IDS,
@@ -177,3 +179,60 @@ def test_invalid_scope_names_are_rejected_when_decorating() -> None:
     def endpoint(request: Any) -> None: ...
 
     assert requires_scopes("ok")(endpoint).__name__ == "endpoint"
+
+
+# --- I06: websocket endpoints ------------------------------------------------------------------
+
+
+@requires_scopes("chat")
+async def chat(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text(f"hello {get_claims(websocket)['sub']}")  # type: ignore[index]
+    await websocket.close()
+
+
+def websocket_app(verifier: Verifier) -> Starlette:
+    return Starlette(
+        routes=[WebSocketRoute("/ws", chat), WebSocketRoute("/public/ws", chat)],
+        middleware=[Middleware(JWTAuthMiddleware, verifier=verifier, exempt_paths=["/public/*"])],
+        lifespan=verifier_lifespan(verifier),
+    )
+
+
+def test_requires_scopes_refuses_a_websocket_with_an_http_403_on_a_real_server(
+    verifier: Verifier,
+) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with running_uvicorn(websocket_app(verifier)) as base:
+        url = base.replace("http://", "ws://")
+        with pytest.raises(InvalidStatus) as info:
+            connect(
+                url + "/ws",
+                additional_headers={"Authorization": bearer(token(scope="reports:read"))},
+                open_timeout=5,
+            )
+        denied = info.value.response
+        with pytest.raises(InvalidStatus) as unverified:
+            connect(url + "/public/ws", open_timeout=5)
+        headers = {"Authorization": bearer(token(sub="dora", scope="chat"))}
+        with connect(url + "/ws", additional_headers=headers, open_timeout=5) as ws:
+            greeting = ws.recv(timeout=5)
+    assert denied.status_code == 403
+    assert denied.body == b"Insufficient scope"
+    assert denied.headers["WWW-Authenticate"].startswith(
+        'Bearer realm="keyswap", error="insufficient_scope", scope="chat"'
+    )
+    assert unverified.value.response.status_code == 401
+    assert unverified.value.response.body == b"No token provided"
+    assert greeting == "hello dora"
+
+
+async def test_requires_scopes_closes_a_websocket_with_1008_without_the_denial_extension(
+    verifier: Verifier,
+) -> None:
+    app = JWTAuthMiddleware(Starlette(routes=[WebSocketRoute("/ws", chat)]), verifier=verifier)
+    sent = await call_websocket(app, headers=[(b"authorization", bearer(token()).encode())])
+    assert [m["type"] for m in sent.messages] == ["websocket.close"]
+    assert sent.messages[0]["code"] == 1008

@@ -1,8 +1,9 @@
 """Pure ASGI middleware that lets only requests with a valid bearer token through.
 
-It sits on every request, so it keeps to the minimum: no framework request objects, response headers
-built once at construction, one header scan, one ``await verifier.verify(token)`` (a token-cache hit
-once warm). It never keeps per-request state on ``self``.
+It sits on every request, so it keeps to the minimum: no framework request objects, response header
+values built once at construction, one header scan, one ``await verifier.verify(token)`` (a token-cache
+hit once warm). It never keeps per-request state on ``self``, and every response it sends gets a header
+list of its own (middlewares such as Starlette's ``GZipMiddleware`` edit that list in place).
 
 Responses (RFC 6750 §3):
 
@@ -53,6 +54,7 @@ from keyswap.verifier.verify import Verifier
 __all__ = [
     "CLAIMS_SCOPE_KEY",
     "MAX_DESCRIPTION_LENGTH",
+    "VERIFIED_BY_SCOPE_KEY",
     "ASGIApp",
     "JWTAuthMiddleware",
     "Message",
@@ -61,6 +63,8 @@ __all__ = [
     "Send",
     "TokenVerifier",
     "sanitize_description",
+    "store_claims",
+    "verified_claims",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -71,6 +75,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Where the verified claims go in the ASGI scope (also ``scope["state"]["claims"]``).
 CLAIMS_SCOPE_KEY = "keyswap.claims"
+#: ``(verifier, claims)``: which verifier produced the claims on the scope. Adapters reuse claims only
+#: when they were produced by their own verifier (a second verifier with another issuer or audience
+#: verifies again).
+VERIFIED_BY_SCOPE_KEY = "keyswap.verified_by"
 #: ``error_description`` values are cut to this many characters.
 MAX_DESCRIPTION_LENGTH = 200
 
@@ -102,24 +110,55 @@ def sanitize_description(text: str, *, limit: int = MAX_DESCRIPTION_LENGTH) -> s
     return cleaned
 
 
+def store_claims(scope: Scope, verifier: object, claims: dict[str, Any]) -> None:
+    """Put ``claims`` on ``scope`` (``scope["keyswap.claims"]``, ``scope["state"]["claims"]``),
+    recording that ``verifier`` produced them."""
+    scope[CLAIMS_SCOPE_KEY] = claims
+    scope[VERIFIED_BY_SCOPE_KEY] = (verifier, claims)
+    state = scope.get("state")
+    if state is None:
+        scope["state"] = {"claims": claims}
+    else:
+        state["claims"] = claims
+
+
+def verified_claims(scope: Scope, verifier: object) -> dict[str, Any] | None:
+    """The claims on ``scope`` if ``verifier`` itself produced them (see :func:`store_claims`),
+    else ``None``: claims another verifier checked, or that something else put there, never count."""
+    claims = scope.get(CLAIMS_SCOPE_KEY)
+    marker = scope.get(VERIFIED_BY_SCOPE_KEY)
+    if (
+        isinstance(claims, dict)
+        and isinstance(marker, tuple)
+        and len(marker) == 2
+        and marker[0] is verifier
+        and marker[1] is claims
+    ):
+        return claims
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class _Rejection:
     status: int
-    headers: list[tuple[bytes, bytes]]
+    headers: tuple[tuple[bytes, bytes], ...]
     body: bytes
     label: str
     reason: str
 
 
-def _text_headers(body: bytes, *extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
-    return [_TEXT, (b"content-length", str(len(body)).encode("ascii")), *extra]
+def _text_headers(body: bytes, *extra: tuple[bytes, bytes]) -> tuple[tuple[bytes, bytes], ...]:
+    # A tuple: rejections are shared (the "No token provided" one by every request); each response
+    # is sent with a fresh list made from it.
+    return (_TEXT, (b"content-length", str(len(body)).encode("ascii")), *extra)
 
 
 class JWTAuthMiddleware:
     """Pure ASGI middleware: verify the bearer token, put the claims on the scope, or answer 401/403/503.
 
     On success the claims dict is stored as ``scope["keyswap.claims"]`` and
-    ``scope["state"]["claims"]`` (Starlette/FastAPI: ``request.state.claims``).
+    ``scope["state"]["claims"]`` (Starlette/FastAPI: ``request.state.claims``), with
+    ``scope["keyswap.verified_by"]`` recording this middleware's verifier (see :func:`verified_claims`).
 
     Args:
         app: the ASGI app to protect.
@@ -207,12 +246,7 @@ class JWTAuthMiddleware:
                 exc = _precise_extraction_error(scope["headers"], self.max_token_size, exc)
             rejection = self.rejection(exc, token)
         else:
-            scope[CLAIMS_SCOPE_KEY] = claims
-            state = scope.get("state")
-            if state is None:
-                scope["state"] = {"claims": claims}
-            else:
-                state["claims"] = claims
+            store_claims(scope, self.verifier, claims)
             await self.app(scope, receive, send)
             return
         if logger.isEnabledFor(logging.INFO):
@@ -306,7 +340,11 @@ def _log_verifier_bug(exc: Exception, token: str | None) -> None:
 
 async def _send_http(send: Send, rejection: _Rejection) -> None:
     await send(
-        {"type": "http.response.start", "status": rejection.status, "headers": rejection.headers}
+        {
+            "type": "http.response.start",
+            "status": rejection.status,
+            "headers": list(rejection.headers),  # a list of its own: others may edit it in place
+        }
     )
     await send({"type": "http.response.body", "body": rejection.body})
 
@@ -323,7 +361,7 @@ async def _refuse_websocket(
             {
                 "type": "websocket.http.response.start",
                 "status": rejection.status,
-                "headers": rejection.headers,
+                "headers": list(rejection.headers),
             }
         )
         await send({"type": "websocket.http.response.body", "body": rejection.body})

@@ -22,9 +22,10 @@ Settings (``settings.KEYSWAP``):
 - ``EXEMPT_PATHS``: paths served without a token (``"/health"`` exactly, ``"/static/*"`` as a prefix);
 - ``SCOPES``: scopes every protected request must have; ``PERMISSION_CLAIMS``: where scopes are read
   from (default ``["scope", "scp", "roles"]``, e.g. add ``"realm_access.roles"``);
-- ``REQUIRED`` (default ``True``): with ``False`` a request *without* a token passes with
-  ``request.keyswap_claims = None`` (a bad token is still refused), leaving the decision to views or to
-  Django REST framework (:mod:`keyswap.verifier.drf`);
+- ``REQUIRED`` (default ``True``): with ``False`` a request *without* a bearer token (no
+  ``Authorization`` header, or one with another scheme such as ``Basic``) passes with
+  ``request.keyswap_claims = None`` (a bad bearer token is still refused), leaving the decision to
+  views or to Django REST framework (:mod:`keyswap.verifier.drf`) and its other authentication classes;
 - ``REALM``, ``ERROR_DESCRIPTIONS``.
 
 Responses are the ASGI middleware's (401 / 403 / 503, RFC 6750 challenge, ``Retry-After``). The
@@ -44,7 +45,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.http import HttpRequest, HttpResponse
 
-from keyswap.errors import ConfigError
+from keyswap.errors import ConfigError, MissingToken
 from keyswap.verifier.permissions import DEFAULT_PERMISSION_CLAIMS, validate_scopes
 from keyswap.verifier.responses import (
     Guard,
@@ -54,10 +55,19 @@ from keyswap.verifier.responses import (
     verifier_from_settings,
 )
 
-__all__ = ["REQUEST_ATTRIBUTE", "KeyswapMiddleware", "KeyswapSettings", "get_settings", "response"]
+__all__ = [
+    "REQUEST_ATTRIBUTE",
+    "KeyswapMiddleware",
+    "KeyswapSettings",
+    "get_settings",
+    "response",
+    "verified_claims",
+]
 
 #: The request attribute holding the verified claims dict (``None`` when not verified).
 REQUEST_ATTRIBUTE = "keyswap_claims"
+# ``(guard, claims)``: which configuration verified the claims (and applied its ``SCOPES``).
+VERIFIED_BY_ATTRIBUTE = "_keyswap_verified_by"
 
 _KNOWN = frozenset(
     {
@@ -195,6 +205,8 @@ class KeyswapMiddleware:
         if authorization is None and not config.required:
             return self.get_response(request)
         result = config.guard.authenticate_sync(authorization, config.scopes)
+        if _another_scheme(config, result):
+            return self.get_response(request)
         rejected = self._reject(request, config, result)
         return rejected if rejected is not None else self.get_response(request)
 
@@ -211,6 +223,8 @@ class KeyswapMiddleware:
         result = await config.guard.authenticate(
             headers_from_authorization(authorization), config.scopes
         )
+        if _another_scheme(config, result):
+            return await get_response(request)
         rejected = self._reject(request, config, result)
         return rejected if rejected is not None else await get_response(request)
 
@@ -223,4 +237,29 @@ class KeyswapMiddleware:
             config.guard.responder.log(request.method or "", request.path, result)
             return response(result)
         setattr(request, REQUEST_ATTRIBUTE, result)
+        setattr(request, VERIFIED_BY_ATTRIBUTE, (config.guard, result))
         return None
+
+
+def _another_scheme(config: KeyswapSettings, result: dict[str, Any] | Rejection) -> bool:
+    """With ``REQUIRED=False``, an ``Authorization`` header of another scheme (``Basic ...``) is no
+    bearer token at all: the request goes on, like one without the header."""
+    return (
+        not config.required and isinstance(result, Rejection) and result.label == MissingToken.label
+    )
+
+
+def verified_claims(request: HttpRequest, config: KeyswapSettings) -> dict[str, Any] | None:
+    """The claims :class:`KeyswapMiddleware` verified for ``request`` with ``config`` (its
+    ``SCOPES`` already applied), else ``None``."""
+    claims = getattr(request, REQUEST_ATTRIBUTE, None)
+    marker = getattr(request, VERIFIED_BY_ATTRIBUTE, None)
+    if (
+        isinstance(claims, dict)
+        and isinstance(marker, tuple)
+        and len(marker) == 2
+        and marker[0] is config.guard
+        and marker[1] is claims
+    ):
+        return claims
+    return None

@@ -25,12 +25,19 @@ Failures follow DRF's conventions (JSON ``{"detail": ...}``) with keyswap's stat
 - keys unavailable: 503 with ``Retry-After``.
 
 A request whose ``Authorization`` header uses another scheme is left to the other authentication
-classes. When :class:`keyswap.verifier.django.KeyswapMiddleware` already verified the request, its
-claims are reused.
+classes. When :class:`keyswap.verifier.django.KeyswapMiddleware` already verified the request (with
+the same ``settings.KEYSWAP``), its claims are reused; otherwise the authentication class verifies the
+token itself and applies ``KEYSWAP["SCOPES"]`` (403 ``insufficient_scope``), as the middleware would.
+
+``required_scopes`` (on a view or a :class:`HasScopes` subclass) is read and validated once per
+(permission, view) class, at its first request: a string is one scope; an invalid scope (one with a
+space, a quote, ...) raises :class:`keyswap.errors.ConfigError` naming the view, which Django reports
+as a server error for that request: a configuration mistake, never something a client can cause.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, ClassVar, NoReturn
 
 from rest_framework.authentication import BaseAuthentication
@@ -42,8 +49,13 @@ from rest_framework.exceptions import (
 )
 from rest_framework.permissions import BasePermission
 
-from keyswap.errors import MissingToken
-from keyswap.verifier.django import REQUEST_ATTRIBUTE, get_settings
+from keyswap.errors import ConfigError, MissingToken
+from keyswap.verifier.django import (
+    REQUEST_ATTRIBUTE,
+    VERIFIED_BY_ATTRIBUTE,
+    get_settings,
+    verified_claims,
+)
 from keyswap.verifier.permissions import validate_scopes
 from keyswap.verifier.responses import Rejection
 
@@ -140,16 +152,17 @@ class KeyswapAuthentication(BaseAuthentication):  # type: ignore[misc]
 
         Raises:
             TokenAuthenticationFailed: the token is invalid (401).
+            InsufficientScopeDenied: the token lacks a ``KEYSWAP["SCOPES"]`` scope (403).
             KeysUnavailableError: no signing keys are available (503).
         """
         django_request = request._request
-        claims = getattr(django_request, REQUEST_ATTRIBUTE, None)
-        if isinstance(claims, dict):
-            return TokenUser(claims), claims
+        config = get_settings()
+        claims = verified_claims(django_request, config)
+        if claims is not None:
+            return TokenUser(claims), claims  # the middleware verified them and applied SCOPES
         authorization = request.META.get("HTTP_AUTHORIZATION")
         if authorization is None:
             return None
-        config = get_settings()
         config.guard.ensure_started()
         result = config.guard.authenticate_sync(authorization)
         if isinstance(result, Rejection):
@@ -159,6 +172,11 @@ class KeyswapAuthentication(BaseAuthentication):  # type: ignore[misc]
             config.guard.responder.log(request.method, request.path, result)
             _raise(result)
         setattr(django_request, REQUEST_ATTRIBUTE, result)
+        setattr(django_request, VERIFIED_BY_ATTRIBUTE, (config.guard, result))
+        rejection = config.guard.check_scopes(result, config.scopes)
+        if rejection is not None:  # KEYSWAP["SCOPES"] holds without the middleware too
+            config.guard.responder.log(request.method, request.path, rejection)
+            _raise(rejection)
         return TokenUser(result), result
 
     def authenticate_header(self, request: Any) -> str:
@@ -171,12 +189,49 @@ class KeyswapAuthentication(BaseAuthentication):  # type: ignore[misc]
         return missing.header("www-authenticate") or ""
 
 
+def _scopes_of(value: Any, where: str) -> tuple[str, ...]:
+    """A ``required_scopes`` value as validated scopes: a string is one scope, else an iterable of
+    scope strings.
+
+    Raises:
+        ConfigError: not a string or iterable of strings, or a scope that is not an RFC 6749 token.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = (value,)
+    try:
+        return validate_scopes(tuple(value))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}.required_scopes: {exc}") from None
+
+
+_required_cache: dict[tuple[type, type], tuple[str, ...]] = {}
+_required_lock = threading.Lock()
+
+
+def _required_for(permission: type, view: type) -> tuple[str, ...]:
+    """The validated scopes ``permission`` requires on ``view`` (computed once per class pair)."""
+    key = (permission, view)
+    cached = _required_cache.get(key)
+    if cached is not None:
+        return cached
+    own = _scopes_of(getattr(permission, "required_scopes", ()), permission.__qualname__)
+    of_view = _scopes_of(getattr(view, "required_scopes", ()), view.__qualname__)
+    required = tuple(dict.fromkeys((*own, *of_view)))
+    with _required_lock:
+        _required_cache[key] = required
+    return required
+
+
 class HasScopes(BasePermission):  # type: ignore[misc]
     """DRF permission: the token grants every scope in ``required_scopes`` (of this class, from
     :meth:`require`) and in the view's ``required_scopes`` attribute.
 
     Without a token it raises ``NotAuthenticated`` (401 with the challenge); with a token that lacks a
     scope, :class:`InsufficientScopeDenied` (403 with ``error="insufficient_scope", scope="..."``).
+    ``required_scopes`` is validated once per (permission, view) class, at its first request: a string
+    is one scope, and an invalid scope raises :class:`~keyswap.errors.ConfigError` naming the class.
     """
 
     required_scopes: ClassVar[tuple[str, ...]] = ()
@@ -188,15 +243,21 @@ class HasScopes(BasePermission):  # type: ignore[misc]
         Raises:
             ValueError: a scope is not an RFC 6749 scope token.
         """
-        required = validate_scopes((*cls.required_scopes, *scopes))
+        required = validate_scopes((*_scopes_of(cls.required_scopes, cls.__qualname__), *scopes))
         return type(f"HasScopes[{' '.join(required)}]", (cls,), {"required_scopes": required})
 
     def has_permission(self, request: Any, view: Any) -> bool:
-        """Check the scopes of ``request.auth`` (the claims)."""
+        """Check the scopes of ``request.auth`` (the claims).
+
+        Raises:
+            NotAuthenticated: no token (401).
+            InsufficientScopeDenied: a required scope is missing (403).
+            ConfigError: ``required_scopes`` holds an invalid scope (a configuration mistake).
+        """
         claims = request.auth
         if not isinstance(claims, dict):
             raise NotAuthenticated(detail="No token provided")
-        required = validate_scopes((*self.required_scopes, *getattr(view, "required_scopes", ())))
+        required = _required_for(type(self), type(view))
         rejection = get_settings().guard.check_scopes(claims, required)
         if rejection is not None:
             get_settings().guard.responder.log(request.method, request.path, rejection)

@@ -20,8 +20,10 @@
 - Errors are 401 / 403 / 503 with the RFC 6750 challenge or ``Retry-After``, never 422 or 500. After
   :meth:`KeyswapBearer.install` the bodies are byte for byte the ASGI middleware's (``text/plain``);
   without it FastAPI renders them as ``{"detail": "Invalid token"}`` with the same status and headers.
-- When :class:`keyswap.verifier.asgi.JWTAuthMiddleware` already verified the request, its claims are
-  reused; nothing is verified twice.
+- When :class:`keyswap.verifier.asgi.JWTAuthMiddleware` (or another dependency) already verified the
+  request *with the same verifier*, its claims are reused; nothing is verified twice. Claims another
+  verifier produced (a gateway middleware in front of a route that needs an internal issuer) are never
+  trusted: the dependency verifies the token again with its own verifier.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from fastapi.security.base import SecurityBase
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from keyswap.verifier.asgi import CLAIMS_SCOPE_KEY
+from keyswap.verifier.asgi import store_claims, verified_claims
 from keyswap.verifier.extract import DEFAULT_MAX_TOKEN_SIZE
 from keyswap.verifier.permissions import (
     DEFAULT_PERMISSION_CLAIMS,
@@ -119,14 +121,13 @@ class KeyswapBearer(SecurityBase):
         Raises:
             KeyswapHTTPException: 401 (no / bad token), 403 (missing scope), 503 (no keys).
         """
-        claims = conn.scope.get(CLAIMS_SCOPE_KEY)
-        if not isinstance(claims, dict):
+        claims = verified_claims(conn.scope, self.verifier)
+        if claims is None:
             result = await self.guard.authenticate(conn.scope["headers"])
             if isinstance(result, Rejection):
                 self._fail(conn, result)
             claims = result
-            conn.scope[CLAIMS_SCOPE_KEY] = claims
-            conn.scope.setdefault("state", {})["claims"] = claims
+            store_claims(conn.scope, self.verifier, claims)
         required = (
             (*self.scopes, *security_scopes.scopes) if self.scopes else security_scopes.scopes
         )

@@ -17,7 +17,12 @@
 ``KeyswapFlask(app, ...)`` checks every request (except ``exempt_paths``) before its view runs;
 ``KeyswapFlask(app, ..., protect_all=False)`` only registers the verifier, and ``@require_token`` then
 protects the views it decorates. Both put the verified claims dict on ``g.keyswap_claims`` (and
-``request.environ["keyswap.claims"]``). The application-factory pattern works as usual::
+``request.environ["keyswap.claims"]``). The mark that a request was verified lives on the request
+(its WSGI environ), never on ``g``: ``g`` belongs to the app context, which Flask reuses across
+requests when one was pushed at import (``app.app_context().push()``), so ``g.keyswap_claims`` is
+also cleared before and after every request. App-wide ``scopes`` apply to every request keyswap
+verifies: ``protect_all`` requests and every ``@require_token`` view (exempt path or not).
+The application-factory pattern works as usual::
 
     keyswap = KeyswapFlask(verifier=verifier)
     def create_app():
@@ -37,7 +42,7 @@ import inspect
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, g, has_request_context, request
 
 from keyswap.errors import ConfigError
 from keyswap.verifier.extract import DEFAULT_MAX_TOKEN_SIZE
@@ -61,6 +66,8 @@ __all__ = ["EXTENSION_KEY", "G_CLAIMS", "KeyswapFlask", "get_claims", "require_t
 EXTENSION_KEY = "keyswap"
 #: Attribute of :data:`flask.g` holding the verified claims dict.
 G_CLAIMS = "keyswap_claims"
+# Environ key of ``(app state, claims)``: which extension verified this request (the request's mark).
+_VERIFIED_BY = "keyswap.flask.verified_by"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -80,9 +87,21 @@ class _ViewDecorator(Protocol):
 
 
 def get_claims() -> dict[str, Any] | None:
-    """The verified claims of the current request, or ``None`` when it was not verified."""
-    claims = g.get(G_CLAIMS)
-    return claims if isinstance(claims, dict) else None
+    """The verified claims of the current request, or ``None`` when it was not verified (or outside
+    a request)."""
+    if not has_request_context():
+        return None
+    marker = request.environ.get(_VERIFIED_BY)
+    if isinstance(marker, tuple) and len(marker) == 2:
+        claims = marker[1]
+        if isinstance(claims, dict) and request.environ.get(CLAIMS_ENVIRON_KEY) is claims:
+            return claims
+    return None
+
+
+def _forget_claims(*_: object) -> None:
+    """Drop ``g.keyswap_claims``: the app context (and its ``g``) may outlive the request."""
+    g.pop(G_CLAIMS, None)
 
 
 def _response(rejection: Rejection) -> Response:
@@ -105,7 +124,9 @@ class KeyswapFlask:
         protect_all: check every request before its view (``exempt_paths`` aside). With ``False``
             only views decorated with :func:`require_token` are protected.
         exempt_paths: paths served without a token (``"/health"`` exactly, ``"/public/*"`` as a prefix).
-        scopes: scopes every protected request must have (with ``protect_all``).
+        scopes: scopes every protected request must have: every request checked with
+            ``protect_all``, and every view decorated with :func:`require_token` (on an exempt path
+            and with ``protect_all=False`` too).
         realm: the ``realm`` of the ``WWW-Authenticate`` challenge.
         permission_claims: where scopes are read from (default ``scope``, ``scp``, ``roles``).
         error_descriptions: include ``error_description`` in challenges.
@@ -155,6 +176,9 @@ class KeyswapFlask:
         if verifier is None:
             verifier = verifier_from_settings(app.config, prefix="KEYSWAP_")
         app.extensions[EXTENSION_KEY] = _AppState(Guard(verifier, **self._options), self.scopes)
+        # Registered first, so no later before_request function sees another request's claims.
+        app.before_request_funcs.setdefault(None, []).insert(0, _forget_claims)
+        app.teardown_request(_forget_claims)
         if self.protect_all:
             app.before_request(_before_request)
 
@@ -167,24 +191,41 @@ class _AppState:
         self.scopes = scopes
 
     def authenticate(self, scopes: Sequence[str] = ()) -> Rejection | None:
-        """Verify the current request (once) and check ``scopes``; store the claims on ``g``.
+        """Verify the current request (once per request) and check ``scopes``; store the claims on
+        the request (and on ``g`` for the views).
 
         Returns ``None`` on success, else the rejection to send.
         """
         self.guard.ensure_started()
-        claims = get_claims()
+        claims = self._verified()
         if claims is None:
             result = self.guard.authenticate_sync(request.environ.get("HTTP_AUTHORIZATION"))
             if isinstance(result, Rejection):
                 self.guard.responder.log(request.method, request.path, result)
                 return result
             claims = result
-            setattr(g, G_CLAIMS, claims)
             request.environ[CLAIMS_ENVIRON_KEY] = claims
+            request.environ[_VERIFIED_BY] = (self, claims)
+            setattr(g, G_CLAIMS, claims)
         rejection = self.guard.check_scopes(claims, scopes)
         if rejection is not None:
             self.guard.responder.log(request.method, request.path, rejection)
         return rejection
+
+    def authenticate_view(self, scopes: tuple[str, ...]) -> Rejection | None:
+        """:meth:`authenticate` for a :func:`require_token` view: the app-wide scopes and ``scopes``."""
+        if self.scopes:
+            scopes = (*self.scopes, *(s for s in scopes if s not in self.scopes))
+        return self.authenticate(scopes)
+
+    def _verified(self) -> dict[str, Any] | None:
+        """The claims this extension already verified for the current request, else ``None``."""
+        marker = request.environ.get(_VERIFIED_BY)
+        if isinstance(marker, tuple) and len(marker) == 2 and marker[0] is self:
+            claims = marker[1]
+            if isinstance(claims, dict) and request.environ.get(CLAIMS_ENVIRON_KEY) is claims:
+                return claims
+        return None
 
 
 def _state() -> _AppState:
@@ -203,10 +244,12 @@ def _before_request() -> Response | None:
 
 
 def require_token(scopes: Sequence[str] = ()) -> _ViewDecorator:
-    """Protect one view: a valid token (and every scope in ``scopes``) is required.
+    """Protect one view: a valid token, every app-wide scope of :class:`KeyswapFlask` and every scope
+    in ``scopes`` are required.
 
     Works with ``protect_all=True`` (the token is then verified once, before the view, and only the
-    scopes are checked here) and with ``protect_all=False``. ``async def`` views are supported.
+    scopes are checked here), on an exempt path, and with ``protect_all=False``. ``async def`` views
+    are supported.
 
     Raises:
         ValueError: a scope is not an RFC 6749 scope token.
@@ -218,7 +261,7 @@ def require_token(scopes: Sequence[str] = ()) -> _ViewDecorator:
 
             @functools.wraps(view)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                rejection = _state().authenticate(required)
+                rejection = _state().authenticate_view(required)
                 if rejection is not None:
                     return _response(rejection)
                 return await view(*args, **kwargs)
@@ -227,7 +270,7 @@ def require_token(scopes: Sequence[str] = ()) -> _ViewDecorator:
 
         @functools.wraps(view)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            rejection = _state().authenticate(required)
+            rejection = _state().authenticate_view(required)
             if rejection is not None:
                 return _response(rejection)
             return view(*args, **kwargs)

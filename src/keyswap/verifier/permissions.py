@@ -9,8 +9,10 @@ Tokens carry what a caller may do in several ways, depending on who issued them:
   namespaced ``https://example.com/roles``.
 
 :func:`permissions_from_claims` reads all the configured claims and returns one ``frozenset[str]``.
-Strings are split on whitespace, arrays contribute each string element, anything else (numbers,
-booleans, objects, ``null``) is ignored, so a malformed claim can deny access but never crash a request.
+Strings are split on the space character (0x20) only, as RFC 6749 §3.3 separates scopes (a tab, NBSP,
+``\x1c``-``\x1f`` or ``\u2028`` is part of a scope, never a separator); arrays contribute each string
+element; anything else (numbers, booleans, objects, ``null``) is ignored, so a malformed claim can deny
+access but never crash a request.
 Every framework adapter uses it, so a route's ``scopes=[...]`` means the same thing everywhere.
 """
 
@@ -48,6 +50,8 @@ _MAX_DEPTH = 16
 _MAX_ITEMS = 1024
 # RFC 6749 §3.3 scope-token: no space, no '"', no '\\' (so it can sit in a quoted header parameter).
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+# The only scope separator (RFC 6749 §3.3).
+_SP = " "
 
 
 def _split_path(path: ClaimPath) -> tuple[str, ...]:
@@ -92,11 +96,15 @@ def read_claim(claims: Mapping[str, Any], path: ClaimPath) -> Any:
 
 
 def _values(value: Any) -> Iterable[str]:
+    # RFC 6749 §3.3: scope = scope-token *( SP scope-token ). str.split() with no argument would
+    # also split on NBSP, \x1c-\x1f, \u2028 ..., turning "reports:read\u00a0admin" into "admin".
     if isinstance(value, str):
-        return value.split()
+        return (part for part in value.split(_SP) if part)
     if isinstance(value, list | tuple):
         return (
-            item.strip() for item in value[:_MAX_ITEMS] if isinstance(item, str) and item.strip()
+            item.strip(_SP)
+            for item in value[:_MAX_ITEMS]
+            if isinstance(item, str) and item.strip(_SP)
         )
     return ()
 
@@ -108,11 +116,14 @@ def permissions_from_claims(
     """Collect the permissions granted by ``claims`` from every claim in ``paths``.
 
     ``"scope": "a b"``, ``"scp": ["a", "b"]``, ``"roles": "a"`` and nested paths such as
-    ``"realm_access.roles"`` all normalise the same way. Values that are neither a string nor an array
-    of strings are ignored; non-string array elements are skipped.
+    ``"realm_access.roles"`` all normalise the same way. A string value is split on spaces (0x20)
+    only. Values that are neither a string nor an array of strings are ignored; non-string array
+    elements are skipped. ``paths`` given as one bare string (``"scope"``) is one claim path.
     """
     if not isinstance(claims, Mapping):
         return frozenset()
+    if isinstance(paths, str):
+        paths = (paths,)
     found: set[str] = set()
     for path in paths:
         found.update(_values(read_claim(claims, path)))
@@ -139,7 +150,12 @@ def validate_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
 
 
 def missing_scopes(granted: Iterable[str], required: Iterable[str]) -> tuple[str, ...]:
-    """The required scopes that ``granted`` lacks, in the order they were required."""
+    """The required scopes that ``granted`` lacks, in the order they were required.
+
+    ``required`` given as one bare string is one scope (never its characters).
+    """
+    if isinstance(required, str):
+        required = (required,)
     have = granted if isinstance(granted, frozenset | set) else frozenset(granted)
     return tuple(dict.fromkeys(s for s in required if s not in have))
 
@@ -154,8 +170,10 @@ def check_scopes(
     Raises:
         InsufficientScope: at least one scope is missing. Its ``scope`` attribute lists *all* the
             required scopes (space-separated), as RFC 6750 §3 asks for the ``scope`` parameter.
+
+    ``required`` given as one bare string is one scope.
     """
-    required = tuple(required)
+    required = (required,) if isinstance(required, str) else tuple(required)
     granted = permissions_from_claims(claims, paths)
     if missing_scopes(granted, required):
         raise InsufficientScope("The token lacks a required scope", scope=" ".join(required))

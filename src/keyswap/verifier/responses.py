@@ -257,7 +257,10 @@ class Guard:
     def check_scopes(
         self, claims: Mapping[str, Any] | None, scopes: Sequence[str]
     ) -> Rejection | None:
-        """``None`` when ``claims`` grant every scope in ``scopes``, else the 403."""
+        """``None`` when ``claims`` grant every scope in ``scopes`` (a bare string is one scope),
+        else the 403."""
+        if isinstance(scopes, str):
+            scopes = (scopes,)
         if scopes and missing_scopes(self.permissions(claims), scopes):
             return self.responder.insufficient_scope(scopes)
         return None

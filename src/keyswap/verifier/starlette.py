@@ -17,7 +17,9 @@ adds what a Starlette app needs around it::
         return JSONResponse(get_claims(request))
 
 A route whose token lacks a scope gets 403 with ``WWW-Authenticate: Bearer error="insufficient_scope",
-scope="..."``, the same response the middleware sends for every other error.
+scope="..."``, the same response the middleware sends for every other error. A websocket endpoint is
+refused the websocket way: the same HTTP response before the handshake completes when the server
+supports the websocket denial extension, else ``websocket.close`` with code 1008 (policy violation).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import HTTPConnection
 from starlette.responses import Response
+from starlette.websockets import WebSocket, WebSocketState
 
 from keyswap.errors import MissingToken
 from keyswap.verifier.asgi import CLAIMS_SCOPE_KEY
@@ -88,11 +91,24 @@ def rejection_response(rejection: Rejection) -> Response:
     )
 
 
-def _find_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Request | None:
+def _find_connection(args: tuple[Any, ...], kwargs: dict[str, Any]) -> HTTPConnection | None:
     for value in (*args, *kwargs.values()):
-        if isinstance(value, Request):
+        if isinstance(value, HTTPConnection):  # a Request or a WebSocket
             return value
     return None
+
+
+async def _refuse_websocket(websocket: WebSocket, rejection: Rejection) -> None:
+    """Refuse a websocket before it is accepted: the HTTP rejection itself when the server supports
+    the websocket denial extension, else ``websocket.close`` 1008 (the server answers 403)."""
+    if websocket.client_state == WebSocketState.CONNECTING:
+        await websocket.receive()  # the websocket.connect message
+    if websocket.application_state != WebSocketState.CONNECTING:
+        return  # the client went away, or the endpoint's wrapper was called after the handshake
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(rejection_response(rejection))
+    else:
+        await websocket.close(code=1008)
 
 
 def requires_scopes(
@@ -100,12 +116,13 @@ def requires_scopes(
     realm: str = "keyswap",
     permission_claims: Iterable[ClaimPath] = DEFAULT_PERMISSION_CLAIMS,
 ) -> Callable[[Callable[P, Any]], Callable[P, Awaitable[Any]]]:
-    """Decorate an endpoint (``async def`` or ``def``, function or ``HTTPEndpoint`` method) so it runs
-    only when the request's token grants every scope in ``scopes``.
+    """Decorate an endpoint (``async def`` or ``def``, function or ``HTTPEndpoint`` method, or a
+    websocket endpoint) so it runs only when the connection's token grants every scope in ``scopes``.
 
     Without claims on the request (no middleware, or an exempt path) the answer is 401
     ``No token provided``: the decorator fails closed. A sync endpoint is run in the thread pool, as
-    Starlette does for undecorated sync endpoints.
+    Starlette does for undecorated sync endpoints. A refused websocket gets that response as its
+    handshake answer (websocket denial extension) or is closed with 1008 before being accepted.
 
     Raises:
         ValueError: a scope is not an RFC 6749 scope token, or a claim path is invalid.
@@ -120,16 +137,20 @@ def requires_scopes(
 
         @functools.wraps(endpoint)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            request = _find_request(args, kwargs)
-            claims = get_claims(request) if request is not None else None
+            conn = _find_connection(args, kwargs)
+            claims = get_claims(conn) if conn is not None else None
             rejection: Rejection | None = None
             if claims is None:
                 rejection = responder.reject(MissingToken("no verified claims on the request"))
             elif missing_scopes(permissions_from_claims(claims, paths), required):
                 rejection = responder.insufficient_scope(required)
             if rejection is not None:
-                if request is not None:
-                    responder.log(request.method, request.url.path, rejection)
+                if conn is not None:
+                    method = conn.scope.get("method", "WEBSOCKET")
+                    responder.log(method, conn.url.path, rejection)
+                if isinstance(conn, WebSocket):
+                    await _refuse_websocket(conn, rejection)
+                    return None
                 return rejection_response(rejection)
             if is_async:
                 return await endpoint(*args, **kwargs)
