@@ -16,6 +16,9 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 
+from keyswap.verifier.envconfig import issuer_config_from_env
+from keyswap.verifier.verify import Verifier
+
 settings.configure(
     DEBUG=False,
     SECRET_KEY=os.environ.get("DJANGO_SECRET_KEY", "example-only-not-secret"),
@@ -25,9 +28,9 @@ settings.configure(
     DATABASES={},
     MIDDLEWARE=["keyswap.verifier.django.KeyswapMiddleware"],
     KEYSWAP={
-        "ISSUER": os.environ["KEYSWAP_ISSUER"],
-        "JWKS_URL": os.environ["KEYSWAP_JWKS_URL"],
-        "AUDIENCE": os.environ.get("KEYSWAP_AUDIENCE") or None,
+        # The settings of `keyswap origin`: KEYSWAP_ISSUER, KEYSWAP_JWKS_URL (or KEYSWAP_DISCOVER=true),
+        # KEYSWAP_AUDIENCE, KEYSWAP_ALGORITHMS (default: all four), KEYSWAP_PROFILE...
+        "VERIFIER": Verifier(issuer_config_from_env(os.environ)),
         "EXEMPT_PATHS": ["/health"],
     },
     REST_FRAMEWORK={

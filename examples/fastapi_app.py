@@ -22,16 +22,13 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Security
 
+from keyswap.verifier.envconfig import issuer_config_from_env
 from keyswap.verifier.fastapi import KeyswapBearer, TokenClaims
-from keyswap.verifier.verify import IssuerConfig, Verifier
+from keyswap.verifier.verify import Verifier
 
-verifier = Verifier(
-    IssuerConfig(
-        issuer=os.environ["KEYSWAP_ISSUER"],
-        jwks_url=os.environ["KEYSWAP_JWKS_URL"],
-        audience=os.environ.get("KEYSWAP_AUDIENCE") or None,
-    )
-)
+# The settings of `keyswap origin`: KEYSWAP_ISSUER, KEYSWAP_JWKS_URL (or KEYSWAP_DISCOVER=true),
+# KEYSWAP_AUDIENCE, KEYSWAP_ALGORITHMS (default: all four), KEYSWAP_REQUIRED_CLAIMS, KEYSWAP_PROFILE...
+verifier = Verifier(issuer_config_from_env(os.environ))
 auth = KeyswapBearer(verifier)
 app = FastAPI(title="keyswap FastAPI example", lifespan=auth.lifespan)
 auth.install(app)

@@ -4,7 +4,7 @@
 
 Every path except `/health` needs a valid token; `/claims` answers the verified claims as JSON;
 `GET /orders` also needs the `orders:read` scope, `POST /orders` the `orders:write` scope. The verifier
-is built from the `KEYSWAP_*` settings.
+is built from the `KEYSWAP_*` settings of `keyswap origin`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ from typing import Any
 
 from flask import Flask, g, jsonify
 
+from keyswap.verifier.envconfig import issuer_config_from_env
 from keyswap.verifier.flask import KeyswapFlask, require_token
+from keyswap.verifier.verify import Verifier
 
 app = Flask(__name__)
-app.config.update({k: v for k, v in os.environ.items() if k.startswith("KEYSWAP_")})
-KeyswapFlask(app, exempt_paths=["/health"])
+# The settings of `keyswap origin`: KEYSWAP_ISSUER, KEYSWAP_JWKS_URL (or KEYSWAP_DISCOVER=true),
+# KEYSWAP_AUDIENCE, KEYSWAP_ALGORITHMS (default: all four), KEYSWAP_REQUIRED_CLAIMS, KEYSWAP_PROFILE...
+KeyswapFlask(app, verifier=Verifier(issuer_config_from_env(os.environ)), exempt_paths=["/health"])
 
 
 @app.get("/health")

@@ -18,16 +18,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from keyswap.verifier.asgi import JWTAuthMiddleware
+from keyswap.verifier.envconfig import issuer_config_from_env
 from keyswap.verifier.starlette import get_claims, requires_scopes, verifier_lifespan
-from keyswap.verifier.verify import IssuerConfig, Verifier
+from keyswap.verifier.verify import Verifier
 
-verifier = Verifier(
-    IssuerConfig(
-        issuer=os.environ["KEYSWAP_ISSUER"],
-        jwks_url=os.environ["KEYSWAP_JWKS_URL"],
-        audience=os.environ.get("KEYSWAP_AUDIENCE") or None,
-    )
-)
+# The settings of `keyswap origin`: KEYSWAP_ISSUER, KEYSWAP_JWKS_URL (or KEYSWAP_DISCOVER=true),
+# KEYSWAP_AUDIENCE, KEYSWAP_ALGORITHMS (default: all four), KEYSWAP_REQUIRED_CLAIMS, KEYSWAP_PROFILE...
+verifier = Verifier(issuer_config_from_env(os.environ))
 
 
 async def health(request: Request) -> JSONResponse:

@@ -13,16 +13,13 @@ import os
 from collections.abc import Iterable
 from wsgiref.types import StartResponse, WSGIEnvironment
 
-from keyswap.verifier.verify import IssuerConfig, Verifier
+from keyswap.verifier.envconfig import issuer_config_from_env
+from keyswap.verifier.verify import Verifier
 from keyswap.verifier.wsgi import WSGIAuthMiddleware, get_claims
 
-verifier = Verifier(
-    IssuerConfig(
-        issuer=os.environ["KEYSWAP_ISSUER"],
-        jwks_url=os.environ["KEYSWAP_JWKS_URL"],
-        audience=os.environ.get("KEYSWAP_AUDIENCE") or None,
-    )
-)
+# The settings of `keyswap origin`: KEYSWAP_ISSUER, KEYSWAP_JWKS_URL (or KEYSWAP_DISCOVER=true),
+# KEYSWAP_AUDIENCE, KEYSWAP_ALGORITHMS (default: all four), KEYSWAP_REQUIRED_CLAIMS, KEYSWAP_PROFILE...
+verifier = Verifier(issuer_config_from_env(os.environ))
 
 
 def echo_claims(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

@@ -51,6 +51,7 @@ __all__ = [
     "InvalidInput",
     "InvalidIssuer",
     "InvalidToken",
+    "InvalidTokenType",
     "JWKSFetchError",
     "KeysUnavailable",
     "KeyswapError",
@@ -179,6 +180,12 @@ class InvalidAudience(InvalidToken):
     """The token's audience is not accepted."""
 
     label = "audience"
+
+
+class InvalidTokenType(InvalidToken):
+    """The token's ``typ`` header is not the one the issuer's profile requires (RFC 9068 ``at+jwt``)."""
+
+    label = "token_type"
 
 
 class InvalidClaim(InvalidToken):

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from tests.support.jwks_server import JWKSServer
-from tests.verifier.adapter_cases import AUDIENCE, ISSUER, bearer, make_verifier, token
+from tests.support.keys import claims, ec_key, ed_key, jwks, rsa_key
+from tests.verifier.adapter_cases import AUDIENCE, ISSUER, KEY, bearer, make_verifier, token
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -190,3 +191,101 @@ def test_django_example_serves_claims_and_drf_enforces_scopes(
     assert r["drf_ok"]["status"] == 200
     assert json.loads(r["drf_ok"]["body"]) == {"orders": [], "consumer": "ex-5"}
     assert r["drf_missing"]["status"] == 401
+
+
+# -- the examples read `keyswap origin`'s settings: every algorithm by default ---------------------
+
+EC_KEY = ec_key("example-ec")
+ED_KEY = ed_key("example-ed")
+PS_KEY = rsa_key("example-ps", alg="PS256", slot=2)
+
+
+def signed(alg: str, **claim_overrides: Any) -> str:
+    key = {"ES256": EC_KEY, "EdDSA": ED_KEY, "PS256": PS_KEY, "RS256": KEY}[alg]
+    return key.sign(claims(iss=ISSUER, aud=AUDIENCE, **claim_overrides))
+
+
+@pytest.fixture
+def every_alg_env(env: dict[str, str], jwks_server: JWKSServer) -> dict[str, str]:
+    jwks_server.serve(jwks(KEY, EC_KEY, ED_KEY, PS_KEY))
+    return env
+
+
+def _claims_of(name: str, authorization: str) -> tuple[int, Any]:
+    module = load(name)
+    headers = {"Authorization": authorization}
+    if name == "flask_app":
+        client = module.app.test_client()
+        try:
+            response = client.get("/claims", headers=headers)
+            return response.status_code, response.json
+        finally:
+            module.app.extensions["keyswap"].guard.verifier.close()
+    if name == "wsgi_app":
+        from werkzeug.test import Client
+
+        try:
+            answer = Client(module.application).get("/claims", headers=headers)
+            return answer.status_code, answer.json
+        finally:
+            module.verifier.close()
+    from fastapi.testclient import TestClient
+
+    try:
+        with TestClient(module.app) as asgi_client:
+            reply = asgi_client.get("/claims", headers=headers)
+            return reply.status_code, reply.json() if reply.status_code == 200 else None
+    finally:
+        module.verifier.close()
+
+
+@pytest.mark.parametrize("alg", ["ES256", "EdDSA", "PS256"])
+@pytest.mark.parametrize("name", ["fastapi_app", "starlette_app", "flask_app", "wsgi_app"])
+def test_examples_accept_every_algorithm_by_default(
+    every_alg_env: dict[str, str], name: str, alg: str
+) -> None:
+    status, body = _claims_of(name, bearer(signed(alg, sub=f"{alg}-1")))
+    assert status == 200
+    assert body["sub"] == f"{alg}-1"
+
+
+@pytest.mark.parametrize("name", ["fastapi_app", "flask_app"])
+def test_examples_read_the_algorithm_allow_list(
+    every_alg_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv("KEYSWAP_ALGORITHMS", "ES256")
+    assert _claims_of(name, bearer(signed("ES256")))[0] == 200
+    assert _claims_of(name, bearer(signed("RS256")))[0] == 401
+
+
+def test_examples_read_the_rfc9068_profile(
+    every_alg_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEYSWAP_PROFILE", "rfc9068")
+    plain_jwt = signed("ES256", client_id="svc", jti="j1")  # typ JWT
+    assert _claims_of("fastapi_app", bearer(plain_jwt))[0] == 401
+    access_token = EC_KEY.sign(
+        claims(iss=ISSUER, aud=AUDIENCE, client_id="svc", jti="j1"), header={"typ": "at+jwt"}
+    )
+    assert _claims_of("fastapi_app", bearer(access_token))[0] == 200
+
+
+def test_django_example_accepts_es256(every_alg_env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _DJANGO_DRIVER,
+            str(EXAMPLES),
+            json.dumps([("es", "/claims", bearer(signed("ES256", sub="dj-es")))]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **every_alg_env},
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])["es"]
+    assert (result["status"], json.loads(result["body"])["sub"]) == (200, "dj-es")

@@ -79,6 +79,12 @@ class TestBadValues:
             ((*BASE, "--port", "http"), "'--port'"),
             ((*BASE, "--issuer", " "), "'--issuer': must not be empty"),
             ((*BASE, "--log-level", "loud"), "'--log-level'"),
+            ((*BASE, "--discover"), "give --jwks-url or --discover, not both"),
+            (("--issuer", "http://id.example.com", "--discover"), "http only on loopback"),
+            (("--issuer", "id.example.com", "--discover"), "needs an https:// issuer URL"),
+            ((*BASE, "--profile", "rfc9068"), "profile rfc9068 needs an audience"),
+            ((*BASE, "--profile", "jwt"), "'--profile'"),
+            ((*BASE, "--required-claims", " , "), "must name at least one claim"),
         ],
     )
     def test_a_bad_value_prints_one_error_line_and_exits_2(

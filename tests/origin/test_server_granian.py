@@ -169,6 +169,25 @@ def test_exported_settings_read_back_to_the_same_configuration() -> None:
     assert config_from_env(environ) == (config, "api")
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        IssuerConfig(
+            issuer="https://id.example.com/realms/shop",
+            discover=True,
+            audience=AUDIENCE,
+            profile="rfc9068",
+            required_claims=("sub", "tenant"),
+        ),
+        IssuerConfig(issuer=ISSUER, jwks_url="https://gw.test/jwks.json", required_claims=("exp",)),
+    ],
+)
+def test_discovery_profile_and_required_claims_read_back(config: IssuerConfig) -> None:
+    environ = {"KEYSWAP_JWKS_URL": "https://stale.test/jwks"}
+    export_env(config, "api", environ)
+    assert config_from_env(environ) == (config, "api")
+
+
 def test_exporting_without_an_audience_removes_a_stale_audience_variable() -> None:
     config = IssuerConfig(issuer=ISSUER, jwks_url="https://gw.test/jwks.json")
     environ = {"KEYSWAP_AUDIENCE": "https://stale.test"}
@@ -220,6 +239,20 @@ def test_only_the_required_variables_give_the_command_defaults() -> None:
             "algorithms must be a non-empty subset",
         ),
         ({"KEYSWAP_JWKS_URL": "file:///etc/passwd", "KEYSWAP_ISSUER": "x"}, "http"),
+        ({"KEYSWAP_ISSUER": "https://id.test", "KEYSWAP_DISCOVER": "maybe"}, "true or false"),
+        (
+            {"KEYSWAP_ISSUER": "https://i.test", "KEYSWAP_DISCOVER": "1", "KEYSWAP_JWKS_URL": "x"},
+            "set KEYSWAP_JWKS_URL or KEYSWAP_DISCOVER=true, not both",
+        ),
+        ({"KEYSWAP_ISSUER": "https://id.test"}, "KEYSWAP_JWKS_URL must be set \\(or"),
+        (
+            {
+                "KEYSWAP_JWKS_URL": "https://gw.test/j",
+                "KEYSWAP_ISSUER": "x",
+                "KEYSWAP_PROFILE": "x",
+            },
+            "profile must be one of rfc9068",
+        ),
     ],
 )
 def test_bad_variables_raise_config_error(environ: dict[str, str], message: str) -> None:

@@ -41,6 +41,8 @@ class JWKSServer:
 
     def __init__(self) -> None:
         self.behaviour = Behaviour()
+        #: Behaviours for particular paths (e.g. a discovery document); other paths get `behaviour`.
+        self.paths: dict[str, Behaviour] = {}
         self.hits: dict[str, int] = {}
         self.user_agents: list[str] = []
         self._lock = threading.Lock()
@@ -57,7 +59,7 @@ class JWKSServer:
                 with server._lock:
                     server.hits[self.path] = server.hits.get(self.path, 0) + 1
                     server.user_agents.append(self.headers.get("User-Agent", ""))
-                    b = server.behaviour
+                    b = server.paths.get(self.path, server.behaviour)
                 if b.delay:
                     server._release.wait(b.delay)
                 if b.redirect_to is not None:

@@ -1,7 +1,8 @@
 """``keyswap origin``: serve the claims-echo app behind the JWT middleware with uvicorn or granian.
 
 Every option can also be set by an environment variable (``KEYSWAP_JWKS_URL``, ``KEYSWAP_ISSUER``,
-``KEYSWAP_AUDIENCE``, ``KEYSWAP_ALGORITHMS``, ``KEYSWAP_HOST``, ``KEYSWAP_PORT``, ``KEYSWAP_LEEWAY``,
+``KEYSWAP_DISCOVER``, ``KEYSWAP_AUDIENCE``, ``KEYSWAP_ALGORITHMS``, ``KEYSWAP_REQUIRED_CLAIMS``,
+``KEYSWAP_PROFILE``, ``KEYSWAP_HOST``, ``KEYSWAP_PORT``, ``KEYSWAP_LEEWAY``,
 ``KEYSWAP_JWKS_CACHE_TTL``, ``KEYSWAP_JWKS_COOLDOWN``, ``KEYSWAP_REALM``, ``KEYSWAP_LOG_LEVEL``,
 ``KEYSWAP_ACCESS_LOG``, ``KEYSWAP_SERVER``), which ``--help`` names; a flag wins over its variable.
 A bad value prints one ``Error: ...`` line and exits with status 2 before anything is served.
@@ -29,6 +30,7 @@ __all__ = ["DEFAULT_ALGORITHMS", "origin"]
 
 #: Accepted when ``--algorithms`` is not given: every algorithm keyswap verifies. Each JWKS key is
 #: bound to its own algorithm family, so allowing all four never lets one key verify another's alg.
+#: (The same default as :data:`keyswap.verifier.envconfig.DEFAULT_ALGORITHMS`.)
 DEFAULT_ALGORITHMS = "RS256,PS256,ES256,EdDSA"
 
 logger = logging.getLogger("keyswap.origin")
@@ -74,6 +76,20 @@ class _Algorithms(click.ParamType):  # type: ignore[type-arg]  # generic only in
         return tuple(dict.fromkeys(names))
 
 
+class _ClaimNames(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    name = "claims"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        names = tuple(dict.fromkeys(n.strip() for n in str(value).split(",") if n.strip()))
+        if not names:
+            self.fail("must name at least one claim (exp is always required)", param, ctx)
+        return names
+
+
 class _NonEmpty(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
     name = "text"
 
@@ -104,10 +120,21 @@ _SERVERS = ("uvicorn", "granian")
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option(
-    "--jwks-url", envvar="KEYSWAP_JWKS_URL", required=True, type=_HttpUrl(), help="Issuer's JWKS."
+    "--jwks-url",
+    envvar="KEYSWAP_JWKS_URL",
+    type=_HttpUrl(),
+    help="Issuer's JWKS (required unless --discover).",
 )
 @click.option(
     "--issuer", envvar="KEYSWAP_ISSUER", required=True, type=_NonEmpty(), help="Exact `iss`."
+)
+@click.option(
+    "--discover/--no-discover",
+    envvar="KEYSWAP_DISCOVER",
+    default=False,
+    show_default=True,
+    help="Read the JWKS URL from the issuer's /.well-known/openid-configuration "
+    "(or oauth-authorization-server) metadata.",
 )
 @click.option(
     "--audience", envvar="KEYSWAP_AUDIENCE", type=_NonEmpty(), help="Required `aud` (optional)."
@@ -119,6 +146,20 @@ _SERVERS = ("uvicorn", "granian")
     default=DEFAULT_ALGORITHMS,
     show_default=True,
     help="Comma-separated allow-list.",
+)
+@click.option(
+    "--required-claims",
+    envvar="KEYSWAP_REQUIRED_CLAIMS",
+    type=_ClaimNames(),
+    default="sub",
+    show_default=True,
+    help="Comma-separated claims every token must have (exp always).",
+)
+@click.option(
+    "--profile",
+    envvar="KEYSWAP_PROFILE",
+    type=click.Choice(["rfc9068"], case_sensitive=False),
+    help="rfc9068: JWT access tokens only (typ at+jwt, its required claims; needs --audience).",
 )
 @click.option("--host", envvar="KEYSWAP_HOST", default="127.0.0.1", show_default=True)
 @click.option(
@@ -168,10 +209,13 @@ _SERVERS = ("uvicorn", "granian")
     help="ASGI server (granian: one worker, uvloop, HTTP/1).",
 )
 def origin(
-    jwks_url: str,
+    jwks_url: str | None,
     issuer: str,
+    discover: bool,
     audience: str | None,
     algorithms: tuple[str, ...],
+    required_claims: tuple[str, ...],
+    profile: str | None,
     host: str,
     port: int,
     leeway: float,
@@ -197,13 +241,22 @@ def origin(
         raise OneLineUsageError(
             "--server granian needs granian, which is not installed (pip install 'keyswap[server]')"
         )
+    if jwks_url is None and not discover:
+        raise OneLineUsageError(
+            "Missing option '--jwks-url' (or --discover to read it from the issuer's metadata)"
+        )
+    if jwks_url is not None and discover:
+        raise OneLineUsageError("give --jwks-url or --discover, not both")
     _configure_logging(log_level)
     try:
         config = IssuerConfig(
             issuer=issuer,
             jwks_url=jwks_url,
+            discover=discover,
             audience=audience,
             algorithms=algorithms,
+            required_claims=required_claims,
+            profile=profile.lower() if profile is not None else None,
             leeway=leeway,
             jwks_cache_ttl=jwks_cache_ttl,
             jwks_cooldown=jwks_cooldown,
@@ -218,7 +271,7 @@ def origin(
         host,
         port,
         issuer,
-        redact_url(jwks_url),
+        redact_url(jwks_url) if jwks_url is not None else "(discovered)",
         ",".join(algorithms),
         audience or "-",
     )

@@ -15,14 +15,13 @@ closed by the app's ASGI lifespan, which granian runs (``interface="asgi"``).
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 from collections.abc import Mapping, MutableMapping
 
 from keyswap.errors import ConfigError
 from keyswap.origin.app import create_app
-from keyswap.origin.cli import DEFAULT_ALGORITHMS
 from keyswap.verifier.asgi import ASGIApp
+from keyswap.verifier.envconfig import issuer_config_from_env
 from keyswap.verifier.verify import IssuerConfig, Verifier
 
 __all__ = ["FACTORY_TARGET", "app_from_env", "config_from_env", "export_env", "serve_granian"]
@@ -43,13 +42,21 @@ def export_env(config: IssuerConfig, realm: str, environ: MutableMapping[str, st
     A variable whose setting is absent (``KEYSWAP_AUDIENCE`` without an audience) is removed, so a stale
     value can never leak into the worker.
     """
-    environ["KEYSWAP_JWKS_URL"] = config.jwks_url
+    optional = {
+        "KEYSWAP_JWKS_URL": config.jwks_url,
+        "KEYSWAP_AUDIENCE": config.audience,
+        "KEYSWAP_PROFILE": config.profile,
+    }
+    for name, value in optional.items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
     environ["KEYSWAP_ISSUER"] = config.issuer
-    if config.audience is None:
-        environ.pop("KEYSWAP_AUDIENCE", None)
-    else:
-        environ["KEYSWAP_AUDIENCE"] = config.audience
+    environ["KEYSWAP_DISCOVER"] = "true" if config.discover else "false"
     environ["KEYSWAP_ALGORITHMS"] = ",".join(config.algorithms)
+    # (exp is always required: "exp" stands for "nothing more", as an empty variable reads as unset)
+    environ["KEYSWAP_REQUIRED_CLAIMS"] = ",".join(config.required_claims) or "exp"
     for attribute, name, _ in _SECONDS:
         environ[name] = repr(float(getattr(config, attribute)))
     environ["KEYSWAP_REALM"] = realm
@@ -58,46 +65,13 @@ def export_env(config: IssuerConfig, realm: str, environ: MutableMapping[str, st
 def config_from_env(environ: Mapping[str, str]) -> tuple[IssuerConfig, str]:
     """The issuer configuration and realm described by the ``KEYSWAP_*`` variables in ``environ``.
 
-    Reads ``KEYSWAP_JWKS_URL`` and ``KEYSWAP_ISSUER`` (required), ``KEYSWAP_AUDIENCE``,
-    ``KEYSWAP_ALGORITHMS``, ``KEYSWAP_LEEWAY``, ``KEYSWAP_JWKS_CACHE_TTL``, ``KEYSWAP_JWKS_COOLDOWN``
-    and ``KEYSWAP_REALM``, with the defaults of ``keyswap origin``.
+    The issuer's variables are read by :func:`keyswap.verifier.envconfig.issuer_config_from_env`
+    (the defaults of ``keyswap origin``), plus ``KEYSWAP_REALM``.
 
     Raises:
         ConfigError: a required variable is missing, or a value is malformed or out of range.
     """
-
-    def text(name: str) -> str | None:
-        value = environ.get(name, "").strip()
-        return value or None
-
-    jwks_url, issuer = text("KEYSWAP_JWKS_URL"), text("KEYSWAP_ISSUER")
-    missing = [
-        name
-        for name, value in (("KEYSWAP_JWKS_URL", jwks_url), ("KEYSWAP_ISSUER", issuer))
-        if value is None
-    ]
-    if jwks_url is None or issuer is None:
-        raise ConfigError(f"{' and '.join(missing)} must be set")
-    seconds: dict[str, float] = {}
-    for attribute, name, default in _SECONDS:
-        raw = text(name)
-        try:
-            seconds[attribute] = default if raw is None else float(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number of seconds") from None
-        if not math.isfinite(seconds[attribute]):
-            raise ConfigError(f"{name} must be a finite number of seconds")
-    algorithms = text("KEYSWAP_ALGORITHMS") or DEFAULT_ALGORITHMS
-    config = IssuerConfig(
-        issuer=issuer,
-        jwks_url=jwks_url,
-        audience=text("KEYSWAP_AUDIENCE"),
-        algorithms=tuple(a.strip() for a in algorithms.split(",") if a.strip()),
-        leeway=seconds["leeway"],
-        jwks_cache_ttl=seconds["jwks_cache_ttl"],
-        jwks_cooldown=seconds["jwks_cooldown"],
-    )
-    return config, environ.get("KEYSWAP_REALM") or "keyswap"
+    return issuer_config_from_env(environ), environ.get("KEYSWAP_REALM") or "keyswap"
 
 
 def app_from_env() -> ASGIApp:

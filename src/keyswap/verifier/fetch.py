@@ -278,34 +278,50 @@ class JWKSFetcher:
             JWKSFetchError: timeout, network error, redirect refused or too many, non-2xx status,
                 body over ``max_bytes``, HTML or invalid JSON. ``kind`` names the cause.
         """
+        return self.fetch_document(url)
+
+    def fetch_document(self, url: str, *, accept: str = _ACCEPT, what: str = "JWKS") -> FetchResult:
+        """:meth:`fetch` of any JSON document, with the same limits.
+
+        ``accept`` is the ``Accept`` header; ``what`` names the document in error messages (the
+        discovery of :mod:`keyswap.verifier.discovery` reads metadata documents with it).
+
+        Raises:
+            ConfigError, JWKSFetchError: as :meth:`fetch`.
+        """
         origin = check_jwks_url(url)
         deadline = time.monotonic() + self.timeout
         with _Watchdog(self.timeout) as watchdog:
             try:
-                return self._fetch(origin, deadline, watchdog)
-            except JWKSFetchError:
+                return self._fetch(origin, deadline, watchdog, accept)
+            except JWKSFetchError as exc:
+                if what != "JWKS" and exc.reason.startswith("JWKS "):
+                    # every message names the document first: name the one fetched
+                    raise JWKSFetchError(what + exc.reason[4:], kind=exc.kind) from None
                 raise
             except httpx.TimeoutException:
-                raise self._timeout_error(origin) from None
+                raise self._timeout_error(origin, what) from None
             except httpx.HTTPError as exc:
                 if watchdog.fired or time.monotonic() >= deadline:
-                    raise self._timeout_error(origin) from None
+                    raise self._timeout_error(origin, what) from None
                 raise JWKSFetchError(
-                    f"JWKS fetch from {redact_url(origin)} failed: {type(exc).__name__}",
+                    f"{what} fetch from {redact_url(origin)} failed: {type(exc).__name__}",
                     kind="network",
                 ) from None
 
-    def _timeout_error(self, origin: httpx.URL) -> JWKSFetchError:
+    def _timeout_error(self, origin: httpx.URL, what: str = "JWKS") -> JWKSFetchError:
         return JWKSFetchError(
-            f"JWKS fetch from {redact_url(origin)} took longer than {self.timeout:g} s",
+            f"{what} fetch from {redact_url(origin)} took longer than {self.timeout:g} s",
             kind="timeout",
         )
 
-    def _fetch(self, origin: httpx.URL, deadline: float, watchdog: _Watchdog) -> FetchResult:
+    def _fetch(
+        self, origin: httpx.URL, deadline: float, watchdog: _Watchdog, accept: str
+    ) -> FetchResult:
         url = origin
         headers = {
             "User-Agent": self.user_agent,
-            "Accept": _ACCEPT,
+            "Accept": accept,
             "Accept-Encoding": "identity",
         }
         for hop in range(self.max_redirects + 1):

@@ -18,9 +18,13 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from keyswap.errors import ConfigError, JWKSFetchError, KeysUnavailable, UnknownKey
 from keyswap.verifier.fetch import JWKSFetcher, check_jwks_url, redact_url
+
+if TYPE_CHECKING:
+    from keyswap.verifier.discovery import Discovery
 from keyswap.verifier.jwk import SkippedKey, VerificationKey, parse_jwks
 from keyswap.verifier.metrics import Metrics
 
@@ -140,16 +144,23 @@ class KeySet:
         fetch future through :func:`asyncio.wrap_future` (the event loop never blocks on I/O), sync
         callers wait on it with a timeout. :meth:`close` stops the worker.
 
+    14. **Discovery.** With ``discovery`` (a :class:`~keyswap.verifier.discovery.Discovery`) instead of
+        ``url``, each fetch first asks it for the JWKS URL (cached; read from the issuer's metadata
+        document on the worker thread). A discovery failure is a failed fetch (rules 4-6, 12); a failed
+        JWKS fetch makes the next one read the metadata again.
+
     ``clock`` (monotonic seconds) drives TTL, staleness and cooldown; backoff waits use real time.
 
     Raises:
-        ConfigError: the URL is not http(s), or a duration is out of range.
+        ConfigError: the URL is not http(s), both or neither of ``url`` and ``discovery``, or a
+            duration is out of range.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | None = None,
         *,
+        discovery: Discovery | None = None,
         fetcher: JWKSFetcher | None = None,
         default_ttl: float = 300,
         min_ttl: float = 1,
@@ -166,7 +177,10 @@ class KeySet:
         wait_timeout: float | None = None,
         negative_cache_size: int = 1024,
     ) -> None:
-        check_jwks_url(url)
+        if (url is None) == (discovery is None):
+            raise ConfigError("a key set needs exactly one of a JWKS URL and a discovery")
+        if url is not None:
+            check_jwks_url(url)
         _check("min_ttl", min_ttl, low=0, strict=True)
         _check("max_ttl", max_ttl, low=min_ttl)
         _check("default_ttl", default_ttl, low=1)
@@ -179,8 +193,11 @@ class KeySet:
             _check("wait_timeout", wait_timeout, low=0, strict=True)
         if negative_cache_size < 0:
             raise ConfigError("negative_cache_size must be >= 0")
-        self.url = url
-        self.name = name or redact_url(url)
+        self._url = url
+        self._discovery = discovery
+        if name is None:
+            name = redact_url(discovery.issuer if discovery is not None else url or "")
+        self.name = name
         self._fetcher = fetcher if fetcher is not None else JWKSFetcher()
         self._own_fetcher = fetcher is None
         self._default_ttl = float(default_ttl)
@@ -217,6 +234,11 @@ class KeySet:
         self._skips_logged: set[tuple[str | None, str]] = set()
 
     # ---------------------------------------------------------------- public API
+
+    @property
+    def url(self) -> str | None:
+        """The JWKS URL: the configured one, or the discovered one (``None`` before discovery)."""
+        return self._url if self._discovery is None else self._discovery.current
 
     def start(self) -> None:
         """Start the first fetch in the background and return at once (idempotent, never raises)."""
@@ -511,7 +533,16 @@ class KeySet:
     def _fetch_once(self) -> _Outcome:
         """One fetch + parse + install; never raises."""
         try:
-            result = self._fetcher.fetch(self.url)
+            if self._discovery is None:
+                assert self._url is not None
+                result = self._fetcher.fetch(self._url)
+            else:
+                url = self._discovery.jwks_url()
+                try:
+                    result = self._fetcher.fetch(url)
+                except JWKSFetchError:
+                    self._discovery.invalidate()  # the provider may have moved its keys
+                    raise
             keys, skipped = parse_jwks(result.document)
             self._log_skipped(skipped)
             if not keys:

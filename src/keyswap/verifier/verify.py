@@ -6,7 +6,8 @@ Order of the checks for a token that is not in the token cache (each step raises
 1. size cap, ASCII, three strict base64url segments, header and payload strict JSON objects;
 2. ``alg`` in the union of the issuers' allow-lists; ``kid`` a string; no forbidden header parameter;
 3. the exact ``iss`` of the (still unverified) payload selects the issuer; an unknown issuer is rejected
-   here, before any I/O; ``alg`` must be in *that* issuer's allow-list;
+   here, before any I/O; ``alg`` must be in *that* issuer's allow-list; under the RFC 9068 profile
+   the header's ``typ`` must be ``at+jwt`` (or ``application/at+jwt``, any case);
 4. the claims (``exp``/``nbf``/``iat`` with the issuer's leeway, ``aud``, required claims), so an expired
    or misdirected token never causes a JWKS fetch;
 5. the issuer's key set gives the key for ``kid`` (may fetch the JWKS, rate-limited by the key set);
@@ -30,8 +31,10 @@ from typing import Any
 
 from keyswap.errors import (
     ConfigError,
+    InvalidClaim,
     InvalidIssuer,
     InvalidToken,
+    InvalidTokenType,
     JWKSFetchError,
     KeysUnavailable,
     KeyswapError,
@@ -39,6 +42,7 @@ from keyswap.errors import (
     UnsupportedAlgorithm,
 )
 from keyswap.verifier.claims import validate_claims
+from keyswap.verifier.discovery import Discovery, check_discovery_issuer
 from keyswap.verifier.fetch import JWKSFetcher, check_jwks_url
 from keyswap.verifier.jwk import VerificationKey
 from keyswap.verifier.jws import (
@@ -57,13 +61,21 @@ from keyswap.verifier.tokencache import (
     TokenCache,
 )
 
-__all__ = ["IssuerConfig", "Verifier"]
+__all__ = ["PROFILES", "RFC9068_CLAIMS", "IssuerConfig", "Verifier"]
 
 logger = logging.getLogger("keyswap.verifier")
 _new_tuple: Any = tuple.__new__
 
 #: Largest clock-skew allowance accepted in configuration, in seconds.
 MAX_LEEWAY = 300.0
+
+#: Token profiles an issuer can require (``IssuerConfig.profile``).
+PROFILES = ("rfc9068",)
+#: The claims RFC 9068 §2.2 makes required in a JWT access token.
+RFC9068_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
+#: ``typ`` values of an RFC 9068 access token (RFC 7515 §4.1.9: case-insensitive, the
+#: ``application/`` prefix may be omitted).
+_AT_JWT_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +84,7 @@ class IssuerConfig:
 
     Attributes:
         issuer: the exact ``iss`` value (no normalisation: trailing slashes and case matter).
-        jwks_url: ``http(s)`` URL of the issuer's JWKS.
+        jwks_url: ``http(s)`` URL of the issuer's JWKS; ``None`` with ``discover=True``.
         audience: required ``aud`` (exact string, or an element of an ``aud`` list); ``None`` does not
             check the audience (not recommended when several services share an issuer).
         algorithms: allowed ``alg`` values, a subset of ``RS256``, ``PS256``, ``ES256``, ``EdDSA``.
@@ -81,13 +93,20 @@ class IssuerConfig:
         jwks_cache_ttl: JWKS freshness when the response has no ``Cache-Control: max-age`` (>= 1 s).
         jwks_cooldown: minimum seconds between refetches caused by unknown kids (>= 1 s).
         jwks_max_stale: how long the last good key set keeps serving while the JWKS cannot be fetched.
+        discover: find the JWKS URL in the issuer's metadata document (OpenID Connect Discovery, then
+            RFC 8414; see :mod:`keyswap.verifier.discovery`) instead of ``jwks_url``. The issuer must
+            then be an ``https`` URL (``http`` only on loopback).
+        profile: ``"rfc9068"`` requires JWT access tokens as RFC 9068 defines them: header ``typ``
+            ``at+jwt`` (``application/at+jwt`` too, any case), the claims of :data:`RFC9068_CLAIMS`
+            (added to ``required_claims``; ``client_id`` a non-empty string) and an ``audience``.
+            ``None`` (the default) ignores ``typ``.
 
     Raises:
         ConfigError: any value out of range (checked at construction).
     """
 
     issuer: str
-    jwks_url: str
+    jwks_url: str | None = None
     audience: str | None = None
     algorithms: tuple[str, ...] = ("RS256",)
     leeway: float = 30
@@ -95,11 +114,28 @@ class IssuerConfig:
     jwks_cache_ttl: float = 300
     jwks_cooldown: float = 10
     jwks_max_stale: float = 3600
+    discover: bool = False
+    profile: str | None = None
 
     def __post_init__(self) -> None:
         if type(self.issuer) is not str or not self.issuer:
             raise ConfigError("issuer must be a non-empty string")
-        check_jwks_url(self.jwks_url)
+        if type(self.discover) is not bool:
+            raise ConfigError("discover must be True or False")
+        if self.discover:
+            if self.jwks_url is not None:
+                raise ConfigError("give a jwks_url or discover=True, not both")
+            check_discovery_issuer(self.issuer)
+        elif self.jwks_url is None:
+            raise ConfigError("jwks_url is required (or discover=True to read it from the issuer)")
+        else:
+            check_jwks_url(self.jwks_url)
+        if self.profile is not None and self.profile not in PROFILES:
+            raise ConfigError(f"profile must be one of {', '.join(PROFILES)} or None")
+        if self.profile == "rfc9068" and self.audience is None:
+            raise ConfigError(
+                "profile rfc9068 needs an audience (RFC 9068 §4: aud must be checked)"
+            )
         if self.audience is not None and (type(self.audience) is not str or not self.audience):
             raise ConfigError("audience must be a non-empty string or None")
         algorithms: object = self.algorithms  # a list or one string are accepted too
@@ -135,7 +171,16 @@ def _shape_error(token: object, max_size: int) -> MalformedToken:
 class _Issuer:
     """Per-issuer state prepared once: the config, its key set and the values the hot path reads."""
 
-    __slots__ = ("algorithms", "audience", "config", "keyset", "leeway", "name", "required")
+    __slots__ = (
+        "algorithms",
+        "at_jwt",
+        "audience",
+        "config",
+        "keyset",
+        "leeway",
+        "name",
+        "required",
+    )
 
     def __init__(self, config: IssuerConfig, keyset: KeySet) -> None:
         self.config = config
@@ -144,7 +189,10 @@ class _Issuer:
         self.algorithms = frozenset(config.algorithms)
         self.audience = config.audience
         self.leeway = float(config.leeway)
+        self.at_jwt = config.profile == "rfc9068"
         self.required = config.required_claims
+        if self.at_jwt:
+            self.required = tuple(dict.fromkeys(config.required_claims + RFC9068_CLAIMS))
 
 
 class Verifier:
@@ -211,8 +259,12 @@ class Verifier:
         def on_keys_removed(kids: set[str]) -> None:
             self._cache.purge(config.issuer, kids)
 
+        discovery = None
+        if config.discover:
+            discovery = Discovery(config.issuer, fetcher=self._fetcher)
         return KeySet(
             config.jwks_url,
+            discovery=discovery,
             fetcher=self._fetcher,
             default_ttl=config.jwks_cache_ttl,
             cooldown=config.jwks_cooldown,
@@ -350,6 +402,8 @@ class Verifier:
             raise InvalidIssuer("issuer not accepted")
         if parsed.alg not in issuer.algorithms:
             raise UnsupportedAlgorithm("algorithm not allowed for this issuer")
+        if issuer.at_jwt:
+            _check_at_jwt(parsed)
         window = validate_claims(
             parsed.claims,
             issuer=issuer.name,
@@ -385,6 +439,18 @@ class Verifier:
     def _reject(self, err: KeyswapError) -> None:
         self._inc("rejections", reason=err.label)
         logger.debug("token rejected: %s (%r)", err.label, err.reason)
+
+
+def _check_at_jwt(parsed: ParsedToken) -> None:
+    """The RFC 9068 checks beyond the required claims: the ``typ`` header and ``client_id``."""
+    typ = parsed.header.get("typ")
+    if type(typ) is not str or typ.lower() not in _AT_JWT_TYPES:
+        if typ is None:
+            raise InvalidTokenType("typ header missing, expected at+jwt")
+        raise InvalidTokenType("typ header is not at+jwt")
+    client_id = parsed.claims.get("client_id")
+    if client_id is not None and (type(client_id) is not str or not client_id):
+        raise InvalidClaim("claim 'client_id' must be a non-empty string")
 
 
 def _json_copy(value: Any) -> Any:
