@@ -45,5 +45,12 @@ def require_redis() -> str:
     return REDIS_URL
 
 
+def require_tool(reason: str) -> None:
+    """Skip for a missing tool (Node, an npm package), or fail when KEYSWAP_REQUIRE_SERVICES=1."""
+    if REQUIRED:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 def unique_schema() -> str:
     return "t_" + uuid.uuid4().hex[:12]

@@ -26,18 +26,22 @@ from keyswap.verifier.jws import b64url_decode, b64url_encode
 from keyswap.verifier.verify import IssuerConfig, Verifier
 from tests.support.asgi_server import free_port
 from tests.support.keyswap_process import running_keyswap
+from tests.support.services import require_tool
 
 HERE = Path(__file__).resolve().parents[1] / "oidc"
 ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 RESOURCE = "https://api.test"
 
-pytestmark = [
-    pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed"),
-    pytest.mark.skipif(
-        not (HERE / "node_modules" / "oidc-provider").is_dir(),
-        reason="oidc-provider is not installed (npm ci --prefix tests/oidc)",
-    ),
-]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _provider_installed() -> None:
+    """Skip (fail when KEYSWAP_REQUIRE_SERVICES=1, as in CI) without node or the npm packages."""
+    if shutil.which("node") is None:
+        require_tool("node is not installed")
+    if not (HERE / "node_modules" / "oidc-provider").is_dir():
+        require_tool("oidc-provider is not installed (npm ci --prefix tests/oidc)")
 
 
 @pytest.fixture(scope="module")
