@@ -10,7 +10,8 @@ them into responses; nothing reaches the server as a 500.
     ├── ConfigError                       config_error         500 (raised at start-up, never per request)
     ├── InvalidInput                      invalid_input        400  management input (CLI, admin): name, JSON, duration
     │   ├── NotFound                      not_found            404  unknown consumer / key id
-    │   └── AlreadyExists                 already_exists       409  duplicate consumer name
+    │   ├── AlreadyExists                 already_exists       409  duplicate consumer name
+    │   └── Conflict                      conflict             409  refused in the current state (e.g. a rotation too soon)
     ├── AuthError
     │   ├── MissingToken                  (no error attribute) 401
     │   ├── InvalidToken                  invalid_token        401
@@ -43,6 +44,7 @@ __all__ = [
     "AuthError",
     "BadSignature",
     "ConfigError",
+    "Conflict",
     "ExpiredToken",
     "InsufficientScope",
     "InvalidApiKey",
@@ -110,6 +112,14 @@ class AlreadyExists(InvalidInput):
     code = "already_exists"
     status = 409
     label = "already_exists"
+
+
+class Conflict(InvalidInput):
+    """The change is refused in the current state (e.g. a signing-key rotation too soon after the last)."""
+
+    code = "conflict"
+    status = 409
+    label = "conflict"
 
 
 class AuthError(KeyswapError):

@@ -99,7 +99,7 @@ def test_a_store_refuses_a_postgresql_schema_that_is_behind(pg_url: str) -> None
     _downgrade(store, "0001")
     store.close()
     with pytest.raises(
-        ConfigError, match=r"revision 0001.*needs revision 0004.*keyswap db upgrade"
+        ConfigError, match=r"revision 0001.*needs revision 0006.*keyswap db upgrade"
     ):
         Store(pg_url)
 
@@ -182,7 +182,7 @@ def test_a_sqlite_database_from_before_migrations_is_adopted_and_upgraded(tmp_pa
     finally:
         store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0006",)]
 
 
 def _insert_0002_rows(store: Store) -> None:
@@ -211,6 +211,7 @@ def test_migrations_ship_inside_the_package() -> None:
         "0002_consumer_rate_limit.py",
         "0003_scopes.py",
         "0004_consumer_connections.py",
+        "0006_audit.py",
     ]
     assert (migrate.MIGRATIONS_DIR / "env.py").is_file()
 
@@ -287,7 +288,7 @@ def test_0004_adds_consumer_connection_caps_and_keeps_consumers_and_keys_both_wa
             )
         upgraded = Store(any_url, schema="upgrade")
         try:
-            assert upgraded.schema_change == ("0003", "0004")
+            assert upgraded.schema_change == ("0003", migrate.head_revision())
             consumer = upgraded.get_consumer("acme")
             assert consumer is not None
             assert (consumer.max_connections, consumer.rate_limit) == (None, "5/1s")

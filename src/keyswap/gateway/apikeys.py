@@ -68,6 +68,7 @@ __all__ = [
     "generate_key_id",
     "is_well_formed",
     "key_regex",
+    "mac_digest",
 ]
 
 log = logging.getLogger("keyswap.gateway")
@@ -147,6 +148,11 @@ def is_well_formed(key: str, prefix: str = DEFAULT_PREFIX) -> bool:
     if _BODY.fullmatch(body) is None:
         return False
     return hmac.compare_digest(body[RANDOM_LENGTH:], _checksum(body[:RANDOM_LENGTH]))
+
+
+def mac_digest(mac_key: bytes, key: str) -> bytes:
+    """HMAC-SHA-256 of ``key`` under ``mac_key``: the only form of a key or token that is stored."""
+    return hmac.new(mac_key, key.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,9 +471,7 @@ class ApiKeys:
 
     def digest(self, key: str) -> bytes:
         """HMAC-SHA-256 of ``key`` under the API-key subkey (what the store keeps)."""
-        return hmac.new(
-            self._mac_key, key.encode("utf-8", "surrogatepass"), hashlib.sha256
-        ).digest()
+        return mac_digest(self._mac_key, key)
 
     def authenticate(self, key: str, now: float | None = None) -> Principal:
         """The principal for a valid key. May query the store (on a cache miss): run it off the loop.

@@ -22,7 +22,6 @@ import functools
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -34,11 +33,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from keyswap.cli_support import OneLineErrorsCommand, OneLineErrorsGroup, OneLineUsageError, Seconds
 from keyswap.durations import format_duration
-from keyswap.errors import ConfigError, KeyswapError, NotFound
-from keyswap.gateway.apikeys import DEFAULT_GRACE, DEFAULT_PREFIX, ApiKeys
+from keyswap.errors import ConfigError, KeyswapError
+from keyswap.gateway.apikeys import DEFAULT_PREFIX
 from keyswap.gateway.keymaterial import SIGNING_ALGORITHMS
-from keyswap.gateway.keyring import DEFAULT_CACHE_MARGIN, DEFAULT_TOKEN_TTL, Keyring, sort_keys
+from keyswap.gateway.keyring import DEFAULT_CACHE_MARGIN, DEFAULT_TOKEN_TTL, Keyring
 from keyswap.gateway.secret import ServerSecret, load_secret
+from keyswap.manage import consumers as manage_consumers
+from keyswap.manage import keys as manage_keys
+from keyswap.manage import signing as manage_signing
+from keyswap.manage.actor import Actor
 from keyswap.store import migrate
 from keyswap.store.models import (
     UNLIMITED,
@@ -80,6 +83,7 @@ __all__ = [
 if TYPE_CHECKING:
     from keyswap.gateway.cluster import ClusterSettings
     from keyswap.gateway.ratelimit import Rate
+    from keyswap.manage.context import Context
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -262,6 +266,14 @@ def open_store(
         store.close()
 
 
+def manage_context(store: Store) -> Context:
+    """The service-layer context of a CLI command: actor ``cli`` with the OS user, the audit
+    retention from ``$KEYSWAP_AUDIT_RETENTION`` (default 365 days)."""
+    from keyswap.manage.context import Context, audit_retention_from_env
+
+    return Context(store, Actor.cli(), audit_retention=audit_retention_from_env())
+
+
 def open_secret(store: Store, secret_file: str | None) -> ServerSecret:
     """Load the server secret for ``store`` (``--secret-file`` first; see keyswap.gateway.secret)."""
     return load_secret(store.url, secret_file=secret_file)
@@ -374,7 +386,10 @@ def consumers_create(
     --scopes are what its keys may be granted: the `scope` claim of the tokens the gateway mints.
     """
     with open_store(db_url) as store:
-        consumer = store.create_consumer(name, metadata or {}, scopes=scopes or ())
+        consumer = manage_consumers.create_consumer(
+            manage_context(store),
+            manage_consumers.NewConsumer(name, metadata or {}, scopes or ()),
+        )
     if as_json:
         _print_json(_consumer_json(consumer))
     else:
@@ -388,7 +403,7 @@ def consumers_create(
 def consumers_list(as_json: bool, db_url: str | None) -> None:
     """List consumers."""
     with open_store(db_url, existing=True) as store:
-        everyone = store.list_consumers()
+        everyone = manage_consumers.list_consumers(manage_context(store))
     if as_json:
         _print_json([_consumer_json(c) for c in everyone])
         return
@@ -419,7 +434,9 @@ def consumers_set_metadata(
 ) -> None:
     """Replace the metadata of consumer NAME with the JSON object JSON."""
     with open_store(db_url, existing=True) as store:
-        consumer = store.set_consumer_metadata(name, metadata)
+        consumer = manage_consumers.update_consumer(
+            manage_context(store), name, manage_consumers.ConsumerUpdate(metadata=metadata)
+        )
     if as_json:
         _print_json(_consumer_json(consumer))
     else:
@@ -441,7 +458,9 @@ def consumers_set_scopes(
     keys without their own carry the consumer's. Running gateways pick the change up within a second.
     """
     with open_store(db_url, existing=True) as store:
-        consumer = store.set_consumer_scopes(name, scopes)
+        consumer = manage_consumers.update_consumer(
+            manage_context(store), name, manage_consumers.ConsumerUpdate(scopes=scopes)
+        )
     if as_json:
         _print_json(_consumer_json(consumer))
     elif consumer.scopes:
@@ -487,11 +506,12 @@ def consumers_set_limit(
                 f"--connections must be a whole number 1-10000 or 'default', got {connections!r}"
             )
     value: str | None = None if rate in (None, "default") else str(rate)
+    update = manage_consumers.ConsumerUpdate(
+        rate_limit=manage_consumers.KEEP if rate is None else value,
+        max_connections=manage_consumers.KEEP if connections is None else cap,
+    )
     with open_store(db_url, existing=True) as store:
-        if rate is not None:
-            consumer = store.set_consumer_rate_limit(name, value)
-        if connections is not None:
-            consumer = store.set_consumer_connections(name, cap)
+        consumer = manage_consumers.update_consumer(manage_context(store), name, update)
     if as_json:
         _print_json(_consumer_json(consumer))
         return
@@ -533,17 +553,16 @@ def consumers_delete(name: str, yes: bool, as_json: bool, db_url: str | None) ->
             f"not deleting consumer '{name}' without confirmation: pass --yes (no terminal to ask on)"
         )
     with open_store(db_url, existing=True) as store:
+        ctx = manage_context(store)
         if not yes:
-            if store.get_consumer(name) is None:
-                raise NotFound(f"unknown consumer '{name}'")
-            count = len(store.list_api_keys(name))
+            count = manage_consumers.count_keys(ctx, name)
             if not click.confirm(
                 f"Delete consumer '{name}' and its {count} API key(s)? They stop working at once.",
                 default=False,
                 err=True,
             ):
                 raise click.ClickException(f"consumer '{name}' was not deleted")
-        deleted = store.delete_consumer(name)
+        deleted = manage_consumers.delete_consumer(ctx, name).api_keys_deleted
     if as_json:
         _print_json({"deleted": name, "api_keys_deleted": deleted})
     else:
@@ -639,8 +658,13 @@ def keys_create(
 ) -> None:
     """Create an API key for CONSUMER. The key is printed once and never stored."""
     with open_store(db_url, existing=True) as store:
-        api_keys = ApiKeys(store, open_secret(store, secret_file), prefix=key_prefix)
-        record, key = api_keys.create(consumer, expires_in=expires_in, scopes=scopes)
+        created = manage_keys.create_key(
+            manage_context(store),
+            open_secret(store, secret_file),
+            manage_keys.NewKey(consumer, expires_in, scopes),
+            prefix=key_prefix,
+        )
+    record, key = created.record, created.key
     _show_new_key(record, key, as_json, f"Created key {record.id} for consumer '{consumer}'.")
 
 
@@ -652,7 +676,7 @@ def keys_create(
 def keys_list(consumer: str | None, as_json: bool, db_url: str | None) -> None:
     """List API keys (of CONSUMER, if given). Shows ids and hints, never keys."""
     with open_store(db_url, existing=True) as store:
-        records = store.list_api_keys(consumer)
+        records = manage_keys.list_keys(manage_context(store), consumer)
     now = datetime.now(UTC).timestamp()
     if as_json:
         _print_json([_key_json(r, now) for r in records])
@@ -697,9 +721,10 @@ def keys_list(consumer: str | None, as_json: bool, db_url: str | None) -> None:
 @handle_errors
 def keys_revoke(key_id: str, as_json: bool, db_url: str | None) -> None:
     """Revoke the key KEY_ID at once (running gateways notice within seconds)."""
-    now = datetime.now(UTC).timestamp()
     with open_store(db_url, existing=True) as store:
-        record = store.revoke_api_key(key_id, now=now)
+        ctx = manage_context(store)
+        record = manage_keys.revoke_key(ctx, key_id)
+        now = ctx.now()
     if as_json:
         _print_json(_key_json(record, now))
     else:
@@ -730,10 +755,15 @@ def keys_roll(
 ) -> None:
     """Replace KEY_ID with a new key for the same consumer (inheriting its expiry, if any)."""
     with open_store(db_url, existing=True) as store:
-        api_keys = ApiKeys(store, open_secret(store, secret_file), prefix=key_prefix)
-        record, key = api_keys.roll(key_id, DEFAULT_GRACE if grace is None else grace)
-        old = store.get_api_key(key_id)
-    old_until = _time(old.expires_at) if old is not None else None
+        rolled = manage_keys.roll_key(
+            manage_context(store),
+            open_secret(store, secret_file),
+            key_id,
+            grace=grace,
+            prefix=key_prefix,
+        )
+    record, key = rolled.new.record, rolled.new.key
+    old_until = _time(rolled.old.expires_at)
     _show_new_key(
         record,
         key,
@@ -839,7 +869,7 @@ def signing_keys_list(
     """List signing keys: kid, algorithm, state and dates (never private material)."""
     ttl, margin = _window(token_ttl, cache_margin)
     with open_store(db_url, existing=True) as store:
-        records = sort_keys(store.list_signing_keys())
+        records = manage_signing.list_signing_keys(manage_context(store))
     _print_signing_keys(records, ttl + margin, as_json)
 
 
@@ -878,21 +908,12 @@ def signing_keys_rotate(
     """
     with open_store(db_url) as store:
         keyring = _keyring(store, secret_file, token_ttl, cache_margin)
-        keyring.reload()
-        had_keys = bool(keyring.records())
-        upcoming = [r for r in keyring.records() if r.state == "next"]
-        if upcoming and not force:
-            age = time.time() - upcoming[0].created_at
-            if age < keyring.cache_margin:
-                raise click.ClickException(
-                    f"the next key {upcoming[0].kid} has been published for only {age:.0f} s; "
-                    f"verifiers caching the JWKS for up to {keyring.cache_margin:.0f} s may not know "
-                    "it yet. Wait, or pass --force (an emergency rotation)"
-                )
-        keyring.rotate(alg=alg)
+        rotation = manage_signing.rotate_signing_keys(
+            manage_context(store), keyring, alg=alg, force=force
+        )
         if not as_json:
             active = keyring.active()
-            done = "Rotated" if had_keys else "Created the first signing keys"
+            done = "Rotated" if rotation.had_keys else "Created the first signing keys"
             click.echo(f"{done}: {active.kid} ({active.alg}) signs now.")
         _print_signing_keys(keyring.records(), keyring.token_ttl + keyring.cache_margin, as_json)
 
@@ -912,7 +933,9 @@ def signing_keys_prune(
 ) -> None:
     """Delete retired keys whose tokens have all expired (retired + token TTL + cache margin)."""
     with open_store(db_url, existing=True) as store:
-        pruned = _keyring(store, secret_file, token_ttl, cache_margin).prune()
+        pruned = manage_signing.prune_signing_keys(
+            manage_context(store), _keyring(store, secret_file, token_ttl, cache_margin)
+        )
     if as_json:
         _print_json({"pruned": list(pruned)})
         return

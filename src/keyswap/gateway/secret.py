@@ -1,8 +1,8 @@
 """The server secret: where it comes from, and the subkeys derived from it.
 
 The secret is never used directly. HKDF-SHA-256 derives independent 32-byte subkeys from it: one for the
-HMAC-SHA-256 of API keys, one for the AES-256-GCM encryption of private signing keys, and a fingerprint
-the database records on first use, so starting with another secret fails with a clear message instead of
+HMAC-SHA-256 of API keys, one for that of admin tokens, one for the AES-256-GCM encryption of private
+signing keys, and a fingerprint the database records on first use, so starting with another secret fails with a clear message instead of
 refusing every key.
 
 Where it comes from, first match wins:
@@ -56,7 +56,12 @@ class ServerSecret:
         ConfigError: the secret is shorter than :data:`MIN_SECRET_LENGTH` characters.
     """
 
-    __slots__ = ("api_key_mac_key", "fingerprint", "signing_key_encryption_key")
+    __slots__ = (
+        "admin_token_mac_key",
+        "api_key_mac_key",
+        "fingerprint",
+        "signing_key_encryption_key",
+    )
 
     def __init__(self, secret: str | bytes) -> None:
         material = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
@@ -66,6 +71,7 @@ class ServerSecret:
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         self.api_key_mac_key = _derive(material, b"api-key-hmac")
+        self.admin_token_mac_key = _derive(material, b"admin-token-hmac")
         self.signing_key_encryption_key = _derive(material, b"signing-key-encryption")
         self.fingerprint = _derive(material, b"fingerprint").hex()
 

@@ -19,7 +19,9 @@ __all__ = [
     "MAX_SCOPE_LENGTH",
     "SIGNING_KEY_STATES",
     "UNLIMITED",
+    "AdminTokenRecord",
     "ApiKeyRecord",
+    "AuditRecord",
     "Consumer",
     "SigningKeyRecord",
     "effective_scopes",
@@ -126,6 +128,51 @@ class SigningKeyRecord:
     created_at: float
     activated_at: float | None
     retired_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit event: who (``actor_kind``: ``token``, ``oidc``, ``cli`` or ``system``, and
+    ``actor_name``) did what (``action``, e.g. ``consumer.create``) to what (``target``), when (epoch
+    seconds), from where (``request_id``, ``client``), and the changed fields (never a secret).
+    ``id`` is 0 until stored; ids grow with time (a cursor for listing newest first)."""
+
+    at: float
+    actor_kind: str
+    actor_name: str
+    action: str
+    target: str
+    changes: dict[str, Any]
+    request_id: str | None = None
+    client: str | None = None
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AdminTokenRecord:
+    """What the store keeps about an admin token: never the token, only an id, a hint and its scopes."""
+
+    id: str
+    name: str
+    hint: str
+    scopes: tuple[str, ...]
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+    def usable_at(self, now: float) -> bool:
+        """True if the token is neither revoked nor expired at ``now`` (epoch seconds)."""
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+    def status_at(self, now: float) -> str:
+        """``"revoked"``, ``"expired"`` or ``"active"``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "expired"
+        return "active"
 
 
 def validate_consumer_name(name: str) -> str:

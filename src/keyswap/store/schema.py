@@ -16,15 +16,17 @@ import sqlalchemy as sa
 
 __all__ = [
     "SCHEMA_VERSION",
+    "admin_tokens",
     "api_keys",
+    "audit_events",
     "consumers",
     "meta",
     "metadata",
     "signing_keys",
 ]
 
-#: The number of the latest migration (``0004``): what ``meta.schema_version`` says after an upgrade.
-SCHEMA_VERSION = 4
+#: The number of the latest migration (``0006``): what ``meta.schema_version`` says after an upgrade.
+SCHEMA_VERSION = 6
 
 metadata = sa.MetaData(
     naming_convention={
@@ -109,4 +111,36 @@ sa.Index(
     unique=True,
     sqlite_where=_LIVE_STATE,
     postgresql_where=_LIVE_STATE,
+)
+
+# The audit log: one row per change, written in the change's own transaction (keyswap.manage.audit).
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("at", _TIME, nullable=False, index=True),
+    # token | oidc | cli | system, and who: the admin token's name, the OIDC subject, the OS user.
+    sa.Column("actor_kind", sa.String(16), nullable=False),
+    sa.Column("actor_name", sa.String(255), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(255), nullable=False),
+    sa.Column("request_id", sa.String(128), nullable=True),
+    sa.Column("client", sa.String(64), nullable=True),
+    # The changed fields (never a secret): {"field": value, ...}.
+    sa.Column("changes", sa.JSON, nullable=False),
+)
+
+# Credentials of the management plane: like API keys, only an HMAC of the token is kept.
+admin_tokens = sa.Table(
+    "admin_tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("digest", sa.LargeBinary(32), nullable=False, unique=True),
+    sa.Column("hint", sa.String(40), nullable=False),
+    # Space-separated management scopes (consumers:write, admin, ...).
+    sa.Column("scopes", sa.Text, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("expires_at", _TIME, nullable=True),
+    sa.Column("revoked_at", _TIME, nullable=True),
 )

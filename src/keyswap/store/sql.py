@@ -32,6 +32,8 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -45,7 +47,9 @@ from sqlalchemy.pool import StaticPool
 from keyswap.errors import AlreadyExists, ConfigError, InvalidInput, NotFound
 from keyswap.store import migrate
 from keyswap.store.models import (
+    AdminTokenRecord,
     ApiKeyRecord,
+    AuditRecord,
     Consumer,
     SigningKeyRecord,
     format_scopes,
@@ -55,10 +59,17 @@ from keyswap.store.models import (
     validate_rate_limit,
     validate_scopes,
 )
-from keyswap.store.schema import api_keys, consumers, meta, signing_keys
+from keyswap.store.schema import (
+    admin_tokens,
+    api_keys,
+    audit_events,
+    consumers,
+    meta,
+    signing_keys,
+)
 from keyswap.store.urls import display_url, is_postgres, normalize_database_url, sqlite_file
 
-__all__ = ["NOTIFY_CHANNEL", "CreateMode", "SchemaMode", "Store"]
+__all__ = ["KEEP", "NOTIFY_CHANNEL", "CreateMode", "SchemaMode", "Store"]
 
 log = logging.getLogger("keyswap.store")
 
@@ -91,6 +102,41 @@ CreateMode = Literal["dirs", "file", "none"]
 
 class _Conflict(Exception):
     """Internal: a conditional update found the row changed; roll the transaction back."""
+
+
+class _Keep:
+    """The type of :data:`KEEP`."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+#: For :meth:`Store.update_consumer`: leave this field as it is.
+KEEP = _Keep()
+
+
+@dataclass(slots=True)
+class _Recording:
+    """An audit event waiting for the next committed change of ``store`` in this context."""
+
+    store: Store
+    record: AuditRecord
+    retention: float | None
+    written: bool = False
+    facts: dict[str, Any] | None = None
+
+
+def _note(**facts: Any) -> None:
+    """Add what only the store knows (a new key's id, ...) to the pending audit event, if any.
+
+    The facts join the event's changed fields; a target such as ``key:{key_id}`` is filled from them.
+    """
+    recording = _RECORDING.get()
+    if recording is not None and not recording.written:
+        recording.facts = {**(recording.facts or {}), **facts}
+
+
+_RECORDING: ContextVar[_Recording | None] = ContextVar("keyswap_audit_recording", default=None)
 
 
 class Store:
@@ -166,6 +212,9 @@ class Store:
     @contextmanager
     def _writing(self, *, bump: bool = True) -> Iterator[Connection]:
         revision: int | None = None
+        recording = _RECORDING.get() if bump else None
+        if recording is not None and (recording.store is not self or recording.written):
+            recording = None
         with self.engine.connect() as conn:
             conn.execution_options(**{_IMMEDIATE: True})
             with conn.begin():
@@ -181,8 +230,29 @@ class Store:
                         payload = f"{self.notify_scope}:{revision}"
                         conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, payload)))
                 yield conn
+                if recording is not None:
+                    _write_audit(conn, recording)
+        if recording is not None:
+            recording.written = True
         if revision is not None:
             self._committed(revision)
+
+    @contextmanager
+    def recording(self, record: AuditRecord, *, retention: float | None = None) -> Iterator[None]:
+        """Write ``record`` to the audit log in the transaction of the next change this context makes.
+
+        The first committed change (a write that bumps the revision) made through this store while the
+        block runs, on this thread or asyncio task, also inserts the event, so the change and its
+        event commit together or not at all; a block that changes nothing records nothing. With
+        ``retention`` (seconds), that transaction also deletes events older than ``record.at -
+        retention``. Returns whether it was written through :meth:`recorded` is not needed: see
+        :attr:`keyswap.manage.audit`.
+        """
+        token = _RECORDING.set(_Recording(self, record, retention))
+        try:
+            yield
+        finally:
+            _RECORDING.reset(token)
 
     def on_commit(self, callback: Callable[[int], object]) -> None:
         """Call ``callback(revision)`` after every committed change (errors are logged, not raised)."""
@@ -424,6 +494,44 @@ class Store:
             row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
         return _consumer(row)
 
+    def update_consumer(
+        self,
+        name: str,
+        *,
+        metadata: Mapping[str, Any] | _Keep = KEEP,
+        rate_limit: str | _Keep | None = KEEP,
+        max_connections: int | _Keep | None = KEEP,
+        scopes: Iterable[str] | _Keep = KEEP,
+    ) -> Consumer:
+        """Change several fields of a consumer in one transaction (:data:`KEEP`: leave it as it is).
+
+        Raises:
+            InvalidInput: a bad value (see the ``set_consumer_*`` methods).
+            NotFound: no such consumer.
+        """
+        values: dict[str, Any] = {}
+        if not isinstance(metadata, _Keep):
+            values["metadata"] = validate_metadata(dict(metadata))
+        if not isinstance(rate_limit, _Keep):
+            values["rate_limit"] = validate_rate_limit(rate_limit)
+        if not isinstance(max_connections, _Keep):
+            values["max_connections"] = validate_max_connections(max_connections)
+        if not isinstance(scopes, _Keep):
+            values["scopes"] = _stored(validate_scopes(scopes))
+        if not values:
+            consumer = self.get_consumer(name)
+            if consumer is None:
+                raise NotFound(f"unknown consumer '{name}'")
+            return consumer
+        with self._writing() as conn:
+            updated = conn.execute(
+                sa.update(consumers).where(consumers.c.name == name).values(**values)
+            ).rowcount
+            if not updated:
+                raise NotFound(f"unknown consumer '{name}'")
+            row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
+        return _consumer(row)
+
     # -- API keys -----------------------------------------------------------------------------------
 
     def insert_api_key(
@@ -459,6 +567,7 @@ class Store:
                     within_consumer=True,
                 )
                 row = conn.execute(_key_select().where(api_keys.c.id == key_id)).one()
+                _note(key_id=key_id)
         except IntegrityError:
             raise AlreadyExists("key id or digest collision") from None
         return _key(row)
@@ -588,6 +697,7 @@ class Store:
                 rows = conn.execute(
                     _key_select().where(api_keys.c.id.in_([old_id, new_key_id]))
                 ).all()
+                _note(new_key_id=new_key_id, old_expires_at=old_expires_at)
         except IntegrityError:
             raise AlreadyExists("key id or digest collision") from None
         by_id = {row.id: _key(row) for row in rows}
@@ -630,6 +740,7 @@ class Store:
         try:
             with self._writing() as conn:
                 conn.execute(sa.insert(signing_keys), values)
+                _note(created={value["kid"]: value["state"] for value in values})
         except IntegrityError:
             return False
         return True
@@ -659,6 +770,7 @@ class Store:
                 if activated != 1:
                     raise _Conflict
                 conn.execute(sa.insert(signing_keys).values(**_signing_values(new_next)))
+                _note(retired=active_kid, active=next_kid, next=new_next.kid, alg=new_next.alg)
         except (_Conflict, IntegrityError):
             return False
         return True
@@ -674,10 +786,184 @@ class Store:
                     signing_keys.c.kid.in_(wanted), signing_keys.c.state == "retired"
                 )
             ).rowcount
+            _note(pruned=wanted)
+        return int(deleted)
+
+    # -- admin tokens -------------------------------------------------------------------------------
+
+    def insert_admin_token(
+        self,
+        *,
+        token_id: str,
+        name: str,
+        digest: bytes,
+        hint: str,
+        scopes: Iterable[str],
+        created_at: float,
+        expires_at: float | None,
+    ) -> AdminTokenRecord:
+        """Store a new admin token's digest (scopes are checked by :mod:`keyswap.manage.tokens`).
+
+        Raises:
+            AlreadyExists: the token id or digest is taken (the caller draws another token).
+        """
+        try:
+            with self._writing() as conn:
+                conn.execute(
+                    sa.insert(admin_tokens).values(
+                        id=token_id,
+                        name=name,
+                        digest=digest,
+                        hint=hint,
+                        scopes=format_scopes(scopes),
+                        created_at=created_at,
+                        expires_at=expires_at,
+                    )
+                )
+                row = conn.execute(
+                    sa.select(admin_tokens).where(admin_tokens.c.id == token_id)
+                ).one()
+        except IntegrityError:
+            raise AlreadyExists("admin token id or digest collision") from None
+        return _admin_token(row)
+
+    def find_admin_token(self, digest: bytes) -> AdminTokenRecord | None:
+        """The admin token with this HMAC digest, or ``None``."""
+        with self._reading() as conn:
+            row = conn.execute(
+                sa.select(admin_tokens).where(admin_tokens.c.digest == digest)
+            ).first()
+        if row is None or not hmac.compare_digest(bytes(row.digest), digest):
+            return None
+        return _admin_token(row)
+
+    def get_admin_token(self, token_id: str) -> AdminTokenRecord | None:
+        """The admin token with this id, or ``None``."""
+        with self._reading() as conn:
+            row = conn.execute(sa.select(admin_tokens).where(admin_tokens.c.id == token_id)).first()
+        return None if row is None else _admin_token(row)
+
+    def list_admin_tokens(self) -> list[AdminTokenRecord]:
+        """Every admin token, oldest first."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                sa.select(admin_tokens).order_by(admin_tokens.c.created_at, admin_tokens.c.id)
+            ).all()
+        return [_admin_token(row) for row in rows]
+
+    def revoke_admin_token(self, token_id: str, *, now: float) -> AdminTokenRecord:
+        """Revoke an admin token (idempotent: the first revocation time is kept).
+
+        Raises:
+            NotFound: no such token.
+        """
+        with self._writing() as conn:
+            conn.execute(
+                sa.update(admin_tokens)
+                .where(admin_tokens.c.id == token_id, admin_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            row = conn.execute(sa.select(admin_tokens).where(admin_tokens.c.id == token_id)).first()
+            if row is None:
+                raise NotFound(f"unknown admin token id '{token_id}'")
+        return _admin_token(row)
+
+    # -- audit log ----------------------------------------------------------------------------------
+
+    def list_audit_events(
+        self,
+        *,
+        limit: int = 100,
+        before: int | None = None,
+        since: float | None = None,
+        actor_kind: str | None = None,
+        actor_name: str | None = None,
+        action: str | None = None,
+        action_prefix: str | None = None,
+        target: str | None = None,
+    ) -> list[AuditRecord]:
+        """Audit events, newest first (by id), at most ``limit``; every filter given must match.
+
+        ``before``: only events with a smaller id (the cursor: the last id of the previous page).
+        ``since``: only events at or after this time. ``action_prefix``: actions starting with it.
+        """
+        query = sa.select(audit_events).order_by(audit_events.c.id.desc()).limit(max(0, limit))
+        if before is not None:
+            query = query.where(audit_events.c.id < before)
+        if since is not None:
+            query = query.where(audit_events.c.at >= since)
+        if actor_kind is not None:
+            query = query.where(audit_events.c.actor_kind == actor_kind)
+        if actor_name is not None:
+            query = query.where(audit_events.c.actor_name == actor_name)
+        if action is not None:
+            query = query.where(audit_events.c.action == action)
+        if action_prefix is not None:
+            query = query.where(audit_events.c.action.startswith(action_prefix, autoescape=True))
+        if target is not None:
+            query = query.where(audit_events.c.target == target)
+        with self._reading() as conn:
+            rows = conn.execute(query).all()
+        return [_audit(row) for row in rows]
+
+    def prune_audit_events(self, older_than: float) -> int:
+        """Delete audit events from before ``older_than`` (epoch seconds); returns how many."""
+        with self._writing(bump=False) as conn:
+            deleted = conn.execute(
+                sa.delete(audit_events).where(audit_events.c.at < older_than)
+            ).rowcount
         return int(deleted)
 
 
 # -- helpers -----------------------------------------------------------------------------------------
+
+
+def _write_audit(conn: Connection, recording: _Recording) -> None:
+    record = recording.record
+    facts = recording.facts or {}
+    target = record.target.format_map(facts) if facts and "{" in record.target else record.target
+    conn.execute(
+        sa.insert(audit_events).values(
+            at=record.at,
+            actor_kind=record.actor_kind,
+            actor_name=record.actor_name,
+            action=record.action,
+            target=target[:255],
+            request_id=record.request_id,
+            client=record.client,
+            changes={**record.changes, **facts},
+        )
+    )
+    if recording.retention is not None and recording.retention > 0:
+        conn.execute(
+            sa.delete(audit_events).where(audit_events.c.at < record.at - recording.retention)
+        )
+
+
+def _audit(row: sa.Row[Any]) -> AuditRecord:
+    return AuditRecord(
+        id=int(row.id),
+        at=float(row.at),
+        actor_kind=row.actor_kind,
+        actor_name=row.actor_name,
+        action=row.action,
+        target=row.target,
+        changes=dict(row.changes or {}),
+        request_id=row.request_id,
+        client=row.client,
+    )
+
+
+def _admin_token(row: sa.Row[Any]) -> AdminTokenRecord:
+    return AdminTokenRecord(
+        id=row.id,
+        name=row.name,
+        hint=row.hint,
+        scopes=tuple(str(row.scopes or "").split()),
+        created_at=float(row.created_at),
+        expires_at=None if row.expires_at is None else float(row.expires_at),
+        revoked_at=None if row.revoked_at is None else float(row.revoked_at),
+    )
 
 
 def _lock_key(name: str) -> int:

@@ -1,0 +1,154 @@
+"""Consumers: create, list, get, update (metadata, scopes, rate limit, connection cap), delete."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from keyswap.errors import NotFound
+from keyswap.manage.audit import recording
+from keyswap.manage.context import Context
+from keyswap.store.models import (
+    Consumer,
+    validate_consumer_name,
+    validate_max_connections,
+    validate_metadata,
+    validate_rate_limit,
+    validate_scopes,
+)
+from keyswap.store.sql import KEEP, _Keep
+
+__all__ = [
+    "KEEP",
+    "ConsumerUpdate",
+    "DeletedConsumer",
+    "NewConsumer",
+    "count_keys",
+    "create_consumer",
+    "delete_consumer",
+    "get_consumer",
+    "list_consumers",
+    "update_consumer",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NewConsumer:
+    """A consumer to create: name (1-64 of ``[A-Za-z0-9._-]``), metadata (JSON object, <= 1 KiB) and
+    the scopes its keys may be granted (default none)."""
+
+    name: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    scopes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerUpdate:
+    """Fields to change; :data:`KEEP` leaves one as it is. ``rate_limit``: ``None`` (the gateway's
+    default), ``"unlimited"`` or ``"<n>/<seconds>s"``; ``max_connections``: ``None`` (the gateway's
+    default) or 1-10000."""
+
+    metadata: Mapping[str, Any] | _Keep = KEEP
+    scopes: tuple[str, ...] | _Keep = KEEP
+    rate_limit: str | _Keep | None = KEEP
+    max_connections: int | _Keep | None = KEEP
+
+    def changed(self) -> dict[str, Any]:
+        """The fields given, by name (validated)."""
+        fields: dict[str, Any] = {}
+        if not isinstance(self.metadata, _Keep):
+            fields["metadata"] = validate_metadata(dict(self.metadata))
+        if not isinstance(self.scopes, _Keep):
+            fields["scopes"] = list(validate_scopes(self.scopes))
+        if not isinstance(self.rate_limit, _Keep):
+            fields["rate_limit"] = validate_rate_limit(self.rate_limit)
+        if not isinstance(self.max_connections, _Keep):
+            fields["max_connections"] = validate_max_connections(self.max_connections)
+        return fields
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedConsumer:
+    """What :func:`delete_consumer` removed."""
+
+    name: str
+    api_keys_deleted: int
+
+
+def _target(name: str) -> str:
+    return f"consumer:{name}"
+
+
+def create_consumer(ctx: Context, new: NewConsumer) -> Consumer:
+    """Create a consumer (audited as ``consumer.create``).
+
+    Raises:
+        InvalidInput: bad name, metadata or scopes.
+        AlreadyExists: a consumer with that name exists.
+    """
+    name = validate_consumer_name(new.name)
+    metadata = validate_metadata(dict(new.metadata))
+    scopes = validate_scopes(new.scopes)
+    changes = {"metadata": metadata, "scopes": list(scopes)}
+    with recording(ctx, "consumer.create", _target(name), changes):
+        return ctx.store.create_consumer(name, metadata, scopes=scopes, now=ctx.now())
+
+
+def list_consumers(ctx: Context) -> list[Consumer]:
+    """Every consumer, by name."""
+    return ctx.store.list_consumers()
+
+
+def get_consumer(ctx: Context, name: str) -> Consumer:
+    """The consumer called ``name``.
+
+    Raises:
+        NotFound: no such consumer.
+    """
+    consumer = ctx.store.get_consumer(name)
+    if consumer is None:
+        raise NotFound(f"unknown consumer '{name}'")
+    return consumer
+
+
+def update_consumer(ctx: Context, name: str, update: ConsumerUpdate) -> Consumer:
+    """Change the given fields of a consumer in one transaction (audited as ``consumer.update``
+    with the fields given). Running gateways pick the change up within a second.
+
+    Raises:
+        InvalidInput: a bad value.
+        NotFound: no such consumer.
+    """
+    changes = update.changed()
+    if not changes:
+        return get_consumer(ctx, name)
+    with recording(ctx, "consumer.update", _target(name), changes):
+        return ctx.store.update_consumer(
+            name,
+            metadata=update.metadata,
+            scopes=update.scopes,
+            rate_limit=update.rate_limit,
+            max_connections=update.max_connections,
+        )
+
+
+def count_keys(ctx: Context, name: str) -> int:
+    """How many API keys the consumer has (what deleting it would remove).
+
+    Raises:
+        NotFound: no such consumer.
+    """
+    return len(ctx.store.list_api_keys(name))
+
+
+def delete_consumer(ctx: Context, name: str) -> DeletedConsumer:
+    """Delete a consumer and all its API keys; they stop working at once (audited as
+    ``consumer.delete``).
+
+    Raises:
+        NotFound: no such consumer.
+    """
+    with recording(ctx, "consumer.delete", _target(name)):
+        deleted = ctx.store.delete_consumer(name)
+    return DeletedConsumer(name, deleted)
