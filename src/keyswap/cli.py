@@ -26,6 +26,12 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "keys": ("keyswap.gateway.cli:keys", "gateway", "Manage consumers' API keys."),
     "signing-keys": ("keyswap.gateway.cli:signing_keys", "gateway", "Manage JWT signing keys."),
     "db": ("keyswap.gateway.cli:db", "gateway", "Database schema commands."),
+    "admin-tokens": (
+        "keyswap.gateway.cli_admin:admin_tokens",
+        "gateway",
+        "Manage admin tokens (admin API credentials).",
+    ),
+    "audit": ("keyswap.gateway.cli_admin:audit", "gateway", "List the audit log of changes."),
     "tokens": (
         "keyswap.gateway.cli_tokens:tokens",
         "gateway",

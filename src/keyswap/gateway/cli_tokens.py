@@ -6,7 +6,8 @@ or ``--issuer``), ``sub``, ``aud`` (``--audience``, else the gateway's upstream 
 ``jti``, ``metadata`` and ``scope`` (the consumer's scopes, or the ``--scopes`` subset of them). There is
 no ``key_id``: no API key is involved. Issuer and audience are computed as the gateway computes them
 (:func:`keyswap.gateway.wellknown.issuer_for`, :func:`keyswap.gateway.app.token_audience`), from the
-same options and environment variables.
+same options and environment variables. Each mint is audited (``token.mint``: kid, jti, issuer,
+audience, scopes, expiry; never the token).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from keyswap.gateway.cli import (
     db_option,
     handle_errors,
     json_option,
+    manage_context,
     open_secret,
     open_store,
     scopes_type,
@@ -33,6 +35,7 @@ from keyswap.gateway.cli import (
 from keyswap.gateway.keyring import Keyring
 from keyswap.gateway.mint import sign_compact, token_claims
 from keyswap.gateway.wellknown import issuer_for
+from keyswap.manage.audit import record_event
 
 __all__ = ["mint_token", "tokens"]
 
@@ -200,6 +203,19 @@ def tokens_mint(
             )
         except KeysUnavailable:
             raise ConfigError(_NO_KEYS) from None
+        record_event(
+            manage_context(store),
+            "token.mint",
+            f"consumer:{owner.name}",
+            {
+                "kid": kid,
+                "jti": claims.get("jti"),
+                "issuer": iss,
+                "audience": aud,
+                "scopes": claims.get("scope") or "",
+                "expires_at": claims.get("exp"),
+            },
+        )
     exp = claims["exp"]
     assert isinstance(exp, int)
     if as_json:

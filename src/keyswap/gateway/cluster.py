@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -169,6 +170,7 @@ def build_cluster(
             every=settings.rotate_every,
             min_next_age=keyring.cache_margin,
             clock=clock,
+            audit=_rotation_audit(store, settings.rotate_every, clock),
         )
     return ClusterServices(watcher, listeners=tuple(listeners), rotation=rotation)
 
@@ -181,3 +183,14 @@ def build_rate_limiter(
     if settings.redis_url is None:
         return memory
     return RedisRateLimiter(settings.redis_url, prefix=settings.redis_prefix, fallback=memory)
+
+
+def _rotation_audit(
+    store: Store, every: float, clock: Callable[[], float]
+) -> Callable[[], AbstractContextManager[object]]:
+    """Scheduled rotations go to the audit log as actor ``system:rotation``."""
+    from keyswap.manage.context import audit_retention_from_env
+    from keyswap.manage.signing import scheduled_rotation
+
+    retention = audit_retention_from_env()
+    return lambda: scheduled_rotation(store, every, clock=clock, retention=retention)

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 from keyswap.errors import ConfigError
@@ -57,6 +57,8 @@ class RotationScheduler:
         min_next_age: how long the next key must have been published before it signs, seconds.
         check_interval: seconds between checks (default ``min(60, every / 100)``, at least 1).
         clock: wall-clock seconds.
+        audit: wraps each check-and-rotate (e.g. :func:`keyswap.manage.signing.scheduled_rotation`,
+            which records a rotation in the audit log as actor ``system:rotation``).
 
     Raises:
         ConfigError: non-positive period or interval, negative ``min_next_age``.
@@ -71,6 +73,7 @@ class RotationScheduler:
         min_next_age: float,
         check_interval: float | None = None,
         clock: Callable[[], float] = time.time,
+        audit: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         if not every > 0 or min_next_age < 0:
             raise ConfigError("the rotation period must be positive")
@@ -83,6 +86,7 @@ class RotationScheduler:
         self.min_next_age = float(min_next_age)
         self.check_interval = float(interval)
         self._clock = clock
+        self._audit = audit
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -99,7 +103,8 @@ class RotationScheduler:
             with self._store.exclusive(LOCK_NAME) as mine:
                 if not mine:
                     return False  # another node is rotating right now
-                rotated = self._keyring.rotate_if_due(self.every, self.min_next_age, now)
+                with self._audit() if self._audit is not None else nullcontext():
+                    rotated = self._keyring.rotate_if_due(self.every, self.min_next_age, now)
         except Exception as exc:
             log.error("scheduled signing-key rotation failed (%s); will retry", type(exc).__name__)
             return False

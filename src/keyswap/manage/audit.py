@@ -29,6 +29,7 @@ __all__ = [
     "AuditPage",
     "AuditQuery",
     "list_events",
+    "record_event",
     "recording",
 ]
 
@@ -38,6 +39,40 @@ SECRET_FIELDS = frozenset(
 )
 #: Most events one page lists.
 MAX_PAGE = 1000
+
+
+def _record(
+    ctx: Context, action: str, target: str, changes: Mapping[str, Any] | None
+) -> AuditRecord:
+    fields = dict(changes or {})
+    leaked = sorted(name for name in fields if name.lower() in SECRET_FIELDS)
+    if leaked:
+        raise ValueError(f"an audit event may not carry {', '.join(leaked)}")
+    return AuditRecord(
+        at=ctx.now(),
+        actor_kind=ctx.actor.kind,
+        actor_name=ctx.actor.name,
+        action=action,
+        target=target,
+        changes=fields,
+        request_id=ctx.actor.request_id,
+        client=ctx.actor.client,
+    )
+
+
+def _retention(ctx: Context) -> float | None:
+    return ctx.audit_retention if ctx.audit_retention > 0 else None
+
+
+def record_event(
+    ctx: Context, action: str, target: str, changes: Mapping[str, Any] | None = None
+) -> None:
+    """Record an action that changes nothing in the store (``token.mint``), in its own transaction.
+
+    Raises:
+        ValueError: a changed field's name is one of :data:`SECRET_FIELDS` (a programming error).
+    """
+    ctx.store.append_audit_event(_record(ctx, action, target, changes), retention=_retention(ctx))
 
 
 @contextmanager
@@ -51,22 +86,8 @@ def recording(
     Raises:
         ValueError: a changed field's name is one of :data:`SECRET_FIELDS` (a programming error).
     """
-    fields = dict(changes or {})
-    leaked = sorted(name for name in fields if name.lower() in SECRET_FIELDS)
-    if leaked:
-        raise ValueError(f"an audit event may not carry {', '.join(leaked)}")
-    record = AuditRecord(
-        at=ctx.now(),
-        actor_kind=ctx.actor.kind,
-        actor_name=ctx.actor.name,
-        action=action,
-        target=target,
-        changes=fields,
-        request_id=ctx.actor.request_id,
-        client=ctx.actor.client,
-    )
-    retention = ctx.audit_retention if ctx.audit_retention > 0 else None
-    with ctx.store.recording(record, retention=retention):
+    record = _record(ctx, action, target, changes)
+    with ctx.store.recording(record, retention=_retention(ctx)):
         yield
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -10,8 +11,9 @@ from keyswap.errors import Conflict
 from keyswap.gateway.keyring import Keyring, sort_keys
 from keyswap.manage.actor import Actor
 from keyswap.manage.audit import recording
-from keyswap.manage.context import Context
+from keyswap.manage.context import DEFAULT_AUDIT_RETENTION, Context
 from keyswap.store.models import SigningKeyRecord
+from keyswap.store.sql import Store
 
 __all__ = [
     "Rotation",
@@ -76,8 +78,15 @@ def prune_signing_keys(ctx: Context, keyring: Keyring) -> list[str]:
 
 
 @contextmanager
-def scheduled_rotation(ctx: Context, every: float) -> Iterator[None]:
-    """The audit of a rotation the gateway makes on its schedule (actor ``system:rotation``)."""
-    system = Context(ctx.store, Actor.system("rotation"), ctx.clock, ctx.audit_retention)
+def scheduled_rotation(
+    store: Store,
+    every: float,
+    *,
+    clock: Callable[[], float] = time.time,
+    retention: float = DEFAULT_AUDIT_RETENTION,
+) -> Iterator[None]:
+    """The audit of a rotation the gateway makes on its schedule (actor ``system:rotation``): wrap
+    the rotation with it; nothing is recorded if the block changes nothing."""
+    system = Context(store, Actor.system("rotation"), clock, retention)
     with recording(system, "signing_key.rotate", _TARGET, {"scheduled": True, "every": every}):
         yield

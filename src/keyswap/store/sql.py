@@ -906,6 +906,13 @@ class Store:
             rows = conn.execute(query).all()
         return [_audit(row) for row in rows]
 
+    def append_audit_event(self, record: AuditRecord, *, retention: float | None = None) -> None:
+        """Write an audit event for an action that changes nothing else (e.g. minting a token), in a
+        transaction of its own (no revision bump); with ``retention``, also prune as :meth:`recording`
+        does."""
+        with self._writing(bump=False) as conn:
+            _write_audit(conn, _Recording(self, record, retention))
+
     def prune_audit_events(self, older_than: float) -> int:
         """Delete audit events from before ``older_than`` (epoch seconds); returns how many."""
         with self._writing(bump=False) as conn:
