@@ -118,7 +118,7 @@ def admin_tokens_create(
     secret_file: str | None,
 ) -> None:
     """Create admin token NAME (1-64 of letters, digits, '.', '_', '-'). It is printed once."""
-    with open_store(db_url, existing=True) as store:
+    with open_store(db_url) as store:
         created = manage_tokens.create_admin_token(
             manage_context(store),
             open_secret(store, secret_file),

@@ -17,7 +17,7 @@ from keyswap.store.models import (
     validate_rate_limit,
     validate_scopes,
 )
-from keyswap.store.sql import KEEP, _Keep
+from keyswap.store.sql import KEEP, Keep
 
 __all__ = [
     "KEEP",
@@ -49,21 +49,21 @@ class ConsumerUpdate:
     default), ``"unlimited"`` or ``"<n>/<seconds>s"``; ``max_connections``: ``None`` (the gateway's
     default) or 1-10000."""
 
-    metadata: Mapping[str, Any] | _Keep = KEEP
-    scopes: tuple[str, ...] | _Keep = KEEP
-    rate_limit: str | _Keep | None = KEEP
-    max_connections: int | _Keep | None = KEEP
+    metadata: Mapping[str, Any] | Keep = KEEP
+    scopes: tuple[str, ...] | Keep = KEEP
+    rate_limit: str | Keep | None = KEEP
+    max_connections: int | Keep | None = KEEP
 
     def changed(self) -> dict[str, Any]:
         """The fields given, by name (validated)."""
         fields: dict[str, Any] = {}
-        if not isinstance(self.metadata, _Keep):
+        if not isinstance(self.metadata, Keep):
             fields["metadata"] = validate_metadata(dict(self.metadata))
-        if not isinstance(self.scopes, _Keep):
+        if not isinstance(self.scopes, Keep):
             fields["scopes"] = list(validate_scopes(self.scopes))
-        if not isinstance(self.rate_limit, _Keep):
+        if not isinstance(self.rate_limit, Keep):
             fields["rate_limit"] = validate_rate_limit(self.rate_limit)
-        if not isinstance(self.max_connections, _Keep):
+        if not isinstance(self.max_connections, Keep):
             fields["max_connections"] = validate_max_connections(self.max_connections)
         return fields
 

@@ -69,7 +69,7 @@ from keyswap.store.schema import (
 )
 from keyswap.store.urls import display_url, is_postgres, normalize_database_url, sqlite_file
 
-__all__ = ["KEEP", "NOTIFY_CHANNEL", "CreateMode", "SchemaMode", "Store"]
+__all__ = ["KEEP", "NOTIFY_CHANNEL", "CreateMode", "Keep", "SchemaMode", "Store"]
 
 log = logging.getLogger("keyswap.store")
 
@@ -104,7 +104,7 @@ class _Conflict(Exception):
     """Internal: a conditional update found the row changed; roll the transaction back."""
 
 
-class _Keep:
+class Keep:
     """The type of :data:`KEEP`."""
 
     def __repr__(self) -> str:
@@ -112,7 +112,7 @@ class _Keep:
 
 
 #: For :meth:`Store.update_consumer`: leave this field as it is.
-KEEP = _Keep()
+KEEP = Keep()
 
 
 @dataclass(slots=True)
@@ -498,10 +498,10 @@ class Store:
         self,
         name: str,
         *,
-        metadata: Mapping[str, Any] | _Keep = KEEP,
-        rate_limit: str | _Keep | None = KEEP,
-        max_connections: int | _Keep | None = KEEP,
-        scopes: Iterable[str] | _Keep = KEEP,
+        metadata: Mapping[str, Any] | Keep = KEEP,
+        rate_limit: str | Keep | None = KEEP,
+        max_connections: int | Keep | None = KEEP,
+        scopes: Iterable[str] | Keep = KEEP,
     ) -> Consumer:
         """Change several fields of a consumer in one transaction (:data:`KEEP`: leave it as it is).
 
@@ -510,13 +510,13 @@ class Store:
             NotFound: no such consumer.
         """
         values: dict[str, Any] = {}
-        if not isinstance(metadata, _Keep):
+        if not isinstance(metadata, Keep):
             values["metadata"] = validate_metadata(dict(metadata))
-        if not isinstance(rate_limit, _Keep):
+        if not isinstance(rate_limit, Keep):
             values["rate_limit"] = validate_rate_limit(rate_limit)
-        if not isinstance(max_connections, _Keep):
+        if not isinstance(max_connections, Keep):
             values["max_connections"] = validate_max_connections(max_connections)
-        if not isinstance(scopes, _Keep):
+        if not isinstance(scopes, Keep):
             values["scopes"] = _stored(validate_scopes(scopes))
         if not values:
             consumer = self.get_consumer(name)
