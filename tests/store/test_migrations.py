@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 from keyswap.cli import main
 from keyswap.errors import ConfigError
 from keyswap.store import Store, migrate
+from keyswap.store.models import AuditRecord
 from keyswap.store.schema import SCHEMA_VERSION, metadata
 from tests.support.asgi_server import free_port
 from tests.support.cluster import postgres_schema
@@ -305,5 +306,34 @@ def test_0004_adds_consumer_connection_caps_and_keeps_consumers_and_keys_both_wa
             assert "rate_limit" in names
             keys = conn.execute(sa.text("SELECT id FROM api_keys")).scalars().all()
         assert keys == ["key_old"]  # dropping the column did not cascade to the keys
+    finally:
+        store.close()
+
+
+def test_0006_adds_the_audit_log_and_admin_tokens_and_keeps_the_rest_both_ways(
+    any_url: str,
+) -> None:
+    store = Store(any_url, schema="upgrade")
+    try:
+        store.create_consumer("acme", scopes=("a",))
+        _downgrade(store, "0004")
+        with store.engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+        assert not tables & {"audit_events", "admin_tokens"}
+        upgraded = Store(any_url, schema="upgrade")
+        try:
+            assert upgraded.schema_change == ("0004", migrate.head_revision())
+            consumer = upgraded.get_consumer("acme")
+            assert consumer is not None
+            assert consumer.scopes == ("a",)
+            assert upgraded.list_audit_events() == []
+            assert upgraded.list_admin_tokens() == []
+            record = AuditRecord(1.0, "cli", "alice", "consumer.update", "consumer:acme", {"a": 1})
+            with upgraded.recording(record):
+                upgraded.update_consumer("acme", rate_limit="unlimited")
+            (stored,) = upgraded.list_audit_events()
+            assert (stored.id, stored.changes) == (1, {"a": 1})
+        finally:
+            upgraded.close()
     finally:
         store.close()
