@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
 from keyswap.cli import main
@@ -172,13 +173,26 @@ def test_a_refused_rotation_is_not_audited_and_a_mint_is(db: str) -> None:
     assert token not in json.dumps(events)
 
 
-def test_audit_retention_comes_from_the_environment(db: str) -> None:
-    assert (
-        "KEYSWAP_AUDIT_RETENTION"
-        in run(
-            "consumers", "create", "acme", "--db", db, env={"KEYSWAP_AUDIT_RETENTION": "soon"}
-        ).output
-    )
+def test_a_bad_audit_retention_is_a_usage_error_before_anything_is_created(db: str) -> None:
+    result = run("consumers", "create", "acme", "--db", db, env={"KEYSWAP_AUDIT_RETENTION": "soon"})
+    assert result.exit_code == 2, result.output
+    assert "$KEYSWAP_AUDIT_RETENTION: invalid duration 'soon'" in result.stderr
+    assert not Path(db).exists()
+
+
+def test_the_audit_retention_from_the_environment_prunes_on_write(db: str) -> None:
+    ok("consumers", "create", "old", "--db", db)
+    store = Store(db)
+    try:
+        with store.engine.begin() as conn:  # make the first event 2 days old
+            conn.execute(sa.text("UPDATE audit_events SET at = at - 2 * 86400"))
+    finally:
+        store.close()
+    assert len(ok_json("audit", "list", "--db", db)["events"]) == 1
+    result = run("consumers", "create", "new", "--db", db, env={"KEYSWAP_AUDIT_RETENTION": "1d"})
+    assert result.exit_code == 0, result.output
+    events = ok_json("audit", "list", "--db", db)["events"]
+    assert [e["target"] for e in events] == ["consumer:new"]
 
 
 def test_parse_since_takes_durations_and_iso_dates() -> None:

@@ -244,8 +244,14 @@ def open_store(
     the file and the data directory. With ``$KEYSWAP_REDIS_URL`` set (as for ``keyswap gateway
     --redis``), every change is also announced on Redis (prefix ``$KEYSWAP_REDIS_PREFIX``), so
     gateways sharing a SQLite file hear about it at once; on PostgreSQL the database announces changes
-    itself.
+    itself. A bad ``$KEYSWAP_AUDIT_RETENTION`` is a usage error (exit 2) before anything is opened.
     """
+    from keyswap.manage.context import audit_retention_from_env
+
+    try:  # a bad $KEYSWAP_AUDIT_RETENTION is a usage error, before anything is opened or created
+        audit_retention_from_env()
+    except ConfigError as exc:
+        raise OneLineUsageError(exc.reason) from None
     store = Store(
         resolve_db_url(db_url), schema=schema, create=_create_mode(db_url, existing=existing)
     )
