@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from keyswap.errors import Conflict, InvalidInput, NotFound
+from keyswap.gateway.apikeys import ApiKeys
 from keyswap.gateway.keyring import Keyring
 from keyswap.manage import Actor, Context
 from keyswap.manage.audit import AuditQuery, list_events, record_event, recording
@@ -153,3 +154,11 @@ def test_listing_filters_and_pages_newest_first(store: Store, clock: Clock) -> N
 def test_an_action_without_a_store_change_is_recorded_on_its_own(ctx: Context) -> None:
     record_event(ctx, "token.mint", "consumer:acme", {"kid": "k1"})
     assert events(ctx) == [("cli:alice", "token.mint", "consumer:acme")]
+
+
+def test_a_target_with_braces_is_recorded_as_given(ctx: Context, store: Store) -> None:
+    create_consumer(ctx, NewConsumer("acme"))
+    with recording(ctx, "key.create", "key:{key_id} {other}"):
+        record, _ = ApiKeys(store, secret()).create("acme")
+    (event,) = list_events(ctx, AuditQuery(action="key.create")).events
+    assert event.target == f"key:{record.id} {{other}}"

@@ -928,7 +928,9 @@ class Store:
 def _write_audit(conn: Connection, recording: _Recording) -> None:
     record = recording.record
     facts = recording.facts or {}
-    target = record.target.format_map(facts) if facts and "{" in record.target else record.target
+    target = record.target
+    for name, value in facts.items():  # plain replacement: a stray brace never fails the change
+        target = target.replace("{" + name + "}", str(value))
     conn.execute(
         sa.insert(audit_events).values(
             at=record.at,
