@@ -245,8 +245,8 @@ class Store:
         block runs, on this thread or asyncio task, also inserts the event, so the change and its
         event commit together or not at all; a block that changes nothing records nothing. With
         ``retention`` (seconds), that transaction also deletes events older than ``record.at -
-        retention``. Returns whether it was written through :meth:`recorded` is not needed: see
-        :attr:`keyswap.manage.audit`.
+        retention`` (pruning on write). Nested blocks: the innermost one's event goes with the next
+        change. Used by :mod:`keyswap.manage`, the one place changes are made.
         """
         token = _RECORDING.set(_Recording(self, record, retention))
         try:
