@@ -17,6 +17,7 @@ from keyswap.manage.tokens import (
     NewAdminToken,
     authenticate_admin_token,
     create_admin_token,
+    get_admin_token,
     list_admin_tokens,
     revoke_admin_token,
 )
@@ -39,6 +40,9 @@ def test_a_new_token_authenticates_with_its_name_and_scopes(ctx: Context) -> Non
     assert principal == AdminPrincipal(
         created.record.id, "deploy", ("consumers:write", "keys:write")
     )
+    assert get_admin_token(ctx, created.record.id) == created.record
+    with pytest.raises(NotFound, match="unknown admin token id"):
+        get_admin_token(ctx, "adm_missing")
 
 
 def test_only_an_hmac_of_the_token_is_stored(ctx: Context, store: Store) -> None:

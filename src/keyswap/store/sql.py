@@ -1,5 +1,8 @@
 """The store: consumers, API keys and signing keys over SQLAlchemy Core, on SQLite or PostgreSQL.
 
+Also the audit log (``audit_events``, written in the transaction of the change it records: see
+:meth:`Store.recording`) and the admin tokens of the management plane (``admin_tokens``, HMAC digests).
+
 Every mutation runs in one transaction that first bumps ``meta.revision``. That first write serialises
 writers (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: the row lock on ``meta``), and lets a running gateway
 notice a change made by another process with one cheap query (:meth:`Store.revision`). The one write
