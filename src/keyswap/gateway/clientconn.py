@@ -31,6 +31,10 @@ returns a small subclass of ``HttpToolsProtocol`` that adds, per connection, one
   it answers 503 to *every* connection's requests once the count is reached (the existing clients'
   too) and only when a head arrives.
 
+A ``Connection: Upgrade`` / ``Upgrade: websocket`` request is handed to uvicorn's websocket protocol
+when the server runs with websockets (``keyswap gateway`` does; the app checks it like any request),
+except on a connection over the cap (503) or behind an unfinished pipelined request (plain HTTP).
+
 Cost per request: no timer for a request without a body (the head timer is re-armed only when a request
 starts on an idle connection); one ``call_later`` per request with a body.
 """
@@ -167,11 +171,25 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
             self.send_400_response(msg)
             return
         except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self._body_pending = self._head_pending = False
+                self._disarm()
+                self.handle_websocket_upgrade()  # the websocket protocol owns the transport now
+                return
             self._unsupported_upgrade_warning()
         if self._body_pending and self._timer is None and not self.transport.is_closing():
             now = self.loop.time()
             self._body_start = self._body_last = now
             self._arm(min(self.limits.body_timeout, self.limits.body_deadline), self._on_body_timer)
+
+    def _should_upgrade(self) -> bool:
+        # Not for a connection over the cap (it gets its 503), nor while an earlier pipelined request
+        # is still being answered (the upgrade is then treated as a plain request).
+        if self.limit_concurrency == 0:
+            return False
+        if self.cycle is not None and not self.cycle.response_complete:
+            return False
+        return bool(super()._should_upgrade())
 
     # -- parser callbacks ----------------------------------------------------------------------
 
