@@ -35,6 +35,10 @@ A ``Connection: Upgrade`` / ``Upgrade: websocket`` request is handed to uvicorn'
 when the server runs with websockets (``keyswap gateway`` does; the app checks it like any request),
 except on a connection over the cap (503) or behind an unfinished pipelined request (plain HTTP).
 
+On a graceful shutdown (SIGTERM) a request whose head is arriving is still answered and a connection
+that has not sent its first request yet gets a few seconds to send it (:meth:`~GuardedHttpToolsProtocol.
+shutdown`); both are answered with ``Connection: close``.
+
 Cost per request: no timer for a request without a body (the head timer is re-armed only when a request
 starts on an idle connection); one ``call_later`` per request with a body.
 """
@@ -51,6 +55,7 @@ from keyswap.errors import ConfigError
 from keyswap.serverproto import HeadOnlyHttpToolsProtocol
 
 __all__ = [
+    "DRAIN_NEW_CONNECTION_GRACE",
     "OVER_CAP_HEAD_TIMEOUT",
     "ClientLimits",
     "GuardedHttpToolsProtocol",
@@ -60,6 +65,9 @@ __all__ = [
 
 #: Seconds a connection over the cap has to send its head (then it is answered 503 and closed).
 OVER_CAP_HEAD_TIMEOUT = 1.0
+
+#: Seconds a connection accepted just before a graceful shutdown has to send its first request.
+DRAIN_NEW_CONNECTION_GRACE = 5.0
 
 _TIMEOUT_BODY = b"Request timeout"
 _REQUEST_TIMEOUT = (
@@ -129,6 +137,7 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
         self._body_last = 0.0
         self._send_timer: asyncio.TimerHandle | None = None
         self._send_buffered = 0
+        self._draining = False
 
     # -- timers --------------------------------------------------------------------------------
 
@@ -191,6 +200,26 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
             return False
         return bool(super()._should_upgrade())
 
+    def shutdown(self) -> None:
+        """Graceful shutdown (uvicorn calls it on every connection when the server drains).
+
+        uvicorn closes a connection at once unless a response is under way. Here a request whose head
+        is arriving is still answered, and a new connection that has not sent its first request yet
+        gets :data:`DRAIN_NEW_CONNECTION_GRACE` seconds to send it (``Connection: close`` either
+        way): the kernel accepted it before the server stopped listening, so its client is sending. An
+        idle keep-alive connection is closed at once (its client retries on a new connection).
+        """
+        self._draining = True
+        if self._head_pending:
+            return  # the head timer still runs; the answer closes the connection
+        cycle: Any = self.cycle  # None until the first request head (typed as never None)
+        if cycle is None and not self.transport.is_closing():
+            self._arm(
+                min(DRAIN_NEW_CONNECTION_GRACE, self.limits.head_timeout), self._on_head_timeout
+            )
+            return
+        super().shutdown()
+
     # -- parser callbacks ----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -205,6 +234,8 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
         self._disarm()
         self._body_pending = True  # until on_message_complete says otherwise (same feed, no body)
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
         self._body_last = self.loop.time()
