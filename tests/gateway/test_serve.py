@@ -217,7 +217,7 @@ def test_a_rolling_restart_under_steady_traffic_fails_no_request(
                 nodes[i].process.send_signal(signal.SIGTERM)
                 codes.append(exit_code(nodes[i]))
                 nodes[i] = start_gateway(db, server.url, port)
-                eventually(lambda before=before: load.ok > before + 20, timeout=20)
+                eventually(lambda: load.ok > before + 20, timeout=20)  # noqa: B023
     finally:
         for node in nodes:
             node.stop()
