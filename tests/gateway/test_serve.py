@@ -224,3 +224,40 @@ def test_a_rolling_restart_under_steady_traffic_fails_no_request(
     assert load.failures == []
     assert codes == [0, 0]
     assert load.ok > 40
+
+
+def test_a_connection_opened_before_sigterm_still_gets_its_request_answered(
+    tmp_path: Path, upstream: tuple[SlowUpstream, ServerThread]
+) -> None:
+    app, server = upstream
+    db, key = db_with_key(tmp_path)
+    port = free_port()
+    gateway = start_gateway(db, server.url, port, "--drain-timeout", "10")
+    try:
+        # One request in flight keeps the node draining; a second connection is open but silent.
+        client = threading.Thread(
+            target=lambda: httpx.get(
+                f"{gateway.url}/slow/2", headers={"Authorization": f"Bearer {key}"}, timeout=20
+            )
+        )
+        client.start()
+        eventually(lambda: app.in_flight == 1)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as quiet:
+            time.sleep(0.2)  # accepted by the server
+            gateway.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)  # the drain has begun: uvicorn alone would have closed this connection
+            quiet.sendall(
+                b"GET /fast HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer "
+                + key.encode()
+                + b"\r\n\r\n"
+            )
+            answer = b""
+            while chunk := quiet.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert b"\r\nconnection: close\r\n" in answer.lower()
+        assert answer.endswith(b"done")
+        client.join(20)
+        assert exit_code(gateway) == 0
+    finally:
+        gateway.stop()

@@ -59,6 +59,8 @@ def run_workers(count: int, worker: Callable[[Callable[[], None]], int]) -> int:
     os.set_blocking(ready_r, False)
     children: dict[int, bool] = {}  # pid -> has been ready
 
+    parent = os.getpid()
+
     def spawn() -> int:
         pid = os.fork()
         if pid == 0:  # the worker
@@ -66,6 +68,9 @@ def run_workers(count: int, worker: Callable[[Callable[[], None]], int]) -> int:
             try:
                 os.close(ready_r)
                 os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which passes it on
+                _drain_when_orphaned()
+                if os.getppid() != parent:  # the parent died before that took effect
+                    os._exit(1)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
 
@@ -124,6 +129,19 @@ def run_workers(count: int, worker: Callable[[Callable[[], None]], int]) -> int:
         os.close(ready_r)
         os.close(ready_w)
     return 1 if failed else 0
+
+
+def _drain_when_orphaned() -> None:
+    """Linux: SIGTERM this worker when the parent dies (killed with SIGKILL, say), so that no worker
+    keeps serving unsupervised; elsewhere nothing."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
 
 
 def _read_ready(fd: int, children: dict[int, bool]) -> None:
