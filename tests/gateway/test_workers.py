@@ -118,7 +118,7 @@ def test_a_worker_that_dies_is_replaced(
     gateway = KeyswapProcess(args, f"http://127.0.0.1:{port}")
     try:
         gateway.wait_ready("/__keyswap/health")
-        eventually(lambda: len(children(gateway.process.pid)) == 2, timeout=20)
+        eventually(lambda: gateway.log().count(" serving\n") == 2, timeout=20)
         first, second = children(gateway.process.pid)
         os.kill(first, signal.SIGKILL)
         eventually(
@@ -135,6 +135,7 @@ def test_a_worker_that_dies_is_replaced(
     finally:
         log = gateway.stop()
     assert f"gateway worker {first} exited" in log
+    assert log.count(" serving\n") == 3  # two, then the replacement
 
 
 @pytest.mark.slow

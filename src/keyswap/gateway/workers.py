@@ -154,5 +154,6 @@ def _read_ready(fd: int, children: dict[int, bool]) -> None:
             return
         for i in range(0, len(data) - 3, 4):
             pid = int.from_bytes(data[i : i + 4], "big")
-            if pid in children:
+            if pid in children and not children[pid]:
                 children[pid] = True
+                logger.info("gateway worker %d serving", pid)
