@@ -44,6 +44,7 @@ Send = Callable[[Message], Any]
 _NOT_COPIED = frozenset({b"host", b"upgrade", b"connection"})
 _CLOSE_GOING_AWAY = 1001
 _CLOSE_NORMAL = 1000
+_CLOSE_WRITE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,8 +200,13 @@ async def _pump(
             left = min(last + limits.idle_timeout, started + limits.max_lifetime) - now
             if left <= 0:
                 reason = "idle timeout" if now >= last + limits.idle_timeout else "max lifetime"
+                # Bounded: a client that reads nothing would block the close frame forever (uvicorn's
+                # ping timeout then drops its connection).
                 with contextlib.suppress(Exception):
-                    await send({"type": "websocket.close", "code": 1001, "reason": reason})
+                    await asyncio.wait_for(
+                        send({"type": "websocket.close", "code": 1001, "reason": reason}),
+                        _CLOSE_WRITE_TIMEOUT,
+                    )
                 return
             await asyncio.sleep(min(left, 1.0))
 
