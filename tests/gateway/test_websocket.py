@@ -22,11 +22,15 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from keyswap.gateway.apikeys import ApiKeys
 from keyswap.gateway.clientconn import ClientLimits, protocol_class
 from keyswap.gateway.cluster import ClusterSettings
 from keyswap.gateway.ratelimit import Rate
+from keyswap.gateway.secret import load_secret
 from keyswap.gateway.wsrelay import WebSocketLimits
-from tests.support.asgi_server import serving
+from keyswap.store import Store
+from tests.support.asgi_server import free_port, serving
+from tests.support.keyswap_process import running_keyswap
 from tests.support.running_gateway import Gateway, eventually, running_gateway
 from tests.support.upstream import recording_upstream
 from tests.support.ws_upstream import WsUpstream, ws_upstream
@@ -283,3 +287,33 @@ def test_with_websockets_on_an_h2c_upgrade_is_still_plain_http_and_never_forward
         assert answer.startswith(b"HTTP/1.1 200 ")
         names = {name.lower() for name, _ in plain.last.headers}
         assert not names & {b"upgrade", b"http2-settings", b"connection"}
+
+
+@pytest.mark.slow
+def test_a_real_keyswap_gateway_process_relays_websockets(
+    tmp_path: Path, upstream: WsUpstream
+) -> None:
+    db_url = f"sqlite:///{tmp_path / 'keyswap.db'}"
+    store = Store(db_url)
+    try:
+        store.create_consumer("acme", {})
+        _, key = ApiKeys(store, load_secret(db_url, env={})).create("acme")
+    finally:
+        store.close()
+    port = free_port()
+    args = ["gateway", "--upstream", upstream.url, "--port", str(port), "--db", db_url,
+            "--alg", "ES256", "--websocket-idle-timeout", "0.5"]  # fmt: skip
+    with (
+        running_keyswap(args, port=port, ready_path="/__keyswap/health") as process,
+        connect(
+            f"ws://127.0.0.1:{port}/echo",
+            additional_headers={"Authorization": f"Bearer {key}"},
+            open_timeout=5,
+        ) as ws,
+    ):
+        ws.send("through the real thing")
+        assert ws.recv(timeout=5) == "through the real thing"
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+        assert ws.close_reason == "idle timeout"
+    assert key not in process.log()
