@@ -28,6 +28,10 @@ are never proxied. Refusals (written by the gateway, never reaching the upstream
                               database timeout, for a key not known here (Retry-After: 5)
     504  Gateway timeout      upstream slower than the upstream timeout
 
+WebSockets (``Upgrade: websocket``, when the server runs with them): the same checks in the same order,
+refusals answered as the same plain HTTP responses before any ``101``, then the websocket is relayed to
+the upstream with the minted JWT (:mod:`keyswap.gateway.wsrelay`).
+
 Lifespan: start-up opens the connection pool, starts the store's ``ChangeWatcher`` with its push
 channels and the rotation scheduler (:mod:`keyswap.gateway.cluster`; on every store revision change:
 clear the API-key cache, reload the keyring, re-render the JWKS, flush minted tokens) and a task
@@ -79,6 +83,7 @@ from keyswap.gateway.ratelimit import (
 )
 from keyswap.gateway.storecalls import StoreCalls, StoreTimeout
 from keyswap.gateway.wellknown import DEFAULT_MAX_AGE, WellKnown, issuer_for
+from keyswap.gateway.wsrelay import WebSocketLimits, handshake_headers, relay, upstream_ws_url
 
 __all__ = [
     "ApiKeysLike",
@@ -315,6 +320,8 @@ class GatewayApp:
         store_calls: runs cache misses on a few threads, each awaited for a bounded time (default
             :class:`~keyswap.gateway.storecalls.StoreCalls`: 2 s, 8 threads); past it the key is
             answered from memory as in an outage (``api_keys.store_timed_out(key, now)``), else 503.
+        websocket_limits: idle and lifetime bounds of relayed websockets
+            (:mod:`keyswap.gateway.wsrelay`; served only when the server runs with websockets).
     """
 
     def __init__(
@@ -330,8 +337,10 @@ class GatewayApp:
         rate_limiter: RateLimiter | None = None,
         default_rate: Rate | None = None,
         store_calls: StoreCalls | None = None,
+        websocket_limits: WebSocketLimits | None = None,
     ) -> None:
         self.settings = settings
+        self.websocket_limits = websocket_limits or WebSocketLimits()
         self.store_calls = store_calls or StoreCalls()
         self.rate_limiter = rate_limiter
         self._default_rate = default_rate
@@ -451,8 +460,8 @@ class GatewayApp:
             await self._http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
-        elif kind == "websocket":  # not proxied: refuse the handshake (403)
-            await send({"type": "websocket.close", "code": 1008})
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -553,6 +562,97 @@ class GatewayApp:
         finally:
             self._access.log(method, raw_path, status, consumer, key_id, started)
 
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A websocket handshake: the same checks as any request, refusals answered as plain HTTP
+        (``websocket.http.response``), then relayed to the upstream (:mod:`keyswap.gateway.wsrelay`)."""
+        started = time.perf_counter()
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        consumer: str | None = None
+        key_id: str | None = None
+        status = 500
+
+        async def refuse(response: tuple[int, list[tuple[bytes, bytes]], bytes]) -> int:
+            code, headers, body = response
+            if "websocket.http.response" not in scope.get("extensions", {}):
+                await send({"type": "websocket.close", "code": 1008})
+                return code
+            await send(
+                {"type": "websocket.http.response.start", "status": code, "headers": headers}
+            )
+            await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+            return code
+
+        try:
+            if raw_path.startswith(_RESERVED):  # the gateway's own documents are not websockets
+                status = await refuse(BAD_REQUEST)
+                return
+            try:
+                principal = await self._authenticate(_api_key_from(scope["headers"]))
+            except _NoKey:
+                status = await refuse(NO_API_KEY)
+                return
+            except InvalidApiKey:
+                status = await refuse(INVALID_API_KEY)
+                return
+            except _StoreDown:
+                status = await refuse(UNAVAILABLE)
+                return
+            consumer, key_id = principal.consumer, principal.key_id
+            if self.rate_limiter is not None:
+                rate = rate_for(getattr(principal, "rate_limit", None), self._default_rate)
+                if rate is not None:
+                    decision = await self.rate_limiter.hit(
+                        getattr(principal, "consumer_id", 0), rate
+                    )
+                    if not decision.allowed:
+                        status = await refuse(too_many_requests(decision))
+                        return
+            try:
+                target = self.proxy.target(raw_path, scope.get("query_string", b""))
+                token = self.minter.token_for(principal).token
+                headers = forwarded_request_headers(
+                    scope["headers"],
+                    client=scope.get("client"),
+                    scheme="https" if scope.get("scheme") == "wss" else "http",
+                    trust_forwarded=self.settings.trust_forwarded,
+                    policy=self.settings.header_policy,
+                )
+            except BadTarget:
+                status = await refuse(BAD_REQUEST)
+                return
+            except HeadersTooLarge:
+                status = await refuse(HEADERS_TOO_LARGE)
+                return
+            except (KeysUnavailable, ConfigError) as exc:
+                logger.error("cannot mint a token: %s", exc.reason)
+                status = await refuse(UNAVAILABLE)
+                return
+            headers["authorization"] = "Bearer " + token
+            holder: int = getattr(principal, "consumer_id", 0)
+            held = self.in_flight.get(holder, 0)
+            if held >= self._connection_cap(principal):
+                status = await refuse(TOO_MANY_CONNECTIONS)
+                return
+            self.in_flight[holder] = held + 1
+            try:
+                status = await relay(
+                    scope,
+                    receive,
+                    send,
+                    upstream_ws_url(self.settings.upstream, target),
+                    handshake_headers(headers.items),
+                    self.websocket_limits,
+                    open_timeout=self.settings.upstream_timeout,
+                )
+            finally:
+                left = self.in_flight[holder] - 1
+                if left:
+                    self.in_flight[holder] = left
+                else:
+                    del self.in_flight[holder]
+        finally:
+            self._access.log("GET", raw_path, status, consumer, key_id, started)
+
     def _connection_cap(self, principal: PrincipalLike) -> int:
         """The consumer's own cap on requests in flight (``consumers.max_connections``), else the
         gateway's ``max_connections_per_consumer``."""
@@ -596,6 +696,7 @@ def build_gateway(
     env: Mapping[str, str] | None = None,
     clock: Callable[[], float] = time.time,
     cluster: ClusterSettings | None = None,
+    websocket_limits: WebSocketLimits | None = None,
 ) -> GatewayApp:
     """The gateway over the store at ``db_url``: API keys, keyring, change watcher, all wired.
 
@@ -668,6 +769,7 @@ def build_gateway(
             rate_limiter=build_rate_limiter(cluster, clock=clock),
             default_rate=cluster.rate_limit,
             store_calls=StoreCalls(cluster.db_timeout),
+            websocket_limits=websocket_limits,
         )
     except BaseException:
         store.close()

@@ -81,6 +81,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from keyswap.gateway.app import GatewayApp
     from keyswap.gateway.cluster import ClusterSettings
     from keyswap.gateway.ratelimit import Rate
     from keyswap.manage.context import Context
@@ -162,6 +163,22 @@ class RateType(click.ParamType):  # type: ignore[type-arg]  # generic only in cl
         except KeyswapError as exc:
             words = " or ".join(repr(k) for k in self.keywords if k)
             self.fail(f"{exc.reason}; or {words}" if words else exc.reason, param, ctx)
+
+
+class WorkersType(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """``--workers``: a count (1-1024) or ``auto`` (one per CPU)."""
+
+    name = "workers"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from keyswap.gateway.workers import resolve_workers
+
+        if isinstance(value, int):
+            return value
+        try:
+            return resolve_workers(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not a worker count (1-1024) or 'auto'", param, ctx)
 
 
 class ParsedType(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
@@ -1245,6 +1262,46 @@ def _url_host(host: str) -> str:
     help="A request waits this long for the database, then is answered as during an outage "
     "(PostgreSQL: also the statement timeout). $KEYSWAP_DB_TIMEOUT.",
 )
+@click.option(
+    "--workers",
+    envvar="KEYSWAP_WORKERS",
+    metavar="N|auto",
+    type=WorkersType(),
+    default="1",
+    show_default=True,
+    help="Processes serving the one listening socket, each with its own caches; auto = one per CPU. "
+    "$KEYSWAP_WORKERS.",
+)
+@click.option(
+    "--drain-timeout",
+    envvar="KEYSWAP_DRAIN_TIMEOUT",
+    metavar="SECONDS",
+    type=Seconds(0.001, 3600),
+    default="30",
+    show_default=True,
+    help="On SIGTERM: stop accepting, let requests in flight finish for at most this long, exit 0. "
+    "$KEYSWAP_DRAIN_TIMEOUT.",
+)
+@click.option(
+    "--websocket-idle-timeout",
+    envvar="KEYSWAP_WEBSOCKET_IDLE_TIMEOUT",
+    metavar="DURATION",
+    type=Seconds(0.001, 86400),
+    default="5m",
+    show_default=True,
+    help="A relayed websocket with no message either way for this long is closed. "
+    "$KEYSWAP_WEBSOCKET_IDLE_TIMEOUT.",
+)
+@click.option(
+    "--websocket-max-lifetime",
+    envvar="KEYSWAP_WEBSOCKET_MAX_LIFETIME",
+    metavar="DURATION",
+    type=Seconds(0.001, 7 * 86400),
+    default="1h",
+    show_default=True,
+    help="A relayed websocket is closed after this long (its key is checked at the handshake only). "
+    "$KEYSWAP_WEBSOCKET_MAX_LIFETIME.",
+)
 @key_prefix_option
 @db_option
 @secret_file_option
@@ -1276,6 +1333,10 @@ def gateway(
     rate_limit: Rate | None,
     outage_grace: float,
     db_timeout: float,
+    workers: int,
+    drain_timeout: float,
+    websocket_idle_timeout: float,
+    websocket_max_lifetime: float,
     key_prefix: str,
     db_url: str | None,
     secret_file: str | None,
@@ -1289,9 +1350,12 @@ def gateway(
     from keyswap.gateway.clientconn import ClientLimits, default_max_client_connections
     from keyswap.gateway.cluster import ClusterSettings
     from keyswap.gateway.serve import configure_logging, run_until_signal, server_config
+    from keyswap.gateway.workers import run_workers
+    from keyswap.gateway.wsrelay import WebSocketLimits
     from keyswap.ports import bind_listeners
 
     try:
+        websocket_limits = WebSocketLimits(websocket_idle_timeout, websocket_max_lifetime)
         settings = GatewaySettings(
             upstream=upstream.strip(),
             public_url=(public_url or f"http://{_url_host(host)}:{port}").strip(),
@@ -1334,7 +1398,13 @@ def gateway(
     sockets = bind_listeners(host, port)
     try:
         configure_logging(log_level)
-        app = build_gateway(settings, db_url=url, secret_file=secret_file, cluster=cluster)
+        app = build_gateway(
+            settings,
+            db_url=url,
+            secret_file=secret_file,
+            cluster=cluster,
+            websocket_limits=websocket_limits,
+        )
         app.prepare()
         redis_up = cluster.redis_url is None or _redis_reachable(cluster.redis_url)
     except BaseException:
@@ -1347,8 +1417,48 @@ def gateway(
         err=True,
     )
     click.echo(_cluster_banner(cluster, postgres=is_postgres(url), redis_up=redis_up), err=True)
-    config = server_config(app, host, port, log_level=log_level, client_limits=client_limits)
-    if run_until_signal([config], sockets=[sockets]):
+    if workers > 1:
+        click.echo(
+            f"{workers} worker processes, each with its own caches"
+            + ("" if cluster.redis_url else "; rate limits are counted per worker (give --redis)"),
+            err=True,
+        )
+
+    def serve(served: GatewayApp, on_ready: Callable[[], None] | None = None) -> int:
+        config = server_config(
+            served,
+            host,
+            port,
+            log_level=log_level,
+            client_limits=client_limits,
+            drain_timeout=drain_timeout,
+            websockets=True,
+        )
+        return run_until_signal([config], sockets=[sockets], on_ready=on_ready)
+
+    def worker(on_ready: Callable[[], None]) -> int:  # in a forked worker: its own gateway
+        served = build_gateway(
+            settings,
+            db_url=url,
+            secret_file=secret_file,
+            cluster=cluster,
+            websocket_limits=websocket_limits,
+        )
+        served.prepare()
+        return serve(served, on_ready)
+
+    if workers == 1:
+        failed = serve(app)
+    else:
+        import asyncio
+
+        asyncio.run(app.shutdown())  # the parent only checked the set-up; workers build their own
+        try:
+            failed = run_workers(workers, worker)
+        finally:
+            for sock in sockets:
+                sock.close()
+    if failed:
         raise click.ClickException("the gateway could not start (see the message above)")
 
 

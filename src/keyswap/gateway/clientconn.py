@@ -31,6 +31,14 @@ returns a small subclass of ``HttpToolsProtocol`` that adds, per connection, one
   it answers 503 to *every* connection's requests once the count is reached (the existing clients'
   too) and only when a head arrives.
 
+A ``Connection: Upgrade`` / ``Upgrade: websocket`` request is handed to uvicorn's websocket protocol
+when the server runs with websockets (``keyswap gateway`` does; the app checks it like any request),
+except on a connection over the cap (503) or behind an unfinished pipelined request (plain HTTP).
+
+On a graceful shutdown (SIGTERM) a request whose head is arriving is still answered and a connection
+that has not sent its first request yet gets a few seconds to send it (:meth:`~GuardedHttpToolsProtocol.
+shutdown`); both are answered with ``Connection: close``.
+
 Cost per request: no timer for a request without a body (the head timer is re-armed only when a request
 starts on an idle connection); one ``call_later`` per request with a body.
 """
@@ -47,6 +55,7 @@ from keyswap.errors import ConfigError
 from keyswap.serverproto import HeadOnlyHttpToolsProtocol
 
 __all__ = [
+    "DRAIN_NEW_CONNECTION_GRACE",
     "OVER_CAP_HEAD_TIMEOUT",
     "ClientLimits",
     "GuardedHttpToolsProtocol",
@@ -56,6 +65,9 @@ __all__ = [
 
 #: Seconds a connection over the cap has to send its head (then it is answered 503 and closed).
 OVER_CAP_HEAD_TIMEOUT = 1.0
+
+#: Seconds a connection accepted just before a graceful shutdown has to send its first request.
+DRAIN_NEW_CONNECTION_GRACE = 5.0
 
 _TIMEOUT_BODY = b"Request timeout"
 _REQUEST_TIMEOUT = (
@@ -125,6 +137,7 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
         self._body_last = 0.0
         self._send_timer: asyncio.TimerHandle | None = None
         self._send_buffered = 0
+        self._draining = False
 
     # -- timers --------------------------------------------------------------------------------
 
@@ -167,11 +180,45 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
             self.send_400_response(msg)
             return
         except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self._body_pending = self._head_pending = False
+                self._disarm()
+                self.handle_websocket_upgrade()  # the websocket protocol owns the transport now
+                return
             self._unsupported_upgrade_warning()
         if self._body_pending and self._timer is None and not self.transport.is_closing():
             now = self.loop.time()
             self._body_start = self._body_last = now
             self._arm(min(self.limits.body_timeout, self.limits.body_deadline), self._on_body_timer)
+
+    def _should_upgrade(self) -> bool:
+        # Not for a connection over the cap (it gets its 503), nor while an earlier pipelined request
+        # is still being answered (the upgrade is then treated as a plain request).
+        if self.limit_concurrency == 0:
+            return False
+        if self.cycle is not None and not self.cycle.response_complete:
+            return False
+        return bool(super()._should_upgrade())
+
+    def shutdown(self) -> None:
+        """Graceful shutdown (uvicorn calls it on every connection when the server drains).
+
+        uvicorn closes a connection at once unless a response is under way. Here a request whose head
+        is arriving is still answered, and a new connection that has not sent its first request yet
+        gets :data:`DRAIN_NEW_CONNECTION_GRACE` seconds to send it (``Connection: close`` either
+        way): the kernel accepted it before the server stopped listening, so its client is sending. An
+        idle keep-alive connection is closed at once (its client retries on a new connection).
+        """
+        self._draining = True
+        if self._head_pending:
+            return  # the head timer still runs; the answer closes the connection
+        cycle: Any = self.cycle  # None until the first request head (typed as never None)
+        if cycle is None and not self.transport.is_closing():
+            self._arm(
+                min(DRAIN_NEW_CONNECTION_GRACE, self.limits.head_timeout), self._on_head_timeout
+            )
+            return
+        super().shutdown()
 
     # -- parser callbacks ----------------------------------------------------------------------
 
@@ -187,6 +234,8 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
         self._disarm()
         self._body_pending = True  # until on_message_complete says otherwise (same feed, no body)
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
         self._body_last = self.loop.time()

@@ -21,7 +21,7 @@ import uvicorn
 from keyswap.gateway.clientconn import ClientLimits, protocol_class
 from keyswap.serverproto import http_protocol
 
-__all__ = ["configure_logging", "run_until_signal", "server_config"]
+__all__ = ["DrainGuard", "configure_logging", "run_until_signal", "server_config"]
 
 logger = logging.getLogger("keyswap.gateway")
 
@@ -37,6 +37,8 @@ def server_config(
     *,
     log_level: str = "info",
     client_limits: ClientLimits | None = None,
+    drain_timeout: float = 10.0,
+    websockets: bool = False,
 ) -> uvicorn.Config:
     """A uvicorn config for a keyswap server: uvloop when installed, httptools (request trailers
     dropped: :mod:`keyswap.serverproto`), no uvicorn access log
@@ -45,6 +47,11 @@ def server_config(
 
     ``client_limits`` (the gateway's) serves with :mod:`keyswap.gateway.clientconn`'s protocol: head,
     keep-alive, request-body and response-write timeouts and a connection cap.
+
+    ``drain_timeout``: on SIGTERM, how long requests in flight may take to finish before they are
+    cancelled (``--drain-timeout``). ``websockets``: accept ``Upgrade: websocket`` requests (the app
+    sees a ``websocket`` scope; uvicorn's sans-I/O ``websockets`` protocol, 1 MiB messages, no
+    compression, pings every 20 s).
     """
     http: Any = http_protocol()
     keep_alive = 5.0
@@ -52,13 +59,15 @@ def server_config(
         http = protocol_class(client_limits)
         keep_alive = client_limits.keep_alive_timeout
     return uvicorn.Config(
-        app,
+        DrainGuard(app, drain_timeout),
         host=host,
         port=port,
         loop=_available("uvloop"),
         http=http,
         timeout_keep_alive=keep_alive,  # type: ignore[arg-type]
-        ws="none",
+        ws="websockets-sansio" if websockets else "none",
+        ws_max_size=1 << 20,
+        ws_per_message_deflate=False,
         lifespan="on",
         log_config=None,
         log_level=log_level.lower(),
@@ -66,7 +75,7 @@ def server_config(
         proxy_headers=False,
         server_header=False,
         date_header=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=None,  # the drain timeout is DrainGuard's (_Server.shutdown)
     )
 
 
@@ -76,6 +85,83 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's graceful shutdown, bounded by the app's :class:`DrainGuard` timeout: past it
+        the requests still in flight are cut (``503`` if their response has not started) and every
+        connection closed, so the process exits 0 without a traceback."""
+        # The listeners take no new connections (_stop_listening): accept what they have queued.
+        await asyncio.sleep(0.05)
+        guard = self.config.app
+        if not isinstance(guard, DrainGuard):
+            await super().shutdown(sockets)
+            return
+        drain = asyncio.ensure_future(super().shutdown(sockets))
+        done, _ = await asyncio.wait({drain}, timeout=guard.drain_timeout)
+        if not done:
+            state = self.server_state
+            logger.warning(
+                "drain timeout (%g s) exceeded: cutting %d request(s) still in flight",
+                guard.drain_timeout,
+                len(state.tasks),
+            )
+            guard.cut = True
+            for task in list(state.tasks):
+                task.cancel()
+            await asyncio.sleep(0.1)  # the cut requests write their 503
+            for connection in list(state.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.close()
+        await drain
+
+
+class DrainGuard:
+    """The served app, wrapped so that a request cut at the drain timeout ends cleanly.
+
+    uvicorn cancels the requests still running when its graceful shutdown times out, which it logs
+    as an exception with a traceback and answers ``500``. Here a cancelled request whose response
+    has not started is answered ``503 Service unavailable`` (``Retry-After: 1``, the client may retry
+    on another node); one already streaming just ends (uvicorn closes its connection).
+    """
+
+    def __init__(self, app: Any, drain_timeout: float) -> None:
+        self.app = app
+        self.drain_timeout = drain_timeout
+        #: Set once the drain timeout has passed; cancellations are then the drain's.
+        self.cut = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except asyncio.CancelledError:
+            if not self.cut:
+                raise
+            if not started:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 503,
+                        "headers": [
+                            (b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", b"19"),
+                            (b"retry-after", b"1"),
+                            (b"connection", b"close"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b"Service unavailable"})
 
 
 def run_until_signal(
@@ -128,6 +214,9 @@ async def _serve_all(
             if server.should_exit:
                 server.force_exit = True
             server.should_exit = True
+        for _, listeners in pairs:
+            for sock in listeners or []:
+                _stop_listening(sock)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
@@ -150,6 +239,38 @@ async def _serve_all(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return 1 if failed else 0
+
+
+def _stop_listening(sock: socket.socket) -> None:
+    """Make the kernel complete no new connection on ``sock`` while keeping those it has queued.
+
+    Closing a listener resets the connections still in its accept queue (handshake done, not yet
+    accepted): clients that were already connected. So on a signal, before uvicorn closes its
+    listeners, a drop-everything socket filter is attached (Linux): new SYNs are dropped and the
+    client retries them a second later, by when the port is closed (connection refused) or, with
+    several nodes on one ``SO_REUSEPORT`` port, served by another; the event loop meanwhile accepts
+    what is queued (:meth:`_Server.shutdown` waits a moment for it). Elsewhere the backlog is shrunk
+    to the minimum instead, which narrows that window without closing it.
+    """
+    try:
+        _attach_drop_filter(sock)
+    except (OSError, AttributeError, ValueError):
+        with contextlib.suppress(OSError):
+            sock.listen(0)
+
+
+def _attach_drop_filter(sock: socket.socket) -> None:
+    import ctypes
+    import struct
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        raise ValueError("socket filters are Linux-only")
+    # One classic BPF instruction: BPF_RET | BPF_K with 0 (accept 0 bytes = drop).
+    program = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))
+    fprog = struct.pack("HP", 1, ctypes.addressof(program))
+    so_attach_filter = 26
+    sock.setsockopt(socket.SOL_SOCKET, so_attach_filter, fprog)
 
 
 def configure_logging(level: str) -> None:

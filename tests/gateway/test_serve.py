@@ -1,0 +1,263 @@
+"""Graceful drain of a real ``keyswap gateway`` process: SIGTERM, requests in flight finish, exit 0.
+
+Real ``keyswap gateway`` subprocesses over one SQLite file, a real upstream, and for the rolling
+restart a tiny TCP load balancer (:mod:`tests.support.balancer`) in front of two gateways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from keyswap.gateway.apikeys import ApiKeys
+from keyswap.gateway.secret import load_secret
+from keyswap.store import Store
+from tests.support.asgi_server import ServerThread, free_port, serving
+from tests.support.balancer import balancing
+from tests.support.keyswap_process import KeyswapProcess
+from tests.support.running_gateway import eventually
+
+pytestmark = pytest.mark.slow
+
+
+class SlowUpstream:
+    """``/slow/<seconds>`` answers ``done`` after that long; anything else at once."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.finished = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        self.in_flight += 1
+        try:
+            if path.startswith("/slow/"):
+                await asyncio.sleep(float(path.rsplit("/", 1)[1]))
+        finally:
+            self.in_flight -= 1
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"4")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"done"})
+        self.finished += 1
+
+
+@pytest.fixture
+def upstream() -> Iterator[tuple[SlowUpstream, ServerThread]]:
+    app = SlowUpstream()
+    with serving(app, lifespan="off") as server:
+        yield app, server
+
+
+def db_with_key(tmp_path: Path) -> tuple[Path, str]:
+    db_path = tmp_path / "keyswap.db"
+    db_url = f"sqlite:///{db_path}"
+    store = Store(db_url)
+    try:
+        store.create_consumer("acme", {})
+        _, key = ApiKeys(store, load_secret(db_url, env={})).create("acme")
+    finally:
+        store.close()
+    return db_path, key
+
+
+def start_gateway(db: Path, upstream_url: str, port: int, *extra: str) -> KeyswapProcess:
+    args = [
+        "gateway",
+        "--upstream", upstream_url,
+        "--port", str(port),
+        "--db", str(db),
+        "--alg", "ES256",
+        "--log-level", "warning",
+        *extra,
+    ]  # fmt: skip
+    process = KeyswapProcess(args, f"http://127.0.0.1:{port}")
+    process.wait_ready("/__keyswap/health")
+    return process
+
+
+def exit_code(process: KeyswapProcess, timeout: float = 20) -> int:
+    code = process.process.wait(timeout=timeout)
+    process.stop()
+    return code
+
+
+def refuses_new_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
+            return False
+    except OSError:
+        return True
+
+
+def test_sigterm_stops_accepting_finishes_requests_in_flight_and_exits_0(
+    tmp_path: Path, upstream: tuple[SlowUpstream, ServerThread]
+) -> None:
+    app, server = upstream
+    db, key = db_with_key(tmp_path)
+    port = free_port()
+    gateway = start_gateway(db, server.url, port, "--drain-timeout", "10")
+    answers: list[httpx.Response] = []
+    client = threading.Thread(
+        target=lambda: answers.append(
+            httpx.get(
+                f"{gateway.url}/slow/1.5", headers={"Authorization": f"Bearer {key}"}, timeout=20
+            )
+        )
+    )
+    client.start()
+    eventually(lambda: app.in_flight == 1)
+    gateway.process.send_signal(signal.SIGTERM)
+    eventually(lambda: refuses_new_connections(port))
+    assert gateway.alive  # still draining
+    client.join(20)
+    assert [(a.status_code, a.text) for a in answers] == [(200, "done")]
+    assert exit_code(gateway) == 0
+
+
+def test_a_request_longer_than_the_drain_timeout_is_cut_and_the_gateway_still_exits_0(
+    tmp_path: Path, upstream: tuple[SlowUpstream, ServerThread]
+) -> None:
+    app, server = upstream
+    db, key = db_with_key(tmp_path)
+    gateway = start_gateway(db, server.url, free_port(), "--drain-timeout", "0.5")
+    outcome: list[str] = []
+
+    def call() -> None:
+        try:
+            answer = httpx.get(
+                f"{gateway.url}/slow/30", headers={"Authorization": f"Bearer {key}"}, timeout=30
+            )
+            outcome.append(f"{answer.status_code} {answer.text}")
+        except httpx.HTTPError as exc:
+            outcome.append(type(exc).__name__)
+
+    client = threading.Thread(target=call)
+    client.start()
+    eventually(lambda: app.in_flight == 1)
+    started = time.monotonic()
+    gateway.process.send_signal(signal.SIGTERM)
+    assert exit_code(gateway) == 0
+    assert time.monotonic() - started < 5
+    client.join(10)
+    assert outcome == ["503 Service unavailable"]
+    assert "Traceback" not in gateway.log()
+
+
+def test_a_bad_drain_timeout_is_a_usage_error(tmp_path: Path) -> None:
+    args = ["gateway", "--upstream", "http://127.0.0.1:9", "--db", str(tmp_path / "k.db")]
+    process = KeyswapProcess([*args, "--drain-timeout", "-1"], "http://127.0.0.1:9")
+    assert process.process.wait(30) == 2
+    assert "--drain-timeout" in process.stop()
+
+
+class SteadyClients:
+    """Clients sending requests back to back through ``port``, each on a new connection."""
+
+    def __init__(self, port: int, key: str, paths: list[str]) -> None:
+        self.port = port
+        self.key = key
+        self.paths = paths
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(p,)) for p in paths]
+
+    def _run(self, path: str) -> None:
+        headers = {"Authorization": f"Bearer {self.key}", "Connection": "close"}
+        while not self._stop.is_set():
+            try:
+                answer = httpx.get(
+                    f"http://127.0.0.1:{self.port}{path}", headers=headers, timeout=20
+                )
+                if answer.status_code == 200 and answer.text == "done":
+                    self.ok += 1
+                else:
+                    self.failures.append(f"{path}: {answer.status_code} {answer.text[:60]}")
+            except httpx.HTTPError as exc:
+                self.failures.append(f"{path}: {type(exc).__name__} {exc}")
+
+    def __enter__(self) -> SteadyClients:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+
+def test_a_rolling_restart_under_steady_traffic_fails_no_request(
+    tmp_path: Path, upstream: tuple[SlowUpstream, ServerThread]
+) -> None:
+    _, server = upstream
+    db, key = db_with_key(tmp_path)
+    ports = [free_port(), free_port()]
+    nodes = [start_gateway(db, server.url, port) for port in ports]
+    codes: list[int] = []
+    try:
+        with (
+            balancing(ports) as balancer,
+            SteadyClients(balancer.port, key, ["/fast", "/fast", "/slow/0.3", "/slow/0.7"]) as load,
+        ):
+            time.sleep(0.5)
+            for i, port in enumerate(ports):  # one node at a time, the other one serves
+                before = load.ok
+                nodes[i].process.send_signal(signal.SIGTERM)
+                codes.append(exit_code(nodes[i]))
+                nodes[i] = start_gateway(db, server.url, port)
+                eventually(lambda: load.ok > before + 20, timeout=20)  # noqa: B023
+    finally:
+        for node in nodes:
+            node.stop()
+    assert load.failures == []
+    assert codes == [0, 0]
+    assert load.ok > 40
+
+
+def test_a_connection_opened_before_sigterm_still_gets_its_request_answered(
+    tmp_path: Path, upstream: tuple[SlowUpstream, ServerThread]
+) -> None:
+    app, server = upstream
+    db, key = db_with_key(tmp_path)
+    port = free_port()
+    gateway = start_gateway(db, server.url, port, "--drain-timeout", "10")
+    try:
+        # One request in flight keeps the node draining; a second connection is open but silent.
+        client = threading.Thread(
+            target=lambda: httpx.get(
+                f"{gateway.url}/slow/2", headers={"Authorization": f"Bearer {key}"}, timeout=20
+            )
+        )
+        client.start()
+        eventually(lambda: app.in_flight == 1)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as quiet:
+            time.sleep(0.2)  # accepted by the server
+            gateway.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)  # the drain has begun: uvicorn alone would have closed this connection
+            quiet.sendall(
+                b"GET /fast HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer "
+                + key.encode()
+                + b"\r\n\r\n"
+            )
+            answer = b""
+            while chunk := quiet.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert b"\r\nconnection: close\r\n" in answer.lower()
+        assert answer.endswith(b"done")
+        client.join(20)
+        assert exit_code(gateway) == 0
+    finally:
+        gateway.stop()
