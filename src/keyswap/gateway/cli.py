@@ -233,7 +233,11 @@ def check_db_location(db_url: str | None) -> str:
 
 @contextmanager
 def open_store(
-    db_url: str | None, *, schema: SchemaMode = "auto", existing: bool = False
+    db_url: str | None,
+    *,
+    schema: SchemaMode = "auto",
+    existing: bool = False,
+    redis_url: str | None = None,
 ) -> Iterator[Store]:
     """Open the store for ``--db`` and close it afterwards.
 
@@ -244,7 +248,8 @@ def open_store(
     the file and the data directory. With ``$KEYSWAP_REDIS_URL`` set (as for ``keyswap gateway
     --redis``), every change is also announced on Redis (prefix ``$KEYSWAP_REDIS_PREFIX``), so
     gateways sharing a SQLite file hear about it at once; on PostgreSQL the database announces changes
-    itself. A bad ``$KEYSWAP_AUDIT_RETENTION`` is a usage error (exit 2) before anything is opened.
+    itself. ``redis_url`` (``keyswap admin --redis``) overrides ``$KEYSWAP_REDIS_URL``. A bad
+    ``$KEYSWAP_AUDIT_RETENTION`` is a usage error (exit 2) before anything is opened.
     """
     from keyswap.manage.context import audit_retention_from_env
 
@@ -257,7 +262,8 @@ def open_store(
     )
     changes = None
     try:
-        redis_url = os.environ.get("KEYSWAP_REDIS_URL", "").strip()
+        if redis_url is None:
+            redis_url = os.environ.get("KEYSWAP_REDIS_URL", "").strip()
         if redis_url:
             from keyswap.gateway.redisbus import DEFAULT_PREFIX, RedisChanges
 
