@@ -52,6 +52,7 @@ class AdminApi:
 
 
 def _db_url(kind: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh database URL of ``kind``."""
     if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'keyswap.db'}"
     else:
@@ -60,13 +61,21 @@ def _db_url(kind: str, tmp_path: Path) -> Iterator[str]:
 
 
 @contextmanager
-def running_admin(tmp_path: Path, kind: str = "sqlite", **state_options: Any) -> Iterator[AdminApi]:
-    """Start the admin API over a fresh database of ``kind`` (``sqlite`` or ``postgres``), with one
-    admin token per management scope plus an ``admin`` one."""
-    for url in _db_url(kind, tmp_path):
+def running_admin(
+    tmp_path: Path,
+    kind: str = "sqlite",
+    *,
+    db_url: str | None = None,
+    secret: ServerSecret | None = None,
+    **state_options: Any,
+) -> Iterator[AdminApi]:
+    """Start the admin API over a fresh database of ``kind`` (``sqlite`` or ``postgres``), or the one
+    at ``db_url`` (with ``secret``), with one admin token per management scope plus an ``admin`` one."""
+    urls = iter([db_url]) if db_url is not None else _db_url(kind, tmp_path)
+    for url in urls:
         store = Store(url, schema="upgrade")
         try:
-            secret = ServerSecret(SECRET_TEXT)
+            secret = secret or ServerSecret(SECRET_TEXT)
             throttle_clock = Clock(time.monotonic())
             state = AdminState(
                 store,
