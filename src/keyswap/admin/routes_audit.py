@@ -18,12 +18,16 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/audit-events", tags=["audit"])
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _epoch(value: datetime | None) -> float | None:
+    """Epoch seconds (no overflow at the ends of the calendar; naive times are UTC)."""
     if value is None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.timestamp()
+    return (value - _EPOCH).total_seconds()
 
 
 @router.get(
@@ -36,12 +40,17 @@ def _epoch(value: datetime | None) -> float | None:
 def list_events(
     auth: Annotated[Authorized, Depends(require("audit:read"))],
     actor: Annotated[
-        str | None, Query(max_length=300, description="A kind (token, cli, oidc, system) or kind:name.")
+        str | None,
+        Query(
+            pattern=r"^(token|oidc|cli|system)(:[\x21-\x7e]{1,255})?$",
+            description="A kind (token, cli, oidc, system) or kind:name.",
+        ),
     ] = None,
     action: Annotated[
-        str | None, Query(max_length=100, description="An action (key.revoke) or a family (key).")
+        str | None,
+        Query(pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="An action (key.revoke) or a family (key)."),
     ] = None,
-    target: Annotated[str | None, Query(max_length=300, description="consumer:acme, key:key_...")] = None,
+    target: Annotated[str | None, Query(pattern=r"^[\x21-\x7e]{1,300}$", description="consumer:acme, key:key_...")] = None,
     since: Annotated[datetime | None, Query(description="RFC 3339; events at or after.")] = None,
     until: Annotated[datetime | None, Query(description="RFC 3339; events before.")] = None,
     cursor: Annotated[str | None, Query(pattern=r"^[1-9][0-9]{0,17}$")] = None,

@@ -43,9 +43,13 @@ def known_name(name: str) -> str:
 )
 def list_consumers(
     auth: Annotated[Authorized, Depends(require("consumers:read"))],
-    cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the last page.")] = None,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="next_cursor of the last page.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    prefix: Annotated[str | None, Query(max_length=64, description="Name prefix.")] = None,
+    prefix: Annotated[
+        str | None, Query(pattern=r"^[A-Za-z0-9._-]{0,64}$", description="Name prefix.")
+    ] = None,
 ) -> Response:
     """Consumers by name, a page at a time."""
     page = manage.page_consumers(auth.context(), after=cursor, prefix=prefix, limit=limit)

@@ -29,7 +29,9 @@ router = APIRouter(tags=["keys"])
 _ID = re.compile(r"key_[A-Za-z0-9]{1,60}")
 _READ = [{"adminToken": ["keys:read"]}]
 _WRITE = [{"adminToken": ["keys:write"]}]
-Cursor = Annotated[str | None, Query(max_length=64, description="next_cursor of the last page.")]
+Cursor = Annotated[
+    str | None, Query(pattern=r"^[A-Za-z0-9_]{1,64}$", description="next_cursor of the last page.")
+]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
