@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from keyswap.admin.cli import is_loopback
+from keyswap.gateway.secret import ServerSecret
 from keyswap.manage.actor import Actor
 from keyswap.manage.context import Context
 from keyswap.manage.tokens import NewAdminToken, create_admin_token
-from keyswap.gateway.secret import ServerSecret
 from keyswap.store import Store
 from tests.support.asgi_server import free_port
 from tests.support.gateway_state import SECRET_TEXT
@@ -26,7 +26,9 @@ def _token(db_url: str) -> str:
     store = Store(db_url)
     try:
         created = create_admin_token(
-            Context(store, Actor.cli("test")), ServerSecret(SECRET_TEXT), NewAdminToken("ops", ("admin",))
+            Context(store, Actor.cli("test")),
+            ServerSecret(SECRET_TEXT),
+            NewAdminToken("ops", ("admin",)),
         )
     finally:
         store.close()
@@ -36,7 +38,11 @@ def _token(db_url: str) -> str:
 def test_keyswap_admin_serves_with_settings_from_the_environment(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'k.db'}"
     port = free_port()
-    env = {"KEYSWAP_ADMIN_PORT": str(port), "KEYSWAP_ADMIN_DB": db_url, "KEYSWAP_SECRET": SECRET_TEXT}
+    env = {
+        "KEYSWAP_ADMIN_PORT": str(port),
+        "KEYSWAP_ADMIN_DB": db_url,
+        "KEYSWAP_SECRET": SECRET_TEXT,
+    }
     with running_keyswap(["admin"], port=port, ready_path="/healthz", env=env) as process:
         token = _token(db_url)
         headers = {"Authorization": f"Bearer {token}"}
@@ -59,10 +65,15 @@ def test_a_port_in_use_is_one_line_and_exit_1_and_creates_nothing(tmp_path: Path
         db = tmp_path / "k.db"
         result = subprocess.run(
             [*KEYSWAP, "admin", "--port", str(port), "--db", str(db)],
-            capture_output=True, text=True, timeout=30, env={"KEYSWAP_SECRET": SECRET_TEXT, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"KEYSWAP_SECRET": SECRET_TEXT, "PATH": "/usr/bin:/bin"},
         )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"Error: cannot listen on 127.0.0.1:{port}: address already in use"]
+    assert result.stderr.strip().splitlines() == [
+        f"Error: cannot listen on 127.0.0.1:{port}: address already in use"
+    ]
     assert not db.exists()
 
 
@@ -77,8 +88,17 @@ def test_a_non_loopback_address_is_warned_about(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("host", "loopback"),
-    [("127.0.0.1", True), ("127.9.9.9", True), ("::1", True), ("[::1]", True), ("localhost", True),
-     ("0.0.0.0", False), ("::", False), ("10.0.0.1", False), ("example.com", False)],
+    [
+        ("127.0.0.1", True),
+        ("127.9.9.9", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.1", False),
+        ("example.com", False),
+    ],
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback

@@ -7,7 +7,9 @@ from tests.support.admin_api import AdminApi
 
 def test_consumer_lifecycle(any_api: AdminApi) -> None:
     created = any_api.request(
-        "POST", "/v1/consumers", json={"name": "acme", "metadata": {"plan": "pro"}, "scopes": ["orders:read"]}
+        "POST",
+        "/v1/consumers",
+        json={"name": "acme", "metadata": {"plan": "pro"}, "scopes": ["orders:read"]},
     )
     assert created.status_code == 201, created.text
     assert created.json()["name"] == "acme"
@@ -39,21 +41,31 @@ def test_consumer_listing_pages_and_prefix(any_api: AdminApi) -> None:
         assert any_api.request("POST", "/v1/consumers", json={"name": name}).status_code == 201
     first = any_api.request("GET", "/v1/consumers", params={"limit": 2}).json()
     assert [c["name"] for c in first["items"]] == ["a1", "a2"]
-    second = any_api.request("GET", "/v1/consumers", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    second = any_api.request(
+        "GET", "/v1/consumers", params={"limit": 2, "cursor": first["next_cursor"]}
+    ).json()
     assert [c["name"] for c in second["items"]] == ["a3", "a_x"]
-    third = any_api.request("GET", "/v1/consumers", params={"limit": 2, "cursor": second["next_cursor"]}).json()
+    third = any_api.request(
+        "GET", "/v1/consumers", params={"limit": 2, "cursor": second["next_cursor"]}
+    ).json()
     assert [c["name"] for c in third["items"]] == ["b1"]
     assert third["next_cursor"] is None
     # '_' in a prefix is a character, not a LIKE wildcard
-    assert [c["name"] for c in any_api.request("GET", "/v1/consumers", params={"prefix": "a_"}).json()["items"]] == ["a_x"]
-    assert [c["name"] for c in any_api.request("GET", "/v1/consumers", params={"prefix": "a"}).json()["items"]] == [
-        "a1", "a2", "a3", "a_x"
-    ]
+    assert [
+        c["name"]
+        for c in any_api.request("GET", "/v1/consumers", params={"prefix": "a_"}).json()["items"]
+    ] == ["a_x"]
+    assert [
+        c["name"]
+        for c in any_api.request("GET", "/v1/consumers", params={"prefix": "a"}).json()["items"]
+    ] == ["a1", "a2", "a3", "a_x"]
 
 
 def test_key_lifecycle(any_api: AdminApi) -> None:
     any_api.request("POST", "/v1/consumers", json={"name": "acme", "scopes": ["r", "w"]})
-    created = any_api.request("POST", "/v1/consumers/acme/keys", json={"expires_in": 3600, "scopes": ["r"]})
+    created = any_api.request(
+        "POST", "/v1/consumers/acme/keys", json={"expires_in": 3600, "scopes": ["r"]}
+    )
     assert created.status_code == 201, created.text
     body = created.json()
     assert body["key"].startswith("ks_")
@@ -89,8 +101,12 @@ def test_signing_keys_and_audit(any_api: AdminApi) -> None:
     forced = any_api.request("POST", "/v1/signing-keys/rotate", json={"force": True})
     assert forced.status_code == 200
     assert len(any_api.request("GET", "/v1/signing-keys").json()["items"]) == 3
-    any_api.request("POST", "/v1/consumers", json={"name": "acme"}, headers={"X-Request-Id": "req-42"})
-    events = any_api.request("GET", "/v1/audit-events", params={"action": "consumer"}).json()["items"]
+    any_api.request(
+        "POST", "/v1/consumers", json={"name": "acme"}, headers={"X-Request-Id": "req-42"}
+    )
+    events = any_api.request("GET", "/v1/audit-events", params={"action": "consumer"}).json()[
+        "items"
+    ]
     assert events[0]["action"] == "consumer.create"
     assert events[0]["actor"] == "token:admin"
     assert events[0]["request_id"] == "req-42"
@@ -100,12 +116,16 @@ def test_signing_keys_and_audit(any_api: AdminApi) -> None:
     ).json()
     assert len(rotations["items"]) == 1
     rest = any_api.request(
-        "GET", "/v1/audit-events", params={"action": "signing_key", "cursor": rotations["next_cursor"]}
+        "GET",
+        "/v1/audit-events",
+        params={"action": "signing_key", "cursor": rotations["next_cursor"]},
     ).json()
     assert len(rest["items"]) == 1
     none_yet = any_api.request("GET", "/v1/audit-events", params={"until": "2000-01-01T00:00:00Z"})
     assert none_yet.json()["items"] == []
-    assert any_api.request("GET", "/v1/audit-events", params={"actor": "token:admin"}).json()["items"]
+    assert any_api.request("GET", "/v1/audit-events", params={"actor": "token:admin"}).json()[
+        "items"
+    ]
     assert any_api.request("GET", "/v1/audit-events", params={"actor": "nobody"}).status_code == 422
 
 
@@ -115,4 +135,6 @@ def test_health(api: AdminApi) -> None:
     docs = api.request("GET", "/docs", token=None)
     assert docs.status_code == 200
     assert "/v1/consumers" in docs.text
-    assert "http://" not in docs.text and "https://" not in docs.text  # nothing fetched from elsewhere
+    # nothing fetched from elsewhere
+    assert "http://" not in docs.text
+    assert "https://" not in docs.text

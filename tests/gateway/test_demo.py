@@ -83,9 +83,7 @@ def running_demo(
             output.append(line)
             match = match or _CURL.search(line)
             admin = admin or _ADMIN_CURL.search(line)
-        yield Demo(
-            process, match.group(1), match.group(2), output, admin.group(1), admin.group(2)
-        )
+        yield Demo(process, match.group(1), match.group(2), output, admin.group(1), admin.group(2))
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -217,7 +215,12 @@ def test_a_port_in_use_is_one_error_line_and_changes_no_data(tmp_path: Path, bus
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         taken_port = taken.getsockname()[1]
-        ports = {"gateway": free_port(), "origin": free_port(), "admin": free_port(), busy: taken_port}
+        ports = {
+            "gateway": free_port(),
+            "origin": free_port(),
+            "admin": free_port(),
+            busy: taken_port,
+        }
         done = _demo(data_dir, ports["gateway"], ports["origin"], ports["admin"])
     assert done.returncode == 1
     assert (
@@ -258,7 +261,9 @@ def test_the_demo_serves_the_admin_api_with_a_fresh_admin_token(tmp_path: Path) 
         listed = httpx.get(demo.admin_url + "/v1/consumers", headers=headers, timeout=10)
         assert listed.status_code == 200, listed.text
         assert [c["name"] for c in listed.json()["items"]] == ["demo"]
-        created = httpx.post(demo.admin_url + "/v1/consumers/demo/keys", headers=headers, timeout=10)
+        created = httpx.post(
+            demo.admin_url + "/v1/consumers/demo/keys", headers=headers, timeout=10
+        )
         assert created.status_code == 201
         new_key = created.json()["key"]
         deadline = time.monotonic() + 5

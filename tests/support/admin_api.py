@@ -36,14 +36,21 @@ class AdminApi:
     #: scope -> a token holding only that scope (and "admin" -> an admin token).
     tokens: dict[str, str] = field(default_factory=dict)
 
-    def token(self, name: str, scopes: tuple[str, ...], expires_in: float | None = None) -> tuple[str, str]:
+    def token(
+        self, name: str, scopes: tuple[str, ...], expires_in: float | None = None
+    ) -> tuple[str, str]:
         """A new admin token: (token id, token)."""
         ctx = Context(self.store, Actor.cli("test"))
         created = create_admin_token(ctx, self.secret, NewAdminToken(name, scopes, expires_in))
         return created.record.id, created.token
 
     def request(
-        self, method: str, path: str, *, token: str | None = "admin", **kw: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = "admin",  # noqa: S107 - a scope name
+        **kw: Any,
     ) -> httpx.Response:
         headers = dict(kw.pop("headers", {}) or {})
         if token is not None:

@@ -32,16 +32,18 @@ __all__ = ["build_admin_app"]
 
 logger = logging.getLogger("keyswap.admin")
 
-_DESCRIPTION = """The keyswap management API: consumers, API keys, signing keys and the audit log.
+_DESCRIPTION = (
+    """The keyswap management API: consumers, API keys, signing keys and the audit log.
 
 Authenticate with an admin token (`keyswap admin-tokens create NAME --scopes ...`) as
-`Authorization: Bearer ksadm_...`. Scopes: """ + ", ".join(
-    f"`{s}`" for s in (*MANAGEMENT_SCOPES, ADMIN)
-) + """ (`admin` grants all).
+`Authorization: Bearer ksadm_...`. Scopes: """
+    + ", ".join(f"`{s}`" for s in (*MANAGEMENT_SCOPES, ADMIN))
+    + """ (`admin` grants all).
 
 Every error is `application/problem+json` (RFC 9457). Reads carry an `ETag`; updates and deletes
 take `If-Match` (412 when stale). Every POST takes `Idempotency-Key`. Every response carries
 `X-Request-Id`."""
+)
 
 
 def _respond(request: Request, problem: ApiProblem) -> Response:
@@ -71,7 +73,10 @@ def _install_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
-            return _respond(request, ApiProblem(400, "the request body is not valid JSON", kind="malformed-json"))
+            return _respond(
+                request,
+                ApiProblem(400, "the request body is not valid JSON", kind="malformed-json"),
+            )
         return _respond(
             request,
             ApiProblem(422, "the request has invalid values", errors=_field_errors(errors)),

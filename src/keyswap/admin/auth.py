@@ -135,15 +135,18 @@ def authenticate(
     token = _bearer(authorization)
     if token is None:
         throttle.failed(address)
-        raise ApiProblem(401, "an admin token is required (Authorization: Bearer ksadm_...)",
-                         headers=_CHALLENGE)
+        raise ApiProblem(
+            401, "an admin token is required (Authorization: Bearer ksadm_...)", headers=_CHALLENGE
+        )
     ctx = Context(store, Actor.system("admin-auth"), clock)
     try:
         principal = authenticate_admin_token(ctx, secret, token)
     except AuthError:
         throttle.failed(address)
         raise ApiProblem(
-            401, "invalid admin token", kind="invalid-token",
+            401,
+            "invalid admin token",
+            kind="invalid-token",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         ) from None
     return Caller("token", principal.token_id, principal.name, principal.scopes)

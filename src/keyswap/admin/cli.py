@@ -42,20 +42,34 @@ def is_loopback(host: str) -> bool:
 
 @click.command(cls=ManagedCommand)
 @click.option(
-    "--host", default="127.0.0.1", show_default=True, envvar="KEYSWAP_ADMIN_HOST",
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="KEYSWAP_ADMIN_HOST",
     help="Address to listen on (also $KEYSWAP_ADMIN_HOST). Anything but loopback: put TLS in front.",
 )
 @click.option(
-    "--port", default=8081, show_default=True, type=click.IntRange(0, 65535),
-    envvar="KEYSWAP_ADMIN_PORT", help="Port (also $KEYSWAP_ADMIN_PORT).",
+    "--port",
+    default=8081,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    envvar="KEYSWAP_ADMIN_PORT",
+    help="Port (also $KEYSWAP_ADMIN_PORT).",
 )
 @click.option(
-    "--redis", "redis_url", metavar="URL", default=None, envvar="KEYSWAP_ADMIN_REDIS_URL",
+    "--redis",
+    "redis_url",
+    metavar="URL",
+    default=None,
+    envvar="KEYSWAP_ADMIN_REDIS_URL",
     help="Announce changes on Redis (also $KEYSWAP_ADMIN_REDIS_URL, else $KEYSWAP_REDIS_URL), as "
     "gateways started with --redis expect.",
 )
 @click.option(
-    "--log-level", default="info", show_default=True, envvar="KEYSWAP_ADMIN_LOG_LEVEL",
+    "--log-level",
+    default="info",
+    show_default=True,
+    envvar="KEYSWAP_ADMIN_LOG_LEVEL",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
 @key_prefix_option
@@ -110,10 +124,14 @@ def admin(
             bound = sockets[0].getsockname()[1]
 
             def ready() -> None:
-                click.echo(f"keyswap admin API on http://{listen_address(host, bound)} (docs: /docs)")
+                click.echo(
+                    f"keyswap admin API on http://{listen_address(host, bound)} (docs: /docs)"
+                )
 
             status = run_until_signal(
-                [server_config(app, host, bound, log_level=log_level)], on_ready=ready, sockets=[sockets]
+                [server_config(app, host, bound, log_level=log_level)],
+                on_ready=ready,
+                sockets=[sockets],
             )
     finally:
         for sock in sockets:

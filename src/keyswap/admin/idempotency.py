@@ -37,7 +37,9 @@ def check_key(value: str | None) -> str | None:
         return None
     if not _KEY.match(value):
         raise ApiProblem(
-            400, "Idempotency-Key must be 1-255 printable ASCII characters", kind="bad-idempotency-key"
+            400,
+            "Idempotency-Key must be 1-255 printable ASCII characters",
+            kind="bad-idempotency-key",
         )
     return value
 

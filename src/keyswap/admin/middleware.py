@@ -48,7 +48,9 @@ def _is_json(content_type: str | None) -> bool:
     if content_type is None:
         return False
     media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 class AdminMiddleware:
@@ -115,7 +117,9 @@ class AdminMiddleware:
             return None, receive
         declared = _header(scope, b"content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > self.max_body:
-            return ApiProblem(413, f"the request body must be at most {self.max_body} bytes"), receive
+            return ApiProblem(
+                413, f"the request body must be at most {self.max_body} bytes"
+            ), receive
         chunks: list[bytes] = []
         size = 0
         disconnected = False
@@ -139,7 +143,9 @@ class AdminMiddleware:
             if not _is_json(_header(scope, b"content-type")):
                 return ApiProblem(415, "send the request body as application/json"), receive
             if b"\\u0000" in body or b"\x00" in body:
-                return ApiProblem(400, "NUL characters are not allowed in the request body"), receive
+                return ApiProblem(
+                    400, "NUL characters are not allowed in the request body"
+                ), receive
         sent = False
 
         async def replay() -> Message:

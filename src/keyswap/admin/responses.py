@@ -48,7 +48,11 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def json_response(
-    model: BaseModel | None, status: int = 200, *, etag: bool = True, headers: dict[str, str] | None = None
+    model: BaseModel | None,
+    status: int = 200,
+    *,
+    etag: bool = True,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     """``model`` as JSON (with its ETag), or an empty response for ``None``."""
     extra = dict(headers or {})

@@ -48,9 +48,14 @@ def list_events(
     ] = None,
     action: Annotated[
         str | None,
-        Query(pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="An action (key.revoke) or a family (key)."),
+        Query(
+            pattern=r"^[A-Za-z0-9_.-]{1,100}$",
+            description="An action (key.revoke) or a family (key).",
+        ),
     ] = None,
-    target: Annotated[str | None, Query(pattern=r"^[\x21-\x7e]{1,300}$", description="consumer:acme, key:key_...")] = None,
+    target: Annotated[
+        str | None, Query(pattern=r"^[\x21-\x7e]{1,300}$", description="consumer:acme, key:key_...")
+    ] = None,
     since: Annotated[datetime | None, Query(description="RFC 3339; events at or after.")] = None,
     until: Annotated[datetime | None, Query(description="RFC 3339; events before.")] = None,
     cursor: Annotated[str | None, Query(pattern=r"^[1-9][0-9]{0,17}$")] = None,

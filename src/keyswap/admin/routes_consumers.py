@@ -44,7 +44,8 @@ def known_name(name: str) -> str:
 def list_consumers(
     auth: Annotated[Authorized, Depends(require("consumers:read"))],
     cursor: Annotated[
-        str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="next_cursor of the last page.")
+        str | None,
+        Query(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="next_cursor of the last page."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     prefix: Annotated[
@@ -53,7 +54,9 @@ def list_consumers(
 ) -> Response:
     """Consumers by name, a page at a time."""
     page = manage.page_consumers(auth.context(), after=cursor, prefix=prefix, limit=limit)
-    out = ConsumerPageOut(items=[ConsumerOut.of(c) for c in page.consumers], next_cursor=page.next_after)
+    out = ConsumerPageOut(
+        items=[ConsumerOut.of(c) for c in page.consumers], next_cursor=page.next_after
+    )
     return json_response(out)
 
 
@@ -115,7 +118,9 @@ def update_consumer(
     known_name(name)
     given = body.model_fields_set
     update = manage.ConsumerUpdate(
-        metadata=body.metadata if "metadata" in given and body.metadata is not None else manage.KEEP,
+        metadata=body.metadata
+        if "metadata" in given and body.metadata is not None
+        else manage.KEEP,
         scopes=tuple(body.scopes) if "scopes" in given and body.scopes is not None else manage.KEEP,
         rate_limit=body.rate_limit if "rate_limit" in given else manage.KEEP,
         max_connections=body.max_connections if "max_connections" in given else manage.KEEP,

@@ -39,5 +39,7 @@ def readyz(request: Request) -> Response:
     except SQLAlchemyError:
         raise ApiProblem(503, "the database does not answer", kind="not-ready") from None
     if not state.up_to_date:
-        raise ApiProblem(503, "the database schema is not current (keyswap db upgrade)", kind="not-ready")
+        raise ApiProblem(
+            503, "the database schema is not current (keyswap db upgrade)", kind="not-ready"
+        )
     return json_response(Health(status="ready"), etag=False)

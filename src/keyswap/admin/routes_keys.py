@@ -11,7 +11,7 @@ import json
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from keyswap.admin.etags import check_if_match, etag_of
@@ -104,7 +104,9 @@ def list_consumer_keys(
     ctx = auth.context()
     page = manage.page_keys(ctx, known_name(name), after=cursor, limit=limit)
     now = ctx.now()
-    return json_response(KeyPageOut(items=[KeyOut.of(k, now) for k in page.keys], next_cursor=page.next_after))
+    return json_response(
+        KeyPageOut(items=[KeyOut.of(k, now) for k in page.keys], next_cursor=page.next_after)
+    )
 
 
 @router.get(
@@ -123,7 +125,9 @@ def list_keys(
     ctx = auth.context()
     page = manage.page_keys(ctx, after=cursor, limit=limit)
     now = ctx.now()
-    return json_response(KeyPageOut(items=[KeyOut.of(k, now) for k in page.keys], next_cursor=page.next_after))
+    return json_response(
+        KeyPageOut(items=[KeyOut.of(k, now) for k in page.keys], next_cursor=page.next_after)
+    )
 
 
 @router.get(

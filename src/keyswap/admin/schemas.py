@@ -113,7 +113,8 @@ class KeyCreateIn(_In):
         default=None, ge=1, le=MAX_SECONDS, description="Lifetime in seconds (none: no expiry)."
     )
     scopes: Scopes | None = Field(
-        default=None, description="Its own scopes (a subset of its consumer's); none: the consumer's."
+        default=None,
+        description="Its own scopes (a subset of its consumer's); none: the consumer's.",
     )
 
 
@@ -241,7 +242,9 @@ class AuditEventOut(BaseModel):
     @classmethod
     def of(cls, record: AuditRecord) -> AuditEventOut:
         """The view of a stored event."""
-        actor = f"{record.actor_kind}:{record.actor_name}" if record.actor_name else record.actor_kind
+        actor = (
+            f"{record.actor_kind}:{record.actor_name}" if record.actor_name else record.actor_kind
+        )
         return cls(
             id=record.id,
             at=iso(record.at),

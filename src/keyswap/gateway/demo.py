@@ -220,11 +220,10 @@ def run_demo(
         ConfigError: a port is in use (``cannot listen on 127.0.0.1:8080: address already in use``;
             checked before the data is touched), or see :func:`prepare_demo`.
     """
+    from keyswap.errors import ConfigError
     from keyswap.gateway.serve import configure_logging, run_until_signal, server_config
     from keyswap.ports import bind_listeners
     from keyswap.store.urls import normalize_database_url
-
-    from keyswap.errors import ConfigError
 
     admin = port + 1 if admin_port is None else admin_port
     if len({port, origin_port, admin}) < 3:
