@@ -4,6 +4,7 @@ of its revocation through the API."""
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def test_api_changes_reach_two_gateway_nodes_on_postgresql_within_a_second(tmp_p
                     return httpx.get(url + "/x", headers=auth, timeout=5).status_code == status
 
                 for node in nodes:
-                    eventually(lambda node=node: answers(node.url, 200), timeout=1.0)
+                    eventually(functools.partial(answers, node.url, 200), timeout=1.0)
                 assert time.monotonic() - made < 1.0
                 revoked = httpx.post(
                     admin.url + f"/v1/keys/{created['id']}/revoke", headers=headers, timeout=10
@@ -60,7 +61,7 @@ def test_api_changes_reach_two_gateway_nodes_on_postgresql_within_a_second(tmp_p
                 assert revoked.status_code == 200
                 gone = time.monotonic()
                 for node in nodes:
-                    eventually(lambda node=node: answers(node.url, 401), timeout=1.0)
+                    eventually(functools.partial(answers, node.url, 401), timeout=1.0)
                 assert time.monotonic() - gone < 1.0
         finally:
             upstream.stop()
