@@ -272,3 +272,13 @@ def test_the_demo_serves_the_admin_api_with_a_fresh_admin_token(tmp_path: Path) 
             time.sleep(0.05)
     assert demo.process.returncode == 0, "".join(demo.output)
     assert "Traceback" not in "".join(demo.output)
+
+
+@pytest.mark.parametrize("admin", ["same-as-gateway", "same-as-origin"])
+def test_an_admin_port_equal_to_another_is_a_usage_error(tmp_path: Path, admin: str) -> None:
+    port, origin_port = free_port(), free_port()
+    admin_port = port if admin == "same-as-gateway" else origin_port
+    done = _demo(tmp_path / "d", port, origin_port, admin_port)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "Error: --admin-port must differ from --port and --origin-port"
+    assert not (tmp_path / "d").exists()
