@@ -16,19 +16,21 @@ def test_a_database_that_goes_away_is_503_and_service_comes_back(tmp_path: Path)
     with postgres_schema() as url:
         target = url.split("@", 1)[1].split("/", 1)[0]
         host, port = target.split(":")
-        with TcpRelay(host, int(port)) as relay:
-            with running_admin(tmp_path, db_url=relayed_url(url, relay)) as api:
-                assert api.request("GET", "/v1/consumers").status_code == 200
-                relay.cut()
-                down = api.request("GET", "/v1/consumers")
-                assert down.status_code == 503
-                assert down.headers["content-type"] == "application/problem+json"
-                assert down.headers["retry-after"] == "1"
-                ready = api.request("GET", "/readyz", token=None)
-                assert ready.status_code == 503
-                relay.restore()
-                assert api.request("GET", "/v1/consumers").status_code == 200
-                assert api.request("GET", "/readyz", token=None).status_code == 200
+        with (
+            TcpRelay(host, int(port)) as relay,
+            running_admin(tmp_path, db_url=relayed_url(url, relay)) as api,
+        ):
+            assert api.request("GET", "/v1/consumers").status_code == 200
+            relay.cut()
+            down = api.request("GET", "/v1/consumers")
+            assert down.status_code == 503
+            assert down.headers["content-type"] == "application/problem+json"
+            assert down.headers["retry-after"] == "1"
+            ready = api.request("GET", "/readyz", token=None)
+            assert ready.status_code == 503
+            relay.restore()
+            assert api.request("GET", "/v1/consumers").status_code == 200
+            assert api.request("GET", "/readyz", token=None).status_code == 200
 
 
 def test_a_bug_is_a_problem_500_with_the_request_id_and_is_logged(
