@@ -38,6 +38,7 @@ def test_the_document_is_valid_openapi_3_1(module_api: AdminApi) -> None:
         for method, op in item.items():
             responses = op["responses"]
             for status, response in responses.items():
+                assert response["headers"]["X-Request-Id"]["required"] is True
                 if status.startswith(("4", "5")):
                     media = list(response["content"])
                     assert media == ["application/problem+json"], (path, method, status)

@@ -137,14 +137,36 @@ def _schema(app: FastAPI) -> dict[str, Any]:
         }
     }
     problem_content = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
-    for item in spec.get("paths", {}).values():
-        for op in item.values():
+    for path, item in spec.get("paths", {}).items():
+        for method, op in item.items():
             responses = op.get("responses", {})
             if "422" in responses:
                 responses["422"]["content"] = problem_content
                 responses["422"]["description"] = "Invalid values (field errors in `errors`)."
+            for status, response in responses.items():
+                response["headers"] = _headers(path, method, status)
     app.openapi_schema = spec
     return spec
+
+
+def _header(description: str, *, required: bool = True) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": {"type": "string"}}
+
+
+def _headers(path: str, method: str, status: str) -> dict[str, Any]:
+    """The response headers an operation's response documents."""
+    headers = {"X-Request-Id": _header("The request id (the caller's when well-formed).")}
+    if status == "200" and method == "get" and path.startswith("/v1/"):
+        headers["ETag"] = _header("A strong validator of the representation (for If-Match).")
+    if status == "201":
+        headers["Location"] = _header("The new resource.")
+    if status == "401":
+        headers["WWW-Authenticate"] = _header("Bearer.")
+    if status == "429":
+        headers["Retry-After"] = _header("Seconds until this address may try again.")
+    if status == "503":
+        headers["Retry-After"] = _header("Seconds to wait.", required=False)
+    return headers
 
 
 def build_admin_app(state: AdminState, *, max_body: int = MAX_BODY) -> FastAPI:
