@@ -146,3 +146,15 @@ def test_a_key_created_through_the_api_works_at_a_gateway_and_stops_when_revoked
                 lambda: gateway.get("/hello", key=key).status_code == 401, timeout=1.0
             )
             assert took < 1.0
+
+
+def test_a_revocation_replayed_with_its_idempotency_key_answers_the_same(api: AdminApi) -> None:
+    api.request("POST", "/v1/consumers", json={"name": "acme"})
+    key_id = api.request("POST", "/v1/consumers/acme/keys").json()["id"]
+    first = api.request("POST", f"/v1/keys/{key_id}/revoke", headers={"Idempotency-Key": "r1"})
+    again = api.request("POST", f"/v1/keys/{key_id}/revoke", headers={"Idempotency-Key": "r1"})
+    assert first.status_code == again.status_code == 200
+    assert first.json() == again.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    events = api.request("GET", "/v1/audit-events", params={"action": "key.revoke"}).json()
+    assert len(events["items"]) == 1

@@ -151,18 +151,24 @@ def get_key(key_id: str, auth: Annotated[Authorized, Depends(require("keys:read"
     summary="Revoke a key",
 )
 def revoke_key(
+    request: Request,
     key_id: str,
     auth: Annotated[Authorized, Depends(require("keys:write"))],
     if_match: IfMatch = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    """Revoke a key at once (idempotent by nature; running gateways refuse it within a second)."""
-    ctx = auth.context()
+    """Revoke a key at once (revoking twice keeps the first time; running gateways refuse it
+    within a second)."""
     known_id(key_id)
-    with auth.state.write_lock:
-        check_if_match(if_match, etag_of(KeyOut.of(manage.get_key(ctx, key_id), ctx.now())))
-        record = manage.revoke_key(ctx, key_id)
-    return json_response(KeyOut.of(record, ctx.now()))
+
+    def act() -> Response:
+        ctx = auth.context()
+        with auth.state.write_lock:
+            check_if_match(if_match, etag_of(KeyOut.of(manage.get_key(ctx, key_id), ctx.now())))
+            record = manage.revoke_key(ctx, key_id)
+        return json_response(KeyOut.of(record, ctx.now()))
+
+    return idempotent(request, auth, None, act)
 
 
 @router.post(
