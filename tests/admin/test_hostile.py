@@ -79,6 +79,14 @@ def test_malformed_json_is_400_and_bad_values_are_422_with_field_errors(api: Adm
     )
     assert too_big.status_code == 422
     assert "1024" in too_big.json()["detail"]
+    for surrogate in (
+        b'{"name": "s", "metadata": {"\\ud800": 1}}',
+        b'{"name": "s", "metadata": {"k": "\\udcff"}}',
+    ):
+        response = api.request(
+            "POST", "/v1/consumers", content=surrogate, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 422, response.text
     nul = api.request("POST", "/v1/consumers", json={"name": "n", "metadata": {"x": "\u0000"}})
     assert nul.status_code == 400
     assert _consumers(api) == []
