@@ -160,3 +160,11 @@ def test_no_secret_in_any_response_but_key_creation(api: AdminApi) -> None:
     for body in bodies:
         for secret in secrets:
             assert secret not in body
+
+
+def test_an_unknown_query_parameter_is_422_not_ignored(api: AdminApi) -> None:
+    api.request("POST", "/v1/consumers", json={"name": "acme"})
+    typo = api.request("GET", "/v1/consumers?prefx=zzz")
+    assert typo.status_code == 422
+    assert typo.json()["errors"] == [{"loc": ["query", "prefx"], "message": "unknown parameter"}]
+    assert api.request("GET", "/v1/consumers?prefix=zzz").json()["items"] == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
@@ -44,6 +44,25 @@ Every error is `application/problem+json` (RFC 9457). Reads carry an `ETag`; upd
 take `If-Match` (412 when stale). Every POST takes `Idempotency-Key`. Every response carries
 `X-Request-Id`."""
 )
+
+
+def known_query_only(request: Request) -> None:
+    """Refuse query parameters the route does not have (a typo such as ``?prefx=`` must not quietly
+    list everything).
+
+    Raises:
+        ApiProblem: 422 naming them.
+    """
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    known = {param.alias for param in getattr(dependant, "query_params", ())}
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        errors = [
+            FieldError(loc=["query", name[:100]], message="unknown parameter")
+            for name in unknown[:20]
+        ]
+        raise ApiProblem(422, "the request has unknown query parameters", errors=errors)
 
 
 def _respond(request: Request, problem: ApiProblem) -> Response:
@@ -177,6 +196,7 @@ def build_admin_app(state: AdminState, *, max_body: int = MAX_BODY) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        dependencies=[Depends(known_query_only)],
     )
     app.state.admin = state
     _install_handlers(app)
