@@ -21,6 +21,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "Run a protected API that echoes verified claims.",
     ),
     "gateway": ("keyswap.gateway.cli:gateway", "gateway", "Run the API-key gateway."),
+    "admin": ("keyswap.admin.cli:admin", "admin", "Run the admin HTTP API (management plane)."),
     "demo": ("keyswap.gateway.cli:demo", "gateway", "Run gateway + origin with a demo key."),
     "consumers": ("keyswap.gateway.cli:consumers", "gateway", "Manage API consumers."),
     "keys": ("keyswap.gateway.cli:keys", "gateway", "Manage consumers' API keys."),

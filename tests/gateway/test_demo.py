@@ -23,6 +23,9 @@ from tests.support.asgi_server import free_port
 
 KEYSWAP = str(Path(sys.executable).with_name("keyswap"))
 _CURL = re.compile(r"curl -H 'Authorization: Bearer (\S+)' (http://127\.0\.0\.1:\d+/hello)")
+_ADMIN_CURL = re.compile(
+    r"curl -H 'Authorization: Bearer (ksadm_\S+)' (http://127\.0\.0\.1:\d+)/v1/consumers"
+)
 
 
 @dataclass
@@ -31,10 +34,14 @@ class Demo:
     key: str
     url: str
     output: list[str]
+    admin_token: str = ""
+    admin_url: str = ""
 
 
 @contextmanager
-def running_demo(data_dir: Path, port: int, origin_port: int) -> Iterator[Demo]:
+def running_demo(
+    data_dir: Path, port: int, origin_port: int, admin_port: int | None = None
+) -> Iterator[Demo]:
     process = subprocess.Popen(
         [
             KEYSWAP,
@@ -43,6 +50,8 @@ def running_demo(data_dir: Path, port: int, origin_port: int) -> Iterator[Demo]:
             str(port),
             "--origin-port",
             str(origin_port),
+            "--admin-port",
+            str(admin_port or free_port()),
             "--data-dir",
             str(data_dir),
             "--alg",
@@ -65,15 +74,16 @@ def running_demo(data_dir: Path, port: int, origin_port: int) -> Iterator[Demo]:
     reader.start()
     try:
         deadline = time.monotonic() + 30
-        match = None
-        while match is None:
+        match = admin = None
+        while match is None or admin is None:
             try:
                 line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise AssertionError("no curl line:\n" + "".join(output)) from None
             output.append(line)
-            match = _CURL.search(line)
-        yield Demo(process, match.group(1), match.group(2), output)
+            match = match or _CURL.search(line)
+            admin = admin or _ADMIN_CURL.search(line)
+        yield Demo(process, match.group(1), match.group(2), output, admin.group(1), admin.group(2))
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -150,7 +160,9 @@ def _demo_keys(data_dir: Path) -> list[tuple[str, float | None]]:
         store.close()
 
 
-def _demo(data_dir: Path, port: int, origin_port: int) -> subprocess.CompletedProcess[str]:
+def _demo(
+    data_dir: Path, port: int, origin_port: int, admin_port: int | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             KEYSWAP,
@@ -159,6 +171,8 @@ def _demo(data_dir: Path, port: int, origin_port: int) -> subprocess.CompletedPr
             str(port),
             "--origin-port",
             str(origin_port),
+            "--admin-port",
+            str(admin_port or free_port()),
             "--data-dir",
             str(data_dir),
             "--alg",
@@ -188,7 +202,7 @@ def test_a_second_demo_on_the_same_ports_fails_and_leaves_the_running_one_alone(
         assert _try(first).status_code == 200
 
 
-@pytest.mark.parametrize("busy", ["gateway", "origin"])
+@pytest.mark.parametrize("busy", ["gateway", "origin", "admin"])
 def test_a_port_in_use_is_one_error_line_and_changes_no_data(tmp_path: Path, busy: str) -> None:
     data_dir = tmp_path / ".keyswap-data"
     data_dir.mkdir()
@@ -201,10 +215,13 @@ def test_a_port_in_use_is_one_error_line_and_changes_no_data(tmp_path: Path, bus
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         taken_port = taken.getsockname()[1]
-        port, origin_port = (
-            (taken_port, free_port()) if busy == "gateway" else (free_port(), taken_port)
-        )
-        done = _demo(data_dir, port, origin_port)
+        ports = {
+            "gateway": free_port(),
+            "origin": free_port(),
+            "admin": free_port(),
+            busy: taken_port,
+        }
+        done = _demo(data_dir, ports["gateway"], ports["origin"], ports["admin"])
     assert done.returncode == 1
     assert (
         done.stderr == f"Error: cannot listen on 127.0.0.1:{taken_port}: address already in use\n"
@@ -235,3 +252,33 @@ def test_the_banner_names_keyswap_as_the_user_can_run_it(tmp_path: Path) -> None
     assert _program(str(script), path=str(venv_bin)) == "keyswap"  # the same file is on PATH
     assert _program("keyswap", path="") == "keyswap"
     assert _program("/usr/bin/pytest", path="") == "keyswap"
+
+
+def test_the_demo_serves_the_admin_api_with_a_fresh_admin_token(tmp_path: Path) -> None:
+    data_dir = tmp_path / ".keyswap-data"
+    with running_demo(data_dir, free_port(), free_port()) as demo:
+        headers = {"Authorization": f"Bearer {demo.admin_token}"}
+        listed = httpx.get(demo.admin_url + "/v1/consumers", headers=headers, timeout=10)
+        assert listed.status_code == 200, listed.text
+        assert [c["name"] for c in listed.json()["items"]] == ["demo"]
+        created = httpx.post(
+            demo.admin_url + "/v1/consumers/demo/keys", headers=headers, timeout=10
+        )
+        assert created.status_code == 201
+        new_key = created.json()["key"]
+        deadline = time.monotonic() + 5
+        while _try(demo, key=new_key).status_code != 200:
+            assert time.monotonic() < deadline, "the key made through the admin API never worked"
+            time.sleep(0.05)
+    assert demo.process.returncode == 0, "".join(demo.output)
+    assert "Traceback" not in "".join(demo.output)
+
+
+@pytest.mark.parametrize("admin", ["same-as-gateway", "same-as-origin"])
+def test_an_admin_port_equal_to_another_is_a_usage_error(tmp_path: Path, admin: str) -> None:
+    port, origin_port = free_port(), free_port()
+    admin_port = port if admin == "same-as-gateway" else origin_port
+    done = _demo(tmp_path / "d", port, origin_port, admin_port)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "Error: --admin-port must differ from --port and --origin-port"
+    assert not (tmp_path / "d").exists()

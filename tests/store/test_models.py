@@ -47,6 +47,12 @@ def test_metadata_size_counts_utf8_bytes_not_characters() -> None:
         validate_metadata({"k": "\u00e9" * ((MAX_METADATA_BYTES - overhead) // 2 + 1)})
 
 
+@pytest.mark.parametrize("value", [{"\ud800": 1}, {"k": "\udcff"}, {"k": ["a\udfff"]}])
+def test_metadata_with_a_lone_surrogate_is_refused_not_a_crash(value: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInput, match="lone surrogates"):
+        validate_metadata(value)
+
+
 @pytest.mark.parametrize(
     "value",
     [{"n": float("nan")}, {"n": float("inf")}, {1: "int key"}, {"s": {1, 2}}, {"b": b"bytes"}],

@@ -250,7 +250,11 @@ def check_db_location(db_url: str | None) -> str:
 
 @contextmanager
 def open_store(
-    db_url: str | None, *, schema: SchemaMode = "auto", existing: bool = False
+    db_url: str | None,
+    *,
+    schema: SchemaMode = "auto",
+    existing: bool = False,
+    redis_url: str | None = None,
 ) -> Iterator[Store]:
     """Open the store for ``--db`` and close it afterwards.
 
@@ -261,7 +265,8 @@ def open_store(
     the file and the data directory. With ``$KEYSWAP_REDIS_URL`` set (as for ``keyswap gateway
     --redis``), every change is also announced on Redis (prefix ``$KEYSWAP_REDIS_PREFIX``), so
     gateways sharing a SQLite file hear about it at once; on PostgreSQL the database announces changes
-    itself. A bad ``$KEYSWAP_AUDIT_RETENTION`` is a usage error (exit 2) before anything is opened.
+    itself. ``redis_url`` (``keyswap admin --redis``) overrides ``$KEYSWAP_REDIS_URL``. A bad
+    ``$KEYSWAP_AUDIT_RETENTION`` is a usage error (exit 2) before anything is opened.
     """
     from keyswap.manage.context import audit_retention_from_env
 
@@ -274,7 +279,8 @@ def open_store(
     )
     changes = None
     try:
-        redis_url = os.environ.get("KEYSWAP_REDIS_URL", "").strip()
+        if redis_url is None:
+            redis_url = os.environ.get("KEYSWAP_REDIS_URL", "").strip()
         if redis_url:
             from keyswap.gateway.redisbus import DEFAULT_PREFIX, RedisChanges
 
@@ -1516,6 +1522,12 @@ def _cluster_banner(cluster: ClusterSettings, *, postgres: bool, redis_up: bool)
     help="Origin (keyswap origin) port.",
 )
 @click.option(
+    "--admin-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Admin API port. Default: --port + 1 (8081).",
+)
+@click.option(
     "--data-dir",
     metavar="DIR",
     default=".keyswap-data",
@@ -1530,12 +1542,13 @@ def _cluster_banner(cluster: ClusterSettings, *, postgres: bool, redis_up: bool)
     help="Algorithm of the signing keys created on the first run.",
 )
 @handle_errors
-def demo(port: int, origin_port: int, data_dir: str, alg: str) -> None:
-    """Run the gateway (port 8080) in front of `keyswap origin` (port 7878) with a demo key.
+def demo(port: int, origin_port: int, admin_port: int | None, data_dir: str, alg: str) -> None:
+    """Run the gateway (port 8080) in front of `keyswap origin` (port 7878) with a demo key, and
+    the admin API (port 8081) with a fresh admin token.
 
     Prints a curl command to try; the answer is the origin echoing the verified JWT claims. Each run
     reuses the data in --data-dir and prints a fresh demo key; older demo keys keep working (another
-    demo or a script may use them; `keyswap keys revoke` them). Both ports are checked before the data
+    demo or a script may use them; `keyswap keys revoke` them). Every port is checked before the data
     is touched: a port in use changes nothing.
     """
     from pathlib import Path
@@ -1544,6 +1557,17 @@ def demo(port: int, origin_port: int, data_dir: str, alg: str) -> None:
 
     if port == origin_port:
         raise OneLineUsageError("--port and --origin-port must differ")
+    admin = port + 1 if admin_port is None else admin_port
+    if admin in (port, origin_port) or admin > 65535:
+        raise OneLineUsageError("--admin-port must differ from --port and --origin-port")
 
-    if run_demo(Path(data_dir), port=port, origin_port=origin_port, alg=alg, echo=click.echo) != 0:
+    status = run_demo(
+        Path(data_dir),
+        port=port,
+        origin_port=origin_port,
+        admin_port=admin,
+        alg=alg,
+        echo=click.echo,
+    )
+    if status != 0:
         raise click.ClickException("the demo could not start (see the message above)")

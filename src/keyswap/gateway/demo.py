@@ -9,7 +9,10 @@
   every run creates and prints a fresh demo key, with the ``curl`` to try, and leaves the older demo
   keys working (another demo on the same data, or a script, may be using them; revoke them with
   ``keyswap keys revoke``);
-- both ports are bound before the data is touched: a port in use is one error and changes nothing;
+- the admin API (``keyswap admin``) listens on ``127.0.0.1:8081`` (the gateway's port + 1 unless
+  ``--admin-port``); every run prints its URL and a fresh admin token (scope ``admin``, name
+  ``demo``; older ones keep working until ``keyswap admin-tokens revoke``);
+- every port is bound before the data is touched: a port in use is one error and changes nothing;
 - Ctrl-C (SIGINT) or SIGTERM stops both servers cleanly.
 """
 
@@ -22,7 +25,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,9 @@ class DemoInfo:
     key_id: str
     #: Older demo keys that still work (never revoked by the demo).
     older_keys: int
+    #: The admin API and a fresh admin token for it (scope ``admin``), when it runs.
+    admin_url: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
 
     @property
     def curl(self) -> str:
@@ -140,6 +146,41 @@ def _program(argv0: str | None = None, path: str | None = None) -> str:
     return shlex.quote(invoked)
 
 
+def _admin_lines(info: DemoInfo) -> list[str]:
+    if info.admin_url is None or info.admin_token is None:
+        return []
+    header = shlex.quote(f"Authorization: Bearer {info.admin_token}")
+    return [
+        f"Or over HTTP: the admin API on {info.admin_url} (docs: {info.admin_url}/docs):",
+        f"  curl -H {header} {info.admin_url}/v1/consumers",
+    ]
+
+
+def _demo_admin(db_url: str) -> tuple[Any, str, Callable[[], None]]:
+    """The admin API app over the demo database and a fresh ``admin`` token for it; returns
+    ``(app, token, close)``."""
+    from keyswap.admin.app import build_admin_app
+    from keyswap.admin.state import AdminState
+    from keyswap.gateway.keyring import Keyring
+    from keyswap.gateway.secret import load_secret
+    from keyswap.manage.actor import Actor
+    from keyswap.manage.context import Context
+    from keyswap.manage.tokens import NewAdminToken, create_admin_token
+    from keyswap.store import Store
+
+    store = Store(db_url)
+    try:
+        secret = load_secret(db_url, env={})
+        created = create_admin_token(
+            Context(store, Actor.system("demo")), secret, NewAdminToken("demo", ("admin",))
+        )
+        app = build_admin_app(AdminState(store, secret, Keyring(store, secret)))
+    except BaseException:
+        store.close()
+        raise
+    return app, created.token, store.close
+
+
 def _instructions(info: DemoInfo) -> str:
     metadata = json.dumps(DEMO_METADATA)
     older = f"; {info.older_keys} older demo key(s) still work" if info.older_keys else ""
@@ -156,6 +197,7 @@ def _instructions(info: DemoInfo) -> str:
             f"  {info.curl}",
             "",
             f"Manage it: {_program()} keys list --db {shlex.quote(str(info.db_path))}",
+            *_admin_lines(info),
             "Press Ctrl-C to stop.",
             "",
         ]
@@ -167,39 +209,41 @@ def run_demo(
     *,
     port: int = 8080,
     origin_port: int = 7878,
+    admin_port: int | None = None,
     alg: str = "RS256",
     echo: Callable[[str], None] | None = None,
 ) -> int:
-    """Prepare the demo, serve gateway and origin until SIGINT/SIGTERM; returns the exit status.
+    """Prepare the demo, serve gateway, origin and the admin API (on ``admin_port``, default
+    ``port + 1``) until SIGINT/SIGTERM; returns the exit status.
 
     Raises:
         ConfigError: a port is in use (``cannot listen on 127.0.0.1:8080: address already in use``;
             checked before the data is touched), or see :func:`prepare_demo`.
     """
+    from keyswap.errors import ConfigError
     from keyswap.gateway.serve import configure_logging, run_until_signal, server_config
     from keyswap.ports import bind_listeners
+    from keyswap.store.urls import normalize_database_url
 
-    if port == origin_port:
-        from keyswap.errors import ConfigError
-
-        raise ConfigError("--port and --origin-port must differ")
-    # Both ports first: a demo that cannot serve must not create keys (nor touch the data at all).
-    gateway_sockets = bind_listeners(_HOST, port)
+    admin = port + 1 if admin_port is None else admin_port
+    if len({port, origin_port, admin}) < 3:
+        raise ConfigError("--port, --origin-port and --admin-port must differ")
+    # Every port first: a demo that cannot serve must not create keys (nor touch the data at all).
+    sockets: list[list[Any]] = []
+    close_admin: Callable[[], None] = lambda: None  # noqa: E731
     try:
-        origin_sockets = bind_listeners(_HOST, origin_port)
-    except BaseException:
-        for sock in gateway_sockets:
-            sock.close()
-        raise
-    sockets = [gateway_sockets, origin_sockets]
-    try:
+        for each in (port, origin_port, admin):
+            sockets.append(bind_listeners(_HOST, each))
         configure_logging("info")
         gateway_app, origin_app, info = prepare_demo(
             data_dir, port=port, origin_port=origin_port, alg=alg
         )
+        admin_app, token, close_admin = _demo_admin(normalize_database_url(str(info.db_path)))
+        info = replace(info, admin_url=f"http://{_HOST}:{admin}", admin_token=token)
     except BaseException:
-        for sock in gateway_sockets + origin_sockets:
+        for sock in (s for group in sockets for s in group):
             sock.close()
+        close_admin()
         raise
 
     def ready() -> None:
@@ -210,11 +254,15 @@ def run_demo(
             sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
-    return run_until_signal(
-        [
-            server_config(gateway_app, _HOST, port),
-            server_config(origin_app, _HOST, origin_port, log_level="warning"),
-        ],
-        on_ready=ready,
-        sockets=sockets,
-    )
+    try:
+        return run_until_signal(
+            [
+                server_config(gateway_app, _HOST, port),
+                server_config(origin_app, _HOST, origin_port, log_level="warning"),
+                server_config(admin_app, _HOST, admin, log_level="warning"),
+            ],
+            on_ready=ready,
+            sockets=sockets,
+        )
+    finally:
+        close_admin()

@@ -97,10 +97,12 @@ class AuditQuery:
 
     ``actor``: a kind (``cli``, ``token``, ``oidc``, ``system``) or ``kind:name`` (``cli:alice``).
     ``action``: an action (``key.revoke``) or a family without a dot (``key``: every ``key.*``).
+    ``since``/``until``: the time range (epoch seconds; ``until`` excluded).
     ``before``: the cursor, an event id (the ``next_before`` of the previous page).
     """
 
     since: float | None = None
+    until: float | None = None
     actor: str | None = None
     action: str | None = None
     target: str | None = None
@@ -146,6 +148,7 @@ def list_events(ctx: Context, query: AuditQuery) -> AuditPage:
         limit=query.limit + 1,
         before=query.before,
         since=query.since,
+        until=query.until,
         actor_kind=kind,
         actor_name=name,
         action=action,

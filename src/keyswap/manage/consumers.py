@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from keyswap.errors import NotFound
+from keyswap.errors import InvalidInput, NotFound
 from keyswap.manage.audit import recording
 from keyswap.manage.context import Context
 from keyswap.store.models import (
@@ -21,6 +21,8 @@ from keyswap.store.sql import KEEP, Keep
 
 __all__ = [
     "KEEP",
+    "MAX_PAGE",
+    "ConsumerPage",
     "ConsumerUpdate",
     "DeletedConsumer",
     "NewConsumer",
@@ -29,6 +31,7 @@ __all__ = [
     "delete_consumer",
     "get_consumer",
     "list_consumers",
+    "page_consumers",
     "update_consumer",
 ]
 
@@ -98,6 +101,35 @@ def create_consumer(ctx: Context, new: NewConsumer) -> Consumer:
 def list_consumers(ctx: Context) -> list[Consumer]:
     """Every consumer, by name."""
     return ctx.store.list_consumers()
+
+
+#: Most consumers (or keys) one page lists.
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerPage:
+    """One page of consumers by name; ``next_after`` is the cursor of the next page (``None``: this
+    was the last)."""
+
+    consumers: list[Consumer]
+    next_after: str | None
+
+
+def page_consumers(
+    ctx: Context, *, after: str | None = None, prefix: str | None = None, limit: int = 100
+) -> ConsumerPage:
+    """Consumers by name after the cursor ``after``, whose name starts with ``prefix``.
+
+    Raises:
+        InvalidInput: a limit outside 1-1000.
+    """
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"the limit must be 1-{MAX_PAGE}")
+    found = ctx.store.page_consumers(after=after, prefix=prefix, limit=limit + 1)
+    more = len(found) > limit
+    found = found[:limit]
+    return ConsumerPage(found, found[-1].name if more and found else None)
 
 
 def get_consumer(ctx: Context, name: str) -> Consumer:

@@ -13,13 +13,17 @@ from keyswap.manage.audit import recording
 from keyswap.manage.context import Context
 from keyswap.store.models import ApiKeyRecord, validate_scopes
 
+_MAX_PAGE = 1000
+
 __all__ = [
     "CreatedKey",
+    "KeyPage",
     "NewKey",
     "RolledKey",
     "create_key",
     "get_key",
     "list_keys",
+    "page_keys",
     "revoke_key",
     "roll_key",
 ]
@@ -88,6 +92,31 @@ def list_keys(ctx: Context, consumer: str | None = None) -> list[ApiKeyRecord]:
         NotFound: the named consumer does not exist.
     """
     return ctx.store.list_api_keys(consumer)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    """One page of keys by id; ``next_after`` is the cursor of the next page (``None``: the last)."""
+
+    keys: list[ApiKeyRecord]
+    next_after: str | None
+
+
+def page_keys(
+    ctx: Context, consumer: str | None = None, *, after: str | None = None, limit: int = 100
+) -> KeyPage:
+    """Keys (of ``consumer``, if given) by id after the cursor ``after``; never a secret.
+
+    Raises:
+        InvalidInput: a limit outside 1-1000.
+        NotFound: the named consumer does not exist.
+    """
+    if not 1 <= limit <= _MAX_PAGE:
+        raise InvalidInput(f"the limit must be 1-{_MAX_PAGE}")
+    found = ctx.store.page_api_keys(consumer, after=after, limit=limit + 1)
+    more = len(found) > limit
+    found = found[:limit]
+    return KeyPage(found, found[-1].id if more and found else None)
 
 
 def get_key(ctx: Context, key_id: str) -> ApiKeyRecord:

@@ -298,12 +298,16 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     """Return ``metadata`` if it is a JSON object of at most 1 KiB (compact UTF-8 JSON).
 
     Raises:
-        InvalidInput: not an object, not JSON-serialisable (NaN, non-string keys, other types), or too big.
+        InvalidInput: not an object, not JSON-serialisable (NaN, non-string keys, other types, lone
+            surrogates), or too big.
     """
     if not isinstance(metadata, dict):
         raise InvalidInput("metadata must be a JSON object")
     _check_json_value(metadata)
-    size = len(serialize_metadata(metadata).encode("utf-8"))
+    try:
+        size = len(serialize_metadata(metadata).encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): not storable as UTF-8
+        raise InvalidInput("metadata must be valid Unicode text (no lone surrogates)") from None
     if size > MAX_METADATA_BYTES:
         raise InvalidInput(
             f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES} bytes"

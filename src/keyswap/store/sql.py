@@ -406,6 +406,20 @@ class Store:
             rows = conn.execute(sa.select(consumers).order_by(consumers.c.name)).all()
         return [_consumer(row) for row in rows]
 
+    def page_consumers(
+        self, *, after: str | None = None, prefix: str | None = None, limit: int = 100
+    ) -> list[Consumer]:
+        """Up to ``limit`` consumers by name: those after ``after`` (a name, the cursor) whose name
+        starts with ``prefix``."""
+        query = sa.select(consumers).order_by(consumers.c.name).limit(limit)
+        if after is not None:
+            query = query.where(consumers.c.name > after)
+        if prefix:
+            query = query.where(consumers.c.name.startswith(prefix, autoescape=True))
+        with self._reading() as conn:
+            rows = conn.execute(query).all()
+        return [_consumer(row) for row in rows]
+
     def delete_consumer(self, name: str) -> int:
         """Delete a consumer and its keys; returns how many keys went with it.
 
@@ -617,6 +631,29 @@ class Store:
             NotFound: the named consumer does not exist.
         """
         query = _key_select().order_by(api_keys.c.created_at, api_keys.c.id)
+        with self._reading() as conn:
+            if consumer_name is not None:
+                exists = conn.execute(
+                    sa.select(consumers.c.id).where(consumers.c.name == consumer_name)
+                ).first()
+                if exists is None:
+                    raise NotFound(f"unknown consumer '{consumer_name}'")
+                query = query.where(consumers.c.name == consumer_name)
+            rows = conn.execute(query).all()
+        return [_key(row) for row in rows]
+
+    def page_api_keys(
+        self, consumer_name: str | None = None, *, after: str | None = None, limit: int = 100
+    ) -> list[ApiKeyRecord]:
+        """Up to ``limit`` keys (of one consumer, if named) by id, those after ``after`` (a key id,
+        the cursor).
+
+        Raises:
+            NotFound: the named consumer does not exist.
+        """
+        query = _key_select().order_by(api_keys.c.id).limit(limit)
+        if after is not None:
+            query = query.where(api_keys.c.id > after)
         with self._reading() as conn:
             if consumer_name is not None:
                 exists = conn.execute(
@@ -879,6 +916,7 @@ class Store:
         limit: int = 100,
         before: int | None = None,
         since: float | None = None,
+        until: float | None = None,
         actor_kind: str | None = None,
         actor_name: str | None = None,
         action: str | None = None,
@@ -888,13 +926,15 @@ class Store:
         """Audit events, newest first (by id), at most ``limit``; every filter given must match.
 
         ``before``: only events with a smaller id (the cursor: the last id of the previous page).
-        ``since``: only events at or after this time. ``action_prefix``: actions starting with it.
+        ``since``: only events at or after this time; ``until``: before it. ``action_prefix``: actions starting with it.
         """
         query = sa.select(audit_events).order_by(audit_events.c.id.desc()).limit(max(0, limit))
         if before is not None:
             query = query.where(audit_events.c.id < before)
         if since is not None:
             query = query.where(audit_events.c.at >= since)
+        if until is not None:
+            query = query.where(audit_events.c.at < until)
         if actor_kind is not None:
             query = query.where(audit_events.c.actor_kind == actor_kind)
         if actor_name is not None:

@@ -1,0 +1,140 @@
+"""``keyswap admin``: serve the admin API against the gateways' database.
+
+The listening address is bound before anything else (a port in use is one ``Error:`` line, exit 1,
+nothing opened). Changes go through the same store as the CLI's: the revision bump the gateways
+poll, PostgreSQL's NOTIFY, and the Redis publisher with ``--redis`` (or ``$KEYSWAP_REDIS_URL``), so
+running gateways see them as fast as a CLI change. Binding a non-loopback address logs a warning:
+the API speaks plain HTTP; put TLS in front of it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+import click
+
+from keyswap.gateway.cli import (
+    ManagedCommand,
+    db_option,
+    handle_errors,
+    key_prefix_option,
+    open_secret,
+    open_store,
+    secret_file_option,
+)
+
+__all__ = ["admin", "is_loopback"]
+
+logger = logging.getLogger("keyswap.admin")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command(cls=ManagedCommand)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="KEYSWAP_ADMIN_HOST",
+    help="Address to listen on (also $KEYSWAP_ADMIN_HOST). Anything but loopback: put TLS in front.",
+)
+@click.option(
+    "--port",
+    default=8081,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    envvar="KEYSWAP_ADMIN_PORT",
+    help="Port (also $KEYSWAP_ADMIN_PORT).",
+)
+@click.option(
+    "--redis",
+    "redis_url",
+    metavar="URL",
+    default=None,
+    envvar="KEYSWAP_ADMIN_REDIS_URL",
+    help="Announce changes on Redis (also $KEYSWAP_ADMIN_REDIS_URL, else $KEYSWAP_REDIS_URL), as "
+    "gateways started with --redis expect.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    envvar="KEYSWAP_ADMIN_LOG_LEVEL",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+@key_prefix_option
+@db_option
+@secret_file_option
+@handle_errors
+def admin(
+    host: str,
+    port: int,
+    redis_url: str | None,
+    log_level: str,
+    key_prefix: str,
+    db_url: str | None,
+    secret_file: str | None,
+) -> None:
+    """Serve the admin HTTP API (consumers, keys, signing keys, audit) on 127.0.0.1:8081.
+
+    Callers authenticate with admin tokens (`keyswap admin-tokens create`). --db also reads
+    $KEYSWAP_ADMIN_DB, else $KEYSWAP_DB. The OpenAPI document is at /openapi.json, a page listing the
+    operations at /docs.
+    """
+    import os
+
+    from keyswap.admin.app import build_admin_app
+    from keyswap.admin.state import AdminState
+    from keyswap.gateway.keyring import Keyring
+    from keyswap.gateway.serve import configure_logging, run_until_signal, server_config
+    from keyswap.manage.context import audit_retention_from_env
+    from keyswap.ports import bind_listeners, listen_address
+
+    if db_url is None and os.environ.get("KEYSWAP_ADMIN_DB", "").strip():
+        db_url = os.environ["KEYSWAP_ADMIN_DB"].strip()
+    sockets = bind_listeners(host, port)
+    try:
+        configure_logging(log_level)
+        if not is_loopback(host):
+            logger.warning(
+                "the admin API listens on %s, beyond this machine, over plain HTTP: put TLS in "
+                "front of it and restrict who can reach it",
+                listen_address(host, port),
+            )
+        with open_store(db_url, redis_url=redis_url) as store:
+            secret = open_secret(store, secret_file)
+            state = AdminState(
+                store,
+                secret,
+                Keyring(store, secret),
+                key_prefix=key_prefix,
+                audit_retention=audit_retention_from_env(),
+            )
+            app = build_admin_app(state)
+            bound = sockets[0].getsockname()[1]
+
+            def ready() -> None:
+                click.echo(
+                    f"keyswap admin API on http://{listen_address(host, bound)} (docs: /docs)"
+                )
+
+            status = run_until_signal(
+                [server_config(app, host, bound, log_level=log_level)],
+                on_ready=ready,
+                sockets=[sockets],
+            )
+    finally:
+        for sock in sockets:
+            sock.close()
+    if status != 0:
+        raise click.ClickException("the admin API could not start (see the message above)")
