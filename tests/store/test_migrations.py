@@ -99,7 +99,7 @@ def test_a_store_refuses_a_postgresql_schema_that_is_behind(pg_url: str) -> None
     _downgrade(store, "0001")
     store.close()
     with pytest.raises(
-        ConfigError, match=r"revision 0001.*needs revision 0004.*keyswap db upgrade"
+        ConfigError, match=rf"revision 0001.*needs revision {migrate.head_revision()}.*keyswap db upgrade"
     ):
         Store(pg_url)
 
@@ -182,7 +182,7 @@ def test_a_sqlite_database_from_before_migrations_is_adopted_and_upgraded(tmp_pa
     finally:
         store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [(migrate.head_revision(),)]
 
 
 def _insert_0002_rows(store: Store) -> None:
@@ -211,6 +211,7 @@ def test_migrations_ship_inside_the_package() -> None:
         "0002_consumer_rate_limit.py",
         "0003_scopes.py",
         "0004_consumer_connections.py",
+        "0005_changes.py",
     ]
     assert (migrate.MIGRATIONS_DIR / "env.py").is_file()
 
@@ -287,7 +288,7 @@ def test_0004_adds_consumer_connection_caps_and_keeps_consumers_and_keys_both_wa
             )
         upgraded = Store(any_url, schema="upgrade")
         try:
-            assert upgraded.schema_change == ("0003", "0004")
+            assert upgraded.schema_change == ("0003", migrate.head_revision())
             consumer = upgraded.get_consumer("acme")
             assert consumer is not None
             assert (consumer.max_connections, consumer.rate_limit) == (None, "5/1s")
@@ -304,5 +305,29 @@ def test_0004_adds_consumer_connection_caps_and_keeps_consumers_and_keys_both_wa
             assert "rate_limit" in names
             keys = conn.execute(sa.text("SELECT id FROM api_keys")).scalars().all()
         assert keys == ["key_old"]  # dropping the column did not cascade to the keys
+    finally:
+        store.close()
+
+
+def test_0005_adds_the_change_log_and_a_node_behind_it_clears_everything(any_url: str) -> None:
+    store = Store(any_url, schema="upgrade")
+    try:
+        _downgrade(store, "0004")
+        with store.engine.begin() as conn:
+            assert "changes" not in sa.inspect(conn).get_table_names()
+            conn.execute(sa.text("UPDATE meta SET revision = revision + 3"))
+        upgraded = Store(any_url, schema="upgrade")
+        try:
+            assert upgraded.schema_change == ("0004", migrate.head_revision())
+            before = upgraded.revision()
+            # Revisions from before the log have no rows: a node that saw an older one clears all.
+            assert upgraded.changes_since(before - 1) == (before, None)
+            acme = upgraded.create_consumer("acme")
+            assert upgraded.changes_since(before)[1] == [("consumer", str(acme.id))]
+        finally:
+            upgraded.close()
+        _downgrade(store, "0004")
+        with store.engine.begin() as conn:
+            assert "changes" not in sa.inspect(conn).get_table_names()
     finally:
         store.close()

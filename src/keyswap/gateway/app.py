@@ -55,6 +55,7 @@ from keyswap.errors import (
     UpstreamTimeout,
 )
 from keyswap.gateway.accesslog import AccessLog
+from keyswap.gateway.changefeed import FULL, ChangeFeed, Changes
 from keyswap.gateway.cluster import ClusterSettings
 from keyswap.gateway.headerpolicy import HeaderPolicy
 from keyswap.gateway.mint import SIGNING_ALGORITHMS, PrincipalLike, SigningKeyLike, TokenMinter
@@ -97,6 +98,8 @@ _AUTHORIZATION = b"authorization"
 _BEARER = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +([\x21-\x7e]+) *")
 _SCHEME = re.compile(rb"[A-Za-z0-9!#$%&'*+\-.^_`|~]+( .*)?", re.DOTALL)
 _MAX_KEY_HEADER = 512
+#: Seconds a cached API-key lookup is trusted by :func:`build_gateway` (changes invalidate it sooner).
+CACHE_TTL = 300.0
 
 
 class ApiKeysLike(Protocol):
@@ -315,6 +318,8 @@ class GatewayApp:
         store_calls: runs cache misses on a few threads, each awaited for a bounded time (default
             :class:`~keyswap.gateway.storecalls.StoreCalls`: 2 s, 8 threads); past it the key is
             answered from memory as in an outage (``api_keys.store_timed_out(key, now)``), else 503.
+        changes: the store's change log (:class:`~keyswap.gateway.changefeed.ChangeFeed`): on a
+            change, only what it names is invalidated (``None``: every change clears everything).
     """
 
     def __init__(
@@ -330,8 +335,10 @@ class GatewayApp:
         rate_limiter: RateLimiter | None = None,
         default_rate: Rate | None = None,
         store_calls: StoreCalls | None = None,
+        changes: ChangeFeed | None = None,
     ) -> None:
         self.settings = settings
+        self.changes = changes
         self.store_calls = store_calls or StoreCalls()
         self.rate_limiter = rate_limiter
         self._default_rate = default_rate
@@ -366,6 +373,8 @@ class GatewayApp:
         #: Requests in flight to the upstream, per consumer id (see ``max_connections_per_consumer``).
         self.in_flight: dict[int, int] = {}
         self._prepared = False
+        #: What the last :meth:`on_change` invalidated (``None`` before the first change).
+        self.last_changes: Changes | None = None
         self._prune_task: asyncio.Task[None] | None = None
 
     # -- set-up --------------------------------------------------------------------------------
@@ -394,10 +403,28 @@ class GatewayApp:
         self._prepared = True
 
     def on_change(self) -> None:
-        """React to a store change (called on the watcher's thread; reference swaps only)."""
-        clear = getattr(self._api_keys, "clear_cache", None)
-        if callable(clear):
-            clear()
+        """React to a store change (called on the watcher's thread; reference swaps only).
+
+        With a change feed, only what the change log names is invalidated: a key's cached lookup and
+        minted token, a consumer's keys, the signing keys (reloaded, JWKS re-rendered, tokens flushed).
+        Without one, or when the log cannot say, everything is.
+        """
+        changes = FULL if self.changes is None else self.changes.read()
+        self.last_changes = changes
+        if not changes.full:
+            if changes.key_ids or changes.consumer_ids:
+                invalidate = getattr(self._api_keys, "invalidate", None)
+                if callable(invalidate):
+                    invalidate(changes.key_ids, changes.consumer_ids)
+                else:
+                    changes = FULL
+                self.minter.forget(changes.key_ids)
+            if not changes.full and not changes.signing:
+                return
+        if changes.full:
+            clear = getattr(self._api_keys, "clear_cache", None)
+            if callable(clear):
+                clear()
         try:
             self._keyring.reload()
             self.wellknown.refresh()
@@ -410,6 +437,8 @@ class GatewayApp:
         if not self._prepared:
             await asyncio.to_thread(self.prepare)
         await self.proxy.start()
+        if self.changes is not None:  # its baseline before the watcher's: nothing falls between
+            await asyncio.to_thread(self.changes.start)
         if self._watcher_factory is not None:
             self._watcher = self._watcher_factory(self.on_change)
             self._watcher.start()
@@ -620,12 +649,14 @@ def build_gateway(
     store = Store(db_url, timeout=cluster.db_timeout)
     try:
         secret = load_secret(db_url, secret_file=secret_file, env=env)
-        # Cached lookups live 5 s even if change detection fails, so revocation still lands in 5 s.
+        # Every change reaches the node (push or poll, then the change log says what to invalidate),
+        # so a cached lookup is trusted until a change names it; the TTL only bounds how long a lookup
+        # survives if change detection itself were broken while the store answers.
         api_keys = ApiKeys(
             store,
             secret,
             prefix=settings.key_prefix,
-            cache_ttl=5.0,
+            cache_ttl=CACHE_TTL,
             outage_grace=cluster.outage_grace,
             clock=clock,
         )
@@ -668,6 +699,7 @@ def build_gateway(
             rate_limiter=build_rate_limiter(cluster, clock=clock),
             default_rate=cluster.rate_limit,
             store_calls=StoreCalls(cluster.db_timeout),
+            changes=ChangeFeed(store),
         )
     except BaseException:
         store.close()

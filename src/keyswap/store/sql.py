@@ -55,14 +55,22 @@ from keyswap.store.models import (
     validate_rate_limit,
     validate_scopes,
 )
-from keyswap.store.schema import api_keys, consumers, meta, signing_keys
+from keyswap.store.schema import api_keys, changes, consumers, meta, signing_keys
 from keyswap.store.urls import display_url, is_postgres, normalize_database_url, sqlite_file
 
-__all__ = ["NOTIFY_CHANNEL", "CreateMode", "SchemaMode", "Store"]
+__all__ = ["NOTIFY_CHANNEL", "Change", "CreateMode", "SchemaMode", "Store"]
 
 log = logging.getLogger("keyswap.store")
 
 _IMMEDIATE = "keyswap_immediate"
+_REVISION = "keyswap_revision"
+_NOTED = "keyswap_noted"
+#: Change-log rows older than this many revisions are pruned (a node further behind clears everything).
+CHANGE_LOG_KEEP = 10_000
+#: Most change-log rows a node reads at once; more than that and it clears everything instead.
+CHANGE_LOG_READ = 5_000
+#: One change-log row: ``(kind, ref)``; see :data:`keyswap.store.schema.changes`.
+Change = tuple[str, str]
 #: The PostgreSQL channel every bump is announced on; the payload is ``<schema>:<revision>``.
 NOTIFY_CHANNEL = "keyswap_changes"
 #: Seconds a PostgreSQL connection attempt may take (unless the URL sets ``connect_timeout``).
@@ -180,9 +188,58 @@ class Store:
                         # Delivered by PostgreSQL at commit, never for a rolled-back transaction.
                         payload = f"{self.notify_scope}:{revision}"
                         conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, payload)))
-                yield conn
+                    conn.info[_REVISION] = revision
+                    conn.info[_NOTED] = False
+                try:
+                    yield conn
+                    if revision is not None:
+                        if not conn.info[_NOTED]:  # a change nobody described: nodes clear all
+                            self._note(conn, "all", "")
+                        if revision % 256 == 0:
+                            conn.execute(
+                                sa.delete(changes).where(
+                                    changes.c.revision <= revision - CHANGE_LOG_KEEP
+                                )
+                            )
+                finally:
+                    conn.info.pop(_REVISION, None)
+                    conn.info.pop(_NOTED, None)
         if revision is not None:
             self._committed(revision)
+
+    @staticmethod
+    def _note(conn: Connection, kind: str, *refs: object) -> None:
+        """Record in the change log what this transaction changed (one row per ref)."""
+        revision = conn.info[_REVISION]
+        conn.execute(
+            sa.insert(changes),
+            [{"revision": revision, "kind": kind, "ref": str(ref)} for ref in refs],
+        )
+        conn.info[_NOTED] = True
+
+    def changes_since(self, revision: int) -> tuple[int, list[Change] | None]:
+        """``(current revision, what changed after revision)``, read in one transaction.
+
+        The list is ``None`` when the log cannot say (some revision in between has no rows: pruned,
+        from before the log existed, or more than :data:`CHANGE_LOG_READ` rows): clear everything.
+        """
+        with self._reading() as conn:
+            current = int(
+                conn.execute(sa.select(meta.c.revision).where(meta.c.id == 1)).scalar_one()
+            )
+            if current <= revision:
+                return current, []
+            if current - revision > CHANGE_LOG_READ:
+                return current, None
+            rows = conn.execute(
+                sa.select(changes.c.revision, changes.c.kind, changes.c.ref)
+                .where(changes.c.revision > revision, changes.c.revision <= current)
+                .order_by(changes.c.id)
+                .limit(CHANGE_LOG_READ + 1)
+            ).all()
+        if len(rows) > CHANGE_LOG_READ or len({row.revision for row in rows}) != current - revision:
+            return current, None
+        return current, [(row.kind, row.ref) for row in rows]
 
     def on_commit(self, callback: Callable[[int], object]) -> None:
         """Call ``callback(revision)`` after every committed change (errors are logged, not raised)."""
@@ -315,6 +372,7 @@ class Store:
                     .values(name=name, metadata=data, created_at=created, scopes=_stored(granted))
                     .returning(consumers.c.id)
                 ).scalar_one()
+                self._note(conn, "consumer", consumer_id)
         except IntegrityError:
             raise AlreadyExists(f"consumer '{name}' already exists") from None
         return Consumer(
@@ -345,6 +403,7 @@ class Store:
             ).scalar_one_or_none()
             if consumer_id is None:
                 raise NotFound(f"unknown consumer '{name}'")
+            self._note(conn, "consumer", consumer_id)
             deleted = conn.execute(
                 sa.delete(api_keys).where(api_keys.c.consumer_id == consumer_id)
             ).rowcount
@@ -366,6 +425,7 @@ class Store:
             if not updated:
                 raise NotFound(f"unknown consumer '{name}'")
             row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
+            self._note(conn, "consumer", row.id)
         return _consumer(row)
 
     def set_consumer_rate_limit(self, name: str, rate_limit: str | None) -> Consumer:
@@ -384,6 +444,7 @@ class Store:
             if not updated:
                 raise NotFound(f"unknown consumer '{name}'")
             row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
+            self._note(conn, "consumer", row.id)
         return _consumer(row)
 
     def set_consumer_connections(self, name: str, max_connections: int | None) -> Consumer:
@@ -402,6 +463,7 @@ class Store:
             if not updated:
                 raise NotFound(f"unknown consumer '{name}'")
             row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
+            self._note(conn, "consumer", row.id)
         return _consumer(row)
 
     def set_consumer_scopes(self, name: str, scopes: Iterable[str]) -> Consumer:
@@ -422,6 +484,7 @@ class Store:
             if not updated:
                 raise NotFound(f"unknown consumer '{name}'")
             row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
+            self._note(conn, "consumer", row.id)
         return _consumer(row)
 
     # -- API keys -----------------------------------------------------------------------------------
@@ -458,6 +521,7 @@ class Store:
                     scopes=own,
                     within_consumer=True,
                 )
+                self._note(conn, "key", key_id)
                 row = conn.execute(_key_select().where(api_keys.c.id == key_id)).one()
         except IntegrityError:
             raise AlreadyExists("key id or digest collision") from None
@@ -531,6 +595,7 @@ class Store:
             row = conn.execute(_key_select().where(api_keys.c.id == key_id)).first()
             if row is None:
                 raise NotFound(f"unknown key id '{key_id}'")
+            self._note(conn, "key", key_id)
         return _key(row)
 
     def roll_api_key(
@@ -588,6 +653,7 @@ class Store:
                 rows = conn.execute(
                     _key_select().where(api_keys.c.id.in_([old_id, new_key_id]))
                 ).all()
+                self._note(conn, "key", old_id, new_key_id)
         except IntegrityError:
             raise AlreadyExists("key id or digest collision") from None
         by_id = {row.id: _key(row) for row in rows}
@@ -630,6 +696,7 @@ class Store:
         try:
             with self._writing() as conn:
                 conn.execute(sa.insert(signing_keys), values)
+                self._note(conn, "signing", "")
         except IntegrityError:
             return False
         return True
@@ -659,6 +726,7 @@ class Store:
                 if activated != 1:
                     raise _Conflict
                 conn.execute(sa.insert(signing_keys).values(**_signing_values(new_next)))
+                self._note(conn, "signing", "")
         except (_Conflict, IntegrityError):
             return False
         return True
@@ -674,6 +742,7 @@ class Store:
                     signing_keys.c.kid.in_(wanted), signing_keys.c.state == "retired"
                 )
             ).rowcount
+            self._note(conn, "signing", "")
         return int(deleted)
 
 
