@@ -377,6 +377,11 @@ class GatewayApp:
         self.last_changes: Changes | None = None
         self._prune_task: asyncio.Task[None] | None = None
 
+    @property
+    def api_keys(self) -> ApiKeysLike:
+        """The API keys the app authenticates with."""
+        return self._api_keys
+
     # -- set-up --------------------------------------------------------------------------------
 
     def prepare(self) -> None:
