@@ -99,7 +99,8 @@ def test_a_store_refuses_a_postgresql_schema_that_is_behind(pg_url: str) -> None
     _downgrade(store, "0001")
     store.close()
     with pytest.raises(
-        ConfigError, match=rf"revision 0001.*needs revision {migrate.head_revision()}.*keyswap db upgrade"
+        ConfigError,
+        match=rf"revision 0001.*needs revision {migrate.head_revision()}.*keyswap db upgrade",
     ):
         Store(pg_url)
 
@@ -182,7 +183,9 @@ def test_a_sqlite_database_from_before_migrations_is_adopted_and_upgraded(tmp_pa
     finally:
         store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [(migrate.head_revision(),)]
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (migrate.head_revision(),)
+        ]
 
 
 def _insert_0002_rows(store: Store) -> None:
