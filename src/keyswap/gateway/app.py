@@ -461,6 +461,7 @@ class GatewayApp:
             await asyncio.to_thread(watcher.stop)
         await self.proxy.close()
         self.store_calls.close()
+        await asyncio.to_thread(self._access.close)
         if self.rate_limiter is not None:
             await self.rate_limiter.close()
         if self._on_close is not None:
