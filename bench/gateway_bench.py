@@ -8,7 +8,8 @@ Configs (all in front of the same upstream: the bare Starlette app on uvicorn, o
            in a dict, then the request forwarded (bench/_serve.py naiveproxy)
   nginx    nginx, 1 worker, proxy_pass with upstream keepalive, access_log off, no key check
   keyswap  `keyswap gateway --upstream ... --db sqlite:///<tmp>/keyswap.db`, default settings
-           (RS256, access log at info to a file), consumer + API key created with the CLI; the key
+           (RS256, access log at info to a file) but --max-connections-per-consumer 64 (one consumer
+           on 32 connections would meet the default cap), consumer + API key created with the CLI; the key
            is sent by wrk on every request
 --scale adds the scale table (bench/_scale.py): one key repeated vs 5,000 consumers cycled (first
 pass after start, warm, under churn) vs unique unknown keys, and the lookup cache's memory per key.
@@ -50,7 +51,7 @@ from _common import (
     serve_argv,
     temp_dir,
 )
-from _scale import GOALS, run_scale
+from _scale import CAP, GOALS, run_scale
 from _scale import LABELS as SCALE_LABELS
 
 CONFIGS = ("direct", "naive", "nginx", "keyswap")
@@ -231,6 +232,7 @@ def main() -> int:
                         str(port),
                         "--db",
                         db,
+                        *CAP,
                         *(["--alg", args.gateway_alg] if args.gateway_alg else []),
                     ],
                     log_dir=tmp,
