@@ -46,6 +46,7 @@ from _common import (
 
 CONSUMERS = 5_000
 COLD_SECONDS = 2.0
+PRIME_SECONDS = 8.0
 #: One consumer over 32 connections would hit the default per-consumer cap (max_connections / 4).
 CAP = ("--max-connections-per-consumer", "64")
 UNKNOWN = 100_000
@@ -158,6 +159,14 @@ def run_scale(
                 f"scale round {rnd + 1} cold: {cold.rps:,.0f} req/s ({cold.requests} requests), "
                 f"CPU {'+'.join(f'{x:.0f}' for x in cold.cpu_parts)} µs/req",
                 file=sys.stderr,
+            )
+            # Prime: every consumer seen at least once before the warm rows.
+            run_wrk(
+                gateway.url,
+                seconds=PRIME_SECONDS,
+                connections=connections,
+                script=SCRIPT,
+                env={"BENCH_KEYS": str(cycled)},
             )
             order = ROWS[rnd % len(ROWS) :] + ROWS[: rnd % len(ROWS)]
             for name in order:

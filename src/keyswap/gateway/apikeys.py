@@ -53,6 +53,7 @@ from keyswap.errors import (
     NotFound,
     StoreUnavailable,
 )
+from keyswap.gateway.keyfilter import KeyFilter
 from keyswap.gateway.secret import ServerSecret, check_secret
 from keyswap.store.models import ApiKeyRecord, Consumer
 from keyswap.store.sql import Store
@@ -401,6 +402,11 @@ class ApiKeys:
         self._last_used: dict[str, float] = {}
         self._last_used_lock = threading.Lock()
         self._last_flush = monotonic()
+        #: Every key in the store, a few bits each (:mod:`keyswap.gateway.keyfilter`).
+        self.filter = KeyFilter()
+        self._filter_lock = threading.Lock()
+        self._filter_again = False
+        self._filter_loading = False
         check_secret(store, secret)
 
     # -- management ---------------------------------------------------------------------------------
@@ -611,6 +617,91 @@ class ApiKeys:
             return False
         found = {key_id: _entry(*row) for key_id, row in rows.items()}
         return self._cache.refresh(digests, found, generation)
+
+    # -- the key filter and warm start --------------------------------------------------------------
+
+    def absent(self, key: str) -> int | None:
+        """The revision as of which ``key`` surely did not exist (the key filter does not hold it),
+        or ``None`` if it may exist (or the filter is not loaded). No I/O."""
+        revision = self.filter.revision
+        if revision is None or self.filter.may_hold(self.digest(key)):
+            return None
+        return revision
+
+    def store_revision(self) -> int:
+        """The store's revision now (one query)."""
+        return self._store.revision()
+
+    def load_filter(self) -> bool:
+        """Load the key filter from the store (every key's digest, one read). False on a store
+        error (the filter keeps answering "maybe": every unknown key is looked up)."""
+        self.filter.begin_load()
+        try:
+            revision, count, digests = self._store.all_api_key_digests()
+        except SQLAlchemyError as exc:
+            log.warning("could not load the API key filter (%s)", type(exc).__name__)
+            return False
+        self.filter.load(digests, count, revision)
+        return True
+
+    def reload_filter_soon(self) -> None:
+        """Stop trusting the key filter and reload it on a thread of its own (after a change the log
+        could not describe, or once it holds more keys than it was sized for)."""
+        self.filter.reset()
+        with self._filter_lock:
+            if self._filter_loading:
+                self._filter_again = True
+                return
+            self._filter_loading = True
+        threading.Thread(target=self._reload_filter, name="keyswap-key-filter", daemon=True).start()
+
+    def _reload_filter(self) -> None:
+        while True:
+            self.load_filter()
+            with self._filter_lock:
+                if not self._filter_again:
+                    self._filter_loading = False
+                    return
+                self._filter_again = False
+
+    def changed(self, key_ids: Iterable[str], consumer_ids: Iterable[int], revision: int) -> None:
+        """Apply what the change log says changed up to ``revision``: invalidate those keys and
+        consumers (:meth:`invalidate`), add the changed keys to the key filter, advance it."""
+        key_ids = list(key_ids)
+        self.invalidate(key_ids, consumer_ids)
+        if not self.filter.ready:
+            return
+        if key_ids:
+            try:
+                digests = self._store.api_key_digests(key_ids)
+            except SQLAlchemyError:
+                self.reload_filter_soon()  # it would miss these keys: stop trusting it
+                return
+            for digest in digests:
+                self.filter.add(digest)
+        if self.filter.crowded:
+            self.reload_filter_soon()
+            return
+        self.filter.advance(revision)
+
+    def warm(self, since: float, limit: int) -> list[Principal]:
+        """Put the keys last used at or after ``since`` (up to ``limit``, most recent first)
+        into the lookup cache, as a lookup would; returns the principals of those usable now (whose
+        tokens the gateway then mints ahead of their first request). Nothing on a store error."""
+        generation = self._cache.generation
+        try:
+            rows = self._store.recent_api_keys(since, limit)
+        except SQLAlchemyError as exc:
+            log.warning("could not warm the API key cache (%s)", type(exc).__name__)
+            return []
+        now = self._clock()
+        usable = []
+        for digest, record, consumer in rows:
+            entry = _entry(record, consumer)
+            self._cache.put(digest, entry, generation)
+            if record.usable_at(now):
+                usable.append(entry.principal)
+        return usable
 
     def refresh_known(self) -> bool:
         """Re-read every known key (those usable as outage fallbacks) from the store, in batches.

@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -98,6 +99,10 @@ _AUTHORIZATION = b"authorization"
 _BEARER = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +([\x21-\x7e]+) *")
 _SCHEME = re.compile(rb"[A-Za-z0-9!#$%&'*+\-.^_`|~]+( .*)?", re.DOTALL)
 _MAX_KEY_HEADER = 512
+#: At start, the keys used this many seconds back are cached and their tokens minted...
+WARM_WINDOW = 3600.0
+#: ... up to this many (the lookup cache's default size).
+WARM_LIMIT = 10_000
 #: Seconds a cached API-key lookup is trusted by :func:`build_gateway` (changes invalidate it sooner).
 CACHE_TTL = 300.0
 
@@ -373,6 +378,11 @@ class GatewayApp:
         #: Requests in flight to the upstream, per consumer id (see ``max_connections_per_consumer``).
         self.in_flight: dict[int, int] = {}
         self._prepared = False
+        #: Set once the start-up warm-up (key filter, recent keys, their tokens) is over.
+        self.warmed = threading.Event()
+        self._next_check: asyncio.Future[int | None] | None = None
+        self._checking = False
+        self._tasks: set[asyncio.Task[None]] = set()
         #: What the last :meth:`on_change` invalidated (``None`` before the first change).
         self.last_changes: Changes | None = None
         self._prune_task: asyncio.Task[None] | None = None
@@ -415,21 +425,27 @@ class GatewayApp:
         Without one, or when the log cannot say, everything is.
         """
         changes = FULL if self.changes is None else self.changes.read()
+        revision = None if self.changes is None else self.changes.revision
         self.last_changes = changes
         if not changes.full:
-            if changes.key_ids or changes.consumer_ids:
-                invalidate = getattr(self._api_keys, "invalidate", None)
-                if callable(invalidate):
-                    invalidate(changes.key_ids, changes.consumer_ids)
-                else:
-                    changes = FULL
-                self.minter.forget(changes.key_ids)
+            changed = getattr(self._api_keys, "changed", None)
+            invalidate = getattr(self._api_keys, "invalidate", None)
+            if callable(changed) and revision is not None:
+                changed(changes.key_ids, changes.consumer_ids, revision)
+            elif callable(invalidate):
+                invalidate(changes.key_ids, changes.consumer_ids)
+            elif changes.key_ids or changes.consumer_ids:
+                changes = FULL
+            self.minter.forget(changes.key_ids)
             if not changes.full and not changes.signing:
                 return
         if changes.full:
             clear = getattr(self._api_keys, "clear_cache", None)
             if callable(clear):
                 clear()
+            reload_filter = getattr(self._api_keys, "reload_filter_soon", None)
+            if callable(reload_filter):
+                reload_filter()
         try:
             self._keyring.reload()
             self.wellknown.refresh()
@@ -447,7 +463,86 @@ class GatewayApp:
         if self._watcher_factory is not None:
             self._watcher = self._watcher_factory(self.on_change)
             self._watcher.start()
+        threading.Thread(target=self._warm_up, name="keyswap-warm-up", daemon=True).start()
         self._prune_task = asyncio.create_task(self._prune_loop())
+
+    def _warm_up(self) -> None:
+        """Off the request path, after start: load the key filter, then put the keys used recently
+        (by any node: the store's last-used times) in the lookup cache and mint their tokens, so
+        that their first requests after a restart cost neither a lookup nor a signature."""
+        try:
+            load = getattr(self._api_keys, "load_filter", None)
+            if callable(load):
+                load()
+            warm = getattr(self._api_keys, "warm", None)
+            if callable(warm):
+                for principal in warm(self._clock() - WARM_WINDOW, WARM_LIMIT):
+                    self.minter.token_for(principal)
+        except Exception as exc:  # a warm-up that fails leaves the gateway as cold as before
+            logger.warning("warming the caches failed (%s)", type(exc).__name__)
+        finally:
+            self.warmed.set()
+
+    def _confirm_revision(self) -> int:
+        """The store's revision now; if this node has not applied it yet, apply it first (on the
+        calling store thread), so that the key filter is as new as the store."""
+        current: int = getattr(self._api_keys, "store_revision")()  # noqa: B009
+        feed = self.changes
+        if feed is not None and (feed.revision is None or feed.revision < current):
+            observe = getattr(self._watcher, "observe", None)
+            if callable(observe):
+                observe(current)
+        return current
+
+    def _revision_check(self) -> asyncio.Future[int | None]:
+        """A store revision read that starts after this call, shared by every caller until it starts."""
+        upcoming = self._next_check
+        if upcoming is None:
+            upcoming = self._next_check = asyncio.get_running_loop().create_future()
+            if not self._checking:
+                self._start_check()
+        return upcoming
+
+    def _start_check(self) -> None:
+        upcoming, self._next_check = self._next_check, None
+        if upcoming is None:
+            return
+        self._checking = True
+        task = asyncio.ensure_future(self._check(upcoming))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _check(self, upcoming: asyncio.Future[int | None]) -> None:
+        try:
+            revision = await self.store_calls.run(self._confirm_revision)
+        except StoreTimeout as exc:  # a hung store: every waiter answers as during an outage
+            if not upcoming.done():
+                upcoming.set_exception(exc)
+        except Exception:  # the waiters look their keys up instead (outage rules apply there)
+            if not upcoming.done():
+                upcoming.set_result(None)
+        else:
+            if not upcoming.done():
+                upcoming.set_result(revision)
+        finally:
+            self._checking = False
+            self._start_check()
+
+    async def _surely_unknown(self, key: str) -> bool:
+        """True if the key filter says ``key`` does not exist and the store has not changed since
+        (its revision read after the request arrived); False means: look it up.
+
+        Raises:
+            StoreTimeout: the store did not answer the revision read in time.
+        """
+        absent = getattr(self._api_keys, "absent", None)
+        if absent is None or absent(key) is None:
+            return False
+        current = await asyncio.shield(self._revision_check())
+        if current is None:
+            return False
+        covered = absent(key)  # the filter may have moved on while the revision was read
+        return covered is not None and current <= covered
 
     async def shutdown(self) -> None:
         """Lifespan shutdown: stop everything started in :meth:`startup`."""
@@ -607,6 +702,8 @@ class GatewayApp:
                 if principal is not None:
                     return principal
             try:
+                if lookup is not None and await self._surely_unknown(key):
+                    raise InvalidApiKey("Invalid API key")
                 return await self.store_calls.run(self._api_keys.authenticate, key, now)
             except StoreTimeout:  # a hung database: answer from memory as in an outage, or 503
                 timed_out = getattr(self._api_keys, "store_timed_out", None)

@@ -556,6 +556,43 @@ class Store:
                     found[row.id] = (_key(row), _key_consumer(row))
         return found
 
+    def api_key_digests(self, key_ids: Iterable[str]) -> list[bytes]:
+        """The digests of the keys with these public ids (missing ids are left out)."""
+        wanted = list(dict.fromkeys(key_ids))
+        found: list[bytes] = []
+        with self._reading() as conn:
+            for start in range(0, len(wanted), 500):
+                query = sa.select(api_keys.c.digest).where(
+                    api_keys.c.id.in_(wanted[start : start + 500])
+                )
+                found.extend(bytes(digest) for digest in conn.execute(query).scalars())
+        return found
+
+    def all_api_key_digests(self) -> tuple[int, int, Iterator[bytes]]:
+        """``(revision, number of keys, their digests)``, read in one transaction (what a gateway
+        loads its key filter from). The digests are all in memory once this returns."""
+        with self._reading() as conn:
+            revision = int(
+                conn.execute(sa.select(meta.c.revision).where(meta.c.id == 1)).scalar_one()
+            )
+            digests = [bytes(d) for d in conn.execute(sa.select(api_keys.c.digest)).scalars()]
+        return revision, len(digests), iter(digests)
+
+    def recent_api_keys(
+        self, since: float, limit: int
+    ) -> list[tuple[bytes, ApiKeyRecord, Consumer]]:
+        """Up to ``limit`` keys last used at or after ``since``, most recent first, with their
+        digests and consumers (what a gateway warms its caches with at start)."""
+        query = (
+            _key_with_consumer_select()
+            .where(api_keys.c.last_used_at >= since)
+            .order_by(api_keys.c.last_used_at.desc())
+            .limit(limit)
+        )
+        with self._reading() as conn:
+            rows = conn.execute(query).all()
+        return [(bytes(row.digest), _key(row), _key_consumer(row)) for row in rows]
+
     def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
         """The key with this public id, or ``None``."""
         with self._reading() as conn:
