@@ -389,6 +389,8 @@ def main() -> int:
         print("\n## Scale\n")
         print(scale_table)
         for name, goal in GOALS.items():
+            if name not in scale_ratios:
+                continue
             targets.append(
                 Target(f"scale: {SCALE_LABELS[name]} ÷ one key", scale_ratios[name], goal)
             )

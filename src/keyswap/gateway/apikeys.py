@@ -553,6 +553,11 @@ class ApiKeys:
         return None
 
     @property
+    def store(self) -> Store:
+        """The store the keys live in."""
+        return self._store
+
+    @property
     def cache_sizes(self) -> tuple[int, int]:
         """``(known keys, unknown keys)`` cached now."""
         return self._cache.sizes

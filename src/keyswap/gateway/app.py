@@ -103,6 +103,8 @@ _MAX_KEY_HEADER = 512
 WARM_WINDOW = 3600.0
 #: ... up to this many (the lookup cache's default size).
 WARM_LIMIT = 10_000
+#: Least seconds between two store revision reads confirming that keys are unknown.
+CHECK_INTERVAL = 0.005
 #: Seconds a cached API-key lookup is trusted by :func:`build_gateway` (changes invalidate it sooner).
 CACHE_TTL = 300.0
 
@@ -381,7 +383,8 @@ class GatewayApp:
         #: Set once the start-up warm-up (key filter, recent keys, their tokens) is over.
         self.warmed = threading.Event()
         self._next_check: asyncio.Future[int | None] | None = None
-        self._checking = False
+        self._checking = False  # a revision read is running or scheduled
+        self._last_check = float("-inf")  # loop time the last one started
         self._tasks: set[asyncio.Task[None]] = set()
         #: What the last :meth:`on_change` invalidated (``None`` before the first change).
         self.last_changes: Changes | None = None
@@ -495,19 +498,32 @@ class GatewayApp:
         return current
 
     def _revision_check(self) -> asyncio.Future[int | None]:
-        """A store revision read that starts after this call, shared by every caller until it starts."""
+        """A store revision read that starts after this call, shared by every caller until it
+        starts. Reads start at most every ``CHECK_INTERVAL`` seconds (one at a time): a flood of
+        unknown keys costs at most that many reads a second, each refusal waiting that long at most.
+        """
         upcoming = self._next_check
         if upcoming is None:
             upcoming = self._next_check = asyncio.get_running_loop().create_future()
             if not self._checking:
-                self._start_check()
+                self._schedule_check()
         return upcoming
+
+    def _schedule_check(self) -> None:
+        self._checking = True
+        loop = asyncio.get_running_loop()
+        delay = self._last_check + CHECK_INTERVAL - loop.time()
+        if delay > 0:
+            loop.call_later(delay, self._start_check)
+        else:
+            self._start_check()
 
     def _start_check(self) -> None:
         upcoming, self._next_check = self._next_check, None
         if upcoming is None:
+            self._checking = False
             return
-        self._checking = True
+        self._last_check = asyncio.get_running_loop().time()
         task = asyncio.ensure_future(self._check(upcoming))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -526,7 +542,8 @@ class GatewayApp:
                 upcoming.set_result(revision)
         finally:
             self._checking = False
-            self._start_check()
+            if self._next_check is not None:
+                self._schedule_check()
 
     async def _surely_unknown(self, key: str) -> bool:
         """True if the key filter says ``key`` does not exist and the store has not changed since
