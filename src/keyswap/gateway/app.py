@@ -104,7 +104,7 @@ WARM_WINDOW = 3600.0
 #: ... up to this many (the lookup cache's default size).
 WARM_LIMIT = 10_000
 #: Least seconds between two store revision reads confirming that keys are unknown.
-CHECK_INTERVAL = 0.005
+CHECK_INTERVAL = 0.001
 #: Seconds a cached API-key lookup is trusted by :func:`build_gateway` (changes invalidate it sooner).
 CACHE_TTL = 300.0
 
@@ -710,6 +710,16 @@ class GatewayApp:
         assert default is not None  # set in GatewaySettings.__post_init__
         return default
 
+    def _authenticate_and_mint(self, key: str, now: float) -> PrincipalLike:
+        """On a store thread: look the key up, then mint its token there too (signing releases the
+        GIL: a cold key's signature is made beside the event loop, not on it)."""
+        principal = self._api_keys.authenticate(key, now)
+        try:
+            self.minter.token_for(principal)
+        except Exception:  # minted (and any error reported) again on the request path
+            logger.debug("minting ahead of the request failed", exc_info=True)
+        return principal
+
     async def _authenticate(self, key: str) -> PrincipalLike:
         now = self._clock()
         try:
@@ -721,7 +731,7 @@ class GatewayApp:
             try:
                 if lookup is not None and await self._surely_unknown(key):
                     raise InvalidApiKey("Invalid API key")
-                return await self.store_calls.run(self._api_keys.authenticate, key, now)
+                return await self.store_calls.run(self._authenticate_and_mint, key, now)
             except StoreTimeout:  # a hung database: answer from memory as in an outage, or 503
                 timed_out = getattr(self._api_keys, "store_timed_out", None)
                 if timed_out is None:

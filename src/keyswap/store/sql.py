@@ -325,7 +325,7 @@ class Store:
     def revision(self) -> int:
         """The change counter: every mutation (except last-used times) increases it."""
         with self._reading() as conn:
-            return int(conn.execute(sa.select(meta.c.revision).where(meta.c.id == 1)).scalar_one())
+            return int(conn.execute(_REVISION_QUERY).scalar_one())
 
     def bind_secret(self, fingerprint: str) -> bool:
         """Record the server secret's fingerprint on first use; False if another secret is recorded."""
@@ -529,9 +529,8 @@ class Store:
 
     def find_api_key(self, digest: bytes) -> tuple[ApiKeyRecord, Consumer] | None:
         """The key with this HMAC digest and its consumer, or ``None``."""
-        query = _key_with_consumer_select().where(api_keys.c.digest == digest)
         with self._reading() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_FIND_BY_DIGEST, {"b_digest": digest}).first()
         if row is None or not hmac.compare_digest(bytes(row.digest), digest):
             return None
         return _key(row), _key_consumer(row)
@@ -919,6 +918,11 @@ def _key_with_consumer_select() -> sa.Select[Any]:
         consumers.c.max_connections.label("consumer_max_connections"),
         api_keys.c.digest,
     )
+
+
+# Built once: building a statement costs more than running it (a cached lookup's miss is hot).
+_FIND_BY_DIGEST = _key_with_consumer_select().where(api_keys.c.digest == sa.bindparam("b_digest"))
+_REVISION_QUERY = sa.select(meta.c.revision).where(meta.c.id == 1)
 
 
 def _key_consumer(row: sa.Row[Any]) -> Consumer:
