@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from keyswap.gateway.accesslog import AccessLog
+from keyswap.gateway.accesslog import GATEWAY_FORMAT, AccessLog
 
 
 class CountingStream(io.StringIO):
@@ -91,3 +91,30 @@ def test_nothing_is_queued_when_info_is_off(logger: tuple[logging.Logger, Counti
     access.log("GET", b"/x", 200, "acme", "key_x", time.perf_counter())
     assert access.flush() == 0
     assert stream.getvalue() == ""
+
+
+class _SameFormatter(logging.Formatter):
+    """Formats like the gateway's formatter but is not it: takes the general (record) path."""
+
+
+def test_lines_built_directly_match_what_the_formatter_writes() -> None:
+    log = logging.getLogger(f"test.access.fast.{time.monotonic_ns()}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    streams = []
+    for formatter_class in (logging.Formatter, _SameFormatter):
+        stream = CountingStream()
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(formatter_class(GATEWAY_FORMAT))
+        log.addHandler(handler)
+        streams.append(stream)
+    access = AccessLog(log, interval=3600)
+    for n in range(50):
+        access.log("GET", f"/p/{n}\x01".encode(), 200 + n, "acme", None, time.perf_counter())
+        time.sleep(0.001)
+    access.flush()
+    fast, general = (stream.getvalue() for stream in streams)
+    assert fast.count("\n") == 50
+    assert " INFO test.access.fast." in fast
+    assert "GET /p/0\\x01 200 consumer=acme key_id=- " in fast
+    assert fast == general

@@ -54,6 +54,26 @@ def _handlers(logger: logging.Logger) -> list[logging.Handler]:
     return found
 
 
+#: The format ``keyswap gateway`` gives its log handler (keyswap.gateway.serve.configure_logging); a
+#: plain stream or file handler with exactly this formatter gets lines built without a LogRecord.
+GATEWAY_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _plain(handler: logging.Handler) -> bool:
+    formatter = handler.formatter
+    return (
+        type(handler) in (logging.StreamHandler, logging.FileHandler)
+        and not handler.filters
+        and handler.terminator == "\n"  # type: ignore[attr-defined]
+        and type(formatter) is logging.Formatter
+        and formatter._fmt == GATEWAY_FORMAT
+        and formatter.datefmt is None
+        and type(formatter._style) is logging.PercentStyle
+        and formatter.converter is time.localtime
+        and formatter.default_msec_format == "%s,%03d"
+    )
+
+
 class AccessLog:
     """Writes access-log lines from a background thread; costs one ``isEnabledFor`` check when INFO
     is off, and one queue append when it is on.
@@ -80,6 +100,8 @@ class AccessLog:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = threading.Lock()
+        self._second = -1  # the second self._stamp formats
+        self._stamp = ""
 
     def log(
         self,
@@ -140,15 +162,19 @@ class AccessLog:
         while pending:
             lines.append(pending.popleft())
         logger = self._logger
-        handlers = _handlers(logger)
+        handlers = [h for h in _handlers(logger) if h.level <= logging.INFO]
+        fast = [] if logger.filters else [h for h in handlers if _plain(h)]
+        others = [h for h in handlers if h not in fast]
+        if fast:  # the gateway's own format: the line is built directly, no record, no Formatter
+            text = "".join(self._line(logger.name, *line) for line in lines)
+            for handler in fast:
+                self._emit(handler, text)
         batched: dict[logging.Handler, list[str]] = {}
-        for method, raw_path, status, consumer, key_id, latency_ms, at in lines:
+        for method, raw_path, status, consumer, key_id, latency_ms, at in lines if others else ():
             record = self._record(method, raw_path, status, consumer, key_id, latency_ms, at)
             if logger.filters and not logger.filter(record):
                 continue
-            for handler in handlers:
-                if record.levelno < handler.level:
-                    continue
+            for handler in others:
                 if type(handler) in (logging.StreamHandler, logging.FileHandler):
                     if handler.filters and not handler.filter(record):
                         continue
@@ -165,6 +191,31 @@ class AccessLog:
                 "%d access-log lines dropped (the log could not keep up)", dropped
             )
         return len(lines)
+
+    def _line(
+        self,
+        name: str,
+        method: str,
+        raw_path: bytes,
+        status: int,
+        consumer: str | None,
+        key_id: str | None,
+        latency_ms: float,
+        at: float,
+    ) -> str:
+        second = int(at)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        message = _FORMAT % (
+            method,
+            _printable(raw_path),
+            status,
+            consumer or "-",
+            key_id or "-",
+            latency_ms,
+        )
+        return f"{self._stamp},{int((at - second) * 1000):03d} INFO {name}: {message}\n"
 
     def _record(
         self,
