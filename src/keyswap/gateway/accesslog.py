@@ -10,10 +10,13 @@ query may carry secrets), truncated to 512 characters, with non-printable charac
 the API key nor the minted JWT is ever passed to the logger: refused requests log ``consumer=-``.
 
 Cost on the request path: one ``isEnabledFor`` check and, when INFO is on, appending a tuple to a
-queue. A background thread (``keyswap-access-log``) turns the queue into records every
-``interval`` seconds (50 ms), with the request's own time as the record's time, and hands them to the
-handlers; plain stream and file handlers get each batch in one write and one flush instead of one
-per line (a write system call per request was most of the cost of the access log). Lines therefore
+queue. Every ``interval`` seconds (50 ms) while lines come, the event loop turns the queue into one
+batch, with each request's own time as its time: for a plain stream or file handler with the
+gateway's format (:data:`GATEWAY_FORMAT`) the lines are built directly (no LogRecord, no Formatter),
+other handlers get records as usual. A thread (``keyswap-access-log``) writes each batch in one write
+and one flush instead of one per line, so a slow pipe never blocks the loop (building the batch on the
+loop, not on that thread, avoids the thread holding the GIL while the loop waits). Called outside an
+event loop, the thread also builds the batches. Lines therefore
 appear up to ``interval`` later than the request; :meth:`AccessLog.flush` writes what is pending (the
 gateway calls it at shutdown, and at interpreter exit). At most ``max_pending`` lines wait (100,000):
 past that, lines are dropped and counted, and a warning says how many.
@@ -21,8 +24,10 @@ past that, lines are dropped and counted, and a warning says how many.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -100,6 +105,12 @@ class AccessLog:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = threading.Lock()
+        self._scheduled = False  # a batch is scheduled on the event loop
+        self._closed = False
+        self._out: queue.SimpleQueue[tuple[logging.Handler, str] | threading.Event | None] = (
+            queue.SimpleQueue()
+        )
+        self._writer: threading.Thread | None = None  # writes the batches built on the loop
         self._second = -1  # the second self._stamp formats
         self._stamp = ""
 
@@ -121,21 +132,63 @@ class AccessLog:
             self._dropped += 1
             return
         pending.append((method, raw_path, status, consumer, key_id, latency_ms, time.time()))
-        if self._thread is None:
-            self._start()
+        if not self._scheduled:
+            self._schedule()
 
     def flush(self) -> int:
         """Write every queued line now, on the caller's thread; returns how many were written."""
+        self._drain()
         with self._lock:
-            return self._write()
+            return self._write(defer=False)
 
     def close(self) -> None:
-        """Stop the writer thread after writing what is queued."""
+        """Stop the writer threads after writing what is queued."""
         thread, self._thread = self._thread, None
         if thread is not None:
             self._wake.set()
             thread.join(5.0)
+        self._closed = True
         self.flush()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            self._out.put(None)
+            writer.join(5.0)
+
+    def _schedule(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on an event loop: a thread of its own writes every interval
+            if self._thread is None:
+                self._start()
+            return
+        self._scheduled = True
+        loop.call_later(self._interval, self._on_loop)
+
+    def _on_loop(self) -> None:
+        """On the event loop, every ``interval`` while lines come: build the batch (cheap, no GIL
+        contention with a formatting thread) and hand its text to the writer thread (the write may
+        block on a slow pipe: never on the loop)."""
+        self._scheduled = False
+        try:
+            with self._lock:
+                self._write(defer=not self._closed)
+        except Exception:  # never let a broken handler break the loop
+            logging.getLogger("keyswap.gateway").exception("writing the access log failed")
+
+    def _drain(self) -> None:
+        """Wait (5 s at most) until the writer thread has written what it was given."""
+        if self._writer is None:
+            return
+        done = threading.Event()
+        self._out.put(done)
+        done.wait(5.0)
+
+    def _write_out(self) -> None:
+        while (item := self._out.get()) is not None:
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            self._emit(*item)
 
     def _start(self) -> None:
         with self._started:
@@ -154,7 +207,7 @@ class AccessLog:
             except Exception:  # never let a broken handler stop the writer
                 logging.getLogger("keyswap.gateway").exception("writing the access log failed")
 
-    def _write(self) -> int:
+    def _write(self, *, defer: bool) -> int:
         pending = self._pending
         if not pending:
             return 0
@@ -168,7 +221,7 @@ class AccessLog:
         if fast:  # the gateway's own format: the line is built directly, no record, no Formatter
             text = "".join(self._line(logger.name, *line) for line in lines)
             for handler in fast:
-                self._emit(handler, text)
+                self._hand(handler, text, defer)
         batched: dict[logging.Handler, list[str]] = {}
         for method, raw_path, status, consumer, key_id, latency_ms, at in lines if others else ():
             record = self._record(method, raw_path, status, consumer, key_id, latency_ms, at)
@@ -184,7 +237,7 @@ class AccessLog:
                 else:
                     handler.handle(record)
         for handler, texts in batched.items():
-            self._emit(handler, "".join(texts))
+            self._hand(handler, "".join(texts), defer)
         dropped, self._dropped = self._dropped, 0
         if dropped:
             logging.getLogger("keyswap.gateway").warning(
@@ -250,6 +303,20 @@ class AccessLog:
         fields["key_id"] = key_id
         fields["latency_ms"] = round(latency_ms, 3)
         return record
+
+    def _hand(self, handler: logging.Handler, text: str, defer: bool) -> None:
+        if not defer:
+            self._emit(handler, text)
+            return
+        if self._writer is None:
+            with self._started:
+                if self._writer is None:
+                    self._writer = threading.Thread(
+                        target=self._write_out, name="keyswap-access-log", daemon=True
+                    )
+                    self._writer.start()
+                    atexit.register(self.flush)
+        self._out.put((handler, text))
 
     @staticmethod
     def _emit(handler: logging.Handler, text: str) -> None:
