@@ -6,7 +6,7 @@ over SQLite with 5,000 consumers holding one API key each, measured with wrk and
 cycles through a list of keys (bench/_keys.lua):
 
   one key       one API key repeated (= 1.00)
-  cold          2 s right after start (fewer than 5,000 requests: each key once). Round 1: the
+  cold          1 s right after start (fewer than 5,000 requests: each key once). Round 1: the
                 first start (keys never used: a store lookup and a freshly minted token each);
                 rounds 2+ ("restart"): the gateway restarted after those consumers were active
                 (the warm start caches them and mints their tokens in the background at start)
@@ -47,7 +47,7 @@ from _common import (
 )
 
 CONSUMERS = 5_000
-COLD_SECONDS = 2.0
+COLD_SECONDS = 1.0
 PRIME_SECONDS = 8.0
 #: One consumer over 32 connections would hit the default per-consumer cap (max_connections / 4).
 CAP = ("--max-connections-per-consumer", "64")
