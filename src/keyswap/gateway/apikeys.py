@@ -13,10 +13,12 @@ Authentication (:meth:`ApiKeys.authenticate`) refuses every bad key the same way
 ``InvalidApiKey("Invalid API key")`` for malformed, unknown, revoked and expired alike. The HMAC is
 computed for every key, malformed ones included. Lookups go through two bounded in-memory caches, one
 for known keys and one for unknown ones (so that no flood of made-up keys pushes a known key out), each
-trusted for ``cache_ttl`` seconds and cleared by :meth:`ApiKeys.clear_cache`, which the gateway calls
-whenever the store revision changes and which re-reads the known keys at once (what changed is learned
-then, not at the next lookup); expiry and revocation are checked against the request time on every hit,
-so an expired key is refused at once even when cached.
+trusted for ``cache_ttl`` seconds. On a store change the gateway calls :meth:`ApiKeys.changed` with
+what the change log says changed (only those keys and consumers' keys stop being trusted, and are
+re-read at once), or :meth:`ApiKeys.clear_cache` when the log cannot say (every known key re-read);
+expiry and revocation are checked against the request time on every hit, so an expired key is refused
+at once even when cached. A key filter (:mod:`keyswap.gateway.keyfilter`) holds every key in the store
+in a few bits: :meth:`ApiKeys.absent` tells the gateway, without I/O, that a key does not exist.
 
 When the store cannot be reached (a database restart, a network cut), a key this node confirmed within
 the last ``outage_grace`` seconds (default 300) keeps working from memory, expiry and revocation as last
