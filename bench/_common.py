@@ -392,8 +392,12 @@ def run_wrk(
     threads: int = 1,
     headers: dict[str, str] | None = None,
     cpu: Sequence[Server] = (),
+    script: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> WrkResult:
-    """Run wrk against `url`; measure the CPU each server in `cpu` spends per request."""
+    """Run wrk against `url`; measure the CPU each server in `cpu` spends per request.
+
+    `script`: a wrk Lua script (`-s`); `env`: extra environment for wrk (read by the script)."""
     argv = [
         "wrk",
         f"-t{threads}",
@@ -405,9 +409,18 @@ def run_wrk(
     ]
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
+    if script is not None:
+        argv += ["-s", str(script)]
     argv.append(url)
     before = [s.cpu_seconds() for s in cpu]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=False,
+        env={**os.environ, **env} if env else None,
+    )
     after = [s.cpu_seconds() for s in cpu]
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr}{proc.stdout}")

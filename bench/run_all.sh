@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 mkdir -p bench/results
 status=0
 for name in verify http gateway cluster; do
-  echo "== ${name}_bench.py $*" >&2
-  .venv/bin/python "bench/${name}_bench.py" "$@" | tee "bench/results/${name}.md" || status=1
+  extra=()
+  [ "$name" = gateway ] && extra=(--scale)
+  echo "== ${name}_bench.py ${extra[*]} $*" >&2
+  .venv/bin/python "bench/${name}_bench.py" "${extra[@]}" "$@" | tee "bench/results/${name}.md" || status=1
 done
 exit "$status"

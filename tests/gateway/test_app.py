@@ -273,6 +273,9 @@ class FailingApiKeys(ApiKeys):
     def authenticate(self, key: str, now: float | None = None) -> Any:
         raise OperationalError("SELECT ...", {"digest": b"..."}, Exception("database is locked"))
 
+    def store_revision(self) -> int:
+        raise OperationalError("SELECT ...", {}, Exception("database is locked"))
+
 
 def test_a_failing_key_store_is_503_never_500_and_logs_no_key(
     tmp_path: Path, upstream: RecordingUpstream, caplog: pytest.LogCaptureFixture

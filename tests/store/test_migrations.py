@@ -100,7 +100,8 @@ def test_a_store_refuses_a_postgresql_schema_that_is_behind(pg_url: str) -> None
     _downgrade(store, "0001")
     store.close()
     with pytest.raises(
-        ConfigError, match=r"revision 0001.*needs revision 0006.*keyswap db upgrade"
+        ConfigError,
+        match=rf"revision 0001.*needs revision {migrate.head_revision()}.*keyswap db upgrade",
     ):
         Store(pg_url)
 
@@ -183,7 +184,9 @@ def test_a_sqlite_database_from_before_migrations_is_adopted_and_upgraded(tmp_pa
     finally:
         store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0006",)]
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (migrate.head_revision(),)
+        ]
 
 
 def _insert_0002_rows(store: Store) -> None:
@@ -212,6 +215,7 @@ def test_migrations_ship_inside_the_package() -> None:
         "0002_consumer_rate_limit.py",
         "0003_scopes.py",
         "0004_consumer_connections.py",
+        "0005_changes.py",
         "0006_audit.py",
     ]
     assert (migrate.MIGRATIONS_DIR / "env.py").is_file()
@@ -316,13 +320,13 @@ def test_0006_adds_the_audit_log_and_admin_tokens_and_keeps_the_rest_both_ways(
     store = Store(any_url, schema="upgrade")
     try:
         store.create_consumer("acme", scopes=("a",))
-        _downgrade(store, "0004")
+        _downgrade(store, "0005")
         with store.engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
         assert not tables & {"audit_events", "admin_tokens"}
         upgraded = Store(any_url, schema="upgrade")
         try:
-            assert upgraded.schema_change == ("0004", migrate.head_revision())
+            assert upgraded.schema_change == ("0005", migrate.head_revision())
             consumer = upgraded.get_consumer("acme")
             assert consumer is not None
             assert consumer.scopes == ("a",)
@@ -335,5 +339,29 @@ def test_0006_adds_the_audit_log_and_admin_tokens_and_keeps_the_rest_both_ways(
             assert (stored.id, stored.changes) == (1, {"a": 1})
         finally:
             upgraded.close()
+    finally:
+        store.close()
+
+
+def test_0005_adds_the_change_log_and_a_node_behind_it_clears_everything(any_url: str) -> None:
+    store = Store(any_url, schema="upgrade")
+    try:
+        _downgrade(store, "0004")
+        with store.engine.begin() as conn:
+            assert "changes" not in sa.inspect(conn).get_table_names()
+            conn.execute(sa.text("UPDATE meta SET revision = revision + 3"))
+        upgraded = Store(any_url, schema="upgrade")
+        try:
+            assert upgraded.schema_change == ("0004", migrate.head_revision())
+            before = upgraded.revision()
+            # Revisions from before the log have no rows: a node that saw an older one clears all.
+            assert upgraded.changes_since(before - 1) == (before, None)
+            acme = upgraded.create_consumer("acme")
+            assert upgraded.changes_since(before)[1] == [("consumer", str(acme.id))]
+        finally:
+            upgraded.close()
+        _downgrade(store, "0004")
+        with store.engine.begin() as conn:
+            assert "changes" not in sa.inspect(conn).get_table_names()
     finally:
         store.close()

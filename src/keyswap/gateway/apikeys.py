@@ -13,10 +13,12 @@ Authentication (:meth:`ApiKeys.authenticate`) refuses every bad key the same way
 ``InvalidApiKey("Invalid API key")`` for malformed, unknown, revoked and expired alike. The HMAC is
 computed for every key, malformed ones included. Lookups go through two bounded in-memory caches, one
 for known keys and one for unknown ones (so that no flood of made-up keys pushes a known key out), each
-trusted for ``cache_ttl`` seconds and cleared by :meth:`ApiKeys.clear_cache`, which the gateway calls
-whenever the store revision changes and which re-reads the known keys at once (what changed is learned
-then, not at the next lookup); expiry and revocation are checked against the request time on every hit,
-so an expired key is refused at once even when cached.
+trusted for ``cache_ttl`` seconds. On a store change the gateway calls :meth:`ApiKeys.changed` with
+what the change log says changed (only those keys and consumers' keys stop being trusted, and are
+re-read at once), or :meth:`ApiKeys.clear_cache` when the log cannot say (every known key re-read);
+expiry and revocation are checked against the request time on every hit, so an expired key is refused
+at once even when cached. A key filter (:mod:`keyswap.gateway.keyfilter`) holds every key in the store
+in a few bits: :meth:`ApiKeys.absent` tells the gateway, without I/O, that a key does not exist.
 
 When the store cannot be reached (a database restart, a network cut), a key this node confirmed within
 the last ``outage_grace`` seconds (default 300) keeps working from memory, expiry and revocation as last
@@ -53,6 +55,7 @@ from keyswap.errors import (
     NotFound,
     StoreUnavailable,
 )
+from keyswap.gateway.keyfilter import KeyFilter
 from keyswap.gateway.secret import ServerSecret, check_secret
 from keyswap.store.models import ApiKeyRecord, Consumer
 from keyswap.store.sql import Store
@@ -182,9 +185,9 @@ class _Entry:
 
 @dataclass(frozen=True, slots=True)
 class _Item:
-    fresh_until: float  # monotonic: trusted without asking the store until then (same generation)
+    fresh_until: float  # monotonic: trusted without asking the store until then (same epoch)
     confirmed_at: float  # monotonic: when the store said so (outage fallback)
-    generation: int
+    epoch: int
     entry: _Entry
 
 
@@ -199,13 +202,14 @@ class _Lookup(NamedTuple):
 class _LookupCache:
     """Two bounded LRUs: known keys (digest -> item) and unknown ones (digest -> fresh until).
 
-    A known item answers for ``ttl`` seconds while the generation is unchanged, and stays (as a
+    A known item answers for ``ttl`` seconds while the epoch is unchanged, and stays (as a
     fallback for store outages) for ``grace`` seconds after the store confirmed it. An unknown digest
     answers "no such key" for ``ttl`` seconds and is dropped on every :meth:`clear`. The two never
     share room: any number of unknown keys cannot push a known key out (``unknown_size`` bounds them).
 
-    ``generation`` moves on every :meth:`clear`; a lookup that started before a clear does not store
-    its (possibly stale) answer.
+    ``generation`` moves on every :meth:`clear` and :meth:`invalidate`; a lookup that started before
+    either does not store its (possibly stale) answer. ``epoch`` moves on :meth:`clear` only: an item
+    from an older epoch is no longer trusted. :meth:`invalidate` stops trusting only the items it names.
     """
 
     def __init__(
@@ -223,8 +227,10 @@ class _LookupCache:
         self._monotonic = monotonic
         self._items: OrderedDict[bytes, _Item] = OrderedDict()
         self._unknown: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
+        self._by_id: dict[str, bytes] = {}  # key id -> digest of every known item
         self._lock = threading.Lock()
         self.generation = 0
+        self.epoch = 0
 
     def get(self, digest: bytes) -> tuple[bool, _Entry | None, _Entry | None]:
         """``(fresh hit, its entry, outage fallback)``."""
@@ -235,18 +241,23 @@ class _LookupCache:
                 unknown = self._unknown.get(digest)
                 if unknown is None:
                     return False, None, None
-                fresh_until, generation = unknown
-                if generation == self.generation and now < fresh_until:
+                fresh_until, epoch = unknown
+                if epoch == self.epoch and now < fresh_until:
                     return True, None, None
                 del self._unknown[digest]
                 return False, None, None
             fallback = item.entry if now - item.confirmed_at < self._grace else None
-            if item.generation == self.generation and now < item.fresh_until:
+            if item.epoch == self.epoch and now < item.fresh_until:
                 self._items.move_to_end(digest)
                 return True, item.entry, fallback
             if fallback is None:
-                del self._items[digest]
+                self._drop(digest)
             return False, None, fallback
+
+    def _drop(self, digest: bytes) -> None:
+        item = self._items.pop(digest, None)
+        if item is not None:
+            self._by_id.pop(item.entry.record.id, None)
 
     def put(self, digest: bytes, entry: _Entry | None, generation: int) -> None:
         if self._ttl <= 0:
@@ -256,9 +267,12 @@ class _LookupCache:
                 return
             now = self._monotonic()
             if entry is None:
-                if self._items.pop(digest, None) is not None or self._unknown_size <= 0:
+                if digest in self._items:
+                    self._drop(digest)
                     return
-                self._unknown[digest] = (now + self._ttl, generation)
+                if self._unknown_size <= 0:
+                    return
+                self._unknown[digest] = (now + self._ttl, self.epoch)
                 self._unknown.move_to_end(digest)
                 while len(self._unknown) > self._unknown_size:
                     self._unknown.popitem(last=False)
@@ -266,18 +280,43 @@ class _LookupCache:
             if self._size <= 0:
                 return
             self._unknown.pop(digest, None)
-            self._items[digest] = _Item(now + self._ttl, now, generation, entry)
+            self._items[digest] = _Item(now + self._ttl, now, self.epoch, entry)
             self._items.move_to_end(digest)
+            self._by_id[entry.record.id] = digest
             while len(self._items) > self._size:
-                self._items.popitem(last=False)
+                _, evicted = self._items.popitem(last=False)
+                self._by_id.pop(evicted.entry.record.id, None)
 
     def clear(self) -> None:
         """Stop trusting every item (known keys stay as outage fallbacks, as last confirmed)."""
         with self._lock:
             self.generation += 1
+            self.epoch += 1
             self._unknown.clear()
             if self._grace <= 0:
                 self._items.clear()
+                self._by_id.clear()
+
+    def invalidate(self, key_ids: Iterable[str], consumer_ids: Iterable[int]) -> dict[str, bytes]:
+        """Stop trusting the items of these keys and of every key of these consumers, and every
+        unknown key (one of them may be a key just created); the others stay trusted. Returns key id
+        -> digest of the items named that are still held as outage fallbacks (to re-read)."""
+        with self._lock:
+            self.generation += 1
+            self._unknown.clear()
+            digests = {kid: self._by_id[kid] for kid in key_ids if kid in self._by_id}
+            owners = set(consumer_ids)
+            if owners:
+                for digest, item in self._items.items():
+                    if item.entry.principal.consumer_id in owners:
+                        digests[item.entry.record.id] = digest
+            for digest in digests.values():
+                item = self._items[digest]
+                if self._grace <= 0:
+                    self._drop(digest)
+                else:  # no longer fresh; kept (as last confirmed) as an outage fallback
+                    self._items[digest] = _Item(0.0, item.confirmed_at, item.epoch, item.entry)
+            return {kid: digest for kid, digest in digests.items() if digest in self._items}
 
     def known(self) -> dict[str, bytes]:
         """Key id -> digest of every known key still usable as an outage fallback."""
@@ -302,9 +341,9 @@ class _LookupCache:
             for key_id, digest in digests.items():
                 entry = found.get(key_id)
                 if entry is None:
-                    self._items.pop(digest, None)
+                    self._drop(digest)
                 elif digest in self._items:
-                    self._items[digest] = _Item(now + self._ttl, now, generation, entry)
+                    self._items[digest] = _Item(now + self._ttl, now, self.epoch, entry)
             return True
 
     def __len__(self) -> int:
@@ -371,6 +410,11 @@ class ApiKeys:
         self._last_used: dict[str, float] = {}
         self._last_used_lock = threading.Lock()
         self._last_flush = monotonic()
+        #: Every key in the store, a few bits each (:mod:`keyswap.gateway.keyfilter`).
+        self.filter = KeyFilter()
+        self._filter_lock = threading.Lock()
+        self._filter_again = False
+        self._filter_loading = False
         check_secret(store, secret)
 
     # -- management ---------------------------------------------------------------------------------
@@ -422,7 +466,7 @@ class ApiKeys:
             NotFound: no such key id.
         """
         record = self._store.revoke_api_key(key_id, now=self._clock() if now is None else now)
-        self.clear_cache()
+        self.invalidate([key_id])
         return record
 
     def roll(
@@ -463,7 +507,7 @@ class ApiKeys:
                 )
             except AlreadyExists:  # pragma: no cover - a 71-bit id collision
                 continue
-            self.clear_cache()
+            self.invalidate([key_id, new_id])
             return record, key
         raise ConfigError("could not draw a unique key id")  # pragma: no cover
 
@@ -515,6 +559,11 @@ class ApiKeys:
         return None
 
     @property
+    def store(self) -> Store:
+        """The store the keys live in."""
+        return self._store
+
+    @property
     def cache_sizes(self) -> tuple[int, int]:
         """``(known keys, unknown keys)`` cached now."""
         return self._cache.sizes
@@ -558,6 +607,112 @@ class ApiKeys:
         """
         self._cache.clear()
         self.refresh_known()
+
+    def invalidate(self, key_ids: Iterable[str] = (), consumer_ids: Iterable[int] = ()) -> bool:
+        """Stop trusting what the cache holds for these keys and these consumers' keys (and every
+        cached unknown key), then re-read those keys from the store at once; other cached keys stay
+        trusted. What a node does for a change the store's change log describes.
+
+        Returns True if the cache now holds what the store says; False if the store failed (the keys
+        stay as last confirmed, as outage fallbacks) or another change came first.
+        """
+        digests = self._cache.invalidate(key_ids, consumer_ids)
+        generation = self._cache.generation
+        if not digests or self.store_down:
+            return not digests
+        try:
+            rows = self._store.find_api_keys_by_id(list(digests))
+        except SQLAlchemyError as exc:
+            self._down_until = self._monotonic() + self._retry_interval
+            log.warning("could not re-read API keys after a change (%s)", type(exc).__name__)
+            return False
+        found = {key_id: _entry(*row) for key_id, row in rows.items()}
+        return self._cache.refresh(digests, found, generation)
+
+    # -- the key filter and warm start --------------------------------------------------------------
+
+    def absent(self, key: str) -> int | None:
+        """The revision as of which ``key`` surely did not exist (the key filter does not hold it),
+        or ``None`` if it may exist (or the filter is not loaded). No I/O."""
+        revision = self.filter.revision
+        if revision is None or self.filter.may_hold(self.digest(key)):
+            return None
+        return revision
+
+    def store_revision(self) -> int:
+        """The store's revision now (one query)."""
+        return self._store.revision()
+
+    def load_filter(self) -> bool:
+        """Load the key filter from the store (every key's digest, one read). False on a store
+        error (the filter keeps answering "maybe": every unknown key is looked up)."""
+        self.filter.begin_load()
+        try:
+            revision, count, digests = self._store.all_api_key_digests()
+        except SQLAlchemyError as exc:
+            log.warning("could not load the API key filter (%s)", type(exc).__name__)
+            return False
+        self.filter.load(digests, count, revision)
+        return True
+
+    def reload_filter_soon(self) -> None:
+        """Stop trusting the key filter and reload it on a thread of its own (after a change the log
+        could not describe, or once it holds more keys than it was sized for)."""
+        self.filter.reset()
+        with self._filter_lock:
+            if self._filter_loading:
+                self._filter_again = True
+                return
+            self._filter_loading = True
+        threading.Thread(target=self._reload_filter, name="keyswap-key-filter", daemon=True).start()
+
+    def _reload_filter(self) -> None:
+        while True:
+            self.load_filter()
+            with self._filter_lock:
+                if not self._filter_again:
+                    self._filter_loading = False
+                    return
+                self._filter_again = False
+
+    def changed(self, key_ids: Iterable[str], consumer_ids: Iterable[int], revision: int) -> None:
+        """Apply what the change log says changed up to ``revision``: invalidate those keys and
+        consumers (:meth:`invalidate`), add the changed keys to the key filter, advance it."""
+        key_ids = list(key_ids)
+        self.invalidate(key_ids, consumer_ids)
+        if not self.filter.ready:
+            return
+        if key_ids:
+            try:
+                digests = self._store.api_key_digests(key_ids)
+            except SQLAlchemyError:
+                self.reload_filter_soon()  # it would miss these keys: stop trusting it
+                return
+            for digest in digests:
+                self.filter.add(digest)
+        if self.filter.crowded:
+            self.reload_filter_soon()
+            return
+        self.filter.advance(revision)
+
+    def warm(self, since: float, limit: int) -> list[Principal]:
+        """Put the keys last used at or after ``since`` (up to ``limit``, most recent first)
+        into the lookup cache, as a lookup would; returns the principals of those usable now (whose
+        tokens the gateway then mints ahead of their first request). Nothing on a store error."""
+        generation = self._cache.generation
+        try:
+            rows = self._store.recent_api_keys(since, limit)
+        except SQLAlchemyError as exc:
+            log.warning("could not warm the API key cache (%s)", type(exc).__name__)
+            return []
+        now = self._clock()
+        usable = []
+        for digest, record, consumer in rows:
+            entry = _entry(record, consumer)
+            self._cache.put(digest, entry, generation)
+            if record.usable_at(now):
+                usable.append(entry.principal)
+        return usable
 
     def refresh_known(self) -> bool:
         """Re-read every known key (those usable as outage fallbacks) from the store, in batches.

@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ from keyswap.errors import (
     UpstreamTimeout,
 )
 from keyswap.gateway.accesslog import AccessLog
+from keyswap.gateway.changefeed import FULL, ChangeFeed, Changes
 from keyswap.gateway.cluster import ClusterSettings
 from keyswap.gateway.headerpolicy import HeaderPolicy
 from keyswap.gateway.mint import SIGNING_ALGORITHMS, PrincipalLike, SigningKeyLike, TokenMinter
@@ -102,6 +104,14 @@ _AUTHORIZATION = b"authorization"
 _BEARER = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +([\x21-\x7e]+) *")
 _SCHEME = re.compile(rb"[A-Za-z0-9!#$%&'*+\-.^_`|~]+( .*)?", re.DOTALL)
 _MAX_KEY_HEADER = 512
+#: At start, the keys used this many seconds back are cached and their tokens minted...
+WARM_WINDOW = 3600.0
+#: ... up to this many (the lookup cache's default size).
+WARM_LIMIT = 10_000
+#: Least seconds between two store revision reads confirming that keys are unknown.
+CHECK_INTERVAL = 0.001
+#: Seconds a cached API-key lookup is trusted by :func:`build_gateway` (changes invalidate it sooner).
+CACHE_TTL = 300.0
 
 
 class ApiKeysLike(Protocol):
@@ -322,6 +332,8 @@ class GatewayApp:
             answered from memory as in an outage (``api_keys.store_timed_out(key, now)``), else 503.
         websocket_limits: idle and lifetime bounds of relayed websockets
             (:mod:`keyswap.gateway.wsrelay`; served only when the server runs with websockets).
+        changes: the store's change log (:class:`~keyswap.gateway.changefeed.ChangeFeed`): on a
+            change, only what it names is invalidated (``None``: every change clears everything).
     """
 
     def __init__(
@@ -338,9 +350,11 @@ class GatewayApp:
         default_rate: Rate | None = None,
         store_calls: StoreCalls | None = None,
         websocket_limits: WebSocketLimits | None = None,
+        changes: ChangeFeed | None = None,
     ) -> None:
         self.settings = settings
         self.websocket_limits = websocket_limits or WebSocketLimits()
+        self.changes = changes
         self.store_calls = store_calls or StoreCalls()
         self.rate_limiter = rate_limiter
         self._default_rate = default_rate
@@ -375,7 +389,20 @@ class GatewayApp:
         #: Requests in flight to the upstream, per consumer id (see ``max_connections_per_consumer``).
         self.in_flight: dict[int, int] = {}
         self._prepared = False
+        #: Set once the start-up warm-up (key filter, recent keys, their tokens) is over.
+        self.warmed = threading.Event()
+        self._next_check: asyncio.Future[int | None] | None = None
+        self._checking = False  # a revision read is running or scheduled
+        self._last_check = float("-inf")  # loop time the last one started
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: What the last :meth:`on_change` invalidated (``None`` before the first change).
+        self.last_changes: Changes | None = None
         self._prune_task: asyncio.Task[None] | None = None
+
+    @property
+    def api_keys(self) -> ApiKeysLike:
+        """The API keys the app authenticates with."""
+        return self._api_keys
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -403,10 +430,34 @@ class GatewayApp:
         self._prepared = True
 
     def on_change(self) -> None:
-        """React to a store change (called on the watcher's thread; reference swaps only)."""
-        clear = getattr(self._api_keys, "clear_cache", None)
-        if callable(clear):
-            clear()
+        """React to a store change (called on the watcher's thread; reference swaps only).
+
+        With a change feed, only what the change log names is invalidated: a key's cached lookup and
+        minted token, a consumer's keys, the signing keys (reloaded, JWKS re-rendered, tokens flushed).
+        Without one, or when the log cannot say, everything is.
+        """
+        changes = FULL if self.changes is None else self.changes.read()
+        revision = None if self.changes is None else self.changes.revision
+        self.last_changes = changes
+        if not changes.full:
+            changed = getattr(self._api_keys, "changed", None)
+            invalidate = getattr(self._api_keys, "invalidate", None)
+            if callable(changed) and revision is not None:
+                changed(changes.key_ids, changes.consumer_ids, revision)
+            elif callable(invalidate):
+                invalidate(changes.key_ids, changes.consumer_ids)
+            elif changes.key_ids or changes.consumer_ids:
+                changes = FULL
+            self.minter.forget(changes.key_ids)
+            if not changes.full and not changes.signing:
+                return
+        if changes.full:
+            clear = getattr(self._api_keys, "clear_cache", None)
+            if callable(clear):
+                clear()
+            reload_filter = getattr(self._api_keys, "reload_filter_soon", None)
+            if callable(reload_filter):
+                reload_filter()
         try:
             self._keyring.reload()
             self.wellknown.refresh()
@@ -419,10 +470,105 @@ class GatewayApp:
         if not self._prepared:
             await asyncio.to_thread(self.prepare)
         await self.proxy.start()
+        if self.changes is not None:  # its baseline before the watcher's: nothing falls between
+            await asyncio.to_thread(self.changes.start)
         if self._watcher_factory is not None:
             self._watcher = self._watcher_factory(self.on_change)
             self._watcher.start()
+        threading.Thread(target=self._warm_up, name="keyswap-warm-up", daemon=True).start()
         self._prune_task = asyncio.create_task(self._prune_loop())
+
+    def _warm_up(self) -> None:
+        """Off the request path, after start: load the key filter, then put the keys used recently
+        (by any node: the store's last-used times) in the lookup cache and mint their tokens, so
+        that their first requests after a restart cost neither a lookup nor a signature."""
+        try:
+            load = getattr(self._api_keys, "load_filter", None)
+            if callable(load):
+                load()
+            warm = getattr(self._api_keys, "warm", None)
+            if callable(warm):
+                for principal in warm(self._clock() - WARM_WINDOW, WARM_LIMIT):
+                    self.minter.token_for(principal)
+        except Exception as exc:  # a warm-up that fails leaves the gateway as cold as before
+            logger.warning("warming the caches failed (%s)", type(exc).__name__)
+        finally:
+            self.warmed.set()
+
+    def _confirm_revision(self) -> int:
+        """The store's revision now; if this node has not applied it yet, apply it first (on the
+        calling store thread), so that the key filter is as new as the store."""
+        current: int = getattr(self._api_keys, "store_revision")()  # noqa: B009
+        feed = self.changes
+        if feed is not None and (feed.revision is None or feed.revision < current):
+            observe = getattr(self._watcher, "observe", None)
+            if callable(observe):
+                observe(current)
+        return current
+
+    def _revision_check(self) -> asyncio.Future[int | None]:
+        """A store revision read that starts after this call, shared by every caller until it
+        starts. Reads start at most every ``CHECK_INTERVAL`` seconds (one at a time): a flood of
+        unknown keys costs at most that many reads a second, each refusal waiting that long at most.
+        """
+        upcoming = self._next_check
+        if upcoming is None:
+            upcoming = self._next_check = asyncio.get_running_loop().create_future()
+            if not self._checking:
+                self._schedule_check()
+        return upcoming
+
+    def _schedule_check(self) -> None:
+        self._checking = True
+        loop = asyncio.get_running_loop()
+        delay = self._last_check + CHECK_INTERVAL - loop.time()
+        if delay > 0:
+            loop.call_later(delay, self._start_check)
+        else:
+            self._start_check()
+
+    def _start_check(self) -> None:
+        upcoming, self._next_check = self._next_check, None
+        if upcoming is None:
+            self._checking = False
+            return
+        self._last_check = asyncio.get_running_loop().time()
+        task = asyncio.ensure_future(self._check(upcoming))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _check(self, upcoming: asyncio.Future[int | None]) -> None:
+        try:
+            revision = await self.store_calls.run(self._confirm_revision)
+        except StoreTimeout as exc:  # a hung store: every waiter answers as during an outage
+            if not upcoming.done():
+                upcoming.set_exception(exc)
+        except Exception:  # the waiters look their keys up instead (outage rules apply there)
+            if not upcoming.done():
+                upcoming.set_result(None)
+        else:
+            if not upcoming.done():
+                upcoming.set_result(revision)
+        finally:
+            self._checking = False
+            if self._next_check is not None:
+                self._schedule_check()
+
+    async def _surely_unknown(self, key: str) -> bool:
+        """True if the key filter says ``key`` does not exist and the store has not changed since
+        (its revision read after the request arrived); False means: look it up.
+
+        Raises:
+            StoreTimeout: the store did not answer the revision read in time.
+        """
+        absent = getattr(self._api_keys, "absent", None)
+        if absent is None or absent(key) is None:
+            return False
+        current = await asyncio.shield(self._revision_check())
+        if current is None:
+            return False
+        covered = absent(key)  # the filter may have moved on while the revision was read
+        return covered is not None and current <= covered
 
     async def shutdown(self) -> None:
         """Lifespan shutdown: stop everything started in :meth:`startup`."""
@@ -436,6 +582,7 @@ class GatewayApp:
             await asyncio.to_thread(watcher.stop)
         await self.proxy.close()
         self.store_calls.close()
+        await asyncio.to_thread(self._access.close)
         if self.rate_limiter is not None:
             await self.rate_limiter.close()
         if self._on_close is not None:
@@ -663,6 +810,16 @@ class GatewayApp:
         assert default is not None  # set in GatewaySettings.__post_init__
         return default
 
+    def _authenticate_and_mint(self, key: str, now: float) -> PrincipalLike:
+        """On a store thread: look the key up, then mint its token there too (signing releases the
+        GIL: a cold key's signature is made beside the event loop, not on it)."""
+        principal = self._api_keys.authenticate(key, now)
+        try:
+            self.minter.token_for(principal)
+        except Exception:  # minted (and any error reported) again on the request path
+            logger.debug("minting ahead of the request failed", exc_info=True)
+        return principal
+
     async def _authenticate(self, key: str) -> PrincipalLike:
         now = self._clock()
         try:
@@ -672,7 +829,9 @@ class GatewayApp:
                 if principal is not None:
                     return principal
             try:
-                return await self.store_calls.run(self._api_keys.authenticate, key, now)
+                if lookup is not None and await self._surely_unknown(key):
+                    raise InvalidApiKey("Invalid API key")
+                return await self.store_calls.run(self._authenticate_and_mint, key, now)
             except StoreTimeout:  # a hung database: answer from memory as in an outage, or 503
                 timed_out = getattr(self._api_keys, "store_timed_out", None)
                 if timed_out is None:
@@ -721,12 +880,14 @@ def build_gateway(
     store = Store(db_url, timeout=cluster.db_timeout)
     try:
         secret = load_secret(db_url, secret_file=secret_file, env=env)
-        # Cached lookups live 5 s even if change detection fails, so revocation still lands in 5 s.
+        # Every change reaches the node (push or poll, then the change log says what to invalidate),
+        # so a cached lookup is trusted until a change names it; the TTL only bounds how long a lookup
+        # survives if change detection itself were broken while the store answers.
         api_keys = ApiKeys(
             store,
             secret,
             prefix=settings.key_prefix,
-            cache_ttl=5.0,
+            cache_ttl=CACHE_TTL,
             outage_grace=cluster.outage_grace,
             clock=clock,
         )
@@ -770,6 +931,7 @@ def build_gateway(
             default_rate=cluster.rate_limit,
             store_calls=StoreCalls(cluster.db_timeout),
             websocket_limits=websocket_limits,
+            changes=ChangeFeed(store),
         )
     except BaseException:
         store.close()

@@ -113,6 +113,10 @@ class ClusterServices:
         if self.rotation is not None:
             self.rotation.start()
 
+    def observe(self, revision: int) -> bool:
+        """A revision read elsewhere: apply it now if it is new (:meth:`ChangeWatcher.observe`)."""
+        return self.watcher.observe(revision)
+
     def stop(self) -> None:
         """Stop in reverse order; the watcher's final tick flushes last-used times."""
         if self.rotation is not None:

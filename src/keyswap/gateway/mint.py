@@ -25,7 +25,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -221,6 +221,12 @@ class TokenMinter:
     def flush(self) -> None:
         """Forget every cached token (thread-safe: swaps the cache)."""
         self._cache = {}
+
+    def forget(self, key_ids: Iterable[str]) -> None:
+        """Forget the cached tokens of these API key ids (thread-safe; the others stay)."""
+        cache = self._cache
+        for key_id in key_ids:
+            cache.pop(key_id, None)
 
     def token_for(self, principal: PrincipalLike) -> MintedToken:
         """The token for ``principal``: the cached one if still reusable, else a fresh one.

@@ -19,6 +19,7 @@ __all__ = [
     "admin_tokens",
     "api_keys",
     "audit_events",
+    "changes",
     "consumers",
     "meta",
     "metadata",
@@ -86,6 +87,19 @@ api_keys = sa.Table(
     sa.Column("replaced_by", sa.String(32), nullable=True),
     # Space-separated scopes of its own (within its consumer's); NULL: its consumer's scopes.
     sa.Column("scopes", sa.Text, nullable=True),
+)
+
+# What each revision changed, written in the transaction that bumped ``meta.revision`` (at least one
+# row per revision): ``kind`` is ``key`` (ref: key id), ``consumer`` (ref: consumer id), ``signing``
+# (ref empty) or ``all`` (anything else: nodes clear every cache). Old rows are pruned; a node whose
+# last seen revision is no longer covered clears everything.
+changes = sa.Table(
+    "changes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("revision", sa.BigInteger, nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("ref", sa.String(64), nullable=False),
 )
 
 signing_keys = sa.Table(

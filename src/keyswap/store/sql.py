@@ -66,17 +66,26 @@ from keyswap.store.schema import (
     admin_tokens,
     api_keys,
     audit_events,
+    changes,
     consumers,
     meta,
     signing_keys,
 )
 from keyswap.store.urls import display_url, is_postgres, normalize_database_url, sqlite_file
 
-__all__ = ["KEEP", "NOTIFY_CHANNEL", "CreateMode", "Keep", "SchemaMode", "Store"]
+__all__ = ["KEEP", "NOTIFY_CHANNEL", "Change", "CreateMode", "Keep", "SchemaMode", "Store"]
 
 log = logging.getLogger("keyswap.store")
 
 _IMMEDIATE = "keyswap_immediate"
+_REVISION = "keyswap_revision"
+_NOTED = "keyswap_noted"
+#: Change-log rows older than this many revisions are pruned (a node further behind clears everything).
+CHANGE_LOG_KEEP = 10_000
+#: Most change-log rows a node reads at once; more than that and it clears everything instead.
+CHANGE_LOG_READ = 5_000
+#: One change-log row: ``(kind, ref)``; see :data:`keyswap.store.schema.changes`.
+Change = tuple[str, str]
 #: The PostgreSQL channel every bump is announced on; the payload is ``<schema>:<revision>``.
 NOTIFY_CHANNEL = "keyswap_changes"
 #: Seconds a PostgreSQL connection attempt may take (unless the URL sets ``connect_timeout``).
@@ -232,9 +241,24 @@ class Store:
                         # Delivered by PostgreSQL at commit, never for a rolled-back transaction.
                         payload = f"{self.notify_scope}:{revision}"
                         conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, payload)))
-                yield conn
-                if recording is not None:
-                    _write_audit(conn, recording)
+                    conn.info[_REVISION] = revision
+                    conn.info[_NOTED] = False
+                try:
+                    yield conn
+                    if revision is not None:
+                        if not conn.info[_NOTED]:  # a change nobody described: nodes clear all
+                            self._log_change(conn, "all", "")
+                        if revision % 256 == 0:
+                            conn.execute(
+                                sa.delete(changes).where(
+                                    changes.c.revision <= revision - CHANGE_LOG_KEEP
+                                )
+                            )
+                    if recording is not None:
+                        _write_audit(conn, recording)
+                finally:
+                    conn.info.pop(_REVISION, None)
+                    conn.info.pop(_NOTED, None)
         if recording is not None:
             recording.written = True
         if revision is not None:
@@ -256,6 +280,40 @@ class Store:
             yield
         finally:
             _RECORDING.reset(token)
+
+    @staticmethod
+    def _log_change(conn: Connection, kind: str, *refs: object) -> None:
+        """Record in the change log what this transaction changed (one row per ref)."""
+        revision = conn.info[_REVISION]
+        conn.execute(
+            sa.insert(changes),
+            [{"revision": revision, "kind": kind, "ref": str(ref)} for ref in refs],
+        )
+        conn.info[_NOTED] = True
+
+    def changes_since(self, revision: int) -> tuple[int, list[Change] | None]:
+        """``(current revision, what changed after revision)``, read in one transaction.
+
+        The list is ``None`` when the log cannot say (some revision in between has no rows: pruned,
+        from before the log existed, or more than :data:`CHANGE_LOG_READ` rows): clear everything.
+        """
+        with self._reading() as conn:
+            current = int(
+                conn.execute(sa.select(meta.c.revision).where(meta.c.id == 1)).scalar_one()
+            )
+            if current <= revision:
+                return current, []
+            if current - revision > CHANGE_LOG_READ:
+                return current, None
+            rows = conn.execute(
+                sa.select(changes.c.revision, changes.c.kind, changes.c.ref)
+                .where(changes.c.revision > revision, changes.c.revision <= current)
+                .order_by(changes.c.id)
+                .limit(CHANGE_LOG_READ + 1)
+            ).all()
+        if len(rows) > CHANGE_LOG_READ or len({row.revision for row in rows}) != current - revision:
+            return current, None
+        return current, [(row.kind, row.ref) for row in rows]
 
     def on_commit(self, callback: Callable[[int], object]) -> None:
         """Call ``callback(revision)`` after every committed change (errors are logged, not raised)."""
@@ -341,7 +399,7 @@ class Store:
     def revision(self) -> int:
         """The change counter: every mutation (except last-used times) increases it."""
         with self._reading() as conn:
-            return int(conn.execute(sa.select(meta.c.revision).where(meta.c.id == 1)).scalar_one())
+            return int(conn.execute(_REVISION_QUERY).scalar_one())
 
     def bind_secret(self, fingerprint: str) -> bool:
         """Record the server secret's fingerprint on first use; False if another secret is recorded."""
@@ -388,6 +446,7 @@ class Store:
                     .values(name=name, metadata=data, created_at=created, scopes=_stored(granted))
                     .returning(consumers.c.id)
                 ).scalar_one()
+                self._log_change(conn, "consumer", consumer_id)
         except IntegrityError:
             raise AlreadyExists(f"consumer '{name}' already exists") from None
         return Consumer(
@@ -432,6 +491,7 @@ class Store:
             ).scalar_one_or_none()
             if consumer_id is None:
                 raise NotFound(f"unknown consumer '{name}'")
+            self._log_change(conn, "consumer", consumer_id)
             deleted = conn.execute(
                 sa.delete(api_keys).where(api_keys.c.consumer_id == consumer_id)
             ).rowcount
@@ -453,6 +513,7 @@ class Store:
             if not updated:
                 raise NotFound(f"unknown consumer '{name}'")
             row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
+            self._log_change(conn, "consumer", row.id)
         return _consumer(row)
 
     def set_consumer_rate_limit(self, name: str, rate_limit: str | None) -> Consumer:
@@ -471,6 +532,7 @@ class Store:
             if not updated:
                 raise NotFound(f"unknown consumer '{name}'")
             row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
+            self._log_change(conn, "consumer", row.id)
         return _consumer(row)
 
     def set_consumer_connections(self, name: str, max_connections: int | None) -> Consumer:
@@ -489,6 +551,7 @@ class Store:
             if not updated:
                 raise NotFound(f"unknown consumer '{name}'")
             row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
+            self._log_change(conn, "consumer", row.id)
         return _consumer(row)
 
     def set_consumer_scopes(self, name: str, scopes: Iterable[str]) -> Consumer:
@@ -509,6 +572,7 @@ class Store:
             if not updated:
                 raise NotFound(f"unknown consumer '{name}'")
             row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
+            self._log_change(conn, "consumer", row.id)
         return _consumer(row)
 
     def update_consumer(
@@ -547,6 +611,7 @@ class Store:
             if not updated:
                 raise NotFound(f"unknown consumer '{name}'")
             row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
+            self._log_change(conn, "consumer", row.id)
         return _consumer(row)
 
     # -- API keys -----------------------------------------------------------------------------------
@@ -583,6 +648,7 @@ class Store:
                     scopes=own,
                     within_consumer=True,
                 )
+                self._log_change(conn, "key", key_id)
                 row = conn.execute(_key_select().where(api_keys.c.id == key_id)).one()
                 _note(key_id=key_id)
         except IntegrityError:
@@ -591,9 +657,8 @@ class Store:
 
     def find_api_key(self, digest: bytes) -> tuple[ApiKeyRecord, Consumer] | None:
         """The key with this HMAC digest and its consumer, or ``None``."""
-        query = _key_with_consumer_select().where(api_keys.c.digest == digest)
         with self._reading() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_FIND_BY_DIGEST, {"b_digest": digest}).first()
         if row is None or not hmac.compare_digest(bytes(row.digest), digest):
             return None
         return _key(row), _key_consumer(row)
@@ -617,6 +682,43 @@ class Store:
                 for row in conn.execute(query):
                     found[row.id] = (_key(row), _key_consumer(row))
         return found
+
+    def api_key_digests(self, key_ids: Iterable[str]) -> list[bytes]:
+        """The digests of the keys with these public ids (missing ids are left out)."""
+        wanted = list(dict.fromkeys(key_ids))
+        found: list[bytes] = []
+        with self._reading() as conn:
+            for start in range(0, len(wanted), 500):
+                query = sa.select(api_keys.c.digest).where(
+                    api_keys.c.id.in_(wanted[start : start + 500])
+                )
+                found.extend(bytes(digest) for digest in conn.execute(query).scalars())
+        return found
+
+    def all_api_key_digests(self) -> tuple[int, int, Iterator[bytes]]:
+        """``(revision, number of keys, their digests)``, read in one transaction (what a gateway
+        loads its key filter from). The digests are all in memory once this returns."""
+        with self._reading() as conn:
+            revision = int(
+                conn.execute(sa.select(meta.c.revision).where(meta.c.id == 1)).scalar_one()
+            )
+            digests = [bytes(d) for d in conn.execute(sa.select(api_keys.c.digest)).scalars()]
+        return revision, len(digests), iter(digests)
+
+    def recent_api_keys(
+        self, since: float, limit: int
+    ) -> list[tuple[bytes, ApiKeyRecord, Consumer]]:
+        """Up to ``limit`` keys last used at or after ``since``, most recent first, with their
+        digests and consumers (what a gateway warms its caches with at start)."""
+        query = (
+            _key_with_consumer_select()
+            .where(api_keys.c.last_used_at >= since)
+            .order_by(api_keys.c.last_used_at.desc())
+            .limit(limit)
+        )
+        with self._reading() as conn:
+            rows = conn.execute(query).all()
+        return [(bytes(row.digest), _key(row), _key_consumer(row)) for row in rows]
 
     def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
         """The key with this public id, or ``None``."""
@@ -680,6 +782,7 @@ class Store:
             row = conn.execute(_key_select().where(api_keys.c.id == key_id)).first()
             if row is None:
                 raise NotFound(f"unknown key id '{key_id}'")
+            self._log_change(conn, "key", key_id)
         return _key(row)
 
     def roll_api_key(
@@ -738,6 +841,7 @@ class Store:
                     _key_select().where(api_keys.c.id.in_([old_id, new_key_id]))
                 ).all()
                 _note(new_key_id=new_key_id, old_expires_at=old_expires_at)
+                self._log_change(conn, "key", old_id, new_key_id)
         except IntegrityError:
             raise AlreadyExists("key id or digest collision") from None
         by_id = {row.id: _key(row) for row in rows}
@@ -781,6 +885,7 @@ class Store:
             with self._writing() as conn:
                 conn.execute(sa.insert(signing_keys), values)
                 _note(created={value["kid"]: value["state"] for value in values})
+                self._log_change(conn, "signing", "")
         except IntegrityError:
             return False
         return True
@@ -811,6 +916,7 @@ class Store:
                     raise _Conflict
                 conn.execute(sa.insert(signing_keys).values(**_signing_values(new_next)))
                 _note(retired=active_kid, active=next_kid, next=new_next.kid, alg=new_next.alg)
+                self._log_change(conn, "signing", "")
         except (_Conflict, IntegrityError):
             return False
         return True
@@ -827,6 +933,7 @@ class Store:
                 )
             ).rowcount
             _note(pruned=wanted)
+            self._log_change(conn, "signing", "")
         return int(deleted)
 
     # -- admin tokens -------------------------------------------------------------------------------
@@ -863,6 +970,7 @@ class Store:
                 row = conn.execute(
                     sa.select(admin_tokens).where(admin_tokens.c.id == token_id)
                 ).one()
+                self._log_change(conn, "admin_token", token_id)
         except IntegrityError:
             raise AlreadyExists("admin token id or digest collision") from None
         return _admin_token(row)
@@ -906,6 +1014,7 @@ class Store:
             row = conn.execute(sa.select(admin_tokens).where(admin_tokens.c.id == token_id)).first()
             if row is None:
                 raise NotFound(f"unknown admin token id '{token_id}'")
+            self._log_change(conn, "admin_token", token_id)
         return _admin_token(row)
 
     # -- audit log ----------------------------------------------------------------------------------
@@ -1151,6 +1260,11 @@ def _key_with_consumer_select() -> sa.Select[Any]:
         consumers.c.max_connections.label("consumer_max_connections"),
         api_keys.c.digest,
     )
+
+
+# Built once: building a statement costs more than running it (a cached lookup's miss is hot).
+_FIND_BY_DIGEST = _key_with_consumer_select().where(api_keys.c.digest == sa.bindparam("b_digest"))
+_REVISION_QUERY = sa.select(meta.c.revision).where(meta.c.id == 1)
 
 
 def _key_consumer(row: sa.Row[Any]) -> Consumer:

@@ -1,7 +1,7 @@
 """The audit log and admin tokens: ``audit_events`` and ``admin_tokens``.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2025-01-06
 
 ``audit_events`` holds one row per change made through the management service layer
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

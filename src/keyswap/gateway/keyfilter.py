@@ -1,0 +1,118 @@
+"""Every API key in the store, in a few bits each: refuse an unknown key without a lookup.
+
+A Bloom filter of the digests of all keys (32 bits and 4 probes per key: about 1 false "maybe" in
+5,000; 4 MB for a million keys). It is loaded from the store in one read (the digests and the
+revision they were read at), and the gateway adds the digest of every key the change log says was
+created or changed, then advances :attr:`KeyFilter.revision`: the filter holds every key that existed
+at that revision. A key is never removed (a revoked or deleted key only makes a "maybe": a lookup).
+
+A digest the filter does not hold is a key that did not exist at :attr:`KeyFilter.revision`; the
+gateway refuses it once the store's revision, read after the request arrived, is no newer (a key
+created elsewhere a moment ago is therefore never refused: its revision is newer, and the request is
+looked up as before).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+__all__ = ["KeyFilter"]
+
+_BITS_PER_KEY = 32
+_PROBES = 4
+_MIN_BITS = 1 << 16
+
+
+def _size(keys: int) -> int:
+    bits = _MIN_BITS
+    while bits < keys * _BITS_PER_KEY * 2:  # room to grow to twice the keys loaded
+        bits <<= 1
+    return bits
+
+
+class KeyFilter:
+    """A Bloom filter of API key digests with the store revision it covers (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._bits = bytearray(_MIN_BITS // 8)
+        self._mask = _MIN_BITS - 1
+        self._count = 0
+        self._lock = threading.Lock()
+        self._loading: list[bytes] | None = None  # digests added while a load runs
+        #: Holds every key that existed at this revision (``None``: not loaded, answers "maybe").
+        self.revision: int | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True once loaded (and not reset since)."""
+        return self.revision is not None
+
+    @property
+    def crowded(self) -> bool:
+        """True when it holds more keys than it was sized for (more false "maybe"s): reload it."""
+        return self._count * _BITS_PER_KEY > len(self._bits) * 8
+
+    @property
+    def nbytes(self) -> int:
+        """Its size in bytes."""
+        return len(self._bits)
+
+    def _positions(self, digest: bytes, mask: int) -> Iterable[int]:
+        first = int.from_bytes(digest[:8], "little")
+        step = int.from_bytes(digest[8:16], "little") | 1
+        return [(first + i * step) & mask for i in range(_PROBES)]
+
+    def may_hold(self, digest: bytes) -> bool:
+        """False only for a digest that was not added (always True before the first load)."""
+        if self.revision is None:
+            return True
+        bits, mask = self._bits, self._mask
+        for position in self._positions(digest, mask):
+            if not bits[position >> 3] & (1 << (position & 7)):
+                return False
+        return True
+
+    def add(self, digest: bytes) -> None:
+        """Hold ``digest`` from now on (also across a load running now)."""
+        with self._lock:
+            self._set(self._bits, self._mask, digest)
+            self._count += 1
+            if self._loading is not None:
+                self._loading.append(digest)
+
+    def begin_load(self) -> None:
+        """Start collecting the digests added while the store is read (call before reading)."""
+        with self._lock:
+            self._loading = []
+
+    def load(self, digests: Iterable[bytes], count: int, revision: int) -> None:
+        """Replace the contents by ``digests`` (``count`` of them, read at ``revision``) and the
+        digests added since :meth:`begin_load`."""
+        size = _size(count)
+        bits, mask = bytearray(size // 8), size - 1
+        for digest in digests:
+            self._set(bits, mask, digest)
+        with self._lock:
+            added = self._loading or []
+            self._loading = None
+            for digest in added:
+                self._set(bits, mask, digest)
+            self._bits, self._mask, self._count = bits, mask, count + len(added)
+            if self.revision is None or revision > self.revision:
+                self.revision = revision
+
+    def advance(self, revision: int) -> None:
+        """Every key created up to ``revision`` has been added (after applying the change log)."""
+        with self._lock:
+            if self.revision is not None and revision > self.revision:
+                self.revision = revision
+
+    def reset(self) -> None:
+        """Answer "maybe" for everything until the next :meth:`load` (the log had a gap)."""
+        with self._lock:
+            self.revision = None
+
+    def _set(self, bits: bytearray, mask: int, digest: bytes) -> None:
+        for position in self._positions(digest, mask):
+            bits[position >> 3] |= 1 << (position & 7)
