@@ -174,10 +174,12 @@ def authenticate(
     token = _bearer(authorization)
     if token is None:
         throttle.failed(address)
-        wanted = "an admin token or OIDC token" if oidc is not None else "an admin token"
-        raise ApiProblem(
-            401, f"{wanted} is required (Authorization: Bearer ksadm_...)", headers=_CHALLENGE
+        wanted = (
+            "an admin token or OIDC token is required (Authorization: Bearer ksadm_... or a JWT)"
+            if oidc is not None
+            else "an admin token is required (Authorization: Bearer ksadm_...)"
         )
+        raise ApiProblem(401, wanted, headers=_CHALLENGE)
     if (
         oidc is not None
         and not token.startswith(ADMIN_TOKEN_PREFIX + "_")
