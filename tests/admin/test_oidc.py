@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -19,8 +20,11 @@ from keyswap.admin.oidc import OidcAuthenticator, OidcConfig
 from keyswap.verifier.permissions import ClaimPath
 from tests.support import keys
 from tests.support.admin_api import AdminApi, running_admin
+from tests.support.asgi_server import free_port
+from tests.support.gateway_state import SECRET_TEXT
 from tests.support.jwks_server import JWKSServer, running_jwks_server
 from tests.support.keys import claims, ec_key, jwks, rsa_key
+from tests.support.keyswap_process import running_keyswap
 
 ISSUER = "https://idp.test/realms/ops"
 AUDIENCE = "keyswap-admin"
@@ -208,3 +212,32 @@ def test_help_lists_the_environment_variables() -> None:
         "KEYSWAP_ADMIN_OIDC_SCOPES_CLAIM",
     ):
         assert name in text.replace("\n", "").replace(" ", "")
+
+
+def test_keyswap_admin_takes_oidc_settings_from_the_environment(
+    tmp_path: Path, idp: JWKSServer
+) -> None:
+    port = free_port()
+    env = {
+        "KEYSWAP_ADMIN_PORT": str(port),
+        "KEYSWAP_ADMIN_DB": f"sqlite:///{tmp_path / 'k.db'}",
+        "KEYSWAP_SECRET": SECRET_TEXT,
+        "KEYSWAP_ADMIN_OIDC_ISSUER": ISSUER,
+        "KEYSWAP_ADMIN_OIDC_AUDIENCE": AUDIENCE,
+        "KEYSWAP_ADMIN_OIDC_JWKS_URL": idp.url,
+        "KEYSWAP_ADMIN_OIDC_SCOPES_CLAIM": "roles realm_access.roles",
+    }
+    with running_keyswap(["admin"], port=port, ready_path="/healthz", env=env) as process:
+        dave = token(sub="dave", roles=["consumers:write"], realm_access={"roles": ["audit:read"]})
+        headers = {"Authorization": f"Bearer {dave}"}
+        created = httpx.post(process.url + "/v1/consumers", json={"name": "acme"}, headers=headers)
+        assert created.status_code == 201, created.text
+        audit = httpx.get(process.url + "/v1/audit-events", headers=headers)
+        assert audit.status_code == 200, audit.text
+        assert audit.json()["items"][0]["actor"] == "oidc:dave"
+        expired = token(roles=["admin"], ttl=-120)
+        refused = httpx.get(
+            process.url + "/v1/consumers", headers={"Authorization": f"Bearer {expired}"}
+        )
+        assert refused.status_code == 401
+    assert dave not in process.log()
