@@ -11,11 +11,14 @@ from typing import Any
 
 import pytest
 
+from keyswap.admin.oidc import OidcAuthenticator, OidcConfig
 from keyswap.manage.actor import Actor
 from keyswap.manage.context import Context
 from keyswap.manage.tokens import revoke_admin_token
 from tests.support.admin_api import AdminApi, running_admin
 from tests.support.gateway_state import Clock
+from tests.support.jwks_server import JWKSServer, running_jwks_server
+from tests.support.keys import claims, jwks, rsa_key
 
 _counter = itertools.count()
 
@@ -45,6 +48,32 @@ def matrix_api(tmp_path: Path) -> Iterator[tuple[AdminApi, Clock]]:
     with running_admin(tmp_path, clock=clock) as api:
         api.request("POST", "/v1/consumers", json={"name": "acme"})
         yield api, clock
+
+
+OIDC_ISSUER = "https://idp.test"
+OIDC_AUDIENCE = "keyswap-admin"
+OIDC_KEY = rsa_key("idp-1")
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[JWKSServer]:
+    with running_jwks_server() as server:
+        server.serve(jwks(OIDC_KEY))
+        yield server
+
+
+@pytest.fixture
+def oidc_matrix_api(tmp_path: Path, idp: JWKSServer) -> Iterator[AdminApi]:
+    config = OidcConfig(OIDC_ISSUER, OIDC_AUDIENCE, jwks_url=idp.url)
+    with OidcAuthenticator(config) as oidc, running_admin(tmp_path, oidc=oidc) as api:
+        api.request("POST", "/v1/consumers", json={"name": "acme"})
+        yield api
+
+
+def _oidc(scope: str, **overrides: Any) -> str:
+    values: dict[str, Any] = {"iss": OIDC_ISSUER, "aud": OIDC_AUDIENCE, "scope": scope}
+    values.update(overrides)
+    return OIDC_KEY.sign(claims(**values))
 
 
 def _path(api: AdminApi, template: str) -> str:
@@ -161,3 +190,29 @@ def test_the_actor_is_the_tokens_name(api: AdminApi) -> None:
         "items"
     ][0]
     assert event["actor"] == "token:consumers-write"
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=[f"{r[0]} {r[1]}" for r in ROUTES])
+def test_route_with_oidc_tokens(oidc_matrix_api: AdminApi, route: Route) -> None:
+    api = oidc_matrix_api
+    scope = route[2]
+    cases: list[tuple[str | None, int]] = [
+        (None, 401),
+        (_oidc(scope, ttl=-120), 401),  # expired
+        (_oidc(scope, aud="another-api"), 401),
+        (_oidc("usage:read"), 403),
+        (_oidc(scope), 200),
+        (_oidc("openid admin"), 200),
+    ]
+    for token, status in cases:
+        response = _call(api, route, token)
+        if status == 200:
+            assert 200 <= response.status_code < 300, response.text
+            continue
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        if status == 401:
+            assert response.headers["www-authenticate"].startswith("Bearer")
+        else:
+            assert response.json()["scope"] == scope
+        api.throttle_clock.advance(61)

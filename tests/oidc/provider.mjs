@@ -40,7 +40,8 @@ const provider = new Provider(issuer, {
     token_endpoint_auth_method: 'client_secret_post',
   })),
   jwks: { keys: await signingKeys() },
-  scopes: ['orders:read', 'orders:write'],
+  // orders:*: the verifier's tests; consumers:read, keys:write: the admin API's (tests/admin).
+  scopes: ['orders:read', 'orders:write', 'consumers:read', 'keys:write'],
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
@@ -49,7 +50,7 @@ const provider = new Provider(issuer, {
       defaultResource: () => RESOURCE,
       useGrantedResource: () => true,
       getResourceServerInfo: (ctx, resourceIndicator, client) => ({
-        scope: 'orders:read orders:write',
+        scope: 'orders:read orders:write consumers:read keys:write',
         audience: resourceIndicator,
         accessTokenTTL: 300,
         accessTokenFormat: 'jwt',

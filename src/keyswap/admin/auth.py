@@ -6,9 +6,10 @@ refuses a caller without the scope a route needs (403 naming it). Every cause of
 Failed attempts are counted per client address (:class:`FailureThrottle`): past the limit the
 address gets 429 with ``Retry-After`` until its window ends, so the API is no guessing channel.
 
-OIDC (tokens from the company's identity provider) is a later step: it plugs in at
-:func:`authenticate`, as a second kind of credential (a JWT rather than ``ksadm_...``) mapped to a
-:class:`Caller` of kind ``oidc`` whose scopes come from the token's claims.
+With OIDC configured (:mod:`keyswap.admin.oidc`), a bearer credential that is not an admin token
+(``ksadm_...``) but has the shape of a JWT goes to the identity provider's verifier instead: a
+refused one is the same 401 (counted by the throttle), a valid one a :class:`Caller` of kind ``oidc``
+whose scopes come from the token's claims.
 """
 
 from __future__ import annotations
@@ -17,15 +18,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from keyswap.admin.problems import ApiProblem
-from keyswap.errors import AuthError
+from keyswap.errors import AuthError, KeysUnavailable
 from keyswap.gateway.secret import ServerSecret
 from keyswap.manage.actor import Actor
 from keyswap.manage.context import Context
 from keyswap.manage.scopes import has_scope
-from keyswap.manage.tokens import authenticate_admin_token
+from keyswap.manage.tokens import ADMIN_TOKEN_PREFIX, authenticate_admin_token
 from keyswap.store.sql import Store
+
+if TYPE_CHECKING:
+    from keyswap.admin.oidc import OidcAuthenticator
 
 __all__ = ["Caller", "FailureThrottle", "authenticate", "check_scope"]
 
@@ -34,8 +39,9 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """An authenticated caller: ``kind`` (``token``; later ``oidc``), a stable ``id`` (the admin
-    token's id), the ``name`` audit events show as the actor, and the scopes it holds."""
+    """An authenticated caller: ``kind`` (``token`` or ``oidc``), a stable ``id`` (the admin token's
+    id, or the OIDC subject), the ``name`` audit events show as the actor (the token's name, or the
+    subject), and the scopes it holds."""
 
     kind: str
     id: str
@@ -44,7 +50,7 @@ class Caller:
 
     def actor(self, request_id: str | None, client: str | None) -> Actor:
         """The audit actor of a change this caller makes."""
-        if self.kind == "oidc":  # pragma: no cover - the OIDC seam
+        if self.kind == "oidc":
             return Actor.oidc(self.name, request_id=request_id, client=client)
         return Actor.admin_token(self.name, request_id=request_id, client=client)
 
@@ -109,6 +115,34 @@ def _bearer(header: str | None) -> str | None:
     return credential.strip()
 
 
+def _looks_like_jwt(credential: str) -> bool:
+    """A compact JWS shape: three non-empty dot-separated parts."""
+    parts = credential.split(".")
+    return len(parts) == 3 and all(parts)
+
+
+def _oidc_caller(
+    oidc: OidcAuthenticator, token: str, throttle: FailureThrottle, address: str
+) -> Caller:
+    try:
+        return oidc.caller(token)
+    except AuthError:
+        throttle.failed(address)
+        raise ApiProblem(
+            401,
+            "invalid OIDC token",
+            kind="invalid-token",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        ) from None
+    except KeysUnavailable:
+        raise ApiProblem(
+            503,
+            "the identity provider's signing keys are unavailable; try again later",
+            kind="oidc-keys-unavailable",
+            headers={"Retry-After": "5"},
+        ) from None
+
+
 def authenticate(
     store: Store,
     secret: ServerSecret,
@@ -117,12 +151,17 @@ def authenticate(
     address: str,
     *,
     clock: Callable[[], float] = time.time,
+    oidc: OidcAuthenticator | None = None,
 ) -> Caller:
     """The caller a request's ``Authorization`` header names.
 
+    An admin token (``ksadm_...``) is checked against the store; with ``oidc``, any other credential
+    shaped like a JWT is verified as an OIDC token (without ``oidc`` it is an invalid admin token).
+
     Raises:
         ApiProblem: 429 (``Retry-After``) while ``address`` is throttled; 401 for a missing or
-            refused credential (counted against ``address``).
+            refused credential (counted against ``address``); 503 when the identity provider's keys
+            cannot be fetched.
     """
     wait = throttle.retry_after(address)
     if wait is not None:
@@ -135,9 +174,18 @@ def authenticate(
     token = _bearer(authorization)
     if token is None:
         throttle.failed(address)
-        raise ApiProblem(
-            401, "an admin token is required (Authorization: Bearer ksadm_...)", headers=_CHALLENGE
+        wanted = (
+            "an admin token or OIDC token is required (Authorization: Bearer ksadm_... or a JWT)"
+            if oidc is not None
+            else "an admin token is required (Authorization: Bearer ksadm_...)"
         )
+        raise ApiProblem(401, wanted, headers=_CHALLENGE)
+    if (
+        oidc is not None
+        and not token.startswith(ADMIN_TOKEN_PREFIX + "_")
+        and _looks_like_jwt(token)
+    ):
+        return _oidc_caller(oidc, token, throttle, address)
     ctx = Context(store, Actor.system("admin-auth"), clock)
     try:
         principal = authenticate_admin_token(ctx, secret, token)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from typing import TYPE_CHECKING
 
 import click
 
@@ -23,6 +24,9 @@ from keyswap.gateway.cli import (
     open_store,
     secret_file_option,
 )
+
+if TYPE_CHECKING:
+    from keyswap.admin.oidc import OidcAuthenticator
 
 __all__ = ["admin", "is_loopback"]
 
@@ -38,6 +42,36 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def _oidc(
+    issuer: str | None,
+    audience: str | None,
+    jwks_url: str | None,
+    scopes_claims: tuple[str, ...],
+    profile: str | None,
+) -> OidcAuthenticator | None:
+    """The OIDC authenticator the options describe, or ``None`` without ``--oidc-issuer``."""
+    from keyswap.admin.oidc import DEFAULT_SCOPES_CLAIMS, OidcAuthenticator, OidcConfig
+
+    issuer = (issuer or "").strip() or None
+    if issuer is None:
+        others = audience or jwks_url or scopes_claims or profile
+        if others:
+            raise click.ClickException("the --oidc-* options need --oidc-issuer")
+        return None
+    audience = (audience or "").strip()
+    if not audience:
+        raise click.ClickException("--oidc-issuer needs --oidc-audience")
+    claims = tuple(c.strip() for c in scopes_claims if c.strip()) or DEFAULT_SCOPES_CLAIMS
+    config = OidcConfig(
+        issuer,
+        audience,
+        jwks_url=(jwks_url or "").strip() or None,
+        scopes_claims=claims,
+        profile=profile,
+    )
+    return OidcAuthenticator(config)
 
 
 @click.command(cls=ManagedCommand)
@@ -72,6 +106,46 @@ def is_loopback(host: str) -> bool:
     envvar="KEYSWAP_ADMIN_LOG_LEVEL",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
+@click.option(
+    "--oidc-issuer",
+    metavar="URL",
+    default=None,
+    envvar="KEYSWAP_ADMIN_OIDC_ISSUER",
+    help="Also accept JWTs from this identity provider (its exact iss; also "
+    "$KEYSWAP_ADMIN_OIDC_ISSUER). Needs --oidc-audience.",
+)
+@click.option(
+    "--oidc-audience",
+    metavar="AUD",
+    default=None,
+    envvar="KEYSWAP_ADMIN_OIDC_AUDIENCE",
+    help="The aud OIDC tokens must carry (also $KEYSWAP_ADMIN_OIDC_AUDIENCE).",
+)
+@click.option(
+    "--oidc-jwks-url",
+    metavar="URL",
+    default=None,
+    envvar="KEYSWAP_ADMIN_OIDC_JWKS_URL",
+    help="The provider's JWKS (also $KEYSWAP_ADMIN_OIDC_JWKS_URL); default: found in the "
+    "issuer's metadata (discovery; the issuer must then be https, http only on loopback).",
+)
+@click.option(
+    "--oidc-scopes-claim",
+    "oidc_scopes_claims",
+    metavar="PATH",
+    multiple=True,
+    envvar="KEYSWAP_ADMIN_OIDC_SCOPES_CLAIM",
+    help="Claim holding the admin scopes, e.g. roles or realm_access.roles; repeatable (also "
+    "$KEYSWAP_ADMIN_OIDC_SCOPES_CLAIM, space-separated). Default: scope, then scp. Only exact "
+    "admin scope names count.",
+)
+@click.option(
+    "--oidc-profile",
+    type=click.Choice(["rfc9068"]),
+    default=None,
+    envvar="KEYSWAP_ADMIN_OIDC_PROFILE",
+    help="Require RFC 9068 JWT access tokens (typ at+jwt; also $KEYSWAP_ADMIN_OIDC_PROFILE).",
+)
 @key_prefix_option
 @db_option
 @secret_file_option
@@ -81,13 +155,19 @@ def admin(
     port: int,
     redis_url: str | None,
     log_level: str,
+    oidc_issuer: str | None,
+    oidc_audience: str | None,
+    oidc_jwks_url: str | None,
+    oidc_scopes_claims: tuple[str, ...],
+    oidc_profile: str | None,
     key_prefix: str,
     db_url: str | None,
     secret_file: str | None,
 ) -> None:
     """Serve the admin HTTP API (consumers, keys, signing keys, audit) on 127.0.0.1:8081.
 
-    Callers authenticate with admin tokens (`keyswap admin-tokens create`). --db also reads
+    Callers authenticate with admin tokens (`keyswap admin-tokens create`) or, with --oidc-issuer
+    and --oidc-audience, with JWTs from the identity provider (audit actor oidc:<sub>). --db also reads
     $KEYSWAP_ADMIN_DB, else $KEYSWAP_DB. The OpenAPI document is at /openapi.json, a page listing the
     operations at /docs.
     """
@@ -102,6 +182,7 @@ def admin(
 
     if db_url is None and os.environ.get("KEYSWAP_ADMIN_DB", "").strip():
         db_url = os.environ["KEYSWAP_ADMIN_DB"].strip()
+    oidc = _oidc(oidc_issuer, oidc_audience, oidc_jwks_url, oidc_scopes_claims, oidc_profile)
     sockets = bind_listeners(host, port)
     try:
         configure_logging(log_level)
@@ -111,6 +192,8 @@ def admin(
                 "front of it and restrict who can reach it",
                 listen_address(host, port),
             )
+        if oidc is not None:
+            oidc.start()
         with open_store(db_url, redis_url=redis_url) as store:
             secret = open_secret(store, secret_file)
             state = AdminState(
@@ -119,6 +202,7 @@ def admin(
                 Keyring(store, secret),
                 key_prefix=key_prefix,
                 audit_retention=audit_retention_from_env(),
+                oidc=oidc,
             )
             app = build_admin_app(state)
             bound = sockets[0].getsockname()[1]
@@ -134,6 +218,8 @@ def admin(
                 sockets=[sockets],
             )
     finally:
+        if oidc is not None:
+            oidc.close()
         for sock in sockets:
             sock.close()
     if status != 0:

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
@@ -17,6 +18,9 @@ from keyswap.gateway.keyring import Keyring
 from keyswap.gateway.secret import ServerSecret
 from keyswap.manage.context import DEFAULT_AUDIT_RETENTION, Context
 from keyswap.store.sql import Store
+
+if TYPE_CHECKING:
+    from keyswap.admin.oidc import OidcAuthenticator
 
 __all__ = ["AdminState", "Authorized", "require"]
 
@@ -35,6 +39,8 @@ class AdminState:
     idempotency: IdempotencyCache = field(default_factory=IdempotencyCache)
     #: Serialises conditional writes (If-Match) so the check and the write are one step.
     write_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Verifies OIDC tokens from the identity provider; ``None``: admin tokens only.
+    oidc: OidcAuthenticator | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,7 @@ def require(scope: str) -> Callable[[Request], Authorized]:
             request.headers.get("authorization"),
             client or "unknown",
             clock=state.clock,
+            oidc=state.oidc,
         )
         check_scope(caller, scope)
         return Authorized(state, caller, request_id_of(request.scope), client)
