@@ -312,3 +312,11 @@ def test_two_mib_bodies_pass_through_the_whole_gateway_intact(
 
     assert sent.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
     assert hashlib.sha256(received.content).digest() == hashlib.sha256(body).digest()
+
+
+def test_the_signing_keys_a_first_start_creates_are_in_the_audit_log(gateway: Gateway) -> None:
+    events = gateway.admin_store.list_audit_events(action_prefix="signing_key")
+    assert [(e.actor_kind, e.actor_name, e.action) for e in events] == [
+        ("system", "startup", "signing_key.create")
+    ]
+    assert events[0].changes["alg"] == "ES256"

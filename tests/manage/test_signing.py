@@ -9,6 +9,7 @@ from keyswap.manage.signing import (
     prune_signing_keys,
     rotate_signing_keys,
     scheduled_rotation,
+    system_audit,
 )
 from keyswap.store import Store
 from tests.support.gateway_state import Clock, secret
@@ -64,3 +65,35 @@ def test_a_scheduled_rotation_is_audited_as_the_system(
     )
     assert event.changes["scheduled"] is True
     assert event.changes["every"] == 3600
+
+
+def test_a_gateway_keyring_audits_its_first_keys_and_its_pruning_as_the_system(
+    ctx: Context, store: Store, clock: Clock
+) -> None:
+    keyring = Keyring(
+        store,
+        secret(),
+        clock=clock,
+        token_ttl=60,
+        cache_margin=60,
+        audit=system_audit(store, clock=clock),
+    )
+    keyring.ensure()
+    keyring.ensure()  # keys exist: nothing written, nothing recorded
+    (created,) = list_events(ctx, AuditQuery()).events
+    assert (created.actor_kind, created.actor_name, created.action) == (
+        "system",
+        "startup",
+        "signing_key.create",
+    )
+    assert set(created.changes["created"].values()) == {"active", "next"}
+    assert created.changes["alg"] == "RS256"
+    old_active = keyring.active().kid
+    keyring.rotate()
+    clock.advance(121)
+    assert keyring.prune() == [old_active]
+    assert keyring.prune() == []
+    events = list_events(ctx, AuditQuery(action="signing_key.prune")).events
+    assert [(e.actor_kind, e.actor_name, e.changes["pruned"]) for e in events] == [
+        ("system", "prune", [old_active])
+    ]

@@ -874,6 +874,8 @@ def build_gateway(
     from keyswap.gateway.cluster import build_cluster, build_rate_limiter
     from keyswap.gateway.keyring import Keyring
     from keyswap.gateway.secret import load_secret
+    from keyswap.manage.context import audit_retention_from_env
+    from keyswap.manage.signing import system_audit
     from keyswap.store import Store
 
     cluster = cluster or ClusterSettings()
@@ -897,6 +899,7 @@ def build_gateway(
             token_ttl=settings.token_ttl,
             cache_margin=settings.jwks_max_age,
             clock=clock,
+            audit=system_audit(store, clock=clock, retention=audit_retention_from_env()),
         )
 
         def tick() -> None:  # batched last-used writes, at most every 10 s

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,10 @@ _PUBLIC_MEMBERS = {
 }
 _STATE_ORDER = {"active": 0, "next": 1, "retired": 2}
 
+#: Wraps a change the keyring makes by itself: ``audit(action, changed_fields)`` returns a context
+#: manager around the store write (e.g. :func:`keyswap.manage.signing.system_audit`).
+SystemAudit = Callable[[str, dict[str, Any]], AbstractContextManager[object]]
+
 
 @dataclass(frozen=True, slots=True)
 class SigningKey:
@@ -91,6 +96,8 @@ class Keyring:
         cache_margin: how long verifiers may cache the JWKS (seconds); a retired key stays published
             for ``token_ttl + cache_margin`` after retirement.
         clock: wall-clock seconds.
+        audit: records the changes the keyring makes by itself (the first start's keys, pruning) in
+            the audit log; the gateway passes :func:`keyswap.manage.signing.system_audit`.
 
     Raises:
         ConfigError: negative durations, or the database belongs to another server secret.
@@ -104,6 +111,7 @@ class Keyring:
         token_ttl: float = DEFAULT_TOKEN_TTL,
         cache_margin: float = DEFAULT_CACHE_MARGIN,
         clock: Callable[[], float] = time.time,
+        audit: SystemAudit | None = None,
     ) -> None:
         if not (token_ttl >= 0 and cache_margin >= 0):
             raise ConfigError("token_ttl and cache_margin must not be negative")
@@ -112,6 +120,7 @@ class Keyring:
         self.token_ttl = float(token_ttl)
         self.cache_margin = float(cache_margin)
         self._clock = clock
+        self._audit = audit
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._snapshot = _Snapshot(records=(), active=None, version=None)
@@ -193,7 +202,9 @@ class Keyring:
                 return
             now = self._clock()
             created = [self._new_record(alg, state, now) for state in missing]
-            if self._store.insert_signing_keys(created):
+            with self._audited("signing_key.create", {"alg": alg}):
+                inserted = self._store.insert_signing_keys(created)
+            if inserted:
                 self.reload()
                 return
         raise ConfigError("could not create the signing keys: the database kept changing")
@@ -289,11 +300,17 @@ class Keyring:
             and record.retired_at + window <= now
         ]
         if expired:
-            self._store.delete_signing_keys(expired)
+            with self._audited("signing_key.prune", {}):
+                self._store.delete_signing_keys(expired)
             self.reload()
         return expired
 
     # -- helpers ------------------------------------------------------------------------------------
+
+    def _audited(self, action: str, changes: dict[str, Any]) -> AbstractContextManager[object]:
+        """The audit of a change the keyring makes by itself (first start, pruning), when the
+        process that owns it gave a hook (the gateway does: actor ``system``); else nothing."""
+        return nullcontext() if self._audit is None else self._audit(action, changes)
 
     def _decrypt(self, record: SigningKeyRecord) -> PrivateKey:
         private = self._private.get(record.kid)

@@ -1,11 +1,13 @@
-"""Signing keys: list, rotate (with the safety rule), prune; and the audit of scheduled rotations."""
+"""Signing keys: list, rotate (with the safety rule), prune; and the audit of the changes a gateway
+makes by itself (scheduled rotations, the first start's keys, pruning)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from keyswap.errors import Conflict
 from keyswap.gateway.keyring import Keyring, sort_keys
@@ -21,6 +23,7 @@ __all__ = [
     "prune_signing_keys",
     "rotate_signing_keys",
     "scheduled_rotation",
+    "system_audit",
 ]
 
 _TARGET = "signing_keys"
@@ -90,3 +93,21 @@ def scheduled_rotation(
     system = Context(store, Actor.system("rotation"), clock, retention)
     with recording(system, "signing_key.rotate", _TARGET, {"scheduled": True, "every": every}):
         yield
+
+
+def system_audit(
+    store: Store,
+    *,
+    clock: Callable[[], float] = time.time,
+    retention: float = DEFAULT_AUDIT_RETENTION,
+) -> Callable[[str, dict[str, Any]], AbstractContextManager[object]]:
+    """The audit hook of a gateway's keyring (:class:`~keyswap.gateway.keyring.Keyring`'s
+    ``audit``): the keys a first start creates (actor ``system:startup``) and the retired keys the
+    prune loop deletes (actor ``system:prune``) are recorded like any other change."""
+
+    def audit(action: str, changes: dict[str, Any]) -> AbstractContextManager[object]:
+        what = "prune" if action == "signing_key.prune" else "startup"
+        ctx = Context(store, Actor.system(what), clock, retention)
+        return recording(ctx, action, _TARGET, changes)
+
+    return audit
