@@ -706,6 +706,11 @@ class GatewayApp:
                     self.in_flight[holder] = left
                 else:
                     del self.in_flight[holder]
+        except asyncio.CancelledError:
+            # Only a drain that timed out cancels a request: keyswap.gateway.serve.DrainGuard
+            # answers it 503 (or just ends a response already streaming). Log that, not a 500.
+            status = 503
+            raise
         finally:
             self._access.log(method, raw_path, status, consumer, key_id, started)
 
