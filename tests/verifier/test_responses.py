@@ -115,10 +115,36 @@ def test_verifier_from_settings_reads_a_prefixed_mapping(jwks_server: JWKSServer
         verifier.close()
 
 
+def test_verifier_from_settings_has_the_origin_defaults_and_takes_python_values() -> None:
+    defaults = verifier_from_settings({"ISSUER": ISSUER, "JWKS_URL": "http://127.0.0.1:1/j"})
+    typed = verifier_from_settings(
+        {
+            "ISSUER": ISSUER,
+            "DISCOVER": True,
+            "ALGORITHMS": ["ES256", "EdDSA"],
+            "REQUIRED_CLAIMS": ("sub", "scope"),
+            "LEEWAY": 2,
+            "PROFILE": "rfc9068",
+            "AUDIENCE": AUDIENCE,
+        }
+    )
+    try:
+        assert defaults.issuers[0].algorithms == ("RS256", "PS256", "ES256", "EdDSA")
+        config = typed.issuers[0]
+        assert config.discover
+        assert config.jwks_url is None
+        assert config.algorithms == ("ES256", "EdDSA")
+        assert config.required_claims == ("sub", "scope")
+        assert (config.leeway, config.profile) == (2.0, "rfc9068")
+    finally:
+        defaults.close()
+        typed.close()
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({}, "ISSUER, JWKS_URL"),
+        ({}, "JWKS_URL and ISSUER must be set"),
         ({"ISSUER": ISSUER, "JWKS_URL": "http://127.0.0.1:1/j", "LEEWAY": "soon"}, "LEEWAY"),
         ({"ISSUER": ISSUER, "JWKS_URL": "ftp://x/j"}, "http"),
         ({"ISSUERS": "not a list"}, "ISSUERS"),

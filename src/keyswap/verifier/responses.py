@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from keyswap.errors import ConfigError, InsufficientScope
 from keyswap.verifier.asgi import JWTAuthMiddleware, Receive, Scope, Send, sanitize_description
+from keyswap.verifier.envconfig import issuer_config_from_env
 from keyswap.verifier.extract import DEFAULT_MAX_TOKEN_SIZE, bearer_token
 from keyswap.verifier.permissions import (
     DEFAULT_PERMISSION_CLAIMS,
@@ -306,20 +307,19 @@ def verifier_from_settings(settings: Mapping[str, Any], *, prefix: str = "") -> 
     """Build a :class:`~keyswap.verifier.Verifier` from flat settings (Django ``KEYSWAP``, Flask
     ``app.config`` with ``prefix="KEYSWAP_"``, ``os.environ`` with ``prefix="KEYSWAP_"``).
 
-    Keys (after ``prefix``): ``ISSUER``, ``JWKS_URL`` (required), ``AUDIENCE``, ``ALGORITHMS`` (a list or a
-    comma-separated string), ``LEEWAY``; or ``ISSUERS``: a list of mappings with those keys in lower case
-    (``IssuerConfig`` field names) for several issuers.
+    Keys (after ``prefix``) are those of ``keyswap origin`` and
+    :func:`~keyswap.verifier.envconfig.issuer_config_from_env`, with the same defaults: ``ISSUER``,
+    ``JWKS_URL`` or ``DISCOVER`` (true: the JWKS URL from the issuer's metadata), ``AUDIENCE``,
+    ``ALGORITHMS`` (a list or a comma-separated string; default all four), ``REQUIRED_CLAIMS``,
+    ``PROFILE``, ``LEEWAY``, ``JWKS_CACHE_TTL``, ``JWKS_COOLDOWN``. Values may be strings or Python
+    values (lists, numbers, booleans). Or ``ISSUERS``: a list of mappings with ``IssuerConfig`` field
+    names, for several issuers.
 
     Raises:
         ConfigError: a required key is missing or a value is invalid.
     """
-
-    def get(name: str) -> Any:
-        value = settings.get(prefix + name)
-        return None if value in (None, "") else value
-
-    issuers = get("ISSUERS")
-    if issuers is not None:
+    issuers = settings.get(prefix + "ISSUERS")
+    if issuers not in (None, ""):
         if isinstance(issuers, str | bytes) or not isinstance(issuers, Iterable):
             raise ConfigError(f"{prefix}ISSUERS must be a list of issuer mappings")
         try:
@@ -327,25 +327,20 @@ def verifier_from_settings(settings: Mapping[str, Any], *, prefix: str = "") -> 
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{prefix}ISSUERS: {exc}") from None
         return Verifier(configs)
-    missing = [prefix + k for k in ("ISSUER", "JWKS_URL") if get(k) is None]
-    if missing:
-        raise ConfigError(f"missing setting(s): {', '.join(missing)}")
-    options: dict[str, Any] = {}
-    algorithms = get("ALGORITHMS")
-    if algorithms is not None:
-        options["algorithms"] = (
-            tuple(a.strip() for a in algorithms.split(",") if a.strip())
-            if isinstance(algorithms, str)
-            else tuple(algorithms)
-        )
-    leeway = get("LEEWAY")
-    if leeway is not None:
-        try:
-            options["leeway"] = float(leeway)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{prefix}LEEWAY must be a number of seconds") from None
-    return Verifier(
-        IssuerConfig(
-            issuer=get("ISSUER"), jwks_url=get("JWKS_URL"), audience=get("AUDIENCE"), **options
-        )
-    )
+    text = {
+        name: _setting_text(value)
+        for name, value in settings.items()
+        if isinstance(name, str) and name.startswith(prefix) and value is not None
+    }
+    return Verifier(issuer_config_from_env(text, prefix=prefix))
+
+
+def _setting_text(value: Any) -> str:
+    """A setting as the text an environment variable would hold (lists comma-separated)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Iterable):
+        return ",".join(str(item) for item in value)
+    return str(value)
