@@ -168,8 +168,8 @@ def admin(
 
     Callers authenticate with admin tokens (`keyswap admin-tokens create`) or, with --oidc-issuer
     and --oidc-audience, with JWTs from the identity provider (audit actor oidc:<sub>). --db also reads
-    $KEYSWAP_ADMIN_DB, else $KEYSWAP_DB. The OpenAPI document is at /openapi.json, a page listing the
-    operations at /docs.
+    $KEYSWAP_ADMIN_DB, else $KEYSWAP_DB. The OpenAPI document is at /openapi.json, interactive docs
+    (Swagger UI, served from the package: no internet access needed) at /docs.
     """
     import os
 
