@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,7 +126,7 @@ class AdminLoad:
         self.failures: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._count = 0
+        self._run_id = uuid.uuid4().hex[:8]  # new consumer names on every run
 
     def __enter__(self) -> AdminLoad:
         self._thread.start()
@@ -136,7 +137,7 @@ class AdminLoad:
         self._thread.join(30)
 
     def _one(self, client: httpx.Client, step: int) -> httpx.Response:
-        name = f"beside-{os.getpid()}-{step // 4}"
+        name = f"beside-{self._run_id}-{step // 4}"
         kind = step % 4
         if kind == 0:
             return client.post("/v1/consumers", json={"name": name})
