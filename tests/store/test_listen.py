@@ -266,10 +266,10 @@ def test_the_listener_asks_for_tcp_keepalives_and_a_connect_timeout(
     _, params = PostgresListener(store, lambda _r: None, connect_timeout=4).connect_arguments()
     assert params["connect_timeout"] == 4
     assert params["keepalives"] == 1
-    assert params["keepalives_idle"] == 10
-    assert params["keepalives_interval"] == 5
+    assert params["keepalives_idle"] == 5
+    assert params["keepalives_interval"] == 2
     assert params["keepalives_count"] == 3
-    assert params["tcp_user_timeout"] == 15_000
+    assert params["tcp_user_timeout"] == 10_000
     assert params["application_name"] == "keyswap-listener"
     # the database URL's own settings win
     tuned = Store(pg_url + "&keepalives_idle=30&connect_timeout=7")

@@ -16,8 +16,9 @@ forgets the flow) cannot block the listener for long:
 - connecting (TCP, TLS, authentication, ``LISTEN``) must finish within ``connect_timeout`` seconds;
 - the heartbeat must be answered within ``heartbeat_timeout`` seconds, else the listener closes the
   socket itself and reconnects;
-- TCP keepalives (``keepalives_idle`` 10 s, then every 5 s, 3 probes) and ``tcp_user_timeout`` (15 s for
-  unacknowledged data) let the kernel notice a dead peer on a quiet connection too.
+- TCP keepalives (first probe after 5 s idle, then every 2 s, 3 misses) and ``tcp_user_timeout`` (10 s
+  for unacknowledged data), as on a gateway's pooled connections, let the kernel notice a dead peer
+  on a quiet connection too.
 
 Connection parameters given in the database URL (e.g. ``?keepalives_idle=30``) take precedence over
 these defaults.
@@ -30,25 +31,22 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any, Protocol
 
-__all__ = ["PostgresListener", "parse_payload"]
+from keyswap.store.sql import PG_CONNECT_TIMEOUT, PG_SOCKET_OPTIONS
+
+__all__ = ["TCP_SETTINGS", "PostgresListener", "parse_payload"]
 
 log = logging.getLogger("keyswap.store")
 
 #: The channel :class:`keyswap.store.Store` notifies on (same value as ``keyswap.store.sql.NOTIFY_CHANNEL``).
 CHANNEL = "keyswap_changes"
 
-#: libpq TCP settings of the listener's connection (the URL's own values win).
-TCP_SETTINGS: dict[str, int] = {
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 15_000,  # milliseconds
-}
+#: libpq TCP settings of the listener's connection, the same as a gateway's pooled connections
+#: (``keyswap.store.sql.PG_SOCKET_OPTIONS``); the URL's own values win.
+TCP_SETTINGS: Mapping[str, int] = PG_SOCKET_OPTIONS
 
 
 class _ListenableStore(Protocol):
@@ -94,7 +92,7 @@ class PostgresListener:
         backoff_max: float = 5.0,
         heartbeat: float = 5.0,
         heartbeat_timeout: float = 5.0,
-        connect_timeout: int = 3,
+        connect_timeout: int = PG_CONNECT_TIMEOUT,
     ) -> None:
         if not (0 < backoff_min <= backoff_max and heartbeat > 0):
             raise ValueError("backoff and heartbeat must be positive, backoff_min <= backoff_max")
