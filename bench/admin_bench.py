@@ -281,9 +281,14 @@ def beside_gateway(args: argparse.Namespace) -> int:
     print(f"## The gateway without and with keyswap admin beside it ({kind}, medians)\n")
     print(markdown_table(["figure", "without admin", "with admin", "with ÷ without"], rows))
     errors = sum(r.non2xx + r.socket_errors for d in (c32, c1) for rs in d.values() for r in rs)
+    print()
+    for side in sides:  # the machine's noise: how far rounds of the same side spread
+        rps = [r.rps for r in c32[side]]
+        print(f"req/s {side} admin, every round: {', '.join(fmt_int(v) for v in rps)}", end="")
+        print(f" (min-max {fmt_int(min(rps))}-{fmt_int(max(rps))})")
     if admin_ms:
         print(
-            f"\nadmin API beside it: {len(admin_ms)} requests, p50 {statistics.median(admin_ms):.2f} ms, "
+            f"admin API beside it: {len(admin_ms)} requests, p50 {statistics.median(admin_ms):.2f} ms, "
             f"p99 {_percentile(admin_ms, 0.99):.2f} ms, failures {len(admin_failures)}"
         )
     print(f"gateway non-2xx answers and socket errors: {errors}")
