@@ -7,7 +7,9 @@ created and dropped), Redis (--redis-url, default redis://127.0.0.1:6379/15; a s
 
 Part 1, throughput: one `keyswap gateway` node (ES256, --log-level warning) in front of the bare
 upstream (bench/_serve.py bare, one uvicorn worker); wrk -t1 -c32 sends the same API key on every
-request, so key lookups are cached and the database is off the hot path. Configs:
+request, so key lookups are cached and the database is off the hot path. One consumer on 32
+connections would meet the default per-consumer connection cap (25: 429s), so every node runs with
+--max-connections-per-consumer max(64, 2 x --connections); any non-2xx answer fails the run. Configs:
   sqlite          --db sqlite:///<tmp>/keyswap.db
   postgres        --db postgresql://... (schema upgraded with `keyswap db upgrade`)
   postgres+redis  the same, plus --redis and a rate limit no request reaches (--rate-limit
@@ -152,8 +154,15 @@ def wait_ok(url: str, key: str) -> None:
 # --------------------------------------------------------------------------- part 1
 
 
-def throughput(args: argparse.Namespace, scratch: Scratch, tmp: Path, upstream: str) -> None:
+def connection_cap(connections: int) -> tuple[str, str]:
+    """The gateway flag that keeps ``connections`` of one consumer under its connection cap."""
+    return ("--max-connections-per-consumer", str(max(64, 2 * connections)))
+
+
+def throughput(args: argparse.Namespace, scratch: Scratch, tmp: Path, upstream: str) -> int:
+    """Part 1; returns the number of non-2xx answers and socket errors of the measured runs."""
     env = {"KEYSWAP_SECRET": scratch.secret}
+    cap = connection_cap(args.connections)
     sqlite_url = f"sqlite:///{tmp}/throughput.db"
     pg_url = scratch.pg_url()
     configs: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -182,7 +191,7 @@ def throughput(args: argparse.Namespace, scratch: Scratch, tmp: Path, upstream: 
         order = names[round_index % len(names) :] + names[: round_index % len(names)]
         for name in order:
             db_url, extra = configs[name]
-            gateway = start_gateway(f"tp-{name}", db_url, upstream, tmp, env, *extra)
+            gateway = start_gateway(f"tp-{name}", db_url, upstream, tmp, env, *cap, *extra)
             try:
                 headers = {"Authorization": f"Bearer {keys[name]}"}
                 wait_ok(gateway.url.rstrip("/"), keys[name])
@@ -195,7 +204,12 @@ def throughput(args: argparse.Namespace, scratch: Scratch, tmp: Path, upstream: 
                     cpu=[gateway],
                 )
                 results[name].append(result)
-                print(f"  {name}: {result.rps:,.0f} req/s", file=sys.stderr, flush=True)
+                print(
+                    f"  {name}: {result.rps:,.0f} req/s, non-2xx {result.non2xx}, "
+                    f"socket errors {result.socket_errors}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             finally:
                 gateway.stop()
     base = median([r.rps for r in results["sqlite"]])
@@ -217,11 +231,20 @@ def throughput(args: argparse.Namespace, scratch: Scratch, tmp: Path, upstream: 
     print(f"## Throughput, one node, cached key (wrk -c{args.connections}, medians)\n")
     print(
         markdown_table(
-            ["config", "req/s", "÷ sqlite", "p50 ms", "p99 ms", "gateway CPU µs/req", "errors"],
+            [
+                "config",
+                "req/s",
+                "÷ sqlite",
+                "p50 ms",
+                "p99 ms",
+                "gateway CPU µs/req",
+                "non-2xx + socket errors",
+            ],
             rows,
         )
     )
     print()
+    return sum(r.non2xx + r.socket_errors for runs in results.values() for r in runs)
 
 
 # --------------------------------------------------------------------------- part 2
@@ -323,12 +346,16 @@ def main() -> int:
             upstream = Server("upstream", serve_argv("bare", up_port), log_dir=tmp)
             upstream.start(f"http://{HOST}:{up_port}/")
             try:
-                throughput(args, scratch, tmp, f"http://{HOST}:{up_port}")
+                errors = throughput(args, scratch, tmp, f"http://{HOST}:{up_port}")
                 propagation(args, scratch, tmp, f"http://{HOST}:{up_port}")
             finally:
                 upstream.stop()
     finally:
         scratch.drop()
+    if errors:
+        print(f"FAILED: {errors} non-2xx answers or socket errors in the measured throughput runs")
+        return 1
+    print("non-2xx answers and socket errors in the measured throughput runs: 0")
     return 0
 
 

@@ -6,6 +6,9 @@ import pytest
 
 from tests.support.jwks_server import JWKSServer
 
+# The chromium_driver fixture (headless Chromium through Selenium) for any test that asks for it.
+pytest_plugins = ["tests.support.browser"]
+
 
 @pytest.fixture
 def jwks_server() -> Iterator[JWKSServer]:

@@ -76,6 +76,9 @@ def test_the_wheel_carries_the_migrations_and_the_type_marker(dist: Path) -> Non
     assert "keyswap/py.typed" in names
     assert "keyswap/store/migrations/env.py" in names
     assert "keyswap/store/migrations/versions/0001_initial.py" in names
+    # the admin API's /docs page: its own script and stylesheet (Swagger UI comes from its package)
+    assert "keyswap/admin/static/keyswap-docs.js" in names
+    assert "keyswap/admin/static/keyswap-docs.css" in names
     metadata = email.message_from_bytes(
         zipfile.ZipFile(_one(dist, "*.whl")).read(
             f"keyswap-{keyswap.__version__}.dist-info/METADATA"

@@ -77,6 +77,19 @@ def test_a_port_in_use_is_one_line_and_exit_1_and_creates_nothing(tmp_path: Path
     assert not db.exists()
 
 
+def test_a_failed_start_leaves_no_new_database_behind(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*KEYSWAP, "admin", "--port", str(free_port()), "--db", str(tmp_path / "k.db")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"KEYSWAP_SECRET": "too-short", "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 1
+    assert "the server secret must be at least 32 characters" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_non_loopback_address_is_warned_about(tmp_path: Path) -> None:
     port = free_port()
     env = {"KEYSWAP_SECRET": SECRET_TEXT}

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from keyswap.gateway.cli import gateway as gateway_command
-from keyswap.gateway.cli import redis_display
+from keyswap.gateway.cli import new_database_guard, redis_display
 from keyswap.gateway.wellknown import JWKS_PATH
 from tests.support.asgi_server import free_port
 from tests.support.running_gateway import eventually
@@ -78,6 +78,43 @@ def test_a_port_in_use_is_one_error_line_before_anything_else(tmp_path: Path) ->
     assert done.stdout == ""
     assert done.stderr == f"Error: cannot listen on 127.0.0.1:{port}: address already in use\n"
     assert not (tmp_path / "k.db").exists()  # nothing was loaded or created
+
+
+def test_a_failed_start_leaves_no_new_database_behind(tmp_path: Path) -> None:
+    db = tmp_path / "k.db"
+    done = subprocess.run(
+        _gateway("--port", str(free_port()), db=db),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**CLEAN_ENV, "KEYSWAP_SECRET": "too-short"},
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: the server secret must be at least 32 characters")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_failed_start_keeps_a_database_that_was_there(tmp_path: Path) -> None:
+    db = tmp_path / "k.db"
+    made = subprocess.run(
+        [KEYSWAP, "consumers", "create", "acme", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=CLEAN_ENV,
+    )
+    assert made.returncode == 0, made.stderr
+    before = sorted(p.name for p in tmp_path.iterdir())
+    done = subprocess.run(
+        _gateway("--port", str(free_port()), db=db),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**CLEAN_ENV, "KEYSWAP_SECRET": "too-short"},
+    )
+    assert done.returncode == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert "k.db" in before
 
 
 def test_a_named_database_in_a_missing_directory_is_one_error_line(tmp_path: Path) -> None:
@@ -157,3 +194,36 @@ def test_client_timeouts_and_caps_come_from_flags_and_variables(tmp_path: Path) 
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
     assert process.returncode == 0
+
+
+def _start_that_fails(url: str, *creates: Path, started: bool = False) -> None:
+    """A start-up under the guard that creates ``creates``, then fails."""
+    with new_database_guard(url) as guard:
+        for path in creates:
+            path.write_text("x")
+        if started:
+            guard.started()
+        raise RuntimeError("start-up failed")
+
+
+def test_the_new_database_guard_removes_only_what_a_failed_start_created(tmp_path: Path) -> None:
+    db = tmp_path / "k.db"
+    url = f"sqlite:///{db}"
+    with pytest.raises(RuntimeError):
+        _start_that_fails(url, db, tmp_path / "k.db-wal", tmp_path / "k.db.secret")
+    assert list(tmp_path.iterdir()) == []
+    # once started, a failure keeps everything
+    with pytest.raises(RuntimeError):
+        _start_that_fails(url, db, started=True)
+    assert db.exists()
+    # a database that was there is never touched, nor a secret file that was there
+    with pytest.raises(RuntimeError):
+        _start_that_fails(url)
+    assert db.exists()
+    (tmp_path / "other.db.secret").write_text("s")
+    with pytest.raises(RuntimeError):
+        _start_that_fails(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "other.db")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.db", "other.db.secret"]
+    # other databases: nothing to remove
+    with pytest.raises(RuntimeError):
+        _start_that_fails("postgresql+psycopg://h/db")

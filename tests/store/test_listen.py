@@ -226,3 +226,73 @@ def test_the_watcher_logs_an_outage_once_and_the_recovery_once(
     warnings = [r.getMessage() for r in caplog.records if r.name == "keyswap.store"]
     assert len([w for w in warnings if "could not read the store revision" in w]) == 1
     assert len([w for w in warnings if "reachable again" in w]) == 1
+
+
+def test_the_listener_gives_up_a_hung_connection_and_recovers(pg_url: str) -> None:
+    target = sa.make_url(pg_url)
+    with TcpRelay(target.host or "127.0.0.1", target.port or 5432) as relay:
+        store = Store(relayed_url(pg_url, relay))
+        events = Heard()
+        listener = PostgresListener(
+            store,
+            events.revision,
+            events.connect,
+            backoff_min=0.05,
+            backoff_max=0.2,
+            heartbeat=0.1,
+            heartbeat_timeout=0.5,
+            connect_timeout=2,
+        )
+        try:
+            listener.start()
+            assert listener.wait_listening(5)
+            relay.freeze()  # the path hangs: the socket stays open, nothing comes back
+            started = time.monotonic()
+            eventually(lambda: listener.failures >= 1, timeout=5)
+            assert time.monotonic() - started < 2.0  # heartbeat + its deadline, not TCP's minutes
+            assert not listener.listening
+            relay.thaw()
+            assert events.wait(lambda: events.connects == 2, 10)
+            store.create_consumer("acme")
+            assert events.wait(lambda: events.revisions == [1])
+        finally:
+            listener.stop()
+            store.close()
+
+
+def test_the_listener_asks_for_tcp_keepalives_and_a_connect_timeout(
+    store: Store, pg_url: str
+) -> None:
+    _, params = PostgresListener(store, lambda _r: None, connect_timeout=4).connect_arguments()
+    assert params["connect_timeout"] == 4
+    assert params["keepalives"] == 1
+    assert params["keepalives_idle"] == 5
+    assert params["keepalives_interval"] == 2
+    assert params["keepalives_count"] == 3
+    assert params["tcp_user_timeout"] == 10_000
+    assert params["application_name"] == "keyswap-listener"
+    # the database URL's own settings win
+    tuned = Store(pg_url + "&keepalives_idle=30&connect_timeout=7")
+    try:
+        _, params = PostgresListener(tuned, lambda _r: None).connect_arguments()
+    finally:
+        tuned.close()
+    assert str(params["keepalives_idle"]) == "30"
+    assert str(params["connect_timeout"]) == "7"
+    with pytest.raises(ValueError, match="heartbeat_timeout"):
+        PostgresListener(store, lambda _r: None, heartbeat_timeout=0)
+
+
+def test_the_listener_connects_with_its_settings(store: Store) -> None:
+    listener = PostgresListener(store, lambda _r: None)
+    listener.start()
+    try:
+        assert listener.wait_listening(5)
+        with store.engine.begin() as conn:
+            name = conn.execute(
+                sa.text("SELECT application_name FROM pg_stat_activity WHERE pid = :pid"),
+                {"pid": listener.backend_pid},
+            ).scalar_one()
+        assert name == "keyswap-listener"
+    finally:
+        listener.stop()

@@ -14,7 +14,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from keyswap import __version__
 from keyswap.admin import routes_audit, routes_consumers, routes_health, routes_keys, routes_signing
-from keyswap.admin.docs_page import render_docs
+from keyswap.admin.docs_page import CONTENT_SECURITY_POLICY, asset, render_docs
 from keyswap.admin.middleware import MAX_BODY, AdminMiddleware, request_id_of
 from keyswap.admin.problems import (
     PROBLEM_JSON,
@@ -188,6 +188,14 @@ def _headers(path: str, method: str, status: str) -> dict[str, Any]:
     return headers
 
 
+#: Headers of /docs and its files: the page may load and call this server only.
+_DOCS_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
 def build_admin_app(state: AdminState, *, max_body: int = MAX_BODY) -> FastAPI:
     """The admin API over ``state`` (wrapped in :class:`~keyswap.admin.middleware.AdminMiddleware`)."""
     app = FastAPI(
@@ -214,7 +222,17 @@ def build_admin_app(state: AdminState, *, max_body: int = MAX_BODY) -> FastAPI:
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> Response:
-        return HTMLResponse(render_docs(_schema(app)))
+        return HTMLResponse(render_docs(_schema(app)), headers=_DOCS_HEADERS)
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    def docs_asset(name: str, request: Request) -> Response:
+        found = asset(name)
+        if found is None:
+            raise ApiProblem(404, "no such file")
+        headers = {**_DOCS_HEADERS, "ETag": found.etag, "Cache-Control": "public, max-age=3600"}
+        if request.headers.get("if-none-match") == found.etag:
+            return Response(status_code=304, headers=headers)
+        return Response(found.body, media_type=found.media_type, headers=headers)
 
     app.add_middleware(AdminMiddleware, max_body=max_body)
     return app

@@ -20,8 +20,10 @@ from keyswap.gateway.cli import (
     db_option,
     handle_errors,
     key_prefix_option,
+    new_database_guard,
     open_secret,
     open_store,
+    resolve_db_url,
     secret_file_option,
 )
 
@@ -168,8 +170,8 @@ def admin(
 
     Callers authenticate with admin tokens (`keyswap admin-tokens create`) or, with --oidc-issuer
     and --oidc-audience, with JWTs from the identity provider (audit actor oidc:<sub>). --db also reads
-    $KEYSWAP_ADMIN_DB, else $KEYSWAP_DB. The OpenAPI document is at /openapi.json, a page listing the
-    operations at /docs.
+    $KEYSWAP_ADMIN_DB, else $KEYSWAP_DB. The OpenAPI document is at /openapi.json, interactive docs
+    (Swagger UI, served from the package: no internet access needed) at /docs.
     """
     import os
 
@@ -194,7 +196,10 @@ def admin(
             )
         if oidc is not None:
             oidc.start()
-        with open_store(db_url, redis_url=redis_url) as store:
+        with (
+            new_database_guard(resolve_db_url(db_url)) as guard,
+            open_store(db_url, redis_url=redis_url) as store,
+        ):
             secret = open_secret(store, secret_file)
             state = AdminState(
                 store,
@@ -205,6 +210,7 @@ def admin(
                 oidc=oidc,
             )
             app = build_admin_app(state)
+            guard.started()  # a failed start before here leaves no new database behind
             bound = sockets[0].getsockname()[1]
 
             def ready() -> None:

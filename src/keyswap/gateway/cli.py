@@ -23,7 +23,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -37,7 +37,7 @@ from keyswap.errors import ConfigError, KeyswapError
 from keyswap.gateway.apikeys import DEFAULT_PREFIX
 from keyswap.gateway.keymaterial import SIGNING_ALGORITHMS
 from keyswap.gateway.keyring import DEFAULT_CACHE_MARGIN, DEFAULT_TOKEN_TTL, Keyring
-from keyswap.gateway.secret import ServerSecret, load_secret
+from keyswap.gateway.secret import ServerSecret, default_secret_file, load_secret
 from keyswap.manage import consumers as manage_consumers
 from keyswap.manage import keys as manage_keys
 from keyswap.manage import signing as manage_signing
@@ -72,6 +72,7 @@ __all__ = [
     "handle_errors",
     "key_prefix_option",
     "keys",
+    "new_database_guard",
     "open_secret",
     "open_store",
     "resolve_db_url",
@@ -246,6 +247,43 @@ def check_db_location(db_url: str | None) -> str:
             f"cannot create the database {path}: the directory {path.parent} does not exist"
         )
     return url
+
+
+class StartGuard:
+    """What :func:`new_database_guard` yields: call :meth:`started` once start-up has succeeded."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def started(self) -> None:
+        """Start-up succeeded: from now on, the database stays whatever happens."""
+        self.done = True
+
+
+@contextmanager
+def new_database_guard(url: str) -> Iterator[StartGuard]:
+    """A failed start leaves no database behind: if ``url`` names a SQLite file that does not exist
+    yet and the block raises before :meth:`StartGuard.started`, the file that start-up created is
+    removed again (with its ``-wal``, ``-shm`` and ``-journal`` files, and the ``.secret`` file beside
+    it if that was created too). Other databases, and files that existed before, are never touched.
+    Directories stay."""
+    guard = StartGuard()
+    path = sqlite_file(url)
+    if path is None or path.exists():
+        yield guard
+        return
+    secret = default_secret_file(url)
+    created = [path, *(path.with_name(path.name + tail) for tail in ("-wal", "-shm", "-journal"))]
+    if secret is not None and not secret.exists():
+        created.append(secret)
+    try:
+        yield guard
+    except BaseException:
+        if not guard.done:
+            for leftover in created:
+                with suppress(OSError):
+                    leftover.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
@@ -1404,14 +1442,16 @@ def gateway(
     sockets = bind_listeners(host, port)
     try:
         configure_logging(log_level)
-        app = build_gateway(
-            settings,
-            db_url=url,
-            secret_file=secret_file,
-            cluster=cluster,
-            websocket_limits=websocket_limits,
-        )
-        app.prepare()
+        with new_database_guard(url) as guard:  # a failed start leaves no new database behind
+            app = build_gateway(
+                settings,
+                db_url=url,
+                secret_file=secret_file,
+                cluster=cluster,
+                websocket_limits=websocket_limits,
+            )
+            app.prepare()
+            guard.started()
         redis_up = cluster.redis_url is None or _redis_reachable(cluster.redis_url)
     except BaseException:
         for sock in sockets:

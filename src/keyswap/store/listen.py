@@ -9,22 +9,44 @@ drops (database restart, network), it reconnects by itself with exponential back
 ``backoff_max`` seconds) and calls ``on_connect`` each time it is listening again, so the owner can poll
 once for whatever it missed. A heartbeat query every ``heartbeat`` seconds notices a dead connection
 that would otherwise look idle.
+
+A connection that hangs rather than drops (a frozen network path, a stalled server, a firewall that
+forgets the flow) cannot block the listener for long:
+
+- connecting (TCP, TLS, authentication, ``LISTEN``) must finish within ``connect_timeout`` seconds;
+- the heartbeat must be answered within ``heartbeat_timeout`` seconds, else the listener closes the
+  socket itself and reconnects;
+- TCP keepalives (first probe after 5 s idle, then every 2 s, 3 misses) and ``tcp_user_timeout`` (10 s
+  for unacknowledged data), as on a gateway's pooled connections, let the kernel notice a dead peer
+  on a quiet connection too.
+
+Connection parameters given in the database URL (e.g. ``?keepalives_idle=30``) take precedence over
+these defaults.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from typing import Any, Protocol
 
-__all__ = ["PostgresListener", "parse_payload"]
+from keyswap.store.sql import PG_CONNECT_TIMEOUT, PG_SOCKET_OPTIONS
+
+__all__ = ["TCP_SETTINGS", "PostgresListener", "parse_payload"]
 
 log = logging.getLogger("keyswap.store")
 
 #: The channel :class:`keyswap.store.Store` notifies on (same value as ``keyswap.store.sql.NOTIFY_CHANNEL``).
 CHANNEL = "keyswap_changes"
+
+#: libpq TCP settings of the listener's connection, the same as a gateway's pooled connections
+#: (``keyswap.store.sql.PG_SOCKET_OPTIONS``); the URL's own values win.
+TCP_SETTINGS: Mapping[str, int] = PG_SOCKET_OPTIONS
 
 
 class _ListenableStore(Protocol):
@@ -51,6 +73,10 @@ class PostgresListener:
         backoff_min: first delay before reconnecting, seconds.
         backoff_max: longest delay between reconnection attempts, seconds.
         heartbeat: seconds between liveness queries on an idle connection.
+        heartbeat_timeout: seconds a liveness query (or ``LISTEN``) may take before the connection
+            is given up as hung.
+        connect_timeout: seconds a connection attempt may take (libpq counts whole seconds, at
+            least 2).
 
     Raises:
         ValueError: non-positive timings.
@@ -65,15 +91,21 @@ class PostgresListener:
         backoff_min: float = 0.1,
         backoff_max: float = 5.0,
         heartbeat: float = 5.0,
+        heartbeat_timeout: float = 5.0,
+        connect_timeout: int = PG_CONNECT_TIMEOUT,
     ) -> None:
         if not (0 < backoff_min <= backoff_max and heartbeat > 0):
             raise ValueError("backoff and heartbeat must be positive, backoff_min <= backoff_max")
+        if not (heartbeat_timeout > 0 and connect_timeout > 0):
+            raise ValueError("heartbeat_timeout and connect_timeout must be positive")
         self._store = store
         self._on_revision = on_revision
         self._on_connect = on_connect
         self._backoff_min = backoff_min
         self._backoff_max = backoff_max
         self._heartbeat = heartbeat
+        self._heartbeat_timeout = heartbeat_timeout
+        self._connect_timeout = connect_timeout
         self._stop = threading.Event()
         self._listening = threading.Event()
         self._failing = False
@@ -110,6 +142,16 @@ class PostgresListener:
         self._stop.set()
         thread.join(timeout)
 
+    def connect_arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        """The arguments of ``psycopg.connect`` for the listener's connection: the store's, plus the
+        timeouts, TCP keepalives and application name unless the database URL sets them."""
+        cargs, cparams = self._store.listen_connect_args()
+        cparams.setdefault("connect_timeout", self._connect_timeout)
+        cparams.setdefault("application_name", "keyswap-listener")
+        for name, value in TCP_SETTINGS.items():
+            cparams.setdefault(name, value)
+        return cargs, cparams
+
     def _run(self) -> None:
         delay = self._backoff_min
         while not self._stop.is_set():
@@ -139,11 +181,10 @@ class PostgresListener:
     def _listen(self) -> None:
         import psycopg
 
-        cargs, cparams = self._store.listen_connect_args()
-        cparams.setdefault("connect_timeout", 3)
-        cparams.setdefault("application_name", "keyswap-listener")
+        cargs, cparams = self.connect_arguments()
         with psycopg.connect(*cargs, autocommit=True, **cparams) as conn:
-            conn.execute("LISTEN keyswap_changes")
+            with _deadline(conn, self._heartbeat_timeout):
+                conn.execute("LISTEN keyswap_changes")
             self.backend_pid = conn.info.backend_pid
             self.connections += 1
             self._listening.set()
@@ -159,8 +200,33 @@ class PostgresListener:
                     if revision is not None:
                         _call(self._on_revision, revision)
                 if time.monotonic() - last_beat >= self._heartbeat:
-                    conn.execute("SELECT 1")
+                    with _deadline(conn, self._heartbeat_timeout):
+                        conn.execute("SELECT 1")
                     last_beat = time.monotonic()
+
+
+@contextmanager
+def _deadline(conn: Any, seconds: float) -> Iterator[None]:
+    """Shut the connection's socket down if the block takes longer than ``seconds``: the blocked
+    query then fails at once (psycopg waits on the socket without a time limit of its own)."""
+    timer = threading.Timer(seconds, _sever, args=(conn,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _sever(conn: Any) -> None:
+    """Shut down the socket under ``conn`` (from another thread) so that its reader sees the end."""
+    try:
+        duplicate = os.dup(conn.pgconn.socket)
+    except Exception:  # already closed
+        return
+    log.warning("the PostgreSQL notification connection stopped answering; reconnecting")
+    with socket.socket(fileno=duplicate) as sock, suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _call(callback: Callable[..., object], *args: Any) -> None:
