@@ -1571,3 +1571,8 @@ def demo(port: int, origin_port: int, admin_port: int | None, data_dir: str, alg
     )
     if status != 0:
         raise click.ClickException("the demo could not start (see the message above)")
+
+
+# The webhook subcommands of `keyswap consumers` (set-webhook, webhook, clear-webhook,
+# rotate-webhook-secret) live in keyswap.webhooks.cli and join the group here.
+from keyswap.webhooks import cli as _webhooks_cli  # noqa: E402, F401
