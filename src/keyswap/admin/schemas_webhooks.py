@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from keyswap.admin.schemas import _In, iso
-from keyswap.manage.webhooks import MAX_URL_LENGTH, WebhookInfo
+from keyswap.manage.webhooks import MAX_URL_LENGTH, WebhookInfo, shown_payload
 from keyswap.store.webhooks import Attempt, WebhookEvent
 
 __all__ = [
@@ -79,7 +79,10 @@ class WebhookEventOut(BaseModel):
     created_at: str | None
     next_attempt_at: str | None
     finished_at: str | None
-    payload: dict[str, Any] = Field(description="The body sent: type, timestamp and data.")
+    payload: dict[str, Any] = Field(
+        description="The body sent: type, timestamp and data (data null and sealed true when it "
+        "holds a secret, such as a rolled key's new API key)."
+    )
 
     @classmethod
     def of(cls, event: WebhookEvent) -> WebhookEventOut:
@@ -93,7 +96,7 @@ class WebhookEventOut(BaseModel):
             created_at=iso(event.created_at),
             next_attempt_at=iso(event.next_attempt_at),
             finished_at=iso(event.finished_at),
-            payload=event.payload,
+            payload=shown_payload(event),
         )
 
 
