@@ -385,7 +385,8 @@ class Dispatcher:
 
 class DispatcherThread:
     """Runs a :class:`Dispatcher` in a daemon thread: a round every ``interval`` seconds (at once again
-    after a full batch), until :meth:`stop`. Errors (the store down) are logged and retried."""
+    after a full batch), until :meth:`stop`. Errors (the store down) are logged once (a warning) and
+    retried every round."""
 
     def __init__(self, dispatcher: Dispatcher, *, interval: float = 2.0) -> None:
         self.dispatcher = dispatcher
@@ -406,11 +407,22 @@ class DispatcherThread:
         self.dispatcher.close()
 
     def _run(self) -> None:
+        failing = False
         while not self._stop.is_set():
             try:
                 made = self.dispatcher.run_once()
-            except Exception as exc:
-                log.warning("webhook dispatcher round failed (%s)", type(exc).__name__)
+            except Exception as exc:  # the store down: say so once, keep trying
+                log.log(
+                    logging.DEBUG if failing else logging.WARNING,
+                    "webhook dispatcher round failed (%s); retrying every %.0f s",
+                    type(exc).__name__,
+                    self.interval,
+                )
+                failing = True
                 made = 0
+            else:
+                if failing:
+                    log.info("webhook dispatcher working again")
+                failing = False
             if made < self.dispatcher.batch:
                 self._stop.wait(self.interval)
