@@ -304,3 +304,19 @@ def test_redeliver_makes_a_finished_event_due_and_is_audited(ctx: Context, clock
         list_deliveries(ctx, limit=0)
     with pytest.raises(NotFound):
         list_deliveries(ctx, "nobody")
+
+
+def test_the_store_refuses_an_endpoint_for_a_consumer_that_is_gone(ctx: Context) -> None:
+    consumer_id = _acme(ctx)
+    delete_consumer(ctx, "acme")
+    with pytest.raises(NotFound):
+        wstore.put_endpoint(
+            ctx.store,
+            consumer_id,
+            url="https://a.example.com/",
+            secret_blob=b"x" * 40,
+            allow_http_loopback=False,
+            now=1.0,
+        )
+    with pytest.raises(NotFound):  # changing a missing endpoint
+        wstore.put_endpoint(ctx.store, consumer_id, secret_blob=b"y" * 40, now=1.0)

@@ -204,20 +204,19 @@ def put_endpoint(
         if exists is None:
             if url is None or secret_blob is None or allow_http_loopback is None:
                 raise NotFound("the consumer has no webhook")
-            try:
-                with conn.begin_nested():
-                    conn.execute(
-                        sa.insert(webhook_endpoints).values(
-                            consumer_id=consumer_id,
-                            url=url,
-                            secret_blob=secret_blob,
-                            allow_http_loopback=allow_http_loopback,
-                            created_at=now,
-                            updated_at=now,
-                        )
-                    )
-            except IntegrityError:
-                raise NotFound("unknown consumer") from None
+            known = conn.execute(sa.select(consumers.c.id).where(consumers.c.id == consumer_id))
+            if known.first() is None:
+                raise NotFound("unknown consumer")
+            conn.execute(
+                sa.insert(webhook_endpoints).values(
+                    consumer_id=consumer_id,
+                    url=url,
+                    secret_blob=secret_blob,
+                    allow_http_loopback=allow_http_loopback,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
         else:
             values: dict[str, Any] = {"updated_at": now}
             if url is not None:
