@@ -89,6 +89,8 @@ def test_every_change_is_audited_without_the_secret(ctx: Context) -> None:
     assert [e.action for e in events] == ["webhook.clear", "webhook.rotate_secret", "webhook.set"]
     assert all(e.target == "consumer:acme" and e.actor_name == "alice" for e in events)
     assert events[-1].changes["url"] == "https://a.example.com/"
+    assert events[-1].changes["new_secret"] is True
+    assert events[1].changes == {"new_secret": True}
     text = repr(events)
     assert created.secret is not None
     assert rotated.secret is not None
