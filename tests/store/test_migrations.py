@@ -217,6 +217,7 @@ def test_migrations_ship_inside_the_package() -> None:
         "0004_consumer_connections.py",
         "0005_changes.py",
         "0006_audit.py",
+        "0007_webhooks.py",
     ]
     assert (migrate.MIGRATIONS_DIR / "env.py").is_file()
 
@@ -363,5 +364,60 @@ def test_0005_adds_the_change_log_and_a_node_behind_it_clears_everything(any_url
         _downgrade(store, "0004")
         with store.engine.begin() as conn:
             assert "changes" not in sa.inspect(conn).get_table_names()
+    finally:
+        store.close()
+
+
+def _revision_before_webhooks() -> str:
+    """The revision the webhooks migration builds on (whatever the chain became at a merge)."""
+    import re
+
+    (path,) = (migrate.MIGRATIONS_DIR / "versions").glob("*_webhooks.py")
+    found = re.search(r'^down_revision = "([0-9]+)"', path.read_text(), re.MULTILINE)
+    assert found is not None
+    return found.group(1)
+
+
+def test_the_webhooks_migration_adds_its_tables_and_keeps_the_rest_both_ways(
+    any_url: str,
+) -> None:
+    store = Store(any_url, schema="upgrade")
+    try:
+        store.create_consumer("acme", scopes=("a",))
+        before = _revision_before_webhooks()
+        _downgrade(store, before)
+        with store.engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+        assert not tables & {"webhook_endpoints", "webhook_events", "webhook_attempts"}
+        upgraded = Store(any_url, schema="upgrade")
+        try:
+            assert upgraded.schema_change == (before, migrate.head_revision())
+            consumer = upgraded.get_consumer("acme")
+            assert consumer is not None
+            assert consumer.scopes == ("a",)
+            from keyswap.store import webhooks as wstore
+
+            wstore.put_endpoint(
+                upgraded,
+                consumer.id,
+                url="https://a.example.com/",
+                secret_blob=b"x" * 40,
+                allow_http_loopback=False,
+                now=1.0,
+            )
+            assert (
+                wstore.insert_event(
+                    upgraded,
+                    event_id="msg_" + "1" * 32,
+                    consumer_id=consumer.id,
+                    event_type="key.leaked",
+                    payload={"type": "key.leaked"},
+                    idempotency_key="k",
+                    now=1.0,
+                )
+                == "msg_" + "1" * 32
+            )
+        finally:
+            upgraded.close()
     finally:
         store.close()
