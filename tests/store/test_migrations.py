@@ -217,6 +217,7 @@ def test_migrations_ship_inside_the_package() -> None:
         "0004_consumer_connections.py",
         "0005_changes.py",
         "0006_audit.py",
+        "0011_leaks.py",
     ]
     assert (migrate.MIGRATIONS_DIR / "env.py").is_file()
 
@@ -363,5 +364,30 @@ def test_0005_adds_the_change_log_and_a_node_behind_it_clears_everything(any_url
         _downgrade(store, "0004")
         with store.engine.begin() as conn:
             assert "changes" not in sa.inspect(conn).get_table_names()
+    finally:
+        store.close()
+
+
+def test_0011_adds_leak_policies_and_the_leak_log_and_keeps_the_rest_both_ways(
+    any_url: str,
+) -> None:
+    store = Store(any_url, schema="upgrade")
+    try:
+        store.update_consumer(store.create_consumer("acme").name, leak_policy="roll")
+        _downgrade(store, "0006")
+        with store.engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("consumers")}
+        assert "key_leaks" not in tables
+        assert "leak_policy" not in columns
+        upgraded = Store(any_url, schema="upgrade")
+        try:
+            assert upgraded.schema_change == ("0006", migrate.head_revision())
+            consumer = upgraded.get_consumer("acme")
+            assert consumer is not None
+            assert consumer.leak_policy is None
+            assert upgraded.key_leaks(["x"]) == {}
+        finally:
+            upgraded.close()
     finally:
         store.close()

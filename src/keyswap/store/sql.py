@@ -54,9 +54,11 @@ from keyswap.store.models import (
     ApiKeyRecord,
     AuditRecord,
     Consumer,
+    KeyLeak,
     SigningKeyRecord,
     format_scopes,
     validate_consumer_name,
+    validate_leak_policy,
     validate_max_connections,
     validate_metadata,
     validate_rate_limit,
@@ -68,6 +70,7 @@ from keyswap.store.schema import (
     audit_events,
     changes,
     consumers,
+    key_leaks,
     meta,
     signing_keys,
 )
@@ -583,6 +586,7 @@ class Store:
         rate_limit: str | Keep | None = KEEP,
         max_connections: int | Keep | None = KEEP,
         scopes: Iterable[str] | Keep = KEEP,
+        leak_policy: str | Keep | None = KEEP,
     ) -> Consumer:
         """Change several fields of a consumer in one transaction (:data:`KEEP`: leave it as it is).
 
@@ -599,6 +603,8 @@ class Store:
             values["max_connections"] = validate_max_connections(max_connections)
         if not isinstance(scopes, Keep):
             values["scopes"] = _stored(validate_scopes(scopes))
+        if not isinstance(leak_policy, Keep):
+            values["leak_policy"] = validate_leak_policy(leak_policy)
         if not values:
             consumer = self.get_consumer(name)
             if consumer is None:
@@ -846,6 +852,131 @@ class Store:
             raise AlreadyExists("key id or digest collision") from None
         by_id = {row.id: _key(row) for row in rows}
         return by_id[old_id], by_id[new_key_id]
+
+    def find_api_keys(
+        self, digests: Iterable[bytes], *, batch: int = 500
+    ) -> dict[bytes, tuple[ApiKeyRecord, Consumer]]:
+        """The keys with these HMAC digests and their consumers, by digest (unknown ones are left
+        out): one query per ``batch`` digests, in one read transaction (a leak report's lookup)."""
+        wanted = list(dict.fromkeys(digests))
+        found: dict[bytes, tuple[ApiKeyRecord, Consumer]] = {}
+        if not wanted:
+            return found
+        with self._reading() as conn:
+            for start in range(0, len(wanted), batch):
+                chunk = wanted[start : start + batch]
+                query = _key_with_consumer_select().where(api_keys.c.digest.in_(chunk))
+                for row in conn.execute(query):
+                    found[bytes(row.digest)] = (_key(row), _key_consumer(row))
+        return found
+
+    def key_leaks(self, fingerprints: Iterable[str]) -> dict[str, KeyLeak]:
+        """The leak reports with these fingerprints, by fingerprint (what a replay finds)."""
+        wanted = list(dict.fromkeys(fingerprints))
+        found: dict[str, KeyLeak] = {}
+        with self._reading() as conn:
+            for start in range(0, len(wanted), 500):
+                query = sa.select(key_leaks).where(
+                    key_leaks.c.fingerprint.in_(wanted[start : start + 500])
+                )
+                for row in conn.execute(query):
+                    found[row.fingerprint] = _key_leak(row)
+        return found
+
+    def leaks_of_key(self, key_id: str) -> list[KeyLeak]:
+        """Every leak report of one key, oldest first."""
+        query = sa.select(key_leaks).where(key_leaks.c.key_id == key_id).order_by(key_leaks.c.id)
+        with self._reading() as conn:
+            return [_key_leak(row) for row in conn.execute(query)]
+
+    def record_key_leak(
+        self,
+        *,
+        fingerprint: str,
+        key_id: str,
+        reported_at: float,
+        source: str,
+        url: str,
+        action: str,
+        new_key: tuple[str, bytes, str] | None = None,
+    ) -> tuple[KeyLeak, bool]:
+        """In one transaction: record a leak report and do what ``action`` says to the key --
+        ``revoke`` and ``roll`` revoke it (``roll`` also adds ``new_key`` = (id, digest, hint) for the
+        same consumer, with the old key's own scopes, and marks the old key replaced by it);
+        ``notify`` and ``none`` change no key. A key no longer live in the transaction is left
+        alone (action ``none``).
+
+        Returns ``(the report, True)``, or ``(the earlier report, False)`` when one with this
+        fingerprint exists (a replay: nothing changes, no revision bump).
+
+        Raises:
+            NotFound: no such key.
+            AlreadyExists: the new key's id or digest is taken.
+        """
+        earlier = self.key_leaks([fingerprint]).get(fingerprint)
+        if earlier is not None:
+            return earlier, False
+        try:
+            with self._writing() as conn:
+                old = conn.execute(_key_select().where(api_keys.c.id == key_id)).first()
+                if old is None:
+                    raise NotFound(f"unknown key id '{key_id}'")
+                new_key_id = None
+                refs: list[str] = [key_id]
+                live = old.revoked_at is None and (
+                    old.expires_at is None or old.expires_at > reported_at
+                )
+                if action in ("revoke", "roll") and not live:
+                    action, new_key = "none", None  # revoked meanwhile (another report)
+                if action in ("revoke", "roll"):
+                    values: dict[str, Any] = {"revoked_at": reported_at}
+                    if action == "roll" and new_key is not None:
+                        new_key_id = new_key[0]
+                        values["replaced_by"] = new_key_id
+                    conn.execute(
+                        sa.update(api_keys)
+                        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                        .values(**values)
+                    )
+                    if new_key is not None and new_key_id is not None:
+                        _insert_key(
+                            conn,
+                            old.consumer_id,
+                            new_key_id,
+                            new_key[1],
+                            new_key[2],
+                            reported_at,
+                            None,
+                            scopes=_scopes(old.scopes),
+                            within_consumer=False,
+                        )
+                        refs.append(new_key_id)
+                leak_id = conn.execute(
+                    sa.insert(key_leaks)
+                    .values(
+                        fingerprint=fingerprint,
+                        key_id=key_id,
+                        consumer_id=old.consumer_id,
+                        reported_at=reported_at,
+                        source=source,
+                        url=url,
+                        action=action,
+                        new_key_id=new_key_id,
+                    )
+                    .returning(key_leaks.c.id)
+                ).scalar_one()
+                if new_key_id is not None:
+                    _note(new_key_id=new_key_id)
+                self._log_change(conn, "key", *refs)
+        except IntegrityError:
+            earlier = self.key_leaks([fingerprint]).get(fingerprint)
+            if earlier is not None:  # the same report, recorded by another node at the same moment
+                return earlier, False
+            raise AlreadyExists("key id or digest collision") from None
+        leak = KeyLeak(
+            leak_id, key_id, old.consumer_id, reported_at, source, url, action, new_key_id
+        )
+        return leak, True
 
     def touch_api_keys(self, last_used: Mapping[str, float]) -> None:
         """Record last-used times in one batch (never moves a time backwards; no revision bump)."""
@@ -1258,6 +1389,7 @@ def _key_with_consumer_select() -> sa.Select[Any]:
         consumers.c.created_at.label("consumer_created_at"),
         consumers.c.rate_limit.label("consumer_rate_limit"),
         consumers.c.max_connections.label("consumer_max_connections"),
+        consumers.c.leak_policy.label("consumer_leak_policy"),
         api_keys.c.digest,
     )
 
@@ -1276,6 +1408,7 @@ def _key_consumer(row: sa.Row[Any]) -> Consumer:
         rate_limit=row.consumer_rate_limit,
         scopes=_scopes(row.consumer_scopes) or (),
         max_connections=row.consumer_max_connections,
+        leak_policy=row.consumer_leak_policy,
     )
 
 
@@ -1318,6 +1451,19 @@ def _insert_key(
     )
 
 
+def _key_leak(row: sa.Row[Any]) -> KeyLeak:
+    return KeyLeak(
+        id=row.id,
+        key_id=row.key_id,
+        consumer_id=row.consumer_id,
+        reported_at=row.reported_at,
+        source=row.source,
+        url=row.url,
+        action=row.action,
+        new_key_id=row.new_key_id,
+    )
+
+
 def _consumer(row: sa.Row[Any]) -> Consumer:
     return Consumer(
         id=row.id,
@@ -1327,6 +1473,7 @@ def _consumer(row: sa.Row[Any]) -> Consumer:
         rate_limit=row.rate_limit,
         scopes=_scopes(row.scopes) or (),
         max_connections=row.max_connections,
+        leak_policy=row.leak_policy,
     )
 
 
