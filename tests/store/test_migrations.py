@@ -217,6 +217,7 @@ def test_migrations_ship_inside_the_package() -> None:
         "0004_consumer_connections.py",
         "0005_changes.py",
         "0006_audit.py",
+        "0007_webhooks.py",
         "0011_leaks.py",
     ]
     assert (migrate.MIGRATIONS_DIR / "env.py").is_file()
@@ -374,7 +375,7 @@ def test_0011_adds_leak_policies_and_the_leak_log_and_keeps_the_rest_both_ways(
     store = Store(any_url, schema="upgrade")
     try:
         store.update_consumer(store.create_consumer("acme").name, leak_policy="roll")
-        _downgrade(store, "0006")
+        _downgrade(store, "0007")
         with store.engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
             columns = {c["name"] for c in sa.inspect(conn).get_columns("consumers")}
@@ -382,7 +383,7 @@ def test_0011_adds_leak_policies_and_the_leak_log_and_keeps_the_rest_both_ways(
         assert "leak_policy" not in columns
         upgraded = Store(any_url, schema="upgrade")
         try:
-            assert upgraded.schema_change == ("0006", migrate.head_revision())
+            assert upgraded.schema_change == ("0007", migrate.head_revision())
             consumer = upgraded.get_consumer("acme")
             assert consumer is not None
             assert consumer.leak_policy is None
