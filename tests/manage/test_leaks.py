@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from keyswap.errors import InvalidApiKey, InvalidInput
-from keyswap.gateway.apikeys import ApiKeys, generate_key
+from keyswap.gateway.apikeys import KEY_REGEX, ApiKeys, generate_key
 from keyswap.manage import Actor, Context
 from keyswap.manage.audit import AuditQuery, list_events
 from keyswap.manage.consumers import NewConsumer, create_consumer, get_consumer
@@ -20,7 +21,9 @@ from keyswap.manage.leaks import (
     report_leaks,
     set_leak_policy,
 )
+from keyswap.manage.webhooks import list_webhook_events, set_webhook
 from keyswap.store import Store
+from keyswap.webhooks.sealed import is_sealed, unseal
 from tests.support.gateway_state import Clock, secret
 
 URL = "https://github.com/octo/repo/blob/abc/settings.py"
@@ -130,7 +133,8 @@ def test_roll_revokes_now_and_delivers_a_working_new_key_only_through_the_webhoo
     assert not _works(github, key)
     assert notify.types() == ["key.leaked", "key.revoked", "key.rolled"]
     rolled = notify.events[2]["data"]
-    new_key = str(rolled["new_key"])
+    assert is_sealed(rolled["new_key"])  # encrypted while it waits in the outbox
+    new_key = unseal(secret(), notify.events[2]["consumer_id"], rolled["new_key"])
     assert _works(github, new_key)
     assert rolled["new_key_id"] == outcome.new_key_id
     assert github.store.get_api_key(key_id).replaced_by == outcome.new_key_id  # type: ignore[union-attr]
@@ -228,3 +232,19 @@ def test_policies_parse_and_bad_ones_are_refused(github: Context) -> None:
     assert consumer.leak_policy == "roll"
     (event,) = list_events(github, AuditQuery(action="consumer.update")).events
     assert event.changes == {"leak_policy": "roll"}
+
+
+def test_a_rolled_key_waits_in_the_webhook_outbox_sealed_never_in_clear(github: Context) -> None:
+    _, key = _key(github)
+    set_leak_policy(github, "acme", "roll")
+    set_webhook(github, secret(), "acme", "https://hooks.example.com/keyswap")
+    report_leaks(github, secret(), [Finding(key, URL)], source="github")
+    events = {e.type: e for e in list_webhook_events(github, "acme")}
+    assert set(events) == {"key.leaked", "key.revoked", "key.rolled"}
+    rolled = events["key.rolled"]
+    stored = json.dumps([e.payload for e in events.values()])
+    assert re.search(KEY_REGEX, stored) is None  # no key, old or new, in clear
+    new_key = unseal(secret(), rolled.consumer_id, rolled.payload)["data"]["new_key"]
+    assert new_key not in stored
+    assert _works(github, new_key)
+    assert events["key.leaked"].payload["data"]["url"] == URL

@@ -7,8 +7,10 @@ lookup of the HMAC digests -- the consumer's leak policy applies (else the deplo
 - ``revoke`` (default): the key is revoked at once; every node refuses it within a second (the
   revision bump and its push, as for any revocation);
 - ``roll``: the key is revoked at once and a new key for the same consumer is created, delivered only
-  through the consumer's webhook (``key.rolled``); if the consumer has no webhook, or the event cannot
-  be recorded, the new key is revoked too (nobody could ever learn it);
+  through the consumer's webhook (``key.rolled``, ``data.new_key``; sealed -- encrypted under the server
+  secret -- while the event waits in the outbox, opened by the dispatcher: :mod:`keyswap.webhooks.sealed`);
+  if the consumer has no webhook, or the event cannot be recorded, the new key is revoked too (nobody
+  could ever learn it);
 - ``notify``: nothing changes but the events.
 
 Each report of a live key is recorded (``key_leaks``) with the action, in the action's transaction,
@@ -22,7 +24,6 @@ or ``key.rolled``. Never a key in a log, an error or an audit event: keys are na
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from keyswap.store.models import (
     KeyLeak,
     validate_leak_policy,
 )
+from keyswap.webhooks.sealed import seal
 
 __all__ = [
     "DEFAULT_LEAK_POLICY",
@@ -348,7 +350,7 @@ def _apply(
     )
     result = _replace(outcome, action=leak.action, new_key_id=leak.new_key_id)
     if leak.action != "none":  # "none": an earlier finding in this report already dealt with it
-        _tell_consumer(ctx, result, leak, new_secret, tell)
+        _tell_consumer(ctx, secret, result, leak, new_secret, tell)
     return result
 
 
@@ -365,7 +367,12 @@ def _hint(key: str, prefix: str) -> str:
 
 
 def _tell_consumer(
-    ctx: Context, outcome: LeakOutcome, leak: KeyLeak, new_secret: str, tell: Notifier | None
+    ctx: Context,
+    secret: ServerSecret,
+    outcome: LeakOutcome,
+    leak: KeyLeak,
+    new_secret: str,
+    tell: Notifier | None,
 ) -> None:
     """The consumer's events; a roll whose new key cannot be delivered revokes the new key too."""
     consumer_id = str(leak.consumer_id)
@@ -400,7 +407,8 @@ def _tell_consumer(
                     "new_key_hint": _hint(new_secret, outcome.hint.split("_...")[0])
                     if outcome.hint
                     else None,
-                    "new_key": new_secret,
+                    # encrypted while the event waits in the outbox (keyswap.webhooks.sealed)
+                    "new_key": seal(secret, leak.consumer_id, new_secret),
                 },
             )
         )
@@ -452,18 +460,8 @@ def _enqueue(
     return None
 
 
-_warned = False
+def _default_notifier() -> Notifier:
+    """:func:`keyswap.manage.webhooks.enqueue`."""
+    from keyswap.manage.webhooks import enqueue
 
-
-def _default_notifier() -> Notifier | None:
-    """:func:`keyswap.manage.webhooks.enqueue` when consumer webhooks are installed, else ``None``."""
-    global _warned
-    try:
-        module = importlib.import_module("keyswap.manage.webhooks")
-    except ImportError:
-        if not _warned:
-            _warned = True
-            log.warning("consumer webhooks are not available: leak events are not delivered")
-        return None
-    enqueue: Notifier = module.enqueue
     return enqueue
