@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from keyswap.errors import ConfigError
@@ -11,7 +13,10 @@ KEY = "ks_" + "a" * 36
 
 
 def test_a_sealed_value_opens_for_its_consumer_inside_any_payload() -> None:
-    payload = {"type": "key.rolled", "data": {"new_key": seal(secret(), 7, KEY), "n": [1, "x"]}}
+    payload: dict[str, Any] = {
+        "type": "key.rolled",
+        "data": {"new_key": seal(secret(), 7, KEY), "n": [1, "x"]},
+    }
     assert KEY not in repr(payload)
     assert is_sealed(payload["data"]["new_key"])
     opened = unseal(secret(), "7", payload)
