@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from keyswap.errors import InvalidInput, NotFound
-from keyswap.gateway.secret import ServerSecret
+from keyswap.gateway.secret import ServerSecret, check_secret
 from keyswap.manage.audit import recording
 from keyswap.manage.context import Context
 from keyswap.store import webhooks as wstore
@@ -224,9 +224,11 @@ def set_webhook(
     Raises:
         InvalidInput: a bad URL (see :func:`validate_url`).
         NotFound: no such consumer.
+        ConfigError: the database was set up with another server secret.
     """
     validate_url(url, allow_http_loopback=allow_http_loopback)
     consumer = _consumer(ctx, name)
+    check_secret(ctx.store, secret)
     existing = wstore.get_endpoint(ctx.store, consumer.id)
     new_secret = None if existing is not None else generate_secret()
     blob = (
@@ -257,8 +259,10 @@ def rotate_secret(ctx: Context, secret: ServerSecret, name: str) -> NewSecret:
 
     Raises:
         NotFound: no such consumer, or it has no webhook.
+        ConfigError: the database was set up with another server secret.
     """
     consumer = _consumer(ctx, name)
+    check_secret(ctx.store, secret)
     new_secret = generate_secret()
     blob = encrypt_secret(secret.webhook_secret_encryption_key, consumer.id, new_secret)
     try:

@@ -4,8 +4,8 @@ An event's payload is stored (``webhook_events.payload``) until it is delivered,
 value that must reach the consumer but never sit in the database in clear -- the new key of a leaked
 key's roll (``key.rolled``'s ``data.new_key``) -- is stored as ``{"$sealed": "<base64>"}``: AES-256-GCM
 under a key derived (HKDF-SHA-256) from the server secret's webhook subkey, bound to the consumer's id
-as associated data. The dispatcher calls :func:`unseal` on the payload just before signing and
-sending it; nothing else ever opens it (listings show the sealed form).
+as associated data. The dispatcher (:mod:`keyswap.webhooks.dispatch`) calls :func:`unseal` on the
+payload just before signing and sending it; nothing else ever opens it (listings show the sealed form).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ _NONCE_SIZE = 12
 _MAX_DEPTH = 32
 
 
-def _key(secret: ServerSecret) -> bytes:
+def _key(webhook_key: bytes) -> bytes:
     return HKDF(
         algorithm=hashes.SHA256(), length=32, salt=None, info=b"keyswap webhook payload sealing"
-    ).derive(secret.webhook_secret_encryption_key)
+    ).derive(webhook_key)
 
 
 def _associated_data(consumer_id: int | str) -> bytes:
@@ -45,7 +45,9 @@ def _associated_data(consumer_id: int | str) -> bytes:
 def seal(secret: ServerSecret, consumer_id: int | str, value: str) -> dict[str, str]:
     """``{"$sealed": ...}``: ``value`` encrypted for the events of ``consumer_id``."""
     nonce = os.urandom(_NONCE_SIZE)
-    box = AESGCM(_key(secret)).encrypt(nonce, value.encode("utf-8"), _associated_data(consumer_id))
+    box = AESGCM(_key(secret.webhook_secret_encryption_key)).encrypt(
+        nonce, value.encode("utf-8"), _associated_data(consumer_id)
+    )
     return {SEALED: base64.b64encode(_VERSION + nonce + box).decode("ascii")}
 
 
@@ -54,14 +56,17 @@ def is_sealed(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get(SEALED), str)
 
 
-def unseal(secret: ServerSecret, consumer_id: int | str, payload: Any) -> Any:
+def unseal(secret: ServerSecret | bytes, consumer_id: int | str, payload: Any) -> Any:
     """A copy of ``payload`` with every sealed value opened (what the dispatcher sends).
+    ``secret``: the server secret, or its webhook subkey
+    (:attr:`~keyswap.gateway.secret.ServerSecret.webhook_secret_encryption_key`).
 
     Raises:
         ConfigError: a sealed value that does not open (wrong server secret, another consumer's
             event, a damaged row).
     """
-    return _open(_key(secret), _associated_data(consumer_id), payload, 0)
+    webhook_key = secret if isinstance(secret, bytes) else secret.webhook_secret_encryption_key
+    return _open(_key(webhook_key), _associated_data(consumer_id), payload, 0)
 
 
 def _open(key: bytes, associated: bytes, value: Any, depth: int) -> Any:
