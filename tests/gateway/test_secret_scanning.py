@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from keyswap.gateway.apikeys import generate_key
+from keyswap.gateway.secret import load_secret
 from keyswap.gateway.secretscanning import (
     ALERTS_PATH,
     MAX_BODY,
@@ -17,11 +18,16 @@ from keyswap.gateway.secretscanning import (
     GitHubKeys,
     SecretScanningSettings,
 )
+from keyswap.manage import Actor, Context
+from keyswap.manage.leaks import set_leak_policy
+from keyswap.manage.webhooks import set_webhook
 from keyswap.verifier.fetch import JWKSFetcher
+from keyswap.webhooks.dispatch import Dispatcher
 from tests.support.gateway_state import Clock
 from tests.support.github import GitHubStandIn, github_stand_in, hub_signature, report
 from tests.support.running_gateway import Gateway, eventually, running_gateway
 from tests.support.upstream import RecordingUpstream, recording_upstream
+from tests.support.webhook_receiver import webhook_receiver
 
 WEBHOOK_SECRET = b"webhook-secret-0123456789"
 
@@ -214,6 +220,31 @@ def test_a_custom_pattern_alert_webhook_revokes_the_key(gateway: Gateway) -> Non
     assert leak.url == "https://github.com/acme/app/security/secret-scanning/7"
     ping = {"X-GitHub-Event": "ping", "X-Hub-Signature-256": hub_signature(WEBHOOK_SECRET, b"{}")}
     assert httpx.post(gateway.url + ALERTS_PATH, content=b"{}", headers=ping).status_code == 200
+
+
+def test_a_rolled_key_reaches_the_consumer_webhook_signed_and_works_at_the_gateway(
+    gateway: Gateway, github: GitHubStandIn
+) -> None:
+    server_secret = load_secret(gateway.db_url, env={})
+    ctx = Context(gateway.admin_store, Actor.cli("ops"))
+    with webhook_receiver() as receiver:
+        created = set_webhook(ctx, server_secret, "acme", receiver.url, allow_http_loopback=True)
+        receiver.secret = created.secret
+        set_leak_policy(ctx, "acme", "roll")
+        assert signed(gateway, github, [gateway.key]).json()[0]["label"] == "true_positive"
+        dispatcher = Dispatcher(gateway.admin_store, server_secret, timeout=2.0)
+        try:
+            dispatcher.drain()
+        finally:
+            dispatcher.close()
+        # verified by the standardwebhooks library (and by hand) in the receiver
+        assert [r.verified and r.hand_verified for r in receiver.received] == [True] * 3
+        events = {r.parsed["type"]: r.parsed["data"] for r in receiver.received}
+    assert set(events) == {"key.leaked", "key.revoked", "key.rolled"}
+    assert events["key.leaked"]["url"] == "https://github.com/octo/repo/blob/abc/config.py"
+    new_key = events["key.rolled"]["new_key"]
+    assert gateway.get("/x", key=new_key).status_code == 200
+    assert gateway.get("/x").status_code == 401
 
 
 # -- GitHub's keys: the cache policy -------------------------------------------------------------
