@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from _common import (
     PYTHON,
     Server,
     Target,
@@ -40,9 +40,9 @@ from _common import (  # noqa: E402
     temp_dir,
 )
 
-from keyswap.gateway.apikeys import ApiKeys, generate_key  # noqa: E402
-from keyswap.gateway.secret import ServerSecret  # noqa: E402
-from keyswap.store import Store  # noqa: E402
+from keyswap.gateway.apikeys import ApiKeys, generate_key
+from keyswap.gateway.secret import ServerSecret
+from keyswap.store import Store
 
 SECRET = "bench-server-secret-0123456789-abcdefghijkl"
 BATCH = 1000
