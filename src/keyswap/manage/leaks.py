@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from keyswap.errors import AlreadyExists, ConfigError, InvalidInput
+from keyswap.errors import ConfigError, InvalidInput
 from keyswap.gateway.apikeys import (
     DEFAULT_PREFIX,
     KEY_ID_PREFIX,
@@ -39,7 +39,7 @@ from keyswap.gateway.apikeys import (
     mac_digest,
 )
 from keyswap.gateway.secret import ServerSecret
-from keyswap.manage.audit import recording
+from keyswap.manage.audit import audit_record, audit_retention
 from keyswap.manage.consumers import ConsumerUpdate, update_consumer
 from keyswap.manage.context import Context
 from keyswap.manage.keys import revoke_key
@@ -50,9 +50,11 @@ from keyswap.store.models import (
     KeyLeak,
     validate_leak_policy,
 )
+from keyswap.store.sql import LeakWrite
 from keyswap.webhooks.sealed import seal
 
 __all__ = [
+    "BATCH",
     "DEFAULT_LEAK_POLICY",
     "MAX_URL_LENGTH",
     "Finding",
@@ -267,6 +269,10 @@ def _replayed(
     )
 
 
+#: Live keys recorded per store transaction.
+BATCH = 200
+
+
 def report_leaks(
     ctx: Context,
     secret: ServerSecret,
@@ -280,78 +286,84 @@ def report_leaks(
     """Apply the leak policy to every live key among ``findings``; one outcome per finding, in order.
 
     ``source`` names the reporter in the records and events (``github``, ``scan``); ``ctx.actor``
-    is who the audit log names. ``notify`` tells consumers (default:
-    :func:`keyswap.manage.webhooks.enqueue`, when installed). Blocking: run it on a thread from an
-    event loop.
+    is who the audit log names. The live keys are recorded and acted on in one store transaction per
+    :data:`BATCH` keys. ``notify`` tells consumers (default:
+    :func:`keyswap.manage.webhooks.enqueue`). Blocking: run it on a thread from an event loop.
 
     Raises:
         ConfigError: a bad ``default_policy`` or prefix; the database belongs to another secret.
     """
     default_policy = _check_default(default_policy)
     tell = notify or _default_notifier()
-    planned = assess(ctx, secret, findings, prefix=prefix, default_policy=default_policy)
-    outcomes: list[LeakOutcome] = []
-    for outcome in planned:
-        if outcome.label != "true_positive" or outcome.replay or outcome.key_id is None:
-            outcomes.append(outcome)
-            continue
-        outcomes.append(_apply(ctx, secret, outcome, source=source, prefix=prefix, tell=tell))
+    outcomes = assess(ctx, secret, findings, prefix=prefix, default_policy=default_policy)
+    todo = [
+        index
+        for index, outcome in enumerate(outcomes)
+        if outcome.label == "true_positive" and not outcome.replay and outcome.key_id is not None
+    ]
+    for start in range(0, len(todo), BATCH):
+        chunk = todo[start : start + BATCH]
+        applied = _apply(
+            ctx, secret, [outcomes[i] for i in chunk], source=source, prefix=prefix, tell=tell
+        )
+        for index, outcome in zip(chunk, applied, strict=True):
+            outcomes[index] = outcome
     return outcomes
 
 
 def _apply(
     ctx: Context,
     secret: ServerSecret,
-    outcome: LeakOutcome,
+    planned: list[LeakOutcome],
     *,
     source: str,
     prefix: str,
     tell: Notifier | None,
-) -> LeakOutcome:
-    key_id = outcome.key_id
-    assert key_id is not None
-    url = outcome.finding.url
-    fingerprint = leak_fingerprint(key_id, url)
+) -> list[LeakOutcome]:
+    """Record and act on live keys in one transaction, then tell their consumers."""
     now = ctx.now()
-    new_key: tuple[str, bytes, str] | None = None
-    new_secret = ""
-    if outcome.action == "roll":
-        new_secret = generate_key(prefix)
-        new_id = KEY_ID_PREFIX + generate_key_id()[len(KEY_ID_PREFIX) :]
-        new_key = (
-            new_id,
-            mac_digest(secret.api_key_mac_key, new_secret),
-            _hint(new_secret, prefix),
-        )
-    changes = {"source": source, "url": url, "policy": outcome.action, "consumer": outcome.consumer}
-    try:
-        with recording(ctx, "key.leak", f"key:{key_id}", changes):
-            leak, created = ctx.store.record_key_leak(
-                fingerprint=fingerprint,
-                key_id=key_id,
-                reported_at=now,
-                source=source,
-                url=url,
-                action=outcome.action,
-                new_key=new_key,
+    writes: list[LeakWrite] = []
+    secrets_by_fingerprint: dict[str, str] = {}
+    for outcome in planned:
+        key_id = outcome.key_id or ""
+        url = outcome.finding.url
+        fingerprint = leak_fingerprint(key_id, url)
+        new_key: tuple[str, bytes, str] | None = None
+        if outcome.action == "roll" and fingerprint not in secrets_by_fingerprint:
+            new_secret = generate_key(prefix)
+            secrets_by_fingerprint[fingerprint] = new_secret
+            new_key = (
+                KEY_ID_PREFIX + generate_key_id()[len(KEY_ID_PREFIX) :],
+                mac_digest(secret.api_key_mac_key, new_secret),
+                _hint(new_secret, prefix),
             )
-    except AlreadyExists:  # pragma: no cover - a 71-bit id collision
-        log.error("leaked key %s: could not draw a unique replacement id", key_id)
-        raise
-    if not created:
-        return _replace(outcome, replay=True, action=leak.action, new_key_id=leak.new_key_id)
-    log.warning(
-        "leaked key %s of consumer %s reported by %s at %s: %s",
-        key_id,
-        outcome.consumer,
-        source,
-        url or "(no URL)",
-        leak.action,
-    )
-    result = _replace(outcome, action=leak.action, new_key_id=leak.new_key_id)
-    if leak.action != "none":  # "none": an earlier finding in this report already dealt with it
+        changes = {"source": source, "url": url, "policy": outcome.action}
+        changes["consumer"] = outcome.consumer or ""
+        audit = audit_record(ctx, "key.leak", f"key:{key_id}", changes)
+        writes.append(LeakWrite(fingerprint, key_id, source, url, outcome.action, new_key, audit))
+    recorded = ctx.store.record_key_leaks(writes, reported_at=now, retention=audit_retention(ctx))
+    results = []
+    for outcome, write, (leak, created) in zip(planned, writes, recorded, strict=True):
+        if not created:
+            results.append(
+                _replace(outcome, replay=True, action=leak.action, new_key_id=leak.new_key_id)
+            )
+            continue
+        result = _replace(outcome, action=leak.action, new_key_id=leak.new_key_id)
+        results.append(result)
+        if leak.action == "none":  # an earlier finding in this report already dealt with it
+            continue
+        log.warning(
+            "leaked key %s of consumer %s reported by %s at %s: %s",
+            leak.key_id,
+            outcome.consumer,
+            source,
+            leak.url or "(no URL)",
+            leak.action,
+        )
+        new_secret = secrets_by_fingerprint.get(write.fingerprint, "")
         _tell_consumer(ctx, secret, result, leak, new_secret, tell)
-    return result
+    return results
 
 
 def _replace(outcome: LeakOutcome, **changes: Any) -> LeakOutcome:

@@ -33,13 +33,13 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -76,7 +76,16 @@ from keyswap.store.schema import (
 )
 from keyswap.store.urls import display_url, is_postgres, normalize_database_url, sqlite_file
 
-__all__ = ["KEEP", "NOTIFY_CHANNEL", "Change", "CreateMode", "Keep", "SchemaMode", "Store"]
+__all__ = [
+    "KEEP",
+    "NOTIFY_CHANNEL",
+    "Change",
+    "CreateMode",
+    "Keep",
+    "LeakWrite",
+    "SchemaMode",
+    "Store",
+]
 
 log = logging.getLogger("keyswap.store")
 
@@ -889,94 +898,73 @@ class Store:
         with self._reading() as conn:
             return [_key_leak(row) for row in conn.execute(query)]
 
-    def record_key_leak(
+    def record_key_leaks(
         self,
+        leaks: Sequence[LeakWrite],
         *,
-        fingerprint: str,
-        key_id: str,
         reported_at: float,
-        source: str,
-        url: str,
-        action: str,
-        new_key: tuple[str, bytes, str] | None = None,
-    ) -> tuple[KeyLeak, bool]:
-        """In one transaction: record a leak report and do what ``action`` says to the key --
+        retention: float | None = None,
+    ) -> list[tuple[KeyLeak, bool]]:
+        """In one transaction: record leak reports and do what each ``action`` says to its key --
         ``revoke`` and ``roll`` revoke it (``roll`` also adds ``new_key`` = (id, digest, hint) for the
         same consumer, with the old key's own scopes, and marks the old key replaced by it);
-        ``notify`` and ``none`` change no key. A key no longer live in the transaction is left
-        alone (action ``none``).
+        ``notify`` changes no key. A key no longer live when its turn comes (revoked by an earlier
+        report in the batch) is left alone (action ``none``). Each recorded report also writes its
+        ``audit`` event (with ``new_key_id`` for a roll); ``retention`` prunes older events.
 
-        Returns ``(the report, True)``, or ``(the earlier report, False)`` when one with this
-        fingerprint exists (a replay: nothing changes, no revision bump).
+        Returns, per report in order, ``(the report, True)``, or ``(the earlier report, False)`` when
+        one with its fingerprint exists (a replay: nothing changes; no revision bump if all are).
 
         Raises:
-            NotFound: no such key.
-            AlreadyExists: the new key's id or digest is taken.
+            NotFound: no such key (nothing is recorded).
+            AlreadyExists: a new key's id or digest is taken (nothing is recorded).
         """
-        earlier = self.key_leaks([fingerprint]).get(fingerprint)
-        if earlier is not None:
-            return earlier, False
+        earlier = self.key_leaks(leak.fingerprint for leak in leaks)
+        results: list[tuple[KeyLeak, bool] | None] = [
+            (earlier[leak.fingerprint], False) if leak.fingerprint in earlier else None
+            for leak in leaks
+        ]
+        if all(result is not None for result in results):
+            return [result for result in results if result is not None]
         try:
             with self._writing() as conn:
-                old = conn.execute(_key_select().where(api_keys.c.id == key_id)).first()
-                if old is None:
-                    raise NotFound(f"unknown key id '{key_id}'")
-                new_key_id = None
-                refs: list[str] = [key_id]
-                live = old.revoked_at is None and (
-                    old.expires_at is None or old.expires_at > reported_at
-                )
-                if action in ("revoke", "roll") and not live:
-                    action, new_key = "none", None  # revoked meanwhile (another report)
-                if action in ("revoke", "roll"):
-                    values: dict[str, Any] = {"revoked_at": reported_at}
-                    if action == "roll" and new_key is not None:
-                        new_key_id = new_key[0]
-                        values["replaced_by"] = new_key_id
+                refs: list[str] = []
+                done: dict[str, KeyLeak] = {}
+                for index, leak in enumerate(leaks):
+                    if results[index] is not None:
+                        continue
+                    if leak.fingerprint in done:  # the same report twice in one batch
+                        results[index] = (done[leak.fingerprint], False)
+                        continue
+                    recorded = _record_leak(conn, leak, reported_at)
+                    done[leak.fingerprint] = recorded
+                    results[index] = (recorded, True)
+                    refs.append(leak.key_id)
+                    if recorded.new_key_id is not None:
+                        refs.append(recorded.new_key_id)
+                    if leak.audit is not None:
+                        extra = {"new_key_id": recorded.new_key_id} if recorded.new_key_id else {}
+                        _insert_audit(conn, leak.audit, extra)
+                if leaks and leaks[0].audit is not None and retention:
                     conn.execute(
-                        sa.update(api_keys)
-                        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                        .values(**values)
-                    )
-                    if new_key is not None and new_key_id is not None:
-                        _insert_key(
-                            conn,
-                            old.consumer_id,
-                            new_key_id,
-                            new_key[1],
-                            new_key[2],
-                            reported_at,
-                            None,
-                            scopes=_scopes(old.scopes),
-                            within_consumer=False,
+                        sa.delete(audit_events).where(
+                            audit_events.c.at < leaks[0].audit.at - retention
                         )
-                        refs.append(new_key_id)
-                leak_id = conn.execute(
-                    sa.insert(key_leaks)
-                    .values(
-                        fingerprint=fingerprint,
-                        key_id=key_id,
-                        consumer_id=old.consumer_id,
-                        reported_at=reported_at,
-                        source=source,
-                        url=url,
-                        action=action,
-                        new_key_id=new_key_id,
                     )
-                    .returning(key_leaks.c.id)
-                ).scalar_one()
-                if new_key_id is not None:
-                    _note(new_key_id=new_key_id)
-                self._log_change(conn, "key", *refs)
+                self._log_change(conn, "key", *dict.fromkeys(refs))
         except IntegrityError:
-            earlier = self.key_leaks([fingerprint]).get(fingerprint)
-            if earlier is not None:  # the same report, recorded by another node at the same moment
-                return earlier, False
+            if len(leaks) > 1:  # another node recorded one of them meanwhile: one at a time
+                out: list[tuple[KeyLeak, bool]] = []
+                for leak in leaks:
+                    out.extend(
+                        self.record_key_leaks([leak], reported_at=reported_at, retention=retention)
+                    )
+                return out
+            again = self.key_leaks([leaks[0].fingerprint]).get(leaks[0].fingerprint)
+            if again is not None:
+                return [(again, False)]
             raise AlreadyExists("key id or digest collision") from None
-        leak = KeyLeak(
-            leak_id, key_id, old.consumer_id, reported_at, source, url, action, new_key_id
-        )
-        return leak, True
+        return [result for result in results if result is not None]
 
     def touch_api_keys(self, last_used: Mapping[str, float]) -> None:
         """Record last-used times in one batch (never moves a time backwards; no revision bump)."""
@@ -1447,6 +1435,89 @@ def _insert_key(
             created_at=created_at,
             expires_at=expires_at,
             scopes=None if scopes is None else format_scopes(scopes),
+        )
+    )
+
+
+class LeakWrite(NamedTuple):
+    """One leak report to record (:meth:`Store.record_key_leaks`)."""
+
+    fingerprint: str
+    key_id: str
+    source: str
+    url: str
+    action: str
+    new_key: tuple[str, bytes, str] | None = None  # (id, digest, hint) of a roll's new key
+    audit: AuditRecord | None = None
+
+
+def _record_leak(conn: Connection, leak: LeakWrite, reported_at: float) -> KeyLeak:
+    old = conn.execute(_key_select().where(api_keys.c.id == leak.key_id)).first()
+    if old is None:
+        raise NotFound(f"unknown key id '{leak.key_id}'")
+    action, new_key = leak.action, leak.new_key
+    live = old.revoked_at is None and (old.expires_at is None or old.expires_at > reported_at)
+    if action in ("revoke", "roll") and not live:
+        action, new_key = "none", None  # revoked meanwhile (an earlier report)
+    new_key_id = new_key[0] if action == "roll" and new_key is not None else None
+    if action in ("revoke", "roll"):
+        values: dict[str, Any] = {"revoked_at": reported_at}
+        if new_key_id is not None:
+            values["replaced_by"] = new_key_id
+        conn.execute(
+            sa.update(api_keys)
+            .where(api_keys.c.id == leak.key_id, api_keys.c.revoked_at.is_(None))
+            .values(**values)
+        )
+    if new_key is not None and new_key_id is not None:
+        _insert_key(
+            conn,
+            old.consumer_id,
+            new_key_id,
+            new_key[1],
+            new_key[2],
+            reported_at,
+            None,
+            scopes=_scopes(old.scopes),
+            within_consumer=False,
+        )
+    leak_id = conn.execute(
+        sa.insert(key_leaks)
+        .values(
+            fingerprint=leak.fingerprint,
+            key_id=leak.key_id,
+            consumer_id=old.consumer_id,
+            reported_at=reported_at,
+            source=leak.source,
+            url=leak.url,
+            action=action,
+            new_key_id=new_key_id,
+        )
+        .returning(key_leaks.c.id)
+    ).scalar_one()
+    return KeyLeak(
+        leak_id,
+        leak.key_id,
+        old.consumer_id,
+        reported_at,
+        leak.source,
+        leak.url,
+        action,
+        new_key_id,
+    )
+
+
+def _insert_audit(conn: Connection, record: AuditRecord, extra: Mapping[str, Any]) -> None:
+    conn.execute(
+        sa.insert(audit_events).values(
+            at=record.at,
+            actor_kind=record.actor_kind,
+            actor_name=record.actor_name,
+            action=record.action,
+            target=record.target[:255],
+            request_id=record.request_id,
+            client=record.client,
+            changes={**record.changes, **extra},
         )
     )
 
