@@ -175,6 +175,13 @@ def test_bad_requests_are_refused_without_a_500(gateway: Gateway, github: GitHub
     assert too_big.status_code == 413
     for body in (b"{}", b"not json", b"[1]", b'[{"token": 5}]', b"\xff"):
         assert post(gateway, body, github.sign(body)).status_code == 400, body
+    body = report([gateway.key])
+    headers = list(github.sign(body).items())
+    twice = [*headers, ("Github-Public-Key-Signature", "AAAA")]
+    assert httpx.post(gateway.url + REPORT_PATH, content=body, headers=twice).status_code == 400
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert post(gateway, deep, github.sign(deep)).status_code == 400
+    assert gateway.get("/x").status_code == 200
 
 
 def test_refusals_are_logged_without_the_body(

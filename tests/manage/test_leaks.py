@@ -202,6 +202,18 @@ def test_a_key_found_twice_in_one_report_is_rolled_once(github: Context) -> None
     assert notify.types().count("key.rolled") == 1
 
 
+def test_the_same_report_twice_in_one_batch_rolls_once(github: Context) -> None:
+    _, key = _key(github)
+    set_leak_policy(github, "acme", "roll")
+    notify = Recorder()
+    findings = [Finding(key, URL), Finding(key, URL)]
+    outcomes = report_leaks(github, secret(), findings, source="github", notify=notify)
+    assert [(o.action, o.replay) for o in outcomes] == [("roll", False), ("roll", True)]
+    assert outcomes[0].new_key_id == outcomes[1].new_key_id
+    assert len(list_keys(github)) == 2
+    assert notify.types().count("key.rolled") == 1
+
+
 def test_assess_is_a_dry_run(github: Context) -> None:
     _, key = _key(github)
     revision = github.store.revision()
