@@ -47,7 +47,6 @@ from keyswap.manage.webhooks import host_is_loopback, unsafe_address
 from keyswap.store import webhooks as wstore
 from keyswap.store.sql import Store
 from keyswap.store.webhooks import ClaimedEvent
-from keyswap.webhooks.sealed import unseal
 from keyswap.webhooks.secrets import decrypt_secret
 
 __all__ = [
@@ -239,18 +238,13 @@ class Dispatcher:
         else:
             try:
                 whsec = decrypt_secret(self._key, endpoint.consumer_id, endpoint.secret_blob)
-                # sealed values (a rolled key) are opened only here, just before signing
-                payload = unseal(self._key, endpoint.consumer_id, event.payload)
             except ConfigError:
                 error, final_error = "secret", True
-                log.error(
-                    "webhook secret or sealed data of consumer %s does not decrypt",
-                    endpoint.consumer_name,
-                )
+                log.error("webhook secret of consumer %s does not decrypt", endpoint.consumer_name)
             else:
                 try:
                     self._check_address(endpoint.url, endpoint.allow_http_loopback)
-                    status, excerpt = self._post(event.id, endpoint.url, whsec, payload, at)
+                    status, excerpt = self._post(event.id, endpoint.url, whsec, event.payload, at)
                 except _Blocked as blocked:
                     error = blocked.kind
                 except httpx.TimeoutException:
