@@ -15,6 +15,7 @@ from keyswap.admin.oidc import OidcAuthenticator, OidcConfig
 from keyswap.manage.actor import Actor
 from keyswap.manage.context import Context
 from keyswap.manage.tokens import revoke_admin_token
+from keyswap.manage.webhooks import enqueue
 from tests.support.admin_api import AdminApi, running_admin
 from tests.support.gateway_state import Clock
 from tests.support.jwks_server import JWKSServer, running_jwks_server
@@ -39,7 +40,36 @@ ROUTES: list[Route] = [
     ("GET", "/v1/signing-keys", "signing-keys:read", lambda: None),
     ("POST", "/v1/signing-keys/rotate", "signing-keys:write", lambda: {"force": True}),
     ("GET", "/v1/audit-events", "audit:read", lambda: None),
+    ("GET", "/v1/consumers/{hooked}/webhook", "consumers:read", lambda: None),
+    (
+        "PUT",
+        "/v1/consumers/acme/webhook",
+        "consumers:write",
+        lambda: {"url": f"https://h{next(_counter)}.example.com/in"},
+    ),
+    ("DELETE", "/v1/consumers/{hooked}/webhook", "consumers:write", lambda: None),
+    ("POST", "/v1/consumers/{hooked}/webhook/rotate-secret", "consumers:write", lambda: None),
+    ("GET", "/v1/consumers/acme/webhook/events", "consumers:read", lambda: None),
+    ("GET", "/v1/consumers/acme/webhook/deliveries", "consumers:read", lambda: None),
+    (
+        "POST",
+        "/v1/consumers/{hooked}/webhook/events/{event}/redeliver",
+        "consumers:write",
+        lambda: None,
+    ),
 ]
+
+
+def _template(path: str) -> str:
+    """The documented path of a matrix route."""
+    return (
+        path.replace("{victim}", "{name}")
+        .replace("{hooked}", "{name}")
+        .replace("acme", "{name}")
+        .replace("{key}", "{key_id}")
+        .replace("{fresh_key}", "{key_id}")
+        .replace("{event}", "{event_id}")
+    )
 
 
 @pytest.fixture
@@ -82,6 +112,22 @@ def _path(api: AdminApi, template: str) -> str:
         name = f"victim{next(_counter)}"
         assert api.request("POST", "/v1/consumers", json={"name": name}).status_code == 201
         values["victim"] = name
+    if "{hooked}" in template:
+        name = f"hooked{next(_counter)}"
+        assert api.request("POST", "/v1/consumers", json={"name": name}).status_code == 201
+        put = api.request(
+            "PUT", f"/v1/consumers/{name}/webhook", json={"url": "https://hooks.example.com/"}
+        )
+        assert put.status_code == 201, put.text
+        values["hooked"] = name
+        if "{event}" in template:
+            consumer = api.store.get_consumer(name)
+            assert consumer is not None
+            event_id = enqueue(
+                api.store, consumer_id=str(consumer.id), event_type="key.leaked", data={}
+            )
+            assert event_id is not None
+            values["event"] = event_id
     if "{key}" in template or "{fresh_key}" in template:
         key_id = api.request("POST", "/v1/consumers/acme/keys").json()["id"]
         values["key"] = values["fresh_key"] = key_id
@@ -103,24 +149,10 @@ def test_the_matrix_covers_every_route(api: AdminApi) -> None:
         for method, op in item.items()
         if op.get("security")
     }
-    covered = {
-        (
-            m,
-            t.replace("{victim}", "{name}")
-            .replace("acme", "{name}")
-            .replace("{key}", "{key_id}")
-            .replace("{fresh_key}", "{key_id}"),
-        )
-        for m, t, _, _ in ROUTES
-    }
+    covered = {(m, _template(t)) for m, t, _, _ in ROUTES}
     assert documented == covered
     for method, template, scope, _ in ROUTES:
-        path = (
-            template.replace("{victim}", "{name}")
-            .replace("acme", "{name}")
-            .replace("{key}", "{key_id}")
-            .replace("{fresh_key}", "{key_id}")
-        )
+        path = _template(template)
         op = spec["paths"][path][method.lower()]
         assert op["security"] == [{"adminToken": [scope]}]
         assert {"401", "403", "429"} <= set(op["responses"])

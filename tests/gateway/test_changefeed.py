@@ -237,3 +237,9 @@ def test_admin_token_changes_invalidate_nothing_a_gateway_caches(tmp_path: Path)
         assert parse(rows) == Changes()
     finally:
         store.close()
+
+
+def test_webhook_changes_invalidate_nothing_a_gateway_caches() -> None:
+    """Consumers' webhooks are logged as their own kind: a gateway caches nothing of them."""
+    assert parse([("webhook", "7")]) == Changes()
+    assert parse([("webhook", "7"), ("consumer", "7")]) == Changes(consumer_ids=frozenset({7}))

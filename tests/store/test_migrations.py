@@ -369,13 +369,74 @@ def test_0005_adds_the_change_log_and_a_node_behind_it_clears_everything(any_url
         store.close()
 
 
-def test_0011_adds_leak_policies_and_the_leak_log_and_keeps_the_rest_both_ways(
+def _revision_before_webhooks() -> str:
+    """The revision the webhooks migration builds on (whatever the chain became at a merge)."""
+    import re
+
+    (path,) = (migrate.MIGRATIONS_DIR / "versions").glob("*_webhooks.py")
+    found = re.search(r'^down_revision = "([0-9]+)"', path.read_text(), re.MULTILINE)
+    assert found is not None
+    return found.group(1)
+
+
+def test_the_webhooks_migration_adds_its_tables_and_keeps_the_rest_both_ways(
     any_url: str,
 ) -> None:
     store = Store(any_url, schema="upgrade")
     try:
+        store.create_consumer("acme", scopes=("a",))
+        before = _revision_before_webhooks()
+        _downgrade(store, before)
+        with store.engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+        assert not tables & {"webhook_endpoints", "webhook_events", "webhook_attempts"}
+        upgraded = Store(any_url, schema="upgrade")
+        try:
+            assert upgraded.schema_change == (before, migrate.head_revision())
+            consumer = upgraded.get_consumer("acme")
+            assert consumer is not None
+            assert consumer.scopes == ("a",)
+            from keyswap.store import webhooks as wstore
+
+            wstore.put_endpoint(
+                upgraded,
+                consumer.id,
+                url="https://a.example.com/",
+                secret_blob=b"x" * 40,
+                allow_http_loopback=False,
+                now=1.0,
+            )
+            assert (
+                wstore.insert_event(
+                    upgraded,
+                    event_id="msg_" + "1" * 32,
+                    consumer_id=consumer.id,
+                    event_type="key.leaked",
+                    payload={"type": "key.leaked"},
+                    idempotency_key="k",
+                    now=1.0,
+                )
+                == "msg_" + "1" * 32
+            )
+        finally:
+            upgraded.close()
+    finally:
+        store.close()
+
+
+def test_the_leaks_migration_adds_leak_policies_and_the_leak_log_and_keeps_the_rest_both_ways(
+    any_url: str,
+) -> None:
+    import re
+
+    (path,) = (migrate.MIGRATIONS_DIR / "versions").glob("*_leaks.py")
+    found = re.search(r'^down_revision = "([0-9]+)"', path.read_text(), re.MULTILINE)
+    assert found is not None
+    before = found.group(1)
+    store = Store(any_url, schema="upgrade")
+    try:
         store.update_consumer(store.create_consumer("acme").name, leak_policy="roll")
-        _downgrade(store, "0007")
+        _downgrade(store, before)
         with store.engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
             columns = {c["name"] for c in sa.inspect(conn).get_columns("consumers")}
@@ -383,7 +444,7 @@ def test_0011_adds_leak_policies_and_the_leak_log_and_keeps_the_rest_both_ways(
         assert "leak_policy" not in columns
         upgraded = Store(any_url, schema="upgrade")
         try:
-            assert upgraded.schema_change == ("0007", migrate.head_revision())
+            assert upgraded.schema_change == (before, migrate.head_revision())
             consumer = upgraded.get_consumer("acme")
             assert consumer is not None
             assert consumer.leak_policy is None

@@ -353,3 +353,77 @@ def test_the_secret_is_never_logged_nor_stored_in_clear(
     assert "webhook_endpoints" in sa.inspect(ctx.store.engine).get_table_names()
     assert raw_secret not in text
     assert receiver.secret not in json.dumps(text)
+
+
+def test_sealed_data_is_stored_encrypted_and_delivered_in_clear(
+    ctx: Context, clock: Clock, receiver: WebhookReceiver
+) -> None:
+    consumer_id = _setup(ctx, receiver)
+    new_key = "ks_live_" + "S" * 40
+    event_id = enqueue(
+        ctx.store,
+        consumer_id=str(consumer_id),
+        event_type="key.rolled",
+        data={"old_key_id": "key_1", "new_key": new_key},
+        now=clock(),
+        seal=SECRET,
+    )
+    assert event_id is not None
+    with ctx.store.engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT payload FROM webhook_events")).scalar_one()
+    assert new_key not in str(stored)
+    (listed,) = list_webhook_events(ctx)
+    from keyswap.manage.webhooks import shown_payload
+
+    assert shown_payload(listed)["data"] is None
+    assert shown_payload(listed)["sealed"] is True
+    dispatcher = _dispatcher(ctx.store, clock)
+    dispatcher.run_once()
+    dispatcher.close()
+    (got,) = receiver.received
+    assert got.verified
+    assert got.parsed["data"] == {"old_key_id": "key_1", "new_key": new_key}
+    assert got.parsed["type"] == "key.rolled"
+
+
+def test_sealed_data_under_another_server_secret_fails_without_sending(
+    ctx: Context, clock: Clock, receiver: WebhookReceiver
+) -> None:
+    from keyswap.gateway.secret import ServerSecret
+
+    consumer_id = _setup(ctx, receiver)
+    enqueue(
+        ctx.store,
+        consumer_id=str(consumer_id),
+        event_type="key.rolled",
+        data={"new_key": "x"},
+        now=clock(),
+        seal=ServerSecret.generate(),
+    )
+    dispatcher = _dispatcher(ctx.store, clock)
+    dispatcher.run_once()
+    dispatcher.close()
+    assert receiver.received == []
+    (attempt,) = list_deliveries(ctx).attempts
+    assert attempt.error == "secret"
+    assert list_webhook_events(ctx)[0].state == "failed"
+
+
+def test_finished_events_are_pruned_after_the_retention(
+    ctx: Context, clock: Clock, receiver: WebhookReceiver
+) -> None:
+    receiver.script.statuses = [204, 500]
+    consumer_id = _setup(ctx, receiver)
+    _enqueue(ctx, consumer_id, clock)
+    dispatcher = _dispatcher(ctx.store, clock, retention=86400)
+    dispatcher.run_once()  # delivered
+    _enqueue(ctx, consumer_id, clock)
+    clock.advance(86400 - 5)
+    dispatcher.run_once()  # the second fails once: pending
+    assert len(list_webhook_events(ctx)) == 2
+    clock.advance(3600)
+    dispatcher.run_once()
+    dispatcher.close()
+    (left,) = list_webhook_events(ctx)
+    assert left.state in ("pending", "failed")
+    assert all(a.event_id == left.id for a in list_deliveries(ctx).attempts)

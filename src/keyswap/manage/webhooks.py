@@ -36,7 +36,7 @@ from keyswap.store import webhooks as wstore
 from keyswap.store.models import Consumer
 from keyswap.store.sql import Store
 from keyswap.store.webhooks import Attempt, WebhookEndpoint, WebhookEvent
-from keyswap.webhooks.secrets import encrypt_secret, generate_secret
+from keyswap.webhooks.secrets import encrypt_secret, generate_secret, seal_data
 
 __all__ = [
     "EVENT_TYPES",
@@ -57,6 +57,7 @@ __all__ = [
     "redeliver",
     "rotate_secret",
     "set_webhook",
+    "shown_payload",
     "unsafe_address",
     "validate_url",
 ]
@@ -371,6 +372,19 @@ def redeliver(ctx: Context, event_id: str) -> WebhookEvent:
         return wstore.requeue_event(ctx.store, event.id, now=ctx.now())
 
 
+def shown_payload(event: WebhookEvent) -> dict[str, Any]:
+    """An event's payload as listings show it: sealed data (``enqueue(seal=...)``) as
+    ``"data": null, "sealed": true``."""
+    if "sealed" not in event.payload:
+        return event.payload
+    return {
+        "type": event.payload.get("type"),
+        "timestamp": event.payload.get("timestamp"),
+        "data": None,
+        "sealed": True,
+    }
+
+
 def new_event_id() -> str:
     """A fresh event id, the ``webhook-id`` header: ``msg_`` + 32 hex digits."""
     return "msg_" + secrets.token_hex(16)
@@ -396,6 +410,7 @@ def enqueue(
     data: dict[str, object],
     idempotency_key: str | None = None,
     now: float | None = None,
+    seal: ServerSecret | None = None,
 ) -> str | None:
     """Record one event for the consumer's webhook, if it has one; returns the event id (the
     ``webhook-id`` header), else ``None``. A dispatcher delivers it (:mod:`keyswap.webhooks.dispatch`).
@@ -406,6 +421,10 @@ def enqueue(
     ``idempotency_key`` (per consumer, at most 255 characters) twice records one event and returns its
     id both times. Blocking (one store transaction); safe from any thread. ``now``: the event time
     (default: the clock).
+
+    ``seal``: for data that holds a secret (a rolled key's new API key), the server secret: ``data``
+    is then stored only encrypted under a key derived from it (AES-256-GCM, bound to the event id),
+    decrypted by the dispatcher just before sending, and listed as ``"data": null, "sealed": true``.
 
     The body sent is ``{"type": event_type, "timestamp": "<RFC 3339 UTC>", "data": data}``.
 
@@ -432,16 +451,21 @@ def enqueue(
     ):
         raise InvalidInput("an idempotency key must be 1-255 characters")
     at = time.time() if now is None else now
-    payload = {
+    event_id = new_event_id()
+    payload: dict[str, Any] = {
         "type": event_type,
         "timestamp": datetime.fromtimestamp(at, UTC)
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z"),
-        "data": json.loads(encoded),
     }
+    if seal is None:
+        payload["data"] = json.loads(encoded)
+    else:
+        key = seal.webhook_secret_encryption_key
+        payload["sealed"] = seal_data(key, event_id, encoded.encode("utf-8"))
     return wstore.insert_event(
         store,
-        event_id=new_event_id(),
+        event_id=event_id,
         consumer_id=cid,
         event_type=event_type,
         payload=payload,

@@ -44,6 +44,7 @@ __all__ = [
     "insert_event",
     "list_attempts",
     "list_events",
+    "prune_events",
     "put_endpoint",
     "requeue_event",
 ]
@@ -497,3 +498,19 @@ def list_attempts(
     with store._reading() as conn:
         rows = conn.execute(query).all()
     return [_attempt(row) for row in rows]
+
+
+def prune_events(store: Store, *, finished_before: float) -> int:
+    """Delete delivered and failed events (and their attempts) finished before ``finished_before``;
+    returns how many events."""
+    old = sa.and_(
+        webhook_events.c.state != "pending", webhook_events.c.finished_at < finished_before
+    )
+    with store._writing(bump=False) as conn:
+        conn.execute(
+            sa.delete(webhook_attempts).where(
+                webhook_attempts.c.event_id.in_(sa.select(webhook_events.c.id).where(old))
+            )
+        )
+        deleted = conn.execute(sa.delete(webhook_events).where(old)).rowcount
+    return int(deleted)

@@ -165,7 +165,7 @@ def _event_json(event: WebhookEvent) -> dict[str, Any]:
         "created_at": _time(event.created_at),
         "next_attempt_at": _time(event.next_attempt_at),
         "finished_at": _time(event.finished_at),
-        "payload": event.payload,
+        "payload": manage_webhooks.shown_payload(event),
     }
 
 

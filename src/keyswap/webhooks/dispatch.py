@@ -19,6 +19,9 @@ delivers the event; anything else is retried after an exponential backoff (:clas
 10 s, 30 s, 90 s, 4.5 min, 13.5 min, 40 min, 2 h, then every 6 h) until :attr:`RetryPolicy.max_age`
 (24 h by default) after the event was recorded; then it is ``failed`` (``keyswap webhooks redeliver``
 queues it again). An event whose consumer no longer has a webhook fails at once (``no_endpoint``).
+
+Retention: delivered and failed events, with their attempts, are deleted 30 days after they finished
+(``retention``); pending ones are kept until they finish.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -47,9 +51,10 @@ from keyswap.manage.webhooks import host_is_loopback, unsafe_address
 from keyswap.store import webhooks as wstore
 from keyswap.store.sql import Store
 from keyswap.store.webhooks import ClaimedEvent
-from keyswap.webhooks.secrets import decrypt_secret
+from keyswap.webhooks.secrets import decrypt_secret, open_data
 
 __all__ = [
+    "DEFAULT_RETENTION",
     "ERROR_KINDS",
     "EXCERPT_BYTES",
     "MAX_TOTAL_TIME",
@@ -63,7 +68,7 @@ log = logging.getLogger("keyswap.webhooks")
 #: Error kinds an attempt without an HTTP answer records: ``timeout``, ``connect`` (refused,
 #: unreachable, TLS), ``network`` (any other transport error), ``blocked_address`` (the host resolves
 #: to a non-public address), ``dns`` (the host does not resolve), ``no_endpoint`` (the consumer has no
-#: webhook any more), ``secret`` (the secret does not decrypt: another server secret).
+#: webhook any more), ``secret`` (the secret or sealed data does not decrypt: another server secret).
 ERROR_KINDS = (
     "timeout",
     "connect",
@@ -77,6 +82,8 @@ ERROR_KINDS = (
 EXCERPT_BYTES = 256
 #: Longest one delivery may take, seconds, whatever the per-phase timeouts.
 MAX_TOTAL_TIME = 30.0
+#: How long delivered and failed events (and their attempts) are kept: 30 days.
+DEFAULT_RETENTION = 30 * 86400.0
 
 Resolver = Callable[[str, int], list[str]]
 
@@ -157,6 +164,8 @@ class Dispatcher:
         owner: this process's lease name (default: host, pid and a random suffix).
         resolver: ``(host, port) -> addresses`` for the SSRF check (default: the system's).
         rng: ``[0, 1)`` numbers for the jitter.
+        retention: seconds a delivered or failed event (and its attempts) is kept; pruned at most
+            once an hour by :meth:`run_once`. ``0``: kept forever.
     """
 
     def __init__(
@@ -173,6 +182,7 @@ class Dispatcher:
         owner: str | None = None,
         resolver: Resolver | None = None,
         rng: Callable[[], float] = random.random,
+        retention: float = DEFAULT_RETENTION,
     ) -> None:
         if not (math.isfinite(timeout) and timeout > 0):
             raise ConfigError("the webhook timeout must be a positive number of seconds")
@@ -195,6 +205,8 @@ class Dispatcher:
         self.owner = owner or f"{socket.gethostname()[:40]}:{os.getpid()}:{os.urandom(3).hex()}"
         self._resolve = resolver or _system_resolver
         self._rng = rng
+        self.retention = retention
+        self._next_prune = 0.0
         # Each claimed event may take up to MAX_TOTAL_TIME: the lease covers the whole batch.
         self.lease = batch * (min(MAX_TOTAL_TIME, 3 * timeout) + 5.0)
 
@@ -205,6 +217,12 @@ class Dispatcher:
 
     def run_once(self) -> int:
         """Claim the due events and try each once; returns how many attempts were made."""
+        now = self._clock()
+        if self.retention > 0 and now >= self._next_prune:
+            self._next_prune = now + 3600
+            pruned = wstore.prune_events(self.store, finished_before=now - self.retention)
+            if pruned:
+                log.info("pruned %d finished webhook event(s)", pruned)
         claimed = wstore.claim_due_events(
             self.store, owner=self.owner, now=self._clock(), lease=self.lease, limit=self.batch
         )
@@ -238,13 +256,14 @@ class Dispatcher:
         else:
             try:
                 whsec = decrypt_secret(self._key, endpoint.consumer_id, endpoint.secret_blob)
-            except ConfigError:
+                body = self._body(event.id, event.payload)
+            except ConfigError as exc:
                 error, final_error = "secret", True
-                log.error("webhook secret of consumer %s does not decrypt", endpoint.consumer_name)
+                log.error("webhook %s of consumer %s: %s", event.id, endpoint.consumer_name, exc)
             else:
                 try:
                     self._check_address(endpoint.url, endpoint.allow_http_loopback)
-                    status, excerpt = self._post(event.id, endpoint.url, whsec, event.payload, at)
+                    status, excerpt = self._post(event.id, endpoint.url, whsec, body, at)
                 except _Blocked as blocked:
                     error = blocked.kind
                 except httpx.TimeoutException:
@@ -307,10 +326,20 @@ class Dispatcher:
             if unsafe_address(address):
                 raise _Blocked("blocked_address")
 
+    def _body(self, event_id: str, payload: dict[str, Any]) -> bytes:
+        """The JSON body: the payload, with sealed data opened (:func:`enqueue`'s ``seal``)."""
+        if "sealed" in payload:
+            data = json.loads(open_data(self._key, event_id, str(payload["sealed"])))
+            payload = {
+                "type": payload.get("type"),
+                "timestamp": payload.get("timestamp"),
+                "data": data,
+            }
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
     def _post(
-        self, event_id: str, url: str, whsec: str, payload: object, at: float
+        self, event_id: str, url: str, whsec: str, body: bytes, at: float
     ) -> tuple[int, str | None]:
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         stamp = datetime.fromtimestamp(math.floor(at), UTC)
         signature = Webhook(whsec).sign(event_id, stamp, body)
         headers = {

@@ -1,7 +1,10 @@
 """Webhook secrets: ``whsec_`` + base64 of 32 random bytes (the Standard Webhooks form), kept only
 encrypted with AES-256-GCM under a key derived from the server secret
 (:attr:`keyswap.gateway.secret.ServerSecret.webhook_secret_encryption_key`), bound to the consumer's id
-as associated data (a blob copied to another consumer's row does not decrypt)."""
+as associated data (a blob copied to another consumer's row does not decrypt).
+
+The same key seals the data of events that carry a secret (a rolled key's new API key): see
+:func:`seal_data`, bound to the event id."""
 
 from __future__ import annotations
 
@@ -14,7 +17,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keyswap.errors import ConfigError
 
-__all__ = ["SECRET_PREFIX", "decrypt_secret", "encrypt_secret", "generate_secret"]
+__all__ = [
+    "SECRET_PREFIX",
+    "decrypt_secret",
+    "encrypt_secret",
+    "generate_secret",
+    "open_data",
+    "seal_data",
+]
 
 #: What every webhook secret starts with.
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
@@ -54,3 +64,35 @@ def decrypt_secret(key: bytes, consumer_id: int, blob: bytes) -> str:
             "a webhook secret does not decrypt: wrong server secret or damaged row"
         ) from None
     return plain.decode("utf-8")
+
+
+def _event_associated_data(event_id: str) -> bytes:
+    return _VERSION + b"keyswap-webhook-event:" + event_id.encode("ascii")
+
+
+def seal_data(key: bytes, event_id: str, data: bytes) -> str:
+    """AES-256-GCM encrypt an event's data (its JSON) under ``key``, bound to ``event_id``; base64."""
+    nonce = os.urandom(_NONCE_SIZE)
+    sealed = AESGCM(key).encrypt(nonce, data, _event_associated_data(event_id))
+    return base64.b64encode(_VERSION + nonce + sealed).decode("ascii")
+
+
+def open_data(key: bytes, event_id: str, sealed: str) -> bytes:
+    """Decrypt what :func:`seal_data` made.
+
+    Raises:
+        ConfigError: wrong server secret, another event's data, or damaged.
+    """
+    try:
+        blob = base64.b64decode(sealed, validate=True)
+    except ValueError:
+        raise ConfigError("sealed webhook event data is not base64") from None
+    if blob[:1] != _VERSION or len(blob) < 1 + _NONCE_SIZE + 16:
+        raise ConfigError("sealed webhook event data has an unknown format")
+    nonce, body = blob[1 : 1 + _NONCE_SIZE], blob[1 + _NONCE_SIZE :]
+    try:
+        return AESGCM(key).decrypt(nonce, body, _event_associated_data(event_id))
+    except InvalidTag:
+        raise ConfigError(
+            "sealed webhook event data does not decrypt: wrong server secret or damaged row"
+        ) from None
