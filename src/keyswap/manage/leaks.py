@@ -7,8 +7,9 @@ lookup of the HMAC digests -- the consumer's leak policy applies (else the deplo
 - ``revoke`` (default): the key is revoked at once; every node refuses it within a second (the
   revision bump and its push, as for any revocation);
 - ``roll``: the key is revoked at once and a new key for the same consumer is created, delivered only
-  through the consumer's webhook (``key.rolled``, ``data.new_key``; sealed -- encrypted under the server
-  secret -- while the event waits in the outbox, opened by the dispatcher: :mod:`keyswap.webhooks.sealed`);
+  through the consumer's webhook (``key.rolled``, ``data.new_key``; the event's data is sealed --
+  encrypted under the server secret -- while it waits in the outbox, opened by the dispatcher just
+  before sending: ``enqueue(seal=...)``);
   if the consumer has no webhook, or the event cannot be recorded, the new key is revoked too (nobody
   could ever learn it);
 - ``notify``: nothing changes but the events.
@@ -51,7 +52,6 @@ from keyswap.store.models import (
     validate_leak_policy,
 )
 from keyswap.store.sql import LeakWrite
-from keyswap.webhooks.sealed import seal
 
 __all__ = [
     "BATCH",
@@ -89,6 +89,7 @@ class Notifier(Protocol):
         event_type: str,
         data: dict[str, object],
         idempotency_key: str | None = None,
+        seal: ServerSecret | None = None,
     ) -> str | None: ...
 
 
@@ -416,11 +417,8 @@ def _tell_consumer(
                 {
                     **base,
                     "new_key_id": leak.new_key_id,
-                    "new_key_hint": _hint(new_secret, outcome.hint.split("_...")[0])
-                    if outcome.hint
-                    else None,
-                    # encrypted while the event waits in the outbox (keyswap.webhooks.sealed)
-                    "new_key": seal(secret, leak.consumer_id, new_secret),
+                    "new_key_hint": _hint(new_secret, new_secret.split("_", 1)[0]),
+                    "new_key": new_secret,  # sealed in the outbox: enqueue(seal=secret) below
                 },
             )
         )
@@ -432,6 +430,7 @@ def _tell_consumer(
             event_type=event_type,
             data=data,
             idempotency_key=f"leak:{fingerprint}:{event_type}",
+            seal=secret if event_type == "key.rolled" else None,
         )
         if event_type == "key.rolled":
             delivered = webhook_id is not None
@@ -454,16 +453,26 @@ def _enqueue(
     event_type: str,
     data: dict[str, object],
     idempotency_key: str,
+    seal: ServerSecret | None,
 ) -> str | None:
     if tell is None:
         return None
     try:
+        if seal is None:
+            return tell(
+                ctx.store,
+                consumer_id=consumer_id,
+                event_type=event_type,
+                data=data,
+                idempotency_key=idempotency_key,
+            )
         return tell(
             ctx.store,
             consumer_id=consumer_id,
             event_type=event_type,
             data=data,
             idempotency_key=idempotency_key,
+            seal=seal,
         )
     except (InvalidInput, ConfigError) as exc:
         log.error("could not record the %s event (%s)", event_type, exc.reason)
