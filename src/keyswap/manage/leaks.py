@@ -482,7 +482,34 @@ def _enqueue(
 
 
 def _default_notifier() -> Notifier:
-    """:func:`keyswap.manage.webhooks.enqueue`."""
+    """:func:`keyswap.manage.webhooks.enqueue`, asking the store once per consumer (for one report)
+    whether it has a webhook at all: a report of many keys of a consumer without one costs one read,
+    not a transaction per event."""
     from keyswap.manage.webhooks import enqueue
+    from keyswap.store.webhooks import get_endpoint
 
-    return enqueue
+    has_webhook: dict[str, bool] = {}
+
+    def tell(
+        store: Any,
+        *,
+        consumer_id: str,
+        event_type: str,
+        data: dict[str, object],
+        idempotency_key: str | None = None,
+        seal: ServerSecret | None = None,
+    ) -> str | None:
+        if consumer_id not in has_webhook:
+            has_webhook[consumer_id] = get_endpoint(store, int(consumer_id)) is not None
+        if not has_webhook[consumer_id]:
+            return None
+        return enqueue(
+            store,
+            consumer_id=consumer_id,
+            event_type=event_type,
+            data=data,
+            idempotency_key=idempotency_key,
+            seal=seal,
+        )
+
+    return tell

@@ -27,6 +27,7 @@ so the CLI can write while a gateway reads.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -926,32 +927,36 @@ class Store:
         ]
         if all(result is not None for result in results):
             return [result for result in results if result is not None]
+        pending = [(i, leak) for i, leak in enumerate(leaks) if results[i] is None]
         try:
             with self._writing() as conn:
-                refs: list[str] = []
-                done: dict[str, KeyLeak] = {}
-                for index, leak in enumerate(leaks):
-                    if results[index] is not None:
-                        continue
-                    if leak.fingerprint in done:  # the same report twice in one batch
-                        results[index] = (done[leak.fingerprint], False)
-                        continue
-                    recorded = _record_leak(conn, leak, reported_at)
-                    done[leak.fingerprint] = recorded
-                    results[index] = (recorded, True)
-                    refs.append(leak.key_id)
-                    if recorded.new_key_id is not None:
-                        refs.append(recorded.new_key_id)
-                    if leak.audit is not None:
-                        extra = {"new_key_id": recorded.new_key_id} if recorded.new_key_id else {}
-                        _insert_audit(conn, leak.audit, extra)
-                if leaks and leaks[0].audit is not None and retention:
+                recorded = _record_leaks(conn, [leak for _, leak in pending], reported_at)
+                for (index, _), outcome in zip(pending, recorded, strict=True):
+                    results[index] = outcome
+                audits = [
+                    (leak.audit, leak_record.new_key_id)
+                    for (_, leak), (leak_record, created) in zip(pending, recorded, strict=True)
+                    if created and leak.audit is not None
+                ]
+                if audits:
                     conn.execute(
-                        sa.delete(audit_events).where(
-                            audit_events.c.at < leaks[0].audit.at - retention
-                        )
+                        sa.insert(audit_events),
+                        [
+                            _audit_values(record, {"new_key_id": new} if new else {})
+                            for record, new in audits
+                        ],
                     )
-                self._log_change(conn, "key", *dict.fromkeys(refs))
+                    if retention:
+                        oldest = audits[0][0].at - retention
+                        conn.execute(sa.delete(audit_events).where(audit_events.c.at < oldest))
+                refs = [
+                    ref
+                    for leak_record, created in recorded
+                    if created
+                    for ref in (leak_record.key_id, leak_record.new_key_id)
+                    if ref is not None
+                ]
+                self._log_change(conn, "key", *dict.fromkeys(refs or [pending[0][1].key_id]))
         except IntegrityError:
             if len(leaks) > 1:  # another node recorded one of them meanwhile: one at a time
                 out: list[tuple[KeyLeak, bool]] = []
@@ -1451,75 +1456,120 @@ class LeakWrite(NamedTuple):
     audit: AuditRecord | None = None
 
 
-def _record_leak(conn: Connection, leak: LeakWrite, reported_at: float) -> KeyLeak:
-    old = conn.execute(_key_select().where(api_keys.c.id == leak.key_id)).first()
-    if old is None:
-        raise NotFound(f"unknown key id '{leak.key_id}'")
-    action, new_key = leak.action, leak.new_key
-    live = old.revoked_at is None and (old.expires_at is None or old.expires_at > reported_at)
-    if action in ("revoke", "roll") and not live:
-        action, new_key = "none", None  # revoked meanwhile (an earlier report)
-    new_key_id = new_key[0] if action == "roll" and new_key is not None else None
-    if action in ("revoke", "roll"):
-        values: dict[str, Any] = {"revoked_at": reported_at}
-        if new_key_id is not None:
-            values["replaced_by"] = new_key_id
+def _record_leaks(
+    conn: Connection, leaks: Sequence[LeakWrite], reported_at: float
+) -> list[tuple[KeyLeak, bool]]:
+    """Record ``leaks`` (none of them recorded before) and act on their keys, in ``conn``'s
+    transaction: a few statements for the whole batch (executemany), one insert per new key."""
+    wanted = list(dict.fromkeys(leak.key_id for leak in leaks))
+    rows: dict[str, Any] = {}
+    for start in range(0, len(wanted), 500):
+        query = _key_select().where(api_keys.c.id.in_(wanted[start : start + 500]))
+        rows.update({row.id: row for row in conn.execute(query)})
+    missing = [key_id for key_id in wanted if key_id not in rows]
+    if missing:
+        raise NotFound(f"unknown key id '{missing[0]}'")
+    revoked: set[str] = set()
+    revoke_ids: list[str] = []
+    rolls: list[dict[str, Any]] = []
+    values: list[dict[str, Any]] = []
+    out: list[tuple[KeyLeak, bool]] = []
+    first: dict[str, KeyLeak] = {}
+    for leak in leaks:
+        if leak.fingerprint in first:  # the same report twice in one batch
+            out.append((first[leak.fingerprint], False))
+            continue
+        old = rows[leak.key_id]
+        action, new_key = leak.action, leak.new_key
+        live = (
+            old.revoked_at is None
+            and leak.key_id not in revoked
+            and (old.expires_at is None or old.expires_at > reported_at)
+        )
+        if action in ("revoke", "roll") and not live:
+            action, new_key = "none", None  # revoked by an earlier report
+        new_key_id = new_key[0] if action == "roll" and new_key is not None else None
+        if action in ("revoke", "roll"):
+            revoked.add(leak.key_id)
+            if new_key is not None and new_key_id is not None:
+                rolls.append({"b_id": leak.key_id, "b_new": new_key_id})
+                _insert_key(
+                    conn,
+                    old.consumer_id,
+                    new_key_id,
+                    new_key[1],
+                    new_key[2],
+                    reported_at,
+                    None,
+                    scopes=_scopes(old.scopes),
+                    within_consumer=False,
+                )
+            else:
+                revoke_ids.append(leak.key_id)
+        record = KeyLeak(
+            0, leak.key_id, old.consumer_id, reported_at, leak.source, leak.url, action, new_key_id
+        )
+        first[leak.fingerprint] = record
+        out.append((record, True))
+        values.append(
+            {
+                "fingerprint": leak.fingerprint,
+                "key_id": leak.key_id,
+                "consumer_id": old.consumer_id,
+                "reported_at": reported_at,
+                "source": leak.source,
+                "url": leak.url,
+                "action": action,
+                "new_key_id": new_key_id,
+            }
+        )
+    for start in range(0, len(revoke_ids), 500):
         conn.execute(
             sa.update(api_keys)
-            .where(api_keys.c.id == leak.key_id, api_keys.c.revoked_at.is_(None))
-            .values(**values)
+            .where(
+                api_keys.c.id.in_(revoke_ids[start : start + 500]),
+                api_keys.c.revoked_at.is_(None),
+            )
+            .values(revoked_at=reported_at)
         )
-    if new_key is not None and new_key_id is not None:
-        _insert_key(
-            conn,
-            old.consumer_id,
-            new_key_id,
-            new_key[1],
-            new_key[2],
-            reported_at,
-            None,
-            scopes=_scopes(old.scopes),
-            within_consumer=False,
+    if rolls:
+        conn.execute(
+            sa.update(api_keys)
+            .where(api_keys.c.id == sa.bindparam("b_id"), api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=reported_at, replaced_by=sa.bindparam("b_new")),
+            rolls,
         )
-    leak_id = conn.execute(
-        sa.insert(key_leaks)
-        .values(
-            fingerprint=leak.fingerprint,
-            key_id=leak.key_id,
-            consumer_id=old.consumer_id,
-            reported_at=reported_at,
-            source=leak.source,
-            url=leak.url,
-            action=action,
-            new_key_id=new_key_id,
-        )
-        .returning(key_leaks.c.id)
-    ).scalar_one()
-    return KeyLeak(
-        leak_id,
-        leak.key_id,
-        old.consumer_id,
-        reported_at,
-        leak.source,
-        leak.url,
-        action,
-        new_key_id,
-    )
+    if values:
+        conn.execute(sa.insert(key_leaks), values)
+        fingerprints = [value["fingerprint"] for value in values]
+        ids: dict[str, int] = {}
+        for start in range(0, len(fingerprints), 500):
+            query = sa.select(key_leaks.c.fingerprint, key_leaks.c.id).where(
+                key_leaks.c.fingerprint.in_(fingerprints[start : start + 500])
+            )
+            ids.update({row.fingerprint: row.id for row in conn.execute(query)})
+        numbered = {
+            fingerprint: dataclasses.replace(record, id=ids[fingerprint])
+            for fingerprint, record in first.items()
+        }
+        out = [
+            (numbered[leak.fingerprint], created)
+            for leak, (_, created) in zip(leaks, out, strict=True)
+        ]
+    return out
 
 
-def _insert_audit(conn: Connection, record: AuditRecord, extra: Mapping[str, Any]) -> None:
-    conn.execute(
-        sa.insert(audit_events).values(
-            at=record.at,
-            actor_kind=record.actor_kind,
-            actor_name=record.actor_name,
-            action=record.action,
-            target=record.target[:255],
-            request_id=record.request_id,
-            client=record.client,
-            changes={**record.changes, **extra},
-        )
-    )
+def _audit_values(record: AuditRecord, extra: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "at": record.at,
+        "actor_kind": record.actor_kind,
+        "actor_name": record.actor_name,
+        "action": record.action,
+        "target": record.target[:255],
+        "request_id": record.request_id,
+        "client": record.client,
+        "changes": {**record.changes, **extra},
+    }
 
 
 def _key_leak(row: sa.Row[Any]) -> KeyLeak:
