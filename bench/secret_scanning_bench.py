@@ -2,7 +2,7 @@
 
 Starts ``keyswap gateway --secret-scanning github`` (a subprocess, SQLite by default) and a stand-in
 for GitHub's public keys document (a thread), then posts signed reports of 1,000 tokens: all unknown;
-10 live keys among them (revoked); 100 live keys (revoked); the same report again (a replay). Prints
+10, 100 or all 1,000 of them live keys (revoked); each again (a replay). Prints
 the median answer time (POST to answer, one client) over the rounds and checks the issue's goal: a
 1,000-token batch answered within 2 s, even when every token is a live key.
 
