@@ -261,3 +261,19 @@ def test_a_rolled_key_waits_in_the_webhook_outbox_sealed_never_in_clear(github: 
     assert re.search(KEY_REGEX, stored) is None  # no key, old or new, in clear
     assert "data" not in events["key.rolled"].payload
     assert events["key.leaked"].payload["data"]["url"] == URL
+
+
+def test_a_report_larger_than_a_batch_is_applied_in_several_transactions(
+    github: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import keyswap.manage.leaks as leaks
+
+    monkeypatch.setattr(leaks, "BATCH", 3)
+    keys = [_key(github)[1] for _ in range(7)]
+    revision = github.store.revision()
+    outcomes = _report(github, [*keys, generate_key()], Recorder())
+    assert [o.action for o in outcomes] == ["revoke"] * 7 + ["none"]
+    assert github.store.revision() == revision + 3
+    assert not any(_works(github, key) for key in keys)
+    events = list_events(github, AuditQuery(action="key.leak")).events
+    assert sorted(e.target for e in events) == sorted(f"key:{o.key_id}" for o in outcomes[:7])
