@@ -89,6 +89,8 @@ def test_every_change_is_audited_without_the_secret(ctx: Context) -> None:
     assert [e.action for e in events] == ["webhook.clear", "webhook.rotate_secret", "webhook.set"]
     assert all(e.target == "consumer:acme" and e.actor_name == "alice" for e in events)
     assert events[-1].changes["url"] == "https://a.example.com/"
+    assert events[-1].changes["new_secret"] is True
+    assert events[1].changes == {"new_secret": True}
     text = repr(events)
     assert created.secret is not None
     assert rotated.secret is not None
@@ -304,3 +306,19 @@ def test_redeliver_makes_a_finished_event_due_and_is_audited(ctx: Context, clock
         list_deliveries(ctx, limit=0)
     with pytest.raises(NotFound):
         list_deliveries(ctx, "nobody")
+
+
+def test_the_store_refuses_an_endpoint_for_a_consumer_that_is_gone(ctx: Context) -> None:
+    consumer_id = _acme(ctx)
+    delete_consumer(ctx, "acme")
+    with pytest.raises(NotFound):
+        wstore.put_endpoint(
+            ctx.store,
+            consumer_id,
+            url="https://a.example.com/",
+            secret_blob=b"x" * 40,
+            allow_http_loopback=False,
+            now=1.0,
+        )
+    with pytest.raises(NotFound):  # changing a missing endpoint
+        wstore.put_endpoint(ctx.store, consumer_id, secret_blob=b"y" * 40, now=1.0)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -79,3 +80,36 @@ def test_keyswap_gateway_and_admin_deliver_in_the_background(
         assert [e.state for e in list_webhook_events(ctx)] == ["delivered"]
     finally:
         store.close()
+
+
+def test_the_thread_survives_failing_rounds_and_warns_once(
+    tmp_path: Path, receiver: WebhookReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    from keyswap.webhooks.dispatch import Dispatcher, DispatcherThread
+
+    class Flaky(Dispatcher):
+        """Fails its first three rounds (the store down), then works."""
+
+        failures = 3
+
+        def run_once(self) -> int:
+            if self.failures:
+                self.failures -= 1
+                raise OSError("database unreachable")
+            return super().run_once()
+
+    caplog.set_level(logging.DEBUG, logger="keyswap.webhooks")
+    store, consumer_id = _prepare(db_url(tmp_path), receiver)
+    try:
+        enqueue(store, consumer_id=str(consumer_id), event_type="key.revoked", data={})
+        thread = DispatcherThread(Flaky(store, ServerSecret(SECRET_TEXT)), interval=0.01).start()
+        try:
+            _eventually(lambda: len(receiver.received) == 1)
+        finally:
+            thread.stop()
+    finally:
+        store.close()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "OSError" in warnings[0].getMessage()
+    assert "working again" in caplog.text

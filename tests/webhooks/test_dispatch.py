@@ -68,6 +68,8 @@ def test_an_event_is_delivered_signed_per_standard_webhooks(
     assert got.headers["webhook-id"] == event_id
     assert got.headers["webhook-timestamp"] == str(int(clock()))
     assert got.headers["content-type"] == "application/json"
+    assert got.headers["accept-encoding"] == "identity"
+    assert got.headers["user-agent"].startswith("keyswap-webhooks/")
     assert got.parsed == {
         "type": "key.leaked",
         "timestamp": got.parsed["timestamp"],

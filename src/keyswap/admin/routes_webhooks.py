@@ -86,7 +86,7 @@ def put_webhook(
 ) -> Response:
     """Set the consumer's webhook URL. The first time (201) a signing secret is generated and
     returned in ``secret``, once; changing the URL later (200) keeps the secret (``secret: null``).
-    A URL that is not https:// to a public host is refused (422)."""
+    A URL that is not an https URL of a public host is refused (422)."""
     known_name(name)
     ctx = auth.context()
     with auth.state.write_lock:

@@ -31,11 +31,12 @@ class WebhookIn(_In):
     url: str = Field(
         min_length=1,
         max_length=MAX_URL_LENGTH,
-        description="https:// to a public host (http:// only to loopback, with allow_http_loopback).",
+        description="An https URL of a public host (plain http only to loopback, with "
+        "allow_http_loopback).",
     )
     allow_http_loopback: bool = Field(
         default=False,
-        description="Allow a loopback host (127.0.0.1, ::1, localhost), also over http://: local "
+        description="Allow a loopback host (127.0.0.1, ::1, localhost), also over plain http: local "
         "development only.",
     )
 

@@ -11,7 +11,8 @@ the change and its event commit together or not at all. Errors come from :mod:`k
 (``InvalidInput`` 400, ``NotFound`` 404, ``AlreadyExists``/``Conflict`` 409, ``InsufficientScope`` 403).
 
 Modules: :mod:`.actor`, :mod:`.context`, :mod:`.audit`, :mod:`.consumers`, :mod:`.keys`, :mod:`.signing`,
-:mod:`.tokens` (admin tokens), :mod:`.scopes` (management scopes).
+:mod:`.tokens` (admin tokens), :mod:`.scopes` (management scopes), :mod:`.webhooks` (consumers'
+webhooks, and :func:`~keyswap.manage.webhooks.enqueue`, which records an event for one).
 """
 
 from __future__ import annotations

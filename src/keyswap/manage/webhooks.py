@@ -230,28 +230,21 @@ def set_webhook(
     validate_url(url, allow_http_loopback=allow_http_loopback)
     consumer = _consumer(ctx, name)
     check_secret(ctx.store, secret)
-    existing = wstore.get_endpoint(ctx.store, consumer.id)
-    new_secret = None if existing is not None else generate_secret()
-    blob = (
-        None
-        if new_secret is None
-        else encrypt_secret(secret.webhook_secret_encryption_key, consumer.id, new_secret)
-    )
-    changes = {
-        "url": url,
-        "allow_http_loopback": allow_http_loopback,
-        "new_secret": new_secret is not None,
-    }
+    # Drawn every time, used only if the webhook is new (decided in the store's transaction).
+    new_secret = generate_secret()
+    blob = encrypt_secret(secret.webhook_secret_encryption_key, consumer.id, new_secret)
+    changes = {"url": url, "allow_http_loopback": allow_http_loopback}
     with recording(ctx, "webhook.set", _target(name), changes):
-        endpoint = wstore.put_endpoint(
+        endpoint, created = wstore.put_endpoint(
             ctx.store,
             consumer.id,
             url=url,
             secret_blob=blob,
             allow_http_loopback=allow_http_loopback,
+            replace_secret=False,
             now=ctx.now(),
         )
-    return NewSecret(WebhookInfo.of(endpoint), new_secret)
+    return NewSecret(WebhookInfo.of(endpoint), new_secret if created else None)
 
 
 def rotate_secret(ctx: Context, secret: ServerSecret, name: str) -> NewSecret:
@@ -268,7 +261,9 @@ def rotate_secret(ctx: Context, secret: ServerSecret, name: str) -> NewSecret:
     blob = encrypt_secret(secret.webhook_secret_encryption_key, consumer.id, new_secret)
     try:
         with recording(ctx, "webhook.rotate_secret", _target(name)):
-            endpoint = wstore.put_endpoint(ctx.store, consumer.id, secret_blob=blob, now=ctx.now())
+            endpoint, _ = wstore.put_endpoint(
+                ctx.store, consumer.id, secret_blob=blob, now=ctx.now()
+            )
     except NotFound:
         raise NotFound(f"consumer '{name}' has no webhook") from None
     return NewSecret(WebhookInfo.of(endpoint), new_secret)

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from keyswap.errors import NotFound
 from keyswap.store.schema import consumers, webhook_attempts, webhook_endpoints, webhook_events
-from keyswap.store.sql import Store
+from keyswap.store.sql import Store, _note
 
 __all__ = [
     "EVENT_STATES",
@@ -191,10 +191,13 @@ def put_endpoint(
     url: str | None = None,
     secret_blob: bytes | None = None,
     allow_http_loopback: bool | None = None,
+    replace_secret: bool = True,
     now: float,
-) -> WebhookEndpoint:
+) -> tuple[WebhookEndpoint, bool]:
     """Create or change the consumer's endpoint: the fields given (``None``: keep). Creating one needs
-    all of them.
+    all of them. With ``replace_secret=False`` an existing endpoint keeps its secret (``secret_blob``
+    is only for a new one). Returns the endpoint and whether it was created; the pending audit event
+    (if any) notes ``new_secret``.
 
     Raises:
         NotFound: no such consumer, or (changing only some fields) it has no endpoint.
@@ -204,25 +207,24 @@ def put_endpoint(
         if exists is None:
             if url is None or secret_blob is None or allow_http_loopback is None:
                 raise NotFound("the consumer has no webhook")
-            try:
-                with conn.begin_nested():
-                    conn.execute(
-                        sa.insert(webhook_endpoints).values(
-                            consumer_id=consumer_id,
-                            url=url,
-                            secret_blob=secret_blob,
-                            allow_http_loopback=allow_http_loopback,
-                            created_at=now,
-                            updated_at=now,
-                        )
-                    )
-            except IntegrityError:
-                raise NotFound("unknown consumer") from None
+            known = conn.execute(sa.select(consumers.c.id).where(consumers.c.id == consumer_id))
+            if known.first() is None:
+                raise NotFound("unknown consumer")
+            conn.execute(
+                sa.insert(webhook_endpoints).values(
+                    consumer_id=consumer_id,
+                    url=url,
+                    secret_blob=secret_blob,
+                    allow_http_loopback=allow_http_loopback,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
         else:
             values: dict[str, Any] = {"updated_at": now}
             if url is not None:
                 values["url"] = url
-            if secret_blob is not None:
+            if secret_blob is not None and replace_secret:
                 values["secret_blob"] = secret_blob
             if allow_http_loopback is not None:
                 values["allow_http_loopback"] = allow_http_loopback
@@ -231,11 +233,13 @@ def put_endpoint(
                 .where(webhook_endpoints.c.consumer_id == consumer_id)
                 .values(**values)
             )
+        created = exists is None
+        _note(new_secret=created or (secret_blob is not None and replace_secret))
         store._log_change(conn, "webhook", consumer_id)
         found = _load_endpoint(conn, consumer_id)
     if found is None:  # pragma: no cover - the row was written in this transaction
         raise NotFound("unknown consumer")
-    return found
+    return found, created
 
 
 def get_endpoint(store: Store, consumer_id: int) -> WebhookEndpoint | None:

@@ -342,7 +342,14 @@ def webhooks_dispatch(
     """Deliver due webhook events (keyswap gateway and keyswap admin do this too, unless
     --no-webhooks). Safe to run on several machines at once."""
     from keyswap.gateway.secret import check_secret
-    from keyswap.webhooks.dispatch import Dispatcher, RetryPolicy
+
+    try:
+        from keyswap.webhooks.dispatch import Dispatcher, RetryPolicy
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        raise click.ClickException(
+            f"delivering webhooks needs the 'webhooks' extra ({exc.name or exc} is not "
+            "installed): pip install 'keyswap[webhooks]'"
+        ) from None
 
     with open_store(db_url, existing=True) as store:
         secret = open_secret(store, secret_file)

@@ -8,11 +8,17 @@ that dies holding one loses it when the lease ends, and another node delivers it
 - headers ``webhook-id`` (the event id, the same on every attempt), ``webhook-timestamp`` (epoch
   seconds of this attempt) and ``webhook-signature`` (``v1,<base64 HMAC-SHA256>`` of
   ``id.timestamp.body`` under the consumer's ``whsec_`` secret, by the ``standardwebhooks`` library);
-- one POST with a timeout (default 10 s for connect, read and write each, and :data:`MAX_TOTAL_TIME`
-  over all), no redirects followed (a 3xx is a failed attempt), no proxy or ``.netrc`` from the
-  environment unless ``trust_env``; at most :data:`EXCERPT_BYTES` of the answer are read and kept;
+- one POST with timeouts (default 10 s for each connect, read and write; the answer's body is read
+  for at most :data:`MAX_TOTAL_TIME`), no redirects followed (a 3xx is a failed attempt), no proxy or
+  ``.netrc`` from the environment; at most :data:`EXCERPT_BYTES` of the answer are read and kept,
+  uncompressed (``accept-encoding: identity``; the raw bytes are never decoded);
 - before connecting, the host name is resolved and refused if any address is not public (SSRF; a
   loopback address passes only for an endpoint set with ``allow_http_loopback``).
+
+The events of one round are delivered by up to ``concurrency`` threads at once (default 8), so one
+slow receiver delays only its own events. The lease covers the whole round (``batch`` events at 35 s
+each with the default timeout); a receiver that trickles its answer a byte at a time for longer than
+that can see the event sent again by another node (receivers deduplicate on ``webhook-id``).
 
 Every attempt is recorded (time, HTTP status or error kind, duration, next retry). A 2xx answer
 delivers the event; anything else is retried after an exponential backoff (:class:`RetryPolicy`:
@@ -36,6 +42,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -161,6 +168,7 @@ class Dispatcher:
         client: the HTTP client (default: one of our own, no redirects, ``timeout`` per phase).
         timeout: seconds for each of connect, read and write.
         batch: most events claimed per round.
+        concurrency: most deliveries at once (threads).
         owner: this process's lease name (default: host, pid and a random suffix).
         resolver: ``(host, port) -> addresses`` for the SSRF check (default: the system's).
         rng: ``[0, 1)`` numbers for the jitter.
@@ -179,6 +187,7 @@ class Dispatcher:
         client: httpx.Client | None = None,
         timeout: float = 10.0,
         batch: int = 20,
+        concurrency: int = 8,
         owner: str | None = None,
         resolver: Resolver | None = None,
         rng: Callable[[], float] = random.random,
@@ -188,6 +197,8 @@ class Dispatcher:
             raise ConfigError("the webhook timeout must be a positive number of seconds")
         if not 1 <= batch <= 1000:
             raise ConfigError("the webhook batch must be 1-1000")
+        if not 1 <= concurrency <= 64:
+            raise ConfigError("the webhook concurrency must be 1-64")
         self.store = store
         self.policy = policy or RetryPolicy()
         self._key = secret.webhook_secret_encryption_key
@@ -198,10 +209,18 @@ class Dispatcher:
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
             trust_env=False,
-            headers={"user-agent": f"keyswap-webhooks/{__version__}"},
+            headers={
+                "user-agent": f"keyswap-webhooks/{__version__}",
+                "accept-encoding": "identity",
+            },
         )
         self.timeout = timeout
         self.batch = batch
+        self._pool = (
+            ThreadPoolExecutor(concurrency, thread_name_prefix="keyswap-webhook")
+            if concurrency > 1
+            else None
+        )
         self.owner = owner or f"{socket.gethostname()[:40]}:{os.getpid()}:{os.urandom(3).hex()}"
         self._resolve = resolver or _system_resolver
         self._rng = rng
@@ -211,7 +230,9 @@ class Dispatcher:
         self.lease = batch * (min(MAX_TOTAL_TIME, 3 * timeout) + 5.0)
 
     def close(self) -> None:
-        """Close the HTTP client (if it is ours)."""
+        """Stop the delivery threads and close the HTTP client (if it is ours)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         if self._own_client:
             self._client.close()
 
@@ -226,8 +247,12 @@ class Dispatcher:
         claimed = wstore.claim_due_events(
             self.store, owner=self.owner, now=self._clock(), lease=self.lease, limit=self.batch
         )
-        for item in claimed:
-            self._deliver(item)
+        if self._pool is None or len(claimed) < 2:
+            for item in claimed:
+                self._deliver(item)
+        else:
+            for _ in self._pool.map(self._deliver, claimed):
+                pass
         return len(claimed)
 
     def drain(self, rounds: int = 100) -> int:
@@ -360,7 +385,8 @@ class Dispatcher:
 
 class DispatcherThread:
     """Runs a :class:`Dispatcher` in a daemon thread: a round every ``interval`` seconds (at once again
-    after a full batch), until :meth:`stop`. Errors (the store down) are logged and retried."""
+    after a full batch), until :meth:`stop`. Errors (the store down) are logged once (a warning) and
+    retried every round."""
 
     def __init__(self, dispatcher: Dispatcher, *, interval: float = 2.0) -> None:
         self.dispatcher = dispatcher
@@ -381,11 +407,22 @@ class DispatcherThread:
         self.dispatcher.close()
 
     def _run(self) -> None:
+        failing = False
         while not self._stop.is_set():
             try:
                 made = self.dispatcher.run_once()
-            except Exception as exc:
-                log.warning("webhook dispatcher round failed (%s)", type(exc).__name__)
+            except Exception as exc:  # the store down: say so once, keep trying
+                log.log(
+                    logging.DEBUG if failing else logging.WARNING,
+                    "webhook dispatcher round failed (%s); retrying every %.0f s",
+                    type(exc).__name__,
+                    self.interval,
+                )
+                failing = True
                 made = 0
+            else:
+                if failing:
+                    log.info("webhook dispatcher working again")
+                failing = False
             if made < self.dispatcher.batch:
                 self._stop.wait(self.interval)
