@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -277,3 +278,29 @@ def test_a_report_larger_than_a_batch_is_applied_in_several_transactions(
     assert not any(_works(github, key) for key in keys)
     events = list_events(github, AuditQuery(action="key.leak")).events
     assert sorted(e.target for e in events) == sorted(f"key:{o.key_id}" for o in outcomes[:7])
+
+
+def test_two_nodes_applying_the_same_report_at_once_roll_the_key_once(store: Store) -> None:
+    other = Store(store.url)
+    try:
+        ctx = Context(store, Actor.secret_scanning("github"))
+        _, key = _key(ctx)
+        set_leak_policy(ctx, "acme", "roll")
+        barrier = threading.Barrier(2)
+        results: list[Any] = []
+
+        def node(opened: Store) -> None:
+            node_ctx = Context(opened, Actor.secret_scanning("github"))
+            barrier.wait()
+            results.extend(_report(node_ctx, [key], Recorder()))
+
+        threads = [threading.Thread(target=node, args=(s,)) for s in (store, other)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(o.replay for o in results) == [False, True]
+        assert len({o.new_key_id for o in results}) == 1
+        assert len(list_keys(ctx)) == 2
+    finally:
+        other.close()
