@@ -128,3 +128,26 @@ def test_scan_of_nothing_says_so(db: str) -> None:
     assert (
         ok("keys", "scan", "-", "--db", db, stdin="no keys\n").output == "No keyswap keys found.\n"
     )
+
+
+def test_gateway_secret_scanning_flags_are_checked_before_anything_starts(
+    db: str, tmp_path: Path
+) -> None:
+    base = ["gateway", "--upstream", "http://127.0.0.1:9", "--port", "1", "--db", db]
+    bad_url = run(*base, "--secret-scanning", "github", "--secret-scanning-keys-url", "ftp://x/k")
+    assert bad_url.exit_code == 2
+    assert "http" in bad_url.output
+    missing = str(tmp_path / "nope")
+    no_file = run(
+        *base, "--secret-scanning", "github", "--secret-scanning-webhook-secret-file", missing
+    )
+    assert no_file.exit_code == 2
+    assert "webhook secret file" in no_file.output
+    short = tmp_path / "short"
+    short.write_text("tiny\n")
+    too_short = run(
+        *base, "--secret-scanning", "github", "--secret-scanning-webhook-secret-file", str(short)
+    )
+    assert too_short.exit_code == 2
+    assert "16 characters" in too_short.output
+    assert not Path(db).exists()
