@@ -138,3 +138,16 @@ def test_health(api: AdminApi) -> None:
     # nothing fetched from elsewhere
     assert "http://" not in docs.text
     assert "https://" not in docs.text
+
+
+def test_a_consumer_leak_policy_is_set_cleared_and_refused_when_unknown(any_api: AdminApi) -> None:
+    any_api.request("POST", "/v1/consumers", json={"name": "acme"})
+    assert any_api.request("GET", "/v1/consumers/acme").json()["leak_policy"] is None
+    rolled = any_api.request("PATCH", "/v1/consumers/acme", json={"leak_policy": "roll"})
+    assert rolled.status_code == 200, rolled.text
+    assert rolled.json()["leak_policy"] == "roll"
+    bad = any_api.request("PATCH", "/v1/consumers/acme", json={"leak_policy": "delete"})
+    assert bad.status_code in (400, 422)
+    assert any_api.request("GET", "/v1/consumers/acme").json()["leak_policy"] == "roll"
+    cleared = any_api.request("PATCH", "/v1/consumers/acme", json={"leak_policy": None})
+    assert cleared.json()["leak_policy"] is None

@@ -488,6 +488,7 @@ def test_every_result_can_be_printed_as_json(db: str) -> None:
         "rate_limit",
         "scopes",
         "max_connections",
+        "leak_policy",
     }
     limited = as_json(ok("consumers", "set-limit", "acme", "--rate", "10/s", "--json", "--db", db))
     assert limited["rate_limit"] == "10/1s"

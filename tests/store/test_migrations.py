@@ -218,6 +218,7 @@ def test_migrations_ship_inside_the_package() -> None:
         "0005_changes.py",
         "0006_audit.py",
         "0007_webhooks.py",
+        "0011_leaks.py",
     ]
     assert (migrate.MIGRATIONS_DIR / "env.py").is_file()
 
@@ -417,6 +418,37 @@ def test_the_webhooks_migration_adds_its_tables_and_keeps_the_rest_both_ways(
                 )
                 == "msg_" + "1" * 32
             )
+        finally:
+            upgraded.close()
+    finally:
+        store.close()
+
+
+def test_the_leaks_migration_adds_leak_policies_and_the_leak_log_and_keeps_the_rest_both_ways(
+    any_url: str,
+) -> None:
+    import re
+
+    (path,) = (migrate.MIGRATIONS_DIR / "versions").glob("*_leaks.py")
+    found = re.search(r'^down_revision = "([0-9]+)"', path.read_text(), re.MULTILINE)
+    assert found is not None
+    before = found.group(1)
+    store = Store(any_url, schema="upgrade")
+    try:
+        store.update_consumer(store.create_consumer("acme").name, leak_policy="roll")
+        _downgrade(store, before)
+        with store.engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("consumers")}
+        assert "key_leaks" not in tables
+        assert "leak_policy" not in columns
+        upgraded = Store(any_url, schema="upgrade")
+        try:
+            assert upgraded.schema_change == (before, migrate.head_revision())
+            consumer = upgraded.get_consumer("acme")
+            assert consumer is not None
+            assert consumer.leak_policy is None
+            assert upgraded.key_leaks(["x"]) == {}
         finally:
             upgraded.close()
     finally:

@@ -16,6 +16,7 @@ from keyswap.gateway.apikeys import ApiKeys
 from keyswap.gateway.app import GatewayApp, GatewaySettings, build_gateway
 from keyswap.gateway.cluster import ClusterSettings
 from keyswap.gateway.secret import load_secret
+from keyswap.gateway.secretscanning import SecretScanningSettings
 from keyswap.serverproto import http_protocol
 from keyswap.store import Store
 from tests.support.asgi_server import ServerThread, bound_socket
@@ -71,6 +72,7 @@ def running_gateway(
     real_clock: bool = False,
     cluster: ClusterSettings | None = None,
     server_options: dict[str, Any] | None = None,
+    secret_scanning: SecretScanningSettings | None = None,
     **settings: Any,
 ) -> Iterator[Gateway]:
     """Start a gateway in front of ``upstream_url`` with consumer ``acme`` ({"plan": "free"}) and a key.
@@ -88,7 +90,12 @@ def running_gateway(
     options.update(settings)
     config = GatewaySettings(upstream_url, f"http://127.0.0.1:{port}", **options)
     app = build_gateway(
-        config, db_url=db_url, env={}, clock=time.time if real_clock else clock, cluster=cluster
+        config,
+        db_url=db_url,
+        env={},
+        clock=time.time if real_clock else clock,
+        cluster=cluster,
+        secret_scanning=secret_scanning,
     )
     admin_store = Store(db_url)
     try:

@@ -113,8 +113,8 @@ def update_consumer(
     auth: Annotated[Authorized, Depends(require("consumers:write"))],
     if_match: IfMatch = None,
 ) -> Response:
-    """Change the fields given (metadata, scopes, rate_limit, max_connections); ``null`` for
-    rate_limit or max_connections means the gateway's default."""
+    """Change the fields given (metadata, scopes, rate_limit, max_connections, leak_policy);
+    ``null`` for rate_limit, max_connections or leak_policy means the gateway's default."""
     known_name(name)
     given = body.model_fields_set
     update = manage.ConsumerUpdate(
@@ -124,6 +124,7 @@ def update_consumer(
         scopes=tuple(body.scopes) if "scopes" in given and body.scopes is not None else manage.KEEP,
         rate_limit=body.rate_limit if "rate_limit" in given else manage.KEEP,
         max_connections=body.max_connections if "max_connections" in given else manage.KEEP,
+        leak_policy=body.leak_policy if "leak_policy" in given else manage.KEEP,
     )
     ctx = auth.context()
     with auth.state.write_lock:

@@ -8,7 +8,7 @@ created it.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -74,6 +74,11 @@ class ConsumerPatch(_In):
     max_connections: int | None = Field(
         default=None, ge=1, le=10_000, description="1-10000, or null for the gateway's default."
     )
+    leak_policy: Literal["revoke", "roll", "notify"] | None = Field(
+        default=None,
+        description="What happens when one of its keys is found in public: revoke, roll (a new key "
+        "delivered only by its webhook) or notify; null for the gateway's default (--leak-policy).",
+    )
 
 
 class ConsumerOut(BaseModel):
@@ -84,6 +89,7 @@ class ConsumerOut(BaseModel):
     scopes: list[str]
     rate_limit: str | None
     max_connections: int | None
+    leak_policy: str | None = None
     created_at: str | None
 
     @classmethod
@@ -95,6 +101,7 @@ class ConsumerOut(BaseModel):
             scopes=list(consumer.scopes),
             rate_limit=consumer.rate_limit,
             max_connections=consumer.max_connections,
+            leak_policy=consumer.leak_policy,
             created_at=iso(consumer.created_at),
         )
 

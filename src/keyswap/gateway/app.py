@@ -48,7 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from keyswap.errors import (
     ConfigError,
@@ -86,6 +86,9 @@ from keyswap.gateway.ratelimit import (
 from keyswap.gateway.storecalls import StoreCalls, StoreTimeout
 from keyswap.gateway.wellknown import DEFAULT_MAX_AGE, WellKnown, issuer_for
 from keyswap.gateway.wsrelay import WebSocketLimits, handshake_headers, relay, upstream_ws_url
+
+if TYPE_CHECKING:
+    from keyswap.gateway.secretscanning import SecretScanning, SecretScanningSettings
 
 __all__ = [
     "ApiKeysLike",
@@ -334,6 +337,8 @@ class GatewayApp:
             (:mod:`keyswap.gateway.wsrelay`; served only when the server runs with websockets).
         changes: the store's change log (:class:`~keyswap.gateway.changefeed.ChangeFeed`): on a
             change, only what it names is invalidated (``None``: every change clears everything).
+        secret_scanning: serves GitHub's leak reports under ``/__keyswap/secret-scanning/``
+            (:mod:`keyswap.gateway.secretscanning`; ``None``: off, those paths are 404).
     """
 
     def __init__(
@@ -351,8 +356,10 @@ class GatewayApp:
         store_calls: StoreCalls | None = None,
         websocket_limits: WebSocketLimits | None = None,
         changes: ChangeFeed | None = None,
+        secret_scanning: SecretScanning | None = None,
     ) -> None:
         self.settings = settings
+        self.secret_scanning = secret_scanning
         self.websocket_limits = websocket_limits or WebSocketLimits()
         self.changes = changes
         self.store_calls = store_calls or StoreCalls()
@@ -635,7 +642,11 @@ class GatewayApp:
         status = 500
         try:
             if raw_path.startswith(_RESERVED):
-                document = self.wellknown.lookup(method, raw_path.decode("latin-1"))
+                path = raw_path.decode("latin-1")
+                if self.secret_scanning is not None and self.secret_scanning.handles(path):
+                    status = await self.secret_scanning(scope, receive, send)
+                    return
+                document = self.wellknown.lookup(method, path)
                 status = await _respond(send, (document.status, document.headers, document.body))
                 return
             if method.upper() in _REFUSED_METHODS:
@@ -861,6 +872,7 @@ def build_gateway(
     clock: Callable[[], float] = time.time,
     cluster: ClusterSettings | None = None,
     websocket_limits: WebSocketLimits | None = None,
+    secret_scanning: SecretScanningSettings | None = None,
 ) -> GatewayApp:
     """The gateway over the store at ``db_url``: API keys, keyring, change watcher, all wired.
 
@@ -869,7 +881,8 @@ def build_gateway(
     newest schema (``keyswap db upgrade``). Call :meth:`GatewayApp.prepare` before serving to create
     the signing keys on first start. ``cluster`` adds what several nodes need (change push, scheduled
     rotation, shared rate limits, outage grace; :mod:`keyswap.gateway.cluster`); the defaults apply
-    without it.
+    without it. ``secret_scanning`` turns GitHub's leak reports on
+    (:mod:`keyswap.gateway.secretscanning`).
 
     Raises:
         ConfigError: bad settings, no usable server secret, a database set up with another secret, or
@@ -921,7 +934,17 @@ def build_gateway(
                 clock=clock,
             )
 
+        scanning = None
+        if secret_scanning is not None:
+            from keyswap.gateway.secretscanning import SecretScanning
+
+            scanning = SecretScanning(
+                secret_scanning, store=store, secret=secret, prefix=settings.key_prefix, clock=clock
+            )
+
         def close() -> None:
+            if scanning is not None:
+                scanning.close()
             try:
                 api_keys.flush_last_used(force=True)
             except Exception as exc:
@@ -940,6 +963,7 @@ def build_gateway(
             store_calls=StoreCalls(cluster.db_timeout),
             websocket_limits=websocket_limits,
             changes=ChangeFeed(store),
+            secret_scanning=scanning,
         )
     except BaseException:
         store.close()

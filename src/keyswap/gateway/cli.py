@@ -85,6 +85,7 @@ if TYPE_CHECKING:
     from keyswap.gateway.app import GatewayApp
     from keyswap.gateway.cluster import ClusterSettings
     from keyswap.gateway.ratelimit import Rate
+    from keyswap.gateway.secretscanning import SecretScanningSettings
     from keyswap.manage.context import Context
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -402,6 +403,7 @@ def _consumer_json(consumer: Consumer) -> dict[str, Any]:
         "rate_limit": consumer.rate_limit,
         "scopes": list(consumer.scopes),
         "max_connections": consumer.max_connections,
+        "leak_policy": consumer.leak_policy,
     }
 
 
@@ -597,6 +599,28 @@ def consumers_set_limit(
         click.echo(f"Consumer '{consumer.name}' may make {value} (requests/window).")
 
 
+@consumers.command("set-leak-policy")
+@click.argument("name")
+@click.argument("policy", type=click.Choice(["revoke", "roll", "notify", "default"]))
+@json_option
+@db_option
+@handle_errors
+def consumers_set_leak_policy(name: str, policy: str, as_json: bool, db_url: str | None) -> None:
+    """What happens when a key of consumer NAME is found in public: revoke it, roll it (a new key
+    delivered only by the consumer's webhook), notify only, or the gateway's default (--leak-policy).
+    """
+    from keyswap.manage.leaks import parse_policy, set_leak_policy
+
+    with open_store(db_url, existing=True) as store:
+        consumer = set_leak_policy(manage_context(store), name, parse_policy(policy))
+    if as_json:
+        _print_json(_consumer_json(consumer))
+    else:
+        click.echo(
+            f"Leak policy of consumer '{consumer.name}': {consumer.leak_policy or 'default'}."
+        )
+
+
 @consumers.command("delete")
 @click.argument("name")
 @click.option(
@@ -779,6 +803,137 @@ def keys_list(consumer: str | None, as_json: bool, db_url: str | None) -> None:
         ],
         rows,
     )
+
+
+@keys.command("scan")
+@click.argument("source", metavar="[PATH|-]", default="-")
+@click.option(
+    "--apply",
+    "apply_policy",
+    is_flag=True,
+    help="Do it: apply each key's leak policy (audited as actor scan:<user>).",
+)
+@click.option(
+    "--url",
+    "base_url",
+    metavar="URL",
+    default=None,
+    help="Where the scanned content is public (recorded instead of PATH:LINE for plain text).",
+)
+@click.option(
+    "--leak-policy",
+    envvar="KEYSWAP_LEAK_POLICY",
+    type=click.Choice(["revoke", "roll", "notify"]),
+    default="revoke",
+    show_default=True,
+    help="The policy of consumers without their own (as the gateway's --leak-policy). "
+    "$KEYSWAP_LEAK_POLICY.",
+)
+@json_option
+@key_prefix_option
+@db_option
+@secret_file_option
+@handle_errors
+def keys_scan(
+    source: str,
+    apply_policy: bool,
+    base_url: str | None,
+    leak_policy: str,
+    as_json: bool,
+    key_prefix: str,
+    db_url: str | None,
+    secret_file: str | None,
+) -> None:
+    """Find keyswap keys in PATH (or stdin): plain text, or a gitleaks / TruffleHog JSON report.
+
+    Prints, for each key found, its consumer, key id and what its leak policy would do; --apply does
+    it. Never prints a key (only its hint).
+    """
+    from keyswap.gateway.leakscan import find_keys
+    from keyswap.manage.context import Context, audit_retention_from_env
+    from keyswap.manage.leaks import Finding, assess, report_leaks
+
+    if source == "-":
+        text = sys.stdin.read()
+        name = "stdin"
+    else:
+        with open(source, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+        name = source
+    findings = find_keys(text, name=name, prefix=key_prefix)
+    if base_url:
+        findings = [
+            Finding(f.token, base_url if f.token_type == _TEXT else f.url, f.token_type)
+            for f in findings
+        ]
+    with open_store(db_url, existing=True) as store:
+        secret = open_secret(store, secret_file)
+        if apply_policy:
+            ctx = Context(store, Actor.scan(), audit_retention=audit_retention_from_env())
+            outcomes = report_leaks(
+                ctx, secret, findings, source="scan", prefix=key_prefix, default_policy=leak_policy
+            )
+        else:
+            outcomes = assess(
+                manage_context(store),
+                secret,
+                findings,
+                prefix=key_prefix,
+                default_policy=leak_policy,
+            )
+    rows: list[dict[str, Any]] = []
+    for outcome in outcomes:
+        token = outcome.finding.token
+        rows.append(
+            {
+                "found_at": outcome.finding.url,
+                "consumer": outcome.consumer,
+                "key_id": outcome.key_id,
+                "hint": outcome.hint or f"{token.split('_', 1)[0]}_...{token[-4:]}",
+                "status": outcome.status or "unknown",
+                "label": outcome.label,
+                "action": outcome.action,
+                "replay": outcome.replay,
+                "new_key_id": outcome.new_key_id,
+                "applied": apply_policy,
+            }
+        )
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        click.echo("No keyswap keys found.")
+        return
+    _print_table(
+        ["FOUND_AT", "CONSUMER", "KEY_ID", "HINT", "STATUS", "ACTION"],
+        [
+            [
+                row["found_at"],
+                row["consumer"],
+                row["key_id"],
+                row["hint"],
+                row["status"],
+                _scan_action(row),
+            ]
+            for row in rows
+        ],
+    )
+    if not apply_policy and any(row["action"] not in ("none",) for row in rows):
+        click.echo("Nothing was changed: run again with --apply to do it.")
+
+
+_TEXT = "text"  # the token type of plain-text findings (keyswap.gateway.leakscan)
+
+
+def _scan_action(row: dict[str, Any]) -> str:
+    action = str(row["action"])
+    if action == "none":
+        return "none (not a live key)"
+    if row["replay"]:
+        return f"{action} (already done)"
+    if not row["applied"]:
+        return f"would {action}"
+    return action + (f" -> {row['new_key_id']}" if row["new_key_id"] else "")
 
 
 @keys.command("revoke")
@@ -1095,6 +1250,29 @@ def db_status(as_json: bool, db_url: str | None) -> None:
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
+def _secret_scanning_settings(
+    mode: str, keys_url: str | None, webhook_secret_file: str | None, policy: str
+) -> SecretScanningSettings | None:
+    """The ``--secret-scanning`` settings (``None``: off).
+
+    Raises:
+        ConfigError: a bad URL, policy or webhook secret.
+    """
+    if mode != "github":
+        return None
+    from keyswap.gateway.secretscanning import (
+        GITHUB_KEYS_URL,
+        SecretScanningSettings,
+        load_webhook_secret,
+    )
+
+    return SecretScanningSettings(
+        keys_url=(keys_url or "").strip() or GITHUB_KEYS_URL,
+        policy=policy,
+        webhook_secret=load_webhook_secret(webhook_secret_file, os.environ),
+    )
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
@@ -1347,6 +1525,43 @@ def _url_host(host: str) -> str:
     "$KEYSWAP_WEBSOCKET_MAX_LIFETIME.",
 )
 @click.option(
+    "--secret-scanning",
+    "secret_scanning",
+    envvar="KEYSWAP_SECRET_SCANNING",
+    type=click.Choice(["off", "github"]),
+    default="off",
+    show_default=True,
+    help="Answer GitHub's secret scanning reports at <public-url>/__keyswap/secret-scanning/github "
+    "(docs/leaked-keys.md). $KEYSWAP_SECRET_SCANNING.",
+)
+@click.option(
+    "--secret-scanning-keys-url",
+    envvar="KEYSWAP_SECRET_SCANNING_KEYS_URL",
+    metavar="URL",
+    default=None,
+    help="GitHub's published secret scanning public keys "
+    "(default https://api.github.com/meta/public_keys/secret_scanning). "
+    "$KEYSWAP_SECRET_SCANNING_KEYS_URL.",
+)
+@click.option(
+    "--secret-scanning-webhook-secret-file",
+    envvar="KEYSWAP_SECRET_SCANNING_WEBHOOK_SECRET_FILE",
+    metavar="PATH",
+    default=None,
+    help="Also accept GitHub's secret_scanning_alert webhook (custom patterns) at "
+    "<public-url>/__keyswap/secret-scanning/github/alerts, signed with the secret in this file "
+    "(or $KEYSWAP_SECRET_SCANNING_WEBHOOK_SECRET). $KEYSWAP_SECRET_SCANNING_WEBHOOK_SECRET_FILE.",
+)
+@click.option(
+    "--leak-policy",
+    envvar="KEYSWAP_LEAK_POLICY",
+    type=click.Choice(["revoke", "roll", "notify"]),
+    default="revoke",
+    show_default=True,
+    help="What happens to a key reported in public, for consumers without their own policy "
+    "(keyswap consumers set-leak-policy). $KEYSWAP_LEAK_POLICY.",
+)
+@click.option(
     "--webhooks/--no-webhooks",
     "webhooks",
     envvar="KEYSWAP_WEBHOOKS",
@@ -1390,6 +1605,10 @@ def gateway(
     drain_timeout: float,
     websocket_idle_timeout: float,
     websocket_max_lifetime: float,
+    secret_scanning: str,
+    secret_scanning_keys_url: str | None,
+    secret_scanning_webhook_secret_file: str | None,
+    leak_policy: str,
     webhooks: bool,
     key_prefix: str,
     db_url: str | None,
@@ -1445,6 +1664,12 @@ def gateway(
             outage_grace=outage_grace,
             db_timeout=db_timeout,
         )
+        scanning = _secret_scanning_settings(
+            secret_scanning,
+            secret_scanning_keys_url,
+            secret_scanning_webhook_secret_file,
+            leak_policy,
+        )
     except ConfigError as exc:  # a bad flag or variable value: a usage error
         raise OneLineUsageError(exc.reason) from None
     url = check_db_location(db_url)
@@ -1459,6 +1684,7 @@ def gateway(
                 secret_file=secret_file,
                 cluster=cluster,
                 websocket_limits=websocket_limits,
+                secret_scanning=scanning,
             )
             app.prepare()
             guard.started()
@@ -1500,6 +1726,7 @@ def gateway(
             secret_file=secret_file,
             cluster=cluster,
             websocket_limits=websocket_limits,
+            secret_scanning=scanning,
         )
         served.prepare()
         return serve(served, on_ready)

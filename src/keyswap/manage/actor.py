@@ -9,8 +9,10 @@ from dataclasses import dataclass
 __all__ = ["ACTOR_KINDS", "Actor"]
 
 #: ``token``: an admin token (by name); ``oidc``: a subject from the identity provider; ``cli``: the
-#: command line (the OS user); ``system``: an automatic action (scheduled signing-key rotation).
-ACTOR_KINDS = ("token", "oidc", "cli", "system")
+#: command line (the OS user); ``system``: an automatic action (scheduled signing-key rotation);
+#: ``secret-scanning``: a leak report from a secret scanning service (``secret-scanning:github``);
+#: ``scan``: ``keyswap keys scan --apply`` (the OS user).
+ACTOR_KINDS = ("token", "oidc", "cli", "system", "secret-scanning", "scan")
 
 _PRINTABLE = re.compile(r"[^\x21-\x7e]")
 
@@ -28,7 +30,8 @@ class Actor:
     """Who acts (``kind``, one of :data:`ACTOR_KINDS`, and ``name``), with the request id and client
     address of the request that carried the change, where there is one.
 
-    Build one with :meth:`cli`, :meth:`system`, :meth:`admin_token` or :meth:`oidc`.
+    Build one with :meth:`cli`, :meth:`system`, :meth:`admin_token`, :meth:`oidc`,
+    :meth:`secret_scanning` or :meth:`scan`.
     """
 
     kind: str
@@ -64,6 +67,23 @@ class Actor:
     ) -> Actor:
         """A request authenticated with an OIDC token of ``subject``."""
         return cls("oidc", _clean(subject, 255) or "", _clean(request_id, 128), _clean(client, 64))
+
+    @classmethod
+    def secret_scanning(
+        cls, service: str, *, request_id: str | None = None, client: str | None = None
+    ) -> Actor:
+        """A leak report from a secret scanning ``service`` (``github``), verified by its signature."""
+        return cls(
+            "secret-scanning",
+            _clean(service, 255) or "",
+            _clean(request_id, 128),
+            _clean(client, 64),
+        )
+
+    @classmethod
+    def scan(cls, user: str | None = None) -> Actor:
+        """``keyswap keys scan --apply`` run by the OS user ``user`` (default: the current one)."""
+        return cls("scan", cls.cli(user).name)
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}" if self.name else self.kind

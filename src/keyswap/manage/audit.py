@@ -28,6 +28,8 @@ __all__ = [
     "SECRET_FIELDS",
     "AuditPage",
     "AuditQuery",
+    "audit_record",
+    "audit_retention",
     "list_events",
     "record_event",
     "recording",
@@ -62,6 +64,23 @@ def _record(
 
 def _retention(ctx: Context) -> float | None:
     return ctx.audit_retention if ctx.audit_retention > 0 else None
+
+
+def audit_record(
+    ctx: Context, action: str, target: str, changes: Mapping[str, Any] | None = None
+) -> AuditRecord:
+    """The event of ``action`` by ``ctx.actor`` now, for a store method that writes several events in
+    one transaction (a batch of leak reports); :func:`recording` otherwise.
+
+    Raises:
+        ValueError: a changed field's name is one of :data:`SECRET_FIELDS` (a programming error).
+    """
+    return _record(ctx, action, target, changes)
+
+
+def audit_retention(ctx: Context) -> float | None:
+    """Seconds of audit events kept (``None``: every event), for pruning in that transaction."""
+    return _retention(ctx)
 
 
 def record_event(

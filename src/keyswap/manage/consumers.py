@@ -12,6 +12,7 @@ from keyswap.manage.context import Context
 from keyswap.store.models import (
     Consumer,
     validate_consumer_name,
+    validate_leak_policy,
     validate_max_connections,
     validate_metadata,
     validate_rate_limit,
@@ -50,12 +51,14 @@ class NewConsumer:
 class ConsumerUpdate:
     """Fields to change; :data:`KEEP` leaves one as it is. ``rate_limit``: ``None`` (the gateway's
     default), ``"unlimited"`` or ``"<n>/<seconds>s"``; ``max_connections``: ``None`` (the gateway's
-    default) or 1-10000."""
+    default) or 1-10000; ``leak_policy``: ``None`` (the deployment's), ``revoke``, ``roll`` or
+    ``notify`` (:mod:`keyswap.manage.leaks`)."""
 
     metadata: Mapping[str, Any] | Keep = KEEP
     scopes: tuple[str, ...] | Keep = KEEP
     rate_limit: str | Keep | None = KEEP
     max_connections: int | Keep | None = KEEP
+    leak_policy: str | Keep | None = KEEP
 
     def changed(self) -> dict[str, Any]:
         """The fields given, by name (validated)."""
@@ -68,6 +71,8 @@ class ConsumerUpdate:
             fields["rate_limit"] = validate_rate_limit(self.rate_limit)
         if not isinstance(self.max_connections, Keep):
             fields["max_connections"] = validate_max_connections(self.max_connections)
+        if not isinstance(self.leak_policy, Keep):
+            fields["leak_policy"] = validate_leak_policy(self.leak_policy)
         return fields
 
 
@@ -162,6 +167,7 @@ def update_consumer(ctx: Context, name: str, update: ConsumerUpdate) -> Consumer
             scopes=update.scopes,
             rate_limit=update.rate_limit,
             max_connections=update.max_connections,
+            leak_policy=update.leak_policy,
         )
 
 

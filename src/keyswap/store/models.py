@@ -12,6 +12,7 @@ from typing import Any
 from keyswap.errors import InvalidInput
 
 __all__ = [
+    "LEAK_POLICIES",
     "MAX_METADATA_BYTES",
     "MAX_RATE_REQUESTS",
     "MAX_RATE_WINDOW",
@@ -23,6 +24,7 @@ __all__ = [
     "ApiKeyRecord",
     "AuditRecord",
     "Consumer",
+    "KeyLeak",
     "SigningKeyRecord",
     "effective_scopes",
     "format_scopes",
@@ -30,6 +32,7 @@ __all__ = [
     "parse_scopes",
     "serialize_metadata",
     "validate_consumer_name",
+    "validate_leak_policy",
     "validate_max_connections",
     "validate_metadata",
     "validate_rate_limit",
@@ -74,6 +77,8 @@ class Consumer:
     rate_limit: str | None = None
     scopes: tuple[str, ...] = ()
     max_connections: int | None = None
+    #: What happens when one of its keys is found in public (``None``: the deployment's policy).
+    leak_policy: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +217,40 @@ def validate_rate_limit(value: str | None) -> str | None:
 
 #: Most requests in flight one consumer may be allowed (``keyswap consumers set-limit --connections``).
 MAX_CONSUMER_CONNECTIONS = 10_000
+
+
+#: What may happen to a key found in public: revoke it, roll it (revoke + a new key delivered by
+#: webhook), or only tell the consumer.
+LEAK_POLICIES = ("revoke", "roll", "notify")
+
+
+def validate_leak_policy(value: str | None) -> str | None:
+    """Return a leak policy if it is ``None`` (the deployment's) or one of :data:`LEAK_POLICIES`.
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in LEAK_POLICIES:
+        raise InvalidInput("a leak policy is one of revoke, roll, notify or 'default'")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLeak:
+    """A report that a key was found in public: where (``url``), by whom (``source``), when, what the
+    policy did (``revoke``, ``roll``, ``notify``, or ``none`` when the key was no longer live) and, for
+    a roll, the replacement key's id."""
+
+    id: int
+    key_id: str
+    consumer_id: int
+    reported_at: float
+    source: str
+    url: str
+    action: str
+    new_key_id: str | None = None
 
 
 def validate_max_connections(value: int | None) -> int | None:

@@ -21,6 +21,7 @@ __all__ = [
     "audit_events",
     "changes",
     "consumers",
+    "key_leaks",
     "meta",
     "metadata",
     "signing_keys",
@@ -29,8 +30,8 @@ __all__ = [
     "webhook_events",
 ]
 
-#: The number of the latest migration (``0007``): what ``meta.schema_version`` says after an upgrade.
-SCHEMA_VERSION = 7
+#: The number of the latest migration (``0011``): what ``meta.schema_version`` says after an upgrade.
+SCHEMA_VERSION = 11
 
 metadata = sa.MetaData(
     naming_convention={
@@ -66,6 +67,8 @@ consumers = sa.Table(
     sa.Column("scopes", sa.Text, nullable=True),
     # NULL: the gateway's default (--max-connections-per-consumer); else requests in flight at once.
     sa.Column("max_connections", sa.Integer, nullable=True),
+    # NULL: the deployment's leak policy (--leak-policy); else revoke | roll | notify.
+    sa.Column("leak_policy", sa.String(16), nullable=True),
 )
 
 api_keys = sa.Table(
@@ -231,4 +234,21 @@ webhook_attempts = sa.Table(
     sa.Column("duration", _TIME, nullable=False),
     sa.Column("next_retry_at", _TIME, nullable=True),
     sa.Column("response_excerpt", sa.String(256), nullable=True),
+)
+
+# Keys reported as found in public (GitHub secret scanning, ``keyswap keys scan --apply``): one row per
+# (key, place) report, so a replayed report changes nothing. ``fingerprint``: SHA-256 hex of the key id
+# and the URL; ``action``: what the policy did (revoke | roll | notify | none: already revoked).
+key_leaks = sa.Table(
+    "key_leaks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),
+    sa.Column("key_id", sa.String(32), nullable=False, index=True),
+    sa.Column("consumer_id", sa.Integer, nullable=False),
+    sa.Column("reported_at", _TIME, nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("new_key_id", sa.String(32), nullable=True),
 )

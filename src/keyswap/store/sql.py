@@ -27,19 +27,20 @@ so the CLI can write while a gateway reads.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -54,9 +55,11 @@ from keyswap.store.models import (
     ApiKeyRecord,
     AuditRecord,
     Consumer,
+    KeyLeak,
     SigningKeyRecord,
     format_scopes,
     validate_consumer_name,
+    validate_leak_policy,
     validate_max_connections,
     validate_metadata,
     validate_rate_limit,
@@ -68,12 +71,22 @@ from keyswap.store.schema import (
     audit_events,
     changes,
     consumers,
+    key_leaks,
     meta,
     signing_keys,
 )
 from keyswap.store.urls import display_url, is_postgres, normalize_database_url, sqlite_file
 
-__all__ = ["KEEP", "NOTIFY_CHANNEL", "Change", "CreateMode", "Keep", "SchemaMode", "Store"]
+__all__ = [
+    "KEEP",
+    "NOTIFY_CHANNEL",
+    "Change",
+    "CreateMode",
+    "Keep",
+    "LeakWrite",
+    "SchemaMode",
+    "Store",
+]
 
 log = logging.getLogger("keyswap.store")
 
@@ -583,6 +596,7 @@ class Store:
         rate_limit: str | Keep | None = KEEP,
         max_connections: int | Keep | None = KEEP,
         scopes: Iterable[str] | Keep = KEEP,
+        leak_policy: str | Keep | None = KEEP,
     ) -> Consumer:
         """Change several fields of a consumer in one transaction (:data:`KEEP`: leave it as it is).
 
@@ -599,6 +613,8 @@ class Store:
             values["max_connections"] = validate_max_connections(max_connections)
         if not isinstance(scopes, Keep):
             values["scopes"] = _stored(validate_scopes(scopes))
+        if not isinstance(leak_policy, Keep):
+            values["leak_policy"] = validate_leak_policy(leak_policy)
         if not values:
             consumer = self.get_consumer(name)
             if consumer is None:
@@ -846,6 +862,114 @@ class Store:
             raise AlreadyExists("key id or digest collision") from None
         by_id = {row.id: _key(row) for row in rows}
         return by_id[old_id], by_id[new_key_id]
+
+    def find_api_keys(
+        self, digests: Iterable[bytes], *, batch: int = 500
+    ) -> dict[bytes, tuple[ApiKeyRecord, Consumer]]:
+        """The keys with these HMAC digests and their consumers, by digest (unknown ones are left
+        out): one query per ``batch`` digests, in one read transaction (a leak report's lookup)."""
+        wanted = list(dict.fromkeys(digests))
+        found: dict[bytes, tuple[ApiKeyRecord, Consumer]] = {}
+        if not wanted:
+            return found
+        with self._reading() as conn:
+            for start in range(0, len(wanted), batch):
+                chunk = wanted[start : start + batch]
+                query = _key_with_consumer_select().where(api_keys.c.digest.in_(chunk))
+                for row in conn.execute(query):
+                    found[bytes(row.digest)] = (_key(row), _key_consumer(row))
+        return found
+
+    def key_leaks(self, fingerprints: Iterable[str]) -> dict[str, KeyLeak]:
+        """The leak reports with these fingerprints, by fingerprint (what a replay finds)."""
+        wanted = list(dict.fromkeys(fingerprints))
+        found: dict[str, KeyLeak] = {}
+        with self._reading() as conn:
+            for start in range(0, len(wanted), 500):
+                query = sa.select(key_leaks).where(
+                    key_leaks.c.fingerprint.in_(wanted[start : start + 500])
+                )
+                for row in conn.execute(query):
+                    found[row.fingerprint] = _key_leak(row)
+        return found
+
+    def leaks_of_key(self, key_id: str) -> list[KeyLeak]:
+        """Every leak report of one key, oldest first."""
+        query = sa.select(key_leaks).where(key_leaks.c.key_id == key_id).order_by(key_leaks.c.id)
+        with self._reading() as conn:
+            return [_key_leak(row) for row in conn.execute(query)]
+
+    def record_key_leaks(
+        self,
+        leaks: Sequence[LeakWrite],
+        *,
+        reported_at: float,
+        retention: float | None = None,
+    ) -> list[tuple[KeyLeak, bool]]:
+        """In one transaction: record leak reports and do what each ``action`` says to its key --
+        ``revoke`` and ``roll`` revoke it (``roll`` also adds ``new_key`` = (id, digest, hint) for the
+        same consumer, with the old key's own scopes, and marks the old key replaced by it);
+        ``notify`` changes no key. A key no longer live when its turn comes (revoked by an earlier
+        report in the batch) is left alone (action ``none``). Each recorded report also writes its
+        ``audit`` event (with ``new_key_id`` for a roll); ``retention`` prunes older events.
+
+        Returns, per report in order, ``(the report, True)``, or ``(the earlier report, False)`` when
+        one with its fingerprint exists (a replay: nothing changes; no revision bump if all are).
+
+        Raises:
+            NotFound: no such key (nothing is recorded).
+            AlreadyExists: a new key's id or digest is taken (nothing is recorded).
+        """
+        earlier = self.key_leaks(leak.fingerprint for leak in leaks)
+        results: list[tuple[KeyLeak, bool] | None] = [
+            (earlier[leak.fingerprint], False) if leak.fingerprint in earlier else None
+            for leak in leaks
+        ]
+        if all(result is not None for result in results):
+            return [result for result in results if result is not None]
+        pending = [(i, leak) for i, leak in enumerate(leaks) if results[i] is None]
+        try:
+            with self._writing() as conn:
+                recorded = _record_leaks(conn, [leak for _, leak in pending], reported_at)
+                for (index, _), outcome in zip(pending, recorded, strict=True):
+                    results[index] = outcome
+                audits = [
+                    (leak.audit, leak_record.new_key_id)
+                    for (_, leak), (leak_record, created) in zip(pending, recorded, strict=True)
+                    if created and leak.audit is not None
+                ]
+                if audits:
+                    conn.execute(
+                        sa.insert(audit_events),
+                        [
+                            _audit_values(record, {"new_key_id": new} if new else {})
+                            for record, new in audits
+                        ],
+                    )
+                    if retention:
+                        oldest = audits[0][0].at - retention
+                        conn.execute(sa.delete(audit_events).where(audit_events.c.at < oldest))
+                refs = [
+                    ref
+                    for leak_record, created in recorded
+                    if created
+                    for ref in (leak_record.key_id, leak_record.new_key_id)
+                    if ref is not None
+                ]
+                self._log_change(conn, "key", *dict.fromkeys(refs or [pending[0][1].key_id]))
+        except IntegrityError:
+            if len(leaks) > 1:  # another node recorded one of them meanwhile: one at a time
+                out: list[tuple[KeyLeak, bool]] = []
+                for leak in leaks:
+                    out.extend(
+                        self.record_key_leaks([leak], reported_at=reported_at, retention=retention)
+                    )
+                return out
+            again = self.key_leaks([leaks[0].fingerprint]).get(leaks[0].fingerprint)
+            if again is not None:
+                return [(again, False)]
+            raise AlreadyExists("key id or digest collision") from None
+        return [result for result in results if result is not None]
 
     def touch_api_keys(self, last_used: Mapping[str, float]) -> None:
         """Record last-used times in one batch (never moves a time backwards; no revision bump)."""
@@ -1258,6 +1382,7 @@ def _key_with_consumer_select() -> sa.Select[Any]:
         consumers.c.created_at.label("consumer_created_at"),
         consumers.c.rate_limit.label("consumer_rate_limit"),
         consumers.c.max_connections.label("consumer_max_connections"),
+        consumers.c.leak_policy.label("consumer_leak_policy"),
         api_keys.c.digest,
     )
 
@@ -1276,6 +1401,7 @@ def _key_consumer(row: sa.Row[Any]) -> Consumer:
         rate_limit=row.consumer_rate_limit,
         scopes=_scopes(row.consumer_scopes) or (),
         max_connections=row.consumer_max_connections,
+        leak_policy=row.consumer_leak_policy,
     )
 
 
@@ -1318,6 +1444,147 @@ def _insert_key(
     )
 
 
+class LeakWrite(NamedTuple):
+    """One leak report to record (:meth:`Store.record_key_leaks`)."""
+
+    fingerprint: str
+    key_id: str
+    source: str
+    url: str
+    action: str
+    new_key: tuple[str, bytes, str] | None = None  # (id, digest, hint) of a roll's new key
+    audit: AuditRecord | None = None
+
+
+def _record_leaks(
+    conn: Connection, leaks: Sequence[LeakWrite], reported_at: float
+) -> list[tuple[KeyLeak, bool]]:
+    """Record ``leaks`` (none of them recorded before) and act on their keys, in ``conn``'s
+    transaction: a few statements for the whole batch (executemany), one insert per new key."""
+    wanted = list(dict.fromkeys(leak.key_id for leak in leaks))
+    rows: dict[str, Any] = {}
+    for start in range(0, len(wanted), 500):
+        query = _key_select().where(api_keys.c.id.in_(wanted[start : start + 500]))
+        rows.update({row.id: row for row in conn.execute(query)})
+    missing = [key_id for key_id in wanted if key_id not in rows]
+    if missing:
+        raise NotFound(f"unknown key id '{missing[0]}'")
+    revoked: set[str] = set()
+    revoke_ids: list[str] = []
+    rolls: list[dict[str, Any]] = []
+    values: list[dict[str, Any]] = []
+    out: list[tuple[KeyLeak, bool]] = []
+    first: dict[str, KeyLeak] = {}
+    for leak in leaks:
+        if leak.fingerprint in first:  # the same report twice in one batch
+            out.append((first[leak.fingerprint], False))
+            continue
+        old = rows[leak.key_id]
+        action, new_key = leak.action, leak.new_key
+        live = (
+            old.revoked_at is None
+            and leak.key_id not in revoked
+            and (old.expires_at is None or old.expires_at > reported_at)
+        )
+        if action in ("revoke", "roll") and not live:
+            action, new_key = "none", None  # revoked by an earlier report
+        new_key_id = new_key[0] if action == "roll" and new_key is not None else None
+        if action in ("revoke", "roll"):
+            revoked.add(leak.key_id)
+            if new_key is not None and new_key_id is not None:
+                rolls.append({"b_id": leak.key_id, "b_new": new_key_id})
+                _insert_key(
+                    conn,
+                    old.consumer_id,
+                    new_key_id,
+                    new_key[1],
+                    new_key[2],
+                    reported_at,
+                    None,
+                    scopes=_scopes(old.scopes),
+                    within_consumer=False,
+                )
+            else:
+                revoke_ids.append(leak.key_id)
+        record = KeyLeak(
+            0, leak.key_id, old.consumer_id, reported_at, leak.source, leak.url, action, new_key_id
+        )
+        first[leak.fingerprint] = record
+        out.append((record, True))
+        values.append(
+            {
+                "fingerprint": leak.fingerprint,
+                "key_id": leak.key_id,
+                "consumer_id": old.consumer_id,
+                "reported_at": reported_at,
+                "source": leak.source,
+                "url": leak.url,
+                "action": action,
+                "new_key_id": new_key_id,
+            }
+        )
+    for start in range(0, len(revoke_ids), 500):
+        conn.execute(
+            sa.update(api_keys)
+            .where(
+                api_keys.c.id.in_(revoke_ids[start : start + 500]),
+                api_keys.c.revoked_at.is_(None),
+            )
+            .values(revoked_at=reported_at)
+        )
+    if rolls:
+        conn.execute(
+            sa.update(api_keys)
+            .where(api_keys.c.id == sa.bindparam("b_id"), api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=reported_at, replaced_by=sa.bindparam("b_new")),
+            rolls,
+        )
+    if values:
+        conn.execute(sa.insert(key_leaks), values)
+        fingerprints = [value["fingerprint"] for value in values]
+        ids: dict[str, int] = {}
+        for start in range(0, len(fingerprints), 500):
+            query = sa.select(key_leaks.c.fingerprint, key_leaks.c.id).where(
+                key_leaks.c.fingerprint.in_(fingerprints[start : start + 500])
+            )
+            ids.update({row.fingerprint: row.id for row in conn.execute(query)})
+        numbered = {
+            fingerprint: dataclasses.replace(record, id=ids[fingerprint])
+            for fingerprint, record in first.items()
+        }
+        out = [
+            (numbered[leak.fingerprint], created)
+            for leak, (_, created) in zip(leaks, out, strict=True)
+        ]
+    return out
+
+
+def _audit_values(record: AuditRecord, extra: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "at": record.at,
+        "actor_kind": record.actor_kind,
+        "actor_name": record.actor_name,
+        "action": record.action,
+        "target": record.target[:255],
+        "request_id": record.request_id,
+        "client": record.client,
+        "changes": {**record.changes, **extra},
+    }
+
+
+def _key_leak(row: sa.Row[Any]) -> KeyLeak:
+    return KeyLeak(
+        id=row.id,
+        key_id=row.key_id,
+        consumer_id=row.consumer_id,
+        reported_at=row.reported_at,
+        source=row.source,
+        url=row.url,
+        action=row.action,
+        new_key_id=row.new_key_id,
+    )
+
+
 def _consumer(row: sa.Row[Any]) -> Consumer:
     return Consumer(
         id=row.id,
@@ -1327,6 +1594,7 @@ def _consumer(row: sa.Row[Any]) -> Consumer:
         rate_limit=row.rate_limit,
         scopes=_scopes(row.scopes) or (),
         max_connections=row.max_connections,
+        leak_policy=row.leak_policy,
     )
 
 
