@@ -222,12 +222,160 @@ def _connect(port: int, token: str, *, deadline: float) -> http.client.HTTPConne
         time.sleep(0.5)
 
 
+# --- gateway: `keyswap gateway` under valgrind, one keep-alive client ------------------------------
+
+KEYSWAP = [str(Path(PYTHON).with_name("keyswap"))]
+GATEWAY_LEVELS = ("info", "warning")
+
+
+def _keyswap(*args: str) -> str:
+    proc = subprocess.run(
+        [*KEYSWAP, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"keyswap {' '.join(args[:2])} failed: {proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def _dump_totals(out: Path, keep: Path | None = None) -> dict[str, int]:
+    """Instructions per thread in the newest ``callgrind_control -d`` dump (``--separate-threads``:
+    one file per thread, ``out.N-TT``); the files are removed."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        dumps = sorted(out.parent.glob(out.name + ".*"))
+        if dumps:
+            time.sleep(0.5)  # every thread's file is written
+            dumps = sorted(out.parent.glob(out.name + ".*"))
+            totals: dict[str, int] = {}
+            for dump in dumps:
+                text = dump.read_text()
+                match = _TOTALS.search(text)
+                thread = dump.name.rsplit("-", 1)[-1]
+                totals[thread] = int(match.group(1)) if match else 0
+                if keep is not None:
+                    shutil.copy(dump, keep / f"{out.stem}-{thread}.cg")
+                dump.unlink()
+            return totals
+        time.sleep(0.2)
+    raise SystemExit(f"no callgrind dump appeared for {out}")
+
+
+def measure_gateway(
+    level: str, n: int, *, db: str, key: str, upstream_url: str, tmp: Path, keep: Path | None
+) -> dict[str, float]:
+    """Instructions per proxied request of ``keyswap gateway --log-level <level>`` (all threads),
+    per thread, and the idle background (change watcher polls, pool ticker) per second."""
+    port = free_port()
+    out = tmp / f"gateway-{level}.cg"
+    argv = [*KEYSWAP, "gateway", "--upstream", upstream_url, "--port", str(port), "--db", db]
+    argv += ["--log-level", level]
+    log = open(tmp / f"gateway-{level}.log", "wb")  # noqa: SIM115 - the child's stderr
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}",
+         *argv],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    try:
+        conn = _connect(port, key, deadline=time.monotonic() + 240)
+        headers = {"Authorization": f"Bearer {key}"}
+
+        def run(conn: http.client.HTTPConnection, count: int) -> None:
+            for _ in range(count):
+                conn.request("GET", "/", headers=headers)
+                response = conn.getresponse()
+                response.read()
+                if response.status != 200:
+                    raise SystemExit(f"gateway: HTTP {response.status}")
+
+        run(conn, max(100, n // 5))  # warm-up: caches, minted token, the access log's threads
+        time.sleep(1.0)
+        # The idle background first (change watcher polls the store every second, pool ticker).
+        _control("-z", proc.pid)
+        idle_start = time.monotonic()
+        time.sleep(3.0)
+        _control("-d", proc.pid)
+        idle_seconds = time.monotonic() - idle_start
+        idle = sum(_dump_totals(out).values()) / idle_seconds
+        conn.close()  # the keep-alive timeout may have closed it: a new one, warmed
+        conn = _connect(port, key, deadline=time.monotonic() + 60)
+        run(conn, 20)
+        _control("-z", proc.pid)
+        started = time.monotonic()
+        run(conn, n)
+        time.sleep(0.3)  # the last access-log batch (50 ms) is written
+        _control("-d", proc.pid)
+        elapsed = time.monotonic() - started
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+        threads = _dump_totals(out, keep)
+        result = {f"thread {t}": v / n for t, v in threads.items()}
+        result["total"] = sum(threads.values()) / n
+        result["idle per s"] = idle
+        result["background"] = idle * elapsed / n
+        result["net"] = result["total"] - result["background"]
+        result["seconds"] = elapsed
+        return result
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+
+
+def gateway_main(n: int, levels: list[str], keep: Path | None) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import Server, serve_argv
+
+    with tempfile.TemporaryDirectory(prefix="keyswap-cg-gw-") as tmp_name:
+        tmp = Path(tmp_name)
+        db = f"sqlite:///{tmp}/keyswap.db"
+        _keyswap("consumers", "create", "bench", "--db", db)
+        key = json.loads(_keyswap("keys", "create", "bench", "--json", "--db", db))["key"]
+        up_port = free_port()
+        upstream = Server("upstream", serve_argv("bare", up_port), log_dir=tmp)
+        upstream.start(f"http://{HOST}:{up_port}/")
+        try:
+            results = {
+                level: measure_gateway(
+                    level, n, db=db, key=key, upstream_url=f"http://{HOST}:{up_port}",
+                    tmp=tmp, keep=keep,
+                )
+                for level in levels
+            }
+        finally:
+            upstream.stop()
+    rows = []
+    for level, r in results.items():
+        threads = ", ".join(
+            f"{k.removeprefix('thread ')}: {fmt_int(v)}" for k, v in r.items() if k.startswith("thread")
+        )
+        rows.append(
+            [f"`--log-level {level}`", fmt_int(r["net"]), fmt_int(r["total"]),
+             fmt_int(r["background"]), threads]
+        )
+    print(
+        markdown_table(
+            ["keyswap gateway (one key, one keep-alive client)", "instructions/request",
+             "incl. background", "background", "per thread (incl.)"],
+            rows,
+        )
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer operations (a smoke run)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--gateway",
+        action="store_true",
+        help="only the gateway: keyswap gateway per proxied request, at each --levels",
+    )
+    parser.add_argument("--levels", default=",".join(GATEWAY_LEVELS), help="gateway log levels")
+    parser.add_argument("-n", type=int, help="operations per measurement")
+    parser.add_argument("--keep", type=Path, help="gateway: keep the callgrind dumps in this folder")
     args = parser.parse_args()
     if args.child:
         _child(args.child)
@@ -235,7 +383,19 @@ def main() -> int:
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not on PATH (Debian: apt-get install valgrind)")
-    n = 200 if args.quick else 2000
+    if args.gateway:
+        n = args.n or (100 if args.quick else 1000)
+        print_header(
+            "Gateway instructions per request (callgrind)",
+            f"valgrind --tool=callgrind --separate-threads=yes on `keyswap gateway` (SQLite, one "
+            f"consumer and key, upstream: the bare uvicorn app outside valgrind); one keep-alive "
+            f"client, counters zeroed after a warm-up, then {n} requests; the background (change "
+            "watcher polls, pool ticker: measured idle for 3 s) is subtracted pro rata.",
+            tools=("valgrind",),
+        )
+        gateway_main(n, [lv for lv in args.levels.split(",") if lv], args.keep)
+        return 0
+    n = args.n or (200 if args.quick else 2000)
     print_header(
         "Instructions per operation (callgrind)",
         f"valgrind --tool=callgrind; counters zeroed after set-up and warm-up, then {n} operations "

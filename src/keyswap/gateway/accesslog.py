@@ -9,11 +9,14 @@ Fields are also attached to the record (``extra``) as ``method``, ``path``, ``st
 query may carry secrets), truncated to 512 characters, with non-printable characters escaped. Neither
 the API key nor the minted JWT is ever passed to the logger: refused requests log ``consumer=-``.
 
-Cost on the request path: one ``isEnabledFor`` check and, when INFO is on, appending a tuple to a
-queue. Every ``interval`` seconds (50 ms) while lines come, the event loop turns the queue into one
-batch, with each request's own time as its time: for a plain stream or file handler with the
-gateway's format (:data:`GATEWAY_FORMAT`) the lines are built directly (no LogRecord, no Formatter),
-other handlers get records as usual. A thread (``keyswap-access-log``) writes each batch in one write
+Cost on the request path: one ``isEnabledFor`` check and, when INFO is on, one ``perf_counter``
+call and appending a tuple to a queue (the request's fields, its start and its end). Every
+``interval`` seconds (50 ms) while lines come, the event loop turns the queue into one batch, with
+each request's own time as its time (its end on ``perf_counter``, turned into wall-clock time once
+per batch): for a plain stream or file handler with the gateway's format (:data:`GATEWAY_FORMAT`)
+the lines are built directly (no LogRecord, no Formatter; what a line says before its latency is
+built once per batch for each distinct request: one key's traffic formats it once), other handlers
+get records as usual. A thread (``keyswap-access-log``) writes each batch in one write
 and one flush instead of one per line, so a slow pipe never blocks the loop (building the batch on the
 loop, not on that thread, avoids the thread holding the GIL while the loop waits). Called outside an
 event loop, the thread also builds the batches. Lines therefore
@@ -37,7 +40,14 @@ __all__ = ["ACCESS_LOGGER", "AccessLog"]
 ACCESS_LOGGER = "keyswap.access"
 _MAX_PATH = 512
 _FORMAT = "%s %s %d consumer=%s key_id=%s %.2fms"
-_Line = tuple[str, bytes, int, "str | None", "str | None", float, float]
+# _FORMAT as GATEWAY_FORMAT writes it, in two parts: the request's, then the time and the latency.
+_MIDDLE = " INFO %s: %s %s %d consumer=%s key_id=%s "
+_END = "%s,%03d%s%.2fms\n"
+_perf_counter = time.perf_counter
+#: What a request logs: method, raw path, status, consumer, key id.
+_Fields = tuple[str, bytes, int, "str | None", "str | None"]
+#: One queued line: the request's fields, its start and its end (``time.perf_counter()``).
+_Line = tuple[_Fields, float, float]
 
 
 def _printable(raw_path: bytes) -> str:
@@ -126,12 +136,11 @@ class AccessLog:
         """Queue one request's line; ``started`` is the ``time.perf_counter()`` value at its start."""
         if not self._logger.isEnabledFor(logging.INFO):
             return
-        latency_ms = (time.perf_counter() - started) * 1000.0
         pending = self._pending
         if len(pending) >= self._max_pending:
             self._dropped += 1
             return
-        pending.append((method, raw_path, status, consumer, key_id, latency_ms, time.time()))
+        pending.append(((method, raw_path, status, consumer, key_id), started, _perf_counter()))
         if not self._scheduled:
             self._schedule()
 
@@ -211,20 +220,21 @@ class AccessLog:
         pending = self._pending
         if not pending:
             return 0
-        lines: list[_Line] = []
-        while pending:
-            lines.append(pending.popleft())
+        take = pending.popleft
+        lines: list[_Line] = [take() for _ in range(len(pending))]
+        # perf_counter -> wall clock, once per batch (the lines are at most `interval` old)
+        offset = time.time() - _perf_counter()
         logger = self._logger
         handlers = [h for h in _handlers(logger) if h.level <= logging.INFO]
         fast = [] if logger.filters else [h for h in handlers if _plain(h)]
         others = [h for h in handlers if h not in fast]
         if fast:  # the gateway's own format: the line is built directly, no record, no Formatter
-            text = "".join(self._line(logger.name, *line) for line in lines)
+            text = self._text(logger.name, lines, offset)
             for handler in fast:
                 self._hand(handler, text, defer)
         batched: dict[logging.Handler, list[str]] = {}
-        for method, raw_path, status, consumer, key_id, latency_ms, at in lines if others else ():
-            record = self._record(method, raw_path, status, consumer, key_id, latency_ms, at)
+        for fields, started, ended in lines if others else ():
+            record = self._record(*fields, (ended - started) * 1000.0, ended + offset)
             if logger.filters and not logger.filter(record):
                 continue
             for handler in others:
@@ -245,30 +255,34 @@ class AccessLog:
             )
         return len(lines)
 
-    def _line(
-        self,
-        name: str,
-        method: str,
-        raw_path: bytes,
-        status: int,
-        consumer: str | None,
-        key_id: str | None,
-        latency_ms: float,
-        at: float,
-    ) -> str:
-        second = int(at)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        message = _FORMAT % (
-            method,
-            _printable(raw_path),
-            status,
-            consumer or "-",
-            key_id or "-",
-            latency_ms,
-        )
-        return f"{self._stamp},{int((at - second) * 1000):03d} INFO {name}: {message}\n"
+    def _text(self, name: str, lines: list[_Line], offset: float) -> str:
+        """The batch's lines as :data:`GATEWAY_FORMAT` writes them (``offset``: wall clock minus
+        ``perf_counter``). The part between the time and the latency is formatted once per distinct
+        request in the batch."""
+        middles: dict[_Fields, str] = {}
+        second, stamp = self._second, self._stamp
+        out: list[str] = []
+        add = out.append
+        for fields, started, ended in lines:
+            middle = middles.get(fields)
+            if middle is None:
+                method, raw_path, status, consumer, key_id = fields
+                middle = middles[fields] = _MIDDLE % (
+                    name,
+                    method,
+                    _printable(raw_path),
+                    status,
+                    consumer or "-",
+                    key_id or "-",
+                )
+            at = ended + offset
+            whole = int(at)
+            if whole != second:
+                second = whole
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(whole))
+            add(_END % (stamp, int((at - whole) * 1000), middle, (ended - started) * 1000.0))
+        self._second, self._stamp = second, stamp
+        return "".join(out)
 
     def _record(
         self,
