@@ -87,6 +87,7 @@ def test_minted_token_verifies_with_pyjwt_and_carries_every_claim(alg: str) -> N
         options={"verify_exp": False, "verify_iat": False},
     )
     assert _header(minted.token) == {"alg": alg, "kid": "k1", "typ": "JWT"}
+    assert minted.header == b"Bearer " + minted.token.encode("ascii")
     assert claims["sub"] == "acme"
     assert claims["iat"] == 1_700_000_000
     assert claims["exp"] == claims["iat"] + 300

@@ -471,6 +471,9 @@ def test_forwarded_headers_hide_their_values_when_printed() -> None:
     assert headers.getall("authorization") == ["Bearer replaced"]
     assert "secret" not in repr(headers)
     assert "replaced" not in repr(headers)
+    headers.set(b"authorization", b"Bearer raw")  # the app's form: bytes, name lower-case
+    assert headers.getall("authorization") == ["Bearer raw"]
+    assert [n for n, _ in headers.items].count(b"authorization") == 1
 
 
 def test_a_request_head_over_the_header_count_or_size_limit_is_refused() -> None:

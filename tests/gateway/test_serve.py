@@ -266,3 +266,56 @@ def test_a_connection_opened_before_sigterm_still_gets_its_request_answered(
         assert exit_code(gateway) == 0
     finally:
         gateway.stop()
+
+
+class _Cycle:
+    """Like uvicorn's request cycle: ``send`` is its bound method, ``response_started`` its flag."""
+
+    def __init__(self) -> None:
+        self.response_started = False
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.response_started = True
+        self.sent.append(message)
+
+
+async def _cut_after_drain(*, start_response: bool, uvicorn_like: bool) -> list[dict[str, Any]]:
+    from keyswap.gateway.serve import DrainGuard
+
+    sent: list[dict[str, Any]] = []
+
+    async def plain_send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    cycle = _Cycle()
+    send = cycle.send if uvicorn_like else plain_send
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if start_response:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(30)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    guard = DrainGuard(app, drain_timeout=0.01)
+    task = asyncio.ensure_future(guard({"type": "http"}, receive, send))
+    await asyncio.sleep(0.01)
+    guard.cut = True
+    task.cancel()
+    await task
+    return cycle.sent if uvicorn_like else sent
+
+
+@pytest.mark.parametrize("uvicorn_like", [True, False])
+def test_a_request_cut_at_the_drain_timeout_is_answered_503_unless_its_response_started(
+    uvicorn_like: bool,
+) -> None:
+    # uvicorn's send tells whether the response started (no wrapper); any other send is wrapped
+    cut = asyncio.run(_cut_after_drain(start_response=False, uvicorn_like=uvicorn_like))
+    assert [m.get("status") for m in cut] == [503, None]
+    assert cut[1]["body"] == b"Service unavailable"
+    streaming = asyncio.run(_cut_after_drain(start_response=True, uvicorn_like=uvicorn_like))
+    assert [m.get("status") for m in streaming] == [200]

@@ -680,7 +680,7 @@ class GatewayApp:
                 status = await _respond(send, BAD_REQUEST)
                 return
             try:
-                token = self.minter.token_for(principal).token
+                minted = self.minter.token_for(principal)
             except (KeysUnavailable, ConfigError) as exc:
                 logger.error("cannot mint a token: %s", exc.reason)
                 status = await _respond(send, UNAVAILABLE)
@@ -696,7 +696,7 @@ class GatewayApp:
             except HeadersTooLarge:
                 status = await _respond(send, HEADERS_TOO_LARGE)
                 return
-            headers["authorization"] = "Bearer " + token
+            headers.set(_AUTHORIZATION, minted.header)
             holder: int = getattr(principal, "consumer_id", 0)
             held = self.in_flight.get(holder, 0)
             if held >= self._connection_cap(principal):

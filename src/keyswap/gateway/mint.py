@@ -26,7 +26,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import hashes
@@ -165,6 +165,11 @@ class MintedToken:
     consumer: str
     metadata: Mapping[str, Any]
     scopes: tuple[str, ...] = ()
+    #: ``Bearer <token>`` as the upstream request's ``Authorization`` value (built once per token).
+    header: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "header", b"Bearer " + self.token.encode("ascii"))
 
 
 class TokenMinter:

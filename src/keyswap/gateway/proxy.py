@@ -126,11 +126,16 @@ class ForwardedHeaders:
 
     def __setitem__(self, name: str, value: str) -> None:
         """Replace every ``name`` header by one ``name: value`` line (at the end)."""
-        key = name.lower().encode("ascii")
+        self.set(name.lower().encode("ascii"), value.encode("latin-1"))
+
+    def set(self, name: bytes, value: bytes) -> None:
+        """Like ``headers[name] = value`` with the lower-case name and the value as bytes."""
         items = self.items
-        if any(n == key for n, _ in items):
-            self.items = items = [(n, v) for n, v in items if n != key]
-        items.append((key, value.encode("latin-1")))
+        for present, _ in items:
+            if present == name:
+                self.items = items = [(n, v) for n, v in items if n != name]
+                break
+        items.append((name, value))
 
     def getall(self, name: str) -> list[str]:
         """Every value of ``name``, in order (decoded as Latin-1)."""
@@ -384,16 +389,17 @@ class UpstreamProxy:
             )
         except ValueError as exc:  # cannot be written as HTTP/1.1 (the ASGI server let it through)
             raise UpstreamError("the request cannot be forwarded") from exc
-        # Once the request body is read whole, `receive` is free to watch for the client leaving: at
-        # once, or for a streamed body (the origin may answer before it has all of it) once it is.
-        watch = _Watch(receive, None if streamed is None else streamed.done)
         try:
-            return await self._relay(response, send, watch)
+            return await self._relay(response, send, receive, streamed)
         finally:
             response.close()
 
     async def _relay(
-        self, response: UpstreamResponse, send: Send, watch: _Watch | None = None
+        self,
+        response: UpstreamResponse,
+        send: Send,
+        receive: Receive | None = None,
+        streamed: _StreamedBody | None = None,
     ) -> int:
         status = response.status
         headers = returned_response_headers(response.headers)
@@ -405,6 +411,14 @@ class UpstreamProxy:
         else:
             length = response.content_length
             if length is None or length > _SMALL_BODY:
+                # Once the request body is read whole, `receive` is free to watch for the client
+                # leaving: at once, or for a streamed body (the origin may answer before it has all
+                # of it) once it is.
+                watch = (
+                    None
+                    if receive is None
+                    else _Watch(receive, None if streamed is None else streamed.done)
+                )
                 return await self._stream(status, headers, response, send, watch)
             body = await response.read_all(length)
         await send({"type": "http.response.start", "status": status, "headers": headers})

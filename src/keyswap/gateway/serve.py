@@ -135,6 +135,18 @@ class DrainGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # uvicorn's `send` is a bound method of its request cycle, which records whether the
+        # response has started: no wrapper per request then (another server's `send` is wrapped).
+        cycle: Any = getattr(send, "__self__", None)
+        if isinstance(getattr(cycle, "response_started", None), bool):
+            try:
+                await self.app(scope, receive, send)
+            except asyncio.CancelledError:
+                if not self.cut:
+                    raise
+                if not cycle.response_started:
+                    await self._unavailable(send)
+            return
         started = False
 
         async def sending(message: Any) -> None:
@@ -149,19 +161,23 @@ class DrainGuard:
             if not self.cut:
                 raise
             if not started:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 503,
-                        "headers": [
-                            (b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", b"19"),
-                            (b"retry-after", b"1"),
-                            (b"connection", b"close"),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": b"Service unavailable"})
+                await self._unavailable(send)
+
+    @staticmethod
+    async def _unavailable(send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", b"19"),
+                    (b"retry-after", b"1"),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"Service unavailable"})
 
 
 def run_until_signal(
