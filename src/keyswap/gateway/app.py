@@ -654,7 +654,9 @@ class GatewayApp:
                 return
             try:
                 key = _api_key_from(scope["headers"])
-                principal = await self._authenticate(key)
+                principal = self._cached(key, self._clock())  # no coroutine for a cached key
+                if principal is None:
+                    principal = await self._authenticate(key, cached=False)
             except _NoKey:
                 status = await _respond(send, NO_API_KEY)
                 return
@@ -836,14 +838,37 @@ class GatewayApp:
             logger.debug("minting ahead of the request failed", exc_info=True)
         return principal
 
-    async def _authenticate(self, key: str) -> PrincipalLike:
+    def _cached(self, key: str, now: float) -> PrincipalLike | None:
+        """The key's principal from the lookup cache (no I/O); ``None`` on a miss. Raises as
+        :meth:`_authenticate` does."""
+        lookup = self._lookup_cached
+        if lookup is None:
+            return None
+        try:
+            return lookup(key, now)
+        except InvalidApiKey:
+            raise
+        except StoreUnavailable:  # the outage itself is logged once, by the change watcher
+            raise _StoreDown from None
+        except Exception as exc:  # a store failure must not become a 500 nor leak the key
+            logger.error("API key lookup failed (%s)", type(exc).__name__)
+            raise _StoreDown from None
+
+    async def _authenticate(self, key: str, *, cached: bool = True) -> PrincipalLike:
+        """The key's principal: from the lookup cache (unless ``cached`` is false: the caller
+        asked it already), else from the store on a thread.
+
+        Raises:
+            InvalidApiKey: unknown, malformed, revoked or expired key.
+            _StoreDown: the store is unavailable (or failed) for a key not known here.
+        """
         now = self._clock()
+        if cached:
+            principal = self._cached(key, now)
+            if principal is not None:
+                return principal
         try:
             lookup = self._lookup_cached
-            if lookup is not None:
-                principal = lookup(key, now)
-                if principal is not None:
-                    return principal
             try:
                 if lookup is not None and await self._surely_unknown(key):
                     raise InvalidApiKey("Invalid API key")
