@@ -1,6 +1,10 @@
 """Gateway CPU µs per request at each log level, alternating runs (a less noisy measure than req/s).
 
     python bench/gateway_cpu.py [--levels info,warning] [--rounds 6] [--duration 4] [--connections 8]
+                                [--before SRC]
+
+``--before SRC``: also run the gateways of another source tree (``PYTHONPATH=SRC``, e.g. the ``src``
+folder of ``git archive main src``), in the same rounds: a before/after comparison in one sitting.
 
 One upstream (the bare app) and one ``keyswap gateway`` per log level, all running at once; each round
 runs wrk against every gateway in turn (the order rotates), and the gateway's CPU (utime + stime of its
@@ -51,8 +55,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--before", help="another source tree to compare (its src folder)")
     args = parser.parse_args()
     levels = [lv for lv in args.levels.split(",") if lv]
+    trees: dict[str, dict[str, str] | None] = {"": None}
+    if args.before:
+        trees = {"before ": {"PYTHONPATH": str(Path(args.before).resolve())}, "": None}
+    configs = [f"{tree}{lv}" for tree in trees for lv in levels]
     print_header(
         "Gateway CPU per request by log level",
         f"wrk -t1 -c{args.connections} -d{args.duration:g}s per run after a 1 s warm-up, "
@@ -60,8 +69,8 @@ def main() -> int:
         "(all threads) over the run ÷ requests.",
         tools=("wrk",),
     )
-    cpu: dict[str, list[float]] = {lv: [] for lv in levels}
-    rps: dict[str, list[float]] = {lv: [] for lv in levels}
+    cpu: dict[str, list[float]] = {c: [] for c in configs}
+    rps: dict[str, list[float]] = {c: [] for c in configs}
     servers: list[Server] = []
     with temp_dir("keyswap-gateway-cpu-") as tmp:
         try:
@@ -72,16 +81,19 @@ def main() -> int:
             upstream = Server("upstream", serve_argv("bare", up_port), log_dir=tmp)
             servers.append(upstream.start(f"http://{HOST}:{up_port}/"))
             gateways: dict[str, Server] = {}
-            for level in levels:
-                port = free_port()
-                argv = [*KEYSWAP, "gateway", "--upstream", f"http://{HOST}:{up_port}"]
-                argv += ["--port", str(port), "--db", db, "--log-level", level]
-                argv += ["--max-connections-per-consumer", "64"]
-                gateways[level] = Server(f"gateway-{level}", argv, log_dir=tmp)
-                servers.append(gateways[level].start(f"http://{HOST}:{port}/"))
+            for tree, env in trees.items():
+                for level in levels:
+                    port = free_port()
+                    argv = [*KEYSWAP, "gateway", "--upstream", f"http://{HOST}:{up_port}"]
+                    argv += ["--port", str(port), "--db", db, "--log-level", level]
+                    argv += ["--max-connections-per-consumer", "64"]
+                    name = f"{tree}{level}"
+                    gw = Server(f"gateway-{name.replace(' ', '-')}", argv, log_dir=tmp, env=env)
+                    gateways[name] = gw
+                    servers.append(gw.start(f"http://{HOST}:{port}/"))
             headers = {"Authorization": f"Bearer {key}"}
             for rnd in range(args.rounds):
-                order = levels[rnd % len(levels) :] + levels[: rnd % len(levels)]
+                order = configs[rnd % len(configs) :] + configs[: rnd % len(configs)]
                 for level in order:
                     gw = gateways[level]
                     run_wrk(gw.url, seconds=1.0, connections=args.connections, headers=headers)
@@ -105,20 +117,20 @@ def main() -> int:
         finally:
             for server in reversed(servers):
                 server.stop()
-    base = statistics.median(cpu[levels[-1]])
+    base = statistics.median(cpu[configs[-1]])
     rows = [
         [
-            f"`--log-level {lv}`",
-            f"{statistics.median(cpu[lv]):.1f}",
-            f"{statistics.median(cpu[lv]) - base:+.1f}",
-            ", ".join(f"{x:.0f}" for x in cpu[lv]),
-            f"{statistics.median(rps[lv]):,.0f}",
+            f"{c.removesuffix(c.split()[-1])}`--log-level {c.split()[-1]}`",
+            f"{statistics.median(cpu[c]):.1f}",
+            f"{statistics.median(cpu[c]) - base:+.1f}",
+            ", ".join(f"{x:.0f}" for x in cpu[c]),
+            f"{statistics.median(rps[c]):,.0f}",
         ]
-        for lv in levels
+        for c in configs
     ]
     print(
         markdown_table(
-            ["gateway", "CPU µs/req", f"vs {levels[-1]}", "per round", "req/s (noisy)"], rows
+            ["gateway", "CPU µs/req", f"vs {configs[-1]}", "per round", "req/s (noisy)"], rows
         )
     )
     return 0

@@ -25,6 +25,7 @@ import argparse
 import base64
 import http.client
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -261,12 +262,20 @@ def _dump_totals(out: Path, keep: Path | None = None) -> dict[str, int]:
 
 
 def measure_gateway(
-    level: str, n: int, *, db: str, key: str, upstream_url: str, tmp: Path, keep: Path | None
+    level: str,
+    n: int,
+    *,
+    db: str,
+    key: str,
+    upstream_url: str,
+    tmp: Path,
+    keep: Path | None,
+    src: str | None = None,
 ) -> dict[str, float]:
     """Instructions per proxied request of ``keyswap gateway --log-level <level>`` (all threads),
     per thread, and the idle background (change watcher polls, pool ticker) per second."""
     port = free_port()
-    out = tmp / f"gateway-{level}.cg"
+    out = tmp / f"gateway-{'before-' if src else ''}{level}.cg"
     argv = [*KEYSWAP, "gateway", "--upstream", upstream_url, "--port", str(port), "--db", db]
     argv += ["--log-level", level]
     log = open(tmp / f"gateway-{level}.log", "wb")  # noqa: SIM115 - the child's stderr
@@ -280,6 +289,7 @@ def measure_gateway(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": src} if src else None,
     )
     log.close()
     try:
@@ -327,7 +337,7 @@ def measure_gateway(
         proc.wait(timeout=120)
 
 
-def gateway_main(n: int, levels: list[str], keep: Path | None) -> None:
+def gateway_main(n: int, levels: list[str], keep: Path | None, before: str | None = None) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import Server, serve_argv
 
@@ -340,8 +350,9 @@ def gateway_main(n: int, levels: list[str], keep: Path | None) -> None:
         upstream = Server("upstream", serve_argv("bare", up_port), log_dir=tmp)
         upstream.start(f"http://{HOST}:{up_port}/")
         try:
+            trees = {"before ": str(Path(before).resolve()), "": None} if before else {"": None}
             results = {
-                level: measure_gateway(
+                f"{tree}{level}": measure_gateway(
                     level,
                     n,
                     db=db,
@@ -349,7 +360,9 @@ def gateway_main(n: int, levels: list[str], keep: Path | None) -> None:
                     upstream_url=f"http://{HOST}:{up_port}",
                     tmp=tmp,
                     keep=keep,
+                    src=src,
                 )
+                for tree, src in trees.items()
                 for level in levels
             }
         finally:
@@ -361,7 +374,7 @@ def gateway_main(n: int, levels: list[str], keep: Path | None) -> None:
         )
         rows.append(
             [
-                f"`--log-level {level}`",
+                f"{level.removesuffix(level.split()[-1])}`--log-level {level.split()[-1]}`",
                 fmt_int(r["thread 01"]),
                 ", ".join(fmt_int(v) for v in others if v),
                 fmt_int(r["net"]),
@@ -405,6 +418,9 @@ def main() -> int:
     parser.add_argument(
         "--keep", type=Path, help="gateway: keep the callgrind dumps in this folder"
     )
+    parser.add_argument(
+        "--before", help="gateway: also measure another source tree (PYTHONPATH; its src folder)"
+    )
     args = parser.parse_args()
     if args.child:
         _child(args.child)
@@ -422,7 +438,7 @@ def main() -> int:
             "watcher polls, pool ticker: measured idle for 3 s) is subtracted pro rata.",
             tools=("valgrind",),
         )
-        gateway_main(n, [lv for lv in args.levels.split(",") if lv], args.keep)
+        gateway_main(n, [lv for lv in args.levels.split(",") if lv], args.keep, args.before)
         return 0
     n = args.n or (200 if args.quick else 2000)
     print_header(

@@ -717,7 +717,10 @@ class UpstreamPool:
         retry = not streamed and method in IDEMPOTENT_METHODS
         fresh = False
         while True:
-            conn = await self._acquire(loop, deadline, fresh)
+            # an idle connection without a coroutine of its own; else wait for one or connect
+            conn = None if fresh else self._idle_conn()
+            if conn is None:
+                conn = await self._acquire(loop, deadline, fresh)
             resp = UpstreamResponse(conn, method == "HEAD", self.timeout)
             conn.resp = resp
             try:
@@ -849,20 +852,28 @@ class UpstreamPool:
 
     # -- the pool ------------------------------------------------------------------------------
 
+    def _idle_conn(self) -> _Conn | None:
+        """The most recently used idle connection still open and young enough, else ``None``."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if conn.closed:
+                continue
+            if self.now() - conn.idle_since > self.idle_timeout:
+                conn.close()
+                continue
+            conn.reused = True
+            return conn
+        return None
+
     async def _acquire(
         self, loop: asyncio.AbstractEventLoop, deadline: float, fresh: bool
     ) -> _Conn:
         idle = self._idle
         while True:
             if not fresh:
-                while idle:
-                    conn = idle.pop()
-                    if conn.closed:
-                        continue
-                    if self.now() - conn.idle_since > self.idle_timeout:
-                        conn.close()
-                        continue
-                    conn.reused = True
+                conn = self._idle_conn()
+                if conn is not None:
                     return conn
             if self._size < self.max_connections:
                 self._size += 1
