@@ -1,4 +1,5 @@
-"""Consumers: create, list, get, update (metadata, scopes, rate limit, connection cap), delete."""
+"""Consumers: create, list, get, update (metadata, scopes, rate limit, connection cap, quota,
+credits), delete."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any
 from keyswap.errors import InvalidInput, NotFound
 from keyswap.manage.audit import recording
 from keyswap.manage.context import Context
+from keyswap.manage.quotas import canonical
 from keyswap.store.models import (
     Consumer,
     validate_consumer_name,
+    validate_credits,
     validate_max_connections,
     validate_metadata,
     validate_rate_limit,
@@ -56,6 +59,12 @@ class ConsumerUpdate:
     scopes: tuple[str, ...] | Keep = KEEP
     rate_limit: str | Keep | None = KEEP
     max_connections: int | Keep | None = KEEP
+    #: ``None`` (none), ``"<n>/day"`` or ``"<n>/month"`` (see :mod:`keyswap.manage.quotas`).
+    quota: str | Keep | None = KEEP
+    #: A new credit grant (``None``: no credits); its refill, ``"<n>/day"``/``"<n>/month"`` or
+    #: ``None`` (never), is set with it (given alone, it changes the refill of the current grant).
+    credits: int | Keep | None = KEEP
+    credits_refill: str | Keep | None = KEEP
 
     def changed(self) -> dict[str, Any]:
         """The fields given, by name (validated)."""
@@ -68,6 +77,14 @@ class ConsumerUpdate:
             fields["rate_limit"] = validate_rate_limit(self.rate_limit)
         if not isinstance(self.max_connections, Keep):
             fields["max_connections"] = validate_max_connections(self.max_connections)
+        if not isinstance(self.quota, Keep):
+            fields["quota"] = canonical(self.quota)
+        if not isinstance(self.credits, Keep):
+            fields["credits"] = validate_credits(self.credits)
+        if not isinstance(self.credits_refill, Keep):
+            fields["credits_refill"] = canonical(self.credits_refill)
+        if fields.get("credits", 0) is None:
+            fields["credits_refill"] = None  # no credits, nothing to refill
         return fields
 
 
@@ -162,6 +179,10 @@ def update_consumer(ctx: Context, name: str, update: ConsumerUpdate) -> Consumer
             scopes=update.scopes,
             rate_limit=update.rate_limit,
             max_connections=update.max_connections,
+            quota=changes.get("quota", KEEP),
+            credits=changes.get("credits", KEEP),
+            credits_refill=changes.get("credits_refill", KEEP),
+            credits_set_at=ctx.now() if "credits" in changes else KEEP,
         )
 
 

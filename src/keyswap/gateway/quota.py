@@ -1,0 +1,667 @@
+"""Quotas and credits in the gateway: count accepted requests per consumer and period, refuse past it.
+
+What applies to a consumer is in :mod:`keyswap.manage.quotas` (``<n>/day``, ``<n>/month``, credits with
+or without a refill); each request is checked against every :class:`~keyswap.manage.quotas.Counter`
+of its consumer and, if none is spent, counted on all of them. A refused request counts on none.
+
+**Where the count lives.**
+
+- With Redis (``--redis``): one Lua script per request checks and increments every counter of the
+  consumer atomically (keys ``<prefix>:quota:{<consumer id>}:<counter>``, expiring a day after their
+  period, or 400 days after the last use for credits that never refill): exact across every node. The
+  period comes from the gateway's clock (calendar UTC days and months), so nodes must keep their
+  clocks in sync (NTP): within a second of a boundary, two nodes may disagree on the period.
+- Without Redis, or while Redis fails (an error, or no answer within 250 ms; it is tried again after
+  a second, as the rate limits do): each node counts in memory, starting from what the database
+  recorded. **Approximate**: up to ``nodes x`` what is left may be accepted between two flushes.
+- **The record is the database** (``quota_usage``): every node adds what it accepted to it every
+  ``flush_interval`` (2 s) and at shutdown, one additive upsert per counter, so the row is the total
+  of all nodes. A node learns a counter's total from the database the first time it sees it (one read
+  per consumer and period) and after every flush; a Redis counter that is missing (a new period,
+  Redis restarted or flushed) is seeded from it. So neither a gateway restart nor a Redis restart
+  refills credits; a crash loses at most one flush interval of counts.
+
+**Responses.** Every response to a consumer with a quota or credits carries, per counter, the fields of
+the IETF draft ``draft-ietf-httpapi-ratelimit-headers`` (-08 and later) with their own policy names:
+``RateLimit-Policy: "quota";q=1000;w=86400`` (``"credits";q=500`` plus ``;w=`` if it refills) and
+``RateLimit: "quota";r=<left>;t=<seconds until the refill>``. A spent counter answers ``429`` with an
+RFC 9457 problem (``application/problem+json``, type ``.../quota-exceeded``) and ``Retry-After`` until
+the refill (none for credits that never refill); the origin never sees it.
+
+**Thresholds.** When a request takes a counter to 80 % or 100 % of its limit, ``on_threshold`` gets a
+:class:`ThresholdEvent` (once per counter and threshold: with Redis exactly one request crosses it;
+without, each node may, and the event's idempotency key makes one event of them). The gateway hands
+them to a background thread (:class:`ThresholdNotifier`) that records a ``quota.threshold`` webhook
+event; a request never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from keyswap.errors import ConfigError
+from keyswap.manage.quotas import Counter, counters_for
+
+__all__ = [
+    "THRESHOLDS",
+    "QuotaDecision",
+    "QuotaEnforcer",
+    "ThresholdEvent",
+    "ThresholdNotifier",
+    "quota_exceeded",
+    "with_limit_headers",
+]
+
+log = logging.getLogger("keyswap.gateway")
+
+#: Percentages of a limit that emit a ``quota.threshold`` event when a request reaches them.
+THRESHOLDS = (80, 100)
+
+#: How long a Redis counter of credits that never refill outlives its last use (the database has it).
+_NEVER_TTL_MS = 400 * 86_400_000
+
+
+class QuotaStore(Protocol):
+    """What the enforcer needs of :class:`keyswap.store.Store`."""
+
+    def add_quota_usage(
+        self, deltas: dict[tuple[int, str], int], *, now: float
+    ) -> dict[tuple[int, str], int]: ...  # pragma: no cover - protocol
+
+    def quota_usage(
+        self, consumer_id: int, counters: list[str]
+    ) -> dict[str, int]: ...  # pragma: no cover - protocol
+
+
+class QuotaPrincipal(Protocol):
+    """What the enforcer reads of a :class:`~keyswap.gateway.apikeys.Principal`."""
+
+    @property
+    def consumer(self) -> str: ...  # pragma: no cover - protocol
+    @property
+    def consumer_id(self) -> int: ...  # pragma: no cover - protocol
+    @property
+    def quota(self) -> str | None: ...  # pragma: no cover - protocol
+    @property
+    def credits(self) -> int | None: ...  # pragma: no cover - protocol
+    @property
+    def credits_refill(self) -> str | None: ...  # pragma: no cover - protocol
+    @property
+    def credits_set_at(self) -> float | None: ...  # pragma: no cover - protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdEvent:
+    """A consumer's counter reached ``threshold`` % of its limit; :meth:`data` is the event body."""
+
+    consumer: str
+    consumer_id: int
+    counter: Counter
+    used: int
+    threshold: int
+
+    @property
+    def idempotency_key(self) -> str:
+        """``quota:<consumer>:<counter>:<threshold>``: one event per counter (period or grant)."""
+        return f"quota:{self.consumer}:{self.counter.name}:{self.threshold}"
+
+    def data(self) -> dict[str, object]:
+        """``{consumer, kind, period, period_start, limit, used, threshold}``."""
+        return {
+            "consumer": self.consumer,
+            "kind": self.counter.kind,
+            "period": self.counter.label,
+            "period_start": _rfc3339(self.counter.start),
+            "limit": self.counter.limit,
+            "used": self.used,
+            "threshold": self.threshold,
+        }
+
+
+def _rfc3339(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+class QuotaDecision(NamedTuple):
+    """The outcome of one request: ``used`` per counter after it (refused: before it)."""
+
+    allowed: bool
+    counters: tuple[Counter, ...]
+    used: tuple[int, ...]
+    now: float
+
+    @property
+    def refused_by(self) -> Counter | None:
+        """The first spent counter (``None`` if allowed)."""
+        if self.allowed:
+            return None
+        for counter, used in zip(self.counters, self.used, strict=True):
+            if used >= counter.limit:
+                return counter
+        return self.counters[0]  # pragma: no cover - a refusal always has a spent counter
+
+    def retry_after(self) -> int | None:
+        """Whole seconds until the refusing counter refills (``None``: it never does)."""
+        counter = self.refused_by
+        if counter is None or counter.end is None:
+            return None
+        return max(1, math.ceil(counter.end - self.now))
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """``RateLimit-Policy`` and ``RateLimit`` per counter (plus ``Retry-After`` if refused)."""
+        fields: list[tuple[bytes, bytes]] = []
+        for counter, used in zip(self.counters, self.used, strict=True):
+            window = counter.window
+            policy = f'"{counter.kind}";q={counter.limit}'
+            state = f'"{counter.kind}";r={max(0, counter.limit - used)}'
+            if window is not None and counter.end is not None:
+                policy += f";w={window}"
+                state += f";t={max(1, math.ceil(counter.end - self.now))}"
+            fields.append((b"ratelimit-policy", policy.encode()))
+            fields.append((b"ratelimit", state.encode()))
+        retry = self.retry_after() if not self.allowed else None
+        if retry is not None:
+            fields.append((b"retry-after", str(retry).encode()))
+        return fields
+
+
+def quota_exceeded(decision: QuotaDecision) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The 429 problem response (status, headers, body) for a request refused by a quota."""
+    counter = decision.refused_by
+    assert counter is not None
+    if counter.kind == "quota":
+        title = "Quota exceeded"
+        detail = f"the {counter.label} quota of {counter.limit} requests is spent"
+    else:
+        title = "Credits exhausted"
+        detail = f"the {counter.limit} credits are spent"
+    detail += "; it refills at " + _rfc3339(counter.end) if counter.end is not None else ""
+    body = json.dumps(
+        {
+            "type": "https://keyswap.dev/problems/quota-exceeded",
+            "title": title,
+            "status": 429,
+            "detail": detail,
+            "limit": counter.limit,
+            "period": counter.label,
+            "refills_at": None if counter.end is None else _rfc3339(counter.end),
+        },
+        separators=(",", ":"),
+    ).encode()
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        *decision.headers(),
+    ]
+    return 429, headers, body
+
+
+_LIMIT_HEADER_NAMES = frozenset(
+    {
+        b"ratelimit",
+        b"ratelimit-limit",
+        b"ratelimit-remaining",
+        b"ratelimit-reset",
+        b"ratelimit-policy",
+    }
+)
+
+
+def with_limit_headers(
+    send: Callable[[MutableMapping[str, Any]], Awaitable[None]], extra: list[tuple[bytes, bytes]]
+) -> Callable[[MutableMapping[str, Any]], Awaitable[None]]:
+    """Wrap an ASGI ``send`` so the response carries ``extra`` (rate-limit and quota fields),
+    replacing any the upstream sent under those names."""
+
+    async def sending(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = [
+                (name, value)
+                for name, value in message.get("headers", ())
+                if name.lower() not in _LIMIT_HEADER_NAMES
+            ]
+            message["headers"] = headers + extra
+        await send(message)
+
+    return sending
+
+
+# KEYS: the consumer's counters; ARGV: per counter, limit, seed (the database's count), TTL ms.
+# Returns {allowed (1/0), used per counter...}: after the increment if allowed, else as found.
+_SCRIPT = (
+    """
+local n = #KEYS
+local used = {}
+for i = 1, n do
+  local v = redis.call('GET', KEYS[i])
+  if v then
+    used[i] = tonumber(v)
+  else
+    used[i] = tonumber(ARGV[3 * i - 1])
+    redis.call('SET', KEYS[i], used[i], 'PX', ARGV[3 * i])
+  end
+end
+for i = 1, n do
+  if used[i] >= tonumber(ARGV[3 * i - 2]) then
+    table.insert(used, 1, 0)
+    return used
+  end
+end
+for i = 1, n do
+  used[i] = redis.call('INCR', KEYS[i])
+  if ARGV[3 * i] == '"""
+    + str(_NEVER_TTL_MS)
+    + """' then
+    redis.call('PEXPIRE', KEYS[i], ARGV[3 * i])
+  end
+end
+table.insert(used, 1, 1)
+return used
+"""
+)
+
+_Job = tuple[list[str], list[int], "asyncio.Future[list[int]]"]
+
+
+class QuotaEnforcer:
+    """Counts requests against quotas and credits (see the module docstring).
+
+    Args:
+        store: where counts are recorded and read (``None``: memory only, nothing persists).
+        redis_url: count in Redis, shared by every node (``None``: per node).
+        prefix: Redis key prefix.
+        clock: wall-clock seconds (periods are calendar UTC days and months); injectable for tests.
+        on_threshold: called on the event loop with each :class:`ThresholdEvent`; must not block.
+        flush_interval: seconds between two writes of the counts to the store (:meth:`tick`).
+        timeout: seconds a Redis call or the first database read of a counter may take.
+        retry_interval: after a Redis failure, seconds before Redis is tried again.
+        monotonic: monotonic seconds (failure bookkeeping); injectable for tests.
+
+    Raises:
+        ConfigError: bad Redis URL or prefix, or bad intervals.
+    """
+
+    def __init__(
+        self,
+        store: QuotaStore | None = None,
+        *,
+        redis_url: str | None = None,
+        prefix: str = "keyswap",
+        clock: Callable[[], float] = time.time,
+        on_threshold: Callable[[ThresholdEvent], None] | None = None,
+        flush_interval: float = 2.0,
+        timeout: float = 0.25,
+        retry_interval: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not (timeout > 0 and retry_interval >= 0 and flush_interval >= 0):
+            raise ConfigError("quota timeouts and intervals must be positive")
+        self._store = store
+        self._clock = clock
+        self._monotonic = monotonic
+        self._on_threshold = on_threshold
+        self._flush_interval = flush_interval
+        self._timeout = timeout
+        self._retry_interval = retry_interval
+        self._lock = threading.Lock()
+        # (consumer id, counter) -> the database's total as last read or written
+        self._base: dict[tuple[int, str], int] = {}
+        # accepted here and not yet written; being written by the running flush
+        self._pending: dict[tuple[int, str], int] = {}
+        self._writing: dict[tuple[int, str], int] = {}
+        self._loading: dict[tuple[int, str], asyncio.Future[None]] = {}
+        self._last_flush = float("-inf")
+        self._flush_lock = threading.Lock()
+        self._client: Any = None
+        self._prefix = prefix
+        if redis_url is not None:
+            import redis.asyncio
+
+            from keyswap.gateway.redisbus import check_prefix, check_redis_url, redis_options
+
+            self._prefix = check_prefix(prefix)
+            self._client = redis.asyncio.Redis.from_url(
+                check_redis_url(redis_url), **redis_options(timeout, asyncio=True)
+            )
+        self._sha: str | None = None
+        self._batch: list[_Job] = []
+        self._down_until: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def redis_down(self) -> bool:
+        """True while requests are counted per node because Redis failed recently."""
+        down_until = self._down_until
+        return down_until is not None and self._monotonic() < down_until
+
+    # -- per request ----------------------------------------------------------------------------
+
+    async def check(self, principal: QuotaPrincipal) -> QuotaDecision | None:
+        """Check one request of ``principal``'s consumer and count it if allowed (``None``: no quota
+        nor credits apply)."""
+        credits = principal.credits
+        if principal.quota is None and credits is None:
+            return None
+        now = self._clock()
+        counters = counters_for(
+            quota=principal.quota,
+            credits=credits,
+            credits_refill=principal.credits_refill,
+            credits_set_at=principal.credits_set_at,
+            now=now,
+        )
+        if not counters:
+            return None
+        consumer_id = principal.consumer_id
+        keys = [(consumer_id, counter.name) for counter in counters]
+        if any(key not in self._base for key in keys):
+            await self._load(consumer_id, keys)
+        used: list[int] | None = None
+        if self._client is not None and not self.redis_down:
+            used = await self._redis_check(consumer_id, counters, keys, now)
+        if used is None:
+            allowed, used = self._memory_check(counters, keys)
+        else:
+            allowed = bool(used.pop(0))
+            if allowed:
+                with self._lock:
+                    for key in keys:
+                        self._pending[key] = self._pending.get(key, 0) + 1
+        decision = QuotaDecision(allowed, counters, tuple(used), now)
+        if allowed and self._on_threshold is not None:
+            self._thresholds(principal, decision)
+        return decision
+
+    def _memory_check(
+        self, counters: tuple[Counter, ...], keys: list[tuple[int, str]]
+    ) -> tuple[bool, list[int]]:
+        with self._lock:
+            used = [
+                self._base.get(key, 0) + self._writing.get(key, 0) + self._pending.get(key, 0)
+                for key in keys
+            ]
+            if any(n >= counter.limit for n, counter in zip(used, counters, strict=True)):
+                return False, used
+            for key in keys:
+                self._pending[key] = self._pending.get(key, 0) + 1
+        return True, [n + 1 for n in used]
+
+    def _thresholds(self, principal: QuotaPrincipal, decision: QuotaDecision) -> None:
+        assert self._on_threshold is not None
+        for counter, used in zip(decision.counters, decision.used, strict=True):
+            for threshold in THRESHOLDS:
+                mark = math.ceil(counter.limit * threshold / 100)
+                if used - 1 < mark <= used:
+                    event = ThresholdEvent(
+                        principal.consumer, principal.consumer_id, counter, used, threshold
+                    )
+                    try:
+                        self._on_threshold(event)
+                    except Exception:  # never fail a request for an event
+                        log.exception("quota: could not hand over a threshold event")
+
+    async def _load(self, consumer_id: int, keys: list[tuple[int, str]]) -> None:
+        """Learn the database's totals for counters seen for the first time (one read, shared by
+        concurrent requests; on failure or timeout they start from 0 and are read again later)."""
+        missing = [key for key in keys if key not in self._base]
+        if self._store is None:
+            with self._lock:
+                for key in missing:
+                    self._base.setdefault(key, 0)
+            return
+        loading = self._loading.get(missing[0])
+        if loading is None:
+            loading = asyncio.get_running_loop().create_future()
+            for key in missing:
+                self._loading[key] = loading
+            store = self._store
+            names = [name for _, name in missing]
+            try:
+                found = await asyncio.wait_for(
+                    asyncio.to_thread(store.quota_usage, consumer_id, names), self._timeout * 8
+                )
+            except Exception as exc:
+                log.warning(
+                    "quota: could not read the recorded counts (%s); counting from what this node "
+                    "saw",
+                    type(exc).__name__,
+                )
+                found = {}
+            finally:
+                for key in missing:
+                    self._loading.pop(key, None)
+                if not loading.done():
+                    loading.set_result(None)
+            with self._lock:
+                for key in missing:
+                    if key not in self._base:
+                        self._base[key] = found.get(key[1], 0)
+        else:
+            await asyncio.shield(loading)
+
+    # -- Redis ----------------------------------------------------------------------------------
+
+    async def _redis_check(
+        self,
+        consumer_id: int,
+        counters: tuple[Counter, ...],
+        keys: list[tuple[int, str]],
+        now: float,
+    ) -> list[int] | None:
+        import redis
+
+        redis_keys = [
+            f"{self._prefix}:quota:{{{consumer_id}}}:{counter.name}" for counter in counters
+        ]
+        args: list[int] = []
+        with self._lock:
+            for counter, key in zip(counters, keys, strict=True):
+                seed = (
+                    self._base.get(key, 0) + self._writing.get(key, 0) + self._pending.get(key, 0)
+                )
+                ttl = (
+                    _NEVER_TTL_MS
+                    if counter.end is None
+                    else max(1000, int((counter.end - now) * 1000) + 86_400_000)
+                )
+                args += [counter.limit, seed, ttl]
+        try:
+            reply = await self._queue(redis_keys, args)
+        except (redis.RedisError, OSError) as exc:
+            if self._down_until is None:
+                log.warning(
+                    "quotas: Redis failed (%s); counting per node until it answers",
+                    type(exc).__name__,
+                )
+            self._down_until = self._monotonic() + self._retry_interval
+            return None
+        if self._down_until is not None:
+            self._down_until = None
+            log.warning("quotas: Redis answers again; quotas are shared again")
+        return reply
+
+    def _queue(self, keys: list[str], args: list[int]) -> asyncio.Future[list[int]]:
+        """Queue one script call for the next pipelined round trip (sent at the end of this turn)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
+        if not self._batch:
+            loop.call_soon(self._send_batch)
+        self._batch.append((keys, args, future))
+        return future
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.ensure_future(self._run_batch(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_batch(self, batch: list[_Job]) -> None:
+        import redis
+
+        try:
+            for attempt in range(2):
+                if self._sha is None:
+                    self._sha = await self._client.script_load(_SCRIPT)
+                pipe = self._client.pipeline(transaction=False)
+                for keys, args, _ in batch:
+                    pipe.evalsha(self._sha, len(keys), *keys, *args)
+                try:
+                    replies = await pipe.execute()
+                    break
+                except redis.exceptions.NoScriptError:
+                    self._sha = None  # Redis restarted or flushed its scripts: load it again
+                    if attempt:
+                        raise
+        except BaseException as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, future), reply in zip(batch, replies, strict=True):
+            if not future.done():
+                future.set_result([int(n) for n in reply])
+
+    # -- recording ------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Write the counts to the store if ``flush_interval`` has passed (blocking; call from a
+        thread, e.g. the change watcher's tick)."""
+        if self._monotonic() - self._last_flush >= self._flush_interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add what this node accepted since the last flush to the store, and learn the totals
+        (blocking). On failure the counts are kept for the next flush."""
+        if self._store is None:
+            return
+        with self._flush_lock:
+            self._last_flush = self._monotonic()
+            with self._lock:
+                if not self._pending:
+                    return
+                self._writing, self._pending = self._pending, {}
+                writing = dict(self._writing)
+            try:
+                totals = self._store.add_quota_usage(writing, now=self._clock())
+            except Exception as exc:
+                log.warning("quota: could not record counts (%s); kept", type(exc).__name__)
+                with self._lock:
+                    for key, n in self._writing.items():
+                        self._pending[key] = self._pending.get(key, 0) + n
+                    self._writing = {}
+                return
+            with self._lock:
+                self._writing = {}
+                self._base.update(totals)
+                self._drop_ended()
+
+    def _drop_ended(self) -> None:
+        """Forget counters of ended periods once many are known (they are never asked again)."""
+        if len(self._base) < 100_000:
+            return
+        now = self._clock()
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        month = day[:7]
+        self._base = {
+            key: n
+            for key, n in self._base.items()
+            if not (":day:" in key[1] or ":month:" in key[1])
+            or key[1].endswith((day, month))
+            or key in self._pending
+        }
+
+    async def close(self) -> None:
+        """Record what is pending and close the Redis connections."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await asyncio.to_thread(self.flush)
+        except Exception as exc:  # pragma: no cover - flush logs its own failures
+            log.warning("quota: final flush failed (%s)", type(exc).__name__)
+        if self._client is not None:
+            await self._client.aclose()
+
+
+class ThresholdNotifier:
+    """Records ``quota.threshold`` webhook events on one background thread, off the request path.
+
+    ``enqueue`` is :func:`keyswap.manage.webhooks.enqueue` bound to a store (``(event) -> None``);
+    events past ``max_queued`` waiting are dropped (logged). :meth:`__call__` never blocks.
+    """
+
+    def __init__(
+        self, enqueue: Callable[[ThresholdEvent], object], *, max_queued: int = 10_000
+    ) -> None:
+        self._enqueue = enqueue
+        self._queue: queue.Queue[ThresholdEvent | None] = queue.Queue(max_queued)
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def __call__(self, event: ThresholdEvent) -> None:
+        """Hand one event over (drops it if the queue is full)."""
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="keyswap-quota-events", daemon=True
+                    )
+                    self._thread.start()
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            log.warning("quota: too many threshold events waiting; one dropped")
+
+    def _run(self) -> None:
+        while True:
+            event = self._queue.get()
+            try:
+                if event is None:
+                    return
+                self._enqueue(event)
+            except Exception as exc:
+                log.warning("quota: could not record a threshold event (%s)", type(exc).__name__)
+            finally:
+                self._queue.task_done()
+
+    def join(self) -> None:
+        """Wait until every event handed over has been recorded (tests, shutdown)."""
+        self._queue.join()
+
+    def close(self) -> None:
+        """Record what is queued, then stop the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+
+
+def webhook_enqueuer(store: object) -> Callable[[ThresholdEvent], object]:
+    """``(event) -> None`` recording it with :func:`keyswap.manage.webhooks.enqueue` (if this keyswap
+    has consumer webhooks; else the events are only logged at debug level)."""
+
+    def record(event: ThresholdEvent) -> object:
+        try:
+            from keyswap.manage import webhooks  # type: ignore[attr-defined,unused-ignore]
+        except ImportError:
+            log.debug("quota: %s (no webhooks in this build)", event.idempotency_key)
+            return None
+        return webhooks.enqueue(
+            store,
+            consumer_id=event.consumer,
+            event_type="quota.threshold",
+            data=event.data(),
+            idempotency_key=event.idempotency_key,
+        )
+
+    return record
