@@ -90,7 +90,15 @@ def test_consumers_can_be_created_listed_updated_and_deleted(db: str) -> None:
     assert "Created consumer 'beta'." in ok("consumers", "create", "beta", "--db", db).stdout
 
     listed = ok("consumers", "list", "--db", db).stdout
-    assert listed.splitlines()[0].split() == ["NAME", "CREATED", "RATE_LIMIT", "SCOPES", "METADATA"]
+    assert listed.splitlines()[0].split() == [
+        "NAME",
+        "CREATED",
+        "RATE_LIMIT",
+        "QUOTA",
+        "CREDITS",
+        "SCOPES",
+        "METADATA",
+    ]
     assert '{"tier":"gold"}' in listed
     assert [c["name"] for c in as_json(ok("consumers", "list", "--json", "--db", db))] == [
         "acme",

@@ -182,8 +182,15 @@ def update_consumer(ctx: Context, name: str, update: ConsumerUpdate) -> Consumer
             quota=changes.get("quota", KEEP),
             credits=changes.get("credits", KEEP),
             credits_refill=changes.get("credits_refill", KEEP),
-            credits_set_at=ctx.now() if "credits" in changes else KEEP,
+            credits_set_at=_grant_time(ctx, changes),
         )
+
+
+def _grant_time(ctx: Context, changes: dict[str, Any]) -> float | Keep | None:
+    """When a credit grant starts: now for new credits, none without credits, else unchanged."""
+    if "credits" not in changes:
+        return KEEP
+    return None if changes["credits"] is None else ctx.now()
 
 
 def count_keys(ctx: Context, name: str) -> int:
