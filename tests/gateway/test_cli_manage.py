@@ -496,6 +496,10 @@ def test_every_result_can_be_printed_as_json(db: str) -> None:
         "rate_limit",
         "scopes",
         "max_connections",
+        "quota",
+        "credits",
+        "credits_refill",
+        "credits_set_at",
     }
     limited = as_json(ok("consumers", "set-limit", "acme", "--rate", "10/s", "--json", "--db", db))
     assert limited["rate_limit"] == "10/1s"

@@ -10,8 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from keyswap.cli import main
-from keyswap.manage import audit
-from keyswap.manage import Actor, Context
+from keyswap.manage import Actor, Context, audit
 from keyswap.store import Store
 
 
@@ -58,7 +57,7 @@ def test_set_credits_with_and_without_refill(db: str) -> None:
     )
     assert (shown["credits"], shown["credits_refill"]) == (500, "500/month")
     assert shown["credits_set_at"] is not None
-    assert "500 (refill 500/month)" in ok("consumers", "list", "--db", db).stdout
+    assert "500;refill=500/month" in ok("consumers", "list", "--db", db).stdout
     text = ok("consumers", "set-credits", "acme", "20", "--db", db).stdout
     assert "20 credits (never refilled)" in text
     [listed] = as_json(ok("consumers", "list", "--json", "--db", db))

@@ -51,8 +51,8 @@ def test_consumers_get_scopes_at_creation_and_list_them(db: str) -> None:
         "SCOPES",
         "METADATA",
     ]
-    assert table[1].split()[3] == "orders:read,orders:write"
-    assert table[2].split()[3] == "-"
+    assert table[1].split()[5] == "orders:read,orders:write"
+    assert table[2].split()[5] == "-"
     listed = as_json(ok("consumers", "list", "--json", "--db", db))
     assert [c["scopes"] for c in listed] == [["orders:read", "orders:write"], []]
 

@@ -377,7 +377,7 @@ def _credits_text(consumer: Consumer) -> str:
     if consumer.credits is None:
         return "-"
     refill = consumer.credits_refill
-    return f"{consumer.credits} (refill {refill})" if refill else str(consumer.credits)
+    return f"{consumer.credits};refill={refill}" if refill else str(consumer.credits)
 
 
 SCOPES_HELP = (
