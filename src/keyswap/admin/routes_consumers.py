@@ -113,8 +113,9 @@ def update_consumer(
     auth: Annotated[Authorized, Depends(require("consumers:write"))],
     if_match: IfMatch = None,
 ) -> Response:
-    """Change the fields given (metadata, scopes, rate_limit, max_connections); ``null`` for
-    rate_limit or max_connections means the gateway's default."""
+    """Change the fields given (metadata, scopes, rate_limit, max_connections, quota, credits,
+    credits_refill); ``null`` for rate_limit or max_connections means the gateway's default, for
+    quota or credits none, for credits_refill never. Giving ``credits`` starts a new balance."""
     known_name(name)
     given = body.model_fields_set
     update = manage.ConsumerUpdate(
@@ -124,6 +125,9 @@ def update_consumer(
         scopes=tuple(body.scopes) if "scopes" in given and body.scopes is not None else manage.KEEP,
         rate_limit=body.rate_limit if "rate_limit" in given else manage.KEEP,
         max_connections=body.max_connections if "max_connections" in given else manage.KEEP,
+        quota=body.quota if "quota" in given else manage.KEEP,
+        credits=body.credits if "credits" in given else manage.KEEP,
+        credits_refill=body.credits_refill if "credits_refill" in given else manage.KEEP,
     )
     ctx = auth.context()
     with auth.state.write_lock:

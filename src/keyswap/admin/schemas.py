@@ -74,6 +74,24 @@ class ConsumerPatch(_In):
     max_connections: int | None = Field(
         default=None, ge=1, le=10_000, description="1-10000, or null for the gateway's default."
     )
+    quota: str | None = Field(
+        default=None,
+        max_length=32,
+        description="Request quota: '<requests>/day' or '<requests>/month' (calendar, UTC); null "
+        "or 'off' for none.",
+    )
+    credits: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000_000_000,
+        description="A new credit balance, from now (replaces what is left); null for none.",
+    )
+    credits_refill: str | None = Field(
+        default=None,
+        max_length=32,
+        description="What the balance is set back to at each period start: '<n>/day' or "
+        "'<n>/month'; null for never.",
+    )
 
 
 class ConsumerOut(BaseModel):
@@ -84,6 +102,10 @@ class ConsumerOut(BaseModel):
     scopes: list[str]
     rate_limit: str | None
     max_connections: int | None
+    quota: str | None
+    credits: int | None
+    credits_refill: str | None
+    credits_set_at: str | None
     created_at: str | None
 
     @classmethod
@@ -95,6 +117,12 @@ class ConsumerOut(BaseModel):
             scopes=list(consumer.scopes),
             rate_limit=consumer.rate_limit,
             max_connections=consumer.max_connections,
+            quota=consumer.quota,
+            credits=consumer.credits,
+            credits_refill=consumer.credits_refill,
+            credits_set_at=None
+            if consumer.credits_set_at is None
+            else iso(consumer.credits_set_at),
             created_at=iso(consumer.created_at),
         )
 
