@@ -33,6 +33,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "Manage admin tokens (admin API credentials).",
     ),
     "audit": ("keyswap.gateway.cli_admin:audit", "gateway", "List the audit log of changes."),
+    "webhooks": (
+        "keyswap.webhooks.cli:webhooks",
+        "gateway",
+        "Consumers' webhook events: deliveries, redeliver, dispatch.",
+    ),
     "tokens": (
         "keyswap.gateway.cli_tokens:tokens",
         "gateway",

@@ -429,3 +429,40 @@ def test_on_the_wire_rate_limit_and_quota_fields_go_together(
     assert first.headers["ratelimit"].startswith('"credits";r=0;t=')
     assert second.status_code == 429
     assert second.json()["title"] == "Credits exhausted"
+
+
+def test_on_the_wire_thresholds_become_webhook_events_once(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    from keyswap.gateway.secret import load_secret
+    from keyswap.manage import Actor, Context
+    from keyswap.manage.webhooks import list_webhook_events, set_webhook
+
+    with running_gateway(tmp_path, upstream.url) as gateway:
+        ctx = Context(gateway.admin_store, Actor.cli("test"))
+        set_webhook(
+            ctx, load_secret(gateway.db_url, env={}), "acme", "https://hooks.example.com/in"
+        )
+        gateway.admin_store.update_consumer("acme", quota="5/day")
+        gateway.app.on_change()
+        statuses = [gateway.get("/x").status_code for _ in range(7)]
+        quotas = gateway.app.quotas
+        assert quotas is not None
+        notifier = quotas._on_threshold
+        assert isinstance(notifier, ThresholdNotifier)
+        notifier.join()
+        events = list_webhook_events(ctx, "acme")
+    assert statuses == [200] * 5 + [429] * 2
+    assert sorted(e.payload["data"]["threshold"] for e in events) == [80, 100]
+    assert {e.type for e in events} == {"quota.threshold"}
+    by_threshold = {e.payload["data"]["threshold"]: e.payload["data"] for e in events}
+    assert by_threshold[80]["used"] == 4
+    assert by_threshold[100] == {
+        "consumer": "acme",
+        "kind": "quota",
+        "period": by_threshold[100]["period"],
+        "period_start": by_threshold[100]["period_start"],
+        "limit": 5,
+        "used": 5,
+        "threshold": 100,
+    }

@@ -146,6 +146,15 @@ def _oidc(
     envvar="KEYSWAP_ADMIN_OIDC_PROFILE",
     help="Require RFC 9068 JWT access tokens (typ at+jwt; also $KEYSWAP_ADMIN_OIDC_PROFILE).",
 )
+@click.option(
+    "--webhooks/--no-webhooks",
+    "webhooks",
+    envvar="KEYSWAP_WEBHOOKS",
+    default=True,
+    show_default=True,
+    help="Deliver consumers' webhook events from this process (needs the 'webhooks' extra); "
+    "--no-webhooks leaves it to other processes or `keyswap webhooks dispatch`. $KEYSWAP_WEBHOOKS.",
+)
 @key_prefix_option
 @db_option
 @secret_file_option
@@ -160,6 +169,7 @@ def admin(
     oidc_jwks_url: str | None,
     oidc_scopes_claims: tuple[str, ...],
     oidc_profile: str | None,
+    webhooks: bool,
     key_prefix: str,
     db_url: str | None,
     secret_file: str | None,
@@ -179,6 +189,7 @@ def admin(
     from keyswap.gateway.serve import configure_logging, run_until_signal, server_config
     from keyswap.manage.context import audit_retention_from_env
     from keyswap.ports import bind_listeners, listen_address
+    from keyswap.webhooks.background import background_dispatcher
 
     if db_url is None and os.environ.get("KEYSWAP_ADMIN_DB", "").strip():
         db_url = os.environ["KEYSWAP_ADMIN_DB"].strip()
@@ -212,11 +223,12 @@ def admin(
                     f"keyswap admin API on http://{listen_address(host, bound)} (docs: /docs)"
                 )
 
-            status = run_until_signal(
-                [server_config(app, host, bound, log_level=log_level)],
-                on_ready=ready,
-                sockets=[sockets],
-            )
+            with background_dispatcher(store, secret, enabled=webhooks):
+                status = run_until_signal(
+                    [server_config(app, host, bound, log_level=log_level)],
+                    on_ready=ready,
+                    sockets=[sockets],
+                )
     finally:
         if oidc is not None:
             oidc.close()

@@ -52,8 +52,8 @@ def parse(rows: list[tuple[str, str]]) -> Changes:
             consumer_ids.add(int(ref))
         elif kind == "signing":
             signing = True
-        elif kind == "admin_token":
-            continue  # the admin API's credentials: nothing a gateway caches
+        elif kind in ("admin_token", "webhook"):
+            continue  # the admin API's credentials, consumers' webhooks: nothing a gateway caches
         else:
             return FULL
     return Changes(False, frozenset(key_ids), frozenset(consumer_ids), signing)

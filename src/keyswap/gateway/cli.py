@@ -1411,6 +1411,15 @@ def _url_host(host: str) -> str:
     help="A relayed websocket is closed after this long (its key is checked at the handshake only). "
     "$KEYSWAP_WEBSOCKET_MAX_LIFETIME.",
 )
+@click.option(
+    "--webhooks/--no-webhooks",
+    "webhooks",
+    envvar="KEYSWAP_WEBHOOKS",
+    default=True,
+    show_default=True,
+    help="Deliver consumers' webhook events from this process (needs the 'webhooks' extra); "
+    "--no-webhooks leaves it to other processes or `keyswap webhooks dispatch`. $KEYSWAP_WEBHOOKS.",
+)
 @key_prefix_option
 @db_option
 @secret_file_option
@@ -1446,6 +1455,7 @@ def gateway(
     drain_timeout: float,
     websocket_idle_timeout: float,
     websocket_max_lifetime: float,
+    webhooks: bool,
     key_prefix: str,
     db_url: str | None,
     secret_file: str | None,
@@ -1543,7 +1553,8 @@ def gateway(
             drain_timeout=drain_timeout,
             websockets=True,
         )
-        return run_until_signal([config], sockets=[sockets], on_ready=on_ready)
+        with _webhook_dispatcher(url, secret_file, enabled=webhooks):
+            return run_until_signal([config], sockets=[sockets], on_ready=on_ready)
 
     def worker(on_ready: Callable[[], None]) -> int:  # in a forked worker: its own gateway
         served = build_gateway(
@@ -1569,6 +1580,18 @@ def gateway(
                 sock.close()
     if failed:
         raise click.ClickException("the gateway could not start (see the message above)")
+
+
+@contextmanager
+def _webhook_dispatcher(url: str, secret_file: str | None, *, enabled: bool) -> Iterator[None]:
+    """Consumers' webhook deliveries in the background of this (worker) process."""
+    if not enabled:
+        yield
+        return
+    from keyswap.webhooks.background import background_dispatcher
+
+    with background_dispatcher(url, load_secret(url, secret_file=secret_file)):
+        yield
 
 
 def _redis_reachable(url: str, timeout: float = 1.0) -> bool:
@@ -1674,3 +1697,8 @@ def demo(port: int, origin_port: int, admin_port: int | None, data_dir: str, alg
     )
     if status != 0:
         raise click.ClickException("the demo could not start (see the message above)")
+
+
+# The webhook subcommands of `keyswap consumers` (set-webhook, webhook, clear-webhook,
+# rotate-webhook-secret) live in keyswap.webhooks.cli and join the group here.
+from keyswap.webhooks import cli as _webhooks_cli  # noqa: E402, F401

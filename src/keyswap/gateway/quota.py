@@ -46,10 +46,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from keyswap.errors import ConfigError
 from keyswap.manage.quotas import Counter, counters_for
+
+if TYPE_CHECKING:
+    from keyswap.store import Store
 
 __all__ = [
     "THRESHOLDS",
@@ -646,19 +649,15 @@ class ThresholdNotifier:
             self._thread.join(timeout=5)
 
 
-def webhook_enqueuer(store: object) -> Callable[[ThresholdEvent], object]:
-    """``(event) -> None`` recording it with :func:`keyswap.manage.webhooks.enqueue` (if this keyswap
-    has consumer webhooks; else the events are only logged at debug level)."""
+def webhook_enqueuer(store: Store) -> Callable[[ThresholdEvent], object]:
+    """``(event) -> event id`` recording a ``quota.threshold`` event for the consumer's webhook
+    (:func:`keyswap.manage.webhooks.enqueue`; nothing if the consumer has none). Blocking."""
+    from keyswap.manage import webhooks
 
     def record(event: ThresholdEvent) -> object:
-        try:
-            from keyswap.manage import webhooks  # type: ignore[attr-defined,unused-ignore]
-        except ImportError:
-            log.debug("quota: %s (no webhooks in this build)", event.idempotency_key)
-            return None
         return webhooks.enqueue(
             store,
-            consumer_id=event.consumer,
+            consumer_id=str(event.consumer_id),
             event_type="quota.threshold",
             data=event.data(),
             idempotency_key=event.idempotency_key,

@@ -2,7 +2,7 @@
 
 The secret is never used directly. HKDF-SHA-256 derives independent 32-byte subkeys from it: one for the
 HMAC-SHA-256 of API keys, one for that of admin tokens, one for the AES-256-GCM encryption of private
-signing keys, and a fingerprint the database records on first use, so starting with another secret fails with a clear message instead of
+signing keys, one for the AES-256-GCM encryption of consumers' webhook secrets, and a fingerprint the database records on first use, so starting with another secret fails with a clear message instead of
 refusing every key.
 
 Where it comes from, first match wins:
@@ -61,6 +61,7 @@ class ServerSecret:
         "api_key_mac_key",
         "fingerprint",
         "signing_key_encryption_key",
+        "webhook_secret_encryption_key",
     )
 
     def __init__(self, secret: str | bytes) -> None:
@@ -73,6 +74,7 @@ class ServerSecret:
         self.api_key_mac_key = _derive(material, b"api-key-hmac")
         self.admin_token_mac_key = _derive(material, b"admin-token-hmac")
         self.signing_key_encryption_key = _derive(material, b"signing-key-encryption")
+        self.webhook_secret_encryption_key = _derive(material, b"webhook-secret-encryption")
         self.fingerprint = _derive(material, b"fingerprint").hex()
 
     @classmethod

@@ -25,6 +25,9 @@ __all__ = [
     "metadata",
     "quota_usage",
     "signing_keys",
+    "webhook_attempts",
+    "webhook_endpoints",
+    "webhook_events",
 ]
 
 #: The number of the latest migration (``0009``): what ``meta.schema_version`` says after an upgrade.
@@ -182,4 +185,75 @@ admin_tokens = sa.Table(
     sa.Column("created_at", _TIME, nullable=False),
     sa.Column("expires_at", _TIME, nullable=True),
     sa.Column("revoked_at", _TIME, nullable=True),
+)
+
+# Consumer webhooks (keyswap.manage.webhooks, keyswap.webhooks): at most one endpoint per consumer.
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column(
+        "consumer_id",
+        sa.Integer,
+        sa.ForeignKey("consumers.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    sa.Column("url", sa.String(2048), nullable=False),
+    # AES-256-GCM of the whsec_ secret, key derived from the server secret, consumer id as associated data.
+    sa.Column("secret_blob", sa.LargeBinary, nullable=False),
+    # Set when http:// to a loopback address was explicitly allowed (tests, local development).
+    sa.Column("allow_http_loopback", sa.Boolean, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("updated_at", _TIME, nullable=False),
+)
+
+# The outbox: one row per event (its id is the ``webhook-id`` header), with its delivery state.
+# ``state``: pending (to deliver at ``next_attempt_at``), delivered, failed (retries exhausted or no
+# endpoint any more). A dispatcher claims a due row by setting ``lease_owner``/``lease_until``.
+webhook_events = sa.Table(
+    "webhook_events",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column(
+        "consumer_id",
+        sa.Integer,
+        sa.ForeignKey("consumers.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("idempotency_key", sa.String(255), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", _TIME, nullable=True, index=True),
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_until", _TIME, nullable=True),
+    sa.Column("finished_at", _TIME, nullable=True),
+    sa.UniqueConstraint("consumer_id", "idempotency_key"),
+    sa.CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="state"),
+)
+
+# Every delivery attempt: when, how it ended (an HTTP status or an error kind), how long it took, when
+# the next one is due (NULL: none), and at most a short excerpt of the response body.
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column(
+        "event_id",
+        sa.String(40),
+        sa.ForeignKey("webhook_events.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("at", _TIME, nullable=False, index=True),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("error", sa.String(32), nullable=True),
+    sa.Column("duration", _TIME, nullable=False),
+    sa.Column("next_retry_at", _TIME, nullable=True),
+    sa.Column("response_excerpt", sa.String(256), nullable=True),
 )
