@@ -239,41 +239,52 @@ def with_limit_headers(
     return sending
 
 
-# KEYS: the consumer's counters; ARGV: per counter, limit, seed (the database's count), TTL ms.
-# Returns {allowed (1/0), used per counter...}: after the increment if allowed, else as found.
-_SCRIPT = (
-    """
+# KEYS: the consumer's counters; ARGV: per counter "<limit> <seed> <TTL ms; 0: never refills>"
+# (seed: the database's count, used if the key is missing). One counter: returns the count after the
+# increment if allowed, else -(count + 1); several: {1 or 0, count per counter...}.
+_SCRIPT = """
 local n = #KEYS
-local used = {}
+local used, limits, refresh = {}, {}, {}
 for i = 1, n do
+  local limit, seed, ttl = string.match(ARGV[i], '^(%d+) (%d+) (%d+)$')
+  limits[i], refresh[i] = tonumber(limit), ttl == '0'
   local v = redis.call('GET', KEYS[i])
   if v then
     used[i] = tonumber(v)
   else
-    used[i] = tonumber(ARGV[3 * i - 1])
-    redis.call('SET', KEYS[i], used[i], 'PX', ARGV[3 * i])
+    used[i] = tonumber(seed)
+    if refresh[i] then ttl = 'NEVER_TTL' end
+    redis.call('SET', KEYS[i], seed, 'PX', ttl)
   end
 end
 for i = 1, n do
-  if used[i] >= tonumber(ARGV[3 * i - 2]) then
+  if used[i] >= limits[i] then
+    if n == 1 then return -(used[1] + 1) end
     table.insert(used, 1, 0)
     return used
   end
 end
 for i = 1, n do
   used[i] = redis.call('INCR', KEYS[i])
-  if ARGV[3 * i] == '"""
-    + str(_NEVER_TTL_MS)
-    + """' then
-    redis.call('PEXPIRE', KEYS[i], ARGV[3 * i])
-  end
+  if refresh[i] then redis.call('PEXPIRE', KEYS[i], 'NEVER_TTL') end
 end
+if n == 1 then return used[1] end
 table.insert(used, 1, 1)
 return used
-"""
-)
+""".replace("NEVER_TTL", str(_NEVER_TTL_MS))
 
-_Job = tuple[list[str], list[int], "asyncio.Future[list[int]]"]
+_Job = tuple[tuple[bytes, ...], list[bytes], "asyncio.Future[Any]"]
+
+
+class _Plan(NamedTuple):
+    """A consumer's counters while none changes period: what each request reuses."""
+
+    counters: tuple[Counter, ...]
+    keys: tuple[tuple[int, str], ...]  # (consumer id, counter name)
+    redis_keys: tuple[bytes, ...]
+    redis_args: tuple[tuple[int, float | None], ...]  # (limit, end; None: never refills)
+    valid_from: float
+    valid_until: float
 
 
 class QuotaEnforcer:
@@ -323,6 +334,7 @@ class QuotaEnforcer:
         self._pending: dict[tuple[int, str], int] = {}
         self._writing: dict[tuple[int, str], int] = {}
         self._loading: dict[tuple[int, str], asyncio.Future[None]] = {}
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
         self._last_flush = float("-inf")
         self._flush_lock = threading.Lock()
         self._client: Any = None
@@ -352,41 +364,65 @@ class QuotaEnforcer:
     async def check(self, principal: QuotaPrincipal) -> QuotaDecision | None:
         """Check one request of ``principal``'s consumer and count it if allowed (``None``: no quota
         nor credits apply)."""
-        credits = principal.credits
-        if principal.quota is None and credits is None:
+        if principal.quota is None and principal.credits is None:
             return None
         now = self._clock()
-        counters = counters_for(
-            quota=principal.quota,
-            credits=credits,
-            credits_refill=principal.credits_refill,
-            credits_set_at=principal.credits_set_at,
-            now=now,
+        plan_key = (
+            principal.consumer_id,
+            principal.quota,
+            principal.credits,
+            principal.credits_refill,
+            principal.credits_set_at,
         )
+        plan = self._plans.get(plan_key)
+        if plan is None or not plan.valid_from <= now < plan.valid_until:
+            plan = self._plan(plan_key, now)
+        counters, keys = plan.counters, plan.keys
         if not counters:
             return None
-        consumer_id = principal.consumer_id
-        keys = [(consumer_id, counter.name) for counter in counters]
-        if any(key not in self._base for key in keys):
-            await self._load(consumer_id, keys)
+        base = self._base
+        for key in keys:
+            if key not in base:
+                await self._load(principal.consumer_id, keys)
+                break
         used: list[int] | None = None
         if self._client is not None and not self.redis_down:
-            used = await self._redis_check(consumer_id, counters, keys, now)
+            used = await self._redis_check(plan, now)
         if used is None:
             allowed, used = self._memory_check(counters, keys)
         else:
             allowed = bool(used.pop(0))
             if allowed:
                 with self._lock:
+                    pending = self._pending
                     for key in keys:
-                        self._pending[key] = self._pending.get(key, 0) + 1
+                        pending[key] = pending.get(key, 0) + 1
         decision = QuotaDecision(allowed, counters, tuple(used), now)
         if allowed and self._on_threshold is not None:
             self._thresholds(principal, decision)
         return decision
 
+    def _plan(self, plan_key: tuple[Any, ...], now: float) -> _Plan:
+        consumer_id, quota, credits, refill, set_at = plan_key
+        counters = counters_for(
+            quota=quota, credits=credits, credits_refill=refill, credits_set_at=set_at, now=now
+        )
+        ends = [c.end for c in counters if c.end is not None]
+        plan = _Plan(
+            counters,
+            tuple((consumer_id, c.name) for c in counters),
+            tuple(f"{self._prefix}:quota:{{{consumer_id}}}:{c.name}".encode() for c in counters),
+            tuple((c.limit, c.end) for c in counters),
+            max([c.start for c in counters if c.end is not None], default=float("-inf")),
+            min(ends, default=float("inf")),
+        )
+        if len(self._plans) >= 10_000:
+            self._plans.clear()
+        self._plans[plan_key] = plan
+        return plan
+
     def _memory_check(
-        self, counters: tuple[Counter, ...], keys: list[tuple[int, str]]
+        self, counters: tuple[Counter, ...], keys: tuple[tuple[int, str], ...]
     ) -> tuple[bool, list[int]]:
         with self._lock:
             used = [
@@ -413,7 +449,7 @@ class QuotaEnforcer:
                     except Exception:  # never fail a request for an event
                         log.exception("quota: could not hand over a threshold event")
 
-    async def _load(self, consumer_id: int, keys: list[tuple[int, str]]) -> None:
+    async def _load(self, consumer_id: int, keys: tuple[tuple[int, str], ...]) -> None:
         """Learn the database's totals for counters seen for the first time (one read, shared by
         concurrent requests; on failure or timeout they start from 0 and are read again later)."""
         missing = [key for key in keys if key not in self._base]
@@ -454,32 +490,19 @@ class QuotaEnforcer:
 
     # -- Redis ----------------------------------------------------------------------------------
 
-    async def _redis_check(
-        self,
-        consumer_id: int,
-        counters: tuple[Counter, ...],
-        keys: list[tuple[int, str]],
-        now: float,
-    ) -> list[int] | None:
+    async def _redis_check(self, plan: _Plan, now: float) -> list[int] | None:
         import redis
 
-        redis_keys = [
-            f"{self._prefix}:quota:{{{consumer_id}}}:{counter.name}" for counter in counters
+        base, writing, pending = self._base, self._writing, self._pending
+        args = [
+            (
+                f"{limit} {base.get(key, 0) + writing.get(key, 0) + pending.get(key, 0)} "
+                f"{0 if end is None else max(1000, int((end - now) * 1000) + 86_400_000)}"
+            ).encode()
+            for key, (limit, end) in zip(plan.keys, plan.redis_args, strict=True)
         ]
-        args: list[int] = []
-        with self._lock:
-            for counter, key in zip(counters, keys, strict=True):
-                seed = (
-                    self._base.get(key, 0) + self._writing.get(key, 0) + self._pending.get(key, 0)
-                )
-                ttl = (
-                    _NEVER_TTL_MS
-                    if counter.end is None
-                    else max(1000, int((counter.end - now) * 1000) + 86_400_000)
-                )
-                args += [counter.limit, seed, ttl]
         try:
-            reply = await self._queue(redis_keys, args)
+            reply = await self._queue(plan.redis_keys, args)
         except (redis.RedisError, OSError) as exc:
             if self._down_until is None:
                 log.warning(
@@ -491,12 +514,14 @@ class QuotaEnforcer:
         if self._down_until is not None:
             self._down_until = None
             log.warning("quotas: Redis answers again; quotas are shared again")
-        return reply
+        if isinstance(reply, int):  # one counter
+            return [1, reply] if reply >= 0 else [0, -reply - 1]
+        return [int(n) for n in reply]
 
-    def _queue(self, keys: list[str], args: list[int]) -> asyncio.Future[list[int]]:
+    def _queue(self, keys: tuple[bytes, ...], args: list[bytes]) -> asyncio.Future[Any]:
         """Queue one script call for the next pipelined round trip (sent at the end of this turn)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[int]] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         if not self._batch:
             loop.call_soon(self._send_batch)
         self._batch.append((keys, args, future))
@@ -534,7 +559,7 @@ class QuotaEnforcer:
             return
         for (_, _, future), reply in zip(batch, replies, strict=True):
             if not future.done():
-                future.set_result([int(n) for n in reply])
+                future.set_result(reply)
 
     # -- recording ------------------------------------------------------------------------------
 
