@@ -38,6 +38,7 @@ event; a request never waits for it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -163,18 +164,26 @@ class QuotaDecision(NamedTuple):
         """``RateLimit-Policy`` and ``RateLimit`` per counter (plus ``Retry-After`` if refused)."""
         fields: list[tuple[bytes, bytes]] = []
         for counter, used in zip(self.counters, self.used, strict=True):
-            window = counter.window
-            policy = f'"{counter.kind}";q={counter.limit}'
-            state = f'"{counter.kind}";r={max(0, counter.limit - used)}'
-            if window is not None and counter.end is not None:
-                policy += f";w={window}"
-                state += f";t={max(1, math.ceil(counter.end - self.now))}"
-            fields.append((b"ratelimit-policy", policy.encode()))
+            left = counter.limit - used if used < counter.limit else 0
+            if counter.end is None:
+                state = f'"{counter.kind}";r={left}'
+            else:
+                state = f'"{counter.kind}";r={left};t={max(1, math.ceil(counter.end - self.now))}'
+            fields.append((b"ratelimit-policy", _policy(counter)))
             fields.append((b"ratelimit", state.encode()))
-        retry = self.retry_after() if not self.allowed else None
-        if retry is not None:
-            fields.append((b"retry-after", str(retry).encode()))
+        if not self.allowed:
+            retry = self.retry_after()
+            if retry is not None:
+                fields.append((b"retry-after", str(retry).encode()))
         return fields
+
+
+@functools.lru_cache(maxsize=4096)
+def _policy(counter: Counter) -> bytes:
+    """``"quota";q=1000;w=86400`` (no ``w`` for credits that never refill)."""
+    window = counter.window
+    policy = f'"{counter.kind}";q={counter.limit}'
+    return (policy if window is None else f"{policy};w={window}").encode()
 
 
 def quota_exceeded(decision: QuotaDecision) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -451,7 +460,7 @@ class QuotaEnforcer:
 
     async def _load(self, consumer_id: int, keys: tuple[tuple[int, str], ...]) -> None:
         """Learn the database's totals for counters seen for the first time (one read, shared by
-        concurrent requests; on failure or timeout they start from 0 and are read again later)."""
+        concurrent requests; on failure or timeout they start from 0 until a flush learns the total)."""
         missing = [key for key in keys if key not in self._base]
         if self._store is None:
             with self._lock:
