@@ -382,6 +382,7 @@ def test_a_refusal_is_a_problem_with_retry_after_and_ratelimit_fields() -> None:
     assert fields[b"ratelimit"] == b'"quota";r=0;t=43200'
     problem = json.loads(body)
     assert problem["status"] == 429
+    assert problem["code"] == "quota_exceeded"
     assert problem["title"] == "Quota exceeded"
     assert problem["refills_at"] == "2026-12-08T00:00:00Z"
     assert "2026-12-07 quota of 10 requests is spent" in problem["detail"]

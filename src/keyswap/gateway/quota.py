@@ -38,7 +38,6 @@ event; a request never waits for it.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import math
@@ -49,7 +48,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from keyswap.errors import ConfigError
+from keyswap.errors import ConfigError, QuotaExceeded
 from keyswap.manage.quotas import Counter, counters_for
 
 if TYPE_CHECKING:
@@ -142,6 +141,8 @@ class QuotaDecision(NamedTuple):
     counters: tuple[Counter, ...]
     used: tuple[int, ...]
     now: float
+    #: ``RateLimit-Policy`` value per counter, if already known (else computed).
+    policies: tuple[bytes, ...] = ()
 
     @property
     def refused_by(self) -> Counter | None:
@@ -163,13 +164,14 @@ class QuotaDecision(NamedTuple):
     def headers(self) -> list[tuple[bytes, bytes]]:
         """``RateLimit-Policy`` and ``RateLimit`` per counter (plus ``Retry-After`` if refused)."""
         fields: list[tuple[bytes, bytes]] = []
-        for counter, used in zip(self.counters, self.used, strict=True):
+        policies = self.policies or tuple(_policy(counter) for counter in self.counters)
+        for counter, used, policy in zip(self.counters, self.used, policies, strict=True):
             left = counter.limit - used if used < counter.limit else 0
             if counter.end is None:
                 state = f'"{counter.kind}";r={left}'
             else:
                 state = f'"{counter.kind}";r={left};t={max(1, math.ceil(counter.end - self.now))}'
-            fields.append((b"ratelimit-policy", _policy(counter)))
+            fields.append((b"ratelimit-policy", policy))
             fields.append((b"ratelimit", state.encode()))
         if not self.allowed:
             retry = self.retry_after()
@@ -178,7 +180,6 @@ class QuotaDecision(NamedTuple):
         return fields
 
 
-@functools.lru_cache(maxsize=4096)
 def _policy(counter: Counter) -> bytes:
     """``"quota";q=1000;w=86400`` (no ``w`` for credits that never refill)."""
     window = counter.window
@@ -201,7 +202,8 @@ def quota_exceeded(decision: QuotaDecision) -> tuple[int, list[tuple[bytes, byte
         {
             "type": "https://keyswap.dev/problems/quota-exceeded",
             "title": title,
-            "status": 429,
+            "status": QuotaExceeded.status,
+            "code": QuotaExceeded.code,
             "detail": detail,
             "limit": counter.limit,
             "period": counter.label,
@@ -292,6 +294,8 @@ class _Plan(NamedTuple):
     keys: tuple[tuple[int, str], ...]  # (consumer id, counter name)
     redis_keys: tuple[bytes, ...]
     redis_args: tuple[tuple[int, float | None], ...]  # (limit, end; None: never refills)
+    policies: tuple[bytes, ...]  # RateLimit-Policy per counter
+    marks: tuple[tuple[tuple[int, int], ...], ...]  # per counter: (count, threshold %) that emit
     valid_from: float
     valid_until: float
 
@@ -406,9 +410,9 @@ class QuotaEnforcer:
                     pending = self._pending
                     for key in keys:
                         pending[key] = pending.get(key, 0) + 1
-        decision = QuotaDecision(allowed, counters, tuple(used), now)
+        decision = QuotaDecision(allowed, counters, tuple(used), now, plan.policies)
         if allowed and self._on_threshold is not None:
-            self._thresholds(principal, decision)
+            self._thresholds(principal, decision, plan.marks)
         return decision
 
     def _plan(self, plan_key: tuple[Any, ...], now: float) -> _Plan:
@@ -422,6 +426,11 @@ class QuotaEnforcer:
             tuple((consumer_id, c.name) for c in counters),
             tuple(f"{self._prefix}:quota:{{{consumer_id}}}:{c.name}".encode() for c in counters),
             tuple((c.limit, c.end) for c in counters),
+            tuple(_policy(c) for c in counters),
+            tuple(
+                tuple((math.ceil(c.limit * t / 100), t) for t in THRESHOLDS if c.limit)
+                for c in counters
+            ),
             max([c.start for c in counters if c.end is not None], default=float("-inf")),
             min(ends, default=float("inf")),
         )
@@ -444,12 +453,18 @@ class QuotaEnforcer:
                 self._pending[key] = self._pending.get(key, 0) + 1
         return True, [n + 1 for n in used]
 
-    def _thresholds(self, principal: QuotaPrincipal, decision: QuotaDecision) -> None:
+    def _thresholds(
+        self,
+        principal: QuotaPrincipal,
+        decision: QuotaDecision,
+        marks: tuple[tuple[tuple[int, int], ...], ...],
+    ) -> None:
         assert self._on_threshold is not None
-        for counter, used in zip(decision.counters, decision.used, strict=True):
-            for threshold in THRESHOLDS:
-                mark = math.ceil(counter.limit * threshold / 100)
-                if used - 1 < mark <= used:
+        for counter, used, counter_marks in zip(
+            decision.counters, decision.used, marks, strict=True
+        ):
+            for mark, threshold in counter_marks:
+                if mark == used:
                     event = ThresholdEvent(
                         principal.consumer, principal.consumer_id, counter, used, threshold
                     )
