@@ -23,7 +23,7 @@ from keyswap.gateway.quota import (
     ThresholdNotifier,
     quota_exceeded,
 )
-from keyswap.gateway.ratelimit import Rate
+from keyswap.gateway.ratelimit import MemoryRateLimiter, Rate, RedisRateLimiter
 from keyswap.store import Store
 from tests.support.cluster import TcpRelay, redis_prefix
 from tests.support.gateway_state import Clock, db_url
@@ -280,6 +280,74 @@ async def test_redis_down_falls_back_to_each_node_and_requests_keep_flowing(
             await shared.close()
 
 
+# -- the rate limit and the quota in one call -------------------------------------------------------
+
+
+async def test_rate_limit_and_quota_in_one_call_are_exact_across_nodes(
+    store: Store, redis_env: tuple[str, str]
+) -> None:
+    url, prefix = redis_env
+    clock = Clock(NOON)
+    nodes = [QuotaEnforcer(store, redis_url=url, prefix=prefix, clock=clock) for _ in range(2)]
+    limiters = [RedisRateLimiter(url, prefix=prefix) for _ in range(2)]
+    assert nodes[0].shares_redis_with(limiters[0])
+    assert not nodes[0].shares_redis_with(MemoryRateLimiter())
+    assert not QuotaEnforcer(store).shares_redis_with(limiters[0])
+    who = principal(store, quota="20/day")
+    rate = Rate(1000, 86400)
+    try:
+        results = await asyncio.gather(
+            *(nodes[i % 2].check_with_rate(who, rate, limiters[i % 2]) for i in range(50))
+        )
+        # the rate limiter counted every request, in the keys it uses itself
+        assert (await limiters[0].hit(who.consumer_id, rate)).remaining == 1000 - 51
+    finally:
+        for node in nodes:
+            await node.close()
+        for limiter in limiters:
+            await limiter.close()
+    assert all(rated.allowed for rated, _ in results)
+    accepted = [spent for _, spent in results if spent is not None and spent.allowed]
+    assert len(accepted) == 20
+    assert sorted(spent.used[0] for spent in accepted) == list(range(1, 21))
+    assert store.quota_usage(who.consumer_id, ["q:day:2026-12-07"]) == {"q:day:2026-12-07": 20}
+
+
+async def test_a_request_refused_by_the_rate_limit_spends_no_quota(
+    store: Store, redis_env: tuple[str, str]
+) -> None:
+    url, prefix = redis_env
+    enforcer = QuotaEnforcer(store, redis_url=url, prefix=prefix, clock=Clock(NOON))
+    limiter = RedisRateLimiter(url, prefix=prefix)
+    who = principal(store, quota="10/day", credits=10, credits_set_at=NOON)
+    try:
+        results = [await enforcer.check_with_rate(who, Rate(3, 86400), limiter) for _ in range(5)]
+        alone = await enforcer.check(who)
+    finally:
+        await enforcer.close()
+        await limiter.close()
+    assert [rated.allowed for rated, _ in results] == [True, True, True, False, False]
+    assert [spent is None for _, spent in results] == [False, False, False, True, True]
+    assert results[2][1] is not None
+    assert results[2][1].used == (3, 3)
+    assert results[3][0].remaining == 0
+    assert alone is not None
+    assert alone.used == (4, 4)
+
+
+async def test_with_redis_unreachable_both_fall_back_per_node(store: Store) -> None:
+    enforcer = QuotaEnforcer(store, redis_url="redis://127.0.0.1:9/0", clock=Clock(NOON))
+    limiter = RedisRateLimiter("redis://127.0.0.1:9/0")
+    who = principal(store, quota="2/day")
+    try:
+        results = [await enforcer.check_with_rate(who, Rate(10, 60), limiter) for _ in range(3)]
+    finally:
+        await enforcer.close()
+        await limiter.close()
+    assert [rated.allowed for rated, _ in results] == [True] * 3
+    assert [spent is not None and spent.allowed for _, spent in results] == [True, True, False]
+
+
 # -- thresholds -------------------------------------------------------------------------------------
 
 
@@ -417,6 +485,7 @@ def test_on_the_wire_rate_limit_and_quota_fields_go_together(
     url, prefix = redis_env
     cluster = ClusterSettings(redis_url=url, redis_prefix=prefix, rate_limit=Rate(100, 60))
     with running_gateway(tmp_path, upstream.url, cluster=cluster) as gateway:
+        assert gateway.app._rate_with_quota  # one Redis call for both
         gateway.admin_store.update_consumer(
             "acme", credits=1, credits_set_at=gateway.clock.now, credits_refill="1/month"
         )

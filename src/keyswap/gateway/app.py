@@ -78,7 +78,12 @@ from keyswap.gateway.proxy import (
     forwarded_request_headers,
     validate_upstream,
 )
-from keyswap.gateway.quota import QuotaEnforcer, quota_exceeded, with_limit_headers
+from keyswap.gateway.quota import (
+    QuotaDecision,
+    QuotaEnforcer,
+    quota_exceeded,
+    with_limit_headers,
+)
 from keyswap.gateway.ratelimit import (
     Rate,
     RateLimiter,
@@ -359,6 +364,8 @@ class GatewayApp:
     ) -> None:
         self.settings = settings
         self.quotas = quotas
+        # a consumer with both: the rate limit and the quota in one Redis round trip
+        self._rate_with_quota = quotas is not None and quotas.shares_redis_with(rate_limiter)
         self.websocket_limits = websocket_limits or WebSocketLimits()
         self.changes = changes
         self.store_calls = store_calls or StoreCalls()
@@ -663,25 +670,38 @@ class GatewayApp:
                 return
             consumer, key_id = principal.consumer, principal.key_id
             limit_headers: list[tuple[bytes, bytes]] | None = None
+            quotas = self.quotas
+            has_quota = quotas is not None and (
+                getattr(principal, "quota", None) is not None
+                or getattr(principal, "credits", None) is not None
+            )
+            spent: QuotaDecision | None = None
             if self.rate_limiter is not None:
                 rate = rate_for(getattr(principal, "rate_limit", None), self._default_rate)
                 if rate is not None:
-                    consumer_id: int = getattr(principal, "consumer_id", 0)
-                    decision = await self.rate_limiter.hit(consumer_id, rate)
+                    if has_quota and self._rate_with_quota:
+                        assert quotas is not None
+                        decision, spent = await quotas.check_with_rate(
+                            principal,  # type: ignore[arg-type]
+                            rate,
+                            self.rate_limiter,  # type: ignore[arg-type]
+                        )
+                        has_quota = False  # done
+                    else:
+                        consumer_id: int = getattr(principal, "consumer_id", 0)
+                        decision = await self.rate_limiter.hit(consumer_id, rate)
                     if not decision.allowed:
                         status = await _respond(send, too_many_requests(decision))
                         return
                     limit_headers = decision.headers()
-            if self.quotas is not None and (
-                getattr(principal, "quota", None) is not None
-                or getattr(principal, "credits", None) is not None
-            ):
-                spent = await self.quotas.check(principal)  # type: ignore[arg-type]
-                if spent is not None:
-                    if not spent.allowed:
-                        status = await _respond(send, quota_exceeded(spent))
-                        return
-                    limit_headers = (limit_headers or []) + spent.headers()
+            if has_quota:
+                assert quotas is not None
+                spent = await quotas.check(principal)  # type: ignore[arg-type]
+            if spent is not None:
+                if not spent.allowed:
+                    status = await _respond(send, quota_exceeded(spent))
+                    return
+                limit_headers = (limit_headers or []) + spent.headers()
             if limit_headers:
                 send = with_limit_headers(send, limit_headers)
             try:

@@ -49,9 +49,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from keyswap.errors import ConfigError, QuotaExceeded
+from keyswap.gateway.ratelimit import RateDecision
 from keyswap.manage.quotas import Counter, counters_for
 
 if TYPE_CHECKING:
+    from keyswap.gateway.ratelimit import Rate, RedisRateLimiter
     from keyswap.store import Store
 
 __all__ = [
@@ -250,41 +252,80 @@ def with_limit_headers(
     return sending
 
 
-# KEYS: the consumer's counters; ARGV: per counter "<limit> <seed> <TTL ms; 0: never refills>"
-# (seed: the database's count, used if the key is missing). One counter: returns the count after the
-# increment if allowed, else -(count + 1); several: {1 or 0, count per counter...}.
-_SCRIPT = """
-local n = #KEYS
+# The quota part of both scripts: KEYS[KO + i] are the consumer's counters; ARGV[AO + i] per counter
+# "<limit> <seed> <TTL ms; 0: never refills>" (seed: the database's count, used if the key is
+# missing). Sets `used` (counts after the increment if allowed, else as found) and `allowed`.
+_QUOTA_PART = """
+local n = #KEYS - KO
 local used, limits, refresh = {}, {}, {}
+local allowed = 1
 for i = 1, n do
-  local limit, seed, ttl = string.match(ARGV[i], '^(%d+) (%d+) (%d+)$')
+  local limit, seed, ttl = string.match(ARGV[AO + i], '^(%d+) (%d+) (%d+)$')
   limits[i], refresh[i] = tonumber(limit), ttl == '0'
-  local v = redis.call('GET', KEYS[i])
+  local v = redis.call('GET', KEYS[KO + i])
   if v then
     used[i] = tonumber(v)
   else
     used[i] = tonumber(seed)
     if refresh[i] then ttl = 'NEVER_TTL' end
-    redis.call('SET', KEYS[i], seed, 'PX', ttl)
+    redis.call('SET', KEYS[KO + i], seed, 'PX', ttl)
+  end
+  if used[i] >= limits[i] then allowed = 0 end
+end
+if allowed == 1 then
+  for i = 1, n do
+    used[i] = redis.call('INCR', KEYS[KO + i])
+    if refresh[i] then redis.call('PEXPIRE', KEYS[KO + i], 'NEVER_TTL') end
   end
 end
-for i = 1, n do
-  if used[i] >= limits[i] then
-    if n == 1 then return -(used[1] + 1) end
-    table.insert(used, 1, 0)
-    return used
-  end
-end
-for i = 1, n do
-  used[i] = redis.call('INCR', KEYS[i])
-  if refresh[i] then redis.call('PEXPIRE', KEYS[i], 'NEVER_TTL') end
-end
-if n == 1 then return used[1] end
-table.insert(used, 1, 1)
-return used
 """.replace("NEVER_TTL", str(_NEVER_TTL_MS))
 
-_Job = tuple[tuple[bytes, ...], list[bytes], "asyncio.Future[Any]"]
+# One counter: returns the count after the increment if allowed, else -(count + 1); several:
+# {1 or 0, count per counter...}.
+_SCRIPT = (
+    "local KO, AO = 0, 0\n"
+    + _QUOTA_PART
+    + """
+if n == 1 then
+  if allowed == 1 then return used[1] end
+  return -(used[1] + 1)
+end
+table.insert(used, 1, allowed)
+return used
+"""
+)
+
+# The rate limit (keyswap.gateway.ratelimit's fixed window, same keys) and the quota in one call, for
+# a consumer that has both: KEYS[1] the rate limit's key, ARGV[1] its window in ms, ARGV[2] its
+# requests; then the quota's. A request refused by the rate limit (counted there, as always) is not
+# counted on the quota. Returns {rate count, ms to the window's end, 1 or 0, count per counter...}.
+_RATE_AND_QUOTA_SCRIPT = (
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+local index = math.floor(now / window)
+local rkey = KEYS[1] .. ':' .. index
+local rcount = redis.call('INCR', rkey)
+if rcount == 1 then
+  redis.call('PEXPIRE', rkey, window + 1000)
+end
+local reset = (index + 1) * window - now
+if rcount > tonumber(ARGV[2]) then
+  return {rcount, reset}
+end
+local KO, AO = 1, 2
+"""
+    + _QUOTA_PART
+    + """
+table.insert(used, 1, allowed)
+table.insert(used, 1, reset)
+table.insert(used, 1, rcount)
+return used
+"""
+)
+
+_Job = tuple[str, tuple[bytes, ...], list[bytes], "asyncio.Future[Any]"]
 
 
 class _Plan(NamedTuple):
@@ -361,7 +402,7 @@ class QuotaEnforcer:
             self._client = redis.asyncio.Redis.from_url(
                 check_redis_url(redis_url), **redis_options(timeout, asyncio=True)
             )
-        self._sha: str | None = None
+        self._shas: dict[str, str] = {}  # script -> its SHA1 once loaded into Redis
         self._batch: list[_Job] = []
         self._down_until: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -380,6 +421,75 @@ class QuotaEnforcer:
         if principal.quota is None and principal.credits is None:
             return None
         now = self._clock()
+        plan = self._plan_for(principal, now)
+        if not plan.counters:
+            return None
+        await self._known(principal.consumer_id, plan)
+        used: list[int] | None = None
+        if self._client is not None and not self.redis_down:
+            used = await self._redis_check(plan, now)
+        if used is None:
+            allowed, used = self._memory_check(plan.counters, plan.keys)
+            return self._decided(principal, plan, now, allowed, used, counted=True)
+        return self._decided(principal, plan, now, bool(used[0]), used[1:], counted=False)
+
+    def shares_redis_with(self, limiter: object) -> bool:
+        """True if :meth:`check_with_rate` can count ``limiter``'s limits in the same Redis call
+        (a :class:`~keyswap.gateway.ratelimit.RedisRateLimiter` on the same Redis prefix)."""
+        from keyswap.gateway.ratelimit import RedisRateLimiter
+
+        return (
+            self._client is not None
+            and isinstance(limiter, RedisRateLimiter)
+            and limiter.prefix == self._prefix
+        )
+
+    async def check_with_rate(
+        self, principal: QuotaPrincipal, rate: Rate, limiter: RedisRateLimiter
+    ) -> tuple[RateDecision, QuotaDecision | None]:
+        """The rate limit and the quota of one request in one Redis round trip (what
+        ``limiter.hit`` then :meth:`check` decide, with the same keys, for half the cost). A request
+        refused by the rate limit is not counted on the quota (its decision is then ``None``).
+        Falls back to the two separate calls while Redis fails or no quota applies."""
+        import redis
+
+        now = self._clock()
+        consumer_id = principal.consumer_id
+        plan = self._plan_for(principal, now)
+        if not plan.counters or self.redis_down:
+            return await self._separately(principal, rate, limiter)
+        await self._known(consumer_id, plan)
+        window_ms = rate.window * 1000
+        keys = (f"{self._prefix}:rl:{{{consumer_id}}}:{window_ms}".encode(), *plan.redis_keys)
+        args = [str(window_ms).encode(), str(rate.requests).encode(), *self._args(plan, now)]
+        try:
+            reply = await self._queue(keys, args, _RATE_AND_QUOTA_SCRIPT)
+        except (redis.RedisError, OSError) as exc:
+            self._redis_failed(exc)
+            return await self._separately(principal, rate, limiter)
+        self._redis_answered()
+        count, reset_ms = int(reply[0]), int(reply[1])
+        rated = RateDecision(
+            allowed=count <= rate.requests,
+            rate=rate,
+            remaining=max(0, rate.requests - count),
+            reset=max(1, math.ceil(reset_ms / 1000)),
+        )
+        if len(reply) == 2:
+            return rated, None
+        allowed = bool(reply[2])
+        used = [int(n) for n in reply[3:]]
+        return rated, self._decided(principal, plan, now, allowed, used, counted=False)
+
+    async def _separately(
+        self, principal: QuotaPrincipal, rate: Rate, limiter: RedisRateLimiter
+    ) -> tuple[RateDecision, QuotaDecision | None]:
+        rated = await limiter.hit(principal.consumer_id, rate)
+        if not rated.allowed:
+            return rated, None
+        return rated, await self.check(principal)
+
+    def _plan_for(self, principal: QuotaPrincipal, now: float) -> _Plan:
         plan_key = (
             principal.consumer_id,
             principal.quota,
@@ -390,27 +500,32 @@ class QuotaEnforcer:
         plan = self._plans.get(plan_key)
         if plan is None or not plan.valid_from <= now < plan.valid_until:
             plan = self._plan(plan_key, now)
-        counters, keys = plan.counters, plan.keys
-        if not counters:
-            return None
+        return plan
+
+    async def _known(self, consumer_id: int, plan: _Plan) -> None:
+        """Make sure the database's totals of the plan's counters are known here."""
         base = self._base
-        for key in keys:
+        for key in plan.keys:
             if key not in base:
-                await self._load(principal.consumer_id, keys)
-                break
-        used: list[int] | None = None
-        if self._client is not None and not self.redis_down:
-            used = await self._redis_check(plan, now)
-        if used is None:
-            allowed, used = self._memory_check(counters, keys)
-        else:
-            allowed = bool(used.pop(0))
-            if allowed:
-                with self._lock:
-                    pending = self._pending
-                    for key in keys:
-                        pending[key] = pending.get(key, 0) + 1
-        decision = QuotaDecision(allowed, counters, tuple(used), now, plan.policies)
+                await self._load(consumer_id, plan.keys)
+                return
+
+    def _decided(
+        self,
+        principal: QuotaPrincipal,
+        plan: _Plan,
+        now: float,
+        allowed: bool,
+        used: list[int],
+        *,
+        counted: bool,
+    ) -> QuotaDecision:
+        if allowed and not counted:
+            with self._lock:
+                pending = self._pending
+                for key in plan.keys:
+                    pending[key] = pending.get(key, 0) + 1
+        decision = QuotaDecision(allowed, plan.counters, tuple(used), now, plan.policies)
         if allowed and self._on_threshold is not None:
             self._thresholds(principal, decision, plan.marks)
         return decision
@@ -514,41 +629,51 @@ class QuotaEnforcer:
 
     # -- Redis ----------------------------------------------------------------------------------
 
-    async def _redis_check(self, plan: _Plan, now: float) -> list[int] | None:
-        import redis
-
+    def _args(self, plan: _Plan, now: float) -> list[bytes]:
+        """The quota script's argument per counter: limit, seed (what is known here), TTL ms."""
         base, writing, pending = self._base, self._writing, self._pending
-        args = [
+        return [
             (
                 f"{limit} {base.get(key, 0) + writing.get(key, 0) + pending.get(key, 0)} "
                 f"{0 if end is None else max(1000, int((end - now) * 1000) + 86_400_000)}"
             ).encode()
             for key, (limit, end) in zip(plan.keys, plan.redis_args, strict=True)
         ]
+
+    async def _redis_check(self, plan: _Plan, now: float) -> list[int] | None:
+        import redis
+
         try:
-            reply = await self._queue(plan.redis_keys, args)
+            reply = await self._queue(plan.redis_keys, self._args(plan, now))
         except (redis.RedisError, OSError) as exc:
-            if self._down_until is None:
-                log.warning(
-                    "quotas: Redis failed (%s); counting per node until it answers",
-                    type(exc).__name__,
-                )
-            self._down_until = self._monotonic() + self._retry_interval
+            self._redis_failed(exc)
             return None
-        if self._down_until is not None:
-            self._down_until = None
-            log.warning("quotas: Redis answers again; quotas are shared again")
+        self._redis_answered()
         if isinstance(reply, int):  # one counter
             return [1, reply] if reply >= 0 else [0, -reply - 1]
         return [int(n) for n in reply]
 
-    def _queue(self, keys: tuple[bytes, ...], args: list[bytes]) -> asyncio.Future[Any]:
+    def _redis_failed(self, exc: BaseException) -> None:
+        if self._down_until is None:
+            log.warning(
+                "quotas: Redis failed (%s); counting per node until it answers", type(exc).__name__
+            )
+        self._down_until = self._monotonic() + self._retry_interval
+
+    def _redis_answered(self) -> None:
+        if self._down_until is not None:
+            self._down_until = None
+            log.warning("quotas: Redis answers again; quotas are shared again")
+
+    def _queue(
+        self, keys: tuple[bytes, ...], args: list[bytes], script: str = _SCRIPT
+    ) -> asyncio.Future[Any]:
         """Queue one script call for the next pipelined round trip (sent at the end of this turn)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._batch:
             loop.call_soon(self._send_batch)
-        self._batch.append((keys, args, future))
+        self._batch.append((script, keys, args, future))
         return future
 
     def _send_batch(self) -> None:
@@ -562,26 +687,26 @@ class QuotaEnforcer:
 
         try:
             for attempt in range(2):
-                if self._sha is None:
-                    self._sha = await self._client.script_load(_SCRIPT)
+                for script in {job[0] for job in batch} - self._shas.keys():
+                    self._shas[script] = await self._client.script_load(script)
                 pipe = self._client.pipeline(transaction=False)
-                for keys, args, _ in batch:
-                    pipe.evalsha(self._sha, len(keys), *keys, *args)
+                for script, keys, args, _ in batch:
+                    pipe.evalsha(self._shas[script], len(keys), *keys, *args)
                 try:
                     replies = await pipe.execute()
                     break
                 except redis.exceptions.NoScriptError:
-                    self._sha = None  # Redis restarted or flushed its scripts: load it again
+                    self._shas.clear()  # Redis restarted or flushed its scripts: load them again
                     if attempt:
                         raise
         except BaseException as exc:
-            for _, _, future in batch:
+            for _, _, _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, _, future), reply in zip(batch, replies, strict=True):
+        for (_, _, _, future), reply in zip(batch, replies, strict=True):
             if not future.done():
                 future.set_result(reply)
 
