@@ -12,12 +12,14 @@ interleaved over --rounds rounds, medians:
   quota (per node)   consumer quota 10^12/day (never reached), no Redis: counted in memory
   redis              --redis and a rate limit no request reaches (--rate-limit 1000000000/1d):
                      the reference, one Lua round trip per request (what the rate limits cost)
-  redis+quota        the same plus the quota: a second Lua script per request
+  redis+quota        the same plus the quota: the rate limit and the quota in one Lua script
+                     (QuotaEnforcer.check_with_rate) instead of the rate limit's
 The quota's cost with Redis is (redis+quota - redis); the target is <= 40 us/req.
 
 Part 2, in process: CPU time (time.process_time, this process only: the Redis server is another
-process) per call of QuotaEnforcer.check and RedisRateLimiter.hit, 32 concurrent callers on one event
-loop (as a loaded gateway batches them into pipelined round trips), --calls calls each.
+process) per call of QuotaEnforcer.check, QuotaEnforcer.check_with_rate and RedisRateLimiter.hit,
+32 concurrent callers on one event loop (as a loaded gateway batches them into pipelined round
+trips), --calls calls each.
 """
 
 from __future__ import annotations
@@ -191,6 +193,9 @@ async def in_process(args: argparse.Namespace, redis_url: str, prefix: str) -> d
             lambda: memory.check(who), args.calls
         )
         found["QuotaEnforcer.check, Redis"] = await _per_call(lambda: shared.check(who), args.calls)
+        found["QuotaEnforcer.check_with_rate (rate limit + quota)"] = await _per_call(
+            lambda: shared.check_with_rate(who, rate, limiter), args.calls
+        )
         found["RedisRateLimiter.hit (reference)"] = await _per_call(
             lambda: limiter.hit(1, rate), args.calls
         )

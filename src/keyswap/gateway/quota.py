@@ -8,7 +8,9 @@ of its consumer and, if none is spent, counted on all of them. A refused request
 
 - With Redis (``--redis``): one Lua script per request checks and increments every counter of the
   consumer atomically (keys ``<prefix>:quota:{<consumer id>}:<counter>``, expiring a day after their
-  period, or 400 days after the last use for credits that never refill): exact across every node. The
+  period, or 400 days after the last use for credits that never refill): exact across every node. A
+  consumer that also has a rate limit gets both in the same script (:meth:`QuotaEnforcer.check_with_rate`,
+  the rate limiter's own keys), so one Redis round trip per request, not two. The
   period comes from the gateway's clock (calendar UTC days and months), so nodes must keep their
   clocks in sync (NTP): within a second of a boundary, two nodes may disagree on the period.
 - Without Redis, or while Redis fails (an error, or no answer within 250 ms; it is tried again after
