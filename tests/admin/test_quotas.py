@@ -74,3 +74,18 @@ def test_bad_quota_input_is_a_4xx_problem(api: AdminApi, body: dict[str, Any]) -
 def test_an_unknown_consumer_is_404(api: AdminApi) -> None:
     response = api.request("PATCH", "/v1/consumers/nobody", json={"quota": "1/day"})
     assert response.status_code == 404
+
+
+def test_the_quota_status_route(api: AdminApi) -> None:
+    _acme(api)
+    assert api.request("GET", "/v1/consumers/acme/quota").json() == {"items": []}
+    api.request("PATCH", "/v1/consumers/acme", json={"quota": "10/day", "credits": 3})
+    items = api.request("GET", "/v1/consumers/acme/quota").json()["items"]
+    assert [(i["kind"], i["limit"], i["used"], i["remaining"]) for i in items] == [
+        ("quota", 10, 0, 10),
+        ("credits", 3, 0, 3),
+    ]
+    assert items[0]["refills_at"].endswith("T00:00:00Z")
+    assert items[1]["refills_at"] is None
+    assert api.request("GET", "/v1/consumers/nobody/quota").status_code == 404
+    assert api.request("GET", "/v1/consumers/%2e%2e/quota").status_code == 404

@@ -103,3 +103,18 @@ def test_unknown_consumer_is_a_one_line_error(db: str) -> None:
     result = run("consumers", "set-quota", "nobody", "10/day", "--db", db)
     assert result.exit_code == 1
     assert "unknown consumer 'nobody'" in result.stderr
+
+
+def test_quota_shows_limit_used_and_remaining(db: str) -> None:
+    assert "no quota and no credits" in ok("consumers", "quota", "acme", "--db", db).stdout
+    ok("consumers", "set-quota", "acme", "10/day", "--db", db)
+    ok("consumers", "set-credits", "acme", "5", "--refill", "5/month", "--db", db)
+    table = ok("consumers", "quota", "acme", "--db", db).stdout.splitlines()
+    assert table[0].split() == ["KIND", "PERIOD", "LIMIT", "USED", "REMAINING", "REFILLS_AT"]
+    assert table[1].split()[:5] == ["quota", table[1].split()[1], "10", "0", "10"]
+    [quota, credits] = as_json(ok("consumers", "quota", "acme", "--json", "--db", db))
+    assert (quota["kind"], quota["limit"], quota["remaining"]) == ("quota", 10, 10)
+    assert quota["refills_at"].endswith("T00:00:00Z")
+    assert (credits["kind"], credits["limit"], credits["used"]) == ("credits", 5, 0)
+    result = run("consumers", "quota", "nobody", "--db", db)
+    assert result.exit_code == 1

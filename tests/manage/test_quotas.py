@@ -15,6 +15,7 @@ from keyswap.manage.quotas import (
     counters_for,
     parse_allowance,
     period_bounds,
+    quota_status,
     set_credits,
     set_quota,
 )
@@ -161,3 +162,34 @@ def test_the_store_adds_counts_from_every_node(store: Store, ctx: Context) -> No
     # a consumer deleted meanwhile is skipped, not an error
     assert store.add_quota_usage({(acme.id + 1000, "q:day:x"): 1}, now=3.0) == {}
     assert store.add_quota_usage({}, now=3.0) == {}
+
+
+def test_the_status_shows_what_the_gateways_recorded(
+    store: Store, ctx: Context, clock: Clock
+) -> None:
+    clock.now = utc(2026, 12, 7, 12)
+    acme = create_consumer(ctx, NewConsumer("acme"))
+    assert quota_status(ctx, "acme") == []
+    set_quota(ctx, "acme", "10/day")
+    set_credits(ctx, "acme", 5)
+    store.add_quota_usage(
+        {(acme.id, "q:day:2026-12-07"): 7, (acme.id, f"c:{int(clock.now * 1000)}"): 6},
+        now=clock.now,
+    )
+    quota, credits = quota_status(ctx, "acme")
+    assert (quota.kind, quota.period, quota.limit, quota.used, quota.remaining) == (
+        "quota",
+        "2026-12-07",
+        10,
+        7,
+        3,
+    )
+    assert quota.refills_at == utc(2026, 12, 8)
+    assert (credits.kind, credits.period, credits.remaining, credits.refills_at) == (
+        "credits",
+        "grant",
+        0,
+        None,
+    )
+    with pytest.raises(NotFound):
+        quota_status(ctx, "nobody")

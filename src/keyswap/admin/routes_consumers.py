@@ -1,4 +1,4 @@
-"""``/v1/consumers``: list (cursor, prefix), create, get, update, delete."""
+"""``/v1/consumers``: list (cursor, prefix), create, get, update, delete; quota status."""
 
 from __future__ import annotations
 
@@ -10,10 +10,19 @@ from starlette.responses import Response
 
 from keyswap.admin.etags import check_if_match, etag_of
 from keyswap.admin.responses import COMMON, idempotent, json_response, problems
-from keyswap.admin.schemas import ConsumerIn, ConsumerOut, ConsumerPageOut, ConsumerPatch
+from keyswap.admin.schemas import (
+    ConsumerIn,
+    ConsumerOut,
+    ConsumerPageOut,
+    ConsumerPatch,
+    QuotaStatusListOut,
+    QuotaStatusOut,
+    iso,
+)
 from keyswap.admin.state import Authorized, require
 from keyswap.errors import NotFound
 from keyswap.manage import consumers as manage
+from keyswap.manage import quotas as manage_quotas
 
 __all__ = ["router"]
 
@@ -98,6 +107,33 @@ def get_consumer(
 ) -> Response:
     """One consumer, with its ETag."""
     return json_response(ConsumerOut.of(manage.get_consumer(auth.context(), known_name(name))))
+
+
+@router.get(
+    "/{name}/quota",
+    response_model=QuotaStatusListOut,
+    responses=problems(*COMMON, 404),
+    openapi_extra={"security": _READ},
+    summary="Get a consumer's quota and credits status",
+)
+def get_quota_status(
+    name: str, auth: Annotated[Authorized, Depends(require("consumers:read"))]
+) -> Response:
+    """Limit, used and remaining per counter of the consumer's quota and credits, as recorded by
+    the gateways (up to 2 s behind)."""
+    found = manage_quotas.quota_status(auth.context(), known_name(name))
+    items = [
+        QuotaStatusOut(
+            kind=s.kind,
+            period=s.period,
+            limit=s.limit,
+            used=s.used,
+            remaining=s.remaining,
+            refills_at=iso(s.refills_at),
+        )
+        for s in found
+    ]
+    return json_response(QuotaStatusListOut(items=items))
 
 
 @router.patch(

@@ -127,6 +127,24 @@ class ConsumerOut(BaseModel):
         )
 
 
+class QuotaStatusOut(BaseModel):
+    """One counter of a consumer's quota or credits, as the gateways have recorded it (each writes its
+    counts every 2 s)."""
+
+    kind: str = Field(description="quota or credits.")
+    period: str = Field(description="The day (2026-12-07) or month (2026-12), or 'grant'.")
+    limit: int
+    used: int
+    remaining: int
+    refills_at: str | None = Field(description="RFC 3339; null: never refills.")
+
+
+class QuotaStatusListOut(BaseModel):
+    """A consumer's quota and credits now (empty: none)."""
+
+    items: list[QuotaStatusOut]
+
+
 class ConsumerPageOut(BaseModel):
     """One page of consumers by name; pass ``next_cursor`` as ``?cursor=`` for the next."""
 

@@ -662,6 +662,51 @@ def consumers_set_credits(
         )
 
 
+@consumers.command("quota")
+@click.argument("name")
+@json_option
+@db_option
+@handle_errors
+def consumers_quota(name: str, as_json: bool, db_url: str | None) -> None:
+    """Show where consumer NAME stands: limit, used and remaining of its quota and credits.
+
+    The counts are those the gateways have recorded (each writes them every 2 s).
+    """
+    from keyswap.manage import quotas as manage_quotas
+
+    with open_store(db_url, existing=True) as store:
+        found = manage_quotas.quota_status(manage_context(store), name)
+    if as_json:
+        _print_json([_status_json(status) for status in found])
+        return
+    if not found:
+        click.echo(f"Consumer '{name}' has no quota and no credits.")
+        return
+    rows = [
+        [
+            s.kind,
+            s.period,
+            str(s.limit),
+            str(s.used),
+            str(s.remaining),
+            "never" if s.refills_at is None else _time(s.refills_at),
+        ]
+        for s in found
+    ]
+    _print_table(["KIND", "PERIOD", "LIMIT", "USED", "REMAINING", "REFILLS_AT"], rows)
+
+
+def _status_json(status: Any) -> dict[str, Any]:
+    return {
+        "kind": status.kind,
+        "period": status.period,
+        "limit": status.limit,
+        "used": status.used,
+        "remaining": status.remaining,
+        "refills_at": None if status.refills_at is None else _time(status.refills_at),
+    }
+
+
 @consumers.command("delete")
 @click.argument("name")
 @click.option(

@@ -26,10 +26,12 @@ __all__ = [
     "Allowance",
     "Counter",
     "Period",
+    "QuotaStatus",
     "canonical",
     "counters_for",
     "parse_allowance",
     "period_bounds",
+    "quota_status",
     "set_credits",
     "set_quota",
 ]
@@ -215,3 +217,48 @@ def set_credits(
 
     refill_value = canonical(refill) if credits is not None else None
     return update_consumer(ctx, name, ConsumerUpdate(credits=credits, credits_refill=refill_value))
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaStatus:
+    """Where one counter of a consumer stands, as the database has it (every gateway writes its counts
+    every 2 s: up to that far behind). ``refills_at`` is ``None`` for credits that never refill."""
+
+    kind: Literal["quota", "credits"]
+    period: str
+    limit: int
+    used: int
+    remaining: int
+    refills_at: float | None
+
+
+def quota_status(ctx: Context, name: str) -> list[QuotaStatus]:
+    """The consumer's quota and credits now: limit, used and remaining per counter (empty: none).
+
+    Raises:
+        NotFound: no such consumer.
+    """
+    from keyswap.manage.consumers import get_consumer
+
+    consumer = get_consumer(ctx, name)
+    counters = counters_for(
+        quota=consumer.quota,
+        credits=consumer.credits,
+        credits_refill=consumer.credits_refill,
+        credits_set_at=consumer.credits_set_at,
+        now=ctx.now(),
+    )
+    if not counters:
+        return []
+    used = ctx.store.quota_usage(consumer.id, [c.name for c in counters])
+    return [
+        QuotaStatus(
+            c.kind,
+            c.label,
+            c.limit,
+            used[c.name],
+            max(0, c.limit - used[c.name]),
+            c.end,
+        )
+        for c in counters
+    ]
