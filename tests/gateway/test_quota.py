@@ -179,6 +179,21 @@ async def test_a_failed_flush_keeps_the_counts_for_the_next(tmp_path: Path) -> N
     store.close()
 
 
+async def test_a_flush_prunes_ended_periods_at_most_hourly(store: Store) -> None:
+    clock, monotonic = Clock(NOON), Clock(0.0)
+    who = principal(store, quota="10/day")
+    store.add_quota_usage({(who.consumer_id, "q:day:2026-09-01"): 4}, now=NOON - 90 * 86400)
+    enforcer = QuotaEnforcer(store, clock=clock, monotonic=monotonic)
+    assert await allowed(enforcer, who, 1) == [True]
+    enforcer.flush()
+    assert store.quota_usage(who.consumer_id, ["q:day:2026-09-01"]) == {"q:day:2026-09-01": 0}
+    store.add_quota_usage({(who.consumer_id, "q:day:2026-09-02"): 4}, now=NOON - 90 * 86400)
+    assert await allowed(enforcer, who, 1) == [True]
+    enforcer.flush()  # within the hour: not again
+    assert store.quota_usage(who.consumer_id, ["q:day:2026-09-02"]) == {"q:day:2026-09-02": 4}
+    await enforcer.close()
+
+
 # -- Redis ------------------------------------------------------------------------------------------
 
 

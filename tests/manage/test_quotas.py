@@ -193,3 +193,15 @@ def test_the_status_shows_what_the_gateways_recorded(
     )
     with pytest.raises(NotFound):
         quota_status(ctx, "nobody")
+
+
+def test_pruning_drops_ended_periods_but_never_a_grant_without_refill(
+    store: Store, ctx: Context
+) -> None:
+    acme = create_consumer(ctx, NewConsumer("acme"))
+    names = ["q:day:2026-10-01", "q:month:2026-10", "c:1:month:2026-10", "c:1"]
+    store.add_quota_usage({(acme.id, name): 1 for name in names}, now=100.0)
+    store.add_quota_usage({(acme.id, "q:day:2026-12-07"): 1}, now=300.0)
+    assert store.prune_quota_usage(200.0) == 3
+    left = store.quota_usage(acme.id, [*names, "q:day:2026-12-07"])
+    assert {name for name, used in left.items() if used} == {"c:1", "q:day:2026-12-07"}

@@ -73,6 +73,10 @@ log = logging.getLogger("keyswap.gateway")
 #: Percentages of a limit that emit a ``quota.threshold`` event when a request reaches them.
 THRESHOLDS = (80, 100)
 
+#: How long the database keeps a period's counter after it was last written (the longest period, a
+#: month, plus a month): older rows are pruned by the gateways.
+_KEEP_USAGE = 62 * 86_400.0
+
 #: How long a Redis counter of credits that never refill outlives its last use (the database has it).
 _NEVER_TTL_MS = 400 * 86_400_000
 
@@ -392,6 +396,7 @@ class QuotaEnforcer:
         self._loading: dict[tuple[int, str], asyncio.Future[None]] = {}
         self._plans: dict[tuple[Any, ...], _Plan] = {}
         self._last_flush = float("-inf")
+        self._next_prune = float("-inf")
         self._flush_lock = threading.Lock()
         self._client: Any = None
         self._prefix = prefix
@@ -745,6 +750,21 @@ class QuotaEnforcer:
                 self._writing = {}
                 self._base.update(totals)
                 self._drop_ended()
+            self._prune()
+
+    def _prune(self) -> None:
+        """Delete ended periods' rows (last written over 62 days ago), at most once an hour."""
+        prune = getattr(self._store, "prune_quota_usage", None)
+        if prune is None or self._monotonic() < self._next_prune:
+            return
+        self._next_prune = self._monotonic() + 3600
+        try:
+            removed = prune(self._clock() - _KEEP_USAGE)
+        except Exception as exc:
+            log.warning("quota: could not prune old counts (%s)", type(exc).__name__)
+            return
+        if removed:
+            log.info("quota: pruned %d counter(s) of ended periods", removed)
 
     def _drop_ended(self) -> None:
         """Forget counters of ended periods once many are known (they are never asked again)."""

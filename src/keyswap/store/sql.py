@@ -686,11 +686,18 @@ class Store:
         return {counter: found.get(counter, 0) for counter in wanted}
 
     def prune_quota_usage(self, before: float) -> int:
-        """Delete counters last written before ``before`` (epoch seconds); returns how many."""
+        """Delete the counters of periods (``q:...``, ``c:<grant>:<period>:...``) last written
+        before ``before`` (epoch seconds); those of credits that never refill stay. Returns how many."""
         with self._writing(bump=False) as conn:
             return int(
                 conn.execute(
-                    sa.delete(quota_usage).where(quota_usage.c.updated_at < before)
+                    sa.delete(quota_usage).where(
+                        quota_usage.c.updated_at < before,
+                        sa.or_(
+                            quota_usage.c.counter.like("q:%"),
+                            quota_usage.c.counter.like("c:%:%"),
+                        ),
+                    )
                 ).rowcount
             )
 
