@@ -1365,8 +1365,8 @@ def _url_host(host: str) -> str:
     envvar="KEYSWAP_REDIS_URL",
     metavar="URL",
     default=None,
-    help="Redis shared by every node: rate limits counted cluster-wide, changes pushed by pub/sub "
-    "(redis://host:6379/0). $KEYSWAP_REDIS_URL.",
+    help="Redis shared by every node: rate limits and quotas counted cluster-wide, changes pushed "
+    "by pub/sub (redis://host:6379/0). $KEYSWAP_REDIS_URL.",
 )
 @click.option(
     "--redis-prefix",
@@ -1584,7 +1584,11 @@ def gateway(
     if workers > 1:
         click.echo(
             f"{workers} worker processes, each with its own caches"
-            + ("" if cluster.redis_url else "; rate limits are counted per worker (give --redis)"),
+            + (
+                ""
+                if cluster.redis_url
+                else "; rate limits are counted per worker, quotas approximately (give --redis)"
+            ),
             err=True,
         )
 
