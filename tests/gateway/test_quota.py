@@ -355,12 +355,55 @@ async def test_with_redis_unreachable_both_fall_back_per_node(store: Store) -> N
     limiter = RedisRateLimiter("redis://127.0.0.1:9/0")
     who = principal(store, quota="2/day")
     try:
-        results = [await enforcer.check_with_rate(who, Rate(10, 60), limiter) for _ in range(3)]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = [await enforcer.check_with_rate(who, Rate(3, 60), limiter) for _ in range(5)]
+        assert loop.time() - started < 0.5  # one failed Redis call at most, then per node
     finally:
         await enforcer.close()
         await limiter.close()
-    assert [rated.allowed for rated, _ in results] == [True] * 3
-    assert [spent is not None and spent.allowed for _, spent in results] == [True, True, False]
+    assert [rated.allowed for rated, _ in results] == [True] * 3 + [False] * 2
+    assert [spent is not None and spent.allowed for _, spent in results] == [True, True, False] + [
+        False
+    ] * 2
+    assert results[3][1] is None  # refused by the rate limit: no quota decision
+
+
+async def test_a_hanging_redis_leaves_rate_limit_and_quota_per_node_then_shared_again(
+    store: Store, redis_env: tuple[str, str]
+) -> None:
+    url, prefix = redis_env
+    parts = urlsplit(url)
+    clock, monotonic = Clock(NOON), Clock(0.0)
+    who = principal(store, quota="4/day")
+    rate = Rate(100, 86400)
+    with TcpRelay(parts.hostname or "127.0.0.1", parts.port or 6379) as relay:
+        relayed = f"redis://127.0.0.1:{relay.port}{parts.path}"
+        enforcer = QuotaEnforcer(
+            store, redis_url=relayed, prefix=prefix, clock=clock, timeout=0.2, monotonic=monotonic
+        )
+        limiter = RedisRateLimiter(relayed, prefix=prefix, timeout=0.2)
+        try:
+            _, first = await enforcer.check_with_rate(who, rate, limiter)
+            assert first is not None
+            assert first.used == (1,)  # in Redis
+            relay.freeze()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            results = [await enforcer.check_with_rate(who, rate, limiter) for _ in range(4)]
+            assert loop.time() - started < 1.0  # one timeout, then per node without waiting
+            assert enforcer.redis_down
+            assert [r.allowed for r, _ in results] == [True] * 4
+            assert [q is not None and q.allowed for _, q in results] == [True] * 3 + [False]
+            relay.thaw()
+            monotonic.advance(1.0)
+            rated, again = await enforcer.check_with_rate(who, rate, limiter)
+            assert rated.allowed
+            assert again is not None  # Redis again: its count, whatever the frozen call did
+            assert not enforcer.redis_down
+        finally:
+            await enforcer.close()
+            await limiter.close()
 
 
 # -- thresholds -------------------------------------------------------------------------------------

@@ -457,15 +457,17 @@ class QuotaEnforcer:
         """The rate limit and the quota of one request in one Redis round trip (what
         ``limiter.hit`` then :meth:`check` decide, with the same keys, for half the cost). A request
         refused by the rate limit is not counted on the quota (its decision is then ``None``).
-        Falls back to the two separate calls while Redis fails or no quota applies."""
+        While Redis fails both are counted per node (as each would be alone)."""
         import redis
 
         now = self._clock()
         consumer_id = principal.consumer_id
         plan = self._plan_for(principal, now)
-        if not plan.counters or self.redis_down:
-            return await self._separately(principal, rate, limiter)
+        if not plan.counters:
+            return await limiter.hit(consumer_id, rate), None
         await self._known(consumer_id, plan)
+        if self.redis_down:
+            return self._per_node(principal, plan, now, rate, limiter)
         window_ms = rate.window * 1000
         keys = (f"{self._prefix}:rl:{{{consumer_id}}}:{window_ms}".encode(), *plan.redis_keys)
         args = [str(window_ms).encode(), str(rate.requests).encode(), *self._args(plan, now)]
@@ -473,7 +475,7 @@ class QuotaEnforcer:
             reply = await self._queue(keys, args, _RATE_AND_QUOTA_SCRIPT)
         except (redis.RedisError, OSError) as exc:
             self._redis_failed(exc)
-            return await self._separately(principal, rate, limiter)
+            return self._per_node(principal, plan, now, rate, limiter)
         self._redis_answered()
         count, reset_ms = int(reply[0]), int(reply[1])
         rated = RateDecision(
@@ -488,13 +490,21 @@ class QuotaEnforcer:
         used = [int(n) for n in reply[3:]]
         return rated, self._decided(principal, plan, now, allowed, used, counted=False)
 
-    async def _separately(
-        self, principal: QuotaPrincipal, rate: Rate, limiter: RedisRateLimiter
+    def _per_node(
+        self,
+        principal: QuotaPrincipal,
+        plan: _Plan,
+        now: float,
+        rate: Rate,
+        limiter: RedisRateLimiter,
     ) -> tuple[RateDecision, QuotaDecision | None]:
-        rated = await limiter.hit(principal.consumer_id, rate)
+        """While Redis fails: the rate limiter's memory fallback, then the quota in memory (this
+        enforcer tries Redis again after ``retry_interval``, for both)."""
+        rated = limiter.fallback.hit_now(principal.consumer_id, rate)
         if not rated.allowed:
             return rated, None
-        return rated, await self.check(principal)
+        allowed, used = self._memory_check(plan.counters, plan.keys)
+        return rated, self._decided(principal, plan, now, allowed, used, counted=True)
 
     def _plan_for(self, principal: QuotaPrincipal, now: float) -> _Plan:
         plan_key = (
