@@ -30,6 +30,7 @@ them into responses; nothing reaches the server as a 500.
     ├── StoreUnavailable                  temporarily_unavailable 503 (+ Retry-After)  key store unreachable
     ├── JWKSFetchError                    jwks_fetch_failed    503  (internal: a fetch failed)
     ├── RateLimited                       rate_limited         429 (+ Retry-After)
+    │   └── QuotaExceeded                 quota_exceeded       429  quota or credits spent (gateway)
     └── UpstreamError                     bad_gateway          502
         └── UpstreamTimeout               gateway_timeout      504
 
@@ -60,6 +61,7 @@ __all__ = [
     "MalformedToken",
     "MissingToken",
     "NotFound",
+    "QuotaExceeded",
     "RateLimited",
     "StoreUnavailable",
     "TokenNotYetValid",
@@ -273,6 +275,13 @@ class RateLimited(KeyswapError):
     def __init__(self, reason: str = "", *, retry_after: int = 1) -> None:
         super().__init__(reason)
         self.retry_after = max(1, int(retry_after))
+
+
+class QuotaExceeded(RateLimited):
+    """A consumer's request quota or credits are spent (``Retry-After``: until the refill)."""
+
+    code = "quota_exceeded"
+    label = "quota_exceeded"
 
 
 class UpstreamError(KeyswapError):

@@ -29,6 +29,7 @@ ROUTES: list[Route] = [
     ("GET", "/v1/consumers", "consumers:read", lambda: None),
     ("POST", "/v1/consumers", "consumers:write", lambda: {"name": f"new{next(_counter)}"}),
     ("GET", "/v1/consumers/acme", "consumers:read", lambda: None),
+    ("GET", "/v1/consumers/acme/quota", "consumers:read", lambda: None),
     ("PATCH", "/v1/consumers/acme", "consumers:write", lambda: {"metadata": {"n": next(_counter)}}),
     ("DELETE", "/v1/consumers/{victim}", "consumers:write", lambda: None),
     ("POST", "/v1/consumers/acme/keys", "keys:write", lambda: {}),

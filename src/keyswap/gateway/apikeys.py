@@ -175,6 +175,11 @@ class Principal:
     rate_limit: str | None = None
     scopes: tuple[str, ...] = ()
     max_connections: int | None = None
+    #: The consumer's quota and credits as stored (:mod:`keyswap.manage.quotas`).
+    quota: str | None = None
+    credits: int | None = None
+    credits_refill: str | None = None
+    credits_set_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -792,5 +797,9 @@ def _entry(record: ApiKeyRecord, consumer: Consumer) -> _Entry:
         rate_limit=consumer.rate_limit,
         scopes=record.effective_scopes,
         max_connections=consumer.max_connections,
+        quota=consumer.quota,
+        credits=consumer.credits,
+        credits_refill=consumer.credits_refill,
+        credits_set_at=consumer.credits_set_at,
     )
     return _Entry(record, principal)

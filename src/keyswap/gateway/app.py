@@ -21,6 +21,8 @@ are never proxied. Refusals (written by the gateway, never reaching the upstream
                               (WWW-Authenticate: Bearer realm="keyswap", error="invalid_token")
     429  Too many requests    the consumer's rate limit is spent (Retry-After, RateLimit-* fields;
                               see keyswap.gateway.ratelimit)
+    429  Quota exceeded       the consumer's quota or credits are spent (problem+json, Retry-After
+                              until the refill, RateLimit fields; see keyswap.gateway.quota)
     429  Too many concurrent requests   the consumer already has its connection cap of requests in
                               flight to the upstream (Retry-After: 1)
     502  Bad gateway          upstream unreachable or broken
@@ -76,12 +78,17 @@ from keyswap.gateway.proxy import (
     forwarded_request_headers,
     validate_upstream,
 )
+from keyswap.gateway.quota import (
+    QuotaDecision,
+    QuotaEnforcer,
+    quota_exceeded,
+    with_limit_headers,
+)
 from keyswap.gateway.ratelimit import (
     Rate,
     RateLimiter,
     rate_for,
     too_many_requests,
-    with_rate_headers,
 )
 from keyswap.gateway.storecalls import StoreCalls, StoreTimeout
 from keyswap.gateway.wellknown import DEFAULT_MAX_AGE, WellKnown, issuer_for
@@ -339,6 +346,8 @@ class GatewayApp:
             change, only what it names is invalidated (``None``: every change clears everything).
         secret_scanning: serves GitHub's leak reports under ``/__keyswap/secret-scanning/``
             (:mod:`keyswap.gateway.secretscanning`; ``None``: off, those paths are 404).
+        quotas: counts requests against consumers' quotas and credits
+            (:mod:`keyswap.gateway.quota`; ``None``: not enforced); closed at shutdown.
     """
 
     def __init__(
@@ -357,9 +366,13 @@ class GatewayApp:
         websocket_limits: WebSocketLimits | None = None,
         changes: ChangeFeed | None = None,
         secret_scanning: SecretScanning | None = None,
+        quotas: QuotaEnforcer | None = None,
     ) -> None:
         self.settings = settings
         self.secret_scanning = secret_scanning
+        self.quotas = quotas
+        # a consumer with both: the rate limit and the quota in one Redis round trip
+        self._rate_with_quota = quotas is not None and quotas.shares_redis_with(rate_limiter)
         self.websocket_limits = websocket_limits or WebSocketLimits()
         self.changes = changes
         self.store_calls = store_calls or StoreCalls()
@@ -592,6 +605,8 @@ class GatewayApp:
         await asyncio.to_thread(self._access.close)
         if self.rate_limiter is not None:
             await self.rate_limiter.close()
+        if self.quotas is not None:
+            await self.quotas.close()
         if self._on_close is not None:
             await asyncio.to_thread(self._on_close)
 
@@ -665,15 +680,41 @@ class GatewayApp:
                 status = await _respond(send, UNAVAILABLE)
                 return
             consumer, key_id = principal.consumer, principal.key_id
+            limit_headers: list[tuple[bytes, bytes]] | None = None
+            quotas = self.quotas
+            has_quota = quotas is not None and (
+                getattr(principal, "quota", None) is not None
+                or getattr(principal, "credits", None) is not None
+            )
+            spent: QuotaDecision | None = None
             if self.rate_limiter is not None:
                 rate = rate_for(getattr(principal, "rate_limit", None), self._default_rate)
                 if rate is not None:
-                    consumer_id: int = getattr(principal, "consumer_id", 0)
-                    decision = await self.rate_limiter.hit(consumer_id, rate)
+                    if has_quota and self._rate_with_quota:
+                        assert quotas is not None
+                        decision, spent = await quotas.check_with_rate(
+                            principal,  # type: ignore[arg-type]
+                            rate,
+                            self.rate_limiter,  # type: ignore[arg-type]
+                        )
+                        has_quota = False  # done
+                    else:
+                        consumer_id: int = getattr(principal, "consumer_id", 0)
+                        decision = await self.rate_limiter.hit(consumer_id, rate)
                     if not decision.allowed:
                         status = await _respond(send, too_many_requests(decision))
                         return
-                    send = with_rate_headers(send, decision)
+                    limit_headers = decision.headers()
+            if has_quota:
+                assert quotas is not None
+                spent = await quotas.check(principal)  # type: ignore[arg-type]
+            if spent is not None:
+                if not spent.allowed:
+                    status = await _respond(send, quota_exceeded(spent))
+                    return
+                limit_headers = (limit_headers or []) + spent.headers()
+            if limit_headers:
+                send = with_limit_headers(send, limit_headers)
             try:
                 url = self.proxy.target(raw_path, scope.get("query_string", b""))
             except BadTarget:
@@ -770,6 +811,14 @@ class GatewayApp:
                     if not decision.allowed:
                         status = await refuse(too_many_requests(decision))
                         return
+            if self.quotas is not None and (
+                getattr(principal, "quota", None) is not None
+                or getattr(principal, "credits", None) is not None
+            ):
+                spent = await self.quotas.check(principal)  # type: ignore[arg-type]
+                if spent is not None and not spent.allowed:
+                    status = await refuse(quota_exceeded(spent))
+                    return
             try:
                 target = self.proxy.target(raw_path, scope.get("query_string", b""))
                 token = self.minter.token_for(principal).token
@@ -891,6 +940,7 @@ def build_gateway(
     from keyswap.gateway.apikeys import ApiKeys
     from keyswap.gateway.cluster import build_cluster, build_rate_limiter
     from keyswap.gateway.keyring import Keyring
+    from keyswap.gateway.quota import ThresholdNotifier, webhook_enqueuer
     from keyswap.gateway.secret import load_secret
     from keyswap.manage.context import audit_retention_from_env
     from keyswap.manage.signing import system_audit
@@ -920,8 +970,18 @@ def build_gateway(
             audit=system_audit(store, clock=clock, retention=audit_retention_from_env()),
         )
 
-        def tick() -> None:  # batched last-used writes, at most every 10 s
+        notifier = ThresholdNotifier(webhook_enqueuer(store))
+        quotas = QuotaEnforcer(
+            store,
+            redis_url=cluster.redis_url,
+            prefix=cluster.redis_prefix,
+            clock=clock,
+            on_threshold=notifier,
+        )
+
+        def tick() -> None:  # batched last-used writes, at most every 10 s; quota counts, 2 s
             api_keys.flush_last_used()
+            quotas.tick()
 
         def watcher(on_change: Callable[[], None]) -> WatcherLike:
             return build_cluster(
@@ -949,6 +1009,7 @@ def build_gateway(
                 api_keys.flush_last_used(force=True)
             except Exception as exc:
                 logger.warning("could not record last-used times (%s)", type(exc).__name__)
+            notifier.close()
             store.close()
 
         return GatewayApp(
@@ -964,6 +1025,7 @@ def build_gateway(
             websocket_limits=websocket_limits,
             changes=ChangeFeed(store),
             secret_scanning=scanning,
+            quotas=quotas,
         )
     except BaseException:
         store.close()

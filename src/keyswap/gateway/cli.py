@@ -404,7 +404,20 @@ def _consumer_json(consumer: Consumer) -> dict[str, Any]:
         "scopes": list(consumer.scopes),
         "max_connections": consumer.max_connections,
         "leak_policy": consumer.leak_policy,
+        "quota": consumer.quota,
+        "credits": consumer.credits,
+        "credits_refill": consumer.credits_refill,
+        "credits_set_at": None
+        if consumer.credits_set_at is None
+        else _time(consumer.credits_set_at),
     }
+
+
+def _credits_text(consumer: Consumer) -> str:
+    if consumer.credits is None:
+        return "-"
+    refill = consumer.credits_refill
+    return f"{consumer.credits};refill={refill}" if refill else str(consumer.credits)
 
 
 SCOPES_HELP = (
@@ -484,12 +497,14 @@ def consumers_list(as_json: bool, db_url: str | None) -> None:
             c.name,
             _time(c.created_at),
             c.rate_limit or "default",
+            c.quota or "-",
+            _credits_text(c),
             _scopes_text(c.scopes),
             json.dumps(c.metadata, separators=(",", ":"), ensure_ascii=False),
         ]
         for c in everyone
     ]
-    _print_table(["NAME", "CREATED", "RATE_LIMIT", "SCOPES", "METADATA"], rows)
+    _print_table(["NAME", "CREATED", "RATE_LIMIT", "QUOTA", "CREDITS", "SCOPES", "METADATA"], rows)
 
 
 @consumers.command("set-metadata")
@@ -619,6 +634,139 @@ def consumers_set_leak_policy(name: str, policy: str, as_json: bool, db_url: str
         click.echo(
             f"Leak policy of consumer '{consumer.name}': {consumer.leak_policy or 'default'}."
         )
+
+
+@consumers.command("set-quota")
+@click.argument("name")
+@click.argument("quota", metavar="QUOTA")
+@json_option
+@db_option
+@handle_errors
+def consumers_set_quota(name: str, quota: str, as_json: bool, db_url: str | None) -> None:
+    """Set the request quota of consumer NAME: REQUESTS/day or REQUESTS/month (calendar periods,
+    UTC), or 'off'.
+
+    Past it, the gateway answers 429 until the next period. Shared by all the consumer's keys; exact
+    across gateways with --redis, per gateway without. Running gateways pick the change up within a
+    second.
+    """
+    from keyswap.manage import quotas as manage_quotas
+
+    try:
+        value = manage_quotas.canonical(quota)
+    except KeyswapError as exc:
+        raise OneLineUsageError(exc.reason) from None
+    with open_store(db_url, existing=True) as store:
+        consumer = manage_quotas.set_quota(manage_context(store), name, value)
+    if as_json:
+        _print_json(_consumer_json(consumer))
+    elif consumer.quota is None:
+        click.echo(f"Consumer '{consumer.name}' has no quota.")
+    else:
+        click.echo(f"Consumer '{consumer.name}' may make {consumer.quota} (requests/period).")
+
+
+@consumers.command("set-credits")
+@click.argument("name")
+@click.argument("credits", metavar="CREDITS")
+@click.option(
+    "--refill",
+    metavar="AMOUNT/PERIOD",
+    default=None,
+    help="Set the balance back to AMOUNT at the start of every day or month (UTC): 500/month, "
+    "100/day; 'never' (the default) for a balance that never refills.",
+)
+@json_option
+@db_option
+@handle_errors
+def consumers_set_credits(
+    name: str, credits: str, refill: str | None, as_json: bool, db_url: str | None
+) -> None:
+    """Grant consumer NAME a balance of CREDITS requests from now (0-10^12), or 'off'.
+
+    Each request the gateway accepts spends one; at 0 it answers 429 (until the refill, if any).
+    Setting credits again starts a new balance: what the previous one had left is replaced.
+    """
+    from keyswap.manage import quotas as manage_quotas
+
+    amount: int | None = None
+    if credits.strip().lower() != "off":
+        try:
+            amount = int(credits.strip())
+        except ValueError:
+            amount = -1
+        if not 0 <= amount <= 1_000_000_000_000:
+            raise OneLineUsageError(
+                f"CREDITS must be a whole number 0-1000000000000 or 'off', got {credits[:40]!r}"
+            )
+    refill_value: str | None = None
+    if refill is not None and refill.strip().lower() not in ("never", "off"):
+        if amount is None:
+            raise OneLineUsageError("--refill needs credits, not 'off'")
+        try:
+            refill_value = manage_quotas.canonical(refill)
+        except KeyswapError as exc:
+            raise OneLineUsageError(f"--refill: {exc.reason}; or 'never'") from None
+    with open_store(db_url, existing=True) as store:
+        consumer = manage_quotas.set_credits(
+            manage_context(store), name, amount, refill=refill_value
+        )
+    if as_json:
+        _print_json(_consumer_json(consumer))
+    elif consumer.credits is None:
+        click.echo(f"Consumer '{consumer.name}' has no credits.")
+    elif consumer.credits_refill is None:
+        click.echo(f"Consumer '{consumer.name}' has {consumer.credits} credits (never refilled).")
+    else:
+        click.echo(
+            f"Consumer '{consumer.name}' has {consumer.credits} credits, refilled to "
+            f"{consumer.credits_refill}."
+        )
+
+
+@consumers.command("quota")
+@click.argument("name")
+@json_option
+@db_option
+@handle_errors
+def consumers_quota(name: str, as_json: bool, db_url: str | None) -> None:
+    """Show where consumer NAME stands: limit, used and remaining of its quota and credits.
+
+    The counts are those the gateways have recorded (each writes them every 2 s).
+    """
+    from keyswap.manage import quotas as manage_quotas
+
+    with open_store(db_url, existing=True) as store:
+        found = manage_quotas.quota_status(manage_context(store), name)
+    if as_json:
+        _print_json([_status_json(status) for status in found])
+        return
+    if not found:
+        click.echo(f"Consumer '{name}' has no quota and no credits.")
+        return
+    rows = [
+        [
+            s.kind,
+            s.period,
+            str(s.limit),
+            str(s.used),
+            str(s.remaining),
+            "never" if s.refills_at is None else _time(s.refills_at),
+        ]
+        for s in found
+    ]
+    _print_table(["KIND", "PERIOD", "LIMIT", "USED", "REMAINING", "REFILLS_AT"], rows)
+
+
+def _status_json(status: Any) -> dict[str, Any]:
+    return {
+        "kind": status.kind,
+        "period": status.period,
+        "limit": status.limit,
+        "used": status.used,
+        "remaining": status.remaining,
+        "refills_at": None if status.refills_at is None else _time(status.refills_at),
+    }
 
 
 @consumers.command("delete")
@@ -1433,8 +1581,8 @@ def _url_host(host: str) -> str:
     envvar="KEYSWAP_REDIS_URL",
     metavar="URL",
     default=None,
-    help="Redis shared by every node: rate limits counted cluster-wide, changes pushed by pub/sub "
-    "(redis://host:6379/0). $KEYSWAP_REDIS_URL.",
+    help="Redis shared by every node: rate limits and quotas counted cluster-wide, changes pushed "
+    "by pub/sub (redis://host:6379/0). $KEYSWAP_REDIS_URL.",
 )
 @click.option(
     "--redis-prefix",
@@ -1702,7 +1850,11 @@ def gateway(
     if workers > 1:
         click.echo(
             f"{workers} worker processes, each with its own caches"
-            + ("" if cluster.redis_url else "; rate limits are counted per worker (give --redis)"),
+            + (
+                ""
+                if cluster.redis_url
+                else "; rate limits are counted per worker, quotas approximately (give --redis)"
+            ),
             err=True,
         )
 

@@ -14,10 +14,12 @@ from keyswap.errors import InvalidInput
 __all__ = [
     "LEAK_POLICIES",
     "MAX_METADATA_BYTES",
+    "MAX_QUOTA",
     "MAX_RATE_REQUESTS",
     "MAX_RATE_WINDOW",
     "MAX_SCOPES",
     "MAX_SCOPE_LENGTH",
+    "QUOTA_PERIODS",
     "SIGNING_KEY_STATES",
     "UNLIMITED",
     "AdminTokenRecord",
@@ -32,9 +34,11 @@ __all__ = [
     "parse_scopes",
     "serialize_metadata",
     "validate_consumer_name",
+    "validate_credits",
     "validate_leak_policy",
     "validate_max_connections",
     "validate_metadata",
+    "validate_quota",
     "validate_rate_limit",
     "validate_scopes",
 ]
@@ -79,6 +83,14 @@ class Consumer:
     max_connections: int | None = None
     #: What happens when one of its keys is found in public (``None``: the deployment's policy).
     leak_policy: str | None = None
+    #: Request quota per period: ``"<n>/day"`` or ``"<n>/month"`` (``None``: none).
+    quota: str | None = None
+    #: Credit balance granted at :attr:`credits_set_at` (``None``: no credits).
+    credits: int | None = None
+    #: What the balance is refilled to each period: ``"<n>/day"``/``"<n>/month"`` (``None``: never).
+    credits_refill: str | None = None
+    #: When the balance was last set (epoch seconds; it names the grant the gateway counts against).
+    credits_set_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +224,42 @@ def validate_rate_limit(value: str | None) -> str | None:
             "a rate limit is <requests>/<seconds>s (1-1000000000 requests per 1-86400 s) "
             "or 'unlimited'"
         )
+    return value
+
+
+#: Quota periods (calendar, UTC) and the bound of a quota or credit amount.
+QUOTA_PERIODS = ("day", "month")
+MAX_QUOTA = 1_000_000_000_000
+_QUOTA = re.compile(r"([0-9]{1,13})/(day|month)", re.ASCII)
+
+
+def validate_quota(value: str | None) -> str | None:
+    """Return a stored quota (or credit refill) if it is ``None`` or canonical ``"<n>/day"`` or
+    ``"<n>/month"`` (1 to 10^12, no leading zero).
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if value is None:
+        return None
+    match = _QUOTA.fullmatch(value) if isinstance(value, str) else None
+    if match is None or match.group(1).startswith("0") or not 1 <= int(match.group(1)) <= MAX_QUOTA:
+        raise InvalidInput(
+            "a quota is <requests>/day or <requests>/month (1-1000000000000 requests), or 'off'"
+        )
+    return value
+
+
+def validate_credits(value: int | None) -> int | None:
+    """Return a credit balance if it is ``None`` or a whole number 0-10^12.
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_QUOTA:
+        raise InvalidInput("credits are a whole number 0-1000000000000, or 'off'")
     return value
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "key_leaks",
     "meta",
     "metadata",
+    "quota_usage",
     "signing_keys",
     "webhook_attempts",
     "webhook_endpoints",
@@ -69,6 +70,30 @@ consumers = sa.Table(
     sa.Column("max_connections", sa.Integer, nullable=True),
     # NULL: the deployment's leak policy (--leak-policy); else revoke | roll | notify.
     sa.Column("leak_policy", sa.String(16), nullable=True),
+    # Request quota: NULL (none), "<requests>/day" or "<requests>/month" (calendar periods, UTC).
+    sa.Column("quota", sa.String(32), nullable=True),
+    # Credit balance granted at credits_set_at (NULL: no credits); refilled to credits_refill
+    # ("<n>/day", "<n>/month"; NULL: never) at each period start. What is spent is in quota_usage.
+    sa.Column("credits", sa.BigInteger, nullable=True),
+    sa.Column("credits_refill", sa.String(32), nullable=True),
+    sa.Column("credits_set_at", _TIME, nullable=True),
+)
+
+# Requests counted against quotas and credits, per consumer and counter ("q:day:2026-12-07",
+# "c:<grant ms>" or "c:<grant ms>:month:2026-12"): each gateway adds what it accepted since its last
+# flush (an additive upsert), so the row is the total of every node, behind by at most one flush.
+quota_usage = sa.Table(
+    "quota_usage",
+    metadata,
+    sa.Column(
+        "consumer_id",
+        sa.Integer,
+        sa.ForeignKey("consumers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("counter", sa.String(64), primary_key=True),
+    sa.Column("used", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", _TIME, nullable=False),
 )
 
 api_keys = sa.Table(

@@ -44,6 +44,8 @@ from typing import Any, Literal, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as _pg_insert
+from sqlalchemy.dialects.sqlite import insert as _sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
@@ -59,9 +61,11 @@ from keyswap.store.models import (
     SigningKeyRecord,
     format_scopes,
     validate_consumer_name,
+    validate_credits,
     validate_leak_policy,
     validate_max_connections,
     validate_metadata,
+    validate_quota,
     validate_rate_limit,
     validate_scopes,
 )
@@ -73,6 +77,7 @@ from keyswap.store.schema import (
     consumers,
     key_leaks,
     meta,
+    quota_usage,
     signing_keys,
 )
 from keyswap.store.urls import display_url, is_postgres, normalize_database_url, sqlite_file
@@ -597,6 +602,10 @@ class Store:
         max_connections: int | Keep | None = KEEP,
         scopes: Iterable[str] | Keep = KEEP,
         leak_policy: str | Keep | None = KEEP,
+        quota: str | Keep | None = KEEP,
+        credits: int | Keep | None = KEEP,
+        credits_refill: str | Keep | None = KEEP,
+        credits_set_at: float | Keep | None = KEEP,
     ) -> Consumer:
         """Change several fields of a consumer in one transaction (:data:`KEEP`: leave it as it is).
 
@@ -615,6 +624,14 @@ class Store:
             values["scopes"] = _stored(validate_scopes(scopes))
         if not isinstance(leak_policy, Keep):
             values["leak_policy"] = validate_leak_policy(leak_policy)
+        if not isinstance(quota, Keep):
+            values["quota"] = validate_quota(quota)
+        if not isinstance(credits, Keep):
+            values["credits"] = validate_credits(credits)
+        if not isinstance(credits_refill, Keep):
+            values["credits_refill"] = validate_quota(credits_refill)
+        if not isinstance(credits_set_at, Keep):
+            values["credits_set_at"] = credits_set_at
         if not values:
             consumer = self.get_consumer(name)
             if consumer is None:
@@ -629,6 +646,76 @@ class Store:
             row = conn.execute(sa.select(consumers).where(consumers.c.name == name)).one()
             self._log_change(conn, "consumer", row.id)
         return _consumer(row)
+
+    # -- quota usage --------------------------------------------------------------------------------
+
+    def add_quota_usage(
+        self, deltas: Mapping[tuple[int, str], int], *, now: float
+    ) -> dict[tuple[int, str], int]:
+        """Add requests counted by one gateway to ``quota_usage`` (one additive upsert per counter,
+        one transaction; no revision bump) and return the totals after it, by ``(consumer id,
+        counter)``. Counters of consumers deleted meanwhile are skipped.
+        """
+        totals: dict[tuple[int, str], int] = {}
+        if not deltas:
+            return totals
+        with self._writing(bump=False) as conn:
+            upsert = (_pg_insert if conn.dialect.name == "postgresql" else _sqlite_insert)(
+                quota_usage
+            )
+            statement = upsert.on_conflict_do_update(
+                index_elements=[quota_usage.c.consumer_id, quota_usage.c.counter],
+                set_={
+                    "used": quota_usage.c.used + upsert.excluded.used,
+                    "updated_at": upsert.excluded.updated_at,
+                },
+            ).returning(quota_usage.c.used)
+            live = set(
+                conn.execute(
+                    sa.select(consumers.c.id).where(
+                        consumers.c.id.in_({consumer for consumer, _ in deltas})
+                    )
+                ).scalars()
+            )
+            for (consumer_id, counter), used in sorted(deltas.items()):
+                if consumer_id not in live:
+                    continue
+                total = conn.execute(
+                    statement.values(
+                        consumer_id=consumer_id, counter=counter, used=used, updated_at=now
+                    )
+                ).scalar_one()
+                totals[(consumer_id, counter)] = int(total)
+        return totals
+
+    def quota_usage(self, consumer_id: int, counters: Iterable[str]) -> dict[str, int]:
+        """What every gateway has recorded against these counters of a consumer (missing: 0)."""
+        wanted = list(counters)
+        with self._reading() as conn:
+            rows = conn.execute(
+                sa.select(quota_usage.c.counter, quota_usage.c.used).where(
+                    quota_usage.c.consumer_id == consumer_id,
+                    quota_usage.c.counter.in_(wanted),
+                )
+            ).all()
+        found = {row.counter: int(row.used) for row in rows}
+        return {counter: found.get(counter, 0) for counter in wanted}
+
+    def prune_quota_usage(self, before: float) -> int:
+        """Delete the counters of periods (``q:...``, ``c:<grant>:<period>:...``) last written
+        before ``before`` (epoch seconds); those of credits that never refill stay. Returns how many."""
+        with self._writing(bump=False) as conn:
+            return int(
+                conn.execute(
+                    sa.delete(quota_usage).where(
+                        quota_usage.c.updated_at < before,
+                        sa.or_(
+                            quota_usage.c.counter.like("q:%"),
+                            quota_usage.c.counter.like("c:%:%"),
+                        ),
+                    )
+                ).rowcount
+            )
 
     # -- API keys -----------------------------------------------------------------------------------
 
@@ -1383,6 +1470,10 @@ def _key_with_consumer_select() -> sa.Select[Any]:
         consumers.c.rate_limit.label("consumer_rate_limit"),
         consumers.c.max_connections.label("consumer_max_connections"),
         consumers.c.leak_policy.label("consumer_leak_policy"),
+        consumers.c.quota.label("consumer_quota"),
+        consumers.c.credits.label("consumer_credits"),
+        consumers.c.credits_refill.label("consumer_credits_refill"),
+        consumers.c.credits_set_at.label("consumer_credits_set_at"),
         api_keys.c.digest,
     )
 
@@ -1402,6 +1493,10 @@ def _key_consumer(row: sa.Row[Any]) -> Consumer:
         scopes=_scopes(row.consumer_scopes) or (),
         max_connections=row.consumer_max_connections,
         leak_policy=row.consumer_leak_policy,
+        quota=row.consumer_quota,
+        credits=row.consumer_credits,
+        credits_refill=row.consumer_credits_refill,
+        credits_set_at=row.consumer_credits_set_at,
     )
 
 
@@ -1595,6 +1690,10 @@ def _consumer(row: sa.Row[Any]) -> Consumer:
         scopes=_scopes(row.scopes) or (),
         max_connections=row.max_connections,
         leak_policy=row.leak_policy,
+        quota=row.quota,
+        credits=row.credits,
+        credits_refill=row.credits_refill,
+        credits_set_at=row.credits_set_at,
     )
 
 
