@@ -33,6 +33,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "Manage admin tokens (admin API credentials).",
     ),
     "audit": ("keyswap.gateway.cli_admin:audit", "gateway", "List the audit log of changes."),
+    "usage": (
+        "keyswap.gateway.cli_usage:usage",
+        "gateway",
+        "Show metered usage per consumer and key; top consumers.",
+    ),
     "tokens": (
         "keyswap.gateway.cli_tokens:tokens",
         "gateway",

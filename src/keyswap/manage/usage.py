@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from keyswap.errors import InvalidInput
+from keyswap.errors import InvalidInput, NotFound
 from keyswap.store.models import validate_consumer_name
 from keyswap.store.sql import Store
 from keyswap.store.usage import (
@@ -27,6 +27,7 @@ from keyswap.store.usage import (
     MINUTE,
     RollupPolicy,
     RollupResult,
+    consumers_with_usage,
     read_buckets,
     read_totals,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "UsageBucket",
     "query",
     "query_all",
+    "require_consumer",
     "rollup",
     "top_consumers",
 ]
@@ -247,6 +249,18 @@ def top_consumers(
         store, since=low, until=high, order=by, limit=limit, min_requests=min_requests
     )
     return [ConsumerUsage(row.consumer, _bucket(low, row)) for row in rows]
+
+
+def require_consumer(store: Store, consumer_id: str) -> None:
+    """Refuse a consumer that neither exists nor has usage (a deleted consumer's usage stays readable).
+
+    Raises:
+        InvalidInput: not a consumer name.
+        NotFound: no such consumer, and no usage under that name.
+    """
+    validate_consumer_name(consumer_id)
+    if store.get_consumer(consumer_id) is None and not consumers_with_usage(store, [consumer_id]):
+        raise NotFound(f"unknown consumer '{consumer_id}'")
 
 
 def rollup(store: Store, *, now: float, policy: RollupPolicy | None = None) -> RollupResult:

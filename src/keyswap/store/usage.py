@@ -45,6 +45,7 @@ __all__ = [
     "SqlUsageSink",
     "UsageRow",
     "UsageSink",
+    "consumers_with_usage",
     "read_buckets",
     "read_totals",
     "rollup",
