@@ -14,6 +14,7 @@ traffic are left out. Times are epoch seconds; hours and days are UTC.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -133,27 +134,38 @@ class ConsumerUsage:
         return self.totals.errors / requests if requests else 0.0
 
 
-def _bucket(start: float, row: Any) -> UsageBucket:
-    values = {name: getattr(row, name) or 0 for name in COUNTS}
+def _bucket(start: float, counts: Sequence[Any]) -> UsageBucket:
+    """A bucket from ``counts`` in the order of :data:`COUNTS` (positional: faster than names)."""
+    (
+        requests,
+        s2,
+        s3,
+        s4,
+        s5,
+        unauthorized,
+        rate_limited,
+        bytes_in,
+        bytes_out,
+        latency_sum,
+        b10,
+        b50,
+        b250,
+        b1s,
+        slow,
+    ) = counts
     return UsageBucket(
-        start=float(start),
-        requests=int(values["requests"]),
-        status_2xx=int(values["status_2xx"]),
-        status_3xx=int(values["status_3xx"]),
-        status_4xx=int(values["status_4xx"]),
-        status_5xx=int(values["status_5xx"]),
-        bytes_in=int(values["bytes_in"]),
-        bytes_out=int(values["bytes_out"]),
-        unauthorized=int(values["unauthorized"]),
-        rate_limited=int(values["rate_limited"]),
-        latency_sum=float(values["latency_sum"]),
-        latency_buckets=(
-            int(values["latency_10ms"]),
-            int(values["latency_50ms"]),
-            int(values["latency_250ms"]),
-            int(values["latency_1s"]),
-            int(values["latency_slow"]),
-        ),
+        float(start),
+        int(requests or 0),
+        int(s2 or 0),
+        int(s3 or 0),
+        int(s4 or 0),
+        int(s5 or 0),
+        int(bytes_in or 0),
+        int(bytes_out or 0),
+        int(unauthorized or 0),
+        int(rate_limited or 0),
+        float(latency_sum or 0.0),
+        (int(b10 or 0), int(b50 or 0), int(b250 or 0), int(b1s or 0), int(slow or 0)),
     )
 
 
@@ -204,7 +216,7 @@ def query(
     rows = read_buckets(
         store, consumer=consumer_id, since=low, until=high, step=step, key_id=key_id
     )
-    return [_bucket(row.bucket, row) for row in rows]
+    return [_bucket(row[0], row[1:]) for row in rows]
 
 
 def query_all(
@@ -219,7 +231,7 @@ def query_all(
     _check_key_id(key_id)
     low, high, step = _window(since, until, by)
     rows = read_buckets(store, consumer=None, since=low, until=high, step=step, key_id=key_id)
-    return [_bucket(row.bucket, row) for row in rows]
+    return [_bucket(row[0], row[1:]) for row in rows]
 
 
 def top_consumers(
@@ -248,7 +260,7 @@ def top_consumers(
     rows = read_totals(
         store, since=low, until=high, order=by, limit=limit, min_requests=min_requests
     )
-    return [ConsumerUsage(row.consumer, _bucket(low, row)) for row in rows]
+    return [ConsumerUsage(row[0], _bucket(low, row[1 : 1 + len(COUNTS)])) for row in rows]
 
 
 def require_consumer(store: Store, consumer_id: str) -> None:

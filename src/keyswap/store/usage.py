@@ -263,7 +263,11 @@ def _merge(store: Store, conn: Connection, span: int, into: int, before: int) ->
 
 
 def _sums() -> list[Any]:
-    return [sa.func.coalesce(sa.func.sum(usage.c[name]), 0).label(name) for name in COUNTS]
+    # Cast: PostgreSQL sums bigints as numeric (Decimal in Python, slow to convert).
+    return [
+        sa.cast(sa.func.coalesce(sa.func.sum(usage.c[name]), 0), usage.c[name].type).label(name)
+        for name in COUNTS
+    ]
 
 
 def read_buckets(

@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("latency_sum", sa.Double(), nullable=False),
         *(sa.Column(name, sa.BigInteger, nullable=False) for name in _BUCKETS),
         sa.PrimaryKeyConstraint("consumer", "start", "span", "key_id", "node", name="pk_usage"),
+        sqlite_with_rowid=False,
     )
     op.create_index("ix_usage_span_start", "usage", ["span", "start"])
 
