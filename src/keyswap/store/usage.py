@@ -7,10 +7,11 @@ and node. How they get there and why no count is ever added twice:
   rows, ``INSERT ... ON CONFLICT DO UPDATE SET count = excluded.count`` (one upsert per row, one
   transaction per batch). Writing the same batch twice leaves the same rows: a flush whose outcome is
   unknown (a timeout, a dropped connection) is simply written again.
-- **Rollup** (:func:`rollup`): in one transaction, minute rows older than ``minute_age`` are summed
-  into hour rows (``node`` empty; added to any hour row already there) and deleted; hour rows older
-  than ``hour_age`` likewise into day rows; day rows older than ``retention`` are deleted. Being one
-  transaction, a rollup that fails leaves everything as it was. On PostgreSQL it first takes a
+- **Rollup** (:func:`rollup`): minute rows older than ``minute_age`` are summed into hour rows
+  (``node`` empty; added to any hour row already there) and deleted, one hour per transaction; hour
+  rows older than ``hour_age`` likewise into day rows, one day per transaction; day rows older than
+  ``retention`` are deleted. Each step sums and deletes in one transaction, so a rollup that fails
+  leaves every row counted once (the steps done stay done). On PostgreSQL each step first takes a
   transaction-level advisory lock, so rollups running on several nodes at once take turns (the second
   finds nothing left to do); SQLite serialises writers anyway (``BEGIN IMMEDIATE``). A node never
   writes a minute older than :data:`keyswap.gateway.meter.MAX_HOLD` (12 h), so a rollup (at least a day
@@ -22,7 +23,8 @@ and node. How they get there and why no count is ever added twice:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -200,33 +202,59 @@ class RollupResult:
 def rollup(store: Store, *, now: float, policy: RollupPolicy | None = None) -> RollupResult:
     """Merge old minute rows into hours and old hour rows into days, drop expired day rows.
 
-    One transaction (all or nothing); on PostgreSQL rollups on several nodes take turns. Running it
-    twice in a row changes nothing the second time.
+    The work is cut into steps of one hour of minute rows or one day of hour rows, each one
+    transaction (all or nothing), so no step holds the database for long; on PostgreSQL each step
+    lifts the statement timeout of a gateway's connection (``SET LOCAL``) and takes an advisory lock,
+    so rollups on several nodes take turns. Running it twice in a row changes nothing the second time.
     """
     policy = policy or RollupPolicy()
     hour_cut = int(now - policy.minute_age) // HOUR * HOUR
     day_cut = int(now - policy.hour_age) // DAY * DAY
+    minutes = _merge_all(store, MINUTE, HOUR, hour_cut)
+    hours = _merge_all(store, HOUR, DAY, day_cut)
+    expired = 0
+    if policy.retention:
+        expired_cut = int(now - policy.retention) // DAY * DAY
+        with _step(store) as conn:
+            expired = int(
+                conn.execute(
+                    sa.delete(usage).where(usage.c.span == DAY, usage.c.start < expired_cut)
+                ).rowcount
+            )
+    return RollupResult(minutes, hours, expired)
+
+
+@contextmanager
+def _step(store: Store) -> Iterator[Connection]:
+    """One rollup transaction: a writer's (SQLite ``BEGIN IMMEDIATE``), locked on PostgreSQL."""
     with store.engine.connect() as conn:
         conn.execution_options(keyswap_immediate=True)
         with conn.begin():
             if store.is_postgres:
+                conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key("usage-rollup"))))
-            minutes = _merge(store, conn, MINUTE, HOUR, hour_cut)
-            hours = _merge(store, conn, HOUR, DAY, day_cut)
-            expired = 0
-            if policy.retention:
-                expired_cut = int(now - policy.retention) // DAY * DAY
-                expired = int(
-                    conn.execute(
-                        sa.delete(usage).where(usage.c.span == DAY, usage.c.start < expired_cut)
-                    ).rowcount
+            yield conn
+
+
+def _merge_all(store: Store, span: int, into: int, before: int) -> int:
+    """Merge every row of ``span`` starting before ``before``, one ``into`` bucket per step."""
+    merged = 0
+    while True:
+        with _step(store) as conn:
+            oldest = conn.execute(
+                sa.select(sa.func.min(usage.c.start)).where(
+                    usage.c.span == span, usage.c.start < before
                 )
-    return RollupResult(minutes, hours, expired)
+            ).scalar()
+            if oldest is None:
+                return merged
+            end = min(before, int(oldest) - int(oldest) % into + into)
+            merged += _merge(store, conn, span, into, int(oldest), end)
 
 
-def _merge(store: Store, conn: Connection, span: int, into: int, before: int) -> int:
-    """Sum rows of ``span`` starting before ``before`` into rows of ``into``; delete them."""
-    where = sa.and_(usage.c.span == span, usage.c.start < before)
+def _merge(store: Store, conn: Connection, span: int, into: int, first: int, before: int) -> int:
+    """Sum rows of ``span`` starting in ``[first, before)`` into rows of ``into``; delete them."""
+    where = sa.and_(usage.c.span == span, usage.c.start >= first, usage.c.start < before)
     bucket = (usage.c.start - usage.c.start % into).label("bucket")
     sums = [sa.func.sum(usage.c[name]).label(name) for name in COUNTS]
     grouped = conn.execute(
