@@ -136,6 +136,7 @@ def throughput(args: argparse.Namespace) -> list[Target]:
             upstream.stop()
         written = count_usage(db_url)
     off = median([r.rps for r in results["metering off"]])
+    off_cpu = median([r.cpu_us_per_req for r in results["metering off"]])
     rows = []
     for name in names:
         runs = results[name]
@@ -148,6 +149,7 @@ def throughput(args: argparse.Namespace) -> list[Target]:
                 fmt(median([r.p50_ms for r in runs])),
                 fmt(median([r.p99_ms for r in runs])),
                 fmt_int(median([r.cpu_us_per_req for r in runs])),
+                fmt(median([r.cpu_us_per_req for r in runs]) / off_cpu),
                 " ".join(fmt_int(r.rps) for r in runs),
                 str(sum(r.non2xx + r.socket_errors for r in runs)),
             ]
@@ -165,6 +167,7 @@ def throughput(args: argparse.Namespace) -> list[Target]:
                 "p50 ms",
                 "p99 ms",
                 "CPU µs/req",
+                "CPU ratio",
                 "req/s per round",
                 "errors",
             ],
