@@ -338,12 +338,40 @@ def test_postgres_outage_through_a_frozen_relay(upstream: RecordingUpstream) -> 
             setup.close()
 
 
-def test_meter_with_a_gateway_in_process_counts_websocket_refusals_too() -> None:
-    # The meter treats any answer the gateway gave itself (no exchange) as a refusal when 401/429.
-    meter = Meter(SqlUsageSink.__new__(SqlUsageSink), clock=Clock(60.0))
-    meter.record("acme", "k", 429, None)
-    meter.record(None, None, 401, None)
-    meter.record("acme", "k", 101, None)
-    rows = dict(meter._rows)
-    assert rows[(60, "acme", "k")][:7] == [2, 0, 0, 1, 0, 0, 1]
-    assert rows[(60, "", "")][:7] == [1, 0, 0, 1, 0, 1, 0]
+class ListSink:
+    """Keeps what it is given (no database): for checks of the counts alone."""
+
+    def __init__(self) -> None:
+        self.rows: list[UsageRow] = []
+
+    def write(self, rows: Sequence[UsageRow]) -> None:
+        self.rows.extend(rows)
+
+
+def test_answers_the_gateway_gave_itself_count_as_refusals_only_for_401_and_429() -> None:
+    sink = ListSink()
+    meter = Meter(sink, clock=Clock(60.0), node="n1")
+    meter.record("acme", "k", 429, None)  # rate limit or connection cap
+    meter.record(None, None, 401, None)  # no consumer known
+    meter.record("acme", "k", 101, None)  # a websocket upgrade
+    meter.record("acme", "k", 503, None)  # store down: not a refusal by a limit
+    upstream_429 = Exchange()
+    upstream_429.latency = 2.0
+    meter.record("acme", "k", 429, upstream_429)  # the upstream's own 429
+
+    asyncio.run(meter.flush())
+    rows = {(r.consumer, r.key_id): r.counts for r in sink.rows}
+    acme, anonymous = rows[("acme", "k")], rows[("", "")]
+    # requests, 2xx, 3xx, 4xx, 5xx, 401, 429
+    assert acme[:7] == (4, 0, 0, 2, 1, 0, 1)
+    assert acme[-1] == 1  # the upstream's answer took over a second
+    assert anonymous[:7] == (1, 0, 0, 1, 0, 1, 0)
+
+
+def test_meter_settings_are_checked() -> None:
+    from keyswap.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        Meter(ListSink(), interval=0)
+    with pytest.raises(ConfigError):
+        Meter(ListSink(), max_rows=0)

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from keyswap.errors import ConfigError
 from keyswap.store.usage import COUNTS, LATENCY_BOUNDS, UsageRow, UsageSink
 
 __all__ = ["DEFAULT_INTERVAL", "MAX_HOLD", "Exchange", "Meter", "node_id"]
@@ -101,8 +102,6 @@ class Meter:
         maintenance_interval: float = 3600.0,
     ) -> None:
         if not interval > 0 or not max_rows > 0:
-            from keyswap.errors import ConfigError
-
             raise ConfigError("the usage flush interval and row bound must be positive")
         self.sink = sink
         self.interval = interval

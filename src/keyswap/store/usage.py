@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from keyswap.errors import ConfigError
 from keyswap.store.schema import usage
 from keyswap.store.sql import Store
 
@@ -180,8 +181,6 @@ class RollupPolicy:
     retention: float = 400 * DAY
 
     def __post_init__(self) -> None:
-        from keyswap.errors import ConfigError
-
         if not self.minute_age >= DAY:
             raise ConfigError("minute rows must be kept at least a day before the rollup")
         if not self.hour_age >= self.minute_age:
