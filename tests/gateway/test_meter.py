@@ -375,3 +375,51 @@ def test_meter_settings_are_checked() -> None:
         Meter(ListSink(), interval=0)
     with pytest.raises(ConfigError):
         Meter(ListSink(), max_rows=0)
+
+
+def test_two_nodes_add_up_and_never_overwrite_each_other(store: Store) -> None:
+    clock = Clock(1_700_000_000.0)
+    nodes = [Meter(SqlUsageSink(store), clock=clock, node=f"node{i}") for i in range(2)]
+
+    async def scenario() -> None:
+        for index, meter in enumerate(nodes):
+            for _ in range(index + 2):
+                meter.record("acme", "key_a", *ok())
+        for meter in nodes:
+            assert await meter.flush()
+        nodes[0].record("acme", "key_a", *ok())
+        assert await nodes[0].flush()  # its own row grows; node1's row is untouched
+
+    asyncio.run(scenario())
+    found = manage.query(
+        store, consumer_id="acme", since=clock.now - 60, until=clock.now + 60, by="minute"
+    )
+    assert [b.requests for b in found] == [6]
+
+
+def test_the_writer_runs_maintenance_after_flushing(store: Store) -> None:
+    calls: list[float] = []
+    clock = Clock(1_700_000_000.0)
+
+    async def scenario() -> None:
+        done = asyncio.Event()
+
+        def maintenance(now: float) -> None:
+            calls.append(now)
+            done.set()
+
+        meter = Meter(
+            SqlUsageSink(store),
+            interval=0.01,
+            clock=clock,
+            maintenance=maintenance,
+            maintenance_interval=3600,
+        )
+        meter.start()
+        meter.record("acme", "key_a", *ok())
+        await asyncio.wait_for(done.wait(), 10)
+        await meter.close()
+        assert meter.rows_written == 1
+
+    asyncio.run(scenario())
+    assert calls == [clock.now]  # once: the next one is an hour away on the meter's clock
