@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -134,32 +135,51 @@ def test_periodic_flush_writes_while_serving(tmp_path: Path, upstream: Recording
             time.sleep(0.05)
 
 
-def test_sigterm_writes_everything(tmp_path: Path, upstream: RecordingUpstream) -> None:
-    url = db_url(tmp_path)
-    setup = Store(url)
-    try:
-        from keyswap.gateway.apikeys import ApiKeys
-        from keyswap.gateway.secret import load_secret
-        from tests.support.gateway_state import SECRET_TEXT
+@contextmanager
+def database(kind: str, tmp_path: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield db_url(tmp_path)
+    else:
+        with postgres_schema() as url:
+            yield url
 
-        setup.create_consumer("acme", {})
-        keys = ApiKeys(setup, load_secret(url, env={"KEYSWAP_SECRET": SECRET_TEXT}), cache_size=0)
-        _, key = keys.create("acme")
-        # A flush interval far longer than the test: only the shutdown can write the counts.
-        process = GatewayProcess(url, upstream.url, tmp_path, "--usage-flush-interval", "3600")
-        process.start()
+
+@pytest.mark.parametrize(
+    ("kind", "nodes"), [("sqlite", 1), pytest.param("postgres", 2, marks=pytest.mark.postgres)]
+)
+def test_sigterm_writes_everything(
+    tmp_path: Path, upstream: RecordingUpstream, kind: str, nodes: int
+) -> None:
+    from keyswap.gateway.apikeys import ApiKeys
+    from tests.support.gateway_state import secret
+
+    with database(kind, tmp_path) as url:
+        setup = Store(url, schema="upgrade")
         try:
-            for _ in range(5):
-                answer = httpx.get(
-                    process.url + "/hello", headers={"Authorization": f"Bearer {key}"}, timeout=10
-                )
-                assert answer.status_code == 200
-            assert day_totals(setup, "acme").requests == 0
+            setup.create_consumer("acme", {})
+            _, key = ApiKeys(setup, secret(), cache_size=0).create("acme")
+            # A flush interval far longer than the test: only the shutdown can write the counts.
+            processes = [
+                GatewayProcess(
+                    url, upstream.url, tmp_path, "--usage-flush-interval", "3600", name=f"n{i}"
+                ).start()
+                for i in range(nodes)
+            ]
+            try:
+                for index in range(10):
+                    answer = httpx.get(
+                        processes[index % nodes].url + "/hello",
+                        headers={"Authorization": f"Bearer {key}"},
+                        timeout=10,
+                    )
+                    assert answer.status_code == 200
+                assert day_totals(setup, "acme").requests == 0
+            finally:
+                for process in processes:
+                    process.stop()  # SIGTERM
+            assert day_totals(setup, "acme").requests == 10
         finally:
-            process.stop()  # SIGTERM
-        assert day_totals(setup, "acme").requests == 5
-    finally:
-        setup.close()
+            setup.close()
 
 
 # -- the meter on its own, over a real store --------------------------------------------------------
