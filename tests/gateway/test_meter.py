@@ -88,6 +88,14 @@ def test_gateway_counts_per_key_consumer_and_status_class(
         assert gw.get("/hello", key=limited_key).status_code == 200
         assert gw.get("/hello", key=limited_key).status_code == 429
         assert gw.get("/__keyswap/health", key="whatever").status_code == 200  # not usage
+        gw.admin_store.create_consumer("former", {})
+        former_record, former_key = gw.admin.create("former")
+        assert gw.get("/hello", key=former_key).status_code == 200
+        gw.admin.revoke(former_record.id)
+        deadline = time.monotonic() + 10
+        while gw.get("/hello", key=former_key).status_code != 401:  # the change reaches the node
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         responses = [posted, big]
         gw.server.stop()  # lifespan shutdown: the meter writes everything (SIGTERM does the same)
 
@@ -107,10 +115,14 @@ def test_gateway_counts_per_key_consumer_and_status_class(
         limited = day_totals(store, "limited")
         assert (limited.requests, limited.status_4xx, limited.rate_limited) == (2, 1, 1)
         assert sum(limited.latency_buckets) == 1  # the refused one never reached the upstream
+        former = day_totals(store, "former", former_record.id)
+        # 200s until the revocation reached the node, then a 401 for the revoked key: counted for it
+        assert former.unauthorized == former.status_4xx == 1
+        assert former.status_2xx == former.requests - 1 >= 1
         now = time.time()
         everyone = _sum(manage.query_all(store, since=now - DAY, until=now + DAY, by="day"))
-        assert everyone.requests == 13
-        assert everyone.unauthorized == 2
+        assert everyone.requests == 13 + former.requests
+        assert everyone.unauthorized == 2 + former.unauthorized
 
 
 def test_metering_off_writes_nothing(tmp_path: Path, upstream: RecordingUpstream) -> None:

@@ -32,7 +32,9 @@ class UsageBucketOut(BaseModel):
     status_3xx: int
     status_4xx: int
     status_5xx: int
-    unauthorized: int = Field(description="Refused 401 (no consumer known: in the totals only).")
+    unauthorized: int = Field(
+        description="Refused 401: the consumer's revoked or expired keys (unknown keys: totals only)."
+    )
     rate_limited: int = Field(
         description="Refused 429 by the gateway (rate limit, connection cap)."
     )

@@ -645,6 +645,7 @@ class GatewayApp:
         status = 500
         meter = self.meter
         exchange: Exchange | None = None
+        refused_key: str | None = None  # a key answered 401 (counted for its owner if known)
         try:
             if raw_path.startswith(_RESERVED):
                 meter = None  # the gateway's own documents are not usage
@@ -661,6 +662,7 @@ class GatewayApp:
                 status = await _respond(send, NO_API_KEY)
                 return
             except InvalidApiKey:
+                refused_key = key
                 status = await _respond(send, INVALID_API_KEY)
                 return
             except _StoreDown:
@@ -724,6 +726,8 @@ class GatewayApp:
         finally:
             self._access.log(method, raw_path, status, consumer, key_id, started)
             if meter is not None:
+                if refused_key is not None:  # after the answer: a revoked or expired key's owner
+                    consumer, key_id = self._refused_owner(refused_key)
                 meter.record(consumer, key_id, status, exchange)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -818,6 +822,12 @@ class GatewayApp:
             self._access.log("GET", raw_path, status, consumer, key_id, started)
             if self.meter is not None and not raw_path.startswith(_RESERVED):
                 self.meter.record(consumer, key_id, status, None)
+
+    def _refused_owner(self, key: str) -> tuple[str | None, str | None]:
+        """``(consumer, key id)`` of a refused key this node knows as revoked or expired (no I/O)."""
+        lookup = getattr(self._api_keys, "refused_owner", None)
+        owner: tuple[str, str] | None = lookup(key) if lookup is not None else None
+        return (None, None) if owner is None else owner
 
     def _connection_cap(self, principal: PrincipalLike) -> int:
         """The consumer's own cap on requests in flight (``consumers.max_connections``), else the

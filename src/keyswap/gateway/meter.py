@@ -2,9 +2,9 @@
 batches by a background task.
 
 What is counted (one row per minute, consumer and key; :data:`keyswap.store.usage.COUNTS`): requests,
-requests by status class, refusals by the gateway (401 without a usable key, counted with no consumer
-and no key since none is known; 429 for a spent rate limit or connection cap, counted for the
-consumer), request and response body bytes relayed to and from the upstream, and the upstream latency
+requests by status class, refusals by the gateway (401 without a usable key: counted for the
+consumer and key when the key exists but is revoked or expired, else with no consumer and no key; 429
+for a spent rate limit or connection cap, counted for the consumer), request and response body bytes relayed to and from the upstream, and the upstream latency
 (to the response head: its sum and counts per bucket of at most 10 ms, 50 ms, 250 ms, 1 s, more). The
 gateway's own documents (JWKS, discovery, health) are not counted.
 

@@ -64,8 +64,8 @@ class UsageBucket:
         requests: every request counted (each status class below, plus 1xx websocket upgrades).
         status_2xx, status_3xx, status_4xx, status_5xx: requests by the status class answered
             (the gateway's own refusals included: 401, 429, 502, 504...).
-        unauthorized: refused with 401 (no or a bad key); only in the totals without a consumer, a
-            consumer's key is unknown when that happens.
+        unauthorized: refused with 401: a revoked or expired key of this consumer (and in the totals
+            without a consumer, also missing, malformed and unknown keys).
         rate_limited: refused with 429 by the gateway (rate limit or connection cap).
         bytes_in, bytes_out: request and response body bytes relayed to and from the upstream.
         latency_sum: seconds, the upstream latency (to the response head) summed over
