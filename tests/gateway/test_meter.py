@@ -85,6 +85,8 @@ def test_gateway_counts_per_key_consumer_and_status_class(
         assert gw.get("/hello", key=second_key).status_code == 200
         assert gw.get("/hello", key="ks_not_a_real_key").status_code == 401
         assert httpx.get(gw.url + "/hello", timeout=10).status_code == 401
+        two = [("authorization", f"Bearer {gw.key}"), ("authorization", f"Bearer {gw.key}")]
+        assert httpx.get(gw.url + "/hello", headers=two, timeout=10).status_code == 401
         assert gw.get("/hello", key=limited_key).status_code == 200
         assert gw.get("/hello", key=limited_key).status_code == 429
         assert gw.get("/__keyswap/health", key="whatever").status_code == 200  # not usage
@@ -121,8 +123,8 @@ def test_gateway_counts_per_key_consumer_and_status_class(
         assert former.status_2xx == former.requests - 1 >= 1
         now = time.time()
         everyone = _sum(manage.query_all(store, since=now - DAY, until=now + DAY, by="day"))
-        assert everyone.requests == 13 + former.requests
-        assert everyone.unauthorized == 2 + former.unauthorized
+        assert everyone.requests == 14 + former.requests
+        assert everyone.unauthorized == 3 + former.unauthorized
 
 
 def test_metering_off_writes_nothing(tmp_path: Path, upstream: RecordingUpstream) -> None:

@@ -646,6 +646,7 @@ class GatewayApp:
         meter = self.meter
         exchange: Exchange | None = None
         refused_key: str | None = None  # a key answered 401 (counted for its owner if known)
+        key: str | None = None
         try:
             if raw_path.startswith(_RESERVED):
                 meter = None  # the gateway's own documents are not usage
