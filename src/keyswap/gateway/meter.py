@@ -16,7 +16,7 @@ written through a :class:`~keyswap.store.usage.UsageSink` (on a worker thread) w
 counts for this node's minute, so a write that is retried (or whose outcome was unknown) never counts
 twice. A finished minute is forgotten once it is written and unchanged. When the database is down the
 rows stay in memory and are written when it is back. Bounds: at most ``max_rows`` rows (100,000,
-about 40 MB) and nothing older than :data:`MAX_HOLD` (12 hours) is kept; past either the oldest
+about 70 MB) and nothing older than :data:`MAX_HOLD` (12 hours) is kept; past either the oldest
 minutes are dropped, counted and logged (``usage rows dropped``). On shutdown (SIGTERM, after the
 drain) everything is written; on a crash at most the last ``interval`` is lost.
 
