@@ -188,6 +188,9 @@ def test_sigterm_writes_everything(
                     )
                     assert answer.status_code == 200
                 assert day_totals(setup, "acme").requests == 0
+                assert "usage: counted per consumer and key, written every 3600 s" in (
+                    processes[0].log()
+                )
             finally:
                 for process in processes:
                     process.stop()  # SIGTERM

@@ -1445,6 +1445,13 @@ def gateway(
         err=True,
     )
     click.echo(_cluster_banner(cluster, postgres=is_postgres(url), redis_up=redis_up), err=True)
+    click.echo(
+        f"usage: counted per consumer and key, written every {usage_flush_interval:g} s "
+        "(keyswap usage)"
+        if usage
+        else "usage: not metered (--no-usage)",
+        err=True,
+    )
     if workers > 1:
         click.echo(
             f"{workers} worker processes, each with its own caches"
