@@ -738,6 +738,7 @@ class GatewayApp:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         consumer: str | None = None
         key_id: str | None = None
+        refused_key: str | None = None
         status = 500
 
         async def refuse(response: tuple[int, list[tuple[bytes, bytes]], bytes]) -> int:
@@ -755,12 +756,15 @@ class GatewayApp:
             if raw_path.startswith(_RESERVED):  # the gateway's own documents are not websockets
                 status = await refuse(BAD_REQUEST)
                 return
+            key: str | None = None
             try:
-                principal = await self._authenticate(_api_key_from(scope["headers"]))
+                key = _api_key_from(scope["headers"])
+                principal = await self._authenticate(key)
             except _NoKey:
                 status = await refuse(NO_API_KEY)
                 return
             except InvalidApiKey:
+                refused_key = key
                 status = await refuse(INVALID_API_KEY)
                 return
             except _StoreDown:
@@ -822,6 +826,8 @@ class GatewayApp:
         finally:
             self._access.log("GET", raw_path, status, consumer, key_id, started)
             if self.meter is not None and not raw_path.startswith(_RESERVED):
+                if refused_key is not None:  # after the answer: a revoked or expired key's owner
+                    consumer, key_id = self._refused_owner(refused_key)
                 self.meter.record(consumer, key_id, status, None)
 
     def _refused_owner(self, key: str) -> tuple[str | None, str | None]:
