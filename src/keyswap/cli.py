@@ -38,6 +38,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "gateway",
         "Consumers' webhook events: deliveries, redeliver, dispatch.",
     ),
+    "usage": (
+        "keyswap.gateway.cli_usage:usage",
+        "gateway",
+        "Show metered usage per consumer and key; top consumers.",
+    ),
     "tokens": (
         "keyswap.gateway.cli_tokens:tokens",
         "gateway",

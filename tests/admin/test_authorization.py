@@ -58,6 +58,8 @@ ROUTES: list[Route] = [
         "consumers:write",
         lambda: None,
     ),
+    ("GET", "/v1/usage", "usage:read", lambda: None),
+    ("GET", "/v1/usage/top", "usage:read", lambda: None),
 ]
 
 
@@ -169,7 +171,7 @@ def test_route_refuses_every_bad_credential(
     revoke_admin_token(Context(api.store, Actor.cli("test")), revoked_id)
     _, expiring = api.token("brief", (scope,), expires_in=60)
     clock.advance(61)
-    wrong = "usage:read"
+    wrong = "audit:read" if scope == "usage:read" else "usage:read"
     bad = {
         None: 401,
         "ksadm_not-a-token": 401,
@@ -233,7 +235,7 @@ def test_route_with_oidc_tokens(oidc_matrix_api: AdminApi, route: Route) -> None
         (None, 401),
         (_oidc(scope, ttl=-120), 401),  # expired
         (_oidc(scope, aud="another-api"), 401),
-        (_oidc("usage:read"), 403),
+        (_oidc("audit:read" if scope == "usage:read" else "usage:read"), 403),
         (_oidc(scope), 200),
         (_oidc("openid admin"), 200),
     ]

@@ -282,3 +282,37 @@ def test_an_admin_port_equal_to_another_is_a_usage_error(tmp_path: Path, admin: 
     assert done.returncode == 2
     assert done.stderr.strip() == "Error: --admin-port must differ from --port and --origin-port"
     assert not (tmp_path / "d").exists()
+
+
+_USAGE = re.compile(r"usage demo --since 1h --by minute --db (\S+)")
+
+
+def test_the_demo_shows_the_demo_consumers_usage(tmp_path: Path) -> None:
+    data_dir = tmp_path / ".keyswap-data"
+    with running_demo(data_dir, free_port(), free_port()) as demo:
+        printed = _USAGE.search("".join(demo.output))
+        assert printed is not None, "".join(demo.output)
+        for _ in range(3):
+            assert _try(demo).status_code == 200
+        headers = {"Authorization": f"Bearer {demo.admin_token}"}
+        deadline = time.monotonic() + 15
+        while True:  # written every 2 s while the demo runs
+            body = httpx.get(
+                demo.admin_url + "/v1/usage?consumer=demo&by=minute", headers=headers, timeout=10
+            ).json()
+            if body["total"]["requests"] == 3:
+                break
+            assert time.monotonic() < deadline, body
+            time.sleep(0.1)
+        assert body["total"]["status_2xx"] == 3
+    assert demo.process.returncode == 0, "".join(demo.output)
+    result = subprocess.run(
+        [KEYSWAP, "usage", "demo", "--since", "1h", "--by", "minute", "--db", printed.group(1)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].split()[:3] == ["TOTAL", "3", "3"]

@@ -73,6 +73,7 @@ def running_gateway(
     cluster: ClusterSettings | None = None,
     server_options: dict[str, Any] | None = None,
     secret_scanning: SecretScanningSettings | None = None,
+    usage_interval: float | None = 10.0,
     **settings: Any,
 ) -> Iterator[Gateway]:
     """Start a gateway in front of ``upstream_url`` with consumer ``acme`` ({"plan": "free"}) and a key.
@@ -96,6 +97,7 @@ def running_gateway(
         clock=time.time if real_clock else clock,
         cluster=cluster,
         secret_scanning=secret_scanning,
+        usage_interval=usage_interval,
     )
     admin_store = Store(db_url)
     try:

@@ -19,6 +19,7 @@ from keyswap.admin import (
     routes_health,
     routes_keys,
     routes_signing,
+    routes_usage,
     routes_webhooks,
 )
 from keyswap.admin.docs_page import CONTENT_SECURITY_POLICY, asset, render_docs
@@ -40,7 +41,8 @@ __all__ = ["build_admin_app"]
 logger = logging.getLogger("keyswap.admin")
 
 _DESCRIPTION = (
-    """The keyswap management API: consumers (and their webhooks), API keys, signing keys and the audit log.
+    """The keyswap management API: consumers (and their webhooks), API keys, signing keys, the audit
+log and metered usage.
 
 Authenticate with an admin token (`keyswap admin-tokens create NAME --scopes ...`) as
 `Authorization: Bearer ksadm_...`. Scopes: """
@@ -222,6 +224,7 @@ def build_admin_app(state: AdminState, *, max_body: int = MAX_BODY) -> FastAPI:
         routes_keys,
         routes_signing,
         routes_audit,
+        routes_usage,
     ):
         app.include_router(module.router)
 

@@ -90,6 +90,8 @@ KEY_ID_LENGTH = 12
 _PREFIX = re.compile(r"[a-z][a-z0-9]{1,15}", re.ASCII)
 _BODY = re.compile(rf"[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}", re.ASCII)
 _REFUSAL = "Invalid API key"
+
+
 _UNAVAILABLE = "the key store is unavailable"
 
 
@@ -236,6 +238,12 @@ class _LookupCache:
         self._lock = threading.Lock()
         self.generation = 0
         self.epoch = 0
+
+    def peek(self, digest: bytes) -> _Entry | None:
+        """The entry cached for ``digest``, fresh or not, without touching the cache's order."""
+        with self._lock:
+            item = self._items.get(digest)
+            return None if item is None else item.entry
 
     def get(self, digest: bytes) -> tuple[bool, _Entry | None, _Entry | None]:
         """``(fresh hit, its entry, outage fallback)``."""
@@ -562,6 +570,17 @@ class ApiKeys:
         if self.store_down:
             return self._accept(self._fallback(found), self._clock() if now is None else now)
         return None
+
+    def refused_owner(self, key: str, now: float | None = None) -> tuple[str, str] | None:
+        """``(consumer, key id)`` of a key this node knows (from its cache, no I/O) to be revoked or
+        expired; ``None`` for any other key. For the usage meter, after the refusal was answered: the
+        answer itself never depends on it (every refusal is the same 401)."""
+        if not isinstance(key, str) or not is_well_formed(key, self.prefix):
+            return None
+        entry = self._cache.peek(self.digest(key))
+        if entry is None or entry.record.usable_at(self._clock() if now is None else now):
+            return None
+        return entry.principal.consumer, entry.record.id
 
     @property
     def store(self) -> Store:

@@ -65,6 +65,8 @@ from keyswap.gateway.accesslog import AccessLog
 from keyswap.gateway.changefeed import FULL, ChangeFeed, Changes
 from keyswap.gateway.cluster import ClusterSettings
 from keyswap.gateway.headerpolicy import HeaderPolicy
+from keyswap.gateway.meter import DEFAULT_INTERVAL as DEFAULT_USAGE_INTERVAL
+from keyswap.gateway.meter import Exchange, Meter
 from keyswap.gateway.mint import SIGNING_ALGORITHMS, PrincipalLike, SigningKeyLike, TokenMinter
 from keyswap.gateway.proxy import (
     BadTarget,
@@ -348,6 +350,8 @@ class GatewayApp:
             (:mod:`keyswap.gateway.secretscanning`; ``None``: off, those paths are 404).
         quotas: counts requests against consumers' quotas and credits
             (:mod:`keyswap.gateway.quota`; ``None``: not enforced); closed at shutdown.
+        meter: counts every request per consumer and key (:mod:`keyswap.gateway.meter`), started
+            and flushed with the app (``None``: no usage metering).
     """
 
     def __init__(
@@ -367,10 +371,12 @@ class GatewayApp:
         changes: ChangeFeed | None = None,
         secret_scanning: SecretScanning | None = None,
         quotas: QuotaEnforcer | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self.settings = settings
         self.secret_scanning = secret_scanning
         self.quotas = quotas
+        self.meter = meter
         # a consumer with both: the rate limit and the quota in one Redis round trip
         self._rate_with_quota = quotas is not None and quotas.shares_redis_with(rate_limiter)
         self.websocket_limits = websocket_limits or WebSocketLimits()
@@ -497,6 +503,8 @@ class GatewayApp:
             self._watcher.start()
         threading.Thread(target=self._warm_up, name="keyswap-warm-up", daemon=True).start()
         self._prune_task = asyncio.create_task(self._prune_loop())
+        if self.meter is not None:
+            self.meter.start()
 
     def _warm_up(self) -> None:
         """Off the request path, after start: load the key filter, then put the keys used recently
@@ -601,6 +609,8 @@ class GatewayApp:
         if watcher is not None:
             await asyncio.to_thread(watcher.stop)
         await self.proxy.close()
+        if self.meter is not None:  # requests have drained: everything counted is written
+            await self.meter.close()
         self.store_calls.close()
         await asyncio.to_thread(self._access.close)
         if self.rate_limiter is not None:
@@ -655,8 +665,13 @@ class GatewayApp:
         consumer: str | None = None
         key_id: str | None = None
         status = 500
+        meter = self.meter
+        exchange: Exchange | None = None
+        refused_key: str | None = None  # a key answered 401 (counted for its owner if known)
+        key: str | None = None
         try:
             if raw_path.startswith(_RESERVED):
+                meter = None  # the gateway's own documents are not usage
                 path = raw_path.decode("latin-1")
                 if self.secret_scanning is not None and self.secret_scanning.handles(path):
                     status = await self.secret_scanning(scope, receive, send)
@@ -674,6 +689,7 @@ class GatewayApp:
                 status = await _respond(send, NO_API_KEY)
                 return
             except InvalidApiKey:
+                refused_key = key
                 status = await _respond(send, INVALID_API_KEY)
                 return
             except _StoreDown:
@@ -744,8 +760,10 @@ class GatewayApp:
                 status = await _respond(send, TOO_MANY_CONNECTIONS)
                 return
             self.in_flight[holder] = held + 1
+            if meter is not None:
+                exchange = Exchange()
             try:
-                status = await self.proxy.forward(scope, receive, send, url, headers)
+                status = await self.proxy.forward(scope, receive, send, url, headers, exchange)
             except UpstreamTimeout:
                 status = await _respond(send, GATEWAY_TIMEOUT)
             except UpstreamError:
@@ -765,6 +783,10 @@ class GatewayApp:
             raise
         finally:
             self._access.log(method, raw_path, status, consumer, key_id, started)
+            if meter is not None:
+                if refused_key is not None:  # after the answer: a revoked or expired key's owner
+                    consumer, key_id = self._refused_owner(refused_key)
+                meter.record(consumer, key_id, status, exchange)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A websocket handshake: the same checks as any request, refusals answered as plain HTTP
@@ -773,6 +795,7 @@ class GatewayApp:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         consumer: str | None = None
         key_id: str | None = None
+        refused_key: str | None = None
         status = 500
 
         async def refuse(response: tuple[int, list[tuple[bytes, bytes]], bytes]) -> int:
@@ -790,12 +813,15 @@ class GatewayApp:
             if raw_path.startswith(_RESERVED):  # the gateway's own documents are not websockets
                 status = await refuse(BAD_REQUEST)
                 return
+            key: str | None = None
             try:
-                principal = await self._authenticate(_api_key_from(scope["headers"]))
+                key = _api_key_from(scope["headers"])
+                principal = await self._authenticate(key)
             except _NoKey:
                 status = await refuse(NO_API_KEY)
                 return
             except InvalidApiKey:
+                refused_key = key
                 status = await refuse(INVALID_API_KEY)
                 return
             except _StoreDown:
@@ -864,6 +890,16 @@ class GatewayApp:
                     del self.in_flight[holder]
         finally:
             self._access.log("GET", raw_path, status, consumer, key_id, started)
+            if self.meter is not None and not raw_path.startswith(_RESERVED):
+                if refused_key is not None:  # after the answer: a revoked or expired key's owner
+                    consumer, key_id = self._refused_owner(refused_key)
+                self.meter.record(consumer, key_id, status, None)
+
+    def _refused_owner(self, key: str) -> tuple[str | None, str | None]:
+        """``(consumer, key id)`` of a refused key this node knows as revoked or expired (no I/O)."""
+        lookup = getattr(self._api_keys, "refused_owner", None)
+        owner: tuple[str, str] | None = lookup(key) if lookup is not None else None
+        return (None, None) if owner is None else owner
 
     def _connection_cap(self, principal: PrincipalLike) -> int:
         """The consumer's own cap on requests in flight (``consumers.max_connections``), else the
@@ -922,6 +958,7 @@ def build_gateway(
     cluster: ClusterSettings | None = None,
     websocket_limits: WebSocketLimits | None = None,
     secret_scanning: SecretScanningSettings | None = None,
+    usage_interval: float | None = DEFAULT_USAGE_INTERVAL,
 ) -> GatewayApp:
     """The gateway over the store at ``db_url``: API keys, keyring, change watcher, all wired.
 
@@ -932,6 +969,8 @@ def build_gateway(
     rotation, shared rate limits, outage grace; :mod:`keyswap.gateway.cluster`); the defaults apply
     without it. ``secret_scanning`` turns GitHub's leak reports on
     (:mod:`keyswap.gateway.secretscanning`).
+    ``usage_interval``: seconds between writes of the usage meter
+    (:mod:`keyswap.gateway.meter`; it also runs the usage rollup hourly); ``None``: no metering.
 
     Raises:
         ConfigError: bad settings, no usable server secret, a database set up with another secret, or
@@ -1012,6 +1051,17 @@ def build_gateway(
             notifier.close()
             store.close()
 
+        meter = None
+        if usage_interval is not None:
+            from keyswap.store.usage import SqlUsageSink, rollup
+
+            def roll_up(now: float) -> None:
+                rollup(store, now=now)
+
+            meter = Meter(
+                SqlUsageSink(store), interval=usage_interval, clock=clock, maintenance=roll_up
+            )
+
         return GatewayApp(
             settings,
             api_keys=api_keys,
@@ -1026,6 +1076,7 @@ def build_gateway(
             changes=ChangeFeed(store),
             secret_scanning=scanning,
             quotas=quotas,
+            meter=meter,
         )
     except BaseException:
         store.close()

@@ -1718,6 +1718,25 @@ def _url_host(host: str) -> str:
     help="Deliver consumers' webhook events from this process (needs the 'webhooks' extra); "
     "--no-webhooks leaves it to other processes or `keyswap webhooks dispatch`. $KEYSWAP_WEBHOOKS.",
 )
+@click.option(
+    "--usage/--no-usage",
+    "usage",
+    envvar="KEYSWAP_USAGE",
+    default=True,
+    show_default=True,
+    help="Meter every request per consumer and key into the database (keyswap usage). "
+    "$KEYSWAP_USAGE.",
+)
+@click.option(
+    "--usage-flush-interval",
+    envvar="KEYSWAP_USAGE_FLUSH_INTERVAL",
+    metavar="SECONDS",
+    type=Seconds(0.1, 3600),
+    default="10",
+    show_default=True,
+    help="Seconds between writes of the usage counts (at most this much is lost on a crash). "
+    "$KEYSWAP_USAGE_FLUSH_INTERVAL.",
+)
 @key_prefix_option
 @db_option
 @secret_file_option
@@ -1758,6 +1777,8 @@ def gateway(
     secret_scanning_webhook_secret_file: str | None,
     leak_policy: str,
     webhooks: bool,
+    usage: bool,
+    usage_flush_interval: float,
     key_prefix: str,
     db_url: str | None,
     secret_file: str | None,
@@ -1833,6 +1854,7 @@ def gateway(
                 cluster=cluster,
                 websocket_limits=websocket_limits,
                 secret_scanning=scanning,
+                usage_interval=usage_flush_interval if usage else None,
             )
             app.prepare()
             guard.started()
@@ -1847,6 +1869,13 @@ def gateway(
         err=True,
     )
     click.echo(_cluster_banner(cluster, postgres=is_postgres(url), redis_up=redis_up), err=True)
+    click.echo(
+        f"usage: counted per consumer and key, written every {usage_flush_interval:g} s "
+        "(keyswap usage)"
+        if usage
+        else "usage: not metered (--no-usage)",
+        err=True,
+    )
     if workers > 1:
         click.echo(
             f"{workers} worker processes, each with its own caches"
@@ -1879,6 +1908,7 @@ def gateway(
             cluster=cluster,
             websocket_limits=websocket_limits,
             secret_scanning=scanning,
+            usage_interval=usage_flush_interval if usage else None,
         )
         served.prepare()
         return serve(served, on_ready)

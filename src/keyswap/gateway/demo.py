@@ -12,6 +12,8 @@
 - the admin API (``keyswap admin``) listens on ``127.0.0.1:8081`` (the gateway's port + 1 unless
   ``--admin-port``); every run prints its URL and a fresh admin token (scope ``admin``, name
   ``demo``; older ones keep working until ``keyswap admin-tokens revoke``);
+- every request is metered (written every :data:`DEMO_USAGE_INTERVAL` seconds): the banner prints
+  ``keyswap usage demo`` (and ``GET /v1/usage?consumer=demo`` on the admin API) to read it;
 - every port is bound before the data is touched: a port in use is one error and changes nothing;
 - Ctrl-C (SIGINT) or SIGTERM stops both servers cleanly.
 """
@@ -35,6 +37,7 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "DEMO_CONSUMER",
     "DEMO_METADATA",
+    "DEMO_USAGE_INTERVAL",
     "DemoInfo",
     "prepare_demo",
     "run_demo",
@@ -43,6 +46,9 @@ __all__ = [
 DEFAULT_DATA_DIR = ".keyswap-data"
 DEMO_CONSUMER = "demo"
 DEMO_METADATA: dict[str, Any] = {"plan": "free"}
+#: Seconds between the demo gateway's usage writes (short, so ``keyswap usage demo`` shows requests
+#: made a moment ago).
+DEMO_USAGE_INTERVAL = 2.0
 _HOST = "127.0.0.1"
 
 
@@ -114,7 +120,7 @@ def prepare_demo(
     gateway_url = f"http://{_HOST}:{port}"
     origin_url = f"http://{_HOST}:{origin_port}"
     settings = GatewaySettings(upstream=origin_url, public_url=gateway_url, alg=alg)
-    gateway_app = build_gateway(settings, db_url=db_url, env={})
+    gateway_app = build_gateway(settings, db_url=db_url, env={}, usage_interval=DEMO_USAGE_INTERVAL)
     gateway_app.prepare()
     key, key_id, older_keys = _demo_key(db_url)
     jwks_url = gateway_url + JWKS_PATH
@@ -153,6 +159,7 @@ def _admin_lines(info: DemoInfo) -> list[str]:
     return [
         f"Or over HTTP: the admin API on {info.admin_url} (docs: {info.admin_url}/docs):",
         f"  curl -H {header} {info.admin_url}/v1/consumers",
+        f"  curl -H {header} '{info.admin_url}/v1/usage?consumer={DEMO_CONSUMER}&by=minute'",
     ]
 
 
@@ -197,6 +204,8 @@ def _instructions(info: DemoInfo) -> str:
             f"  {info.curl}",
             "",
             f"Manage it: {_program()} keys list --db {shlex.quote(str(info.db_path))}",
+            f"Its usage (written every {DEMO_USAGE_INTERVAL:g} s): {_program()} usage "
+            f"{DEMO_CONSUMER} --since 1h --by minute --db {shlex.quote(str(info.db_path))}",
             *_admin_lines(info),
             "Press Ctrl-C to stop.",
             "",

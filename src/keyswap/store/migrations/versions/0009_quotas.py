@@ -1,7 +1,7 @@
 """Quotas and credits: four ``consumers`` columns and the ``quota_usage`` table.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-07
 
 ``consumers.quota`` is ``NULL`` (none), ``"<n>/day"`` or ``"<n>/month"`` (written by ``keyswap
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
