@@ -71,13 +71,15 @@ def running_gateway(
     real_clock: bool = False,
     cluster: ClusterSettings | None = None,
     server_options: dict[str, Any] | None = None,
+    gateway_options: dict[str, Any] | None = None,
     **settings: Any,
 ) -> Iterator[Gateway]:
     """Start a gateway in front of ``upstream_url`` with consumer ``acme`` ({"plan": "free"}) and a key.
 
     The gateway's clock is a :class:`Clock` tests move by hand (it starts at the real time), unless
     ``real_clock`` (for expiry set by another process at its real "now"). ``server_options``: extra uvicorn
-    config (e.g. ``http=`` a protocol class).
+    config (e.g. ``http=`` a protocol class); ``gateway_options``: extra ``build_gateway`` arguments
+    (``metrics=``, ``tracing=``).
     """
     db_path = tmp_path / "keyswap.db"
     db_url = f"sqlite:///{db_path}"
@@ -88,7 +90,12 @@ def running_gateway(
     options.update(settings)
     config = GatewaySettings(upstream_url, f"http://127.0.0.1:{port}", **options)
     app = build_gateway(
-        config, db_url=db_url, env={}, clock=time.time if real_clock else clock, cluster=cluster
+        config,
+        db_url=db_url,
+        env={},
+        clock=time.time if real_clock else clock,
+        cluster=cluster,
+        **(gateway_options or {}),
     )
     admin_store = Store(db_url)
     try:

@@ -48,7 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from keyswap.errors import (
     ConfigError,
@@ -63,6 +63,7 @@ from keyswap.gateway.accesslog import AccessLog
 from keyswap.gateway.changefeed import FULL, ChangeFeed, Changes
 from keyswap.gateway.cluster import ClusterSettings
 from keyswap.gateway.headerpolicy import HeaderPolicy
+from keyswap.gateway.metrics import GatewayMetrics, SnapshotWriter
 from keyswap.gateway.mint import SIGNING_ALGORITHMS, PrincipalLike, SigningKeyLike, TokenMinter
 from keyswap.gateway.proxy import (
     BadTarget,
@@ -86,6 +87,9 @@ from keyswap.gateway.ratelimit import (
 from keyswap.gateway.storecalls import StoreCalls, StoreTimeout
 from keyswap.gateway.wellknown import DEFAULT_MAX_AGE, WellKnown, issuer_for
 from keyswap.gateway.wsrelay import WebSocketLimits, handshake_headers, relay, upstream_ws_url
+
+if TYPE_CHECKING:  # the tracing module imports OpenTelemetry: only when tracing is on
+    from keyswap.gateway.tracing import Tracing, TracingSettings
 
 __all__ = [
     "ApiKeysLike",
@@ -334,6 +338,12 @@ class GatewayApp:
             (:mod:`keyswap.gateway.wsrelay`; served only when the server runs with websockets).
         changes: the store's change log (:class:`~keyswap.gateway.changefeed.ChangeFeed`): on a
             change, only what it names is invalidated (``None``: every change clears everything).
+        metrics: counts requests for Prometheus (:mod:`keyswap.gateway.metrics`; ``None``: nothing
+            is counted).
+        metrics_writer: writes ``metrics`` to the supervisor's directory (``--workers N``), started
+            and stopped with the app.
+        tracing: OpenTelemetry spans and ``traceparent`` propagation
+            (:mod:`keyswap.gateway.tracing`; ``None``: off, no cost).
     """
 
     def __init__(
@@ -351,8 +361,14 @@ class GatewayApp:
         store_calls: StoreCalls | None = None,
         websocket_limits: WebSocketLimits | None = None,
         changes: ChangeFeed | None = None,
+        metrics: GatewayMetrics | None = None,
+        tracing: Tracing | None = None,
+        metrics_writer: SnapshotWriter | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
+        self.tracing = tracing
+        self._metrics_writer = metrics_writer
         self.websocket_limits = websocket_limits or WebSocketLimits()
         self.changes = changes
         self.store_calls = store_calls or StoreCalls()
@@ -398,6 +414,34 @@ class GatewayApp:
         #: What the last :meth:`on_change` invalidated (``None`` before the first change).
         self.last_changes: Changes | None = None
         self._prune_task: asyncio.Task[None] | None = None
+        if metrics is not None:
+            self._wire_metrics(metrics)
+
+    def _wire_metrics(self, metrics: GatewayMetrics) -> None:
+        """Values the components keep themselves, read at scrape time (nothing on the request path)."""
+        api_keys = self._api_keys
+        minter = self.minter
+        if hasattr(api_keys, "store_failures"):
+            metrics.sources["store_errors"] = lambda: int(getattr(api_keys, "store_failures", 0))
+        if hasattr(api_keys, "fallbacks"):
+            metrics.sources["store_fallbacks"] = lambda: int(getattr(api_keys, "fallbacks", 0))
+        metrics.sources["tokens_minted"] = lambda: minter.minted
+        in_flight = self.in_flight
+        metrics.gauges["upstream_requests_in_flight"] = lambda: sum(list(in_flight.values()))
+        keyring = self._keyring
+        clock = self._clock
+
+        def signing_key_age() -> float | None:
+            records = getattr(keyring, "records", None)
+            if not callable(records):
+                return None
+            for record in records():
+                if getattr(record, "state", None) == "active":
+                    since = getattr(record, "activated_at", None) or record.created_at
+                    return max(0.0, clock() - float(since))
+            return None
+
+        metrics.gauges["signing_key_age"] = signing_key_age
 
     @property
     def api_keys(self) -> ApiKeysLike:
@@ -477,6 +521,8 @@ class GatewayApp:
             self._watcher.start()
         threading.Thread(target=self._warm_up, name="keyswap-warm-up", daemon=True).start()
         self._prune_task = asyncio.create_task(self._prune_loop())
+        if self._metrics_writer is not None:
+            self._metrics_writer.start()
 
     def _warm_up(self) -> None:
         """Off the request path, after start: load the key filter, then put the keys used recently
@@ -585,6 +631,10 @@ class GatewayApp:
         await asyncio.to_thread(self._access.close)
         if self.rate_limiter is not None:
             await self.rate_limiter.close()
+        if self._metrics_writer is not None:
+            await asyncio.to_thread(self._metrics_writer.stop)
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.close)
         if self._on_close is not None:
             await asyncio.to_thread(self._on_close)
 
@@ -633,6 +683,8 @@ class GatewayApp:
         consumer: str | None = None
         key_id: str | None = None
         status = 500
+        metrics = self.metrics
+        trace = None if self.tracing is None else self.tracing.begin(scope, method, raw_path)
         try:
             if raw_path.startswith(_RESERVED):
                 document = self.wellknown.lookup(method, raw_path.decode("latin-1"))
@@ -643,7 +695,10 @@ class GatewayApp:
                 return
             try:
                 key = _api_key_from(scope["headers"])
-                principal = await self._authenticate(key)
+                if trace is None:
+                    principal = await self._authenticate(key)
+                else:
+                    principal = await trace.run("keyswap.key_lookup", self._authenticate(key))
             except _NoKey:
                 status = await _respond(send, NO_API_KEY)
                 return
@@ -660,6 +715,8 @@ class GatewayApp:
                     consumer_id: int = getattr(principal, "consumer_id", 0)
                     decision = await self.rate_limiter.hit(consumer_id, rate)
                     if not decision.allowed:
+                        if metrics is not None:
+                            metrics.refusals["rate_limit"] += 1
                         status = await _respond(send, too_many_requests(decision))
                         return
                     send = with_rate_headers(send, decision)
@@ -669,7 +726,10 @@ class GatewayApp:
                 status = await _respond(send, BAD_REQUEST)
                 return
             try:
-                token = self.minter.token_for(principal).token
+                if trace is None:
+                    token = self.minter.token_for(principal).token
+                else:
+                    token = trace.call("keyswap.mint", self.minter.token_for, principal).token
             except (KeysUnavailable, ConfigError) as exc:
                 logger.error("cannot mint a token: %s", exc.reason)
                 status = await _respond(send, UNAVAILABLE)
@@ -689,14 +749,26 @@ class GatewayApp:
             holder: int = getattr(principal, "consumer_id", 0)
             held = self.in_flight.get(holder, 0)
             if held >= self._connection_cap(principal):
+                if metrics is not None:
+                    metrics.refusals["concurrency"] += 1
                 status = await _respond(send, TOO_MANY_CONNECTIONS)
                 return
             self.in_flight[holder] = held + 1
+            forwarding = time.perf_counter()
             try:
-                status = await self.proxy.forward(scope, receive, send, url, headers)
+                if trace is None:
+                    status = await self.proxy.forward(scope, receive, send, url, headers)
+                else:
+                    status = await trace.upstream(
+                        self.proxy.forward, scope, receive, send, url, headers
+                    )
             except UpstreamTimeout:
+                if metrics is not None:
+                    metrics.upstream_errors["timeout"] += 1
                 status = await _respond(send, GATEWAY_TIMEOUT)
-            except UpstreamError:
+            except UpstreamError as exc:
+                if metrics is not None:
+                    metrics.upstream_errors[_upstream_error_kind(exc)] += 1
                 status = await _respond(send, BAD_GATEWAY)
             except ClientGone:
                 status = 499
@@ -706,8 +778,14 @@ class GatewayApp:
                     self.in_flight[holder] = left
                 else:
                     del self.in_flight[holder]
+                if metrics is not None:
+                    metrics.observe_upstream(time.perf_counter() - forwarding)
         finally:
             self._access.log(method, raw_path, status, consumer, key_id, started)
+            if metrics is not None:
+                metrics.observe(status, time.perf_counter() - started)
+            if trace is not None:
+                trace.finish(status)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A websocket handshake: the same checks as any request, refusals answered as plain HTTP
@@ -824,15 +902,22 @@ class GatewayApp:
         now = self._clock()
         try:
             lookup = self._lookup_cached
+            metrics = self.metrics
             if lookup is not None:
                 principal = lookup(key, now)
                 if principal is not None:
+                    if metrics is not None:
+                        metrics.key_cache_hits += 1
                     return principal
+            if metrics is not None:
+                metrics.key_cache_misses += 1
             try:
                 if lookup is not None and await self._surely_unknown(key):
                     raise InvalidApiKey("Invalid API key")
                 return await self.store_calls.run(self._authenticate_and_mint, key, now)
             except StoreTimeout:  # a hung database: answer from memory as in an outage, or 503
+                if metrics is not None:
+                    metrics.store_errors += 1
                 timed_out = getattr(self._api_keys, "store_timed_out", None)
                 if timed_out is None:
                     raise
@@ -843,8 +928,15 @@ class GatewayApp:
         except StoreUnavailable:  # the outage itself is logged once, by the change watcher
             raise _StoreDown from None
         except Exception as exc:  # a store failure must not become a 500 nor leak the key
+            if self.metrics is not None:
+                self.metrics.store_errors += 1
             logger.error("API key lookup failed (%s)", type(exc).__name__)
             raise _StoreDown from None
+
+
+def _upstream_error_kind(exc: UpstreamError) -> str:
+    """``connect`` (unreachable) or ``protocol`` (anything else: a broken answer, a closed pool)."""
+    return "connect" if isinstance(exc.__cause__, OSError) else "protocol"
 
 
 def build_gateway(
@@ -856,6 +948,9 @@ def build_gateway(
     clock: Callable[[], float] = time.time,
     cluster: ClusterSettings | None = None,
     websocket_limits: WebSocketLimits | None = None,
+    metrics: GatewayMetrics | None = None,
+    metrics_dir: str | None = None,
+    tracing: TracingSettings | Tracing | None = None,
 ) -> GatewayApp:
     """The gateway over the store at ``db_url``: API keys, keyring, change watcher, all wired.
 
@@ -864,7 +959,8 @@ def build_gateway(
     newest schema (``keyswap db upgrade``). Call :meth:`GatewayApp.prepare` before serving to create
     the signing keys on first start. ``cluster`` adds what several nodes need (change push, scheduled
     rotation, shared rate limits, outage grace; :mod:`keyswap.gateway.cluster`); the defaults apply
-    without it.
+    without it. ``metrics`` counts for Prometheus (``metrics_dir``: also written there for the
+    workers' supervisor); ``tracing`` turns OpenTelemetry on (:mod:`keyswap.gateway.tracing`).
 
     Raises:
         ConfigError: bad settings, no usable server secret, a database set up with another secret, or
@@ -877,6 +973,12 @@ def build_gateway(
     from keyswap.store import Store
 
     cluster = cluster or ClusterSettings()
+    tracer: Tracing | None = None
+    if tracing is not None:  # OpenTelemetry is imported only now
+        from keyswap.gateway.tracing import Tracing as _Tracing
+        from keyswap.gateway.tracing import build_tracing
+
+        tracer = tracing if isinstance(tracing, _Tracing) else build_tracing(tracing)
     store = Store(db_url, timeout=cluster.db_timeout)
     try:
         secret = load_secret(db_url, secret_file=secret_file, env=env)
@@ -932,7 +1034,16 @@ def build_gateway(
             store_calls=StoreCalls(cluster.db_timeout),
             websocket_limits=websocket_limits,
             changes=ChangeFeed(store),
+            metrics=metrics,
+            tracing=tracer,
+            metrics_writer=(
+                None
+                if metrics is None or metrics_dir is None
+                else SnapshotWriter(metrics, metrics_dir)
+            ),
         )
     except BaseException:
         store.close()
+        if tracer is not None:
+            tracer.close()
         raise

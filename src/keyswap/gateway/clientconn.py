@@ -46,6 +46,7 @@ starts on an idle connection); one ``call_later`` per request with a body.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,8 +154,14 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
 
     # -- connection ----------------------------------------------------------------------------
 
+    #: Connections opened and closed in this process with this class (the ``connections_open`` gauge).
+    opened = 0
+    closed = 0
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        cls = type(self)
+        cls.opened += 1
         limits = self.limits
         if len(self.connections) > limits.max_connections:
             self.limit_concurrency = 0  # uvicorn then answers this connection's request 503
@@ -163,6 +170,8 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
             self._arm(limits.head_timeout, self._on_head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        cls = type(self)
+        cls.closed += 1
         self._disarm()
         if self._send_timer is not None:
             self._send_timer.cancel()
@@ -313,4 +322,16 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
 
 def protocol_class(limits: ClientLimits) -> type[GuardedHttpToolsProtocol]:
     """A :class:`GuardedHttpToolsProtocol` subclass bound to ``limits`` (for uvicorn's ``http=``)."""
-    return type("KeyswapHttpProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+    return type(
+        "KeyswapHttpProtocol",
+        (GuardedHttpToolsProtocol,),
+        {"limits": limits, "opened": 0, "closed": 0},
+    )
+
+
+def open_connections(protocol: Any) -> Callable[[], float | None]:
+    """A gauge: the client connections open now through ``protocol`` (a :func:`protocol_class`
+    class; ``None`` for another protocol, which does not count them)."""
+    if not (isinstance(protocol, type) and issubclass(protocol, GuardedHttpToolsProtocol)):
+        return lambda: None
+    return lambda: protocol.opened - protocol.closed

@@ -1,0 +1,263 @@
+"""OpenTelemetry tracing for the gateway (the ``[otel]`` extra; ``keyswap gateway --tracing``).
+
+Off by default: then this module is not even imported and the request path pays one ``is None`` check
+per step. On, each proxied request gets a ``SERVER`` span (``keyswap.request``), a child of the
+incoming W3C ``traceparent`` when the client sent one, with children for the API-key lookup
+(``keyswap.key_lookup``), the token (``keyswap.mint``: a signature, or a cached token reused) and the upstream call (``keyswap.upstream``, ``CLIENT``). The origin receives a
+``traceparent`` (and the client's ``tracestate``) naming the upstream span, so its own spans join the
+same trace; the client's own ``traceparent`` is never forwarded as is.
+
+Sampling: ``--trace-sample-rate R`` samples a fraction R of new traces and follows the caller's
+decision when a ``traceparent`` says (``parentbased_traceidratio``); without it, the standard
+``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG`` variables decide (default: every request). A
+request that is not sampled gets no child spans at all, only the propagated ``traceparent`` (flag
+``00``), which keeps a 1 % rate cheap.
+
+Export: the standard variables: ``OTEL_TRACES_EXPORTER`` (``otlp``, the default, over HTTP/protobuf;
+``console``; ``none``), ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``,
+``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_SERVICE_NAME`` (default ``keyswap-gateway``),
+``OTEL_RESOURCE_ATTRIBUTES`` and the batch processor's ``OTEL_BSP_*``. Spans carry the method and the
+path without its query string; never a key, a token or a header value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from keyswap.errors import ConfigError
+
+__all__ = ["RequestTrace", "Tracing", "TracingSettings", "build_tracing"]
+
+T = TypeVar("T")
+
+_TRACEPARENT = b"traceparent"
+_TRACESTATE = b"tracestate"
+_MAX_PATH = 512
+
+
+class _AsgiGetter(Getter[Mapping[str, str]]):
+    def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        return None if value is None else [value]
+
+    def keys(self, carrier: Mapping[str, str]) -> list[str]:
+        return list(carrier)
+
+
+_GETTER = _AsgiGetter()
+
+
+def _trace_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str] | None:
+    """The client's ``traceparent`` / ``tracestate`` (first of each), or ``None`` when it sent none."""
+    found: dict[str, str] | None = None
+    for name, value in headers:
+        if len(name) in (10, 11):
+            lower = name.lower()
+            if lower in (_TRACEPARENT, _TRACESTATE):
+                if found is None:
+                    found = {}
+                found.setdefault(lower.decode(), value.decode("latin-1"))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """How ``keyswap gateway --tracing`` traces.
+
+    Attributes:
+        sample_rate: fraction of new traces sampled (``parentbased_traceidratio``); ``None``: the
+            ``OTEL_TRACES_SAMPLER`` variables decide.
+        service_name: ``service.name`` unless ``OTEL_SERVICE_NAME`` or ``OTEL_RESOURCE_ATTRIBUTES``
+            sets one.
+    """
+
+    sample_rate: float | None = None
+    service_name: str = "keyswap-gateway"
+
+    def __post_init__(self) -> None:
+        rate = self.sample_rate
+        if rate is not None and not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"the trace sample rate must be between 0 and 1, got {rate!r}")
+
+
+class RequestTrace:
+    """One request's spans (see the module docstring); made by :meth:`Tracing.begin`."""
+
+    __slots__ = ("_context", "_root", "_tracer", "recording")
+
+    def __init__(self, tracer: Tracer, root: Span, context: Context) -> None:
+        self._tracer = tracer
+        self._root = root
+        self._context = context
+        self.recording = root.is_recording()
+
+    async def run(self, name: str, step: Awaitable[T]) -> T:
+        """Await ``step`` inside a child span ``name`` (no span when the request is not sampled)."""
+        if not self.recording:
+            return await step
+        span = self._tracer.start_span(name, context=self._context)
+        try:
+            return await step
+        except BaseException as exc:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            span.end()
+
+    def call(self, name: str, step: Callable[[Any], T], arg: Any) -> T:
+        """``step(arg)`` inside a child span ``name`` (no span when the request is not sampled)."""
+        if not self.recording:
+            return step(arg)
+        span = self._tracer.start_span(name, context=self._context)
+        try:
+            return step(arg)
+        except BaseException as exc:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            span.end()
+
+    async def upstream(
+        self,
+        forward: Callable[..., Awaitable[int]],
+        scope: Any,
+        receive: Any,
+        send: Any,
+        target: bytes,
+        headers: Any,
+    ) -> int:
+        """``forward(...)`` inside a ``CLIENT`` span, ``traceparent`` set on ``headers`` (any
+        client-sent one replaced); returns the status."""
+        span: Span | None = None
+        context = self._context
+        if self.recording:
+            span = self._tracer.start_span(
+                "keyswap.upstream",
+                context=context,
+                kind=SpanKind.CLIENT,
+                attributes={"http.request.method": scope["method"]},
+            )
+            context = trace.set_span_in_context(span, context)
+        _PROPAGATOR.inject(headers, context=context)
+        try:
+            status = await forward(scope, receive, send, target, headers)
+        except BaseException as exc:
+            if span is not None:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                span.end()
+            raise
+        if span is not None:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+        return status
+
+    def finish(self, status: int) -> None:
+        """End the request's span with its ``status``."""
+        root = self._root
+        if self.recording:
+            root.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                root.set_status(Status(StatusCode.ERROR))
+        root.end()
+
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class Tracing:
+    """Starts request traces from ``provider`` (an OpenTelemetry SDK ``TracerProvider``).
+
+    ``close`` shuts the provider down (flushing spans) when ``owns_provider`` is true.
+    """
+
+    def __init__(self, provider: TracerProvider, *, owns_provider: bool = False) -> None:
+        from keyswap import __version__
+
+        self.provider = provider
+        self._tracer = provider.get_tracer("keyswap.gateway", __version__)
+        self._owns = owns_provider
+
+    def begin(self, scope: Any, method: str, raw_path: bytes) -> RequestTrace:
+        """The ``SERVER`` span of one request (a child of the client's ``traceparent``, if valid)."""
+        carried = _trace_headers(scope["headers"])
+        parent = None if carried is None else _PROPAGATOR.extract(carried, getter=_GETTER)
+        path = raw_path[:_MAX_PATH].decode("latin-1")
+        root = self._tracer.start_span(
+            "keyswap.request",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": path},
+        )
+        return RequestTrace(self._tracer, root, trace.set_span_in_context(root, parent))
+
+    def close(self) -> None:
+        """Flush and stop the exporter (when this object made the provider)."""
+        if self._owns:
+            shutdown = getattr(self.provider, "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+
+
+def build_tracing(settings: TracingSettings, env: Mapping[str, str] | None = None) -> Tracing:
+    """A :class:`Tracing` exporting as the ``OTEL_*`` variables say (see the module docstring).
+
+    Build it in the process that serves (after a fork: the batch exporter runs a thread).
+
+    Raises:
+        ConfigError: the ``[otel]`` extra is missing, or ``OTEL_TRACES_EXPORTER`` names an exporter
+            other than ``otlp``, ``console`` or ``none``.
+    """
+    environ = os.environ if env is None else env
+    try:
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            ConsoleSpanExporter,
+            SpanExporter,
+        )
+        from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+    except ImportError:  # pragma: no cover - depends on the install
+        raise ConfigError(
+            "--tracing needs the OpenTelemetry SDK: pip install 'keyswap[otel]'"
+        ) from None
+    names = [n.strip() for n in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if n.strip()]
+    exporters: list[SpanExporter] = []
+    for name in names:
+        if name == "otlp":
+            try:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            except ImportError:  # pragma: no cover - depends on the install
+                raise ConfigError(
+                    "the OTLP exporter is missing: pip install 'keyswap[otel]'"
+                ) from None
+            exporters.append(OTLPSpanExporter())
+        elif name == "console":
+            exporters.append(ConsoleSpanExporter())
+        elif name != "none":
+            raise ConfigError(
+                f"OTEL_TRACES_EXPORTER={name!r} is not supported (use otlp, console or none)"
+            )
+    attributes: dict[str, str] = {}
+    if not environ.get("OTEL_SERVICE_NAME") and "service.name=" not in environ.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    ):
+        attributes[SERVICE_NAME] = settings.service_name
+    sampler: Sampler | None = None
+    if settings.sample_rate is not None:
+        sampler = ParentBased(TraceIdRatioBased(settings.sample_rate))
+    provider = SdkTracerProvider(resource=Resource.create(attributes), sampler=sampler)
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return Tracing(provider, owns_provider=True)
