@@ -684,12 +684,14 @@ class GatewayApp:
         key_id: str | None = None
         status = 500
         metrics = self.metrics
-        trace = None if self.tracing is None else self.tracing.begin(scope, method, raw_path)
+        trace = None
         try:
-            if raw_path.startswith(_RESERVED):
+            if raw_path.startswith(_RESERVED):  # health checks and JWKS fetches are not traced
                 document = self.wellknown.lookup(method, raw_path.decode("latin-1"))
                 status = await _respond(send, (document.status, document.headers, document.body))
                 return
+            if self.tracing is not None:
+                trace = self.tracing.begin(scope, method, raw_path)
             if method.upper() in _REFUSED_METHODS:
                 status = await _respond(send, METHOD_NOT_ALLOWED)
                 return

@@ -5,7 +5,8 @@ per step. On, each proxied request gets a ``SERVER`` span (``keyswap.request``),
 incoming W3C ``traceparent`` when the client sent one, with children for the API-key lookup
 (``keyswap.key_lookup``), the token (``keyswap.mint``: a signature, or a cached token reused) and the upstream call (``keyswap.upstream``, ``CLIENT``). The origin receives a
 ``traceparent`` (and the client's ``tracestate``) naming the upstream span, so its own spans join the
-same trace; the client's own ``traceparent`` is never forwarded as is.
+same trace; the client's own ``traceparent`` is never forwarded as is. The gateway's own paths
+(``/__keyswap/``: health checks, JWKS) are not traced.
 
 Sampling: ``--trace-sample-rate R`` samples a fraction R of new traces and follows the caller's
 decision when a ``traceparent`` says (``parentbased_traceidratio``); without it, the standard
