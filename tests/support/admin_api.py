@@ -13,6 +13,7 @@ import httpx
 
 from keyswap.admin.app import build_admin_app
 from keyswap.admin.auth import FailureThrottle
+from keyswap.admin.metrics import AdminMetrics
 from keyswap.admin.state import AdminState
 from keyswap.gateway.keyring import Keyring
 from keyswap.gateway.secret import ServerSecret
@@ -74,6 +75,7 @@ def running_admin(
     *,
     db_url: str | None = None,
     secret: ServerSecret | None = None,
+    metrics: AdminMetrics | None = None,
     **state_options: Any,
 ) -> Iterator[AdminApi]:
     """Start the admin API over a fresh database of ``kind`` (``sqlite`` or ``postgres``), or the one
@@ -91,7 +93,7 @@ def running_admin(
                 throttle=FailureThrottle(clock=throttle_clock),
                 **state_options,
             )
-            server = ServerThread(build_admin_app(state)).start()
+            server = ServerThread(build_admin_app(state, metrics=metrics)).start()
             api = AdminApi(server.url, store, secret, state, throttle_clock)
             for scope in (*MANAGEMENT_SCOPES, ADMIN):
                 api.tokens[scope] = api.token(scope.replace(":", "-"), (scope,))[1]

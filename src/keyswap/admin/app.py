@@ -15,6 +15,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from keyswap import __version__
 from keyswap.admin import routes_audit, routes_consumers, routes_health, routes_keys, routes_signing
 from keyswap.admin.docs_page import render_docs
+from keyswap.admin.metrics import AdminMetrics
 from keyswap.admin.middleware import MAX_BODY, AdminMiddleware, request_id_of
 from keyswap.admin.problems import (
     PROBLEM_JSON,
@@ -188,8 +189,14 @@ def _headers(path: str, method: str, status: str) -> dict[str, Any]:
     return headers
 
 
-def build_admin_app(state: AdminState, *, max_body: int = MAX_BODY) -> FastAPI:
-    """The admin API over ``state`` (wrapped in :class:`~keyswap.admin.middleware.AdminMiddleware`)."""
+def build_admin_app(
+    state: AdminState, *, max_body: int = MAX_BODY, metrics: AdminMetrics | None = None
+) -> FastAPI:
+    """The admin API over ``state`` (wrapped in :class:`~keyswap.admin.middleware.AdminMiddleware`).
+
+    ``metrics``: counted, and served at ``GET /metrics`` (:mod:`keyswap.admin.metrics`; ``keyswap
+    admin`` always passes one).
+    """
     app = FastAPI(
         title="keyswap admin API",
         version=__version__,
@@ -216,5 +223,5 @@ def build_admin_app(state: AdminState, *, max_body: int = MAX_BODY) -> FastAPI:
     def docs() -> Response:
         return HTMLResponse(render_docs(_schema(app)))
 
-    app.add_middleware(AdminMiddleware, max_body=max_body)
+    app.add_middleware(AdminMiddleware, max_body=max_body, metrics=metrics)
     return app

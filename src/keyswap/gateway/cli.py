@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -1452,6 +1453,13 @@ def gateway(
         )
     except ConfigError as exc:  # a bad flag or variable value: a usage error
         raise OneLineUsageError(exc.reason) from None
+    if metrics_port is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("prometheus_client") is None:
+            raise OneLineUsageError(
+                "--metrics-port needs prometheus-client: pip install 'keyswap[prometheus]'"
+            )
     tracing_settings = None
     if tracing:
         from keyswap.gateway.tracing import TracingSettings
@@ -1499,31 +1507,33 @@ def gateway(
         if snapshots is not None:
             snapshots.close()
         raise
-    click.echo(
+
+    def say(line: str) -> None:  # with --log-format json, every line on stderr is a JSON object
+        if log_format == "json":
+            logging.getLogger("keyswap.gateway").info("%s", line)
+        else:
+            click.echo(line, err=True)
+
+    say(
         f"keyswap gateway on http://{_url_host(host)}:{port} -> {settings.upstream} "
-        f"(issuer {settings.issuer}, audience {settings.audience}, db {display_url(url)})",
-        err=True,
+        f"(issuer {settings.issuer}, audience {settings.audience}, db {display_url(url)})"
     )
-    click.echo(_cluster_banner(cluster, postgres=is_postgres(url), redis_up=redis_up), err=True)
+    say(_cluster_banner(cluster, postgres=is_postgres(url), redis_up=redis_up))
     if metrics_server is not None:
-        click.echo(
-            f"metrics on http://{_url_host(metrics_host)}:{metrics_server.port}/metrics", err=True
-        )
+        say(f"metrics on http://{_url_host(metrics_host)}:{metrics_server.port}/metrics")
     if tracing_settings is not None:
-        click.echo(
+        say(
             "tracing on: "
             + (
                 f"{tracing_settings.sample_rate:g} of new traces sampled"
                 if tracing_settings.sample_rate is not None
                 else "sampled as OTEL_TRACES_SAMPLER says"
-            ),
-            err=True,
+            )
         )
     if workers > 1:
-        click.echo(
+        say(
             f"{workers} worker processes, each with its own caches"
-            + ("" if cluster.redis_url else "; rate limits are counted per worker (give --redis)"),
-            err=True,
+            + ("" if cluster.redis_url else "; rate limits are counted per worker (give --redis)")
         )
 
     def serve(served: GatewayApp, on_ready: Callable[[], None] | None = None) -> int:
