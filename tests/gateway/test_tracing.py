@@ -38,12 +38,15 @@ def upstream() -> Iterator[RecordingUpstream]:
 
 @contextmanager
 def traced(
-    tmp_path: Path, upstream: RecordingUpstream, sampler: Sampler = ALWAYS_ON
+    tmp_path: Path,
+    upstream: RecordingUpstream,
+    sampler: Sampler = ALWAYS_ON,
+    sample_rate: float | None = None,
 ) -> Iterator[tuple[Gateway, InMemorySpanExporter]]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=sampler)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing = Tracing(provider)
+    tracing = Tracing(provider, sample_rate=sample_rate)
     with running_gateway(tmp_path, upstream.url, gateway_options={"tracing": tracing}) as gateway:
         yield gateway, exporter
     provider.shutdown()
@@ -160,6 +163,57 @@ def test_unsampled_requests_record_nothing_but_still_propagate(
         assert (trace_id, flags) == (CLIENT_TRACE, "00")
 
 
+def test_with_a_sample_rate_unsampled_requests_skip_opentelemetry_but_propagate(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    with traced(tmp_path, upstream, ParentBased(ALWAYS_ON), sample_rate=0.0) as (gateway, exporter):
+        assert gateway.get("/new").status_code == 200
+        first = traceparent(upstream)
+        assert gateway.get("/new").status_code == 200
+        second = traceparent(upstream)
+        assert exporter.get_finished_spans() == ()
+        assert first[0] == "00"
+        assert first[3] == "00"
+        assert first[1] != second[1]  # a new trace each time
+        assert first[1] != "0" * 32
+        assert first[2] != "0" * 16
+        headers = {
+            "Authorization": f"Bearer {gateway.key}",
+            "traceparent": NOT_SAMPLED,
+            "tracestate": "vendor=abc",
+        }
+        response = httpx.get(gateway.url + "/unsampled", headers=headers, timeout=10)
+        assert response.status_code == 200
+        _, trace_id, parent_id, flags = traceparent(upstream)
+        assert (trace_id, flags) == (CLIENT_TRACE, "00")
+        assert parent_id != CLIENT_SPAN
+        assert upstream.last.header("tracestate") == ["vendor=abc"]
+        assert exporter.get_finished_spans() == ()
+        # The caller sampled: followed, whatever the rate.
+        assert call(gateway, "/sampled", SAMPLED).status_code == 200
+        spans = by_name(exporter.get_finished_spans())
+        assert format(spans["keyswap.request"].context.trace_id, "032x") == CLIENT_TRACE
+        _, trace_id, parent_id, flags = traceparent(upstream)
+        assert (trace_id, flags) == (CLIENT_TRACE, "01")
+        assert parent_id == format(spans["keyswap.upstream"].context.span_id, "016x")
+        exporter.clear()
+        bad = f"00-{CLIENT_TRACE}-{'0' * 16}-01"  # an all-zero parent id: invalid, ignored
+        assert call(gateway, "/bad", bad).status_code == 200
+        assert exporter.get_finished_spans() == ()
+        assert traceparent(upstream)[1] != CLIENT_TRACE
+
+
+def test_with_a_sample_rate_of_one_every_request_is_recorded(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    with traced(tmp_path, upstream, ParentBased(ALWAYS_ON), sample_rate=1.0) as (gateway, exporter):
+        for _ in range(3):
+            assert gateway.get("/x").status_code == 200
+        spans = exporter.get_finished_spans()
+    assert len([s for s in spans if s.name == "keyswap.request"]) == 3
+    assert len(spans) == 12
+
+
 def test_a_malformed_traceparent_starts_a_new_trace(
     tmp_path: Path, upstream: RecordingUpstream
 ) -> None:
@@ -197,7 +251,10 @@ def test_tracing_settings_and_exporter_names_are_checked() -> None:
     tracing = build_tracing(TracingSettings(sample_rate=0.25), env={"OTEL_TRACES_EXPORTER": "none"})
     try:
         provider = tracing.provider
-        assert "0.25" in provider.sampler.get_description()  # type: ignore[attr-defined]
+        assert tracing.sample_rate == 0.25  # decided by Tracing.begin; OTel records what it gets
+        assert provider.sampler.get_description().startswith(  # type: ignore[attr-defined]
+            "ParentBased{root:AlwaysOnSampler"
+        )
         assert provider.resource.attributes["service.name"] == "keyswap-gateway"  # type: ignore[attr-defined]
     finally:
         tracing.close()

@@ -697,7 +697,7 @@ class GatewayApp:
                 return
             try:
                 key = _api_key_from(scope["headers"])
-                if trace is None:
+                if trace is None or not trace.recording:
                     principal = await self._authenticate(key)
                 else:
                     principal = await trace.run("keyswap.key_lookup", self._authenticate(key))
@@ -728,7 +728,7 @@ class GatewayApp:
                 status = await _respond(send, BAD_REQUEST)
                 return
             try:
-                if trace is None:
+                if trace is None or not trace.recording:
                     token = self.minter.token_for(principal).token
                 else:
                     token = trace.call("keyswap.mint", self.minter.token_for, principal).token
@@ -759,6 +759,9 @@ class GatewayApp:
             forwarding = time.perf_counter()
             try:
                 if trace is None:
+                    status = await self.proxy.forward(scope, receive, send, url, headers)
+                elif not trace.recording:  # not sampled: the origin still gets a traceparent
+                    trace.propagate(headers)
                     status = await self.proxy.forward(scope, receive, send, url, headers)
                 else:
                     status = await trace.upstream(
