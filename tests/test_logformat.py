@@ -136,3 +136,29 @@ def test_keyswap_origin_json_logs_uvicorn_lines_too() -> None:
     assert "uvicorn.access" in loggers
     assert any(name.startswith("keyswap") for name in loggers)
     assert "abc.def.ghi" not in log
+
+
+class _SameJsonFormatter(JsonFormatter):
+    """A subclass: the access log formats its lines through it like any other formatter."""
+
+
+def test_json_access_lines_built_directly_match_what_the_formatter_writes() -> None:
+    log = logging.getLogger(f"test.json.fast.{time.monotonic_ns()}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    streams = []
+    for formatter_class in (JsonFormatter, _SameJsonFormatter):
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(formatter_class())
+        log.addHandler(handler)
+        streams.append(stream)
+    access = AccessLog(log, interval=3600)
+    for n in range(50):
+        consumer = "acmé" if n % 2 else None
+        access.log("GET", f"/p/{n}\x01é".encode(), 200 + n, consumer, "k", time.perf_counter())
+        time.sleep(0.001)
+    access.flush()
+    fast, general = (stream.getvalue() for stream in streams)
+    assert fast.count("\n") == 50
+    assert fast == general
