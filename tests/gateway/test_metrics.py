@@ -318,3 +318,41 @@ def test_keyswap_gateway_metrics_port_counts_every_worker(
         log = gateway.stop()
     assert "/metrics" in log
     assert key not in log
+
+
+def test_connections_open_and_websockets_are_counted(tmp_path: Path) -> None:
+    from websockets.sync.client import connect
+
+    from keyswap.gateway.clientconn import ClientLimits, open_connections, protocol_class
+    from tests.support.ws_upstream import ws_upstream
+
+    protocol = protocol_class(ClientLimits())
+    server = {"http": protocol, "ws": "websockets-sansio", "ws_per_message_deflate": False}
+    metrics = GatewayMetrics()
+    metrics.gauges["connections_open"] = open_connections(protocol)
+    with (
+        ws_upstream() as upstream,
+        running_gateway(
+            tmp_path, upstream.url, server_options=server, gateway_options={"metrics": metrics}
+        ) as gateway,
+        metrics_listener(metrics) as listener,
+    ):
+        with httpx.Client() as client:  # a keep-alive connection stays open between requests
+            headers = {"Authorization": f"Bearer {gateway.key}"}
+            assert client.get(gateway.url + "/__keyswap/health", headers=headers).status_code == 200
+            _, samples = scrape(listener)
+            assert value(samples, "keyswap_gateway_connections_open") == 1
+        url = f"ws://127.0.0.1:{gateway.port}/echo"
+        with connect(url, additional_headers=headers, open_timeout=5) as ws:
+            ws.send("hi")
+            assert ws.recv(timeout=5) == "hi"
+
+        def counted() -> bool:
+            _, now = scrape(listener)
+            return (
+                value(now, "keyswap_gateway_requests_total", status_class="1xx") == 1
+                and value(now, "keyswap_gateway_connections_open") == 0
+            )
+
+        eventually(counted)
+    assert open_connections(ClientLimits)() is None  # not a keyswap protocol: no gauge

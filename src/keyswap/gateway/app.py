@@ -835,6 +835,8 @@ class GatewayApp:
                         getattr(principal, "consumer_id", 0), rate
                     )
                     if not decision.allowed:
+                        if self.metrics is not None:
+                            self.metrics.refusals["rate_limit"] += 1
                         status = await refuse(too_many_requests(decision))
                         return
             try:
@@ -882,6 +884,8 @@ class GatewayApp:
                     del self.in_flight[holder]
         finally:
             self._access.log("GET", raw_path, status, consumer, key_id, started)
+            if self.metrics is not None:
+                self.metrics.observe(status, time.perf_counter() - started)
 
     def _connection_cap(self, principal: PrincipalLike) -> int:
         """The consumer's own cap on requests in flight (``consumers.max_connections``), else the

@@ -154,7 +154,8 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
 
     # -- connection ----------------------------------------------------------------------------
 
-    #: Connections opened and closed in this process with this class (the ``connections_open`` gauge).
+    #: Connections opened and closed (or upgraded to a websocket) in this process with this class
+    #: (the ``connections_open`` gauge).
     opened = 0
     closed = 0
 
@@ -177,6 +178,13 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
             self._send_timer.cancel()
             self._send_timer = None
         super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        # The websocket protocol owns the transport from now on (this one's connection_lost is never
+        # called); like uvicorn's connection count, the gauge counts HTTP connections only.
+        cls = type(self)
+        cls.closed += 1
+        super().handle_websocket_upgrade()
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's, minus cancelling the keep-alive timer on any byte: only a request start does.

@@ -84,15 +84,21 @@ def _parent_of(value: str | None) -> tuple[str, bool] | None:
 
 
 def _trace_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str] | None:
-    """The client's ``traceparent`` / ``tracestate`` (first of each), or ``None`` when it sent none."""
-    found: dict[str, str] | None = None
-    for name, value in headers:
-        if len(name) in (10, 11):
-            lower = name.lower()
-            if lower in (_TRACEPARENT, _TRACESTATE):
-                if found is None:
-                    found = {}
-                found.setdefault(lower.decode(), value.decode("latin-1"))
+    """The client's ``traceparent`` / ``tracestate``, or ``None`` when it sent neither.
+
+    ASGI servers give header names in lower case; the lookup is one C-level ``dict()`` of the
+    headers (the last of repeated names wins: a repeated ``traceparent`` is invalid anyway).
+    """
+    by_name = dict(headers)
+    parent = by_name.get(_TRACEPARENT)
+    state = by_name.get(_TRACESTATE)
+    if parent is None and state is None:
+        return None
+    found: dict[str, str] = {}
+    if parent is not None:
+        found["traceparent"] = parent.decode("latin-1")
+    if state is not None:
+        found["tracestate"] = state.decode("latin-1")
     return found
 
 
@@ -214,8 +220,8 @@ class _Unsampled:
 
     recording = False
 
-    def __init__(self, trace_id: str, tracestate: str | None) -> None:
-        self._trace_id = trace_id
+    def __init__(self, trace_id: str | None, tracestate: str | None) -> None:
+        self._trace_id = trace_id  # None: a new trace, and the client sent no trace headers
         self._tracestate = tracestate
 
     async def run(self, name: str, step: Awaitable[T]) -> T:
@@ -238,12 +244,27 @@ class _Unsampled:
 
     def propagate(self, headers: Any) -> None:
         """Set ``traceparent`` (not sampled) and the caller's ``tracestate`` on ``headers``."""
-        headers["traceparent"] = f"00-{self._trace_id}-{random.getrandbits(64) or 1:016x}-00"
+        span_id = random.getrandbits(64) or 1
+        if self._trace_id is None:  # nothing of the client's to replace: appended as is
+            trace_id = random.getrandbits(128) or 1
+            headers.items.append((_TRACEPARENT, f"00-{trace_id:032x}-{span_id:016x}-00".encode()))
+            return
+        headers["traceparent"] = f"00-{self._trace_id}-{span_id:016x}-00"
         if self._tracestate is not None:
             headers["tracestate"] = self._tracestate
 
     def finish(self, status: int) -> None:
         pass
+
+    @classmethod
+    def new(cls, carried: Mapping[str, str]) -> _Unsampled:
+        """A new unsampled trace replacing what the client sent (an invalid ``traceparent``, or a
+        ``tracestate`` alone)."""
+        return cls(f"{random.getrandbits(128) or 1:032x}", None)
+
+
+#: Every unsampled new trace without client trace headers (stateless: ids made in ``propagate``).
+_NEW_UNSAMPLED = _Unsampled(None, None)
 
 
 class Tracing:
@@ -280,7 +301,7 @@ class Tracing:
             found = None if carried is None else _parent_of(carried.get("traceparent"))
             if found is None:
                 if random.random() >= rate:
-                    return _Unsampled(f"{random.getrandbits(128) or 1:032x}", None)
+                    return _NEW_UNSAMPLED if carried is None else _Unsampled.new(carried)
                 carried = None  # a new trace (an invalid traceparent is ignored, as OTel does)
             elif not found[1]:
                 assert carried is not None
