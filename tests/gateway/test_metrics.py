@@ -356,3 +356,25 @@ def test_connections_open_and_websockets_are_counted(tmp_path: Path) -> None:
 
         eventually(counted)
     assert open_connections(ClientLimits)() is None  # not a keyswap protocol: no gauge
+
+
+def test_hostile_clients_of_the_metrics_listener_get_4xx_and_do_not_block_scrapes() -> None:
+    with metrics_listener(GatewayMetrics()) as server:
+        idle = socket.create_connection(("127.0.0.1", server.port))  # sends nothing
+        try:
+            _, samples = scrape(server)  # answered while the idle client holds its connection
+            assert ("keyswap_gateway_tokens_minted_total", ()) in samples
+            for garbage in (
+                b"\x00\x01\x02 garbage\r\n\r\n",
+                b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n",
+                b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n",
+            ):
+                with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                    sock.sendall(garbage)
+                    answer = sock.recv(100)
+                assert answer.startswith(b"HTTP/1.")
+                status = int(answer.split(b" ", 2)[1])
+                assert 400 <= status < 500 or (status == 200 and b"X: y" in garbage)
+        finally:
+            idle.close()
+        assert scrape(server)[1]

@@ -1500,7 +1500,7 @@ def gateway(
                 registry.register(collector(snapshots.read))
             for extra in metrics_sockets[1:]:
                 extra.close()
-            metrics_server = MetricsServer(metrics_sockets[0], registry)
+            metrics_server = MetricsServer(metrics_sockets[0], registry, threads=workers == 1)
     except BaseException:
         for sock in [*sockets, *metrics_sockets]:
             sock.close()

@@ -3,9 +3,9 @@
 A small ``http.server`` server answering ``GET /metrics`` (and ``HEAD``) from a ``prometheus_client``
 registry, in the text format or OpenMetrics as the scraper asks; every other path is ``404``, every
 other method ``405``. It runs either in a daemon thread (:meth:`MetricsServer.start`, one gateway
-process) or one request at a time from the workers' supervisor loop (:meth:`MetricsServer.poll`,
-``--workers N``: the supervisor forks, so it starts no thread). A client gets 5 seconds to send its
-request head.
+process; a thread per connection, so a slow client does not hold up a scrape) or one request at a
+time from the workers' supervisor loop (:meth:`MetricsServer.poll`, ``--workers N``: the supervisor
+forks, so it starts no thread). A client gets 5 seconds to send its request head.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from socketserver import ThreadingMixIn
 from typing import Any
 
 __all__ = ["MetricsServer"]
@@ -26,6 +27,9 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = _TIMEOUT
     server_version = "keyswap"
     sys_version = ""
+    default_request_version = "HTTP/1.0"  # a garbled request line still gets a status line
+    error_message_format = "%(code)d %(message)s\n"
+    error_content_type = "text/plain; charset=utf-8"
 
     def do_GET(self) -> None:
         self._answer(body=True)
@@ -78,12 +82,21 @@ class _Server(HTTPServer):
         """A broken scrape (client gone, timeout) is not worth a traceback."""
 
 
-class MetricsServer:
-    """Serves ``registry`` at ``/metrics`` on an already bound and listening ``sock``."""
+class _ThreadingServer(ThreadingMixIn, _Server):
+    daemon_threads = True
 
-    def __init__(self, sock: socket.socket, registry: Any) -> None:
+
+class MetricsServer:
+    """Serves ``registry`` at ``/metrics`` on an already bound and listening ``sock``.
+
+    ``threads``: a thread per connection (for :meth:`start`); ``False`` for :meth:`poll` in a
+    process that forks.
+    """
+
+    def __init__(self, sock: socket.socket, registry: Any, *, threads: bool = True) -> None:
         handler = type("MetricsHandler", (_Handler,), {"registry": registry})
-        self._server = _Server(sock.getsockname()[:2], handler, bind_and_activate=False)
+        server_class = _ThreadingServer if threads else _Server
+        self._server = server_class(sock.getsockname()[:2], handler, bind_and_activate=False)
         self._server.socket.close()
         self._server.socket = sock
         self._thread: threading.Thread | None = None
