@@ -21,6 +21,17 @@ Load: wrk -t1 -c32 (1 s warm-up, then the measured run) per config, the configs 
 round, alternating rounds; medians. The machine is shared and noisy: read ratios within one run, and
 a difference under ~3 % as none. "CPU µs/req" = utime+stime of the gateway process over the
 measured run, divided by its requests (the upstream's CPU is not included).
+
+Then the default request path of --base-rev against this tree's (metrics and tracing off), each in a
+child process running it in-process the same way, the two alternating 8 times: "tracing off costs
+nothing" measured without wrk's noise.
+
+Before the wrk runs, an in-process table (--in-process-batches, default 40): one GatewayApp per
+config (off, metrics, tracing at 0 % and 1 %) in this process, called directly through ASGI (no HTTP
+server, no client) and forwarding to the same upstream; batches of 500 requests alternate between the
+configs; CPU time of this process per request, the lowest quarter of the batches (what the code
+costs when the machine lets it run) and the median. Less noisy than wrk on a shared machine, since
+neither wrk nor uvicorn's HTTP parsing is in it; it measures the request path keyswap owns.
 """
 
 from __future__ import annotations
@@ -194,7 +205,96 @@ def in_process(upstream_url: str, db: str, key: str, *, batches: int, size: int)
     )
 
 
+def _request_path_cpu(upstream_url: str, db: str, key: str, batches: int, size: int) -> list[float]:
+    """CPU µs per request of a default ``build_gateway`` app (no metrics, no tracing: the only
+    arguments every keyswap version takes), called in-process; one value per batch."""
+    import asyncio
+    import logging
+
+    from keyswap.gateway.app import GatewaySettings, build_gateway
+
+    logging.getLogger("keyswap").setLevel(logging.WARNING)
+
+    async def run() -> list[float]:
+        app = build_gateway(
+            GatewaySettings(upstream_url, "http://gateway.bench"), db_url=db, env={}
+        )
+        await app.startup()
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/",
+            "raw_path": b"/",
+            "query_string": b"",
+            "headers": [
+                (b"host", b"gateway.bench"),
+                (b"authorization", f"Bearer {key}".encode()),
+                (b"accept", b"*/*"),
+                (b"user-agent", b"bench"),
+            ],
+            "client": ("127.0.0.1", 40000),
+            "scheme": "http",
+        }
+
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: object) -> None:
+            return None
+
+        for _ in range(300):
+            await app(scope, receive, send)
+        times = []
+        for _ in range(batches):
+            started = time.process_time()
+            for _ in range(size):
+                await app(scope, receive, send)
+            times.append((time.process_time() - started) / size * 1e6)
+        await app.shutdown()
+        return times
+
+    return asyncio.run(run())
+
+
+def before_vs_off(
+    upstream_url: str, db: str, key: str, base_src: Path, *, runs: int, batches: int
+) -> str:
+    """The default request path of --base-rev against this tree's (metrics and tracing off), each
+    in a child process of its own (``--child``), the two alternating ``runs`` times."""
+    import os
+
+    low: dict[str, list[float]] = {"before": [], "off": []}
+    for run in range(runs):
+        for name in ("before", "off") if run % 2 == 0 else ("off", "before"):
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            if name == "before":
+                env["PYTHONPATH"] = str(base_src)
+            child = subprocess.run(
+                [sys.executable, __file__, "--child", upstream_url, db, key, str(batches)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=600,
+                check=True,
+            )
+            times = sorted(json.loads(child.stdout))
+            low[name].append(median(times[: max(1, len(times) // 4)]))
+    rows = [
+        [name, fmt(median(values), 1), " ".join(f"{v:.0f}" for v in values)]
+        for name, values in low.items()
+    ]
+    ratio = median(low["before"]) / median(low["off"])
+    rows.append(["off vs before (implied throughput ratio)", fmt(ratio), ""])
+    return markdown_table(
+        ["default request path, in-process", "CPU µs/req (median of runs)", "per run"], rows
+    )
+
+
 def main() -> int:
+    if len(sys.argv) == 6 and sys.argv[1] == "--child":
+        _, _, url, db, key, count = sys.argv
+        print(json.dumps(_request_path_cpu(url, db, key, int(count), 500)))
+        return 0
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -271,6 +371,15 @@ def main() -> int:
                 in_process_table = in_process(
                     f"http://{HOST}:{up_port}", db, key, batches=batches, size=500
                 )
+                if base_src is not None:
+                    in_process_table += "\n\n" + before_vs_off(
+                        f"http://{HOST}:{up_port}",
+                        db,
+                        key,
+                        base_src,
+                        runs=2 if args.quick else 8,
+                        batches=max(4, batches // 4),
+                    )
             if "metrics" in configs:
                 threading.Thread(target=scrape, daemon=True).start()
             for rnd in range(rounds):
