@@ -378,3 +378,24 @@ def test_hostile_clients_of_the_metrics_listener_get_4xx_and_do_not_block_scrape
         finally:
             idle.close()
         assert scrape(server)[1]
+
+
+def test_a_metrics_port_in_use_is_one_error_line_before_anything_starts(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.support.keyswap_process import KEYSWAP
+
+    db_url = f"sqlite:///{tmp_path / 'keyswap.db'}"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        args = ["gateway", "--upstream", "http://127.0.0.1:9", "--port", str(free_port()),
+                "--db", db_url, "--metrics-port", str(busy)]  # fmt: skip
+        done = subprocess.run(
+            [*KEYSWAP, *args], capture_output=True, text=True, timeout=60, check=False
+        )
+    assert done.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{busy}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "keyswap.db").exists()  # nothing was opened or created
