@@ -13,6 +13,7 @@ import httpx
 
 from keyswap.admin.app import build_admin_app
 from keyswap.admin.auth import FailureThrottle
+from keyswap.admin.metrics import AdminMetrics
 from keyswap.admin.state import AdminState
 from keyswap.gateway.keyring import Keyring
 from keyswap.gateway.secret import ServerSecret
@@ -75,6 +76,7 @@ def running_admin(
     *,
     db_url: str | None = None,
     secret: ServerSecret | None = None,
+    metrics: AdminMetrics | None = None,
     **state_options: Any,
 ) -> Iterator[AdminApi]:
     """Start the admin API over a fresh database of ``kind`` (``sqlite`` or ``postgres``), or the one
@@ -92,7 +94,7 @@ def running_admin(
                 throttle=FailureThrottle(clock=throttle_clock),
                 **state_options,
             )
-            server = ServerThread(build_admin_app(state)).start()
+            server = ServerThread(build_admin_app(state, metrics=metrics)).start()
             api = AdminApi(server.url, store, secret, state, throttle_clock)
             for scope in (*MANAGEMENT_SCOPES, ADMIN):
                 api.tokens[scope] = api.token(scope.replace(":", "-"), (scope,))[1]

@@ -23,6 +23,7 @@ from keyswap.admin import (
     routes_webhooks,
 )
 from keyswap.admin.docs_page import CONTENT_SECURITY_POLICY, asset, render_docs
+from keyswap.admin.metrics import AdminMetrics
 from keyswap.admin.middleware import MAX_BODY, AdminMiddleware, request_id_of
 from keyswap.admin.problems import (
     PROBLEM_JSON,
@@ -205,8 +206,14 @@ _DOCS_HEADERS = {
 }
 
 
-def build_admin_app(state: AdminState, *, max_body: int = MAX_BODY) -> FastAPI:
-    """The admin API over ``state`` (wrapped in :class:`~keyswap.admin.middleware.AdminMiddleware`)."""
+def build_admin_app(
+    state: AdminState, *, max_body: int = MAX_BODY, metrics: AdminMetrics | None = None
+) -> FastAPI:
+    """The admin API over ``state`` (wrapped in :class:`~keyswap.admin.middleware.AdminMiddleware`).
+
+    ``metrics``: counted, and served at ``GET /metrics`` (:mod:`keyswap.admin.metrics`; ``keyswap
+    admin`` always passes one).
+    """
     app = FastAPI(
         title="keyswap admin API",
         version=__version__,
@@ -251,5 +258,5 @@ def build_admin_app(state: AdminState, *, max_body: int = MAX_BODY) -> FastAPI:
             return Response(status_code=304, headers=headers)
         return Response(found.body, media_type=found.media_type, headers=headers)
 
-    app.add_middleware(AdminMiddleware, max_body=max_body)
+    app.add_middleware(AdminMiddleware, max_body=max_body, metrics=metrics)
     return app

@@ -109,6 +109,14 @@ def _oidc(
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
 @click.option(
+    "--log-format",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    envvar="KEYSWAP_ADMIN_LOG_FORMAT",
+    help="json: one JSON object per log line (also $KEYSWAP_ADMIN_LOG_FORMAT).",
+)
+@click.option(
     "--oidc-issuer",
     metavar="URL",
     default=None,
@@ -166,6 +174,7 @@ def admin(
     port: int,
     redis_url: str | None,
     log_level: str,
+    log_format: str,
     oidc_issuer: str | None,
     oidc_audience: str | None,
     oidc_jwks_url: str | None,
@@ -186,6 +195,7 @@ def admin(
     import os
 
     from keyswap.admin.app import build_admin_app
+    from keyswap.admin.metrics import AdminMetrics
     from keyswap.admin.state import AdminState
     from keyswap.gateway.keyring import Keyring
     from keyswap.gateway.serve import configure_logging, run_until_signal, server_config
@@ -198,7 +208,7 @@ def admin(
     oidc = _oidc(oidc_issuer, oidc_audience, oidc_jwks_url, oidc_scopes_claims, oidc_profile)
     sockets = bind_listeners(host, port)
     try:
-        configure_logging(log_level)
+        configure_logging(log_level, log_format)
         if not is_loopback(host):
             logger.warning(
                 "the admin API listens on %s, beyond this machine, over plain HTTP: put TLS in "
@@ -220,14 +230,16 @@ def admin(
                 audit_retention=audit_retention_from_env(),
                 oidc=oidc,
             )
-            app = build_admin_app(state)
+            app = build_admin_app(state, metrics=AdminMetrics())
             guard.started()  # a failed start before here leaves no new database behind
             bound = sockets[0].getsockname()[1]
 
             def ready() -> None:
-                click.echo(
-                    f"keyswap admin API on http://{listen_address(host, bound)} (docs: /docs)"
-                )
+                line = f"keyswap admin API on http://{listen_address(host, bound)} (docs: /docs)"
+                if log_format == "json":
+                    logger.info("%s", line)
+                else:
+                    click.echo(line)
 
             with background_dispatcher(store, secret, enabled=webhooks):
                 status = run_until_signal(

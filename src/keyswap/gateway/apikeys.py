@@ -419,6 +419,9 @@ class ApiKeys:
         )
         self._retry_interval = retry_interval
         self._down_until: float | None = None  # monotonic; set while the store is failing
+        #: Store lookups that failed, and keys answered from memory because of it (for metrics).
+        self.store_failures = 0
+        self.fallbacks = 0
         self._last_used_interval = last_used_interval
         self._last_used: dict[str, float] = {}
         self._last_used_lock = threading.Lock()
@@ -546,6 +549,7 @@ class ApiKeys:
                 try:
                     row = self._store.find_api_key(found.digest)
                 except SQLAlchemyError:
+                    self.store_failures += 1
                     self._down_until = self._monotonic() + self._retry_interval
                     entry = self._fallback(found)
                 else:
@@ -620,6 +624,7 @@ class ApiKeys:
     def _fallback(self, found: _Lookup) -> _Entry:
         if found.fallback is None:
             raise StoreUnavailable(_UNAVAILABLE)
+        self.fallbacks += 1
         return found.fallback
 
     def clear_cache(self) -> None:

@@ -67,6 +67,7 @@ from keyswap.gateway.cluster import ClusterSettings
 from keyswap.gateway.headerpolicy import HeaderPolicy
 from keyswap.gateway.meter import DEFAULT_INTERVAL as DEFAULT_USAGE_INTERVAL
 from keyswap.gateway.meter import Exchange, Meter
+from keyswap.gateway.metrics import GatewayMetrics, SnapshotWriter
 from keyswap.gateway.mint import SIGNING_ALGORITHMS, PrincipalLike, SigningKeyLike, TokenMinter
 from keyswap.gateway.proxy import (
     BadTarget,
@@ -96,8 +97,9 @@ from keyswap.gateway.storecalls import StoreCalls, StoreTimeout
 from keyswap.gateway.wellknown import DEFAULT_MAX_AGE, WellKnown, issuer_for
 from keyswap.gateway.wsrelay import WebSocketLimits, handshake_headers, relay, upstream_ws_url
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the tracing module imports OpenTelemetry: only when tracing is on
     from keyswap.gateway.secretscanning import SecretScanning, SecretScanningSettings
+    from keyswap.gateway.tracing import Tracing, TracingSettings
 
 __all__ = [
     "ApiKeysLike",
@@ -352,6 +354,12 @@ class GatewayApp:
             (:mod:`keyswap.gateway.quota`; ``None``: not enforced); closed at shutdown.
         meter: counts every request per consumer and key (:mod:`keyswap.gateway.meter`), started
             and flushed with the app (``None``: no usage metering).
+        metrics: counts requests for Prometheus (:mod:`keyswap.gateway.metrics`; ``None``: nothing
+            is counted).
+        metrics_writer: writes ``metrics`` to the supervisor's directory (``--workers N``), started
+            and stopped with the app.
+        tracing: OpenTelemetry spans and ``traceparent`` propagation
+            (:mod:`keyswap.gateway.tracing`; ``None``: off, no cost).
     """
 
     def __init__(
@@ -372,11 +380,17 @@ class GatewayApp:
         secret_scanning: SecretScanning | None = None,
         quotas: QuotaEnforcer | None = None,
         meter: Meter | None = None,
+        metrics: GatewayMetrics | None = None,
+        tracing: Tracing | None = None,
+        metrics_writer: SnapshotWriter | None = None,
     ) -> None:
         self.settings = settings
         self.secret_scanning = secret_scanning
         self.quotas = quotas
         self.meter = meter
+        self.metrics = metrics
+        self.tracing = tracing
+        self._metrics_writer = metrics_writer
         # a consumer with both: the rate limit and the quota in one Redis round trip
         self._rate_with_quota = quotas is not None and quotas.shares_redis_with(rate_limiter)
         self.websocket_limits = websocket_limits or WebSocketLimits()
@@ -424,6 +438,34 @@ class GatewayApp:
         #: What the last :meth:`on_change` invalidated (``None`` before the first change).
         self.last_changes: Changes | None = None
         self._prune_task: asyncio.Task[None] | None = None
+        if metrics is not None:
+            self._wire_metrics(metrics)
+
+    def _wire_metrics(self, metrics: GatewayMetrics) -> None:
+        """Values the components keep themselves, read at scrape time (nothing on the request path)."""
+        api_keys = self._api_keys
+        minter = self.minter
+        if hasattr(api_keys, "store_failures"):
+            metrics.sources["store_errors"] = lambda: int(getattr(api_keys, "store_failures", 0))
+        if hasattr(api_keys, "fallbacks"):
+            metrics.sources["store_fallbacks"] = lambda: int(getattr(api_keys, "fallbacks", 0))
+        metrics.sources["tokens_minted"] = lambda: minter.minted
+        in_flight = self.in_flight
+        metrics.gauges["upstream_requests_in_flight"] = lambda: sum(list(in_flight.values()))
+        keyring = self._keyring
+        clock = self._clock
+
+        def signing_key_age() -> float | None:
+            records = getattr(keyring, "records", None)
+            if not callable(records):
+                return None
+            for record in records():
+                if getattr(record, "state", None) == "active":
+                    since = getattr(record, "activated_at", None) or record.created_at
+                    return max(0.0, clock() - float(since))
+            return None
+
+        metrics.gauges["signing_key_age"] = signing_key_age
 
     @property
     def api_keys(self) -> ApiKeysLike:
@@ -505,6 +547,8 @@ class GatewayApp:
         self._prune_task = asyncio.create_task(self._prune_loop())
         if self.meter is not None:
             self.meter.start()
+        if self._metrics_writer is not None:
+            self._metrics_writer.start()
 
     def _warm_up(self) -> None:
         """Off the request path, after start: load the key filter, then put the keys used recently
@@ -617,6 +661,10 @@ class GatewayApp:
             await self.rate_limiter.close()
         if self.quotas is not None:
             await self.quotas.close()
+        if self._metrics_writer is not None:
+            await asyncio.to_thread(self._metrics_writer.stop)
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.close)
         if self._on_close is not None:
             await asyncio.to_thread(self._on_close)
 
@@ -669,8 +717,10 @@ class GatewayApp:
         exchange: Exchange | None = None
         refused_key: str | None = None  # a key answered 401 (counted for its owner if known)
         key: str | None = None
+        metrics = self.metrics
+        trace = None
         try:
-            if raw_path.startswith(_RESERVED):
+            if raw_path.startswith(_RESERVED):  # health checks and JWKS fetches are not traced
                 meter = None  # the gateway's own documents are not usage
                 path = raw_path.decode("latin-1")
                 if self.secret_scanning is not None and self.secret_scanning.handles(path):
@@ -679,12 +729,17 @@ class GatewayApp:
                 document = self.wellknown.lookup(method, path)
                 status = await _respond(send, (document.status, document.headers, document.body))
                 return
+            if self.tracing is not None:
+                trace = self.tracing.begin(scope, method, raw_path)
             if method.upper() in _REFUSED_METHODS:
                 status = await _respond(send, METHOD_NOT_ALLOWED)
                 return
             try:
                 key = _api_key_from(scope["headers"])
-                principal = await self._authenticate(key)
+                if trace is None or not trace.recording:
+                    principal = await self._authenticate(key)
+                else:
+                    principal = await trace.run("keyswap.key_lookup", self._authenticate(key))
             except _NoKey:
                 status = await _respond(send, NO_API_KEY)
                 return
@@ -718,6 +773,8 @@ class GatewayApp:
                         consumer_id: int = getattr(principal, "consumer_id", 0)
                         decision = await self.rate_limiter.hit(consumer_id, rate)
                     if not decision.allowed:
+                        if metrics is not None:
+                            metrics.refusals["rate_limit"] += 1
                         status = await _respond(send, too_many_requests(decision))
                         return
                     limit_headers = decision.headers()
@@ -726,6 +783,8 @@ class GatewayApp:
                 spent = await quotas.check(principal)  # type: ignore[arg-type]
             if spent is not None:
                 if not spent.allowed:
+                    if metrics is not None:
+                        metrics.refusals["quota"] += 1
                     status = await _respond(send, quota_exceeded(spent))
                     return
                 limit_headers = (limit_headers or []) + spent.headers()
@@ -737,7 +796,10 @@ class GatewayApp:
                 status = await _respond(send, BAD_REQUEST)
                 return
             try:
-                token = self.minter.token_for(principal).token
+                if trace is None or not trace.recording:
+                    token = self.minter.token_for(principal).token
+                else:
+                    token = trace.call("keyswap.mint", self.minter.token_for, principal).token
             except (KeysUnavailable, ConfigError) as exc:
                 logger.error("cannot mint a token: %s", exc.reason)
                 status = await _respond(send, UNAVAILABLE)
@@ -757,16 +819,36 @@ class GatewayApp:
             holder: int = getattr(principal, "consumer_id", 0)
             held = self.in_flight.get(holder, 0)
             if held >= self._connection_cap(principal):
+                if metrics is not None:
+                    metrics.refusals["concurrency"] += 1
                 status = await _respond(send, TOO_MANY_CONNECTIONS)
                 return
             self.in_flight[holder] = held + 1
             if meter is not None:
                 exchange = Exchange()
+            forwarding = time.perf_counter()
             try:
-                status = await self.proxy.forward(scope, receive, send, url, headers, exchange)
+                if trace is None:
+                    status = await self.proxy.forward(scope, receive, send, url, headers, exchange)
+                elif not trace.recording:  # not sampled: the origin still gets a traceparent
+                    trace.propagate(headers)
+                    status = await self.proxy.forward(scope, receive, send, url, headers, exchange)
+                else:
+                    status = await trace.upstream(
+                        lambda s, r, w, u, h: self.proxy.forward(s, r, w, u, h, exchange),
+                        scope,
+                        receive,
+                        send,
+                        url,
+                        headers,
+                    )
             except UpstreamTimeout:
+                if metrics is not None:
+                    metrics.upstream_errors["timeout"] += 1
                 status = await _respond(send, GATEWAY_TIMEOUT)
-            except UpstreamError:
+            except UpstreamError as exc:
+                if metrics is not None:
+                    metrics.upstream_errors[_upstream_error_kind(exc)] += 1
                 status = await _respond(send, BAD_GATEWAY)
             except ClientGone:
                 status = 499
@@ -776,6 +858,8 @@ class GatewayApp:
                     self.in_flight[holder] = left
                 else:
                     del self.in_flight[holder]
+                if metrics is not None:
+                    metrics.observe_upstream(time.perf_counter() - forwarding)
         except asyncio.CancelledError:
             # Only a drain that timed out cancels a request: keyswap.gateway.serve.DrainGuard
             # answers it 503 (or just ends a response already streaming). Log that, not a 500.
@@ -787,6 +871,10 @@ class GatewayApp:
                 if refused_key is not None:  # after the answer: a revoked or expired key's owner
                     consumer, key_id = self._refused_owner(refused_key)
                 meter.record(consumer, key_id, status, exchange)
+            if metrics is not None:
+                metrics.observe(status, time.perf_counter() - started)
+            if trace is not None:
+                trace.finish(status)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A websocket handshake: the same checks as any request, refusals answered as plain HTTP
@@ -835,6 +923,8 @@ class GatewayApp:
                         getattr(principal, "consumer_id", 0), rate
                     )
                     if not decision.allowed:
+                        if self.metrics is not None:
+                            self.metrics.refusals["rate_limit"] += 1
                         status = await refuse(too_many_requests(decision))
                         return
             if self.quotas is not None and (
@@ -843,6 +933,8 @@ class GatewayApp:
             ):
                 spent = await self.quotas.check(principal)  # type: ignore[arg-type]
                 if spent is not None and not spent.allowed:
+                    if self.metrics is not None:
+                        self.metrics.refusals["quota"] += 1
                     status = await refuse(quota_exceeded(spent))
                     return
             try:
@@ -894,6 +986,8 @@ class GatewayApp:
                 if refused_key is not None:  # after the answer: a revoked or expired key's owner
                     consumer, key_id = self._refused_owner(refused_key)
                 self.meter.record(consumer, key_id, status, None)
+            if self.metrics is not None:
+                self.metrics.observe(status, time.perf_counter() - started)
 
     def _refused_owner(self, key: str) -> tuple[str | None, str | None]:
         """``(consumer, key id)`` of a refused key this node knows as revoked or expired (no I/O)."""
@@ -925,15 +1019,22 @@ class GatewayApp:
         now = self._clock()
         try:
             lookup = self._lookup_cached
+            metrics = self.metrics
             if lookup is not None:
                 principal = lookup(key, now)
                 if principal is not None:
+                    if metrics is not None:
+                        metrics.key_cache_hits += 1
                     return principal
+            if metrics is not None:
+                metrics.key_cache_misses += 1
             try:
                 if lookup is not None and await self._surely_unknown(key):
                     raise InvalidApiKey("Invalid API key")
                 return await self.store_calls.run(self._authenticate_and_mint, key, now)
             except StoreTimeout:  # a hung database: answer from memory as in an outage, or 503
+                if metrics is not None:
+                    metrics.store_errors += 1
                 timed_out = getattr(self._api_keys, "store_timed_out", None)
                 if timed_out is None:
                     raise
@@ -944,8 +1045,15 @@ class GatewayApp:
         except StoreUnavailable:  # the outage itself is logged once, by the change watcher
             raise _StoreDown from None
         except Exception as exc:  # a store failure must not become a 500 nor leak the key
+            if self.metrics is not None:
+                self.metrics.store_errors += 1
             logger.error("API key lookup failed (%s)", type(exc).__name__)
             raise _StoreDown from None
+
+
+def _upstream_error_kind(exc: UpstreamError) -> str:
+    """``connect`` (unreachable) or ``protocol`` (anything else: a broken answer, a closed pool)."""
+    return "connect" if isinstance(exc.__cause__, OSError) else "protocol"
 
 
 def build_gateway(
@@ -959,6 +1067,9 @@ def build_gateway(
     websocket_limits: WebSocketLimits | None = None,
     secret_scanning: SecretScanningSettings | None = None,
     usage_interval: float | None = DEFAULT_USAGE_INTERVAL,
+    metrics: GatewayMetrics | None = None,
+    metrics_dir: str | None = None,
+    tracing: TracingSettings | Tracing | None = None,
 ) -> GatewayApp:
     """The gateway over the store at ``db_url``: API keys, keyring, change watcher, all wired.
 
@@ -971,6 +1082,8 @@ def build_gateway(
     (:mod:`keyswap.gateway.secretscanning`).
     ``usage_interval``: seconds between writes of the usage meter
     (:mod:`keyswap.gateway.meter`; it also runs the usage rollup hourly); ``None``: no metering.
+    without it. ``metrics`` counts for Prometheus (``metrics_dir``: also written there for the
+    workers' supervisor); ``tracing`` turns OpenTelemetry on (:mod:`keyswap.gateway.tracing`).
 
     Raises:
         ConfigError: bad settings, no usable server secret, a database set up with another secret, or
@@ -986,6 +1099,12 @@ def build_gateway(
     from keyswap.store import Store
 
     cluster = cluster or ClusterSettings()
+    tracer: Tracing | None = None
+    if tracing is not None:  # OpenTelemetry is imported only now
+        from keyswap.gateway.tracing import Tracing as _Tracing
+        from keyswap.gateway.tracing import build_tracing
+
+        tracer = tracing if isinstance(tracing, _Tracing) else build_tracing(tracing)
     store = Store(db_url, timeout=cluster.db_timeout)
     try:
         secret = load_secret(db_url, secret_file=secret_file, env=env)
@@ -1077,7 +1196,16 @@ def build_gateway(
             secret_scanning=scanning,
             quotas=quotas,
             meter=meter,
+            metrics=metrics,
+            tracing=tracer,
+            metrics_writer=(
+                None
+                if metrics is None or metrics_dir is None
+                else SnapshotWriter(metrics, metrics_dir)
+            ),
         )
     except BaseException:
         store.close()
+        if tracer is not None:
+            tracer.close()
         raise

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -1576,6 +1577,46 @@ def _url_host(host: str) -> str:
     help="info logs one access line per request (logger keyswap.access).",
 )
 @click.option(
+    "--log-format",
+    envvar="KEYSWAP_LOG_FORMAT",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per log line, access lines included. $KEYSWAP_LOG_FORMAT.",
+)
+@click.option(
+    "--metrics-port",
+    envvar="KEYSWAP_METRICS_PORT",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics at /metrics on this port (its own listener, never the public "
+    "port). Default: no metrics. $KEYSWAP_METRICS_PORT.",
+)
+@click.option(
+    "--metrics-host",
+    envvar="KEYSWAP_METRICS_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics listener binds. $KEYSWAP_METRICS_HOST.",
+)
+@click.option(
+    "--tracing/--no-tracing",
+    envvar="KEYSWAP_TRACING",
+    default=False,
+    show_default=True,
+    help="OpenTelemetry spans (key lookup, mint, upstream call) and traceparent to the upstream, "
+    "exported as the OTEL_* variables say (OTLP by default; needs keyswap[otel]). $KEYSWAP_TRACING.",
+)
+@click.option(
+    "--trace-sample-rate",
+    envvar="KEYSWAP_TRACE_SAMPLE_RATE",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    metavar="RATE",
+    help="Fraction of new traces sampled (0.01 = 1 %); a caller's traceparent decides for its own. "
+    "Default: OTEL_TRACES_SAMPLER (every request). $KEYSWAP_TRACE_SAMPLE_RATE.",
+)
+@click.option(
     "--redis",
     "redis_url",
     envvar="KEYSWAP_REDIS_URL",
@@ -1762,6 +1803,11 @@ def gateway(
     client_body_deadline: float,
     client_send_timeout: float,
     log_level: str,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    tracing: bool,
+    trace_sample_rate: float | None,
     redis_url: str | None,
     redis_prefix: str,
     rotate_every: float,
@@ -1788,9 +1834,17 @@ def gateway(
     Clients send `Authorization: Bearer <API key>`; the upstream receives `Authorization: Bearer <JWT>`
     signed by the gateway (verify it with the JWKS at <public-url>/__keyswap/issuer/.well-known/jwks.json).
     """
+    import socket
+
     from keyswap.gateway.app import GatewaySettings, build_gateway
-    from keyswap.gateway.clientconn import ClientLimits, default_max_client_connections
+    from keyswap.gateway.clientconn import (
+        ClientLimits,
+        default_max_client_connections,
+        open_connections,
+    )
     from keyswap.gateway.cluster import ClusterSettings
+    from keyswap.gateway.metrics import GatewayMetrics, SnapshotDirectory
+    from keyswap.gateway.metricsserver import MetricsServer
     from keyswap.gateway.serve import configure_logging, run_until_signal, server_config
     from keyswap.gateway.workers import run_workers
     from keyswap.gateway.wsrelay import WebSocketLimits
@@ -1841,11 +1895,28 @@ def gateway(
         )
     except ConfigError as exc:  # a bad flag or variable value: a usage error
         raise OneLineUsageError(exc.reason) from None
+    if metrics_port is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("prometheus_client") is None:
+            raise OneLineUsageError(
+                "--metrics-port needs prometheus-client: pip install 'keyswap[prometheus]'"
+            )
+    tracing_settings = None
+    if tracing:
+        from keyswap.gateway.tracing import TracingSettings
+
+        tracing_settings = TracingSettings(sample_rate=trace_sample_rate)
     url = check_db_location(db_url)
-    # The port before anything else: taken, it is one error line and nothing was loaded or changed.
+    # The ports before anything else: taken, it is one error line and nothing was loaded or changed.
     sockets = bind_listeners(host, port)
+    metrics_sockets: list[socket.socket] = []
+    snapshots: SnapshotDirectory | None = None
+    metrics_server: MetricsServer | None = None
     try:
-        configure_logging(log_level)
+        if metrics_port is not None:
+            metrics_sockets = bind_listeners(metrics_host, metrics_port)
+        configure_logging(log_level, log_format)
         with new_database_guard(url) as guard:  # a failed start leaves no new database behind
             app = build_gateway(
                 settings,
@@ -1855,36 +1926,70 @@ def gateway(
                 websocket_limits=websocket_limits,
                 secret_scanning=scanning,
                 usage_interval=usage_flush_interval if usage else None,
+                metrics=GatewayMetrics() if metrics_sockets and workers == 1 else None,
+                tracing=tracing_settings if workers == 1 else None,
             )
             app.prepare()
             guard.started()
         redis_up = cluster.redis_url is None or _redis_reachable(cluster.redis_url)
+        if metrics_sockets:
+            from prometheus_client import CollectorRegistry
+
+            from keyswap.gateway.metrics import collector
+
+            registry = CollectorRegistry()
+            if workers == 1:
+                assert app.metrics is not None
+                registry.register(collector(app.metrics.snapshot))
+            else:
+                snapshots = SnapshotDirectory()
+                registry.register(collector(snapshots.read))
+            for extra in metrics_sockets[1:]:
+                extra.close()
+            metrics_server = MetricsServer(metrics_sockets[0], registry, threads=workers == 1)
     except BaseException:
-        for sock in sockets:
+        for sock in [*sockets, *metrics_sockets]:
             sock.close()
+        if snapshots is not None:
+            snapshots.close()
         raise
-    click.echo(
+
+    def say(line: str) -> None:  # with --log-format json, every line on stderr is a JSON object
+        if log_format == "json":
+            logging.getLogger("keyswap.gateway").info("%s", line)
+        else:
+            click.echo(line, err=True)
+
+    say(
         f"keyswap gateway on http://{_url_host(host)}:{port} -> {settings.upstream} "
-        f"(issuer {settings.issuer}, audience {settings.audience}, db {display_url(url)})",
-        err=True,
+        f"(issuer {settings.issuer}, audience {settings.audience}, db {display_url(url)})"
     )
-    click.echo(_cluster_banner(cluster, postgres=is_postgres(url), redis_up=redis_up), err=True)
-    click.echo(
+    say(_cluster_banner(cluster, postgres=is_postgres(url), redis_up=redis_up))
+    say(
         f"usage: counted per consumer and key, written every {usage_flush_interval:g} s "
         "(keyswap usage)"
         if usage
-        else "usage: not metered (--no-usage)",
-        err=True,
+        else "usage: not metered (--no-usage)"
     )
+    if metrics_server is not None:
+        say(f"metrics on http://{_url_host(metrics_host)}:{metrics_server.port}/metrics")
+    if tracing_settings is not None:
+        say(
+            "tracing on: "
+            + (
+                f"{tracing_settings.sample_rate:g} of new traces sampled"
+                if tracing_settings.sample_rate is not None
+                else "sampled as OTEL_TRACES_SAMPLER says"
+            )
+        )
     if workers > 1:
-        click.echo(
+        say(
             f"{workers} worker processes, each with its own caches"
             + (
                 ""
                 if cluster.redis_url
                 else "; rate limits are counted per worker, quotas approximately (give --redis)"
-            ),
-            err=True,
+            )
         )
 
     def serve(served: GatewayApp, on_ready: Callable[[], None] | None = None) -> int:
@@ -1897,10 +2002,14 @@ def gateway(
             drain_timeout=drain_timeout,
             websockets=True,
         )
+        if served.metrics is not None:
+            served.metrics.gauges["connections_open"] = open_connections(config.http)
         with _webhook_dispatcher(url, secret_file, enabled=webhooks):
             return run_until_signal([config], sockets=[sockets], on_ready=on_ready)
 
     def worker(on_ready: Callable[[], None]) -> int:  # in a forked worker: its own gateway
+        if metrics_server is not None:
+            metrics_server.socket.close()  # the supervisor's: never accepted on here
         served = build_gateway(
             settings,
             db_url=url,
@@ -1909,21 +2018,36 @@ def gateway(
             websocket_limits=websocket_limits,
             secret_scanning=scanning,
             usage_interval=usage_flush_interval if usage else None,
+            metrics=None if snapshots is None else GatewayMetrics(),
+            metrics_dir=None if snapshots is None else snapshots.path,
+            tracing=tracing_settings,
         )
         served.prepare()
         return serve(served, on_ready)
 
     if workers == 1:
-        failed = serve(app)
+        try:
+            if metrics_server is not None:
+                metrics_server.start()
+            failed = serve(app)
+        finally:
+            if metrics_server is not None:
+                metrics_server.close()
     else:
         import asyncio
 
         asyncio.run(app.shutdown())  # the parent only checked the set-up; workers build their own
         try:
-            failed = run_workers(workers, worker)
+            failed = run_workers(
+                workers, worker, idle=None if metrics_server is None else metrics_server.poll
+            )
         finally:
             for sock in sockets:
                 sock.close()
+            if metrics_server is not None:
+                metrics_server.close()
+            if snapshots is not None:
+                snapshots.close()
     if failed:
         raise click.ClickException("the gateway could not start (see the message above)")
 

@@ -209,6 +209,8 @@ class TokenMinter:
         self._clock = clock
         self._max_entries = max_entries
         self._cache: dict[str, MintedToken] = {}
+        #: Tokens signed so far (reused tokens not counted; for metrics).
+        self.minted = 0
 
     @property
     def ttl(self) -> int:
@@ -268,6 +270,7 @@ class TokenMinter:
             key_id=principal.key_id,
         )
         token = sign_compact(key, claims)
+        self.minted += 1
         return MintedToken(
             token,
             key.kid,

@@ -198,6 +198,15 @@ _SERVERS = ("uvicorn", "granian")
     show_default=True,
 )
 @click.option(
+    "--log-format",
+    envvar="KEYSWAP_LOG_FORMAT",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per log line (uvicorn's lines too; with --server granian, "
+    "keyswap's own).",
+)
+@click.option(
     "--access-log/--no-access-log", envvar="KEYSWAP_ACCESS_LOG", default=False, show_default=True
 )
 @click.option(
@@ -223,6 +232,7 @@ def origin(
     jwks_cooldown: float,
     realm: str,
     log_level: str,
+    log_format: str,
     access_log: bool,
     server: str,
 ) -> None:
@@ -247,7 +257,7 @@ def origin(
         )
     if jwks_url is not None and discover:
         raise OneLineUsageError("give --jwks-url or --discover, not both")
-    _configure_logging(log_level)
+    _configure_logging(log_level, log_format)
     try:
         config = IssuerConfig(
             issuer=issuer,
@@ -281,6 +291,7 @@ def origin(
         _serve_granian(verifier, config, realm, host, port, log_level, access_log)
         return
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     uvicorn_server = uvicorn.Server(
         uvicorn.Config(
@@ -293,6 +304,7 @@ def origin(
             log_level=log_level.lower(),
             access_log=access_log,
             server_header=False,
+            log_config=_JSON_LOG_CONFIG if log_format == "json" else LOGGING_CONFIG,
         )
     )
     uvicorn_server.run(sockets=sockets)
@@ -336,10 +348,35 @@ def _available(module: str) -> str:
     return module if importlib.util.find_spec(module) is not None else "auto"
 
 
-def _configure_logging(level: str) -> None:
+#: uvicorn's loggers as JSON lines (``--log-format json``; keyswap.logformat).
+_JSON_LOG_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "keyswap.logformat.JsonFormatter"}},
+    "handlers": {
+        "json": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stderr",
+        }
+    },
+    "loggers": {
+        "uvicorn": {"handlers": ["json"], "level": "INFO", "propagate": False},
+        "uvicorn.error": {"level": "INFO"},
+        "uvicorn.access": {"handlers": ["json"], "level": "INFO", "propagate": False},
+    },
+}
+
+
+def _configure_logging(level: str, log_format: str = "text") -> None:
     root = logging.getLogger("keyswap")
     root.setLevel(level.upper())
     if not root.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        if log_format == "json":
+            from keyswap.logformat import JsonFormatter
+
+            handler.setFormatter(JsonFormatter())
+        else:
+            handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         root.addHandler(handler)
