@@ -32,6 +32,7 @@ from keyswap.verifier.asgi import (
     TokenVerifier,
 )
 from keyswap.verifier.keyset import KeySet
+from keyswap.verifier.replay import ReplayCache
 from keyswap.verifier.verify import IssuerConfig
 
 __all__ = ["HEALTH_PATH", "KeyStatusSource", "ManagedVerifier", "create_app", "health"]
@@ -96,6 +97,9 @@ def create_app(
     error_descriptions: bool = True,
     manage_verifier: bool = True,
     health_path: str | None = HEALTH_PATH,
+    token_header: str = "authorization",  # noqa: S107 - a header name
+    public_url: str | None = None,
+    replay_cache: ReplayCache | None = None,
 ) -> ASGIApp:
     """The origin app: ``JWTAuthMiddleware`` around an app that echoes the verified claims.
 
@@ -107,6 +111,9 @@ def create_app(
         manage_verifier: start the verifier at lifespan start-up and close it at shutdown.
         health_path: answered without a token with the verifier's :func:`health` (``200``/``503``,
             JSON) to ``GET`` and ``HEAD``, ``405`` to other methods; ``None`` turns it off.
+        token_header: ``"authorization"`` or ``"txn-token"`` (see ``JWTAuthMiddleware``).
+        public_url: request binding: the origin's base URL as the gateway sees it.
+        replay_cache: request binding: where ``jti`` values are recorded (default: in memory).
 
     Raises:
         ConfigError: a bad realm, exempt path or health path.
@@ -127,6 +134,9 @@ def create_app(
         realm=realm,
         exempt_paths=exempt,
         error_descriptions=error_descriptions,
+        token_header=token_header,
+        public_url=public_url,
+        replay_cache=replay_cache,
     )
 
 
