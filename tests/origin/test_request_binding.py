@@ -1,0 +1,212 @@
+"""Request-bound tokens end to end: gateway -> tampering proxy -> origin, all real servers on 127.0.0.1.
+
+The proxy stands for whatever sits between gateway and origin (a sidecar, a log shipper with a replay
+button, a compromised hop): it may change the method, the path, the query or the body of a request, or
+send an earlier request again. The origin must refuse each, and let the untouched request through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from keyswap.gateway.binding import BindPolicy, parse_bind_route
+from keyswap.gateway.wellknown import JWKS_PATH
+from keyswap.origin.app import create_app
+from keyswap.verifier.binding import UNBOUND_BODY, content_digest
+from keyswap.verifier.verify import IssuerConfig, Verifier
+from tests.support.asgi_server import ServerThread, bound_socket
+from tests.support.running_gateway import Gateway, running_gateway
+from tests.support.tamper import Tamper, TamperingProxy, replay, serve_proxy
+
+MAX_BODY = 4096
+
+
+@dataclass
+class Chain:
+    gateway: Gateway
+    proxy: TamperingProxy
+    proxy_server: ServerThread
+    origin: ServerThread
+    origin_url: str
+
+    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.gateway.key}"}
+        return httpx.request(method, self.gateway.url + path, headers=headers, timeout=10, **kw)
+
+
+def origin_config(gateway: Gateway, **extra: Any) -> IssuerConfig:
+    return IssuerConfig(
+        issuer=gateway.app.settings.issuer,
+        jwks_url=gateway.url + JWKS_PATH,
+        algorithms=("ES256", "EdDSA", "RS256"),
+        audience=gateway.app.settings.audience,
+        bind_request=True,
+        bind_max_body=MAX_BODY,
+        **extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    origin_sock = bound_socket()
+    origin_url = f"http://127.0.0.1:{origin_sock.getsockname()[1]}"
+    proxy, proxy_server = serve_proxy(origin_url)
+    bind = BindPolicy(
+        (parse_bind_route("POST:/upload:unbound-body"),), bind_all=True, max_body=MAX_BODY
+    )
+    try:
+        with running_gateway(
+            tmp_path_factory.mktemp("gw"), proxy_server.url, real_clock=True, bind=bind
+        ) as gateway:
+            verifier = Verifier(origin_config(gateway))
+            # The origin sits behind the proxy: it states the URL the gateway reaches it by.
+            app = create_app(verifier, public_url=proxy_server.url)
+            origin = ServerThread(app, sock=origin_sock).start()
+            try:
+                yield Chain(gateway, proxy, proxy_server, origin, origin_url)
+            finally:
+                origin.stop()
+    finally:
+        proxy_server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _untampered(chain: Chain) -> Iterator[None]:
+    chain.proxy.tamper = Tamper()
+    yield
+    chain.proxy.tamper = Tamper()
+
+
+def assert_refused(response: httpx.Response) -> None:
+    assert response.status_code == 401, response.text
+    challenge = response.headers["www-authenticate"]
+    assert 'error="invalid_token"' in challenge
+    # The reason stays in the logs: the client learns nothing about what was checked.
+    assert "method" not in challenge
+    assert "digest" not in challenge
+
+
+class TestUntouched:
+    def test_a_get_with_a_query_passes_with_its_binding_claims(self, chain: Chain) -> None:
+        response = chain.call("GET", "/items/1?a=1&b=two")
+        assert response.status_code == 200, response.text
+        claims = response.json()
+        assert claims["htm"] == "GET"
+        assert claims["htu"] == chain.proxy_server.url + "/items/1"
+        assert "htq" in claims
+        assert "htd" not in claims
+        assert claims["exp"] - claims["iat"] == 30
+
+    def test_a_post_passes_with_its_body_digest_also_sent_as_content_digest(
+        self, chain: Chain
+    ) -> None:
+        response = chain.call("POST", "/items", content=b'{"n": 1}')
+        assert response.status_code == 200, response.text
+        assert response.json()["htd"] == content_digest(b'{"n": 1}')
+        assert chain.proxy.last is not None
+        headers = dict(chain.proxy.last.headers)
+        assert headers[b"content-digest"] == content_digest(b'{"n": 1}').encode()
+
+    def test_every_request_gets_its_own_token(self, chain: Chain) -> None:
+        first = chain.call("GET", "/same").json()
+        second = chain.call("GET", "/same").json()
+        assert first["jti"] != second["jti"]
+
+
+class TestTampered:
+    def test_a_changed_method_is_refused(self, chain: Chain) -> None:
+        chain.proxy.tamper = Tamper(method="DELETE")
+        assert_refused(chain.call("GET", "/items/1"))
+
+    def test_a_changed_path_is_refused(self, chain: Chain) -> None:
+        chain.proxy.tamper = Tamper(path="/items/2")
+        assert_refused(chain.call("GET", "/items/1"))
+
+    def test_a_changed_query_is_refused(self, chain: Chain) -> None:
+        chain.proxy.tamper = Tamper(query=b"a=1&admin=1")
+        assert_refused(chain.call("GET", "/items?a=1"))
+
+    def test_an_added_query_is_refused(self, chain: Chain) -> None:
+        chain.proxy.tamper = Tamper(query=b"admin=1")
+        assert_refused(chain.call("GET", "/items"))
+
+    def test_a_changed_body_is_refused_even_with_a_fresh_content_digest(self, chain: Chain) -> None:
+        chain.proxy.tamper = Tamper(body=b'{"amount": 1000000}')
+        assert_refused(chain.call("POST", "/pay", content=b'{"amount": 1}'))
+
+    def test_a_body_added_to_a_bodiless_request_is_refused(self, chain: Chain) -> None:
+        chain.proxy.tamper = Tamper(body=b"smuggled", method="POST")
+        assert_refused(chain.call("POST", "/items"))
+
+    def test_a_replay_of_an_accepted_request_is_refused(self, chain: Chain) -> None:
+        assert chain.call("POST", "/pay", content=b'{"amount": 5}').status_code == 200
+        captured = chain.proxy.last
+        assert captured is not None
+        assert_refused(replay(chain.origin_url, captured))
+
+    def test_a_cached_unbound_token_of_the_same_issuer_is_refused(self, chain: Chain) -> None:
+        token = chain.gateway.app.minter.token_for(
+            chain.gateway.admin.authenticate(chain.gateway.key, chain.gateway.clock())
+        ).token
+        response = httpx.get(
+            chain.origin_url + "/x", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert_refused(response)
+
+
+class TestLargeBodies:
+    def test_a_body_over_the_limit_is_refused_by_the_gateway(self, chain: Chain) -> None:
+        chain.proxy.last = None
+        response = chain.call("POST", "/items", content=b"x" * (MAX_BODY + 1))
+        assert response.status_code == 413
+        assert chain.proxy.last is None  # nothing was forwarded
+
+    def test_a_chunked_body_over_the_limit_is_refused_too(self, chain: Chain) -> None:
+        def chunks() -> Iterator[bytes]:
+            for _ in range(5):
+                yield b"y" * 1000
+
+        response = chain.call("POST", "/items", content=chunks())
+        assert response.status_code == 413
+
+    def test_an_opted_out_route_forwards_it_unbound_and_the_token_says_so(
+        self, chain: Chain
+    ) -> None:
+        body = b"z" * (MAX_BODY * 3)
+        response = chain.call("POST", "/upload/big", content=body)
+        assert response.status_code == 200, response.text
+        assert response.json()["htd"] == UNBOUND_BODY
+        assert chain.proxy.last is not None
+        assert chain.proxy.last.body == body
+
+    def test_a_small_body_on_an_opted_out_route_is_still_bound(self, chain: Chain) -> None:
+        response = chain.call("POST", "/upload/small", content=b"tiny")
+        assert response.status_code == 200
+        assert response.json()["htd"] == content_digest(b"tiny")
+        chain.proxy.tamper = Tamper(body=b"TINY")
+        assert_refused(chain.call("POST", "/upload/small", content=b"tiny"))
+
+
+def test_an_origin_that_refuses_unbound_bodies_refuses_the_opt_out(
+    chain: Chain, tmp_path: Path
+) -> None:
+    verifier = Verifier(origin_config(chain.gateway))
+    app = create_app(verifier, public_url=chain.proxy_server.url)
+    app.binder.allow_unbound_body = False  # type: ignore[attr-defined]
+    strict = ServerThread(app).start()
+    try:
+        target = chain.proxy.target
+        chain.proxy.target = strict.url
+        try:
+            response = chain.call("POST", "/upload/big", content=b"z" * (MAX_BODY * 2))
+        finally:
+            chain.proxy.target = target
+        assert_refused(response)
+    finally:
+        strict.stop()
