@@ -8,9 +8,11 @@ send an earlier request again. The origin must refuse each, and let the untouche
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -19,8 +21,11 @@ from keyswap.gateway.binding import BindPolicy, parse_bind_route
 from keyswap.gateway.wellknown import JWKS_PATH
 from keyswap.origin.app import create_app
 from keyswap.verifier.binding import UNBOUND_BODY, content_digest
+from keyswap.verifier.replay import RedisReplayCache
 from keyswap.verifier.verify import IssuerConfig, Verifier
-from tests.support.asgi_server import ServerThread, bound_socket
+from tests.support.asgi_server import ServerThread, bound_socket, free_port, serving
+from tests.support.cluster import TcpRelay, redis_prefix
+from tests.support.keyswap_process import running_keyswap
 from tests.support.running_gateway import Gateway, running_gateway
 from tests.support.tamper import Tamper, TamperingProxy, replay, serve_proxy
 
@@ -210,3 +215,90 @@ def test_an_origin_that_refuses_unbound_bodies_refuses_the_opt_out(
         assert_refused(response)
     finally:
         strict.stop()
+
+
+def origin_args(chain: Chain, *extra: str) -> list[str]:
+    settings = chain.gateway.app.settings
+    return [
+        "origin",
+        "--jwks-url",
+        chain.gateway.url + JWKS_PATH,
+        "--issuer",
+        settings.issuer,
+        "--audience",
+        settings.audience,
+        "--bind-request",
+        "--bind-max-body",
+        str(MAX_BODY),
+        "--public-url",
+        chain.proxy_server.url,
+        *extra,
+    ]
+
+
+@contextmanager
+def proxy_to(chain: Chain, url: str) -> Iterator[None]:
+    target, chain.proxy.target = chain.proxy.target, url
+    try:
+        yield
+    finally:
+        chain.proxy.target = target
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_keyswap_origin_processes_sharing_redis_refuse_a_replay_to_another_process(
+    chain: Chain,
+) -> None:
+    with redis_prefix() as (url, prefix):
+        shared = ["--replay-redis-url", url, "--replay-redis-prefix", prefix + ":"]
+        one_port, two_port = free_port(), free_port()
+        with (
+            running_keyswap(
+                [*origin_args(chain, *shared), "--port", str(one_port)],
+                port=one_port,
+                ready_path="/__keyswap/health",
+            ) as one,
+            running_keyswap(
+                [*origin_args(chain, *shared), "--port", str(two_port)],
+                port=two_port,
+                ready_path="/__keyswap/health",
+            ) as two,
+        ):
+            with proxy_to(chain, one.url):
+                accepted = chain.call("PUT", "/items/7?v=1", content=b"seven")
+                assert accepted.status_code == 200, accepted.text + one.log()
+                captured = chain.proxy.last
+                assert captured is not None
+                chain.proxy.tamper = Tamper(query=b"v=2")
+                assert_refused(chain.call("PUT", "/items/7?v=1", content=b"seven"))
+            assert_refused(replay(two.url, captured))
+            assert_refused(replay(one.url, captured))
+            assert "replayed" in two.log() or "rejected" in two.log()
+
+
+@pytest.mark.redis
+def test_with_redis_hanging_bound_requests_get_503_and_pass_again_once_it_is_back(
+    chain: Chain,
+) -> None:
+    with redis_prefix() as (url, prefix):
+        target = urlsplit(url)
+        with TcpRelay(target.hostname or "127.0.0.1", target.port or 6379) as relay:
+            cache = RedisReplayCache(
+                f"redis://127.0.0.1:{relay.port}", prefix=prefix + ":", timeout=0.2
+            )
+            app = create_app(
+                Verifier(origin_config(chain.gateway)),
+                public_url=chain.proxy_server.url,
+                replay_cache=cache,
+            )
+            with serving(app) as origin, proxy_to(chain, origin.url):
+                assert chain.call("GET", "/a").status_code == 200
+                relay.freeze()
+                try:
+                    down = chain.call("GET", "/a")
+                finally:
+                    relay.thaw()
+                assert down.status_code == 503
+                assert down.headers["retry-after"] == "2"
+                assert chain.call("GET", "/a").status_code == 200

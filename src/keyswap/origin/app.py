@@ -113,7 +113,8 @@ def create_app(
             JSON) to ``GET`` and ``HEAD``, ``405`` to other methods; ``None`` turns it off.
         token_header: ``"authorization"`` or ``"txn-token"`` (see ``JWTAuthMiddleware``).
         public_url: request binding: the origin's base URL as the gateway sees it.
-        replay_cache: request binding: where ``jti`` values are recorded (default: in memory).
+        replay_cache: request binding: where ``jti`` values are recorded (default: in memory);
+            closed at shutdown with ``manage_verifier``.
 
     Raises:
         ConfigError: a bad realm, exempt path or health path.
@@ -128,6 +129,7 @@ def create_app(
             raise ConfigError(f"health path must start with '/' and have no '*': {health_path!r}")
         exempt.append(health_path)
     inner = _EchoClaims(verifier if manage_verifier else None, verifier, health_path)
+    inner.replay_cache = replay_cache if manage_verifier else None
     return JWTAuthMiddleware(
         inner,
         verifier=verifier,
@@ -147,6 +149,8 @@ class _EchoClaims:
         self.verifier = verifier
         self.reporter = reporter
         self.health_path = health_path
+        #: Closed at shutdown when it can be (a Redis replay cache's connections).
+        self.replay_cache: object = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -211,6 +215,9 @@ class _EchoClaims:
                     if self.verifier is not None:
                         await asyncio.to_thread(self.verifier.close)
                         logger.debug("verifier closed")
+                    aclose = getattr(self.replay_cache, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
                 except Exception as exc:
                     await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
                     return
