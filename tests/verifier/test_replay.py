@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -14,9 +15,11 @@ from keyswap.errors import ConfigError, ReplayCacheUnavailable
 from keyswap.verifier.replay import MemoryReplayCache, RedisReplayCache, replay_key
 from tests.support.cluster import TcpRelay, redis_prefix
 
+T = TypeVar("T")
 
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
 
 
 class TestMemory:
@@ -105,7 +108,7 @@ class TestRedis:
             finally:
                 await cache.aclose()
 
-        assert sorted(run(race())) == [False] * 19 + [True]  # type: ignore[call-overload]
+        assert sorted(run(race())) == [False] * 19 + [True]
 
     def test_the_key_expires_with_the_token(self, redis_env: tuple[str, str]) -> None:
         import redis
@@ -149,7 +152,7 @@ class TestRedis:
                     relay.thaw()
                     await cache.aclose()
 
-            first, waited = run(scenario())  # type: ignore[misc]
+            first, waited = run(scenario())
         assert first is True
         assert waited < 2.0
 
