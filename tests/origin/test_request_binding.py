@@ -7,6 +7,7 @@ send an earlier request again. The origin must refuse each, and let the untouche
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from keyswap.gateway.binding import BindPolicy, parse_bind_route
+from keyswap.gateway.binding import BindPolicy, ReadBody, binding_claims, parse_bind_route
 from keyswap.gateway.wellknown import JWKS_PATH
 from keyswap.origin.app import create_app
 from keyswap.verifier.binding import UNBOUND_BODY, content_digest
@@ -302,3 +303,100 @@ def test_with_redis_hanging_bound_requests_get_503_and_pass_again_once_it_is_bac
                 assert down.status_code == 503
                 assert down.headers["retry-after"] == "2"
                 assert chain.call("GET", "/a").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def flask_origin(chain: Chain) -> Iterator[str]:
+    from flask import Flask, request
+    from werkzeug.serving import make_server
+
+    from keyswap.verifier.flask import KeyswapFlask, get_claims
+
+    app = Flask("bound")
+    verifier = Verifier(origin_config(chain.gateway))
+    KeyswapFlask(app, verifier=verifier, public_url=chain.proxy_server.url)
+
+    @app.route("/<path:rest>", methods=["GET", "POST", "PUT", "DELETE"])
+    def echo(rest: str) -> dict[str, Any]:
+        return {"claims": get_claims(), "body": request.get_data().decode()}
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(5)
+        verifier.close()
+
+
+class TestFlask:
+    def test_the_untouched_request_reaches_the_view_with_its_body(
+        self, chain: Chain, flask_origin: str
+    ) -> None:
+        with proxy_to(chain, flask_origin):
+            response = chain.call("POST", "/orders?x=1", content=b"order")
+        assert response.status_code == 200, response.text
+        assert response.json()["body"] == "order"
+        assert response.json()["claims"]["htm"] == "POST"
+
+    @pytest.mark.parametrize(
+        "tamper",
+        [Tamper(method="PUT"), Tamper(path="/refunds"), Tamper(query=b"x=2"), Tamper(body=b"o")],
+        ids=["method", "path", "query", "body"],
+    )
+    def test_a_tampered_request_is_refused(
+        self, chain: Chain, flask_origin: str, tamper: Tamper
+    ) -> None:
+        with proxy_to(chain, flask_origin):
+            chain.proxy.tamper = tamper
+            assert_refused(chain.call("POST", "/orders?x=1", content=b"order"))
+
+    def test_a_replay_is_refused(self, chain: Chain, flask_origin: str) -> None:
+        with proxy_to(chain, flask_origin):
+            assert chain.call("DELETE", "/orders/1").status_code == 200
+        assert chain.proxy.last is not None
+        assert_refused(replay(flask_origin, chain.proxy.last))
+
+    def test_a_bound_body_over_the_origin_limit_is_413(
+        self, chain: Chain, flask_origin: str
+    ) -> None:
+        body = b"x" * (MAX_BODY + 1)
+        token = bound_token(chain, "POST", "/big", body)
+        response = httpx.post(
+            flask_origin + "/big", content=body, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert response.status_code == 413
+
+
+def bound_token(chain: Chain, method: str, path: str, body: bytes) -> str:
+    """A token bound to ``method path`` with ``body`` (signed by the gateway, limits not applied)."""
+    gateway = chain.gateway
+    principal = gateway.admin.authenticate(gateway.key, gateway.clock())
+    proxy = urlsplit(chain.proxy_server.url)
+    binding = binding_claims(
+        method=method,
+        scheme="http",
+        authority=proxy.netloc,
+        path=path,
+        query=b"",
+        body=ReadBody(body, True),
+        max_body=len(body),
+    )
+    token, _ = gateway.app.minter.mint_per_request(principal, binding, ttl=30)
+    return token
+
+
+def test_a_bound_body_over_the_keyswap_origin_limit_is_413(chain: Chain) -> None:
+    body = b"x" * (MAX_BODY + 1)
+    token = bound_token(chain, "POST", "/big", body)
+    response = httpx.post(
+        chain.origin_url + "/big", content=body, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 413
+    token = bound_token(chain, "POST", "/big", b"ok")
+    response = httpx.post(
+        chain.origin_url + "/big", content=b"ok", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 200

@@ -17,23 +17,33 @@ Failures raise :class:`~keyswap.errors.RequestMismatch` / :class:`~keyswap.error
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import quote
 
-from keyswap.errors import PayloadTooLarge, ReplayedToken, RequestMismatch
+from keyswap.errors import ConfigError, PayloadTooLarge, ReplayedToken, RequestMismatch
 from keyswap.verifier.binding import UNBOUND_BODY, PublicBase, check_body, check_request
 from keyswap.verifier.replay import MemoryReplayCache, ReplayCache, replay_key
 from keyswap.verifier.verify import IssuerConfig
 
-__all__ = ["RequestBinder"]
+__all__ = ["RequestBinder", "SyncReplayCache"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 
 logger = logging.getLogger("keyswap.verifier.bound")
+
+
+class SyncReplayCache(Protocol):
+    """A replay cache WSGI adapters can use (:class:`MemoryReplayCache`, ``RedisReplayCache``)."""
+
+    def first_use_sync(self, key: str, *, expires: float, now: float) -> bool:
+        """See :meth:`keyswap.verifier.replay.ReplayCache.first_use`."""
+        ...
 
 
 class RequestBinder:
@@ -113,6 +123,84 @@ class RequestBinder:
             logger.info("bound token replayed for %s %r", scope.get("method"), scope.get("path"))
             raise ReplayedToken("the token was already used")
         return receive
+
+    def enforce_wsgi(self, environ: dict[str, Any], claims: dict[str, Any]) -> None:
+        """:meth:`enforce` for a WSGI request: the body is read (bounded) from ``wsgi.input`` and put
+        back as an in-memory stream. The replay cache must have ``first_use_sync``.
+
+        Raises:
+            RequestMismatch, ReplayedToken, UnboundToken: 401.
+            PayloadTooLarge: 413.
+            ReplayCacheUnavailable: 503.
+            ConfigError: the replay cache has no synchronous form.
+        """
+        config = self._issuer_config(claims.get("iss"))
+        if config is None or not config.bind_request:
+            return
+        method = environ.get("REQUEST_METHOD", "GET")
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        if isinstance(raw, str) and raw.startswith("/"):
+            path = raw.partition("?")[0]
+        else:
+            script = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+            path = quote(script.encode("latin-1"), safe="/;=,@:!$&'()*+~")
+        scope = {
+            "raw_path": path.encode("latin-1"),
+            "path": path,
+            "scheme": environ.get("wsgi.url_scheme", "http"),
+            "headers": [(b"host", environ.get("HTTP_HOST", "").encode("latin-1"))],
+            "server": (environ.get("SERVER_NAME", ""), environ.get("SERVER_PORT")),
+        }
+        try:
+            check_request(
+                claims,
+                method=method,
+                htu=self.public.htu(scope),
+                query=environ.get("QUERY_STRING", "").encode("latin-1"),
+            )
+            if claims.get("htd") == UNBOUND_BODY:
+                if not self.allow_unbound_body:
+                    raise RequestMismatch(
+                        detail="the token forwards an unbound body (refused here)"
+                    )
+            else:
+                body = _read_wsgi_body(environ, config.bind_max_body)
+                check_body(claims, body)
+                environ["wsgi.input"] = io.BytesIO(body)
+                environ["CONTENT_LENGTH"] = str(len(body))
+        except RequestMismatch as exc:
+            logger.info("bound token refused for %s %r: %s", method, path, exc.detail)
+            raise
+        first_use = getattr(self.replay_cache, "first_use_sync", None)
+        if first_use is None:
+            raise ConfigError("a WSGI app needs a replay cache with first_use_sync")
+        now = self._clock()
+        expires = float(claims["exp"]) + float(config.leeway)
+        if not first_use(replay_key(config.issuer, claims["jti"]), expires=expires, now=now):
+            logger.info("bound token replayed for %s %r", method, path)
+            raise ReplayedToken("the token was already used")
+
+
+def _read_wsgi_body(environ: dict[str, Any], limit: int) -> bytes:
+    stream = environ.get("wsgi.input")
+    length_text = environ.get("CONTENT_LENGTH") or ""
+    if stream is None:
+        return b""
+    if length_text.strip():
+        try:
+            length = int(length_text)
+        except ValueError:
+            raise RequestMismatch(detail="unusable Content-Length") from None
+        if length > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        data: bytes = stream.read(length)
+        return data
+    if not environ.get("wsgi.input_terminated"):
+        return b""  # no length and no terminated stream: WSGI says there is no body to read
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes")
+    return data
 
 
 def _declared_length(scope: Scope) -> int | None:

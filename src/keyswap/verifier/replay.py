@@ -150,6 +150,7 @@ class RedisReplayCache:
         self._fallback = MemoryReplayCache(fallback_size) if on_error == "local" else None
         self._client = client
         self._clients: dict[int, Any] = {}
+        self._sync_client: Any = None
 
     def _client_for_loop(self) -> Any:
         if self._client is not None:
@@ -177,18 +178,44 @@ class RedisReplayCache:
                     self.prefix + key, b"1", nx=True, px=ttl_ms
                 )
         except Exception as exc:  # redis errors, OSError, timeouts: Redis is down for us
-            if self._fallback is not None:
-                logger.warning(
-                    "replay cache Redis unreachable (%s): this process checks replays alone",
-                    type(exc).__name__,
+            return self._down(exc, key, expires, now)
+        return bool(created)
+
+    def first_use_sync(self, key: str, *, expires: float, now: float) -> bool:
+        """:meth:`first_use` for WSGI apps (a blocking client, the same keys and outage rules)."""
+        ttl_ms = max(1, int((expires - now) * 1000))
+        try:
+            if self._sync_client is None:
+                import redis
+
+                self._sync_client = redis.Redis.from_url(
+                    self.url,
+                    socket_timeout=self.timeout,
+                    socket_connect_timeout=self.timeout,
+                    retry_on_timeout=False,
                 )
-                return self._fallback.first_use_sync(key, expires=expires, now=now)
+            created = self._sync_client.set(self.prefix + key, b"1", nx=True, px=ttl_ms)
+        except Exception as exc:
+            return self._down(exc, key, expires, now)
+        return bool(created)
+
+    def _down(self, exc: Exception, key: str, expires: float, now: float) -> bool:
+        if self._fallback is not None:
             logger.warning(
-                "replay cache Redis unreachable (%s): bound tokens refused (503)",
+                "replay cache Redis unreachable (%s): this process checks replays alone",
                 type(exc).__name__,
             )
-            raise ReplayCacheUnavailable("the replay cache is unavailable") from None
-        return bool(created)
+            return self._fallback.first_use_sync(key, expires=expires, now=now)
+        logger.warning(
+            "replay cache Redis unreachable (%s): bound tokens refused (503)", type(exc).__name__
+        )
+        raise ReplayCacheUnavailable("the replay cache is unavailable") from None
+
+    def close(self) -> None:
+        """Close the blocking client (if :meth:`first_use_sync` made one)."""
+        client, self._sync_client = self._sync_client, None
+        if client is not None:
+            client.close()
 
     async def aclose(self) -> None:
         """Close the clients this cache made."""
