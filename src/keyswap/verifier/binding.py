@@ -109,13 +109,14 @@ class PublicBase:
         ConfigError: ``url`` is not an absolute ``http(s)`` URL without query, fragment or credentials.
     """
 
-    __slots__ = ("_authority", "_prefix", "_scheme", "url")
+    __slots__ = ("_authority", "_base", "_prefix", "_scheme", "url")
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url
         self._scheme = ""
         self._authority = ""
         self._prefix = ""
+        self._base = ""
         if url is None:
             return
         try:
@@ -138,13 +139,16 @@ class PublicBase:
         self._scheme = parts.scheme.lower()
         self._authority = parts.netloc.lower()
         self._prefix = parts.path.rstrip("/")
+        # canonical_htu of (scheme, authority, prefix + path) is this base + path: computed once.
+        base = canonical_htu(self._scheme, self._authority, self._prefix or "/")
+        self._base = base if self._prefix else base[:-1]
 
     def htu(self, scope: Mapping[str, Any]) -> str:
         """The ``htu`` an ASGI ``http`` request must have been bound to."""
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         path = raw_path.decode("latin-1")
         if self.url is not None:
-            return canonical_htu(self._scheme, self._authority, self._prefix + path)
+            return self._base + (path or "/")
         authority = ""
         for name, value in scope.get("headers", ()):
             if name == b"host":

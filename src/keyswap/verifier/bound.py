@@ -104,10 +104,12 @@ class RequestBinder:
                     raise RequestMismatch(
                         detail="the token forwards an unbound body (refused here)"
                     )
-            else:
+            elif _has_body(scope):
                 body = await _read_body(scope, receive, config.bind_max_body)
                 check_body(claims, body)
                 receive = _Replay(body, receive)
+            else:  # HTTP/1.x without Content-Length or Transfer-Encoding: no body by framing
+                check_body(claims, b"")
         except RequestMismatch as exc:
             logger.info(
                 "bound token refused for %s %r: %s",
@@ -201,6 +203,17 @@ def _read_wsgi_body(environ: dict[str, Any], limit: int) -> bytes:
     if len(data) > limit:
         raise PayloadTooLarge(f"request body over {limit} bytes")
     return data
+
+
+def _has_body(scope: Scope) -> bool:
+    """False only when HTTP/1.x framing says there is no body (no Content-Length, no
+    Transfer-Encoding, or ``Content-Length: 0``); other protocols are always read."""
+    if scope.get("http_version", "1.1") not in ("1.1", "1.0"):
+        return True
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
 
 
 def _declared_length(scope: Scope) -> int | None:
