@@ -6,7 +6,7 @@ Apps:
   bare         Starlette, one small JSON route (the 1.00 of every table)
   keyswap      the same app behind keyswap's pure-ASGI JWTAuthMiddleware
   bound        the same app behind the middleware with a request-bound issuer (bind_request=True,
-               public URL = this server, in-memory replay cache)
+               public URL = this server, in-memory replay cache of 2,000,000 entries)
   handwritten  the same app behind the JWT middleware people write today: Starlette
                BaseHTTPMiddleware + PyJWKClient(url).get_signing_key_from_jwt + jwt.decode
   naiveproxy   a Starlette proxy: API-key check (HMAC of the presented key, dict lookup), then
@@ -53,6 +53,7 @@ def keyswap_app(jwks_url: str) -> Any:
 def bound_app(jwks_url: str, public_url: str) -> Any:
     """The bare app behind the middleware with a bound issuer (request binding, replay cache)."""
     from keyswap.verifier.asgi import JWTAuthMiddleware
+    from keyswap.verifier.replay import MemoryReplayCache
     from keyswap.verifier.verify import IssuerConfig, Verifier
 
     config = IssuerConfig(
@@ -64,7 +65,13 @@ def bound_app(jwks_url: str, public_url: str) -> Any:
     )
     verifier = Verifier(config)
     verifier.start()
-    return JWTAuthMiddleware(bare_app(), verifier=verifier, public_url=public_url)
+    # Room for every token of a whole benchmark run (a few 100k requests within the lifetimes).
+    return JWTAuthMiddleware(
+        bare_app(),
+        verifier=verifier,
+        public_url=public_url,
+        replay_cache=MemoryReplayCache(2_000_000),
+    )
 
 
 def handwritten_app(jwks_url: str) -> Starlette:

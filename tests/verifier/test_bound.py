@@ -182,3 +182,25 @@ class TestMiddleware:
     def test_a_bad_token_header_name_is_a_config_error(self, server: JWKSServer) -> None:
         with Verifier(config(server)) as verifier, pytest.raises(ConfigError):
             JWTAuthMiddleware(inner_app([]), verifier=verifier, token_header="x-token")
+
+
+class TestAdaptersThatDoNotEnforce:
+    def test_a_guard_without_binding_checks_refuses_bound_tokens(self, server: JWKSServer) -> None:
+        from keyswap.verifier.responses import Guard, Rejection
+
+        with Verifier(config(server)) as verifier:
+            result = Guard(verifier).authenticate_sync("Bearer " + bound())
+            assert isinstance(result, Rejection)
+            assert result.status == 401
+            assert result.label == "unbound"
+            enforcing = Guard(verifier, enforces_binding=True).authenticate_sync(
+                "Bearer " + bound()
+            )
+            assert isinstance(enforcing, dict)
+
+    def test_a_guard_over_an_unbound_issuer_is_unchanged(self, server: JWKSServer) -> None:
+        from keyswap.verifier.responses import Guard
+
+        cfg = IssuerConfig(issuer=ISS, jwks_url=server.url, algorithms=("ES256",))
+        with Verifier(cfg) as verifier:
+            assert isinstance(Guard(verifier).authenticate_sync("Bearer " + bound()), dict)

@@ -188,3 +188,12 @@ class TestRedis:
             RedisReplayCache("http://x")
         with pytest.raises(ConfigError):
             RedisReplayCache("redis://x", on_error="ignore")  # type: ignore[arg-type]
+
+
+def test_a_full_cache_scans_for_expired_entries_at_most_once_a_second() -> None:
+    cache = MemoryReplayCache(2)
+    cache.first_use_sync("long", expires=1000, now=100)  # a long-lived entry at the oldest end
+    cache.first_use_sync("short", expires=105, now=100)
+    assert cache.first_use_sync("new", expires=200, now=106)  # the scan finds "short" expired
+    with pytest.raises(ReplayCacheUnavailable):
+        cache.first_use_sync("newer", expires=200, now=106.5)

@@ -176,6 +176,7 @@ class KeyswapFlask:
             "error_descriptions": error_descriptions,
             "max_token_size": max_token_size,
             "logger_name": "keyswap.verifier.flask",
+            "enforces_binding": True,
         }
         if verifier is not None:
             Guard(verifier, **self._options)  # validate eagerly, before any app exists

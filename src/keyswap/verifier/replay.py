@@ -1,7 +1,8 @@
 """Replay caches for request-bound tokens: each ``jti`` is accepted once during its token's lifetime.
 
 - :class:`MemoryReplayCache`: per process, bounded. Entries live until the token's ``exp`` (plus
-  leeway); expired ones are dropped as new ones arrive. When it is full of live entries it refuses
+  leeway); expired ones are dropped from the oldest end as new ones arrive, and by a full scan (at
+  most once a second) when the cache is full. When it is full of live entries it refuses
   (:class:`~keyswap.errors.ReplayCacheUnavailable`, 503) rather than forget one: forgetting would let
   that token be replayed.
 - :class:`RedisReplayCache`: shared by several origin processes (``pip install 'keyswap[redis]'``).
@@ -70,6 +71,7 @@ class MemoryReplayCache:
             raise ConfigError(f"replay cache size must be at least 1, got {max_entries!r}")
         self.max_entries = max_entries
         self._seen: OrderedDict[str, float] = OrderedDict()
+        self._next_scan = float("-inf")  # a full scan at most once a second (see _purge)
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -101,7 +103,10 @@ class MemoryReplayCache:
             if expires > now:
                 break
             del seen[key]
-        if len(seen) >= self.max_entries:
+        if len(seen) >= self.max_entries and now >= self._next_scan:
+            # Tokens of different lifetimes interleave: an expired entry may sit behind a live one.
+            # The scan is O(entries), so a full cache refuses for up to a second before the next.
+            self._next_scan = now + 1.0
             for key in [k for k, e in seen.items() if e <= now]:
                 del seen[key]
 
