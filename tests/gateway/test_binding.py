@@ -150,3 +150,36 @@ class TestClaims:
 
     def test_an_incomplete_body_is_marked_unbound(self) -> None:
         assert self.base(body=ReadBody(b"x" * 11, False))["htd"] == UNBOUND_BODY
+
+
+class TestCommandLine:
+    """Bad binding flags are one ``Error:`` line and exit status 2, before anything is served."""
+
+    @pytest.mark.parametrize(
+        ("args", "expected"),
+        [
+            (("--bind-route", "POST"), "bind route must be METHOD:/prefix"),
+            (("--bind-route", "GET:/a:unbound"), "bind route must be METHOD:/prefix"),
+            (("--bind-ttl", "0"), "--bind-ttl"),
+            (("--bind-max-body", "-1"), "--bind-max-body"),
+            (("--token-format", "paseto"), "--token-format"),
+        ],
+    )
+    def test_a_bad_binding_flag_is_a_usage_error(
+        self, tmp_path: Any, args: tuple[str, ...], expected: str
+    ) -> None:
+        import os
+
+        from click.testing import CliRunner
+
+        from keyswap.gateway.cli import gateway as gateway_command
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSWAP_")}
+        result = CliRunner().invoke(
+            gateway_command,
+            ["--upstream", "http://127.0.0.1:9", "--db", str(tmp_path / "k.db"), *args],
+            env=env,
+        )
+        assert result.exit_code == 2, result.output
+        assert expected in result.output
+        assert not (tmp_path / "k.db").exists()
