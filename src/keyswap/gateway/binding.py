@@ -37,6 +37,7 @@ __all__ = [
     "ClientLeft",
     "ReadBody",
     "binding_claims",
+    "describe",
     "parse_bind_route",
     "read_body",
 ]
@@ -129,6 +130,11 @@ class BindPolicy:
         if self.bind_all:
             ordered.insert(0, BindRule(None, "/"))
         object.__setattr__(self, "_ordered", tuple(reversed(ordered)))
+
+    @property
+    def rules_in_order(self) -> tuple[BindRule, ...]:
+        """Every rule, the most specific first (the implicit ``*:/`` of ``bind_all`` last)."""
+        return self._ordered
 
     @property
     def enabled(self) -> bool:

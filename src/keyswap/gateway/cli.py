@@ -41,6 +41,7 @@ from keyswap.gateway.binding import (
     DEFAULT_BIND_TTL,
     TOKEN_FORMATS,
     BindPolicy,
+    describe,
     parse_bind_route,
 )
 from keyswap.gateway.keymaterial import SIGNING_ALGORITHMS
@@ -1505,6 +1506,18 @@ def gateway(
         err=True,
     )
     click.echo(_cluster_banner(cluster, postgres=is_postgres(url), redis_up=redis_up), err=True)
+    if settings.bind.enabled or settings.token_format != "jwt":  # noqa: S105 - a format name
+        routes = describe(settings.bind.rules_in_order) if settings.bind.enabled else []
+        click.echo(
+            f"per-request tokens ({settings.token_format}, {settings.bind.ttl} s, {settings.alg})"
+            + (
+                f"; bound routes: {' '.join(routes)}; bodies hashed up to "
+                f"{settings.bind.max_body} bytes"
+                if routes
+                else ""
+            ),
+            err=True,
+        )
     if workers > 1:
         click.echo(
             f"{workers} worker processes, each with its own caches"

@@ -22,6 +22,7 @@ raw ``r || s`` signature of RFC 7518 §3.4, EdDSA = Ed25519/Ed448).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import secrets
 import time
@@ -114,6 +115,13 @@ def _sign(private_key: Any, alg: str, data: bytes) -> bytes:
     raise ConfigError(f"signing key of type {type(private_key).__name__} cannot sign {alg}")
 
 
+@functools.lru_cache(maxsize=64)
+def _header_segment(alg: str, kid: str, typ: str) -> str:
+    """The encoded protected header (the same for every token of one key: per-request minting
+    need not build it again)."""
+    return b64url_encode(_json({"alg": alg, "kid": kid, "typ": typ}))
+
+
 def sign_compact(key: SigningKeyLike, claims: Mapping[str, Any], *, typ: str = "JWT") -> str:
     """Sign ``claims`` with ``key`` as a compact JWS with header ``{alg, kid, typ}``.
 
@@ -121,8 +129,7 @@ def sign_compact(key: SigningKeyLike, claims: Mapping[str, Any], *, typ: str = "
         ConfigError: the private key does not fit the key's ``alg``.
         ValueError: a claim is not JSON-serialisable (NaN, a non-JSON type).
     """
-    header = {"alg": key.alg, "kid": key.kid, "typ": typ}
-    signing_input = b64url_encode(_json(header)) + "." + b64url_encode(_json(claims))
+    signing_input = _header_segment(key.alg, key.kid, typ) + "." + b64url_encode(_json(claims))
     signature = _sign(key.private_key, key.alg, signing_input.encode("ascii"))
     return signing_input + "." + b64url_encode(signature)
 

@@ -355,6 +355,14 @@ def origin(
         ",".join(algorithms),
         audience or "-",
     )
+    if bind_request:
+        logger.info(
+            "request binding on: public URL %s, replay cache %s (Redis down: %s), max body %d",
+            public_url or "(from each request's Host)",
+            "Redis" if replay_redis_url else "in memory",
+            replay_on_redis_down,
+            bind_max_body,
+        )
     if server == "granian":
         for sock in sockets:  # granian binds by itself: the check was all that was wanted
             sock.close()
