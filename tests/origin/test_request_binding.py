@@ -7,6 +7,7 @@ send an earlier request again. The origin must refuse each, and let the untouche
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -400,3 +401,58 @@ def test_a_bound_body_over_the_keyswap_origin_limit_is_413(chain: Chain) -> None
         chain.origin_url + "/big", content=b"ok", headers={"Authorization": f"Bearer {token}"}
     )
     assert response.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def wsgi_origin(chain: Chain) -> Iterator[str]:
+    from werkzeug.serving import make_server
+
+    from keyswap.verifier.wsgi import WSGIAuthMiddleware, get_claims
+
+    def echo(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length)
+        claims = get_claims(environ) or {}
+        data = json.dumps({"body": body.decode(), "htm": claims.get("htm")}).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [data]
+
+    verifier = Verifier(origin_config(chain.gateway))
+    app = WSGIAuthMiddleware(echo, verifier=verifier, public_url=chain.proxy_server.url)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(5)
+        verifier.close()
+
+
+class TestWSGI:
+    def test_the_untouched_request_reaches_the_app_with_its_body(
+        self, chain: Chain, wsgi_origin: str
+    ) -> None:
+        with proxy_to(chain, wsgi_origin):
+            response = chain.call("PUT", "/things/1?v=2", content=b"thing")
+        assert response.status_code == 200, response.text
+        assert response.json() == {"body": "thing", "htm": "PUT"}
+
+    @pytest.mark.parametrize(
+        "tamper",
+        [Tamper(method="POST"), Tamper(path="/things/2"), Tamper(query=b"v=3"), Tamper(body=b"x")],
+        ids=["method", "path", "query", "body"],
+    )
+    def test_a_tampered_request_is_refused(
+        self, chain: Chain, wsgi_origin: str, tamper: Tamper
+    ) -> None:
+        with proxy_to(chain, wsgi_origin):
+            chain.proxy.tamper = tamper
+            assert_refused(chain.call("PUT", "/things/1?v=2", content=b"thing"))
+
+    def test_a_replay_is_refused(self, chain: Chain, wsgi_origin: str) -> None:
+        with proxy_to(chain, wsgi_origin):
+            assert chain.call("GET", "/things").status_code == 200
+        assert chain.proxy.last is not None
+        assert_refused(replay(wsgi_origin, chain.proxy.last))

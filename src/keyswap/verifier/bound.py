@@ -53,7 +53,8 @@ class RequestBinder:
         issuer_config: ``iss`` -> its :class:`IssuerConfig` or ``None`` (``Verifier.issuer_config``).
         public_url: the base URL the origin is reached by as the gateway sees it (``None``: the
             request's scheme and ``Host``); see :class:`~keyswap.verifier.binding.PublicBase`.
-        replay_cache: where ``jti`` values are recorded (default: a bounded in-memory cache).
+        replay_cache: where ``jti`` values are recorded (default: a bounded in-memory cache); ASGI
+            uses its ``first_use``, WSGI its ``first_use_sync``.
         allow_unbound_body: accept tokens with ``htd: "unbound"`` (the gateway forwarded a large body
             unhashed); ``False`` refuses them.
         clock: wall-clock seconds (the verifier's clock).
@@ -67,15 +68,14 @@ class RequestBinder:
         issuer_config: Callable[[object], IssuerConfig | None],
         *,
         public_url: str | None = None,
-        replay_cache: ReplayCache | None = None,
+        replay_cache: ReplayCache | SyncReplayCache | None = None,
         allow_unbound_body: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._issuer_config = issuer_config
         self.public = PublicBase(public_url)
-        self.replay_cache: ReplayCache = (
-            replay_cache if replay_cache is not None else MemoryReplayCache()
-        )
+        # ASGI needs ``first_use``, WSGI ``first_use_sync`` (keyswap's caches have both).
+        self.replay_cache: Any = replay_cache if replay_cache is not None else MemoryReplayCache()
         self.allow_unbound_body = allow_unbound_body
         self._clock = clock
 
