@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -204,3 +204,40 @@ class TestAdaptersThatDoNotEnforce:
         cfg = IssuerConfig(issuer=ISS, jwks_url=server.url, algorithms=("ES256",))
         with Verifier(cfg) as verifier:
             assert isinstance(Guard(verifier).authenticate_sync("Bearer " + bound()), dict)
+
+
+def test_a_bound_token_never_opens_a_websocket(server: JWKSServer) -> None:
+    opened: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        opened.append(True)
+
+    sent: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        inbound = [{"type": "websocket.connect"}]
+
+        async def receive() -> dict[str, Any]:
+            return inbound.pop(0)
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(dict(message))
+
+        with Verifier(config(server)) as verifier:
+            middleware = JWTAuthMiddleware(app, verifier=verifier)
+            scope = {
+                "type": "websocket",
+                "path": "/p",
+                "raw_path": b"/p",
+                "query_string": b"",
+                "scheme": "ws",
+                "headers": [
+                    (b"host", b"origin.test"),
+                    (b"authorization", f"Bearer {bound(htm='GET')}".encode()),
+                ],
+            }
+            await middleware(scope, receive, send)
+
+    asyncio.run(scenario())
+    assert opened == []
+    assert sent == [{"type": "websocket.close", "code": 1008}]

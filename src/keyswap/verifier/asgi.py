@@ -274,8 +274,11 @@ class JWTAuthMiddleware:
             claims = self._lookup(token) if self._lookup is not None else None
             if claims is None:
                 claims = await self.verifier.verify(token)
-            if self.binder is not None and kind == "http":
-                receive = await self.binder.enforce(scope, receive, claims)
+            if self.binder is not None:
+                if kind == "http":
+                    receive = await self.binder.enforce(scope, receive, claims)
+                else:
+                    self.binder.refuse_websocket(claims)
         except Exception as exc:
             if (
                 token is not None

@@ -126,6 +126,18 @@ class RequestBinder:
             raise ReplayedToken("the token was already used")
         return receive
 
+    def refuse_websocket(self, claims: dict[str, Any]) -> None:
+        """A websocket handshake with a token of a bound issuer: refused (the gateway never binds
+        websockets, so such a token was taken from an HTTP request).
+
+        Raises:
+            RequestMismatch: the token's issuer binds requests.
+        """
+        config = self._issuer_config(claims.get("iss"))
+        if config is not None and config.bind_request:
+            logger.info("bound token refused for a websocket handshake")
+            raise RequestMismatch(detail="a bound token on a websocket handshake")
+
     def enforce_wsgi(self, environ: dict[str, Any], claims: dict[str, Any]) -> None:
         """:meth:`enforce` for a WSGI request: the body is read (bounded) from ``wsgi.input`` and put
         back as an in-memory stream. The replay cache must have ``first_use_sync``.
