@@ -456,3 +456,23 @@ class TestWSGI:
             assert chain.call("GET", "/things").status_code == 200
         assert chain.proxy.last is not None
         assert_refused(replay(wsgi_origin, chain.proxy.last))
+
+
+def test_a_client_supplied_txn_token_or_content_digest_never_reaches_the_origin(
+    chain: Chain,
+) -> None:
+    response = httpx.post(
+        chain.gateway.url + "/items",
+        content=b"real",
+        headers={
+            "Authorization": f"Bearer {chain.gateway.key}",
+            "Txn-Token": "forged.token.here",
+            "Content-Digest": "sha-256=:AAAA:",
+        },
+        timeout=10,
+    )
+    assert response.status_code == 200
+    assert chain.proxy.last is not None
+    forwarded = dict(chain.proxy.last.headers)
+    assert b"txn-token" not in forwarded
+    assert forwarded[b"content-digest"] == content_digest(b"real").encode()
