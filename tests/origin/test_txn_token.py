@@ -117,3 +117,49 @@ def test_the_gateway_logs_the_transaction_id(pair: Pair, caplog: pytest.LogCaptu
         txn = pair.call("GET", "/logged").json()["txn"]
     assert any(txn in record.getMessage() for record in caplog.records)
     assert not any(pair.gateway.key in record.getMessage() for record in caplog.records)
+
+
+def test_a_wsgi_app_reads_the_transaction_token_from_its_header(pair: Pair) -> None:
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from keyswap.verifier.wsgi import WSGIAuthMiddleware, get_claims
+
+    def echo(environ: dict[str, object], start_response: object) -> list[bytes]:
+        claims = get_claims(environ) or {}
+        start_response("200 OK", [("Content-Type", "text/plain")])  # type: ignore[operator]
+        return [str(claims.get("txn")).encode()]
+
+    gateway = pair.gateway
+    config = IssuerConfig(
+        issuer=gateway.app.settings.issuer,
+        jwks_url=gateway.url + JWKS_PATH,
+        algorithms=("EdDSA",),
+        audience=gateway.app.settings.audience,
+        profile="txn-token",
+        bind_request=True,
+    )
+    verifier = Verifier(config)
+    server = make_server(
+        "127.0.0.1", 0, WSGIAuthMiddleware(echo, verifier=verifier, token_header="txn-token")
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        principal = gateway.admin.authenticate(gateway.key, gateway.clock())
+        token, _ = gateway.app.minter.mint_per_request(
+            principal, {"htm": "GET", "htu": base + "/w"}, ttl=30, txn="t-wsgi"
+        )
+        bearer = httpx.get(base + "/w", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert bearer.status_code == 401
+        ok = httpx.get(base + "/w", headers={"Txn-Token": token}, timeout=10)
+        assert ok.status_code == 200, ok.text
+        assert ok.text == "t-wsgi"
+        again = httpx.get(base + "/w", headers={"Txn-Token": token}, timeout=10)
+        assert again.status_code == 401
+    finally:
+        server.shutdown()
+        thread.join(5)
+        verifier.close()

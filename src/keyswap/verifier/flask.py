@@ -139,6 +139,8 @@ class KeyswapFlask:
         replay_cache: where bound tokens' ``jti`` values are recorded: a ``MemoryReplayCache``
             (default, per process) or a ``RedisReplayCache`` shared by every worker.
         allow_unbound_body: accept bound tokens whose body the gateway forwarded unhashed.
+        token_header: ``"authorization"`` or ``"txn-token"`` (Transaction Tokens in the
+            ``Txn-Token`` header; use an issuer with ``profile="txn-token"``).
 
     Raises:
         ConfigError: no verifier and no ``KEYSWAP_*`` config, a bad realm or exempt path.
@@ -160,6 +162,7 @@ class KeyswapFlask:
         public_url: str | None = None,
         replay_cache: SyncReplayCache | None = None,
         allow_unbound_body: bool = True,
+        token_header: str = "authorization",  # noqa: S107 - a header name
     ) -> None:
         self.verifier = verifier
         self._binding: dict[str, Any] = {
@@ -177,6 +180,7 @@ class KeyswapFlask:
             "max_token_size": max_token_size,
             "logger_name": "keyswap.verifier.flask",
             "enforces_binding": True,
+            "token_header": token_header,
         }
         if verifier is not None:
             Guard(verifier, **self._options)  # validate eagerly, before any app exists
@@ -227,7 +231,7 @@ class _AppState:
         self.guard.ensure_started()
         claims = self._verified()
         if claims is None:
-            result = self.guard.authenticate_sync(request.environ.get("HTTP_AUTHORIZATION"))
+            result = self.guard.authenticate_sync(request.environ.get(self.guard.environ_key))
             if isinstance(result, Rejection):
                 self.guard.responder.log(request.method, request.path, result)
                 return result

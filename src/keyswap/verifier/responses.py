@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from keyswap.errors import ConfigError, InsufficientScope, UnboundToken
 from keyswap.verifier.asgi import JWTAuthMiddleware, Receive, Scope, Send, sanitize_description
-from keyswap.verifier.extract import DEFAULT_MAX_TOKEN_SIZE, bearer_token
+from keyswap.verifier.extract import DEFAULT_MAX_TOKEN_SIZE, bearer_token, txn_token
 from keyswap.verifier.permissions import (
     DEFAULT_PERMISSION_CLAIMS,
     ClaimPath,
@@ -205,6 +205,8 @@ class Guard:
         error_descriptions: include ``error_description`` in challenges.
         max_token_size: longer ``Authorization`` values are rejected before any other work.
         logger_name: where rejections are logged.
+        token_header: ``"authorization"`` (``Bearer``) or ``"txn-token"`` (a Transaction Token: the
+            value passed to :meth:`authenticate_sync` is then the ``Txn-Token`` header's).
         enforces_binding: the adapter checks request-bound tokens itself (Flask). Otherwise a
             token from an issuer with ``bind_request=True`` that this guard verifies is refused
             (401): accepting it without checking method, URL, body and replay would defeat the
@@ -227,8 +229,14 @@ class Guard:
         max_token_size: int = DEFAULT_MAX_TOKEN_SIZE,
         logger_name: str = "keyswap.verifier",
         enforces_binding: bool = False,
+        token_header: str = "authorization",  # noqa: S107 - a header name
     ) -> None:
+        if token_header not in ("authorization", "txn-token"):
+            raise ConfigError("token_header must be 'authorization' or 'txn-token'")
         self.verifier = verifier
+        self.txn = token_header == "txn-token"  # noqa: S105
+        #: The WSGI environ key of the header the token is read from.
+        self.environ_key = "HTTP_TXN_TOKEN" if self.txn else "HTTP_AUTHORIZATION"
         self._unenforced: Any = None
         if not enforces_binding and isinstance(verifier, Verifier) and verifier.binds_requests:
             self._unenforced = verifier.issuer_config
@@ -277,12 +285,23 @@ class Guard:
     def authenticate_sync(
         self, authorization: str | bytes | None, scopes: Sequence[str] = ()
     ) -> dict[str, Any] | Rejection:
-        """Verify the ``Authorization`` header value (``None`` when absent) with ``verify_sync``."""
+        """Verify the ``Authorization`` header value (``None`` when absent) with ``verify_sync``
+        (with ``token_header="txn-token"``: the ``Txn-Token`` header value)."""
         token: str | None = None
         try:
-            token = bearer_token(
-                headers_from_authorization(authorization), max_size=self.max_token_size
-            )
+            if self.txn:
+                raw = (
+                    authorization.encode("latin-1")
+                    if isinstance(authorization, str)
+                    else authorization
+                )
+                token = txn_token(
+                    [(b"txn-token", raw)] if raw is not None else [], max_size=self.max_token_size
+                )
+            else:
+                token = bearer_token(
+                    headers_from_authorization(authorization), max_size=self.max_token_size
+                )
             claims = self.verifier.verify_sync(token)
             self._refuse_unenforced(claims)
         except Exception as exc:

@@ -68,6 +68,8 @@ class WSGIAuthMiddleware:
         replay_cache: where bound tokens' ``jti`` values are recorded: ``MemoryReplayCache``
             (default, per process) or ``RedisReplayCache`` (shared by every worker process).
         allow_unbound_body: accept bound tokens whose body the gateway forwarded unhashed.
+        token_header: ``"authorization"`` or ``"txn-token"`` (Transaction Tokens in the
+            ``Txn-Token`` header; use an issuer with ``profile="txn-token"``).
 
     Raises:
         ConfigError: a bad realm or exempt path.
@@ -89,6 +91,7 @@ class WSGIAuthMiddleware:
         public_url: str | None = None,
         replay_cache: SyncReplayCache | None = None,
         allow_unbound_body: bool = True,
+        token_header: str = "authorization",  # noqa: S107 - a header name
     ) -> None:
         self.app = app
         self.verifier = verifier
@@ -102,6 +105,7 @@ class WSGIAuthMiddleware:
             max_token_size=max_token_size,
             logger_name="keyswap.verifier.wsgi",
             enforces_binding=True,
+            token_header=token_header,
         )
         self._start = start
         #: Checks request-bound tokens (``None`` when no issuer of the verifier binds requests).
@@ -121,7 +125,7 @@ class WSGIAuthMiddleware:
         path = environ.get("PATH_INFO") or "/"
         if self.guard.is_exempt(path):
             return self.app(environ, start_response)
-        result = self.guard.authenticate_sync(environ.get("HTTP_AUTHORIZATION"), self.scopes)
+        result = self.guard.authenticate_sync(environ.get(self.guard.environ_key), self.scopes)
         if isinstance(result, Rejection):
             self.guard.responder.log(environ.get("REQUEST_METHOD", ""), path, result)
             return respond(result, start_response)
