@@ -48,6 +48,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -62,6 +63,16 @@ from keyswap.errors import (
     UpstreamTimeout,
 )
 from keyswap.gateway.accesslog import AccessLog
+from keyswap.gateway.binding import (
+    TOKEN_FORMATS,
+    BindPolicy,
+    BindRule,
+    BodyTooLarge,
+    ClientLeft,
+    ReadBody,
+    binding_claims,
+    read_body,
+)
 from keyswap.gateway.changefeed import FULL, ChangeFeed, Changes
 from keyswap.gateway.cluster import ClusterSettings
 from keyswap.gateway.headerpolicy import HeaderPolicy
@@ -72,6 +83,7 @@ from keyswap.gateway.mint import SIGNING_ALGORITHMS, PrincipalLike, SigningKeyLi
 from keyswap.gateway.proxy import (
     BadTarget,
     ClientGone,
+    ForwardedHeaders,
     HeadersTooLarge,
     Message,
     Receive,
@@ -96,6 +108,7 @@ from keyswap.gateway.ratelimit import (
 from keyswap.gateway.storecalls import StoreCalls, StoreTimeout
 from keyswap.gateway.wellknown import DEFAULT_MAX_AGE, WellKnown, issuer_for
 from keyswap.gateway.wsrelay import WebSocketLimits, handshake_headers, relay, upstream_ws_url
+from keyswap.verifier.binding import UNBOUND_BODY
 
 if TYPE_CHECKING:  # the tracing module imports OpenTelemetry: only when tracing is on
     from keyswap.gateway.secretscanning import SecretScanning, SecretScanningSettings
@@ -197,6 +210,11 @@ class GatewaySettings:
             rules (``--drop-header``; :mod:`keyswap.gateway.headerpolicy`).
         forward_headers_only: when given, the only request headers forwarded (names or patterns),
             besides those the gateway sets itself (``--forward-headers-only``).
+        bind: which requests get a request-bound token (``--bind-request``, ``--bind-route``;
+            :mod:`keyswap.gateway.binding`).
+        token_format: ``"jwt"`` (``Authorization: Bearer``) or ``"txn-token"`` (a Transaction Token
+            in the ``Txn-Token`` header, minted per request).
+        txn_purpose: the ``purp`` claim of Transaction Tokens.
     """
 
     upstream: str
@@ -214,6 +232,9 @@ class GatewaySettings:
     key_prefix: str = "ks"
     drop_headers: tuple[str, ...] = ()
     forward_headers_only: tuple[str, ...] | None = None
+    bind: BindPolicy = field(default_factory=BindPolicy)
+    token_format: str = "jwt"  # noqa: S105 - a format name
+    txn_purpose: str = "api"
     issuer: str = field(init=False)
     header_policy: HeaderPolicy = field(init=False, repr=False, compare=False)
 
@@ -223,6 +244,10 @@ class GatewaySettings:
                 f"alg must be one of {', '.join(SIGNING_ALGORITHMS)}, got {self.alg!r}"
             )
         validate_upstream(self.upstream)
+        if self.token_format not in TOKEN_FORMATS:
+            raise ConfigError(f"token format must be one of {', '.join(TOKEN_FORMATS)}")
+        if not self.txn_purpose or not self.txn_purpose.isprintable():
+            raise ConfigError("the transaction token purpose must be printable and non-empty")
         object.__setattr__(
             self, "header_policy", HeaderPolicy(self.drop_headers, self.forward_headers_only)
         )
@@ -273,6 +298,7 @@ BAD_GATEWAY = _text(502, "Bad gateway")
 GATEWAY_TIMEOUT = _text(504, "Gateway timeout")
 UNAVAILABLE = _text(503, "Service unavailable", (b"retry-after", b"5"))
 TOO_MANY_CONNECTIONS = _text(429, "Too many concurrent requests", (b"retry-after", b"1"))
+PAYLOAD_TOO_LARGE = _text(413, "Payload too large")
 METHOD_NOT_ALLOWED = _text(
     405, "Method not allowed", (b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
 )
@@ -426,6 +452,9 @@ class GatewayApp:
             timeout=settings.upstream_timeout,
             max_connections=settings.max_connections,
         )
+        self._binds = settings.bind.enabled
+        self._bind_match = settings.bind.match
+        self._txn = settings.token_format == "txn-token"  # noqa: S105
         #: Requests in flight to the upstream, per consumer id (see ``max_connections_per_consumer``).
         self.in_flight: dict[int, int] = {}
         self._prepared = False
@@ -795,15 +824,18 @@ class GatewayApp:
             except BadTarget:
                 status = await _respond(send, BAD_REQUEST)
                 return
-            try:
-                if trace is None or not trace.recording:
-                    token = self.minter.token_for(principal).token
-                else:
-                    token = trace.call("keyswap.mint", self.minter.token_for, principal).token
-            except (KeysUnavailable, ConfigError) as exc:
-                logger.error("cannot mint a token: %s", exc.reason)
-                status = await _respond(send, UNAVAILABLE)
-                return
+            rule = self._bind_match(method, raw_path) if self._binds else None
+            token = ""
+            if rule is None and not self._txn:
+                try:
+                    if trace is None or not trace.recording:
+                        token = self.minter.token_for(principal).token
+                    else:
+                        token = trace.call("keyswap.mint", self.minter.token_for, principal).token
+                except (KeysUnavailable, ConfigError) as exc:
+                    logger.error("cannot mint a token: %s", exc.reason)
+                    status = await _respond(send, UNAVAILABLE)
+                    return
             try:
                 headers = forwarded_request_headers(
                     scope["headers"],
@@ -815,7 +847,24 @@ class GatewayApp:
             except HeadersTooLarge:
                 status = await _respond(send, HEADERS_TOO_LARGE)
                 return
-            headers["authorization"] = "Bearer " + token
+            preread: ReadBody | None = None
+            if token:
+                headers["authorization"] = "Bearer " + token
+            else:
+                try:
+                    preread = await self._per_request_token(
+                        scope, receive, principal, rule, url, headers
+                    )
+                except BodyTooLarge:
+                    status = await _respond(send, PAYLOAD_TOO_LARGE)
+                    return
+                except ClientLeft:
+                    status = 499
+                    return
+                except (KeysUnavailable, ConfigError) as exc:
+                    logger.error("cannot mint a token: %s", exc.reason)
+                    status = await _respond(send, UNAVAILABLE)
+                    return
             holder: int = getattr(principal, "consumer_id", 0)
             held = self.in_flight.get(holder, 0)
             if held >= self._connection_cap(principal):
@@ -829,13 +878,19 @@ class GatewayApp:
             forwarding = time.perf_counter()
             try:
                 if trace is None:
-                    status = await self.proxy.forward(scope, receive, send, url, headers, exchange)
+                    status = await self.proxy.forward(
+                        scope, receive, send, url, headers, exchange, preread=preread
+                    )
                 elif not trace.recording:  # not sampled: the origin still gets a traceparent
                     trace.propagate(headers)
-                    status = await self.proxy.forward(scope, receive, send, url, headers, exchange)
+                    status = await self.proxy.forward(
+                        scope, receive, send, url, headers, exchange, preread=preread
+                    )
                 else:
                     status = await trace.upstream(
-                        lambda s, r, w, u, h: self.proxy.forward(s, r, w, u, h, exchange),
+                        lambda s, r, w, u, h: self.proxy.forward(
+                            s, r, w, u, h, exchange, preread=preread
+                        ),
                         scope,
                         receive,
                         send,
@@ -875,6 +930,71 @@ class GatewayApp:
                 metrics.observe(status, time.perf_counter() - started)
             if trace is not None:
                 trace.finish(status)
+
+    async def _per_request_token(
+        self,
+        scope: Scope,
+        receive: Receive,
+        principal: PrincipalLike,
+        rule: BindRule | None,
+        target: bytes,
+        headers: ForwardedHeaders,
+    ) -> ReadBody | None:
+        """Mint this request's own token (bound when ``rule`` says so, a Transaction Token in
+        txn-token mode) and set it, and ``Content-Digest``, on ``headers``; returns the body read
+        ahead of forwarding (``None``: nothing read).
+
+        Raises:
+            BodyTooLarge: a bound body over the limit on a route without the opt-out (413).
+            ClientLeft: the client left while its body was read.
+            KeysUnavailable, ConfigError: no signing key can sign.
+        """
+        settings = self.settings
+        policy = settings.bind
+        binding: dict[str, Any] = {}
+        body: ReadBody | None = None
+        headers.items = [(n, v) for n, v in headers.items if n != b"content-digest"]
+        if rule is not None:
+            if headers.has_body:
+                body = await read_body(
+                    receive,
+                    declared=headers.content_length,
+                    limit=policy.max_body,
+                    unbound_ok=rule.unbound_body,
+                )
+            origin = self.proxy.origin
+            query: bytes = scope.get("query_string", b"")
+            path = target[: len(target) - len(query) - 1] if query else target
+            binding = binding_claims(
+                method=scope["method"],
+                scheme=origin.scheme,
+                authority=origin.host_header.decode("ascii"),
+                path=path.decode("latin-1"),
+                query=query,
+                body=body,
+                max_body=policy.max_body,
+            )
+            digest = binding.get("htd")
+            if digest is not None and digest != UNBOUND_BODY:
+                headers["content-digest"] = digest
+        if self._txn:
+            txn = str(uuid.uuid4())
+            client = scope.get("client")
+            requester = {"req_ip": client[0]} if client else {}
+            token, _ = self.minter.mint_per_request(
+                principal,
+                binding,
+                ttl=policy.ttl,
+                txn=txn,
+                purpose=settings.txn_purpose,
+                requester=requester,
+            )
+            headers["txn-token"] = token
+            logger.info("txn %s for consumer %s", txn, principal.consumer)
+        else:
+            token, _ = self.minter.mint_per_request(principal, binding, ttl=policy.ttl)
+            headers["authorization"] = "Bearer " + token
+        return body
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A websocket handshake: the same checks as any request, refusals answered as plain HTTP

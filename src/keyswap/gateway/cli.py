@@ -36,6 +36,15 @@ from keyswap.cli_support import OneLineErrorsCommand, OneLineErrorsGroup, OneLin
 from keyswap.durations import format_duration
 from keyswap.errors import ConfigError, KeyswapError
 from keyswap.gateway.apikeys import DEFAULT_PREFIX
+from keyswap.gateway.binding import (
+    BOUND_DEFAULT_ALG,
+    DEFAULT_BIND_MAX_BODY,
+    DEFAULT_BIND_TTL,
+    TOKEN_FORMATS,
+    BindPolicy,
+    describe,
+    parse_bind_route,
+)
 from keyswap.gateway.keymaterial import SIGNING_ALGORITHMS
 from keyswap.gateway.keyring import DEFAULT_CACHE_MARGIN, DEFAULT_TOKEN_TTL, Keyring
 from keyswap.gateway.secret import ServerSecret, default_secret_file, load_secret
@@ -1473,9 +1482,60 @@ def _url_host(host: str) -> str:
     "--alg",
     envvar="KEYSWAP_ALG",
     type=click.Choice(SIGNING_ALGORITHMS),
-    default="RS256",
+    default=None,
+    help="Algorithm of the signing keys created on first start. Default: RS256; "
+    f"{BOUND_DEFAULT_ALG} with --bind-request/--bind-route/--token-format txn-token "
+    "(per-request signing). $KEYSWAP_ALG.",
+)
+@click.option(
+    "--bind-request/--no-bind-request",
+    envvar="KEYSWAP_BIND_REQUEST",
+    default=False,
     show_default=True,
-    help="Algorithm of the signing keys created on first start. $KEYSWAP_ALG.",
+    help="Give every request its own token bound to its method, URL, query and body "
+    "(docs/request-binding.md). $KEYSWAP_BIND_REQUEST.",
+)
+@click.option(
+    "--bind-route",
+    "bind_routes",
+    envvar="KEYSWAP_BIND_ROUTES",
+    multiple=True,
+    metavar="METHOD:/PREFIX[:unbound-body]",
+    help="Bind requests of this route only (METHOD may be * or GET,POST); ':unbound-body' forwards "
+    "bodies over --bind-max-body unhashed instead of 413. Repeatable. $KEYSWAP_BIND_ROUTES.",
+)
+@click.option(
+    "--bind-max-body",
+    envvar="KEYSWAP_BIND_MAX_BODY",
+    type=click.IntRange(0, 1 << 30),
+    default=DEFAULT_BIND_MAX_BODY,
+    show_default=True,
+    help="Largest body (bytes) hashed before forwarding a bound request; larger: 413. "
+    "$KEYSWAP_BIND_MAX_BODY.",
+)
+@click.option(
+    "--bind-ttl",
+    envvar="KEYSWAP_BIND_TTL",
+    type=Seconds(1, 3600, whole=True),
+    default=DEFAULT_BIND_TTL,
+    show_default=True,
+    help="Lifetime of per-request tokens (seconds). $KEYSWAP_BIND_TTL.",
+)
+@click.option(
+    "--token-format",
+    envvar="KEYSWAP_TOKEN_FORMAT",
+    type=click.Choice(TOKEN_FORMATS),
+    default="jwt",
+    show_default=True,
+    help="jwt: Authorization: Bearer; txn-token: a Transaction Token per request in the Txn-Token "
+    "header (draft-ietf-oauth-transaction-tokens-10). $KEYSWAP_TOKEN_FORMAT.",
+)
+@click.option(
+    "--txn-purpose",
+    envvar="KEYSWAP_TXN_PURPOSE",
+    default="api",
+    show_default=True,
+    help="`purp` claim of Transaction Tokens. $KEYSWAP_TXN_PURPOSE.",
 )
 @click.option(
     "--trust-forwarded/--no-trust-forwarded",
@@ -1790,7 +1850,13 @@ def gateway(
     audience: str | None,
     token_ttl: int,
     upstream_timeout: float,
-    alg: str,
+    alg: str | None,
+    bind_request: bool,
+    bind_routes: tuple[str, ...],
+    bind_max_body: int,
+    bind_ttl: int,
+    token_format: str,
+    txn_purpose: str,
     trust_forwarded: bool,
     drop_headers: tuple[str, ...],
     forward_headers_only: str | None,
@@ -1852,6 +1918,20 @@ def gateway(
 
     try:
         websocket_limits = WebSocketLimits(websocket_idle_timeout, websocket_max_lifetime)
+        bind = BindPolicy(
+            tuple(
+                parse_bind_route(part)
+                for value in bind_routes
+                for part in value.split()
+                if part.strip()
+            ),
+            bind_all=bind_request,
+            max_body=bind_max_body,
+            ttl=bind_ttl,
+        )
+        if alg is None:
+            per_request = bind.enabled or token_format == "txn-token"  # noqa: S105
+            alg = BOUND_DEFAULT_ALG if per_request else "RS256"
         settings = GatewaySettings(
             upstream=upstream.strip(),
             public_url=(public_url or f"http://{_url_host(host)}:{port}").strip(),
@@ -1859,6 +1939,9 @@ def gateway(
             token_ttl=token_ttl,
             upstream_timeout=upstream_timeout,
             alg=alg,
+            bind=bind,
+            token_format=token_format,
+            txn_purpose=txn_purpose.strip(),
             trust_forwarded=trust_forwarded,
             max_connections=max_connections,
             max_connections_per_consumer=max_connections_per_consumer,
@@ -1980,6 +2063,17 @@ def gateway(
                 f"{tracing_settings.sample_rate:g} of new traces sampled"
                 if tracing_settings.sample_rate is not None
                 else "sampled as OTEL_TRACES_SAMPLER says"
+            )
+        )
+    if settings.bind.enabled or settings.token_format != "jwt":  # noqa: S105 - a format name
+        routes = describe(settings.bind.rules_in_order) if settings.bind.enabled else []
+        say(
+            f"per-request tokens ({settings.token_format}, {settings.bind.ttl} s, {settings.alg})"
+            + (
+                f"; bound routes: {' '.join(routes)}; bodies hashed up to "
+                f"{settings.bind.max_body} bytes"
+                if routes
+                else ""
             )
         )
     if workers > 1:

@@ -45,7 +45,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from keyswap.errors import UpstreamError
 from keyswap.gateway.headerpolicy import DEFAULT_POLICY, HOP_BY_HOP, HeaderPolicy
@@ -92,6 +92,16 @@ _ENCODED_SLASH = re.compile(rb"\\|%2f|%5c|%252f|%255c", re.IGNORECASE)
 # Bodies announced at or below this size are read in one go and sent in one ASGI message.
 _SMALL_BODY = 64 * 1024
 _NO_LENGTH = (204, 304)
+
+
+class PrereadBody(Protocol):
+    """A request body read ahead of forwarding (:class:`keyswap.gateway.binding.ReadBody`)."""
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def complete(self) -> bool: ...
 
 
 class BadTarget(Exception):
@@ -323,6 +333,11 @@ class UpstreamProxy:
         return str(self._pool.origin)
 
     @property
+    def origin(self) -> Origin:
+        """The parsed upstream (scheme, host, port, path prefix)."""
+        return self._pool.origin
+
+    @property
     def pool(self) -> UpstreamPool:
         """The connection pool (for diagnostics and tests)."""
         return self._pool
@@ -367,11 +382,15 @@ class UpstreamProxy:
         target: bytes,
         headers: ForwardedHeaders,
         exchange: Exchange | None = None,
+        *,
+        preread: PrereadBody | None = None,
     ) -> int:
         """Send the request upstream and stream the answer back; returns the status sent.
 
         ``exchange``: filled with the body bytes relayed each way and the upstream latency (to the
-        response head), for the usage meter.
+        response head), for the usage meter. ``preread``: the body (or its first part,
+        ``complete=False``) was already read from ``receive`` (request binding hashes it first); it
+        is sent, then the rest is streamed.
 
         Raises:
             UpstreamError: the upstream is unreachable or answered garbage (nothing was sent yet).
@@ -381,7 +400,14 @@ class UpstreamProxy:
         body: bytes | AsyncIterator[bytes] | None = None
         streamed: _StreamedBody | None = None
         length: int | None = None
-        if headers.has_body:
+        if preread is not None:
+            if preread.complete:
+                body = preread.data
+            else:
+                streamed = _StreamedBody(preread.data, receive)
+                body = streamed.__aiter__()
+                length = headers.content_length
+        elif headers.has_body:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise ClientGone
