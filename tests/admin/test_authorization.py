@@ -30,6 +30,20 @@ ROUTES: list[Route] = [
     ("GET", "/v1/consumers/acme", "consumers:read", lambda: None),
     ("PATCH", "/v1/consumers/acme", "consumers:write", lambda: {"metadata": {"n": next(_counter)}}),
     ("DELETE", "/v1/consumers/{victim}", "consumers:write", lambda: None),
+    ("GET", "/v1/consumers/acme/members", "consumers:read", lambda: None),
+    (
+        "POST",
+        "/v1/consumers/acme/members",
+        "consumers:write",
+        lambda: {"kind": "email", "value": f"m{next(_counter)}@example.com"},
+    ),
+    ("DELETE", "/v1/consumers/acme/members/{member}", "consumers:write", lambda: None),
+    (
+        "POST",
+        "/v1/consumers/acme/portal-links",
+        "consumers:write",
+        lambda: {"email": "dev@example.com"},
+    ),
     ("POST", "/v1/consumers/acme/keys", "keys:write", lambda: {}),
     ("GET", "/v1/consumers/acme/keys", "keys:read", lambda: None),
     ("GET", "/v1/keys", "keys:read", lambda: None),
@@ -82,6 +96,14 @@ def _path(api: AdminApi, template: str) -> str:
         name = f"victim{next(_counter)}"
         assert api.request("POST", "/v1/consumers", json={"name": name}).status_code == 201
         values["victim"] = name
+    if "{member}" in template:
+        member = api.request(
+            "POST",
+            "/v1/consumers/acme/members",
+            json={"kind": "subject", "value": f"sub-{next(_counter)}"},
+        )
+        assert member.status_code == 201, member.text
+        values["member"] = str(member.json()["id"])
     if "{key}" in template or "{fresh_key}" in template:
         key_id = api.request("POST", "/v1/consumers/acme/keys").json()["id"]
         values["key"] = values["fresh_key"] = key_id
@@ -109,7 +131,8 @@ def test_the_matrix_covers_every_route(api: AdminApi) -> None:
             t.replace("{victim}", "{name}")
             .replace("acme", "{name}")
             .replace("{key}", "{key_id}")
-            .replace("{fresh_key}", "{key_id}"),
+            .replace("{fresh_key}", "{key_id}")
+            .replace("{member}", "{member_id}"),
         )
         for m, t, _, _ in ROUTES
     }
@@ -120,6 +143,7 @@ def test_the_matrix_covers_every_route(api: AdminApi) -> None:
             .replace("acme", "{name}")
             .replace("{key}", "{key_id}")
             .replace("{fresh_key}", "{key_id}")
+            .replace("{member}", "{member_id}")
         )
         op = spec["paths"][path][method.lower()]
         assert op["security"] == [{"adminToken": [scope]}]

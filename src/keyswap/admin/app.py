@@ -13,7 +13,14 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from keyswap import __version__
-from keyswap.admin import routes_audit, routes_consumers, routes_health, routes_keys, routes_signing
+from keyswap.admin import (
+    routes_audit,
+    routes_consumers,
+    routes_health,
+    routes_keys,
+    routes_members,
+    routes_signing,
+)
 from keyswap.admin.docs_page import render_docs
 from keyswap.admin.middleware import MAX_BODY, AdminMiddleware, request_id_of
 from keyswap.admin.problems import (
@@ -200,7 +207,14 @@ def build_admin_app(state: AdminState, *, max_body: int = MAX_BODY) -> FastAPI:
     )
     app.state.admin = state
     _install_handlers(app)
-    for module in (routes_health, routes_consumers, routes_keys, routes_signing, routes_audit):
+    for module in (
+        routes_health,
+        routes_consumers,
+        routes_members,
+        routes_keys,
+        routes_signing,
+        routes_audit,
+    ):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

@@ -146,6 +146,14 @@ def _oidc(
     envvar="KEYSWAP_ADMIN_OIDC_PROFILE",
     help="Require RFC 9068 JWT access tokens (typ at+jwt; also $KEYSWAP_ADMIN_OIDC_PROFILE).",
 )
+@click.option(
+    "--portal-url",
+    metavar="URL",
+    default=None,
+    envvar="KEYSWAP_PORTAL_PUBLIC_URL",
+    help="The developer portal's public URL (also $KEYSWAP_PORTAL_PUBLIC_URL): sign-in links made "
+    "with POST /v1/consumers/{name}/portal-links come back whole.",
+)
 @key_prefix_option
 @db_option
 @secret_file_option
@@ -160,6 +168,7 @@ def admin(
     oidc_jwks_url: str | None,
     oidc_scopes_claims: tuple[str, ...],
     oidc_profile: str | None,
+    portal_url: str | None,
     key_prefix: str,
     db_url: str | None,
     secret_file: str | None,
@@ -203,6 +212,7 @@ def admin(
                 key_prefix=key_prefix,
                 audit_retention=audit_retention_from_env(),
                 oidc=oidc,
+                portal_url=(portal_url or "").strip() or None,
             )
             app = build_admin_app(state)
             bound = sockets[0].getsockname()[1]

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 __all__ = ["ACTOR_KINDS", "Actor"]
 
 #: ``token``: an admin token (by name); ``oidc``: a subject from the identity provider; ``cli``: the
-#: command line (the OS user); ``system``: an automatic action (scheduled signing-key rotation).
-ACTOR_KINDS = ("token", "oidc", "cli", "system")
+#: command line (the OS user); ``system``: an automatic action (scheduled signing-key rotation);
+#: ``portal``: a person signed in to the developer portal (their e-mail address, else their OIDC subject).
+ACTOR_KINDS = ("token", "oidc", "cli", "system", "portal")
 
 _PRINTABLE = re.compile(r"[^\x21-\x7e]")
 
@@ -28,7 +29,7 @@ class Actor:
     """Who acts (``kind``, one of :data:`ACTOR_KINDS`, and ``name``), with the request id and client
     address of the request that carried the change, where there is one.
 
-    Build one with :meth:`cli`, :meth:`system`, :meth:`admin_token` or :meth:`oidc`.
+    Build one with :meth:`cli`, :meth:`system`, :meth:`admin_token`, :meth:`oidc` or :meth:`portal`.
     """
 
     kind: str
@@ -64,6 +65,13 @@ class Actor:
     ) -> Actor:
         """A request authenticated with an OIDC token of ``subject``."""
         return cls("oidc", _clean(subject, 255) or "", _clean(request_id, 128), _clean(client, 64))
+
+    @classmethod
+    def portal(
+        cls, person: str, *, request_id: str | None = None, client: str | None = None
+    ) -> Actor:
+        """A person signed in to the developer portal (``person``: e-mail address or OIDC subject)."""
+        return cls("portal", _clean(person, 255) or "", _clean(request_id, 128), _clean(client, 64))
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}" if self.name else self.kind

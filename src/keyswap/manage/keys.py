@@ -26,6 +26,7 @@ __all__ = [
     "page_keys",
     "revoke_key",
     "roll_key",
+    "set_key_expiry",
 ]
 
 
@@ -163,3 +164,18 @@ def roll_key(
     with recording(ctx, "key.roll", f"key:{key_id}", {"grace": period}):
         record, key = keys.roll(key_id, period, now=ctx.now())
     return RolledKey(CreatedKey(record, key), get_key(ctx, key_id))
+
+
+def set_key_expiry(ctx: Context, key_id: str, expires_at: float | None) -> ApiKeyRecord:
+    """Set a key's expiry to ``expires_at`` (epoch seconds, in the future) or clear it (``None``);
+    audited as ``key.expiry``. Gateways notice within a second.
+
+    Raises:
+        NotFound: no such key.
+        InvalidInput: a time not in the future; the key is revoked, expired or rolled.
+    """
+    now = ctx.now()
+    if expires_at is not None and not (math.isfinite(expires_at) and expires_at > now):
+        raise InvalidInput("the expiry must be in the future")
+    with recording(ctx, "key.expiry", f"key:{key_id}", {"expires_at": expires_at}):
+        return ctx.store.set_api_key_expiry(key_id, expires_at, now=now)

@@ -23,6 +23,9 @@ __all__ = [
     "ApiKeyRecord",
     "AuditRecord",
     "Consumer",
+    "MemberRecord",
+    "PortalLinkRecord",
+    "PortalSessionRecord",
     "SigningKeyRecord",
     "effective_scopes",
     "format_scopes",
@@ -30,10 +33,13 @@ __all__ = [
     "parse_scopes",
     "serialize_metadata",
     "validate_consumer_name",
+    "validate_email",
     "validate_max_connections",
+    "validate_member",
     "validate_metadata",
     "validate_rate_limit",
     "validate_scopes",
+    "validate_subject",
 ]
 
 #: Largest consumer metadata, as compact UTF-8 JSON.
@@ -114,6 +120,90 @@ class ApiKeyRecord:
         if self.replaced_by is not None:
             return "rolled"
         return "active"
+
+
+#: How a member is named: an e-mail address (lower case) or an OIDC subject.
+MEMBER_KINDS = ("email", "subject")
+_EMAIL = re.compile(r"[^\s@<>()\[\]\\,;:\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+_SUBJECT = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """A person who may manage a consumer in the portal: ``kind`` ``email`` or ``subject`` (an OIDC
+    ``sub``) and its ``value``."""
+
+    id: int
+    consumer_name: str
+    kind: str
+    value: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PortalLinkRecord:
+    """A single-use sign-in link of the portal (never its token: only a digest is stored)."""
+
+    id: str
+    consumer_name: str
+    email: str
+    created_at: float
+    expires_at: float
+    used_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PortalSessionRecord:
+    """A signed-in portal session: who (``identity_kind`` ``email`` or ``subject``, ``identity``,
+    and an e-mail address if known), when it began, was last used, and when it ends at the latest."""
+
+    identity_kind: str
+    identity: str
+    email: str | None
+    created_at: float
+    last_seen_at: float
+    expires_at: float
+
+
+def validate_email(address: str) -> str:
+    """Return an e-mail address in lower case if it looks like ``local@domain`` (at most 254
+    characters, no spaces or angle brackets).
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if (
+        not isinstance(address, str)
+        or len(address) > 254
+        or _EMAIL.fullmatch(address) is None
+        or not address.isascii()
+    ):
+        raise InvalidInput("an e-mail address is local@domain (ASCII, at most 254 characters)")
+    return address.lower()
+
+
+def validate_subject(subject: str) -> str:
+    """Return an OIDC subject if it is 1-255 printable ASCII characters without spaces.
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if not isinstance(subject, str) or _SUBJECT.fullmatch(subject) is None:
+        raise InvalidInput("an OIDC subject is 1-255 printable ASCII characters without spaces")
+    return subject
+
+
+def validate_member(kind: str, value: str) -> tuple[str, str]:
+    """Return ``(kind, value)`` of a member, the value normalised (e-mail addresses in lower case).
+
+    Raises:
+        InvalidInput: an unknown kind or a bad value.
+    """
+    if kind == "email":
+        return kind, validate_email(value)
+    if kind == "subject":
+        return kind, validate_subject(value)
+    raise InvalidInput("a member is an e-mail address or an OIDC subject")
 
 
 @dataclass(frozen=True, slots=True)

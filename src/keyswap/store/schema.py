@@ -20,14 +20,17 @@ __all__ = [
     "api_keys",
     "audit_events",
     "changes",
+    "consumer_members",
     "consumers",
     "meta",
     "metadata",
+    "portal_links",
+    "portal_sessions",
     "signing_keys",
 ]
 
-#: The number of the latest migration (``0006``): what ``meta.schema_version`` says after an upgrade.
-SCHEMA_VERSION = 6
+#: The number of the latest migration (``0010``): what ``meta.schema_version`` says after an upgrade.
+SCHEMA_VERSION = 10
 
 metadata = sa.MetaData(
     naming_convention={
@@ -157,4 +160,54 @@ admin_tokens = sa.Table(
     sa.Column("created_at", _TIME, nullable=False),
     sa.Column("expires_at", _TIME, nullable=True),
     sa.Column("revoked_at", _TIME, nullable=True),
+)
+
+# The people who may manage a consumer in the portal: an e-mail address (lower case) or an OIDC subject.
+consumer_members = sa.Table(
+    "consumer_members",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "consumer_id",
+        sa.Integer,
+        sa.ForeignKey("consumers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # email | subject
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("value", sa.String(255), nullable=False, index=True),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.UniqueConstraint("consumer_id", "kind", "value"),
+)
+
+# Single-use sign-in links of the portal: only a SHA-256 digest of the link's token is kept.
+portal_links = sa.Table(
+    "portal_links",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("digest", sa.LargeBinary(32), nullable=False, unique=True),
+    sa.Column(
+        "consumer_id",
+        sa.Integer,
+        sa.ForeignKey("consumers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("email", sa.String(255), nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("expires_at", _TIME, nullable=False),
+    sa.Column("used_at", _TIME, nullable=True),
+)
+
+# Signed-in portal sessions: the key is a SHA-256 digest of the session cookie's value.
+portal_sessions = sa.Table(
+    "portal_sessions",
+    metadata,
+    sa.Column("digest", sa.LargeBinary(32), primary_key=True),
+    # email | subject: how the person signed in, and who they are.
+    sa.Column("identity_kind", sa.String(16), nullable=False),
+    sa.Column("identity", sa.String(255), nullable=False),
+    sa.Column("email", sa.String(255), nullable=True),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("last_seen_at", _TIME, nullable=False),
+    sa.Column("expires_at", _TIME, nullable=False, index=True),
 )
