@@ -217,6 +217,7 @@ def test_migrations_ship_inside_the_package() -> None:
         "0004_consumer_connections.py",
         "0005_changes.py",
         "0006_audit.py",
+        "0008_usage.py",
         "0010_portal.py",
     ]
     assert (migrate.MIGRATIONS_DIR / "env.py").is_file()

@@ -71,6 +71,7 @@ def running_gateway(
     real_clock: bool = False,
     cluster: ClusterSettings | None = None,
     server_options: dict[str, Any] | None = None,
+    usage_interval: float | None = 10.0,
     **settings: Any,
 ) -> Iterator[Gateway]:
     """Start a gateway in front of ``upstream_url`` with consumer ``acme`` ({"plan": "free"}) and a key.
@@ -88,7 +89,12 @@ def running_gateway(
     options.update(settings)
     config = GatewaySettings(upstream_url, f"http://127.0.0.1:{port}", **options)
     app = build_gateway(
-        config, db_url=db_url, env={}, clock=time.time if real_clock else clock, cluster=cluster
+        config,
+        db_url=db_url,
+        env={},
+        clock=time.time if real_clock else clock,
+        cluster=cluster,
+        usage_interval=usage_interval,
     )
     admin_store = Store(db_url)
     try:

@@ -63,6 +63,8 @@ from keyswap.gateway.accesslog import AccessLog
 from keyswap.gateway.changefeed import FULL, ChangeFeed, Changes
 from keyswap.gateway.cluster import ClusterSettings
 from keyswap.gateway.headerpolicy import HeaderPolicy
+from keyswap.gateway.meter import DEFAULT_INTERVAL as DEFAULT_USAGE_INTERVAL
+from keyswap.gateway.meter import Exchange, Meter
 from keyswap.gateway.mint import SIGNING_ALGORITHMS, PrincipalLike, SigningKeyLike, TokenMinter
 from keyswap.gateway.proxy import (
     BadTarget,
@@ -334,6 +336,8 @@ class GatewayApp:
             (:mod:`keyswap.gateway.wsrelay`; served only when the server runs with websockets).
         changes: the store's change log (:class:`~keyswap.gateway.changefeed.ChangeFeed`): on a
             change, only what it names is invalidated (``None``: every change clears everything).
+        meter: counts every request per consumer and key (:mod:`keyswap.gateway.meter`), started
+            and flushed with the app (``None``: no usage metering).
     """
 
     def __init__(
@@ -351,8 +355,10 @@ class GatewayApp:
         store_calls: StoreCalls | None = None,
         websocket_limits: WebSocketLimits | None = None,
         changes: ChangeFeed | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self.settings = settings
+        self.meter = meter
         self.websocket_limits = websocket_limits or WebSocketLimits()
         self.changes = changes
         self.store_calls = store_calls or StoreCalls()
@@ -477,6 +483,8 @@ class GatewayApp:
             self._watcher.start()
         threading.Thread(target=self._warm_up, name="keyswap-warm-up", daemon=True).start()
         self._prune_task = asyncio.create_task(self._prune_loop())
+        if self.meter is not None:
+            self.meter.start()
 
     def _warm_up(self) -> None:
         """Off the request path, after start: load the key filter, then put the keys used recently
@@ -581,6 +589,8 @@ class GatewayApp:
         if watcher is not None:
             await asyncio.to_thread(watcher.stop)
         await self.proxy.close()
+        if self.meter is not None:  # requests have drained: everything counted is written
+            await self.meter.close()
         self.store_calls.close()
         await asyncio.to_thread(self._access.close)
         if self.rate_limiter is not None:
@@ -633,8 +643,11 @@ class GatewayApp:
         consumer: str | None = None
         key_id: str | None = None
         status = 500
+        meter = self.meter
+        exchange: Exchange | None = None
         try:
             if raw_path.startswith(_RESERVED):
+                meter = None  # the gateway's own documents are not usage
                 document = self.wellknown.lookup(method, raw_path.decode("latin-1"))
                 status = await _respond(send, (document.status, document.headers, document.body))
                 return
@@ -692,8 +705,10 @@ class GatewayApp:
                 status = await _respond(send, TOO_MANY_CONNECTIONS)
                 return
             self.in_flight[holder] = held + 1
+            if meter is not None:
+                exchange = Exchange()
             try:
-                status = await self.proxy.forward(scope, receive, send, url, headers)
+                status = await self.proxy.forward(scope, receive, send, url, headers, exchange)
             except UpstreamTimeout:
                 status = await _respond(send, GATEWAY_TIMEOUT)
             except UpstreamError:
@@ -708,6 +723,8 @@ class GatewayApp:
                     del self.in_flight[holder]
         finally:
             self._access.log(method, raw_path, status, consumer, key_id, started)
+            if meter is not None:
+                meter.record(consumer, key_id, status, exchange)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A websocket handshake: the same checks as any request, refusals answered as plain HTTP
@@ -799,6 +816,8 @@ class GatewayApp:
                     del self.in_flight[holder]
         finally:
             self._access.log("GET", raw_path, status, consumer, key_id, started)
+            if self.meter is not None and not raw_path.startswith(_RESERVED):
+                self.meter.record(consumer, key_id, status, None)
 
     def _connection_cap(self, principal: PrincipalLike) -> int:
         """The consumer's own cap on requests in flight (``consumers.max_connections``), else the
@@ -856,6 +875,7 @@ def build_gateway(
     clock: Callable[[], float] = time.time,
     cluster: ClusterSettings | None = None,
     websocket_limits: WebSocketLimits | None = None,
+    usage_interval: float | None = DEFAULT_USAGE_INTERVAL,
 ) -> GatewayApp:
     """The gateway over the store at ``db_url``: API keys, keyring, change watcher, all wired.
 
@@ -864,7 +884,8 @@ def build_gateway(
     newest schema (``keyswap db upgrade``). Call :meth:`GatewayApp.prepare` before serving to create
     the signing keys on first start. ``cluster`` adds what several nodes need (change push, scheduled
     rotation, shared rate limits, outage grace; :mod:`keyswap.gateway.cluster`); the defaults apply
-    without it.
+    without it. ``usage_interval``: seconds between writes of the usage meter
+    (:mod:`keyswap.gateway.meter`; it also runs the usage rollup hourly); ``None``: no metering.
 
     Raises:
         ConfigError: bad settings, no usable server secret, a database set up with another secret, or
@@ -920,6 +941,17 @@ def build_gateway(
                 logger.warning("could not record last-used times (%s)", type(exc).__name__)
             store.close()
 
+        meter = None
+        if usage_interval is not None:
+            from keyswap.store.usage import SqlUsageSink, rollup
+
+            def roll_up(now: float) -> None:
+                rollup(store, now=now)
+
+            meter = Meter(
+                SqlUsageSink(store), interval=usage_interval, clock=clock, maintenance=roll_up
+            )
+
         return GatewayApp(
             settings,
             api_keys=api_keys,
@@ -932,6 +964,7 @@ def build_gateway(
             store_calls=StoreCalls(cluster.db_timeout),
             websocket_limits=websocket_limits,
             changes=ChangeFeed(store),
+            meter=meter,
         )
     except BaseException:
         store.close()

@@ -1308,6 +1308,25 @@ def _url_host(host: str) -> str:
     help="A relayed websocket is closed after this long (its key is checked at the handshake only). "
     "$KEYSWAP_WEBSOCKET_MAX_LIFETIME.",
 )
+@click.option(
+    "--usage/--no-usage",
+    "usage",
+    envvar="KEYSWAP_USAGE",
+    default=True,
+    show_default=True,
+    help="Meter every request per consumer and key into the database (keyswap usage). "
+    "$KEYSWAP_USAGE.",
+)
+@click.option(
+    "--usage-flush-interval",
+    envvar="KEYSWAP_USAGE_FLUSH_INTERVAL",
+    metavar="SECONDS",
+    type=Seconds(0.1, 3600),
+    default="10",
+    show_default=True,
+    help="Seconds between writes of the usage counts (at most this much is lost on a crash). "
+    "$KEYSWAP_USAGE_FLUSH_INTERVAL.",
+)
 @key_prefix_option
 @db_option
 @secret_file_option
@@ -1343,6 +1362,8 @@ def gateway(
     drain_timeout: float,
     websocket_idle_timeout: float,
     websocket_max_lifetime: float,
+    usage: bool,
+    usage_flush_interval: float,
     key_prefix: str,
     db_url: str | None,
     secret_file: str | None,
@@ -1410,6 +1431,7 @@ def gateway(
             secret_file=secret_file,
             cluster=cluster,
             websocket_limits=websocket_limits,
+            usage_interval=usage_flush_interval if usage else None,
         )
         app.prepare()
         redis_up = cluster.redis_url is None or _redis_reachable(cluster.redis_url)
@@ -1449,6 +1471,7 @@ def gateway(
             secret_file=secret_file,
             cluster=cluster,
             websocket_limits=websocket_limits,
+            usage_interval=usage_flush_interval if usage else None,
         )
         served.prepare()
         return serve(served, on_ready)

@@ -43,12 +43,16 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keyswap.errors import UpstreamError
 from keyswap.gateway.headerpolicy import DEFAULT_POLICY, HOP_BY_HOP, HeaderPolicy
 from keyswap.gateway.upstream import Origin, UpstreamPool, UpstreamResponse, parse_origin
+
+if TYPE_CHECKING:
+    from keyswap.gateway.meter import Exchange
 
 __all__ = [
     "HOP_BY_HOP",
@@ -255,20 +259,24 @@ class _StreamedBody:
     """The rest of a request body, read from ``receive`` as the upstream write asks for it; ``done`` is
     set once the last piece was read (``receive`` is then free to watch for the client leaving)."""
 
-    def __init__(self, first: bytes, receive: Receive) -> None:
+    def __init__(self, first: bytes, receive: Receive, exchange: Exchange | None = None) -> None:
         self._first = first
         self._receive = receive
+        self._exchange = exchange
         self.done = asyncio.Event()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self._first:
             yield self._first
+        exchange = self._exchange
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 raise ClientGone
             body = message.get("body", b"")
             if body:
+                if exchange is not None:
+                    exchange.bytes_in += len(body)
                 yield body
             if not message.get("more_body", False):
                 self.done.set()
@@ -352,9 +360,18 @@ class UpstreamProxy:
         return prefix + raw_path
 
     async def forward(
-        self, scope: Scope, receive: Receive, send: Send, target: bytes, headers: ForwardedHeaders
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        target: bytes,
+        headers: ForwardedHeaders,
+        exchange: Exchange | None = None,
     ) -> int:
         """Send the request upstream and stream the answer back; returns the status sent.
+
+        ``exchange``: filled with the body bytes relayed each way and the upstream latency (to the
+        response head), for the usage meter.
 
         Raises:
             UpstreamError: the upstream is unreachable or answered garbage (nothing was sent yet).
@@ -369,8 +386,10 @@ class UpstreamProxy:
             if message["type"] == "http.disconnect":
                 raise ClientGone
             first: bytes = message.get("body", b"")
+            if exchange is not None:
+                exchange.bytes_in = len(first)
             if message.get("more_body", False):
-                streamed = _StreamedBody(first, receive)
+                streamed = _StreamedBody(first, receive, exchange)
                 body = streamed.__aiter__()
                 length = headers.content_length
             else:
@@ -378,22 +397,29 @@ class UpstreamProxy:
         elif headers.content_length == 0:
             body = b""
         method: str = scope["method"]
+        asked = time.perf_counter() if exchange is not None else 0.0
         try:
             response = await self._pool.request(
                 method, target, headers.items, body, content_length=length
             )
         except ValueError as exc:  # cannot be written as HTTP/1.1 (the ASGI server let it through)
             raise UpstreamError("the request cannot be forwarded") from exc
+        if exchange is not None:
+            exchange.latency = time.perf_counter() - asked
         # Once the request body is read whole, `receive` is free to watch for the client leaving: at
         # once, or for a streamed body (the origin may answer before it has all of it) once it is.
         watch = _Watch(receive, None if streamed is None else streamed.done)
         try:
-            return await self._relay(response, send, watch)
+            return await self._relay(response, send, watch, exchange)
         finally:
             response.close()
 
     async def _relay(
-        self, response: UpstreamResponse, send: Send, watch: _Watch | None = None
+        self,
+        response: UpstreamResponse,
+        send: Send,
+        watch: _Watch | None = None,
+        exchange: Exchange | None = None,
     ) -> int:
         status = response.status
         headers = returned_response_headers(response.headers)
@@ -405,8 +431,10 @@ class UpstreamProxy:
         else:
             length = response.content_length
             if length is None or length > _SMALL_BODY:
-                return await self._stream(status, headers, response, send, watch)
+                return await self._stream(status, headers, response, send, watch, exchange)
             body = await response.read_all(length)
+        if exchange is not None:
+            exchange.bytes_out = len(body)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return status
@@ -418,6 +446,7 @@ class UpstreamProxy:
         response: UpstreamResponse,
         send: Send,
         watch: _Watch | None = None,
+        exchange: Exchange | None = None,
     ) -> int:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         # ASGI servers drop what is sent to a client that has gone: without watching `receive`, an
@@ -434,6 +463,8 @@ class UpstreamProxy:
                 chunk = await response.read()
                 if not chunk:
                     break
+                if exchange is not None:
+                    exchange.bytes_out += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (UpstreamError, ClientGone) as exc:
             # Headers are out: the only honest signal left is to cut the connection.

@@ -27,6 +27,7 @@ __all__ = [
     "portal_links",
     "portal_sessions",
     "signing_keys",
+    "usage",
 ]
 
 #: The number of the latest migration (``0010``): what ``meta.schema_version`` says after an upgrade.
@@ -211,3 +212,39 @@ portal_sessions = sa.Table(
     sa.Column("last_seen_at", _TIME, nullable=False),
     sa.Column("expires_at", _TIME, nullable=False, index=True),
 )
+
+# Metered usage (keyswap.gateway.meter, keyswap.store.usage): one row per consumer, bucket, key and node.
+# ``span`` is the bucket's length (60, 3600 or 86400 s) and ``start`` its first second (a multiple of
+# span, UTC). A gateway node writes its own minute rows with absolute values (a retried write never
+# counts twice); the rollup merges rows older than a day into hour rows and older than a month into
+# day rows, with ``node`` empty. ``consumer`` and ``key_id`` are plain values, not foreign keys: usage
+# stays when a key is rolled or revoked. Requests refused before a key was known (401) have both empty.
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("consumer", sa.String(64), nullable=False),
+    sa.Column("start", sa.BigInteger, nullable=False),
+    sa.Column("span", sa.Integer, nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("node", sa.String(64), nullable=False),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("status_2xx", sa.BigInteger, nullable=False),
+    sa.Column("status_3xx", sa.BigInteger, nullable=False),
+    sa.Column("status_4xx", sa.BigInteger, nullable=False),
+    sa.Column("status_5xx", sa.BigInteger, nullable=False),
+    # Refused by the gateway itself: no valid key (401), a rate limit or connection cap (429).
+    sa.Column("unauthorized", sa.BigInteger, nullable=False),
+    sa.Column("rate_limited", sa.BigInteger, nullable=False),
+    # Body bytes relayed to the upstream and back.
+    sa.Column("bytes_in", sa.BigInteger, nullable=False),
+    sa.Column("bytes_out", sa.BigInteger, nullable=False),
+    # Upstream latency (to the response head): the sum in seconds, and counts per bucket.
+    sa.Column("latency_sum", _TIME, nullable=False),
+    sa.Column("latency_10ms", sa.BigInteger, nullable=False),
+    sa.Column("latency_50ms", sa.BigInteger, nullable=False),
+    sa.Column("latency_250ms", sa.BigInteger, nullable=False),
+    sa.Column("latency_1s", sa.BigInteger, nullable=False),
+    sa.Column("latency_slow", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("consumer", "start", "span", "key_id", "node"),
+)
+sa.Index("ix_usage_span_start", usage.c.span, usage.c.start)

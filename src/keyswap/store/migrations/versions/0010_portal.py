@@ -1,7 +1,7 @@
 """The developer portal: ``consumer_members``, ``portal_links`` and ``portal_sessions``.
 
 Revision ID: 0010
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-07
 
 ``consumer_members`` names the people (an e-mail address or an OIDC subject) who may manage a consumer
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0006"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
