@@ -103,3 +103,43 @@ def portal(tmp_path: Path) -> Iterator[Portal]:
         create_consumer(running.ctx(), NewConsumer("acme", {"plan": "pro"}))
         create_consumer(running.ctx(), NewConsumer("globex"))
         yield running
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """Headless Chromium through chromedriver (Debian's ``chromium`` and ``chromium-driver``).
+
+    Skipped when they are missing; a failure with KEYSWAP_REQUIRE_SERVICES=1 (CI installs them).
+    """
+    import shutil
+
+    from tests.support.services import require_tool
+
+    binary = shutil.which("chromium") or "/usr/bin/chromium"
+    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    if not (Path(binary).exists() and Path(driver_path).exists()):
+        require_tool(
+            "chromium and chromedriver are not installed (apt-get install chromium chromium-driver)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = binary
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(20)
+    try:
+        yield driver
+    finally:
+        driver.quit()

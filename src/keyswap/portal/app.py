@@ -604,12 +604,11 @@ def key_expiry(page: Page) -> Response:
 
 
 def _buckets(store: Store, consumer: str, since: float, until: float, by: str) -> list[Any]:
-    try:
-        from keyswap.manage import usage  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:  # usage metering is not part of this build
-        return []
-    result: list[Any] = usage.query(store, consumer_id=consumer, since=since, until=until, by=by)
-    return result
+    from keyswap.manage import usage
+
+    if by not in ("hour", "day"):
+        raise InvalidInput("usage is shown by hour or by day")
+    return list(usage.query(store, consumer_id=consumer, since=since, until=until, by=by))  # type: ignore[arg-type]
 
 
 def _rows(buckets: list[Any], start: float, step: int, count: int, fmt: str) -> list[charts.Row]:
