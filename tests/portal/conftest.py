@@ -4,6 +4,7 @@ browser: with httpx (cookies kept) or with headless Chromium (tests/portal/test_
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -79,18 +80,30 @@ def csrf_of(html: str) -> str:
 
 @contextmanager
 def running_portal(
-    db_url: str, *, clock: Callable[[], float] = time.time, **settings: Any
+    db_url: str,
+    *,
+    clock: Callable[[], float] = time.time,
+    sock: socket.socket | None = None,
+    oidc: Callable[[PortalState], Any] | None = None,
+    **settings: Any,
 ) -> Iterator[Portal]:
+    """A portal over ``db_url``; ``oidc(state)`` builds its OIDC client, if any."""
     store = Store(db_url)
     try:
         state = PortalState(
             store, load_secret(db_url, env={}), PortalSettings(clock=clock, **settings)
         )
-        server = ServerThread(build_portal_app(state), sock=bound_socket(), lifespan="off").start()
+        if oidc is not None:
+            state.oidc = oidc(state)
+        server = ServerThread(
+            build_portal_app(state), sock=sock or bound_socket(), lifespan="off"
+        ).start()
         try:
             yield Portal(server, store, state, db_url)
         finally:
             server.stop()
+            if state.oidc is not None:
+                state.oidc.close()
     finally:
         store.close()
 

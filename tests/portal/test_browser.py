@@ -79,7 +79,7 @@ def test_the_whole_journey_through_a_sign_in_link(
 
     gw, portal, upstream = stack
     driver = chromium
-    driver.delete_all_cookies()
+    driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
     driver.get(portal.url + portal.link("acme", "dev@example.com"))
     shoot(driver, "signin")
     driver.find_element(By.ID, "signin").click()
@@ -158,7 +158,7 @@ def test_script_in_metadata_stays_inert_in_the_browser(
         ConsumerUpdate(metadata={"plan": "<script>alert(1)</script><img src=x onerror=alert(2)>"}),
     )
     driver = chromium
-    driver.delete_all_cookies()
+    driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
     driver.get(portal.url + portal.link("acme", "dev@example.com"))
     driver.find_element(By.ID, "signin").click()
     driver.get(portal.url + "/portal/c/acme/")
@@ -174,11 +174,11 @@ def test_a_used_link_does_not_sign_in_again_in_the_browser(
 
     _, portal, _ = stack
     driver = chromium
-    driver.delete_all_cookies()
+    driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
     link = portal.url + portal.link("acme", "dev@example.com")
     driver.get(link)
     driver.find_element(By.ID, "signin").click()
-    driver.delete_all_cookies()
+    driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
     driver.get(link)
     driver.find_element(By.ID, "signin").click()
     assert "not valid" in driver.find_element(By.CSS_SELECTOR, ".error").text

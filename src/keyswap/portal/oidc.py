@@ -122,7 +122,10 @@ class OidcClient:
         body, _, mac = cookie.partition(".")
         padded = body + "=" * (-len(body) % 4)
         expected = hmac.new(self._key, b"oidc-flow:" + padded.encode(), hashlib.sha256).digest()
-        given = base64.urlsafe_b64decode(mac + "=" * (-len(mac) % 4))
+        try:
+            given = base64.urlsafe_b64decode(mac + "=" * (-len(mac) % 4))
+        except ValueError:
+            given = b""
         if not hmac.compare_digest(expected, given):
             raise SignInFailed("the sign-in could not be checked; try again")
         values: dict[str, Any] = json.loads(base64.urlsafe_b64decode(padded))
@@ -200,7 +203,8 @@ class OidcClient:
         if response.status_code != 200:
             raise SignInFailed("the identity provider refused the sign-in code")
         try:
-            id_token = response.json()["id_token"]
+            tokens = response.json()
+            id_token = tokens["id_token"]
         except (ValueError, KeyError, TypeError):
             raise SignInFailed("the identity provider sent no ID token") from None
         try:
@@ -215,6 +219,8 @@ class OidcClient:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not 1 <= len(subject) <= 255:
             raise SignInFailed("the ID token has no usable subject")
+        if "email" not in claims:
+            claims = {**self._userinfo(tokens.get("access_token"), subject), **claims}
         email = None
         if claims.get("email_verified") is True and isinstance(claims.get("email"), str):
             try:
@@ -222,3 +228,18 @@ class OidcClient:
             except InvalidInput:
                 email = None
         return SignedInPerson(subject, email, str(flow.get("next", "/portal/")))
+
+    def _userinfo(self, access_token: object, subject: str) -> dict[str, Any]:
+        """The e-mail claims from the UserInfo endpoint (providers that keep them out of the ID
+        token); nothing if there is no endpoint or it answers for another subject."""
+        endpoint = self._endpoints().get("userinfo_endpoint")
+        if not isinstance(access_token, str) or not isinstance(endpoint, str):
+            return {}
+        try:
+            response = self._http.get(endpoint, headers={"Authorization": f"Bearer {access_token}"})
+            info = response.json() if response.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):
+            return {}
+        if not isinstance(info, dict) or info.get("sub") != subject:
+            return {}
+        return {name: info[name] for name in ("email", "email_verified") if name in info}
