@@ -85,3 +85,18 @@ def test_a_key_expiry_is_set_and_cleared(ctx: Context, clock: Clock) -> None:
         set_key_expiry(ctx, "key_unknown", later)
     actions = [e.action for e in list_events(ctx, AuditQuery(action="key.expiry")).events]
     assert len(actions) == 2
+
+
+def test_a_key_label_is_kept_and_survives_a_roll(ctx: Context) -> None:
+    from keyswap.manage.keys import roll_key
+
+    create_consumer(ctx, NewConsumer("acme"))
+    record = create_key(ctx, secret(), NewKey("acme", label="  production ")).record
+    assert record.label == "production"
+    rolled = roll_key(ctx, secret(), record.id, grace=60)
+    assert rolled.new.record.label == "production"
+    assert create_key(ctx, secret(), NewKey("acme", label="")).record.label is None
+    with pytest.raises(InvalidInput):
+        create_key(ctx, secret(), NewKey("acme", label="x" * 65))
+    with pytest.raises(InvalidInput):
+        create_key(ctx, secret(), NewKey("acme", label="bad\nline"))

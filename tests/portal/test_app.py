@@ -103,13 +103,17 @@ def test_keys_are_created_rolled_expired_and_revoked_through_forms(portal: Porta
         portal.sign_in(browser, "acme", "dev@example.com")
         keys = browser.get("/portal/c/acme/keys")
         assert keys.status_code == 200
-        created = browser.post("/portal/c/acme/keys", data={"csrf": csrf_of(keys.text)})
+        created = browser.post(
+            "/portal/c/acme/keys", data={"csrf": csrf_of(keys.text), "label": " ci <x> "}
+        )
         assert created.status_code == 201
         key = _new_key(created.text)
         assert "will not be shown again" in created.text
         assert created.headers["cache-control"] == "no-store"
         assert key not in browser.get("/portal/c/acme/keys").text  # shown once
         [record] = list_keys(portal.ctx(), "acme")
+        assert record.label == "ci <x>"
+        assert "ci &lt;x&gt;" in browser.get("/portal/c/acme/keys").text
         base = f"/portal/c/acme/keys/{record.id}"
         expiry = browser.post(
             base + "/expiry", data={"csrf": csrf_of(keys.text), "expires_in": "86400"}

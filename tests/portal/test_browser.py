@@ -93,6 +93,7 @@ def test_the_whole_journey_through_a_sign_in_link(
 
     # create a key: shown once, with the warning
     driver.find_element(By.LINK_TEXT, "Keys").click()
+    driver.find_element(By.ID, "label").send_keys("production <b>")
     driver.find_element(By.ID, "create-key").click()
     key = driver.find_element(By.ID, "new-key").text
     assert "will not be shown again" in driver.page_source

@@ -11,7 +11,7 @@ from keyswap.gateway.apikeys import DEFAULT_GRACE, DEFAULT_PREFIX, ApiKeys
 from keyswap.gateway.secret import ServerSecret
 from keyswap.manage.audit import recording
 from keyswap.manage.context import Context
-from keyswap.store.models import ApiKeyRecord, validate_scopes
+from keyswap.store.models import ApiKeyRecord, validate_label, validate_scopes
 
 _MAX_PAGE = 1000
 
@@ -38,6 +38,8 @@ class NewKey:
     consumer: str
     expires_in: float | None = None
     scopes: tuple[str, ...] | None = None
+    #: A name for the key ("production"; at most 64 printable characters).
+    label: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +76,20 @@ def create_key(
     if new.expires_in is not None and not (math.isfinite(new.expires_in) and new.expires_in > 0):
         raise InvalidInput("the expiry must be a positive duration")
     scopes = None if new.scopes is None else validate_scopes(new.scopes)
+    label = validate_label(new.label)
     now = ctx.now()
     changes = {
         "consumer": new.consumer,
         "expires_at": None if new.expires_in is None else now + new.expires_in,
         "scopes": None if scopes is None else list(scopes),
     }
+    if label is not None:
+        changes["label"] = label
     keys = _api_keys(ctx, secret, prefix)
     with recording(ctx, "key.create", "key:{key_id}", changes):
-        record, key = keys.create(new.consumer, expires_in=new.expires_in, scopes=scopes, now=now)
+        record, key = keys.create(
+            new.consumer, expires_in=new.expires_in, scopes=scopes, now=now, label=label
+        )
     return CreatedKey(record, key)
 
 

@@ -523,7 +523,7 @@ def key_create(page: Page) -> Response:
     created = manage_keys.create_key(
         page.ctx(),
         page.state.secret,
-        manage_keys.NewKey(consumer.name),
+        manage_keys.NewKey(consumer.name, label=page.form.get("label") or None),
         prefix=page.state.key_prefix,
     )
     return keys_page(page, new=created, status=201, headline="Your new key")

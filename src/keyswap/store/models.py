@@ -34,6 +34,7 @@ __all__ = [
     "serialize_metadata",
     "validate_consumer_name",
     "validate_email",
+    "validate_label",
     "validate_max_connections",
     "validate_member",
     "validate_metadata",
@@ -99,6 +100,8 @@ class ApiKeyRecord:
     scopes: tuple[str, ...] | None = None
     #: Its consumer's scopes now (what :attr:`effective_scopes` narrows the key's own to).
     consumer_scopes: tuple[str, ...] = ()
+    #: A name its owner gave it (``None``: none).
+    label: str | None = None
 
     @property
     def effective_scopes(self) -> tuple[str, ...]:
@@ -163,6 +166,23 @@ class PortalSessionRecord:
     created_at: float
     last_seen_at: float
     expires_at: float
+
+
+def validate_label(label: str | None) -> str | None:
+    """Return a key's label without surrounding spaces (``None`` for none or an empty one) if it is at
+    most 64 printable characters.
+
+    Raises:
+        InvalidInput: a longer label or one with control characters.
+    """
+    if label is None:
+        return None
+    if not isinstance(label, str):
+        raise InvalidInput("a key's name is text")
+    text = label.strip()
+    if len(text) > 64 or not text.isprintable():
+        raise InvalidInput("a key's name is at most 64 printable characters")
+    return text or None
 
 
 def validate_email(address: str) -> str:

@@ -91,6 +91,8 @@ api_keys = sa.Table(
     sa.Column("replaced_by", sa.String(32), nullable=True),
     # Space-separated scopes of its own (within its consumer's); NULL: its consumer's scopes.
     sa.Column("scopes", sa.Text, nullable=True),
+    # A name its owner gave it ("production", "CI"); NULL: none. A rolled key's replacement keeps it.
+    sa.Column("label", sa.String(64), nullable=True),
 )
 
 # What each revision changed, written in the transaction that bumped ``meta.revision`` (at least one

@@ -632,8 +632,10 @@ class Store:
         created_at: float,
         expires_at: float | None,
         scopes: Iterable[str] | None = None,
+        label: str | None = None,
     ) -> ApiKeyRecord:
-        """Store a new key's digest, with scopes of its own (``None``: its consumer's scopes).
+        """Store a new key's digest, with scopes of its own (``None``: its consumer's scopes) and a
+        label (validated by the caller).
 
         Raises:
             NotFound: the consumer no longer exists.
@@ -653,6 +655,7 @@ class Store:
                     expires_at,
                     scopes=own,
                     within_consumer=True,
+                    label=label,
                 )
                 self._log_change(conn, "key", key_id)
                 row = conn.execute(_key_select().where(api_keys.c.id == key_id)).one()
@@ -842,6 +845,7 @@ class Store:
                     new_expires_at,
                     scopes=_scopes(old.scopes),  # its own scopes as stored (None: the consumer's)
                     within_consumer=False,
+                    label=old.label,
                 )
                 rows = conn.execute(
                     _key_select().where(api_keys.c.id.in_([old_id, new_key_id]))
@@ -1508,6 +1512,7 @@ def _key_select(*extra: Any) -> sa.Select[Any]:
         api_keys.c.replaced_by,
         api_keys.c.scopes,
         consumers.c.scopes.label("consumer_scopes"),
+        api_keys.c.label,
         *extra,
     ).join_from(api_keys, consumers, api_keys.c.consumer_id == consumers.c.id)
 
@@ -1550,6 +1555,7 @@ def _insert_key(
     *,
     scopes: tuple[str, ...] | None,
     within_consumer: bool,
+    label: str | None = None,
 ) -> None:
     owner = conn.execute(
         sa.select(consumers.c.name, consumers.c.scopes).where(consumers.c.id == consumer_id)
@@ -1574,6 +1580,7 @@ def _insert_key(
             created_at=created_at,
             expires_at=expires_at,
             scopes=None if scopes is None else format_scopes(scopes),
+            label=label,
         )
     )
 
@@ -1613,6 +1620,7 @@ def _key(row: sa.Row[Any]) -> ApiKeyRecord:
         replaced_by=row.replaced_by,
         scopes=_scopes(row.scopes),
         consumer_scopes=_scopes(row.consumer_scopes) or (),
+        label=row.label,
     )
 
 

@@ -6,7 +6,8 @@ Create Date: 2026-12-07
 
 ``consumer_members`` names the people (an e-mail address or an OIDC subject) who may manage a consumer
 in the portal; ``portal_links`` holds single-use sign-in links (a SHA-256 digest of the token, never the
-token); ``portal_sessions`` the signed-in sessions (a SHA-256 digest of the cookie's value).
+token); ``portal_sessions`` the signed-in sessions (a SHA-256 digest of the cookie's value). ``api_keys.label``:
+a name a key's owner gave it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _TIME: sa.Double[float] = sa.Double()
 
 
 def upgrade() -> None:
+    op.add_column("api_keys", sa.Column("label", sa.String(64), nullable=True))
     op.create_table(
         "consumer_members",
         sa.Column("id", sa.Integer, autoincrement=True, nullable=False),
@@ -78,3 +80,4 @@ def downgrade() -> None:
     op.drop_table("portal_links")
     op.drop_index("ix_consumer_members_value", "consumer_members")
     op.drop_table("consumer_members")
+    op.drop_column("api_keys", "label")
