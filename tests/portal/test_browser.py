@@ -65,6 +65,17 @@ def shoot(driver: Any, name: str) -> None:
     driver.set_window_size(*SIZES["desktop"])
 
 
+def wait(driver: Any, css: str) -> Any:
+    """The element ``css`` once the page shows it (after a form's navigation)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, 10).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css))
+    )
+
+
 def call(gw: Gateway, key: str) -> int:
     return httpx.get(
         gw.url + "/hello", headers={"Authorization": f"Bearer {key}"}, timeout=5
@@ -83,6 +94,7 @@ def test_the_whole_journey_through_a_sign_in_link(
     driver.get(portal.url + portal.link("acme", "dev@example.com"))
     shoot(driver, "signin")
     driver.find_element(By.ID, "signin").click()
+    wait(driver, ".who")
     assert driver.current_url == portal.url + "/portal/"
     assert driver.find_element(By.CSS_SELECTOR, ".who").text == "dev@example.com"
     shoot(driver, "consumers")
@@ -95,7 +107,7 @@ def test_the_whole_journey_through_a_sign_in_link(
     driver.find_element(By.LINK_TEXT, "Keys").click()
     driver.find_element(By.ID, "label").send_keys("production <b>")
     driver.find_element(By.ID, "create-key").click()
-    key = driver.find_element(By.ID, "new-key").text
+    key = wait(driver, "#new-key").text
     assert "will not be shown again" in driver.page_source
     shoot(driver, "key-created")
     assert call(gw, key) == 200
@@ -118,7 +130,7 @@ def test_the_whole_journey_through_a_sign_in_link(
     Select(driver.find_element(By.ID, "grace")).select_by_value("2.0")
     rolled_at = time.time()
     driver.find_element(By.ID, "confirm").click()
-    new_key = driver.find_element(By.ID, "new-key").text
+    new_key = wait(driver, "#new-key").text
     assert new_key != key
     assert call(gw, new_key) == 200
     if time.time() - rolled_at < 1.5:
@@ -135,7 +147,7 @@ def test_the_whole_journey_through_a_sign_in_link(
     took = eventually(lambda: call(gw, new_key) == 401, timeout=1.0)
     assert took < 1.0, took
     assert time.monotonic() - revoked < 1.5
-    assert "revoked" in driver.find_element(By.CSS_SELECTOR, ".notice").text
+    assert "revoked" in wait(driver, ".notice").text
     shoot(driver, "keys")
 
     driver.find_element(By.LINK_TEXT, "Activity").click()
@@ -162,6 +174,7 @@ def test_script_in_metadata_stays_inert_in_the_browser(
     driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
     driver.get(portal.url + portal.link("acme", "dev@example.com"))
     driver.find_element(By.ID, "signin").click()
+    wait(driver, ".who")
     driver.get(portal.url + "/portal/c/acme/")
     assert "<script>alert(1)</script>" in driver.find_element(By.CSS_SELECTOR, ".facts").text
     with pytest.raises(NoAlertPresentException):
@@ -179,9 +192,10 @@ def test_a_used_link_does_not_sign_in_again_in_the_browser(
     link = portal.url + portal.link("acme", "dev@example.com")
     driver.get(link)
     driver.find_element(By.ID, "signin").click()
+    wait(driver, ".who")  # signed in
     driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
     driver.get(link)
     driver.find_element(By.ID, "signin").click()
-    assert "not valid" in driver.find_element(By.CSS_SELECTOR, ".error").text
+    assert "not valid" in wait(driver, ".error").text
     driver.get(portal.url + "/portal/c/acme/keys")
     assert "/portal/signin" in driver.current_url

@@ -24,6 +24,7 @@ from keyswap.portal.app import PortalState
 from keyswap.portal.oidc import CALLBACK_PATH, OidcClient
 from keyswap.portal.settings import OidcSettings, SignupPlan
 from tests.portal.conftest import Portal, running_portal
+from tests.portal.test_browser import wait
 from tests.support.asgi_server import bound_socket
 from tests.support.services import require_tool
 
@@ -90,19 +91,39 @@ def oidc_portal(tmp_path: Path) -> Iterator[Portal]:
 
 
 def _sign_in(driver: Any, portal: Portal, login: str) -> None:
+    """Sign in through the provider's development pages (login, then consent) and back."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    home = portal.url + "/portal/"
+
+    def settled(d: Any) -> Any:
+        """The next thing to act on once a page has loaded: the portal's outcome or a submit."""
+        try:
+            if d.execute_script("return document.readyState") != "complete":
+                return False
+            if d.current_url.startswith(home):
+                return d.find_elements(By.CSS_SELECTOR, ".who, .error") or False
+            return d.find_elements(By.CSS_SELECTOR, "button[type=submit]") or False
+        except StaleElementReferenceException:
+            return False
 
     driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
     driver.get(portal.url + "/portal/signin?next=/portal/")
     driver.find_element(By.LINK_TEXT, "Sign in with your account").click()
     for _ in range(6):
-        if driver.current_url.startswith(portal.url + "/portal/"):
+        found = WebDriverWait(driver, 10).until(settled)
+        if driver.current_url.startswith(home):
+            assert "who" in (found[0].get_attribute("class") or ""), found[0].text
             return
         fields = driver.find_elements(By.NAME, "login")
         if fields:
             fields[0].send_keys(login)
             driver.find_element(By.NAME, "password").send_keys("any")
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        before = driver.current_url
+        found[0].click()
+        WebDriverWait(driver, 10).until(lambda d, was=before: d.current_url != was)
     raise AssertionError(
         f"not back at the portal: {driver.current_url}\n{driver.page_source[:2000]}"
     )
@@ -118,7 +139,7 @@ def test_a_member_signs_in_through_the_provider(chromium: Any, oidc_portal: Port
     chromium.find_element(By.LINK_TEXT, "acme").click()
     chromium.find_element(By.LINK_TEXT, "Keys").click()
     chromium.find_element(By.ID, "create-key").click()
-    assert chromium.find_element(By.ID, "new-key").text
+    assert wait(chromium, "#new-key").text
     event = list_events(oidc_portal.ctx(), AuditQuery(action="key.create")).events[0]
     assert (event.actor_kind, event.actor_name) == ("portal", "alice@example.com")
 
@@ -141,6 +162,7 @@ def test_self_sign_up_creates_a_consumer_with_the_default_plan(
     assert "not a member" in source, source[source.find("<main") :][:1500]
     chromium.find_element(By.ID, "name").send_keys("carols-shop")
     chromium.find_element(By.CSS_SELECTOR, "form[action='/portal/signup'] button").click()
+    wait(chromium, ".notice")
     assert chromium.current_url.endswith("/portal/c/carols-shop/?done=created")
     consumer = get_consumer(oidc_portal.ctx(), "carols-shop")
     assert (consumer.metadata, consumer.rate_limit) == ({"plan": "starter"}, "50/60s")
