@@ -90,6 +90,15 @@ def oidc_portal(tmp_path: Path) -> Iterator[Portal]:
         process.stdout.close()
 
 
+def _left(url: str) -> Any:
+    """A wait condition: the browser is no longer at ``url``."""
+
+    def moved(driver: Any) -> bool:
+        return bool(driver.current_url != url)
+
+    return moved
+
+
 def _sign_in(driver: Any, portal: Portal, login: str) -> None:
     """Sign in through the provider's development pages (login, then consent) and back."""
     from selenium.common.exceptions import StaleElementReferenceException
@@ -123,7 +132,7 @@ def _sign_in(driver: Any, portal: Portal, login: str) -> None:
             driver.find_element(By.NAME, "password").send_keys("any")
         before = driver.current_url
         found[0].click()
-        WebDriverWait(driver, 10).until(lambda d, was=before: d.current_url != was)
+        WebDriverWait(driver, 10).until(_left(before))
     raise AssertionError(
         f"not back at the portal: {driver.current_url}\n{driver.page_source[:2000]}"
     )
