@@ -32,6 +32,20 @@ ROUTES: list[Route] = [
     ("GET", "/v1/consumers/acme/quota", "consumers:read", lambda: None),
     ("PATCH", "/v1/consumers/acme", "consumers:write", lambda: {"metadata": {"n": next(_counter)}}),
     ("DELETE", "/v1/consumers/{victim}", "consumers:write", lambda: None),
+    ("GET", "/v1/consumers/acme/members", "consumers:read", lambda: None),
+    (
+        "POST",
+        "/v1/consumers/acme/members",
+        "consumers:write",
+        lambda: {"kind": "email", "value": f"m{next(_counter)}@example.com"},
+    ),
+    ("DELETE", "/v1/consumers/acme/members/{member}", "consumers:write", lambda: None),
+    (
+        "POST",
+        "/v1/consumers/acme/portal-links",
+        "consumers:write",
+        lambda: {"email": "dev@example.com"},
+    ),
     ("POST", "/v1/consumers/acme/keys", "keys:write", lambda: {}),
     ("GET", "/v1/consumers/acme/keys", "keys:read", lambda: None),
     ("GET", "/v1/keys", "keys:read", lambda: None),
@@ -72,6 +86,7 @@ def _template(path: str) -> str:
         .replace("{key}", "{key_id}")
         .replace("{fresh_key}", "{key_id}")
         .replace("{event}", "{event_id}")
+        .replace("{member}", "{member_id}")
     )
 
 
@@ -131,6 +146,14 @@ def _path(api: AdminApi, template: str) -> str:
             )
             assert event_id is not None
             values["event"] = event_id
+    if "{member}" in template:
+        member = api.request(
+            "POST",
+            "/v1/consumers/acme/members",
+            json={"kind": "subject", "value": f"sub-{next(_counter)}"},
+        )
+        assert member.status_code == 201, member.text
+        values["member"] = str(member.json()["id"])
     if "{key}" in template or "{fresh_key}" in template:
         key_id = api.request("POST", "/v1/consumers/acme/keys").json()["id"]
         values["key"] = values["fresh_key"] = key_id

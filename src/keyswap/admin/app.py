@@ -18,6 +18,7 @@ from keyswap.admin import (
     routes_consumers,
     routes_health,
     routes_keys,
+    routes_members,
     routes_signing,
     routes_usage,
     routes_webhooks,
@@ -227,6 +228,7 @@ def build_admin_app(
     for module in (
         routes_health,
         routes_consumers,
+        routes_members,
         routes_webhooks,
         routes_keys,
         routes_signing,

@@ -165,6 +165,14 @@ def _oidc(
     help="Deliver consumers' webhook events from this process (needs the 'webhooks' extra); "
     "--no-webhooks leaves it to other processes or `keyswap webhooks dispatch`. $KEYSWAP_WEBHOOKS.",
 )
+@click.option(
+    "--portal-url",
+    metavar="URL",
+    default=None,
+    envvar="KEYSWAP_PORTAL_PUBLIC_URL",
+    help="The developer portal's public URL (also $KEYSWAP_PORTAL_PUBLIC_URL): sign-in links made "
+    "with POST /v1/consumers/{name}/portal-links come back whole.",
+)
 @key_prefix_option
 @db_option
 @secret_file_option
@@ -181,6 +189,7 @@ def admin(
     oidc_scopes_claims: tuple[str, ...],
     oidc_profile: str | None,
     webhooks: bool,
+    portal_url: str | None,
     key_prefix: str,
     db_url: str | None,
     secret_file: str | None,
@@ -229,6 +238,7 @@ def admin(
                 key_prefix=key_prefix,
                 audit_retention=audit_retention_from_env(),
                 oidc=oidc,
+                portal_url=(portal_url or "").strip() or None,
             )
             app = build_admin_app(state, metrics=AdminMetrics())
             guard.started()  # a failed start before here leaves no new database behind

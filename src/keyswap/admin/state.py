@@ -41,6 +41,8 @@ class AdminState:
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     #: Verifies OIDC tokens from the identity provider; ``None``: admin tokens only.
     oidc: OidcAuthenticator | None = None
+    #: The developer portal's public URL (``--portal-url``): sign-in links are made whole with it.
+    portal_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,7 @@ from keyswap.errors import (
 )
 from keyswap.gateway.keyfilter import KeyFilter
 from keyswap.gateway.secret import ServerSecret, check_secret
-from keyswap.store.models import ApiKeyRecord, Consumer
+from keyswap.store.models import ApiKeyRecord, Consumer, validate_label
 from keyswap.store.sql import Store
 
 __all__ = [
@@ -442,8 +442,10 @@ class ApiKeys:
         expires_in: float | None = None,
         scopes: Iterable[str] | None = None,
         now: float | None = None,
+        label: str | None = None,
     ) -> tuple[ApiKeyRecord, str]:
         """Create a key for ``consumer``; returns the record and the key (shown once, never stored).
+        ``label``: a name for it (at most 64 printable characters; ``None``: none).
 
         ``scopes``: the key's own scopes, each one its consumer's (``None``: the key has whatever scopes
         its consumer has, now and later).
@@ -456,6 +458,7 @@ class ApiKeys:
         now = self._clock() if now is None else now
         if expires_in is not None and not (math.isfinite(expires_in) and expires_in > 0):
             raise InvalidInput("the expiry must be a positive duration")
+        label = validate_label(label)
         owner = self._consumer(consumer)
         expires_at = None if expires_in is None else now + expires_in
         for _ in range(5):
@@ -469,6 +472,7 @@ class ApiKeys:
                     created_at=now,
                     expires_at=expires_at,
                     scopes=None if scopes is None else tuple(scopes),
+                    label=label,
                 )
             except AlreadyExists:  # pragma: no cover - a 71-bit id collision
                 continue

@@ -2218,6 +2218,12 @@ def _cluster_banner(cluster: ClusterSettings, *, postgres: bool, redis_up: bool)
     help="Admin API port. Default: --port + 1 (8081).",
 )
 @click.option(
+    "--portal-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Developer portal port. Default: --port + 2 (8082).",
+)
+@click.option(
     "--data-dir",
     metavar="DIR",
     default=".keyswap-data",
@@ -2232,9 +2238,17 @@ def _cluster_banner(cluster: ClusterSettings, *, postgres: bool, redis_up: bool)
     help="Algorithm of the signing keys created on the first run.",
 )
 @handle_errors
-def demo(port: int, origin_port: int, admin_port: int | None, data_dir: str, alg: str) -> None:
-    """Run the gateway (port 8080) in front of `keyswap origin` (port 7878) with a demo key, and
-    the admin API (port 8081) with a fresh admin token.
+def demo(
+    port: int,
+    origin_port: int,
+    admin_port: int | None,
+    portal_port: int | None,
+    data_dir: str,
+    alg: str,
+) -> None:
+    """Run the gateway (port 8080) in front of `keyswap origin` (port 7878) with a demo key, the
+    admin API (port 8081) with a fresh admin token, and the developer portal (port 8082) with a
+    sign-in link for the demo consumer.
 
     Prints a curl command to try; the answer is the origin echoing the verified JWT claims. Each run
     reuses the data in --data-dir and prints a fresh demo key; older demo keys keep working (another
@@ -2250,12 +2264,16 @@ def demo(port: int, origin_port: int, admin_port: int | None, data_dir: str, alg
     admin = port + 1 if admin_port is None else admin_port
     if admin in (port, origin_port) or admin > 65535:
         raise OneLineUsageError("--admin-port must differ from --port and --origin-port")
+    portal = port + 2 if portal_port is None else portal_port
+    if portal in (port, origin_port, admin) or portal > 65535:
+        raise OneLineUsageError("--portal-port must differ from the other ports")
 
     status = run_demo(
         Path(data_dir),
         port=port,
         origin_port=origin_port,
         admin_port=admin,
+        portal_port=portal,
         alg=alg,
         echo=click.echo,
     )

@@ -27,6 +27,9 @@ __all__ = [
     "AuditRecord",
     "Consumer",
     "KeyLeak",
+    "MemberRecord",
+    "PortalLinkRecord",
+    "PortalSessionRecord",
     "SigningKeyRecord",
     "effective_scopes",
     "format_scopes",
@@ -35,12 +38,16 @@ __all__ = [
     "serialize_metadata",
     "validate_consumer_name",
     "validate_credits",
+    "validate_email",
+    "validate_label",
     "validate_leak_policy",
     "validate_max_connections",
+    "validate_member",
     "validate_metadata",
     "validate_quota",
     "validate_rate_limit",
     "validate_scopes",
+    "validate_subject",
 ]
 
 #: Largest consumer metadata, as compact UTF-8 JSON.
@@ -110,6 +117,8 @@ class ApiKeyRecord:
     scopes: tuple[str, ...] | None = None
     #: Its consumer's scopes now (what :attr:`effective_scopes` narrows the key's own to).
     consumer_scopes: tuple[str, ...] = ()
+    #: A name its owner gave it (``None``: none).
+    label: str | None = None
 
     @property
     def effective_scopes(self) -> tuple[str, ...]:
@@ -131,6 +140,107 @@ class ApiKeyRecord:
         if self.replaced_by is not None:
             return "rolled"
         return "active"
+
+
+#: How a member is named: an e-mail address (lower case) or an OIDC subject.
+MEMBER_KINDS = ("email", "subject")
+_EMAIL = re.compile(r"[^\s@<>()\[\]\\,;:\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+_SUBJECT = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """A person who may manage a consumer in the portal: ``kind`` ``email`` or ``subject`` (an OIDC
+    ``sub``) and its ``value``."""
+
+    id: int
+    consumer_name: str
+    kind: str
+    value: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PortalLinkRecord:
+    """A single-use sign-in link of the portal (never its token: only a digest is stored)."""
+
+    id: str
+    consumer_name: str
+    email: str
+    created_at: float
+    expires_at: float
+    used_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PortalSessionRecord:
+    """A signed-in portal session: who (``identity_kind`` ``email`` or ``subject``, ``identity``,
+    and an e-mail address if known), when it began, was last used, and when it ends at the latest."""
+
+    identity_kind: str
+    identity: str
+    email: str | None
+    created_at: float
+    last_seen_at: float
+    expires_at: float
+
+
+def validate_label(label: str | None) -> str | None:
+    """Return a key's label without surrounding spaces (``None`` for none or an empty one) if it is at
+    most 64 printable characters.
+
+    Raises:
+        InvalidInput: a longer label or one with control characters.
+    """
+    if label is None:
+        return None
+    if not isinstance(label, str):
+        raise InvalidInput("a key's name is text")
+    text = label.strip()
+    if len(text) > 64 or not text.isprintable():
+        raise InvalidInput("a key's name is at most 64 printable characters")
+    return text or None
+
+
+def validate_email(address: str) -> str:
+    """Return an e-mail address in lower case if it looks like ``local@domain`` (at most 254
+    characters, no spaces or angle brackets).
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if (
+        not isinstance(address, str)
+        or len(address) > 254
+        or _EMAIL.fullmatch(address) is None
+        or not address.isascii()
+    ):
+        raise InvalidInput("an e-mail address is local@domain (ASCII, at most 254 characters)")
+    return address.lower()
+
+
+def validate_subject(subject: str) -> str:
+    """Return an OIDC subject if it is 1-255 printable ASCII characters without spaces.
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if not isinstance(subject, str) or _SUBJECT.fullmatch(subject) is None:
+        raise InvalidInput("an OIDC subject is 1-255 printable ASCII characters without spaces")
+    return subject
+
+
+def validate_member(kind: str, value: str) -> tuple[str, str]:
+    """Return ``(kind, value)`` of a member, the value normalised (e-mail addresses in lower case).
+
+    Raises:
+        InvalidInput: an unknown kind or a bad value.
+    """
+    if kind == "email":
+        return kind, validate_email(value)
+    if kind == "subject":
+        return kind, validate_subject(value)
+    raise InvalidInput("a member is an e-mail address or an OIDC subject")
 
 
 @dataclass(frozen=True, slots=True)

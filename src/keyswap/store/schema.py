@@ -20,10 +20,13 @@ __all__ = [
     "api_keys",
     "audit_events",
     "changes",
+    "consumer_members",
     "consumers",
     "key_leaks",
     "meta",
     "metadata",
+    "portal_links",
+    "portal_sessions",
     "quota_usage",
     "signing_keys",
     "usage",
@@ -119,6 +122,8 @@ api_keys = sa.Table(
     sa.Column("replaced_by", sa.String(32), nullable=True),
     # Space-separated scopes of its own (within its consumer's); NULL: its consumer's scopes.
     sa.Column("scopes", sa.Text, nullable=True),
+    # A name its owner gave it ("production", "CI"); NULL: none. A rolled key's replacement keeps it.
+    sa.Column("label", sa.String(64), nullable=True),
 )
 
 # What each revision changed, written in the transaction that bumped ``meta.revision`` (at least one
@@ -277,6 +282,56 @@ key_leaks = sa.Table(
     sa.Column("url", sa.String(2048), nullable=False),
     sa.Column("action", sa.String(16), nullable=False),
     sa.Column("new_key_id", sa.String(32), nullable=True),
+)
+
+# The people who may manage a consumer in the portal: an e-mail address (lower case) or an OIDC subject.
+consumer_members = sa.Table(
+    "consumer_members",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "consumer_id",
+        sa.Integer,
+        sa.ForeignKey("consumers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # email | subject
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("value", sa.String(255), nullable=False, index=True),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.UniqueConstraint("consumer_id", "kind", "value"),
+)
+
+# Single-use sign-in links of the portal: only a SHA-256 digest of the link's token is kept.
+portal_links = sa.Table(
+    "portal_links",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("digest", sa.LargeBinary(32), nullable=False, unique=True),
+    sa.Column(
+        "consumer_id",
+        sa.Integer,
+        sa.ForeignKey("consumers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("email", sa.String(255), nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("expires_at", _TIME, nullable=False),
+    sa.Column("used_at", _TIME, nullable=True),
+)
+
+# Signed-in portal sessions: the key is a SHA-256 digest of the session cookie's value.
+portal_sessions = sa.Table(
+    "portal_sessions",
+    metadata,
+    sa.Column("digest", sa.LargeBinary(32), primary_key=True),
+    # email | subject: how the person signed in, and who they are.
+    sa.Column("identity_kind", sa.String(16), nullable=False),
+    sa.Column("identity", sa.String(255), nullable=False),
+    sa.Column("email", sa.String(255), nullable=True),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("last_seen_at", _TIME, nullable=False),
+    sa.Column("expires_at", _TIME, nullable=False, index=True),
 )
 
 # Metered usage (keyswap.gateway.meter, keyswap.store.usage): one row per consumer, bucket, key and node.
