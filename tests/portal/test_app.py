@@ -7,10 +7,12 @@ import re
 
 import httpx
 
+from keyswap.manage import Context
 from keyswap.manage.audit import AuditQuery, list_events
 from keyswap.manage.consumers import ConsumerUpdate, update_consumer
 from keyswap.manage.keys import NewKey, create_key, list_keys
 from keyswap.manage.members import add_member
+from keyswap.manage.quotas import Counter, counters_for
 from keyswap.portal.app import safe_next
 from tests.portal.conftest import Portal, csrf_of, form_of, running_portal
 from tests.support.gateway_state import Clock
@@ -306,3 +308,37 @@ def test_static_assets_come_from_the_package(portal: Portal) -> None:
     assert "clipboard" in js.text
     theme = httpx.get(portal.url + "/portal/theme.css")
     assert "--accent: #4f46e5" in theme.text
+
+
+def test_the_overview_shows_quota_and_credits_remaining(portal: Portal) -> None:
+    with portal.browser() as browser:
+        portal.sign_in(browser, "acme", "dev@example.com")
+        assert 'class="quota"' not in browser.get("/portal/c/acme/").text  # none set
+        update_consumer(
+            portal.ctx(),
+            "acme",
+            ConsumerUpdate(quota="1000/day", credits=500, credits_refill="500/month"),
+        )
+        ctx = portal.ctx()
+        consumer = portal.store.get_consumer("acme")
+        assert consumer is not None
+        spent = {(consumer.id, s.name): 30 for s in counters_of(ctx, "acme")}  # what gateways wrote
+        portal.store.add_quota_usage(spent, now=ctx.now())
+        page = browser.get("/portal/c/acme/").text
+        quota, credits = re.findall(r'<dd class="quota">(.*?)</dd>', page, re.S)
+        assert quota.startswith("970 of 1000 requests left in ")
+        assert "refilled <time" in quota
+        assert credits.startswith("470 of 500 requests left, refilled <time")
+
+
+def counters_of(ctx: Context, name: str) -> tuple[Counter, ...]:
+    """The quota counters of consumer ``name`` now (as the gateway names them)."""
+    consumer = ctx.store.get_consumer(name)
+    assert consumer is not None
+    return counters_for(
+        quota=consumer.quota,
+        credits=consumer.credits,
+        credits_refill=consumer.credits_refill,
+        credits_set_at=consumer.credits_set_at,
+        now=ctx.now(),
+    )

@@ -39,6 +39,7 @@ from keyswap.manage import Actor, Context
 from keyswap.manage import consumers as manage_consumers
 from keyswap.manage import keys as manage_keys
 from keyswap.manage import members as manage_members
+from keyswap.manage import quotas as manage_quotas
 from keyswap.manage.portal import redeem_link
 from keyswap.portal import charts
 from keyswap.portal.sessions import (
@@ -483,6 +484,7 @@ def overview(page: Page) -> Response:
         tab="overview",
         plan=consumer.metadata.get("plan"),
         usable=len(usable),
+        quotas=manage_quotas.quota_status(page.ctx(), consumer.name),
     )
 
 
