@@ -138,10 +138,31 @@ def host_is_loopback(host: str) -> bool:
         return False
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV6_REFUSED = (
+    ipaddress.IPv6Network("64:ff9b:1::/48"),  # local-use NAT64 (RFC 8215)
+    ipaddress.IPv6Network("fec0::/10"),  # site-local (deprecated, still routed in some networks)
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible (deprecated)
+)
+
+
 def unsafe_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """True for an address a webhook may not reach: anything but a public unicast address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """True for an address a webhook may not reach: anything but a public unicast address.
+
+    IPv6 addresses that carry an IPv4 address (IPv4-mapped ``::ffff:a.b.c.d``, NAT64
+    ``64:ff9b::a.b.c.d``, 6to4 ``2002:AABB:CCDD::``) are judged by the IPv4 address; the
+    local-use NAT64 prefix, site-local and IPv4-compatible (``::a.b.c.d``) addresses are refused.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif address in _NAT64:
+            address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        elif address.sixtofour is not None:
+            if unsafe_address(address.sixtofour):
+                return True
+        elif any(address in network for network in _IPV6_REFUSED):
+            return True
     return not address.is_global or address.is_multicast
 
 
