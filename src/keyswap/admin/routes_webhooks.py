@@ -1,5 +1,6 @@
 """A consumer's webhook: ``/v1/consumers/{name}/webhook`` (get, put, delete, rotate the secret) and its
-events and delivery attempts (list, redeliver). Scopes ``consumers:read`` / ``consumers:write``.
+events and delivery attempts (list, redeliver). Scopes ``consumers:read`` / ``consumers:write``;
+redelivering a sealed event (a rolled key's new API key) needs ``keys:write`` too.
 
 The signing secret is in the response that generated it and nowhere else: a replay of
 ``rotate-secret`` (same ``Idempotency-Key``) answers the same webhook with ``secret: null``.
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
+from keyswap.admin.auth import check_scope
 from keyswap.admin.etags import check_if_match, etag_of
 from keyswap.admin.idempotency import Remembered
 from keyswap.admin.responses import COMMON, idempotent, json_response, problems
@@ -221,15 +223,20 @@ def redeliver(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Make the event due now, whatever its state, with the same ``webhook-id``; 404 unless it is
-    one of this consumer's events."""
+    one of this consumer's events. An event that carries a secret (``key.rolled``: a new API key;
+    listed as ``sealed``) needs ``keys:write`` too: whoever may change the webhook URL could
+    otherwise have the key sent to a URL of their choosing."""
     known_name(name)
     if _EVENT_ID.fullmatch(event_id) is None:
         raise NotFound("unknown webhook event")
     ctx = auth.context()
 
     def act() -> Response:
-        if manage.get_webhook_event(ctx, event_id).consumer_name != name:
+        event = manage.get_webhook_event(ctx, event_id)
+        if event.consumer_name != name:
             raise NotFound("unknown webhook event")  # another consumer's: as if it did not exist
+        if "sealed" in event.payload:
+            check_scope(auth.caller, "keys:write")
         return json_response(WebhookEventOut.of(manage.redeliver(ctx, event_id)), etag=False)
 
     return idempotent(request, auth, None, act)
