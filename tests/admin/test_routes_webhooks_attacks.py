@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
 from keyswap.manage.webhooks import enqueue
 from tests.support.admin_api import AdminApi
@@ -32,6 +33,8 @@ def test_a_consumers_write_token_cannot_redeliver_a_sealed_event_to_its_own_url(
     api: AdminApi,
 ) -> None:
     event_id = _rolled_event(api)
+    with api.store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE webhook_events SET state = 'delivered'"))
     moved = api.request(
         "PUT",
         "/v1/consumers/acme/webhook",
@@ -73,3 +76,34 @@ def test_an_unsealed_event_needs_only_consumers_write(api: AdminApi) -> None:
         token="consumers:write",
     )
     assert done.status_code == 200, done.text
+
+
+def test_a_consumers_write_token_cannot_move_the_url_while_a_sealed_event_waits(
+    api: AdminApi,
+) -> None:
+    _rolled_event(api)  # pending: the receiver was down, say
+    moved = api.request(
+        "PUT",
+        "/v1/consumers/acme/webhook",
+        token="consumers:write",
+        json={"url": "https://attacker.example/in"},
+    )
+    assert moved.status_code == 403, moved.text
+    assert moved.json()["scope"] == "keys:write"
+    shown = api.request("GET", "/v1/consumers/acme/webhook").json()
+    assert shown["url"] == "https://hooks.acme.example/in"
+    same = api.request(
+        "PUT",
+        "/v1/consumers/acme/webhook",
+        token="consumers:write",
+        json={"url": "https://hooks.acme.example/in"},
+    )
+    assert same.status_code == 200, same.text
+    _, token = api.token("both", ("consumers:write", "keys:write"))
+    allowed = api.request(
+        "PUT",
+        "/v1/consumers/acme/webhook",
+        token=token,
+        json={"url": "https://hooks2.acme.example/in"},
+    )
+    assert allowed.status_code == 200, allowed.text

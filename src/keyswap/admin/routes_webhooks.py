@@ -1,6 +1,7 @@
 """A consumer's webhook: ``/v1/consumers/{name}/webhook`` (get, put, delete, rotate the secret) and its
 events and delivery attempts (list, redeliver). Scopes ``consumers:read`` / ``consumers:write``;
-redelivering a sealed event (a rolled key's new API key) needs ``keys:write`` too.
+redelivering a sealed event (a rolled key's new API key), or moving the URL while one is pending,
+needs ``keys:write`` too.
 
 The signing secret is in the response that generated it and nowhere else: a replay of
 ``rotate-secret`` (same ``Idempotency-Key``) answers the same webhook with ``secret: null``.
@@ -32,6 +33,7 @@ from keyswap.admin.schemas_webhooks import (
 from keyswap.admin.state import Authorized, require
 from keyswap.errors import NotFound
 from keyswap.manage import webhooks as manage
+from keyswap.manage.context import Context
 
 __all__ = ["router"]
 
@@ -65,6 +67,18 @@ def get_webhook(
     return json_response(WebhookOut.of(manage.get_webhook(auth.context(), known_name(name))))
 
 
+def _moves_a_sealed_event(ctx: Context, name: str, url: str) -> bool:
+    """True if the consumer's webhook exists with another URL and a sealed event is pending."""
+    try:
+        current = manage.get_webhook(ctx, name)
+    except NotFound:
+        return False
+    if current.url == url:
+        return False
+    pending = manage.list_webhook_events(ctx, name, state="pending", limit=manage.MAX_PAGE)
+    return any("sealed" in event.payload for event in pending)
+
+
 _CREATED: dict[int | str, dict[str, Any]] = {
     201: {
         "model": WebhookSecretOut,
@@ -88,13 +102,16 @@ def put_webhook(
 ) -> Response:
     """Set the consumer's webhook URL. The first time (201) a signing secret is generated and
     returned in ``secret``, once; changing the URL later (200) keeps the secret (``secret: null``).
-    A URL that is not an https URL of a public host is refused (422)."""
+    A URL that is not an https URL of a public host is refused (422). Moving the URL while a
+    sealed event (``key.rolled``: a new API key) waits to be delivered needs ``keys:write`` too."""
     known_name(name)
     ctx = auth.context()
     with auth.state.write_lock:
         if if_match is not None:
             current = WebhookOut.of(manage.get_webhook(ctx, name))
             check_if_match(if_match, etag_of(current))
+        if _moves_a_sealed_event(ctx, name, body.url):
+            check_scope(auth.caller, "keys:write")
         created = manage.set_webhook(
             ctx, auth.state.secret, name, body.url, allow_http_loopback=body.allow_http_loopback
         )
