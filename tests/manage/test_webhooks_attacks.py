@@ -21,6 +21,9 @@ from keyswap.manage.webhooks import validate_url
         "https://0x7f.1:8081/v1/consumers",
         "https://0/",
         "https://10.1/",
+        "https://169.254.169.254./",  # trailing dot
+        "https://[::ffff:127.0.0.1]/",
+        "https://[fe80::1%25eth0]/",
         "https://[64:ff9b::a9fe:a9fe]/",
         "https://[2002:a9fe:a9fe::1]/",
         "https://[::7f00:1]/",
