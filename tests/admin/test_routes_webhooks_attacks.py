@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 
 from keyswap.manage.webhooks import enqueue
-from tests.support.admin_api import AdminApi
+from tests.support.admin_api import AdminApi, running_admin
 
 
 def _rolled_event(api: AdminApi) -> str:
@@ -107,3 +109,22 @@ def test_a_consumers_write_token_cannot_move_the_url_while_a_sealed_event_waits(
         json={"url": "https://hooks2.acme.example/in"},
     )
     assert allowed.status_code == 200, allowed.text
+
+
+def test_loopback_webhooks_need_the_admins_own_opt_in(tmp_path: Path) -> None:
+    """Without --webhooks-allow-loopback, no caller can point the dispatcher at the admin's host."""
+    with running_admin(tmp_path, webhooks_allow_loopback=False) as admin:
+        assert admin.request("POST", "/v1/consumers", json={"name": "acme"}).status_code == 201
+        for url in ("http://127.0.0.1:6379/", "https://localhost:5432/", "http://[::1]:8081/"):
+            refused = admin.request(
+                "PUT",
+                "/v1/consumers/acme/webhook",
+                json={"url": url, "allow_http_loopback": True},
+            )
+            assert refused.status_code in (400, 422), refused.text
+            assert refused.headers["content-type"] == "application/problem+json"
+        assert admin.request("GET", "/v1/consumers/acme/webhook").status_code == 404  # nothing set
+        public = admin.request(
+            "PUT", "/v1/consumers/acme/webhook", json={"url": "https://hooks.example.com/in"}
+        )
+        assert public.status_code == 201, public.text

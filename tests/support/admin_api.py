@@ -81,6 +81,9 @@ def running_admin(
 ) -> Iterator[AdminApi]:
     """Start the admin API over a fresh database of ``kind`` (``sqlite`` or ``postgres``), or the one
     at ``db_url`` (with ``secret``), with one admin token per management scope plus an ``admin`` one."""
+    # the webhook tests deliver to receivers on 127.0.0.1 (tests/admin/test_routes_webhooks_attacks.py
+    # checks that an admin without --webhooks-allow-loopback refuses it)
+    state_options.setdefault("webhooks_allow_loopback", True)
     urls = iter([db_url]) if db_url is not None else _db_url(kind, tmp_path)
     for url in urls:
         store = Store(url, schema="upgrade")

@@ -157,6 +157,14 @@ def _oidc(
     help="Require RFC 9068 JWT access tokens (typ at+jwt; also $KEYSWAP_ADMIN_OIDC_PROFILE).",
 )
 @click.option(
+    "--webhooks-allow-loopback",
+    is_flag=True,
+    envvar="KEYSWAP_WEBHOOKS_ALLOW_LOOPBACK",
+    default=False,
+    help="Let API callers set webhook URLs on a loopback address (allow_http_loopback: local "
+    "development only; off, such requests get 422). $KEYSWAP_WEBHOOKS_ALLOW_LOOPBACK.",
+)
+@click.option(
     "--webhooks/--no-webhooks",
     "webhooks",
     envvar="KEYSWAP_WEBHOOKS",
@@ -188,6 +196,7 @@ def admin(
     oidc_jwks_url: str | None,
     oidc_scopes_claims: tuple[str, ...],
     oidc_profile: str | None,
+    webhooks_allow_loopback: bool,
     webhooks: bool,
     portal_url: str | None,
     key_prefix: str,
@@ -239,6 +248,7 @@ def admin(
                 audit_retention=audit_retention_from_env(),
                 oidc=oidc,
                 portal_url=(portal_url or "").strip() or None,
+                webhooks_allow_loopback=webhooks_allow_loopback,
             )
             app = build_admin_app(state, metrics=AdminMetrics())
             guard.started()  # a failed start before here leaves no new database behind

@@ -31,7 +31,7 @@ from keyswap.admin.schemas_webhooks import (
     WebhookSecretOut,
 )
 from keyswap.admin.state import Authorized, require
-from keyswap.errors import NotFound
+from keyswap.errors import InvalidInput, NotFound
 from keyswap.manage import webhooks as manage
 from keyswap.manage.context import Context
 
@@ -105,6 +105,11 @@ def put_webhook(
     A URL that is not an https URL of a public host is refused (422). Moving the URL while a
     sealed event (``key.rolled``: a new API key) waits to be delivered needs ``keys:write`` too."""
     known_name(name)
+    if body.allow_http_loopback and not auth.state.webhooks_allow_loopback:
+        raise InvalidInput(
+            "allow_http_loopback is refused: this keyswap admin was not started with "
+            "--webhooks-allow-loopback (local development only)"
+        )
     ctx = auth.context()
     with auth.state.write_lock:
         if if_match is not None:
