@@ -5,6 +5,8 @@
 Apps:
   bare         Starlette, one small JSON route (the 1.00 of every table)
   keyswap      the same app behind keyswap's pure-ASGI JWTAuthMiddleware
+  bound        the same app behind the middleware with a request-bound issuer (bind_request=True,
+               public URL = this server, in-memory replay cache of 2,000,000 entries)
   handwritten  the same app behind the JWT middleware people write today: Starlette
                BaseHTTPMiddleware + PyJWKClient(url).get_signing_key_from_jwt + jwt.decode
   naiveproxy   a Starlette proxy: API-key check (HMAC of the presented key, dict lookup), then
@@ -46,6 +48,30 @@ def keyswap_app(jwks_url: str) -> Any:
     verifier = Verifier(IssuerConfig(issuer=ISSUER, jwks_url=jwks_url, audience=AUDIENCE))
     verifier.start()
     return JWTAuthMiddleware(bare_app(), verifier=verifier)
+
+
+def bound_app(jwks_url: str, public_url: str) -> Any:
+    """The bare app behind the middleware with a bound issuer (request binding, replay cache)."""
+    from keyswap.verifier.asgi import JWTAuthMiddleware
+    from keyswap.verifier.replay import MemoryReplayCache
+    from keyswap.verifier.verify import IssuerConfig, Verifier
+
+    config = IssuerConfig(
+        issuer=ISSUER,
+        jwks_url=jwks_url,
+        audience=AUDIENCE,
+        algorithms=("RS256", "ES256", "EdDSA"),
+        bind_request=True,
+    )
+    verifier = Verifier(config)
+    verifier.start()
+    # Room for every token of a whole benchmark run (a few 100k requests within the lifetimes).
+    return JWTAuthMiddleware(
+        bare_app(),
+        verifier=verifier,
+        public_url=public_url,
+        replay_cache=MemoryReplayCache(2_000_000),
+    )
 
 
 def handwritten_app(jwks_url: str) -> Starlette:
@@ -154,6 +180,8 @@ def make_app() -> Any:
         return keyswap_app(os.environ["BENCH_JWKS_URL"])
     if name == "handwritten":
         return handwritten_app(os.environ["BENCH_JWKS_URL"])
+    if name == "bound":
+        return bound_app(os.environ["BENCH_JWKS_URL"], os.environ["BENCH_PUBLIC_URL"])
     return naive_proxy_app(os.environ["BENCH_UPSTREAM"])
 
 
@@ -161,7 +189,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("app", choices=["bare", "keyswap", "handwritten", "naiveproxy"])
+    parser.add_argument("app", choices=["bare", "keyswap", "bound", "handwritten", "naiveproxy"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--jwks-url")
     parser.add_argument("--upstream")
@@ -170,6 +198,7 @@ def main() -> None:
     os.environ["BENCH_APP"] = args.app
     os.environ["BENCH_JWKS_URL"] = args.jwks_url or ""
     os.environ["BENCH_UPSTREAM"] = args.upstream or ""
+    os.environ["BENCH_PUBLIC_URL"] = f"http://{HOST}:{args.port}"
 
     if args.server == "granian":
         # One worker, uvloop, HTTP/1, no access log: the same shape as the uvicorn runs.

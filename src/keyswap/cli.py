@@ -23,8 +23,13 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "gateway": ("keyswap.gateway.cli:gateway", "gateway", "Run the API-key gateway."),
     "admin": ("keyswap.admin.cli:admin", "admin", "Run the admin HTTP API (management plane)."),
     "demo": ("keyswap.gateway.cli:demo", "gateway", "Run gateway + origin with a demo key."),
-    "consumers": ("keyswap.gateway.cli:consumers", "gateway", "Manage API consumers."),
+    "consumers": ("keyswap.gateway.cli_members:consumers", "gateway", "Manage API consumers."),
     "keys": ("keyswap.gateway.cli:keys", "gateway", "Manage consumers' API keys."),
+    "portal": (
+        "keyswap.portal.cli:portal",
+        "portal",
+        "Run the developer portal; make sign-in links.",
+    ),
     "signing-keys": ("keyswap.gateway.cli:signing_keys", "gateway", "Manage JWT signing keys."),
     "db": ("keyswap.gateway.cli:db", "gateway", "Database schema commands."),
     "admin-tokens": (
@@ -37,6 +42,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "keyswap.webhooks.cli:webhooks",
         "gateway",
         "Consumers' webhook events: deliveries, redeliver, dispatch.",
+    ),
+    "usage": (
+        "keyswap.gateway.cli_usage:usage",
+        "gateway",
+        "Show metered usage per consumer and key; top consumers.",
     ),
     "tokens": (
         "keyswap.gateway.cli_tokens:tokens",

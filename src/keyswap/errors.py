@@ -23,13 +23,19 @@ them into responses; nothing reaches the server as a 500.
     │   │   ├── TokenNotYetValid          invalid_token        401  nbf / iat in the future
     │   │   ├── InvalidIssuer             invalid_token        401
     │   │   ├── InvalidAudience           invalid_token        401
-    │   │   └── InvalidClaim              invalid_token        401  missing or ill-typed claim
+    │   │   ├── InvalidClaim              invalid_token        401  missing or ill-typed claim
+    │   │   ├── UnboundToken              invalid_token        401  bound issuer, token not request-bound
+    │   │   ├── RequestMismatch           invalid_token        401  method/URL/query/body differ (detail: logs)
+    │   │   └── ReplayedToken             invalid_token        401  a bound token's jti seen before
     │   ├── InsufficientScope             insufficient_scope   403
     │   └── InvalidApiKey                 invalid_api_key      401  (gateway: every cause looks the same)
     ├── KeysUnavailable                   temporarily_unavailable 503 (+ Retry-After)
     ├── StoreUnavailable                  temporarily_unavailable 503 (+ Retry-After)  key store unreachable
+    ├── ReplayCacheUnavailable            temporarily_unavailable 503 (+ Retry-After)  replay cache down / full
+    ├── PayloadTooLarge                   payload_too_large    413  bound request body over the limit
     ├── JWKSFetchError                    jwks_fetch_failed    503  (internal: a fetch failed)
     ├── RateLimited                       rate_limited         429 (+ Retry-After)
+    │   └── QuotaExceeded                 quota_exceeded       429  quota or credits spent (gateway)
     └── UpstreamError                     bad_gateway          502
         └── UpstreamTimeout               gateway_timeout      504
 
@@ -60,9 +66,15 @@ __all__ = [
     "MalformedToken",
     "MissingToken",
     "NotFound",
+    "PayloadTooLarge",
+    "QuotaExceeded",
     "RateLimited",
+    "ReplayCacheUnavailable",
+    "ReplayedToken",
+    "RequestMismatch",
     "StoreUnavailable",
     "TokenNotYetValid",
+    "UnboundToken",
     "UnknownKey",
     "UnsupportedAlgorithm",
     "UpstreamError",
@@ -204,6 +216,32 @@ class InvalidClaim(InvalidToken):
     label = "claim"
 
 
+class UnboundToken(InvalidToken):
+    """The issuer requires request-bound tokens and this one is not bound (no ``htm``/``htu``/``jti``)."""
+
+    label = "unbound"
+
+
+class RequestMismatch(InvalidToken):
+    """The request is not the one the token was bound to (method, URL, query or body differ).
+
+    ``reason`` is the generic text sent to the client; ``detail`` names the differing part and goes
+    to the logs only.
+    """
+
+    label = "request_mismatch"
+
+    def __init__(self, reason: str = "", *, detail: str = "") -> None:
+        super().__init__(reason or "the token is not bound to this request")
+        self.detail = detail
+
+
+class ReplayedToken(InvalidToken):
+    """A request-bound token was presented a second time."""
+
+    label = "replayed"
+
+
 class InsufficientScope(AuthError):
     """The token lacks a required scope."""
 
@@ -233,6 +271,26 @@ class KeysUnavailable(KeyswapError):
     def __init__(self, reason: str = "", *, retry_after: int = 5) -> None:
         super().__init__(reason)
         self.retry_after = max(1, int(retry_after))
+
+
+class ReplayCacheUnavailable(KeyswapError):
+    """The shared replay cache cannot be reached (or the local one is full): bound tokens are refused."""
+
+    code = "temporarily_unavailable"
+    status = 503
+    label = "replay_cache_unavailable"
+
+    def __init__(self, reason: str = "", *, retry_after: int = 2) -> None:
+        super().__init__(reason)
+        self.retry_after = max(1, int(retry_after))
+
+
+class PayloadTooLarge(KeyswapError):
+    """The request body is larger than the bound-request limit."""
+
+    code = "payload_too_large"
+    status = 413
+    label = "payload_too_large"
 
 
 class StoreUnavailable(KeyswapError):
@@ -273,6 +331,13 @@ class RateLimited(KeyswapError):
     def __init__(self, reason: str = "", *, retry_after: int = 1) -> None:
         super().__init__(reason)
         self.retry_after = max(1, int(retry_after))
+
+
+class QuotaExceeded(RateLimited):
+    """A consumer's request quota or credits are spent (``Retry-After``: until the refill)."""
+
+    code = "quota_exceeded"
+    label = "quota_exceeded"
 
 
 class UpstreamError(KeyswapError):

@@ -29,8 +29,23 @@ ROUTES: list[Route] = [
     ("GET", "/v1/consumers", "consumers:read", lambda: None),
     ("POST", "/v1/consumers", "consumers:write", lambda: {"name": f"new{next(_counter)}"}),
     ("GET", "/v1/consumers/acme", "consumers:read", lambda: None),
+    ("GET", "/v1/consumers/acme/quota", "consumers:read", lambda: None),
     ("PATCH", "/v1/consumers/acme", "consumers:write", lambda: {"metadata": {"n": next(_counter)}}),
     ("DELETE", "/v1/consumers/{victim}", "consumers:write", lambda: None),
+    ("GET", "/v1/consumers/acme/members", "consumers:read", lambda: None),
+    (
+        "POST",
+        "/v1/consumers/acme/members",
+        "consumers:write",
+        lambda: {"kind": "email", "value": f"m{next(_counter)}@example.com"},
+    ),
+    ("DELETE", "/v1/consumers/acme/members/{member}", "consumers:write", lambda: None),
+    (
+        "POST",
+        "/v1/consumers/acme/portal-links",
+        "consumers:write",
+        lambda: {"email": "dev@example.com"},
+    ),
     ("POST", "/v1/consumers/acme/keys", "keys:write", lambda: {}),
     ("GET", "/v1/consumers/acme/keys", "keys:read", lambda: None),
     ("GET", "/v1/keys", "keys:read", lambda: None),
@@ -57,6 +72,8 @@ ROUTES: list[Route] = [
         "consumers:write",
         lambda: None,
     ),
+    ("GET", "/v1/usage", "usage:read", lambda: None),
+    ("GET", "/v1/usage/top", "usage:read", lambda: None),
 ]
 
 
@@ -69,6 +86,7 @@ def _template(path: str) -> str:
         .replace("{key}", "{key_id}")
         .replace("{fresh_key}", "{key_id}")
         .replace("{event}", "{event_id}")
+        .replace("{member}", "{member_id}")
     )
 
 
@@ -128,6 +146,14 @@ def _path(api: AdminApi, template: str) -> str:
             )
             assert event_id is not None
             values["event"] = event_id
+    if "{member}" in template:
+        member = api.request(
+            "POST",
+            "/v1/consumers/acme/members",
+            json={"kind": "subject", "value": f"sub-{next(_counter)}"},
+        )
+        assert member.status_code == 201, member.text
+        values["member"] = str(member.json()["id"])
     if "{key}" in template or "{fresh_key}" in template:
         key_id = api.request("POST", "/v1/consumers/acme/keys").json()["id"]
         values["key"] = values["fresh_key"] = key_id
@@ -168,7 +194,7 @@ def test_route_refuses_every_bad_credential(
     revoke_admin_token(Context(api.store, Actor.cli("test")), revoked_id)
     _, expiring = api.token("brief", (scope,), expires_in=60)
     clock.advance(61)
-    wrong = "usage:read"
+    wrong = "audit:read" if scope == "usage:read" else "usage:read"
     bad = {
         None: 401,
         "ksadm_not-a-token": 401,
@@ -232,7 +258,7 @@ def test_route_with_oidc_tokens(oidc_matrix_api: AdminApi, route: Route) -> None
         (None, 401),
         (_oidc(scope, ttl=-120), 401),  # expired
         (_oidc(scope, aud="another-api"), 401),
-        (_oidc("usage:read"), 403),
+        (_oidc("audit:read" if scope == "usage:read" else "usage:read"), 403),
         (_oidc(scope), 200),
         (_oidc("openid admin"), 200),
     ]

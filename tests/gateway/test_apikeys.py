@@ -526,3 +526,25 @@ def test_last_used_times_survive_a_failed_flush(api_keys: ApiKeys, store: Counti
     stored = store.get_api_key(record.id)
     assert stored is not None
     assert stored.last_used_at is not None
+
+
+def test_refused_owner_names_only_revoked_or_expired_keys_it_knows(
+    api_keys: ApiKeys, store: CountingStore, clock: Clock
+) -> None:
+    revoked_record, revoked = api_keys.create("acme")
+    api_keys.authenticate(revoked)
+    api_keys.revoke(revoked_record.id)
+    _refusal(api_keys, revoked)
+    expiring_record, expiring = api_keys.create("acme", expires_in=60)
+    api_keys.authenticate(expiring)
+    _, valid = api_keys.create("acme")
+    api_keys.authenticate(valid)
+    lookups = store.lookups
+    assert api_keys.refused_owner(revoked) == ("acme", revoked_record.id)
+    assert api_keys.refused_owner(expiring) is None
+    clock.advance(61)
+    assert api_keys.refused_owner(expiring) == ("acme", expiring_record.id)
+    assert api_keys.refused_owner(valid) is None
+    assert api_keys.refused_owner(generate_key()) is None
+    assert api_keys.refused_owner("ks_not-a-key") is None
+    assert store.lookups == lookups  # never a store query

@@ -90,7 +90,15 @@ def test_consumers_can_be_created_listed_updated_and_deleted(db: str) -> None:
     assert "Created consumer 'beta'." in ok("consumers", "create", "beta", "--db", db).stdout
 
     listed = ok("consumers", "list", "--db", db).stdout
-    assert listed.splitlines()[0].split() == ["NAME", "CREATED", "RATE_LIMIT", "SCOPES", "METADATA"]
+    assert listed.splitlines()[0].split() == [
+        "NAME",
+        "CREATED",
+        "RATE_LIMIT",
+        "QUOTA",
+        "CREDITS",
+        "SCOPES",
+        "METADATA",
+    ]
     assert '{"tier":"gold"}' in listed
     assert [c["name"] for c in as_json(ok("consumers", "list", "--json", "--db", db))] == [
         "acme",
@@ -489,6 +497,10 @@ def test_every_result_can_be_printed_as_json(db: str) -> None:
         "scopes",
         "max_connections",
         "leak_policy",
+        "quota",
+        "credits",
+        "credits_refill",
+        "credits_set_at",
     }
     limited = as_json(ok("consumers", "set-limit", "acme", "--rate", "10/s", "--json", "--db", db))
     assert limited["rate_limit"] == "10/1s"

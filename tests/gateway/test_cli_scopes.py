@@ -42,9 +42,17 @@ def test_consumers_get_scopes_at_creation_and_list_them(db: str) -> None:
     assert created["scopes"] == ["orders:read", "orders:write"]
     ok("consumers", "create", "beta", "--db", db)
     table = ok("consumers", "list", "--db", db).stdout.splitlines()
-    assert table[0].split() == ["NAME", "CREATED", "RATE_LIMIT", "SCOPES", "METADATA"]
-    assert table[1].split()[3] == "orders:read,orders:write"
-    assert table[2].split()[3] == "-"
+    assert table[0].split() == [
+        "NAME",
+        "CREATED",
+        "RATE_LIMIT",
+        "QUOTA",
+        "CREDITS",
+        "SCOPES",
+        "METADATA",
+    ]
+    assert table[1].split()[5] == "orders:read,orders:write"
+    assert table[2].split()[5] == "-"
     listed = as_json(ok("consumers", "list", "--json", "--db", db))
     assert [c["scopes"] for c in listed] == [["orders:read", "orders:write"], []]
 

@@ -26,6 +26,7 @@ _CURL = re.compile(r"curl -H 'Authorization: Bearer (\S+)' (http://127\.0\.0\.1:
 _ADMIN_CURL = re.compile(
     r"curl -H 'Authorization: Bearer (ksadm_\S+)' (http://127\.0\.0\.1:\d+)/v1/consumers"
 )
+_PORTAL_LINK = re.compile(r"(http://127\.0\.0\.1:\d+)(/portal/signin/link\?token=kspl_\S+)")
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Demo:
     output: list[str]
     admin_token: str = ""
     admin_url: str = ""
+    portal_link: tuple[str, str] = ("", "")
 
 
 @contextmanager
@@ -52,6 +54,8 @@ def running_demo(
             str(origin_port),
             "--admin-port",
             str(admin_port or free_port()),
+            "--portal-port",
+            str(free_port()),
             "--data-dir",
             str(data_dir),
             "--alg",
@@ -74,8 +78,8 @@ def running_demo(
     reader.start()
     try:
         deadline = time.monotonic() + 30
-        match = admin = None
-        while match is None or admin is None:
+        match = admin = portal = None
+        while match is None or admin is None or portal is None:
             try:
                 line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
@@ -83,7 +87,16 @@ def running_demo(
             output.append(line)
             match = match or _CURL.search(line)
             admin = admin or _ADMIN_CURL.search(line)
-        yield Demo(process, match.group(1), match.group(2), output, admin.group(1), admin.group(2))
+            portal = portal or _PORTAL_LINK.search(line)
+        yield Demo(
+            process,
+            match.group(1),
+            match.group(2),
+            output,
+            admin.group(1),
+            admin.group(2),
+            (portal.group(1), portal.group(2)),
+        )
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -173,6 +186,8 @@ def _demo(
             str(origin_port),
             "--admin-port",
             str(admin_port or free_port()),
+            "--portal-port",
+            str(free_port()),
             "--data-dir",
             str(data_dir),
             "--alg",
@@ -282,3 +297,54 @@ def test_an_admin_port_equal_to_another_is_a_usage_error(tmp_path: Path, admin: 
     assert done.returncode == 2
     assert done.stderr.strip() == "Error: --admin-port must differ from --port and --origin-port"
     assert not (tmp_path / "d").exists()
+
+
+_USAGE = re.compile(r"usage demo --since 1h --by minute --db (\S+)")
+
+
+def test_the_demo_shows_the_demo_consumers_usage(tmp_path: Path) -> None:
+    data_dir = tmp_path / ".keyswap-data"
+    with running_demo(data_dir, free_port(), free_port()) as demo:
+        printed = _USAGE.search("".join(demo.output))
+        assert printed is not None, "".join(demo.output)
+        for _ in range(3):
+            assert _try(demo).status_code == 200
+        headers = {"Authorization": f"Bearer {demo.admin_token}"}
+        deadline = time.monotonic() + 15
+        while True:  # written every 2 s while the demo runs
+            body = httpx.get(
+                demo.admin_url + "/v1/usage?consumer=demo&by=minute", headers=headers, timeout=10
+            ).json()
+            if body["total"]["requests"] == 3:
+                break
+            assert time.monotonic() < deadline, body
+            time.sleep(0.1)
+        assert body["total"]["status_2xx"] == 3
+    assert demo.process.returncode == 0, "".join(demo.output)
+    result = subprocess.run(
+        [KEYSWAP, "usage", "demo", "--since", "1h", "--by", "minute", "--db", printed.group(1)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].split()[:3] == ["TOTAL", "3", "3"]
+
+
+def test_the_demo_serves_the_portal_with_a_sign_in_link(tmp_path: Path) -> None:
+    data_dir = tmp_path / ".keyswap-data"
+    with running_demo(data_dir, free_port(), free_port()) as demo:
+        portal, path = demo.portal_link
+        with httpx.Client(base_url=portal, timeout=10) as browser:
+            page = browser.get(path)
+            assert page.status_code == 200
+            fields = dict(
+                re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text)
+            )
+            assert browser.post("/portal/signin/link", data=fields).status_code == 303
+            home = browser.get("/portal/c/demo/")
+            assert home.status_code == 200
+            assert demo.url.removesuffix("/hello") in home.text
+    assert demo.process.returncode == 0, "".join(demo.output)

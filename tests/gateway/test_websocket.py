@@ -317,3 +317,42 @@ def test_a_real_keyswap_gateway_process_relays_websockets(
             ws.recv(timeout=5)
         assert ws.close_reason == "idle timeout"
     assert key not in process.log()
+
+
+def test_websockets_are_metered_refusals_included(gateway: Gateway) -> None:
+    from keyswap.manage import usage as manage
+
+    with open_ws(gateway, "/echo") as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=5) == "hello"
+    revoked_record, revoked_key = gateway.admin.create("acme")
+    with open_ws(gateway, "/echo", key=revoked_key):
+        pass
+    gateway.admin.revoke(revoked_record.id)
+    deadline = time.monotonic() + 10
+    statuses: list[int] = []
+    while not statuses:  # until the revocation reaches the node
+        try:
+            with open_ws(gateway, "/echo", key=revoked_key):
+                pass
+        except InvalidStatus as exc:
+            statuses.append(exc.response.status_code)
+        assert time.monotonic() < deadline
+    assert statuses == [401]
+    assert refused(gateway, "/echo", {"Authorization": "Bearer ks_nope"})[0] == 401
+    gateway.server.stop()  # the shutdown writes the counts
+    now = time.time()
+    window = {"since": now - 3600, "until": now + 3600, "by": "hour"}
+    (total,) = manage.query(gateway.admin_store, consumer_id="acme", **window)  # type: ignore[arg-type]
+    (revoked,) = manage.query(
+        gateway.admin_store,
+        consumer_id="acme",
+        key_id=revoked_record.id,
+        **window,  # type: ignore[arg-type]
+    )
+    assert revoked.unauthorized == 1
+    assert (
+        total.requests == 1 + revoked.requests
+    )  # the first key's websocket, then the revoked key's
+    (everyone,) = manage.query_all(gateway.admin_store, **window)  # type: ignore[arg-type]
+    assert everyone.unauthorized == 2

@@ -218,6 +218,9 @@ def test_migrations_ship_inside_the_package() -> None:
         "0005_changes.py",
         "0006_audit.py",
         "0007_webhooks.py",
+        "0008_usage.py",
+        "0009_quotas.py",
+        "0010_portal.py",
         "0011_leaks.py",
     ]
     assert (migrate.MIGRATIONS_DIR / "env.py").is_file()

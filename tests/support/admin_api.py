@@ -13,6 +13,7 @@ import httpx
 
 from keyswap.admin.app import build_admin_app
 from keyswap.admin.auth import FailureThrottle
+from keyswap.admin.metrics import AdminMetrics
 from keyswap.admin.state import AdminState
 from keyswap.gateway.keyring import Keyring
 from keyswap.gateway.secret import ServerSecret
@@ -39,8 +40,9 @@ class AdminApi:
     def token(
         self, name: str, scopes: tuple[str, ...], expires_in: float | None = None
     ) -> tuple[str, str]:
-        """A new admin token: (token id, token)."""
-        ctx = Context(self.store, Actor.cli("test"))
+        """A new admin token: (token id, token), stamped by the admin's own clock (so a test that
+        moves that clock past ``expires_in`` sees the token expired, however slow the set-up was)."""
+        ctx = Context(self.store, Actor.cli("test"), self.state.clock)
         created = create_admin_token(ctx, self.secret, NewAdminToken(name, scopes, expires_in))
         return created.record.id, created.token
 
@@ -74,10 +76,14 @@ def running_admin(
     *,
     db_url: str | None = None,
     secret: ServerSecret | None = None,
+    metrics: AdminMetrics | None = None,
     **state_options: Any,
 ) -> Iterator[AdminApi]:
     """Start the admin API over a fresh database of ``kind`` (``sqlite`` or ``postgres``), or the one
     at ``db_url`` (with ``secret``), with one admin token per management scope plus an ``admin`` one."""
+    # the webhook tests deliver to receivers on 127.0.0.1 (tests/admin/test_routes_webhooks_attacks.py
+    # checks that an admin without --webhooks-allow-loopback refuses it)
+    state_options.setdefault("webhooks_allow_loopback", True)
     urls = iter([db_url]) if db_url is not None else _db_url(kind, tmp_path)
     for url in urls:
         store = Store(url, schema="upgrade")
@@ -91,7 +97,7 @@ def running_admin(
                 throttle=FailureThrottle(clock=throttle_clock),
                 **state_options,
             )
-            server = ServerThread(build_admin_app(state)).start()
+            server = ServerThread(build_admin_app(state, metrics=metrics)).start()
             api = AdminApi(server.url, store, secret, state, throttle_clock)
             for scope in (*MANAGEMENT_SCOPES, ADMIN):
                 api.tokens[scope] = api.token(scope.replace(":", "-"), (scope,))[1]

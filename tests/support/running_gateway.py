@@ -73,13 +73,16 @@ def running_gateway(
     cluster: ClusterSettings | None = None,
     server_options: dict[str, Any] | None = None,
     secret_scanning: SecretScanningSettings | None = None,
+    usage_interval: float | None = 10.0,
+    gateway_options: dict[str, Any] | None = None,
     **settings: Any,
 ) -> Iterator[Gateway]:
     """Start a gateway in front of ``upstream_url`` with consumer ``acme`` ({"plan": "free"}) and a key.
 
     The gateway's clock is a :class:`Clock` tests move by hand (it starts at the real time), unless
     ``real_clock`` (for expiry set by another process at its real "now"). ``server_options``: extra uvicorn
-    config (e.g. ``http=`` a protocol class).
+    config (e.g. ``http=`` a protocol class); ``gateway_options``: extra ``build_gateway`` arguments
+    (``metrics=``, ``tracing=``).
     """
     db_path = tmp_path / "keyswap.db"
     db_url = f"sqlite:///{db_path}"
@@ -96,6 +99,8 @@ def running_gateway(
         clock=time.time if real_clock else clock,
         cluster=cluster,
         secret_scanning=secret_scanning,
+        usage_interval=usage_interval,
+        **(gateway_options or {}),
     )
     admin_store = Store(db_url)
     try:

@@ -18,10 +18,13 @@ from keyswap.admin import (
     routes_consumers,
     routes_health,
     routes_keys,
+    routes_members,
     routes_signing,
+    routes_usage,
     routes_webhooks,
 )
 from keyswap.admin.docs_page import CONTENT_SECURITY_POLICY, asset, render_docs
+from keyswap.admin.metrics import AdminMetrics
 from keyswap.admin.middleware import MAX_BODY, AdminMiddleware, request_id_of
 from keyswap.admin.problems import (
     PROBLEM_JSON,
@@ -40,7 +43,8 @@ __all__ = ["build_admin_app"]
 logger = logging.getLogger("keyswap.admin")
 
 _DESCRIPTION = (
-    """The keyswap management API: consumers (and their webhooks), API keys, signing keys and the audit log.
+    """The keyswap management API: consumers (and their webhooks), API keys, signing keys, the audit
+log and metered usage.
 
 Authenticate with an admin token (`keyswap admin-tokens create NAME --scopes ...`) as
 `Authorization: Bearer ksadm_...`. Scopes: """
@@ -203,8 +207,14 @@ _DOCS_HEADERS = {
 }
 
 
-def build_admin_app(state: AdminState, *, max_body: int = MAX_BODY) -> FastAPI:
-    """The admin API over ``state`` (wrapped in :class:`~keyswap.admin.middleware.AdminMiddleware`)."""
+def build_admin_app(
+    state: AdminState, *, max_body: int = MAX_BODY, metrics: AdminMetrics | None = None
+) -> FastAPI:
+    """The admin API over ``state`` (wrapped in :class:`~keyswap.admin.middleware.AdminMiddleware`).
+
+    ``metrics``: counted, and served at ``GET /metrics`` (:mod:`keyswap.admin.metrics`; ``keyswap
+    admin`` always passes one).
+    """
     app = FastAPI(
         title="keyswap admin API",
         version=__version__,
@@ -218,10 +228,12 @@ def build_admin_app(state: AdminState, *, max_body: int = MAX_BODY) -> FastAPI:
     for module in (
         routes_health,
         routes_consumers,
+        routes_members,
         routes_webhooks,
         routes_keys,
         routes_signing,
         routes_audit,
+        routes_usage,
     ):
         app.include_router(module.router)
 
@@ -248,5 +260,5 @@ def build_admin_app(state: AdminState, *, max_body: int = MAX_BODY) -> FastAPI:
             return Response(status_code=304, headers=headers)
         return Response(found.body, media_type=found.media_type, headers=headers)
 
-    app.add_middleware(AdminMiddleware, max_body=max_body)
+    app.add_middleware(AdminMiddleware, max_body=max_body, metrics=metrics)
     return app

@@ -109,6 +109,14 @@ def _oidc(
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
 @click.option(
+    "--log-format",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    envvar="KEYSWAP_ADMIN_LOG_FORMAT",
+    help="json: one JSON object per log line (also $KEYSWAP_ADMIN_LOG_FORMAT).",
+)
+@click.option(
     "--oidc-issuer",
     metavar="URL",
     default=None,
@@ -149,6 +157,14 @@ def _oidc(
     help="Require RFC 9068 JWT access tokens (typ at+jwt; also $KEYSWAP_ADMIN_OIDC_PROFILE).",
 )
 @click.option(
+    "--webhooks-allow-loopback",
+    is_flag=True,
+    envvar="KEYSWAP_WEBHOOKS_ALLOW_LOOPBACK",
+    default=False,
+    help="Let API callers set webhook URLs on a loopback address (allow_http_loopback: local "
+    "development only; off, such requests get 422). $KEYSWAP_WEBHOOKS_ALLOW_LOOPBACK.",
+)
+@click.option(
     "--webhooks/--no-webhooks",
     "webhooks",
     envvar="KEYSWAP_WEBHOOKS",
@@ -156,6 +172,14 @@ def _oidc(
     show_default=True,
     help="Deliver consumers' webhook events from this process (needs the 'webhooks' extra); "
     "--no-webhooks leaves it to other processes or `keyswap webhooks dispatch`. $KEYSWAP_WEBHOOKS.",
+)
+@click.option(
+    "--portal-url",
+    metavar="URL",
+    default=None,
+    envvar="KEYSWAP_PORTAL_PUBLIC_URL",
+    help="The developer portal's public URL (also $KEYSWAP_PORTAL_PUBLIC_URL): sign-in links made "
+    "with POST /v1/consumers/{name}/portal-links come back whole.",
 )
 @key_prefix_option
 @db_option
@@ -166,12 +190,15 @@ def admin(
     port: int,
     redis_url: str | None,
     log_level: str,
+    log_format: str,
     oidc_issuer: str | None,
     oidc_audience: str | None,
     oidc_jwks_url: str | None,
     oidc_scopes_claims: tuple[str, ...],
     oidc_profile: str | None,
+    webhooks_allow_loopback: bool,
     webhooks: bool,
+    portal_url: str | None,
     key_prefix: str,
     db_url: str | None,
     secret_file: str | None,
@@ -186,6 +213,7 @@ def admin(
     import os
 
     from keyswap.admin.app import build_admin_app
+    from keyswap.admin.metrics import AdminMetrics
     from keyswap.admin.state import AdminState
     from keyswap.gateway.keyring import Keyring
     from keyswap.gateway.serve import configure_logging, run_until_signal, server_config
@@ -198,7 +226,7 @@ def admin(
     oidc = _oidc(oidc_issuer, oidc_audience, oidc_jwks_url, oidc_scopes_claims, oidc_profile)
     sockets = bind_listeners(host, port)
     try:
-        configure_logging(log_level)
+        configure_logging(log_level, log_format)
         if not is_loopback(host):
             logger.warning(
                 "the admin API listens on %s, beyond this machine, over plain HTTP: put TLS in "
@@ -219,15 +247,19 @@ def admin(
                 key_prefix=key_prefix,
                 audit_retention=audit_retention_from_env(),
                 oidc=oidc,
+                portal_url=(portal_url or "").strip() or None,
+                webhooks_allow_loopback=webhooks_allow_loopback,
             )
-            app = build_admin_app(state)
+            app = build_admin_app(state, metrics=AdminMetrics())
             guard.started()  # a failed start before here leaves no new database behind
             bound = sockets[0].getsockname()[1]
 
             def ready() -> None:
-                click.echo(
-                    f"keyswap admin API on http://{listen_address(host, bound)} (docs: /docs)"
-                )
+                line = f"keyswap admin API on http://{listen_address(host, bound)} (docs: /docs)"
+                if log_format == "json":
+                    logger.info("%s", line)
+                else:
+                    click.echo(line)
 
             with background_dispatcher(store, secret, enabled=webhooks):
                 status = run_until_signal(

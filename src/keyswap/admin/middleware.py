@@ -5,7 +5,10 @@
 - request bodies: at most ``max_body`` bytes (413), JSON only when there is one (415), no NUL
   characters in a JSON body or the query (400: neither database stores them);
 - any exception a route lets through is logged with the request id and answered with a problem 500
-  (a bug: the tests look for none).
+  (a bug: the tests look for none);
+- ``GET /metrics``: Prometheus metrics of the admin API (:mod:`keyswap.admin.metrics`), no token;
+- one log line per request (``keyswap.admin``), its fields also on the record for ``--log-format
+  json``: ``method``, ``path``, ``status``, ``latency_ms``, ``request_id``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from keyswap.admin.metrics import AdminMetrics, render
 from keyswap.admin.problems import ApiProblem, problem_response
 
 __all__ = ["MAX_BODY", "AdminMiddleware", "request_id_of"]
@@ -56,9 +60,12 @@ def _is_json(content_type: str | None) -> bool:
 class AdminMiddleware:
     """Wraps the admin app (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, *, max_body: int = MAX_BODY) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body: int = MAX_BODY, metrics: AdminMetrics | None = None
+    ) -> None:
         self.app = app
         self.max_body = max_body
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,7 +90,9 @@ class AdminMiddleware:
 
         try:
             refusal, replay = await self._read_body(scope, receive)
-            if refusal is not None:
+            if self.metrics is not None and scope.get("path") == "/metrics" and refusal is None:
+                await self._metrics(scope, send_with_id)
+            elif refusal is not None:
                 await problem_response(refusal, request_id)(scope, receive, send_with_id)
             else:
                 await self.app(scope, replay, send_with_id)
@@ -98,14 +107,47 @@ class AdminMiddleware:
                 await problem_response(
                     ApiProblem(500, "an unexpected error occurred; it has been logged"), request_id
                 )(scope, receive, send_with_id)
+        elapsed = time.perf_counter() - started
+        status = status_seen[0] if status_seen else None
+        if self.metrics is not None and status is not None:
+            self.metrics.observe(str(scope.get("method", "")), status, elapsed)
         logger.info(
             "%s %s %s %.1fms request_id=%s",
             scope.get("method"),
             scope.get("path"),
-            status_seen[0] if status_seen else "-",
-            (time.perf_counter() - started) * 1000,
+            "-" if status is None else status,
+            elapsed * 1000,
             request_id,
+            extra={
+                "method": scope.get("method"),
+                "path": scope.get("path"),
+                "status": status,
+                "latency_ms": round(elapsed * 1000, 3),
+                "request_id": request_id,
+            },
         )
+
+    async def _metrics(self, scope: Scope, send: Send) -> None:
+        assert self.metrics is not None
+        method = scope.get("method")
+        if method not in ("GET", "HEAD"):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 405,
+                    "headers": [(b"allow", b"GET, HEAD"), (b"content-length", b"0")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body, content_type = render(self.metrics, _header(scope, b"accept") or "")
+        headers = [
+            (b"content-type", content_type.encode("latin-1")),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[ApiProblem | None, Receive]:
         """Read the whole body (bounded) and check it; returns a refusal or a receive that replays it."""

@@ -60,8 +60,8 @@ def list_events(
     actor: Annotated[
         str | None,
         Query(
-            pattern=r"^(token|oidc|cli|system)(:[\x21-\x7e]{1,255})?$",
-            description="A kind (token, cli, oidc, system) or kind:name.",
+            pattern=r"^(token|oidc|cli|system|portal)(:[\x21-\x7e]{1,255})?$",
+            description="A kind (token, cli, oidc, system, portal) or kind:name.",
         ),
     ] = None,
     action: Annotated[

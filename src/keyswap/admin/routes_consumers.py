@@ -1,4 +1,4 @@
-"""``/v1/consumers``: list (cursor, prefix), create, get, update, delete."""
+"""``/v1/consumers``: list (cursor, prefix), create, get, update, delete; quota status."""
 
 from __future__ import annotations
 
@@ -10,10 +10,19 @@ from starlette.responses import Response
 
 from keyswap.admin.etags import check_if_match, etag_of
 from keyswap.admin.responses import COMMON, idempotent, json_response, problems
-from keyswap.admin.schemas import ConsumerIn, ConsumerOut, ConsumerPageOut, ConsumerPatch
+from keyswap.admin.schemas import (
+    ConsumerIn,
+    ConsumerOut,
+    ConsumerPageOut,
+    ConsumerPatch,
+    QuotaStatusListOut,
+    QuotaStatusOut,
+    iso,
+)
 from keyswap.admin.state import Authorized, require
 from keyswap.errors import NotFound
 from keyswap.manage import consumers as manage
+from keyswap.manage import quotas as manage_quotas
 
 __all__ = ["router"]
 
@@ -100,6 +109,33 @@ def get_consumer(
     return json_response(ConsumerOut.of(manage.get_consumer(auth.context(), known_name(name))))
 
 
+@router.get(
+    "/{name}/quota",
+    response_model=QuotaStatusListOut,
+    responses=problems(*COMMON, 404),
+    openapi_extra={"security": _READ},
+    summary="Get a consumer's quota and credits status",
+)
+def get_quota_status(
+    name: str, auth: Annotated[Authorized, Depends(require("consumers:read"))]
+) -> Response:
+    """Limit, used and remaining per counter of the consumer's quota and credits, as recorded by
+    the gateways (up to 2 s behind)."""
+    found = manage_quotas.quota_status(auth.context(), known_name(name))
+    items = [
+        QuotaStatusOut(
+            kind=s.kind,
+            period=s.period,
+            limit=s.limit,
+            used=s.used,
+            remaining=s.remaining,
+            refills_at=iso(s.refills_at),
+        )
+        for s in found
+    ]
+    return json_response(QuotaStatusListOut(items=items))
+
+
 @router.patch(
     "/{name}",
     response_model=ConsumerOut,
@@ -113,8 +149,10 @@ def update_consumer(
     auth: Annotated[Authorized, Depends(require("consumers:write"))],
     if_match: IfMatch = None,
 ) -> Response:
-    """Change the fields given (metadata, scopes, rate_limit, max_connections, leak_policy);
-    ``null`` for rate_limit, max_connections or leak_policy means the gateway's default."""
+    """Change the fields given (metadata, scopes, rate_limit, max_connections, leak_policy, quota,
+    credits, credits_refill); ``null`` for rate_limit, max_connections or leak_policy means the
+    gateway's default, for quota or credits none, for credits_refill never. Giving ``credits`` starts
+    a new balance."""
     known_name(name)
     given = body.model_fields_set
     update = manage.ConsumerUpdate(
@@ -125,6 +163,9 @@ def update_consumer(
         rate_limit=body.rate_limit if "rate_limit" in given else manage.KEEP,
         max_connections=body.max_connections if "max_connections" in given else manage.KEEP,
         leak_policy=body.leak_policy if "leak_policy" in given else manage.KEEP,
+        quota=body.quota if "quota" in given else manage.KEEP,
+        credits=body.credits if "credits" in given else manage.KEEP,
+        credits_refill=body.credits_refill if "credits_refill" in given else manage.KEEP,
     )
     ctx = auth.context()
     with auth.state.write_lock:

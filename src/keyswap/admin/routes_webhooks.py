@@ -1,5 +1,7 @@
 """A consumer's webhook: ``/v1/consumers/{name}/webhook`` (get, put, delete, rotate the secret) and its
-events and delivery attempts (list, redeliver). Scopes ``consumers:read`` / ``consumers:write``.
+events and delivery attempts (list, redeliver). Scopes ``consumers:read`` / ``consumers:write``;
+redelivering a sealed event (a rolled key's new API key), or moving the URL while one is pending,
+needs ``keys:write`` too.
 
 The signing secret is in the response that generated it and nowhere else: a replay of
 ``rotate-secret`` (same ``Idempotency-Key``) answers the same webhook with ``secret: null``.
@@ -14,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
+from keyswap.admin.auth import check_scope
 from keyswap.admin.etags import check_if_match, etag_of
 from keyswap.admin.idempotency import Remembered
 from keyswap.admin.responses import COMMON, idempotent, json_response, problems
@@ -28,8 +31,9 @@ from keyswap.admin.schemas_webhooks import (
     WebhookSecretOut,
 )
 from keyswap.admin.state import Authorized, require
-from keyswap.errors import NotFound
+from keyswap.errors import InvalidInput, NotFound
 from keyswap.manage import webhooks as manage
+from keyswap.manage.context import Context
 
 __all__ = ["router"]
 
@@ -63,6 +67,18 @@ def get_webhook(
     return json_response(WebhookOut.of(manage.get_webhook(auth.context(), known_name(name))))
 
 
+def _moves_a_sealed_event(ctx: Context, name: str, url: str) -> bool:
+    """True if the consumer's webhook exists with another URL and a sealed event is pending."""
+    try:
+        current = manage.get_webhook(ctx, name)
+    except NotFound:
+        return False
+    if current.url == url:
+        return False
+    pending = manage.list_webhook_events(ctx, name, state="pending", limit=manage.MAX_PAGE)
+    return any("sealed" in event.payload for event in pending)
+
+
 _CREATED: dict[int | str, dict[str, Any]] = {
     201: {
         "model": WebhookSecretOut,
@@ -86,13 +102,21 @@ def put_webhook(
 ) -> Response:
     """Set the consumer's webhook URL. The first time (201) a signing secret is generated and
     returned in ``secret``, once; changing the URL later (200) keeps the secret (``secret: null``).
-    A URL that is not an https URL of a public host is refused (422)."""
+    A URL that is not an https URL of a public host is refused (422). Moving the URL while a
+    sealed event (``key.rolled``: a new API key) waits to be delivered needs ``keys:write`` too."""
     known_name(name)
+    if body.allow_http_loopback and not auth.state.webhooks_allow_loopback:
+        raise InvalidInput(
+            "allow_http_loopback is refused: this keyswap admin was not started with "
+            "--webhooks-allow-loopback (local development only)"
+        )
     ctx = auth.context()
     with auth.state.write_lock:
         if if_match is not None:
             current = WebhookOut.of(manage.get_webhook(ctx, name))
             check_if_match(if_match, etag_of(current))
+        if _moves_a_sealed_event(ctx, name, body.url):
+            check_scope(auth.caller, "keys:write")
         created = manage.set_webhook(
             ctx, auth.state.secret, name, body.url, allow_http_loopback=body.allow_http_loopback
         )
@@ -221,15 +245,20 @@ def redeliver(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Make the event due now, whatever its state, with the same ``webhook-id``; 404 unless it is
-    one of this consumer's events."""
+    one of this consumer's events. An event that carries a secret (``key.rolled``: a new API key;
+    listed as ``sealed``) needs ``keys:write`` too: whoever may change the webhook URL could
+    otherwise have the key sent to a URL of their choosing."""
     known_name(name)
     if _EVENT_ID.fullmatch(event_id) is None:
         raise NotFound("unknown webhook event")
     ctx = auth.context()
 
     def act() -> Response:
-        if manage.get_webhook_event(ctx, event_id).consumer_name != name:
+        event = manage.get_webhook_event(ctx, event_id)
+        if event.consumer_name != name:
             raise NotFound("unknown webhook event")  # another consumer's: as if it did not exist
+        if "sealed" in event.payload:
+            check_scope(auth.caller, "keys:write")
         return json_response(WebhookEventOut.of(manage.redeliver(ctx, event_id)), etag=False)
 
     return idempotent(request, auth, None, act)

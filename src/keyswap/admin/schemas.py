@@ -79,6 +79,24 @@ class ConsumerPatch(_In):
         description="What happens when one of its keys is found in public: revoke, roll (a new key "
         "delivered only by its webhook) or notify; null for the gateway's default (--leak-policy).",
     )
+    quota: str | None = Field(
+        default=None,
+        max_length=32,
+        description="Request quota: '<requests>/day' or '<requests>/month' (calendar, UTC); null "
+        "or 'off' for none.",
+    )
+    credits: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000_000_000,
+        description="A new credit balance, from now (replaces what is left); null for none.",
+    )
+    credits_refill: str | None = Field(
+        default=None,
+        max_length=32,
+        description="What the balance is set back to at each period start: '<n>/day' or "
+        "'<n>/month'; null for never.",
+    )
 
 
 class ConsumerOut(BaseModel):
@@ -90,6 +108,10 @@ class ConsumerOut(BaseModel):
     rate_limit: str | None
     max_connections: int | None
     leak_policy: str | None = None
+    quota: str | None
+    credits: int | None
+    credits_refill: str | None
+    credits_set_at: str | None
     created_at: str | None
 
     @classmethod
@@ -102,8 +124,32 @@ class ConsumerOut(BaseModel):
             rate_limit=consumer.rate_limit,
             max_connections=consumer.max_connections,
             leak_policy=consumer.leak_policy,
+            quota=consumer.quota,
+            credits=consumer.credits,
+            credits_refill=consumer.credits_refill,
+            credits_set_at=None
+            if consumer.credits_set_at is None
+            else iso(consumer.credits_set_at),
             created_at=iso(consumer.created_at),
         )
+
+
+class QuotaStatusOut(BaseModel):
+    """One counter of a consumer's quota or credits, as the gateways have recorded it (each writes its
+    counts every 2 s)."""
+
+    kind: str = Field(description="quota or credits.")
+    period: str = Field(description="The day (2026-12-07) or month (2026-12), or 'grant'.")
+    limit: int
+    used: int
+    remaining: int
+    refills_at: str | None = Field(description="RFC 3339; null: never refills.")
+
+
+class QuotaStatusListOut(BaseModel):
+    """A consumer's quota and credits now (empty: none)."""
+
+    items: list[QuotaStatusOut]
 
 
 class ConsumerPageOut(BaseModel):

@@ -41,6 +41,12 @@ class AdminState:
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     #: Verifies OIDC tokens from the identity provider; ``None``: admin tokens only.
     oidc: OidcAuthenticator | None = None
+    #: The developer portal's public URL (``--portal-url``): sign-in links are made whole with it.
+    portal_url: str | None = None
+    #: ``--webhooks-allow-loopback``: webhook URLs may name a loopback address (local development).
+    #: Off, a caller asking for ``allow_http_loopback`` gets a 422: the flag would let any holder of
+    #: ``consumers:write`` make the dispatcher call services on the admin's own host.
+    webhooks_allow_loopback: bool = False
 
 
 @dataclass(frozen=True, slots=True)

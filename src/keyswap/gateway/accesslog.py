@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import logging
 import queue
 import threading
@@ -72,6 +73,19 @@ def _handlers(logger: logging.Logger) -> list[logging.Handler]:
 #: The format ``keyswap gateway`` gives its log handler (keyswap.gateway.serve.configure_logging); a
 #: plain stream or file handler with exactly this formatter gets lines built without a LogRecord.
 GATEWAY_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _plain_json(handler: logging.Handler) -> bool:
+    """A plain stream or file handler formatting with :class:`keyswap.logformat.JsonFormatter`
+    (``--log-format json``): its lines are built directly too."""
+    from keyswap.logformat import JsonFormatter
+
+    return (
+        type(handler) in (logging.StreamHandler, logging.FileHandler)
+        and not handler.filters
+        and handler.terminator == "\n"  # type: ignore[attr-defined]
+        and type(handler.formatter) is JsonFormatter
+    )
 
 
 def _plain(handler: logging.Handler) -> bool:
@@ -123,6 +137,8 @@ class AccessLog:
         self._writer: threading.Thread | None = None  # writes the batches built on the loop
         self._second = -1  # the second self._stamp formats
         self._stamp = ""
+        self._json_second = -1  # the same for JSON lines (UTC)
+        self._json_stamp = ""
 
     def log(
         self,
@@ -227,10 +243,20 @@ class AccessLog:
         logger = self._logger
         handlers = [h for h in _handlers(logger) if h.level <= logging.INFO]
         fast = [] if logger.filters else [h for h in handlers if _plain(h)]
-        others = [h for h in handlers if h not in fast]
+        fast_json = (
+            [] if logger.filters else [h for h in handlers if h not in fast and _plain_json(h)]
+        )
+        others = [h for h in handlers if h not in fast and h not in fast_json]
         if fast:  # the gateway's own format: the line is built directly, no record, no Formatter
             text = self._text(logger.name, lines, offset)
             for handler in fast:
+                self._hand(handler, text, defer)
+        if fast_json:  # --log-format json: the same object JsonFormatter makes, built directly
+            text = "".join(
+                self._json_line(logger.name, *fields, (ended - started) * 1000.0, ended + offset)
+                for fields, started, ended in lines
+            )
+            for handler in fast_json:
                 self._hand(handler, text, defer)
         batched: dict[logging.Handler, list[str]] = {}
         for fields, started, ended in lines if others else ():
@@ -283,6 +309,36 @@ class AccessLog:
             add(_END % (stamp, int((at - whole) * 1000), middle, (ended - started) * 1000.0))
         self._second, self._stamp = second, stamp
         return "".join(out)
+
+    def _json_line(
+        self,
+        name: str,
+        method: str,
+        raw_path: bytes,
+        status: int,
+        consumer: str | None,
+        key_id: str | None,
+        latency_ms: float,
+        at: float,
+    ) -> str:
+        second = int(at)
+        if second != self._json_second:
+            self._json_second = second
+            self._json_stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        path = _printable(raw_path)
+        fields = {
+            "time": f"{self._json_stamp}.{int((at - second) * 1000):03d}Z",
+            "level": "INFO",
+            "logger": name,
+            "message": _FORMAT % (method, path, status, consumer or "-", key_id or "-", latency_ms),
+            "method": method,
+            "path": path,
+            "status": status,
+            "consumer": consumer,
+            "key_id": key_id,
+            "latency_ms": round(latency_ms, 3),
+        }
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":")) + "\n"
 
     def _record(
         self,

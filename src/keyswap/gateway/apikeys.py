@@ -57,7 +57,7 @@ from keyswap.errors import (
 )
 from keyswap.gateway.keyfilter import KeyFilter
 from keyswap.gateway.secret import ServerSecret, check_secret
-from keyswap.store.models import ApiKeyRecord, Consumer
+from keyswap.store.models import ApiKeyRecord, Consumer, validate_label
 from keyswap.store.sql import Store
 
 __all__ = [
@@ -90,6 +90,8 @@ KEY_ID_LENGTH = 12
 _PREFIX = re.compile(r"[a-z][a-z0-9]{1,15}", re.ASCII)
 _BODY = re.compile(rf"[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}", re.ASCII)
 _REFUSAL = "Invalid API key"
+
+
 _UNAVAILABLE = "the key store is unavailable"
 
 
@@ -175,6 +177,11 @@ class Principal:
     rate_limit: str | None = None
     scopes: tuple[str, ...] = ()
     max_connections: int | None = None
+    #: The consumer's quota and credits as stored (:mod:`keyswap.manage.quotas`).
+    quota: str | None = None
+    credits: int | None = None
+    credits_refill: str | None = None
+    credits_set_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +238,12 @@ class _LookupCache:
         self._lock = threading.Lock()
         self.generation = 0
         self.epoch = 0
+
+    def peek(self, digest: bytes) -> _Entry | None:
+        """The entry cached for ``digest``, fresh or not, without touching the cache's order."""
+        with self._lock:
+            item = self._items.get(digest)
+            return None if item is None else item.entry
 
     def get(self, digest: bytes) -> tuple[bool, _Entry | None, _Entry | None]:
         """``(fresh hit, its entry, outage fallback)``."""
@@ -406,6 +419,9 @@ class ApiKeys:
         )
         self._retry_interval = retry_interval
         self._down_until: float | None = None  # monotonic; set while the store is failing
+        #: Store lookups that failed, and keys answered from memory because of it (for metrics).
+        self.store_failures = 0
+        self.fallbacks = 0
         self._last_used_interval = last_used_interval
         self._last_used: dict[str, float] = {}
         self._last_used_lock = threading.Lock()
@@ -426,8 +442,10 @@ class ApiKeys:
         expires_in: float | None = None,
         scopes: Iterable[str] | None = None,
         now: float | None = None,
+        label: str | None = None,
     ) -> tuple[ApiKeyRecord, str]:
         """Create a key for ``consumer``; returns the record and the key (shown once, never stored).
+        ``label``: a name for it (at most 64 printable characters; ``None``: none).
 
         ``scopes``: the key's own scopes, each one its consumer's (``None``: the key has whatever scopes
         its consumer has, now and later).
@@ -440,6 +458,7 @@ class ApiKeys:
         now = self._clock() if now is None else now
         if expires_in is not None and not (math.isfinite(expires_in) and expires_in > 0):
             raise InvalidInput("the expiry must be a positive duration")
+        label = validate_label(label)
         owner = self._consumer(consumer)
         expires_at = None if expires_in is None else now + expires_in
         for _ in range(5):
@@ -453,6 +472,7 @@ class ApiKeys:
                     created_at=now,
                     expires_at=expires_at,
                     scopes=None if scopes is None else tuple(scopes),
+                    label=label,
                 )
             except AlreadyExists:  # pragma: no cover - a 71-bit id collision
                 continue
@@ -533,6 +553,7 @@ class ApiKeys:
                 try:
                     row = self._store.find_api_key(found.digest)
                 except SQLAlchemyError:
+                    self.store_failures += 1
                     self._down_until = self._monotonic() + self._retry_interval
                     entry = self._fallback(found)
                 else:
@@ -557,6 +578,17 @@ class ApiKeys:
         if self.store_down:
             return self._accept(self._fallback(found), self._clock() if now is None else now)
         return None
+
+    def refused_owner(self, key: str, now: float | None = None) -> tuple[str, str] | None:
+        """``(consumer, key id)`` of a key this node knows (from its cache, no I/O) to be revoked or
+        expired; ``None`` for any other key. For the usage meter, after the refusal was answered: the
+        answer itself never depends on it (every refusal is the same 401)."""
+        if not isinstance(key, str) or not is_well_formed(key, self.prefix):
+            return None
+        entry = self._cache.peek(self.digest(key))
+        if entry is None or entry.record.usable_at(self._clock() if now is None else now):
+            return None
+        return entry.principal.consumer, entry.record.id
 
     @property
     def store(self) -> Store:
@@ -596,6 +628,7 @@ class ApiKeys:
     def _fallback(self, found: _Lookup) -> _Entry:
         if found.fallback is None:
             raise StoreUnavailable(_UNAVAILABLE)
+        self.fallbacks += 1
         return found.fallback
 
     def clear_cache(self) -> None:
@@ -792,5 +825,9 @@ def _entry(record: ApiKeyRecord, consumer: Consumer) -> _Entry:
         rate_limit=consumer.rate_limit,
         scopes=record.effective_scopes,
         max_connections=consumer.max_connections,
+        quota=consumer.quota,
+        credits=consumer.credits,
+        credits_refill=consumer.credits_refill,
+        credits_set_at=consumer.credits_set_at,
     )
     return _Entry(record, principal)

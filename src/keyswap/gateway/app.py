@@ -21,6 +21,8 @@ are never proxied. Refusals (written by the gateway, never reaching the upstream
                               (WWW-Authenticate: Bearer realm="keyswap", error="invalid_token")
     429  Too many requests    the consumer's rate limit is spent (Retry-After, RateLimit-* fields;
                               see keyswap.gateway.ratelimit)
+    429  Quota exceeded       the consumer's quota or credits are spent (problem+json, Retry-After
+                              until the refill, RateLimit fields; see keyswap.gateway.quota)
     429  Too many concurrent requests   the consumer already has its connection cap of requests in
                               flight to the upstream (Retry-After: 1)
     502  Bad gateway          upstream unreachable or broken
@@ -46,6 +48,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -60,13 +63,27 @@ from keyswap.errors import (
     UpstreamTimeout,
 )
 from keyswap.gateway.accesslog import AccessLog
+from keyswap.gateway.binding import (
+    TOKEN_FORMATS,
+    BindPolicy,
+    BindRule,
+    BodyTooLarge,
+    ClientLeft,
+    ReadBody,
+    binding_claims,
+    read_body,
+)
 from keyswap.gateway.changefeed import FULL, ChangeFeed, Changes
 from keyswap.gateway.cluster import ClusterSettings
 from keyswap.gateway.headerpolicy import HeaderPolicy
+from keyswap.gateway.meter import DEFAULT_INTERVAL as DEFAULT_USAGE_INTERVAL
+from keyswap.gateway.meter import Exchange, Meter
+from keyswap.gateway.metrics import GatewayMetrics, SnapshotWriter
 from keyswap.gateway.mint import SIGNING_ALGORITHMS, PrincipalLike, SigningKeyLike, TokenMinter
 from keyswap.gateway.proxy import (
     BadTarget,
     ClientGone,
+    ForwardedHeaders,
     HeadersTooLarge,
     Message,
     Receive,
@@ -76,19 +93,26 @@ from keyswap.gateway.proxy import (
     forwarded_request_headers,
     validate_upstream,
 )
+from keyswap.gateway.quota import (
+    QuotaDecision,
+    QuotaEnforcer,
+    quota_exceeded,
+    with_limit_headers,
+)
 from keyswap.gateway.ratelimit import (
     Rate,
     RateLimiter,
     rate_for,
     too_many_requests,
-    with_rate_headers,
 )
 from keyswap.gateway.storecalls import StoreCalls, StoreTimeout
 from keyswap.gateway.wellknown import DEFAULT_MAX_AGE, WellKnown, issuer_for
 from keyswap.gateway.wsrelay import WebSocketLimits, handshake_headers, relay, upstream_ws_url
+from keyswap.verifier.binding import UNBOUND_BODY
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the tracing module imports OpenTelemetry: only when tracing is on
     from keyswap.gateway.secretscanning import SecretScanning, SecretScanningSettings
+    from keyswap.gateway.tracing import Tracing, TracingSettings
 
 __all__ = [
     "ApiKeysLike",
@@ -186,6 +210,11 @@ class GatewaySettings:
             rules (``--drop-header``; :mod:`keyswap.gateway.headerpolicy`).
         forward_headers_only: when given, the only request headers forwarded (names or patterns),
             besides those the gateway sets itself (``--forward-headers-only``).
+        bind: which requests get a request-bound token (``--bind-request``, ``--bind-route``;
+            :mod:`keyswap.gateway.binding`).
+        token_format: ``"jwt"`` (``Authorization: Bearer``) or ``"txn-token"`` (a Transaction Token
+            in the ``Txn-Token`` header, minted per request).
+        txn_purpose: the ``purp`` claim of Transaction Tokens.
     """
 
     upstream: str
@@ -203,6 +232,9 @@ class GatewaySettings:
     key_prefix: str = "ks"
     drop_headers: tuple[str, ...] = ()
     forward_headers_only: tuple[str, ...] | None = None
+    bind: BindPolicy = field(default_factory=BindPolicy)
+    token_format: str = "jwt"  # noqa: S105 - a format name
+    txn_purpose: str = "api"
     issuer: str = field(init=False)
     header_policy: HeaderPolicy = field(init=False, repr=False, compare=False)
 
@@ -212,6 +244,10 @@ class GatewaySettings:
                 f"alg must be one of {', '.join(SIGNING_ALGORITHMS)}, got {self.alg!r}"
             )
         validate_upstream(self.upstream)
+        if self.token_format not in TOKEN_FORMATS:
+            raise ConfigError(f"token format must be one of {', '.join(TOKEN_FORMATS)}")
+        if not self.txn_purpose or not self.txn_purpose.isprintable():
+            raise ConfigError("the transaction token purpose must be printable and non-empty")
         object.__setattr__(
             self, "header_policy", HeaderPolicy(self.drop_headers, self.forward_headers_only)
         )
@@ -262,6 +298,7 @@ BAD_GATEWAY = _text(502, "Bad gateway")
 GATEWAY_TIMEOUT = _text(504, "Gateway timeout")
 UNAVAILABLE = _text(503, "Service unavailable", (b"retry-after", b"5"))
 TOO_MANY_CONNECTIONS = _text(429, "Too many concurrent requests", (b"retry-after", b"1"))
+PAYLOAD_TOO_LARGE = _text(413, "Payload too large")
 METHOD_NOT_ALLOWED = _text(
     405, "Method not allowed", (b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
 )
@@ -339,6 +376,16 @@ class GatewayApp:
             change, only what it names is invalidated (``None``: every change clears everything).
         secret_scanning: serves GitHub's leak reports under ``/__keyswap/secret-scanning/``
             (:mod:`keyswap.gateway.secretscanning`; ``None``: off, those paths are 404).
+        quotas: counts requests against consumers' quotas and credits
+            (:mod:`keyswap.gateway.quota`; ``None``: not enforced); closed at shutdown.
+        meter: counts every request per consumer and key (:mod:`keyswap.gateway.meter`), started
+            and flushed with the app (``None``: no usage metering).
+        metrics: counts requests for Prometheus (:mod:`keyswap.gateway.metrics`; ``None``: nothing
+            is counted).
+        metrics_writer: writes ``metrics`` to the supervisor's directory (``--workers N``), started
+            and stopped with the app.
+        tracing: OpenTelemetry spans and ``traceparent`` propagation
+            (:mod:`keyswap.gateway.tracing`; ``None``: off, no cost).
     """
 
     def __init__(
@@ -357,9 +404,21 @@ class GatewayApp:
         websocket_limits: WebSocketLimits | None = None,
         changes: ChangeFeed | None = None,
         secret_scanning: SecretScanning | None = None,
+        quotas: QuotaEnforcer | None = None,
+        meter: Meter | None = None,
+        metrics: GatewayMetrics | None = None,
+        tracing: Tracing | None = None,
+        metrics_writer: SnapshotWriter | None = None,
     ) -> None:
         self.settings = settings
         self.secret_scanning = secret_scanning
+        self.quotas = quotas
+        self.meter = meter
+        self.metrics = metrics
+        self.tracing = tracing
+        self._metrics_writer = metrics_writer
+        # a consumer with both: the rate limit and the quota in one Redis round trip
+        self._rate_with_quota = quotas is not None and quotas.shares_redis_with(rate_limiter)
         self.websocket_limits = websocket_limits or WebSocketLimits()
         self.changes = changes
         self.store_calls = store_calls or StoreCalls()
@@ -393,6 +452,9 @@ class GatewayApp:
             timeout=settings.upstream_timeout,
             max_connections=settings.max_connections,
         )
+        self._binds = settings.bind.enabled
+        self._bind_match = settings.bind.match
+        self._txn = settings.token_format == "txn-token"  # noqa: S105
         #: Requests in flight to the upstream, per consumer id (see ``max_connections_per_consumer``).
         self.in_flight: dict[int, int] = {}
         self._prepared = False
@@ -405,6 +467,34 @@ class GatewayApp:
         #: What the last :meth:`on_change` invalidated (``None`` before the first change).
         self.last_changes: Changes | None = None
         self._prune_task: asyncio.Task[None] | None = None
+        if metrics is not None:
+            self._wire_metrics(metrics)
+
+    def _wire_metrics(self, metrics: GatewayMetrics) -> None:
+        """Values the components keep themselves, read at scrape time (nothing on the request path)."""
+        api_keys = self._api_keys
+        minter = self.minter
+        if hasattr(api_keys, "store_failures"):
+            metrics.sources["store_errors"] = lambda: int(getattr(api_keys, "store_failures", 0))
+        if hasattr(api_keys, "fallbacks"):
+            metrics.sources["store_fallbacks"] = lambda: int(getattr(api_keys, "fallbacks", 0))
+        metrics.sources["tokens_minted"] = lambda: minter.minted
+        in_flight = self.in_flight
+        metrics.gauges["upstream_requests_in_flight"] = lambda: sum(list(in_flight.values()))
+        keyring = self._keyring
+        clock = self._clock
+
+        def signing_key_age() -> float | None:
+            records = getattr(keyring, "records", None)
+            if not callable(records):
+                return None
+            for record in records():
+                if getattr(record, "state", None) == "active":
+                    since = getattr(record, "activated_at", None) or record.created_at
+                    return max(0.0, clock() - float(since))
+            return None
+
+        metrics.gauges["signing_key_age"] = signing_key_age
 
     @property
     def api_keys(self) -> ApiKeysLike:
@@ -484,6 +574,10 @@ class GatewayApp:
             self._watcher.start()
         threading.Thread(target=self._warm_up, name="keyswap-warm-up", daemon=True).start()
         self._prune_task = asyncio.create_task(self._prune_loop())
+        if self.meter is not None:
+            self.meter.start()
+        if self._metrics_writer is not None:
+            self._metrics_writer.start()
 
     def _warm_up(self) -> None:
         """Off the request path, after start: load the key filter, then put the keys used recently
@@ -588,10 +682,18 @@ class GatewayApp:
         if watcher is not None:
             await asyncio.to_thread(watcher.stop)
         await self.proxy.close()
+        if self.meter is not None:  # requests have drained: everything counted is written
+            await self.meter.close()
         self.store_calls.close()
         await asyncio.to_thread(self._access.close)
         if self.rate_limiter is not None:
             await self.rate_limiter.close()
+        if self.quotas is not None:
+            await self.quotas.close()
+        if self._metrics_writer is not None:
+            await asyncio.to_thread(self._metrics_writer.stop)
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.close)
         if self._on_close is not None:
             await asyncio.to_thread(self._on_close)
 
@@ -640,8 +742,15 @@ class GatewayApp:
         consumer: str | None = None
         key_id: str | None = None
         status = 500
+        meter = self.meter
+        exchange: Exchange | None = None
+        refused_key: str | None = None  # a key answered 401 (counted for its owner if known)
+        key: str | None = None
+        metrics = self.metrics
+        trace = None
         try:
-            if raw_path.startswith(_RESERVED):
+            if raw_path.startswith(_RESERVED):  # health checks and JWKS fetches are not traced
+                meter = None  # the gateway's own documents are not usage
                 path = raw_path.decode("latin-1")
                 if self.secret_scanning is not None and self.secret_scanning.handles(path):
                     status = await self.secret_scanning(scope, receive, send)
@@ -649,44 +758,86 @@ class GatewayApp:
                 document = self.wellknown.lookup(method, path)
                 status = await _respond(send, (document.status, document.headers, document.body))
                 return
+            if self.tracing is not None:
+                trace = self.tracing.begin(scope, method, raw_path)
             if method.upper() in _REFUSED_METHODS:
                 status = await _respond(send, METHOD_NOT_ALLOWED)
                 return
             try:
                 key = _api_key_from(scope["headers"])
-                principal = self._cached(key, self._clock())  # no coroutine for a cached key
-                if principal is None:
-                    principal = await self._authenticate(key, cached=False)
+                if trace is None or not trace.recording:
+                    principal = self._cached(key, self._clock())  # no coroutine for a cached key
+                    if principal is None:
+                        principal = await self._authenticate(key, cached=False)
+                else:
+                    principal = await trace.run("keyswap.key_lookup", self._authenticate(key))
             except _NoKey:
                 status = await _respond(send, NO_API_KEY)
                 return
             except InvalidApiKey:
+                refused_key = key
                 status = await _respond(send, INVALID_API_KEY)
                 return
             except _StoreDown:
                 status = await _respond(send, UNAVAILABLE)
                 return
             consumer, key_id = principal.consumer, principal.key_id
+            limit_headers: list[tuple[bytes, bytes]] | None = None
+            quotas = self.quotas
+            has_quota = quotas is not None and (
+                getattr(principal, "quota", None) is not None
+                or getattr(principal, "credits", None) is not None
+            )
+            spent: QuotaDecision | None = None
             if self.rate_limiter is not None:
                 rate = rate_for(getattr(principal, "rate_limit", None), self._default_rate)
                 if rate is not None:
-                    consumer_id: int = getattr(principal, "consumer_id", 0)
-                    decision = await self.rate_limiter.hit(consumer_id, rate)
+                    if has_quota and self._rate_with_quota:
+                        assert quotas is not None
+                        decision, spent = await quotas.check_with_rate(
+                            principal,  # type: ignore[arg-type]
+                            rate,
+                            self.rate_limiter,  # type: ignore[arg-type]
+                        )
+                        has_quota = False  # done
+                    else:
+                        consumer_id: int = getattr(principal, "consumer_id", 0)
+                        decision = await self.rate_limiter.hit(consumer_id, rate)
                     if not decision.allowed:
+                        if metrics is not None:
+                            metrics.refusals["rate_limit"] += 1
                         status = await _respond(send, too_many_requests(decision))
                         return
-                    send = with_rate_headers(send, decision)
+                    limit_headers = decision.headers()
+            if has_quota:
+                assert quotas is not None
+                spent = await quotas.check(principal)  # type: ignore[arg-type]
+            if spent is not None:
+                if not spent.allowed:
+                    if metrics is not None:
+                        metrics.refusals["quota"] += 1
+                    status = await _respond(send, quota_exceeded(spent))
+                    return
+                limit_headers = (limit_headers or []) + spent.headers()
+            if limit_headers:
+                send = with_limit_headers(send, limit_headers)
             try:
                 url = self.proxy.target(raw_path, scope.get("query_string", b""))
             except BadTarget:
                 status = await _respond(send, BAD_REQUEST)
                 return
-            try:
-                minted = self.minter.token_for(principal)
-            except (KeysUnavailable, ConfigError) as exc:
-                logger.error("cannot mint a token: %s", exc.reason)
-                status = await _respond(send, UNAVAILABLE)
-                return
+            rule = self._bind_match(method, raw_path) if self._binds else None
+            bearer = b""  # `Bearer <token>` of the consumer's cached token, built once per token
+            if rule is None and not self._txn:
+                try:
+                    if trace is None or not trace.recording:
+                        bearer = self.minter.token_for(principal).header
+                    else:
+                        bearer = trace.call("keyswap.mint", self.minter.token_for, principal).header
+                except (KeysUnavailable, ConfigError) as exc:
+                    logger.error("cannot mint a token: %s", exc.reason)
+                    status = await _respond(send, UNAVAILABLE)
+                    return
             try:
                 headers = forwarded_request_headers(
                     scope["headers"],
@@ -698,18 +849,63 @@ class GatewayApp:
             except HeadersTooLarge:
                 status = await _respond(send, HEADERS_TOO_LARGE)
                 return
-            headers.set(_AUTHORIZATION, minted.header)
+            preread: ReadBody | None = None
+            if bearer:
+                headers.set(_AUTHORIZATION, bearer)
+            else:
+                try:
+                    preread = await self._per_request_token(
+                        scope, receive, principal, rule, url, headers
+                    )
+                except BodyTooLarge:
+                    status = await _respond(send, PAYLOAD_TOO_LARGE)
+                    return
+                except ClientLeft:
+                    status = 499
+                    return
+                except (KeysUnavailable, ConfigError) as exc:
+                    logger.error("cannot mint a token: %s", exc.reason)
+                    status = await _respond(send, UNAVAILABLE)
+                    return
             holder: int = getattr(principal, "consumer_id", 0)
             held = self.in_flight.get(holder, 0)
             if held >= self._connection_cap(principal):
+                if metrics is not None:
+                    metrics.refusals["concurrency"] += 1
                 status = await _respond(send, TOO_MANY_CONNECTIONS)
                 return
             self.in_flight[holder] = held + 1
+            if meter is not None:
+                exchange = Exchange()
+            forwarding = time.perf_counter()
             try:
-                status = await self.proxy.forward(scope, receive, send, url, headers)
+                if trace is None:
+                    status = await self.proxy.forward(
+                        scope, receive, send, url, headers, exchange, preread=preread
+                    )
+                elif not trace.recording:  # not sampled: the origin still gets a traceparent
+                    trace.propagate(headers)
+                    status = await self.proxy.forward(
+                        scope, receive, send, url, headers, exchange, preread=preread
+                    )
+                else:
+                    status = await trace.upstream(
+                        lambda s, r, w, u, h: self.proxy.forward(
+                            s, r, w, u, h, exchange, preread=preread
+                        ),
+                        scope,
+                        receive,
+                        send,
+                        url,
+                        headers,
+                    )
             except UpstreamTimeout:
+                if metrics is not None:
+                    metrics.upstream_errors["timeout"] += 1
                 status = await _respond(send, GATEWAY_TIMEOUT)
-            except UpstreamError:
+            except UpstreamError as exc:
+                if metrics is not None:
+                    metrics.upstream_errors[_upstream_error_kind(exc)] += 1
                 status = await _respond(send, BAD_GATEWAY)
             except ClientGone:
                 status = 499
@@ -719,6 +915,8 @@ class GatewayApp:
                     self.in_flight[holder] = left
                 else:
                     del self.in_flight[holder]
+                if metrics is not None:
+                    metrics.observe_upstream(time.perf_counter() - forwarding)
         except asyncio.CancelledError:
             # Only a drain that timed out cancels a request: keyswap.gateway.serve.DrainGuard
             # answers it 503 (or just ends a response already streaming). Log that, not a 500.
@@ -726,6 +924,79 @@ class GatewayApp:
             raise
         finally:
             self._access.log(method, raw_path, status, consumer, key_id, started)
+            if meter is not None:
+                if refused_key is not None:  # after the answer: a revoked or expired key's owner
+                    consumer, key_id = self._refused_owner(refused_key)
+                meter.record(consumer, key_id, status, exchange)
+            if metrics is not None:
+                metrics.observe(status, time.perf_counter() - started)
+            if trace is not None:
+                trace.finish(status)
+
+    async def _per_request_token(
+        self,
+        scope: Scope,
+        receive: Receive,
+        principal: PrincipalLike,
+        rule: BindRule | None,
+        target: bytes,
+        headers: ForwardedHeaders,
+    ) -> ReadBody | None:
+        """Mint this request's own token (bound when ``rule`` says so, a Transaction Token in
+        txn-token mode) and set it, and ``Content-Digest``, on ``headers``; returns the body read
+        ahead of forwarding (``None``: nothing read).
+
+        Raises:
+            BodyTooLarge: a bound body over the limit on a route without the opt-out (413).
+            ClientLeft: the client left while its body was read.
+            KeysUnavailable, ConfigError: no signing key can sign.
+        """
+        settings = self.settings
+        policy = settings.bind
+        binding: dict[str, Any] = {}
+        body: ReadBody | None = None
+        headers.items = [(n, v) for n, v in headers.items if n != b"content-digest"]
+        if rule is not None:
+            if headers.has_body:
+                body = await read_body(
+                    receive,
+                    declared=headers.content_length,
+                    limit=policy.max_body,
+                    unbound_ok=rule.unbound_body,
+                )
+            origin = self.proxy.origin
+            query: bytes = scope.get("query_string", b"")
+            path = target[: len(target) - len(query) - 1] if query else target
+            binding = binding_claims(
+                method=scope["method"],
+                scheme=origin.scheme,
+                authority=origin.host_header.decode("ascii"),
+                path=path.decode("latin-1"),
+                query=query,
+                body=body,
+                max_body=policy.max_body,
+            )
+            digest = binding.get("htd")
+            if digest is not None and digest != UNBOUND_BODY:
+                headers["content-digest"] = digest
+        if self._txn:
+            txn = str(uuid.uuid4())
+            client = scope.get("client")
+            requester = {"req_ip": client[0]} if client else {}
+            token, _ = self.minter.mint_per_request(
+                principal,
+                binding,
+                ttl=policy.ttl,
+                txn=txn,
+                purpose=settings.txn_purpose,
+                requester=requester,
+            )
+            headers["txn-token"] = token
+            logger.info("txn %s for consumer %s", txn, principal.consumer)
+        else:
+            token, _ = self.minter.mint_per_request(principal, binding, ttl=policy.ttl)
+            headers["authorization"] = "Bearer " + token
+        return body
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A websocket handshake: the same checks as any request, refusals answered as plain HTTP
@@ -734,6 +1005,7 @@ class GatewayApp:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         consumer: str | None = None
         key_id: str | None = None
+        refused_key: str | None = None
         status = 500
 
         async def refuse(response: tuple[int, list[tuple[bytes, bytes]], bytes]) -> int:
@@ -751,12 +1023,15 @@ class GatewayApp:
             if raw_path.startswith(_RESERVED):  # the gateway's own documents are not websockets
                 status = await refuse(BAD_REQUEST)
                 return
+            key: str | None = None
             try:
-                principal = await self._authenticate(_api_key_from(scope["headers"]))
+                key = _api_key_from(scope["headers"])
+                principal = await self._authenticate(key)
             except _NoKey:
                 status = await refuse(NO_API_KEY)
                 return
             except InvalidApiKey:
+                refused_key = key
                 status = await refuse(INVALID_API_KEY)
                 return
             except _StoreDown:
@@ -770,8 +1045,20 @@ class GatewayApp:
                         getattr(principal, "consumer_id", 0), rate
                     )
                     if not decision.allowed:
+                        if self.metrics is not None:
+                            self.metrics.refusals["rate_limit"] += 1
                         status = await refuse(too_many_requests(decision))
                         return
+            if self.quotas is not None and (
+                getattr(principal, "quota", None) is not None
+                or getattr(principal, "credits", None) is not None
+            ):
+                spent = await self.quotas.check(principal)  # type: ignore[arg-type]
+                if spent is not None and not spent.allowed:
+                    if self.metrics is not None:
+                        self.metrics.refusals["quota"] += 1
+                    status = await refuse(quota_exceeded(spent))
+                    return
             try:
                 target = self.proxy.target(raw_path, scope.get("query_string", b""))
                 token = self.minter.token_for(principal).token
@@ -817,6 +1104,18 @@ class GatewayApp:
                     del self.in_flight[holder]
         finally:
             self._access.log("GET", raw_path, status, consumer, key_id, started)
+            if self.meter is not None and not raw_path.startswith(_RESERVED):
+                if refused_key is not None:  # after the answer: a revoked or expired key's owner
+                    consumer, key_id = self._refused_owner(refused_key)
+                self.meter.record(consumer, key_id, status, None)
+            if self.metrics is not None:
+                self.metrics.observe(status, time.perf_counter() - started)
+
+    def _refused_owner(self, key: str) -> tuple[str | None, str | None]:
+        """``(consumer, key id)`` of a refused key this node knows as revoked or expired (no I/O)."""
+        lookup = getattr(self._api_keys, "refused_owner", None)
+        owner: tuple[str, str] | None = lookup(key) if lookup is not None else None
+        return (None, None) if owner is None else owner
 
     def _connection_cap(self, principal: PrincipalLike) -> int:
         """The consumer's own cap on requests in flight (``consumers.max_connections``), else the
@@ -845,12 +1144,17 @@ class GatewayApp:
         if lookup is None:
             return None
         try:
-            return lookup(key, now)
+            principal = lookup(key, now)
+            if principal is not None and self.metrics is not None:
+                self.metrics.key_cache_hits += 1
+            return principal
         except InvalidApiKey:
             raise
         except StoreUnavailable:  # the outage itself is logged once, by the change watcher
             raise _StoreDown from None
         except Exception as exc:  # a store failure must not become a 500 nor leak the key
+            if self.metrics is not None:
+                self.metrics.store_errors += 1
             logger.error("API key lookup failed (%s)", type(exc).__name__)
             raise _StoreDown from None
 
@@ -869,11 +1173,16 @@ class GatewayApp:
                 return principal
         try:
             lookup = self._lookup_cached
+            metrics = self.metrics
+            if metrics is not None:
+                metrics.key_cache_misses += 1
             try:
                 if lookup is not None and await self._surely_unknown(key):
                     raise InvalidApiKey("Invalid API key")
                 return await self.store_calls.run(self._authenticate_and_mint, key, now)
             except StoreTimeout:  # a hung database: answer from memory as in an outage, or 503
+                if metrics is not None:
+                    metrics.store_errors += 1
                 timed_out = getattr(self._api_keys, "store_timed_out", None)
                 if timed_out is None:
                     raise
@@ -884,8 +1193,15 @@ class GatewayApp:
         except StoreUnavailable:  # the outage itself is logged once, by the change watcher
             raise _StoreDown from None
         except Exception as exc:  # a store failure must not become a 500 nor leak the key
+            if self.metrics is not None:
+                self.metrics.store_errors += 1
             logger.error("API key lookup failed (%s)", type(exc).__name__)
             raise _StoreDown from None
+
+
+def _upstream_error_kind(exc: UpstreamError) -> str:
+    """``connect`` (unreachable) or ``protocol`` (anything else: a broken answer, a closed pool)."""
+    return "connect" if isinstance(exc.__cause__, OSError) else "protocol"
 
 
 def build_gateway(
@@ -898,6 +1214,10 @@ def build_gateway(
     cluster: ClusterSettings | None = None,
     websocket_limits: WebSocketLimits | None = None,
     secret_scanning: SecretScanningSettings | None = None,
+    usage_interval: float | None = DEFAULT_USAGE_INTERVAL,
+    metrics: GatewayMetrics | None = None,
+    metrics_dir: str | None = None,
+    tracing: TracingSettings | Tracing | None = None,
 ) -> GatewayApp:
     """The gateway over the store at ``db_url``: API keys, keyring, change watcher, all wired.
 
@@ -908,6 +1228,10 @@ def build_gateway(
     rotation, shared rate limits, outage grace; :mod:`keyswap.gateway.cluster`); the defaults apply
     without it. ``secret_scanning`` turns GitHub's leak reports on
     (:mod:`keyswap.gateway.secretscanning`).
+    ``usage_interval``: seconds between writes of the usage meter
+    (:mod:`keyswap.gateway.meter`; it also runs the usage rollup hourly); ``None``: no metering.
+    without it. ``metrics`` counts for Prometheus (``metrics_dir``: also written there for the
+    workers' supervisor); ``tracing`` turns OpenTelemetry on (:mod:`keyswap.gateway.tracing`).
 
     Raises:
         ConfigError: bad settings, no usable server secret, a database set up with another secret, or
@@ -916,12 +1240,19 @@ def build_gateway(
     from keyswap.gateway.apikeys import ApiKeys
     from keyswap.gateway.cluster import build_cluster, build_rate_limiter
     from keyswap.gateway.keyring import Keyring
+    from keyswap.gateway.quota import ThresholdNotifier, webhook_enqueuer
     from keyswap.gateway.secret import load_secret
     from keyswap.manage.context import audit_retention_from_env
     from keyswap.manage.signing import system_audit
     from keyswap.store import Store
 
     cluster = cluster or ClusterSettings()
+    tracer: Tracing | None = None
+    if tracing is not None:  # OpenTelemetry is imported only now
+        from keyswap.gateway.tracing import Tracing as _Tracing
+        from keyswap.gateway.tracing import build_tracing
+
+        tracer = tracing if isinstance(tracing, _Tracing) else build_tracing(tracing)
     store = Store(db_url, timeout=cluster.db_timeout)
     try:
         secret = load_secret(db_url, secret_file=secret_file, env=env)
@@ -945,8 +1276,18 @@ def build_gateway(
             audit=system_audit(store, clock=clock, retention=audit_retention_from_env()),
         )
 
-        def tick() -> None:  # batched last-used writes, at most every 10 s
+        notifier = ThresholdNotifier(webhook_enqueuer(store))
+        quotas = QuotaEnforcer(
+            store,
+            redis_url=cluster.redis_url,
+            prefix=cluster.redis_prefix,
+            clock=clock,
+            on_threshold=notifier,
+        )
+
+        def tick() -> None:  # batched last-used writes, at most every 10 s; quota counts, 2 s
             api_keys.flush_last_used()
+            quotas.tick()
 
         def watcher(on_change: Callable[[], None]) -> WatcherLike:
             return build_cluster(
@@ -974,7 +1315,19 @@ def build_gateway(
                 api_keys.flush_last_used(force=True)
             except Exception as exc:
                 logger.warning("could not record last-used times (%s)", type(exc).__name__)
+            notifier.close()
             store.close()
+
+        meter = None
+        if usage_interval is not None:
+            from keyswap.store.usage import SqlUsageSink, rollup
+
+            def roll_up(now: float) -> None:
+                rollup(store, now=now)
+
+            meter = Meter(
+                SqlUsageSink(store), interval=usage_interval, clock=clock, maintenance=roll_up
+            )
 
         return GatewayApp(
             settings,
@@ -989,7 +1342,18 @@ def build_gateway(
             websocket_limits=websocket_limits,
             changes=ChangeFeed(store),
             secret_scanning=scanning,
+            quotas=quotas,
+            meter=meter,
+            metrics=metrics,
+            tracing=tracer,
+            metrics_writer=(
+                None
+                if metrics is None or metrics_dir is None
+                else SnapshotWriter(metrics, metrics_dir)
+            ),
         )
     except BaseException:
         store.close()
+        if tracer is not None:
+            tracer.close()
         raise

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +36,15 @@ from keyswap.cli_support import OneLineErrorsCommand, OneLineErrorsGroup, OneLin
 from keyswap.durations import format_duration
 from keyswap.errors import ConfigError, KeyswapError
 from keyswap.gateway.apikeys import DEFAULT_PREFIX
+from keyswap.gateway.binding import (
+    BOUND_DEFAULT_ALG,
+    DEFAULT_BIND_MAX_BODY,
+    DEFAULT_BIND_TTL,
+    TOKEN_FORMATS,
+    BindPolicy,
+    describe,
+    parse_bind_route,
+)
 from keyswap.gateway.keymaterial import SIGNING_ALGORITHMS
 from keyswap.gateway.keyring import DEFAULT_CACHE_MARGIN, DEFAULT_TOKEN_TTL, Keyring
 from keyswap.gateway.secret import ServerSecret, default_secret_file, load_secret
@@ -404,7 +414,20 @@ def _consumer_json(consumer: Consumer) -> dict[str, Any]:
         "scopes": list(consumer.scopes),
         "max_connections": consumer.max_connections,
         "leak_policy": consumer.leak_policy,
+        "quota": consumer.quota,
+        "credits": consumer.credits,
+        "credits_refill": consumer.credits_refill,
+        "credits_set_at": None
+        if consumer.credits_set_at is None
+        else _time(consumer.credits_set_at),
     }
+
+
+def _credits_text(consumer: Consumer) -> str:
+    if consumer.credits is None:
+        return "-"
+    refill = consumer.credits_refill
+    return f"{consumer.credits};refill={refill}" if refill else str(consumer.credits)
 
 
 SCOPES_HELP = (
@@ -484,12 +507,14 @@ def consumers_list(as_json: bool, db_url: str | None) -> None:
             c.name,
             _time(c.created_at),
             c.rate_limit or "default",
+            c.quota or "-",
+            _credits_text(c),
             _scopes_text(c.scopes),
             json.dumps(c.metadata, separators=(",", ":"), ensure_ascii=False),
         ]
         for c in everyone
     ]
-    _print_table(["NAME", "CREATED", "RATE_LIMIT", "SCOPES", "METADATA"], rows)
+    _print_table(["NAME", "CREATED", "RATE_LIMIT", "QUOTA", "CREDITS", "SCOPES", "METADATA"], rows)
 
 
 @consumers.command("set-metadata")
@@ -619,6 +644,139 @@ def consumers_set_leak_policy(name: str, policy: str, as_json: bool, db_url: str
         click.echo(
             f"Leak policy of consumer '{consumer.name}': {consumer.leak_policy or 'default'}."
         )
+
+
+@consumers.command("set-quota")
+@click.argument("name")
+@click.argument("quota", metavar="QUOTA")
+@json_option
+@db_option
+@handle_errors
+def consumers_set_quota(name: str, quota: str, as_json: bool, db_url: str | None) -> None:
+    """Set the request quota of consumer NAME: REQUESTS/day or REQUESTS/month (calendar periods,
+    UTC), or 'off'.
+
+    Past it, the gateway answers 429 until the next period. Shared by all the consumer's keys; exact
+    across gateways with --redis, per gateway without. Running gateways pick the change up within a
+    second.
+    """
+    from keyswap.manage import quotas as manage_quotas
+
+    try:
+        value = manage_quotas.canonical(quota)
+    except KeyswapError as exc:
+        raise OneLineUsageError(exc.reason) from None
+    with open_store(db_url, existing=True) as store:
+        consumer = manage_quotas.set_quota(manage_context(store), name, value)
+    if as_json:
+        _print_json(_consumer_json(consumer))
+    elif consumer.quota is None:
+        click.echo(f"Consumer '{consumer.name}' has no quota.")
+    else:
+        click.echo(f"Consumer '{consumer.name}' may make {consumer.quota} (requests/period).")
+
+
+@consumers.command("set-credits")
+@click.argument("name")
+@click.argument("credits", metavar="CREDITS")
+@click.option(
+    "--refill",
+    metavar="AMOUNT/PERIOD",
+    default=None,
+    help="Set the balance back to AMOUNT at the start of every day or month (UTC): 500/month, "
+    "100/day; 'never' (the default) for a balance that never refills.",
+)
+@json_option
+@db_option
+@handle_errors
+def consumers_set_credits(
+    name: str, credits: str, refill: str | None, as_json: bool, db_url: str | None
+) -> None:
+    """Grant consumer NAME a balance of CREDITS requests from now (0-10^12), or 'off'.
+
+    Each request the gateway accepts spends one; at 0 it answers 429 (until the refill, if any).
+    Setting credits again starts a new balance: what the previous one had left is replaced.
+    """
+    from keyswap.manage import quotas as manage_quotas
+
+    amount: int | None = None
+    if credits.strip().lower() != "off":
+        try:
+            amount = int(credits.strip())
+        except ValueError:
+            amount = -1
+        if not 0 <= amount <= 1_000_000_000_000:
+            raise OneLineUsageError(
+                f"CREDITS must be a whole number 0-1000000000000 or 'off', got {credits[:40]!r}"
+            )
+    refill_value: str | None = None
+    if refill is not None and refill.strip().lower() not in ("never", "off"):
+        if amount is None:
+            raise OneLineUsageError("--refill needs credits, not 'off'")
+        try:
+            refill_value = manage_quotas.canonical(refill)
+        except KeyswapError as exc:
+            raise OneLineUsageError(f"--refill: {exc.reason}; or 'never'") from None
+    with open_store(db_url, existing=True) as store:
+        consumer = manage_quotas.set_credits(
+            manage_context(store), name, amount, refill=refill_value
+        )
+    if as_json:
+        _print_json(_consumer_json(consumer))
+    elif consumer.credits is None:
+        click.echo(f"Consumer '{consumer.name}' has no credits.")
+    elif consumer.credits_refill is None:
+        click.echo(f"Consumer '{consumer.name}' has {consumer.credits} credits (never refilled).")
+    else:
+        click.echo(
+            f"Consumer '{consumer.name}' has {consumer.credits} credits, refilled to "
+            f"{consumer.credits_refill}."
+        )
+
+
+@consumers.command("quota")
+@click.argument("name")
+@json_option
+@db_option
+@handle_errors
+def consumers_quota(name: str, as_json: bool, db_url: str | None) -> None:
+    """Show where consumer NAME stands: limit, used and remaining of its quota and credits.
+
+    The counts are those the gateways have recorded (each writes them every 2 s).
+    """
+    from keyswap.manage import quotas as manage_quotas
+
+    with open_store(db_url, existing=True) as store:
+        found = manage_quotas.quota_status(manage_context(store), name)
+    if as_json:
+        _print_json([_status_json(status) for status in found])
+        return
+    if not found:
+        click.echo(f"Consumer '{name}' has no quota and no credits.")
+        return
+    rows = [
+        [
+            s.kind,
+            s.period,
+            str(s.limit),
+            str(s.used),
+            str(s.remaining),
+            "never" if s.refills_at is None else _time(s.refills_at),
+        ]
+        for s in found
+    ]
+    _print_table(["KIND", "PERIOD", "LIMIT", "USED", "REMAINING", "REFILLS_AT"], rows)
+
+
+def _status_json(status: Any) -> dict[str, Any]:
+    return {
+        "kind": status.kind,
+        "period": status.period,
+        "limit": status.limit,
+        "used": status.used,
+        "remaining": status.remaining,
+        "refills_at": None if status.refills_at is None else _time(status.refills_at),
+    }
 
 
 @consumers.command("delete")
@@ -1324,9 +1482,60 @@ def _url_host(host: str) -> str:
     "--alg",
     envvar="KEYSWAP_ALG",
     type=click.Choice(SIGNING_ALGORITHMS),
-    default="RS256",
+    default=None,
+    help="Algorithm of the signing keys created on first start. Default: RS256; "
+    f"{BOUND_DEFAULT_ALG} with --bind-request/--bind-route/--token-format txn-token "
+    "(per-request signing). $KEYSWAP_ALG.",
+)
+@click.option(
+    "--bind-request/--no-bind-request",
+    envvar="KEYSWAP_BIND_REQUEST",
+    default=False,
     show_default=True,
-    help="Algorithm of the signing keys created on first start. $KEYSWAP_ALG.",
+    help="Give every request its own token bound to its method, URL, query and body "
+    "(docs/request-binding.md). $KEYSWAP_BIND_REQUEST.",
+)
+@click.option(
+    "--bind-route",
+    "bind_routes",
+    envvar="KEYSWAP_BIND_ROUTES",
+    multiple=True,
+    metavar="METHOD:/PREFIX[:unbound-body]",
+    help="Bind requests of this route only (METHOD may be * or GET,POST); ':unbound-body' forwards "
+    "bodies over --bind-max-body unhashed instead of 413. Repeatable. $KEYSWAP_BIND_ROUTES.",
+)
+@click.option(
+    "--bind-max-body",
+    envvar="KEYSWAP_BIND_MAX_BODY",
+    type=click.IntRange(0, 1 << 30),
+    default=DEFAULT_BIND_MAX_BODY,
+    show_default=True,
+    help="Largest body (bytes) hashed before forwarding a bound request; larger: 413. "
+    "$KEYSWAP_BIND_MAX_BODY.",
+)
+@click.option(
+    "--bind-ttl",
+    envvar="KEYSWAP_BIND_TTL",
+    type=Seconds(1, 3600, whole=True),
+    default=DEFAULT_BIND_TTL,
+    show_default=True,
+    help="Lifetime of per-request tokens (seconds). $KEYSWAP_BIND_TTL.",
+)
+@click.option(
+    "--token-format",
+    envvar="KEYSWAP_TOKEN_FORMAT",
+    type=click.Choice(TOKEN_FORMATS),
+    default="jwt",
+    show_default=True,
+    help="jwt: Authorization: Bearer; txn-token: a Transaction Token per request in the Txn-Token "
+    "header (draft-ietf-oauth-transaction-tokens-10). $KEYSWAP_TOKEN_FORMAT.",
+)
+@click.option(
+    "--txn-purpose",
+    envvar="KEYSWAP_TXN_PURPOSE",
+    default="api",
+    show_default=True,
+    help="`purp` claim of Transaction Tokens. $KEYSWAP_TXN_PURPOSE.",
 )
 @click.option(
     "--trust-forwarded/--no-trust-forwarded",
@@ -1428,13 +1637,53 @@ def _url_host(host: str) -> str:
     help="info logs one access line per request (logger keyswap.access).",
 )
 @click.option(
+    "--log-format",
+    envvar="KEYSWAP_LOG_FORMAT",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per log line, access lines included. $KEYSWAP_LOG_FORMAT.",
+)
+@click.option(
+    "--metrics-port",
+    envvar="KEYSWAP_METRICS_PORT",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics at /metrics on this port (its own listener, never the public "
+    "port). Default: no metrics. $KEYSWAP_METRICS_PORT.",
+)
+@click.option(
+    "--metrics-host",
+    envvar="KEYSWAP_METRICS_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics listener binds. $KEYSWAP_METRICS_HOST.",
+)
+@click.option(
+    "--tracing/--no-tracing",
+    envvar="KEYSWAP_TRACING",
+    default=False,
+    show_default=True,
+    help="OpenTelemetry spans (key lookup, mint, upstream call) and traceparent to the upstream, "
+    "exported as the OTEL_* variables say (OTLP by default; needs keyswap[otel]). $KEYSWAP_TRACING.",
+)
+@click.option(
+    "--trace-sample-rate",
+    envvar="KEYSWAP_TRACE_SAMPLE_RATE",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    metavar="RATE",
+    help="Fraction of new traces sampled (0.01 = 1 %); a caller's traceparent decides for its own. "
+    "Default: OTEL_TRACES_SAMPLER (every request). $KEYSWAP_TRACE_SAMPLE_RATE.",
+)
+@click.option(
     "--redis",
     "redis_url",
     envvar="KEYSWAP_REDIS_URL",
     metavar="URL",
     default=None,
-    help="Redis shared by every node: rate limits counted cluster-wide, changes pushed by pub/sub "
-    "(redis://host:6379/0). $KEYSWAP_REDIS_URL.",
+    help="Redis shared by every node: rate limits and quotas counted cluster-wide, changes pushed "
+    "by pub/sub (redis://host:6379/0). $KEYSWAP_REDIS_URL.",
 )
 @click.option(
     "--redis-prefix",
@@ -1570,6 +1819,25 @@ def _url_host(host: str) -> str:
     help="Deliver consumers' webhook events from this process (needs the 'webhooks' extra); "
     "--no-webhooks leaves it to other processes or `keyswap webhooks dispatch`. $KEYSWAP_WEBHOOKS.",
 )
+@click.option(
+    "--usage/--no-usage",
+    "usage",
+    envvar="KEYSWAP_USAGE",
+    default=True,
+    show_default=True,
+    help="Meter every request per consumer and key into the database (keyswap usage). "
+    "$KEYSWAP_USAGE.",
+)
+@click.option(
+    "--usage-flush-interval",
+    envvar="KEYSWAP_USAGE_FLUSH_INTERVAL",
+    metavar="SECONDS",
+    type=Seconds(0.1, 3600),
+    default="10",
+    show_default=True,
+    help="Seconds between writes of the usage counts (at most this much is lost on a crash). "
+    "$KEYSWAP_USAGE_FLUSH_INTERVAL.",
+)
 @key_prefix_option
 @db_option
 @secret_file_option
@@ -1582,7 +1850,13 @@ def gateway(
     audience: str | None,
     token_ttl: int,
     upstream_timeout: float,
-    alg: str,
+    alg: str | None,
+    bind_request: bool,
+    bind_routes: tuple[str, ...],
+    bind_max_body: int,
+    bind_ttl: int,
+    token_format: str,
+    txn_purpose: str,
     trust_forwarded: bool,
     drop_headers: tuple[str, ...],
     forward_headers_only: str | None,
@@ -1595,6 +1869,11 @@ def gateway(
     client_body_deadline: float,
     client_send_timeout: float,
     log_level: str,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    tracing: bool,
+    trace_sample_rate: float | None,
     redis_url: str | None,
     redis_prefix: str,
     rotate_every: float,
@@ -1610,6 +1889,8 @@ def gateway(
     secret_scanning_webhook_secret_file: str | None,
     leak_policy: str,
     webhooks: bool,
+    usage: bool,
+    usage_flush_interval: float,
     key_prefix: str,
     db_url: str | None,
     secret_file: str | None,
@@ -1619,9 +1900,17 @@ def gateway(
     Clients send `Authorization: Bearer <API key>`; the upstream receives `Authorization: Bearer <JWT>`
     signed by the gateway (verify it with the JWKS at <public-url>/__keyswap/issuer/.well-known/jwks.json).
     """
+    import socket
+
     from keyswap.gateway.app import GatewaySettings, build_gateway
-    from keyswap.gateway.clientconn import ClientLimits, default_max_client_connections
+    from keyswap.gateway.clientconn import (
+        ClientLimits,
+        default_max_client_connections,
+        open_connections,
+    )
     from keyswap.gateway.cluster import ClusterSettings
+    from keyswap.gateway.metrics import GatewayMetrics, SnapshotDirectory
+    from keyswap.gateway.metricsserver import MetricsServer
     from keyswap.gateway.serve import configure_logging, run_until_signal, server_config
     from keyswap.gateway.workers import run_workers
     from keyswap.gateway.wsrelay import WebSocketLimits
@@ -1629,6 +1918,20 @@ def gateway(
 
     try:
         websocket_limits = WebSocketLimits(websocket_idle_timeout, websocket_max_lifetime)
+        bind = BindPolicy(
+            tuple(
+                parse_bind_route(part)
+                for value in bind_routes
+                for part in value.split()
+                if part.strip()
+            ),
+            bind_all=bind_request,
+            max_body=bind_max_body,
+            ttl=bind_ttl,
+        )
+        if alg is None:
+            per_request = bind.enabled or token_format == "txn-token"  # noqa: S105
+            alg = BOUND_DEFAULT_ALG if per_request else "RS256"
         settings = GatewaySettings(
             upstream=upstream.strip(),
             public_url=(public_url or f"http://{_url_host(host)}:{port}").strip(),
@@ -1636,6 +1939,9 @@ def gateway(
             token_ttl=token_ttl,
             upstream_timeout=upstream_timeout,
             alg=alg,
+            bind=bind,
+            token_format=token_format,
+            txn_purpose=txn_purpose.strip(),
             trust_forwarded=trust_forwarded,
             max_connections=max_connections,
             max_connections_per_consumer=max_connections_per_consumer,
@@ -1672,11 +1978,28 @@ def gateway(
         )
     except ConfigError as exc:  # a bad flag or variable value: a usage error
         raise OneLineUsageError(exc.reason) from None
+    if metrics_port is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("prometheus_client") is None:
+            raise OneLineUsageError(
+                "--metrics-port needs prometheus-client: pip install 'keyswap[prometheus]'"
+            )
+    tracing_settings = None
+    if tracing:
+        from keyswap.gateway.tracing import TracingSettings
+
+        tracing_settings = TracingSettings(sample_rate=trace_sample_rate)
     url = check_db_location(db_url)
-    # The port before anything else: taken, it is one error line and nothing was loaded or changed.
+    # The ports before anything else: taken, it is one error line and nothing was loaded or changed.
     sockets = bind_listeners(host, port)
+    metrics_sockets: list[socket.socket] = []
+    snapshots: SnapshotDirectory | None = None
+    metrics_server: MetricsServer | None = None
     try:
-        configure_logging(log_level)
+        if metrics_port is not None:
+            metrics_sockets = bind_listeners(metrics_host, metrics_port)
+        configure_logging(log_level, log_format)
         with new_database_guard(url) as guard:  # a failed start leaves no new database behind
             app = build_gateway(
                 settings,
@@ -1685,25 +2008,82 @@ def gateway(
                 cluster=cluster,
                 websocket_limits=websocket_limits,
                 secret_scanning=scanning,
+                usage_interval=usage_flush_interval if usage else None,
+                metrics=GatewayMetrics() if metrics_sockets and workers == 1 else None,
+                tracing=tracing_settings if workers == 1 else None,
             )
             app.prepare()
             guard.started()
         redis_up = cluster.redis_url is None or _redis_reachable(cluster.redis_url)
+        if metrics_sockets:
+            from prometheus_client import CollectorRegistry
+
+            from keyswap.gateway.metrics import collector
+
+            registry = CollectorRegistry()
+            if workers == 1:
+                assert app.metrics is not None
+                registry.register(collector(app.metrics.snapshot))
+            else:
+                snapshots = SnapshotDirectory()
+                registry.register(collector(snapshots.read))
+            for extra in metrics_sockets[1:]:
+                extra.close()
+            metrics_server = MetricsServer(metrics_sockets[0], registry, threads=workers == 1)
     except BaseException:
-        for sock in sockets:
+        for sock in [*sockets, *metrics_sockets]:
             sock.close()
+        if snapshots is not None:
+            snapshots.close()
         raise
-    click.echo(
+
+    def say(line: str) -> None:  # with --log-format json, every line on stderr is a JSON object
+        if log_format == "json":
+            logging.getLogger("keyswap.gateway").info("%s", line)
+        else:
+            click.echo(line, err=True)
+
+    say(
         f"keyswap gateway on http://{_url_host(host)}:{port} -> {settings.upstream} "
-        f"(issuer {settings.issuer}, audience {settings.audience}, db {display_url(url)})",
-        err=True,
+        f"(issuer {settings.issuer}, audience {settings.audience}, db {display_url(url)})"
     )
-    click.echo(_cluster_banner(cluster, postgres=is_postgres(url), redis_up=redis_up), err=True)
+    say(_cluster_banner(cluster, postgres=is_postgres(url), redis_up=redis_up))
+    say(
+        f"usage: counted per consumer and key, written every {usage_flush_interval:g} s "
+        "(keyswap usage)"
+        if usage
+        else "usage: not metered (--no-usage)"
+    )
+    if metrics_server is not None:
+        say(f"metrics on http://{_url_host(metrics_host)}:{metrics_server.port}/metrics")
+    if tracing_settings is not None:
+        say(
+            "tracing on: "
+            + (
+                f"{tracing_settings.sample_rate:g} of new traces sampled"
+                if tracing_settings.sample_rate is not None
+                else "sampled as OTEL_TRACES_SAMPLER says"
+            )
+        )
+    if settings.bind.enabled or settings.token_format != "jwt":  # noqa: S105 - a format name
+        routes = describe(settings.bind.rules_in_order) if settings.bind.enabled else []
+        say(
+            f"per-request tokens ({settings.token_format}, {settings.bind.ttl} s, {settings.alg})"
+            + (
+                f"; bound routes: {' '.join(routes)}; bodies hashed up to "
+                f"{settings.bind.max_body} bytes"
+                if routes
+                else ""
+            )
+        )
     if workers > 1:
-        click.echo(
+        say(
             f"{workers} worker processes, each with its own caches"
-            + ("" if cluster.redis_url else "; rate limits are counted per worker (give --redis)"),
-            err=True,
+            + (
+                ""
+                if cluster.redis_url
+                else "; rate limits are counted per worker, quotas approximately (give --redis)"
+            )
         )
 
     def serve(served: GatewayApp, on_ready: Callable[[], None] | None = None) -> int:
@@ -1716,10 +2096,14 @@ def gateway(
             drain_timeout=drain_timeout,
             websockets=True,
         )
+        if served.metrics is not None:
+            served.metrics.gauges["connections_open"] = open_connections(config.http)
         with _webhook_dispatcher(url, secret_file, enabled=webhooks):
             return run_until_signal([config], sockets=[sockets], on_ready=on_ready)
 
     def worker(on_ready: Callable[[], None]) -> int:  # in a forked worker: its own gateway
+        if metrics_server is not None:
+            metrics_server.socket.close()  # the supervisor's: never accepted on here
         served = build_gateway(
             settings,
             db_url=url,
@@ -1727,21 +2111,37 @@ def gateway(
             cluster=cluster,
             websocket_limits=websocket_limits,
             secret_scanning=scanning,
+            usage_interval=usage_flush_interval if usage else None,
+            metrics=None if snapshots is None else GatewayMetrics(),
+            metrics_dir=None if snapshots is None else snapshots.path,
+            tracing=tracing_settings,
         )
         served.prepare()
         return serve(served, on_ready)
 
     if workers == 1:
-        failed = serve(app)
+        try:
+            if metrics_server is not None:
+                metrics_server.start()
+            failed = serve(app)
+        finally:
+            if metrics_server is not None:
+                metrics_server.close()
     else:
         import asyncio
 
         asyncio.run(app.shutdown())  # the parent only checked the set-up; workers build their own
         try:
-            failed = run_workers(workers, worker)
+            failed = run_workers(
+                workers, worker, idle=None if metrics_server is None else metrics_server.poll
+            )
         finally:
             for sock in sockets:
                 sock.close()
+            if metrics_server is not None:
+                metrics_server.close()
+            if snapshots is not None:
+                snapshots.close()
     if failed:
         raise click.ClickException("the gateway could not start (see the message above)")
 
@@ -1818,6 +2218,12 @@ def _cluster_banner(cluster: ClusterSettings, *, postgres: bool, redis_up: bool)
     help="Admin API port. Default: --port + 1 (8081).",
 )
 @click.option(
+    "--portal-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Developer portal port. Default: --port + 2 (8082).",
+)
+@click.option(
     "--data-dir",
     metavar="DIR",
     default=".keyswap-data",
@@ -1832,9 +2238,17 @@ def _cluster_banner(cluster: ClusterSettings, *, postgres: bool, redis_up: bool)
     help="Algorithm of the signing keys created on the first run.",
 )
 @handle_errors
-def demo(port: int, origin_port: int, admin_port: int | None, data_dir: str, alg: str) -> None:
-    """Run the gateway (port 8080) in front of `keyswap origin` (port 7878) with a demo key, and
-    the admin API (port 8081) with a fresh admin token.
+def demo(
+    port: int,
+    origin_port: int,
+    admin_port: int | None,
+    portal_port: int | None,
+    data_dir: str,
+    alg: str,
+) -> None:
+    """Run the gateway (port 8080) in front of `keyswap origin` (port 7878) with a demo key, the
+    admin API (port 8081) with a fresh admin token, and the developer portal (port 8082) with a
+    sign-in link for the demo consumer.
 
     Prints a curl command to try; the answer is the origin echoing the verified JWT claims. Each run
     reuses the data in --data-dir and prints a fresh demo key; older demo keys keep working (another
@@ -1850,12 +2264,16 @@ def demo(port: int, origin_port: int, admin_port: int | None, data_dir: str, alg
     admin = port + 1 if admin_port is None else admin_port
     if admin in (port, origin_port) or admin > 65535:
         raise OneLineUsageError("--admin-port must differ from --port and --origin-port")
+    portal = port + 2 if portal_port is None else portal_port
+    if portal in (port, origin_port, admin) or portal > 65535:
+        raise OneLineUsageError("--portal-port must differ from the other ports")
 
     status = run_demo(
         Path(data_dir),
         port=port,
         origin_port=origin_port,
         admin_port=admin,
+        portal_port=portal,
         alg=alg,
         echo=click.echo,
     )

@@ -46,6 +46,7 @@ starts on an idle connection); one ``call_later`` per request with a body.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,8 +154,15 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
 
     # -- connection ----------------------------------------------------------------------------
 
+    #: Connections opened and closed (or upgraded to a websocket) in this process with this class
+    #: (the ``connections_open`` gauge).
+    opened = 0
+    closed = 0
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        cls = type(self)
+        cls.opened += 1
         limits = self.limits
         if len(self.connections) > limits.max_connections:
             self.limit_concurrency = 0  # uvicorn then answers this connection's request 503
@@ -163,11 +171,20 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
             self._arm(limits.head_timeout, self._on_head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        cls = type(self)
+        cls.closed += 1
         self._disarm()
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
         super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        # The websocket protocol owns the transport from now on (this one's connection_lost is never
+        # called); like uvicorn's connection count, the gauge counts HTTP connections only.
+        cls = type(self)
+        cls.closed += 1
+        super().handle_websocket_upgrade()
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's, minus cancelling the keep-alive timer on any byte: only a request start does.
@@ -313,4 +330,16 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
 
 def protocol_class(limits: ClientLimits) -> type[GuardedHttpToolsProtocol]:
     """A :class:`GuardedHttpToolsProtocol` subclass bound to ``limits`` (for uvicorn's ``http=``)."""
-    return type("KeyswapHttpProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+    return type(
+        "KeyswapHttpProtocol",
+        (GuardedHttpToolsProtocol,),
+        {"limits": limits, "opened": 0, "closed": 0},
+    )
+
+
+def open_connections(protocol: Any) -> Callable[[], float | None]:
+    """A gauge: the client connections open now through ``protocol`` (a :func:`protocol_class`
+    class; ``None`` for another protocol, which does not count them)."""
+    if not (isinstance(protocol, type) and issubclass(protocol, GuardedHttpToolsProtocol)):
+        return lambda: None
+    return lambda: protocol.opened - protocol.closed

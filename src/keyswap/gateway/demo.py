@@ -12,6 +12,12 @@
 - the admin API (``keyswap admin``) listens on ``127.0.0.1:8081`` (the gateway's port + 1 unless
   ``--admin-port``); every run prints its URL and a fresh admin token (scope ``admin``, name
   ``demo``; older ones keep working until ``keyswap admin-tokens revoke``);
+- every request is metered (written every :data:`DEMO_USAGE_INTERVAL` seconds): the banner prints
+  ``keyswap usage demo`` (and ``GET /v1/usage?consumer=demo`` on the admin API) to read it;
+- the developer portal (``keyswap portal``) listens on ``127.0.0.1:8082`` (the gateway's port + 2 unless
+  ``--portal-port``); every run prints a fresh single-use sign-in link (one hour) for
+  ``demo@example.com``, a member of consumer ``demo`` (without the ``portal`` extra the demo runs
+  without it and says so);
 - every port is bound before the data is touched: a port in use is one error and changes nothing;
 - Ctrl-C (SIGINT) or SIGTERM stops both servers cleanly.
 """
@@ -34,7 +40,9 @@ from keyswap.gateway.mint import SIGNING_ALGORITHMS
 __all__ = [
     "DEFAULT_DATA_DIR",
     "DEMO_CONSUMER",
+    "DEMO_MEMBER",
     "DEMO_METADATA",
+    "DEMO_USAGE_INTERVAL",
     "DemoInfo",
     "prepare_demo",
     "run_demo",
@@ -43,6 +51,9 @@ __all__ = [
 DEFAULT_DATA_DIR = ".keyswap-data"
 DEMO_CONSUMER = "demo"
 DEMO_METADATA: dict[str, Any] = {"plan": "free"}
+#: Seconds between the demo gateway's usage writes (short, so ``keyswap usage demo`` shows requests
+#: made a moment ago).
+DEMO_USAGE_INTERVAL = 2.0
 _HOST = "127.0.0.1"
 
 
@@ -61,6 +72,9 @@ class DemoInfo:
     #: The admin API and a fresh admin token for it (scope ``admin``), when it runs.
     admin_url: str | None = None
     admin_token: str | None = field(default=None, repr=False)
+    #: The developer portal and a fresh sign-in link to it, when it runs.
+    portal_url: str | None = None
+    portal_link: str | None = field(default=None, repr=False)
 
     @property
     def curl(self) -> str:
@@ -114,7 +128,7 @@ def prepare_demo(
     gateway_url = f"http://{_HOST}:{port}"
     origin_url = f"http://{_HOST}:{origin_port}"
     settings = GatewaySettings(upstream=origin_url, public_url=gateway_url, alg=alg)
-    gateway_app = build_gateway(settings, db_url=db_url, env={})
+    gateway_app = build_gateway(settings, db_url=db_url, env={}, usage_interval=DEMO_USAGE_INTERVAL)
     gateway_app.prepare()
     key, key_id, older_keys = _demo_key(db_url)
     jwks_url = gateway_url + JWKS_PATH
@@ -153,6 +167,7 @@ def _admin_lines(info: DemoInfo) -> list[str]:
     return [
         f"Or over HTTP: the admin API on {info.admin_url} (docs: {info.admin_url}/docs):",
         f"  curl -H {header} {info.admin_url}/v1/consumers",
+        f"  curl -H {header} '{info.admin_url}/v1/usage?consumer={DEMO_CONSUMER}&by=minute'",
     ]
 
 
@@ -181,6 +196,51 @@ def _demo_admin(db_url: str) -> tuple[Any, str, Callable[[], None]]:
     return app, created.token, store.close
 
 
+#: Who the demo's portal sign-in links are for.
+DEMO_MEMBER = "demo@example.com"
+
+
+def _demo_portal(
+    db_url: str, portal_url: str, gateway_url: str
+) -> tuple[Any, str, Callable[[], None]] | None:
+    """The portal app over the demo database and a fresh sign-in link for :data:`DEMO_MEMBER`;
+    returns ``(app, link, close)``, or ``None`` without the ``portal`` extra."""
+    try:
+        from keyswap.portal.app import PortalState, build_portal_app
+        from keyswap.portal.settings import PortalSettings
+    except ImportError:
+        return None
+    from keyswap.gateway.secret import load_secret
+    from keyswap.manage.actor import Actor
+    from keyswap.manage.context import Context
+    from keyswap.manage.portal import create_link
+    from keyswap.store import Store
+
+    store = Store(db_url)
+    try:
+        secret = load_secret(db_url, env={})
+        settings = PortalSettings(
+            public_url=portal_url, gateway_url=gateway_url, provider_name="keyswap demo"
+        )
+        link = create_link(
+            Context(store, Actor.system("demo")), DEMO_CONSUMER, DEMO_MEMBER, expires_in=3600
+        )
+        app = build_portal_app(PortalState(store, secret, settings))
+    except BaseException:
+        store.close()
+        raise
+    return app, link.url(portal_url), store.close
+
+
+def _portal_lines(info: DemoInfo) -> list[str]:
+    if info.portal_link is None:
+        return ["(The developer portal needs the 'portal' extra: pip install 'keyswap[portal]'.)"]
+    return [
+        f"The developer portal on {info.portal_url}/portal/: sign in once with this link (1 hour):",
+        f"  {info.portal_link}",
+    ]
+
+
 def _instructions(info: DemoInfo) -> str:
     metadata = json.dumps(DEMO_METADATA)
     older = f"; {info.older_keys} older demo key(s) still work" if info.older_keys else ""
@@ -197,7 +257,10 @@ def _instructions(info: DemoInfo) -> str:
             f"  {info.curl}",
             "",
             f"Manage it: {_program()} keys list --db {shlex.quote(str(info.db_path))}",
+            f"Its usage (written every {DEMO_USAGE_INTERVAL:g} s): {_program()} usage "
+            f"{DEMO_CONSUMER} --since 1h --by minute --db {shlex.quote(str(info.db_path))}",
             *_admin_lines(info),
+            *_portal_lines(info),
             "Press Ctrl-C to stop.",
             "",
         ]
@@ -210,11 +273,13 @@ def run_demo(
     port: int = 8080,
     origin_port: int = 7878,
     admin_port: int | None = None,
+    portal_port: int | None = None,
     alg: str = "RS256",
     echo: Callable[[str], None] | None = None,
 ) -> int:
-    """Prepare the demo, serve gateway, origin and the admin API (on ``admin_port``, default
-    ``port + 1``) until SIGINT/SIGTERM; returns the exit status.
+    """Prepare the demo, serve gateway, origin, the admin API (on ``admin_port``, default
+    ``port + 1``) and the developer portal (on ``portal_port``, default ``port + 2``) until
+    SIGINT/SIGTERM; returns the exit status.
 
     Raises:
         ConfigError: a port is in use (``cannot listen on 127.0.0.1:8080: address already in use``;
@@ -226,13 +291,16 @@ def run_demo(
     from keyswap.store.urls import normalize_database_url
 
     admin = port + 1 if admin_port is None else admin_port
-    if len({port, origin_port, admin}) < 3:
-        raise ConfigError("--port, --origin-port and --admin-port must differ")
+    portal = port + 2 if portal_port is None else portal_port
+    if len({port, origin_port, admin, portal}) < 4:
+        raise ConfigError("--port, --origin-port, --admin-port and --portal-port must differ")
     # Every port first: a demo that cannot serve must not create keys (nor touch the data at all).
     sockets: list[list[Any]] = []
     close_admin: Callable[[], None] = lambda: None  # noqa: E731
+    close_portal: Callable[[], None] = lambda: None  # noqa: E731
+    portal_app: Any = None
     try:
-        for each in (port, origin_port, admin):
+        for each in (port, origin_port, admin, portal):
             sockets.append(bind_listeners(_HOST, each))
         configure_logging("info")
         gateway_app, origin_app, info = prepare_demo(
@@ -240,10 +308,16 @@ def run_demo(
         )
         admin_app, token, close_admin = _demo_admin(normalize_database_url(str(info.db_path)))
         info = replace(info, admin_url=f"http://{_HOST}:{admin}", admin_token=token)
+        portal_url = f"http://{_HOST}:{portal}"
+        made = _demo_portal(normalize_database_url(str(info.db_path)), portal_url, info.gateway_url)
+        if made is not None:
+            portal_app, link, close_portal = made
+            info = replace(info, portal_url=portal_url, portal_link=link)
     except BaseException:
         for sock in (s for group in sockets for s in group):
             sock.close()
         close_admin()
+        close_portal()
         raise
 
     def ready() -> None:
@@ -254,15 +328,18 @@ def run_demo(
             sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
+    servers = [
+        server_config(gateway_app, _HOST, port),
+        server_config(origin_app, _HOST, origin_port, log_level="warning"),
+        server_config(admin_app, _HOST, admin, log_level="warning"),
+    ]
+    if portal_app is not None:
+        servers.append(server_config(portal_app, _HOST, portal, log_level="warning"))
+    else:
+        for sock in sockets.pop():
+            sock.close()
     try:
-        return run_until_signal(
-            [
-                server_config(gateway_app, _HOST, port),
-                server_config(origin_app, _HOST, origin_port, log_level="warning"),
-                server_config(admin_app, _HOST, admin, log_level="warning"),
-            ],
-            on_ready=ready,
-            sockets=sockets,
-        )
+        return run_until_signal(servers, on_ready=ready, sockets=sockets)
     finally:
         close_admin()
+        close_portal()

@@ -70,6 +70,8 @@ FIXED_NAMES = HOP_BY_HOP | {
     b"x-remote-user",
     b"remote-user",
     b"x-api-key",
+    # A Transaction Token is the gateway's to mint (--token-format txn-token), never the client's.
+    b"txn-token",
     # Method overrides: the origin must run the method the gateway forwarded and logged.
     b"x-http-method-override",
     b"x-http-method",

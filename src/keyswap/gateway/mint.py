@@ -22,6 +22,7 @@ raw ``r || s`` signature of RFC 7518 §3.4, EdDSA = Ed25519/Ed448).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import secrets
 import time
@@ -37,6 +38,7 @@ from keyswap.verifier.jws import b64url_encode
 
 __all__ = [
     "SIGNING_ALGORITHMS",
+    "TXN_TOKEN_TYPE",
     "MintedToken",
     "PrincipalLike",
     "SigningKeyLike",
@@ -45,6 +47,9 @@ __all__ = [
     "sign_compact",
     "token_claims",
 ]
+
+#: ``typ`` of a Transaction Token (draft-ietf-oauth-transaction-tokens-10 §4.2).
+TXN_TOKEN_TYPE = "txntoken+jwt"  # noqa: S105 - a media type
 
 #: Algorithms the gateway can sign with (``keyswap gateway --alg``).
 SIGNING_ALGORITHMS = ("RS256", "ES256", "EdDSA")
@@ -110,15 +115,21 @@ def _sign(private_key: Any, alg: str, data: bytes) -> bytes:
     raise ConfigError(f"signing key of type {type(private_key).__name__} cannot sign {alg}")
 
 
-def sign_compact(key: SigningKeyLike, claims: Mapping[str, Any]) -> str:
-    """Sign ``claims`` with ``key`` as a compact JWS with header ``{alg, kid, typ: "JWT"}``.
+@functools.lru_cache(maxsize=64)
+def _header_segment(alg: str, kid: str, typ: str) -> str:
+    """The encoded protected header (the same for every token of one key: per-request minting
+    need not build it again)."""
+    return b64url_encode(_json({"alg": alg, "kid": kid, "typ": typ}))
+
+
+def sign_compact(key: SigningKeyLike, claims: Mapping[str, Any], *, typ: str = "JWT") -> str:
+    """Sign ``claims`` with ``key`` as a compact JWS with header ``{alg, kid, typ}``.
 
     Raises:
         ConfigError: the private key does not fit the key's ``alg``.
         ValueError: a claim is not JSON-serialisable (NaN, a non-JSON type).
     """
-    header = {"alg": key.alg, "kid": key.kid, "typ": "JWT"}
-    signing_input = b64url_encode(_json(header)) + "." + b64url_encode(_json(claims))
+    signing_input = _header_segment(key.alg, key.kid, typ) + "." + b64url_encode(_json(claims))
     signature = _sign(key.private_key, key.alg, signing_input.encode("ascii"))
     return signing_input + "." + b64url_encode(signature)
 
@@ -214,6 +225,8 @@ class TokenMinter:
         self._clock = clock
         self._max_entries = max_entries
         self._cache: dict[str, MintedToken] = {}
+        #: Tokens signed so far (reused tokens not counted; for metrics).
+        self.minted = 0
 
     @property
     def ttl(self) -> int:
@@ -273,6 +286,7 @@ class TokenMinter:
             key_id=principal.key_id,
         )
         token = sign_compact(key, claims)
+        self.minted += 1
         return MintedToken(
             token,
             key.kid,
@@ -283,3 +297,63 @@ class TokenMinter:
             claims["metadata"],
             scopes,
         )
+
+    def mint_per_request(
+        self,
+        principal: PrincipalLike,
+        binding: Mapping[str, Any],
+        *,
+        ttl: int,
+        txn: str | None = None,
+        purpose: str = "api",
+        requester: Mapping[str, Any] | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """A fresh token for one request, never cached: ``(token, claims)``.
+
+        ``binding`` (``htm``, ``htu``, ``htq``, ``htd``; empty for an unbound per-request token) is
+        added to the usual claims. With ``txn`` (a transaction id) the token is a Transaction Token
+        (draft-ietf-oauth-transaction-tokens-10): header ``typ: txntoken+jwt``; claims ``iss``,
+        ``iat``, ``exp``, ``aud`` (the trust domain), ``sub`` (the consumer), ``jti``, ``txn``,
+        ``purp``, ``tctx`` (``consumer``, ``key_id``, ``metadata``, ``scope``) and ``rctx``
+        (``requester``, e.g. ``req_ip``), plus the binding claims.
+
+        Raises:
+            ConfigError: the active signing key cannot sign its declared algorithm.
+        """
+        key = self._active_key()
+        iat = int(self._clock())
+        scopes = principal_scopes(principal)
+        if txn is None:
+            claims = token_claims(
+                issuer=self._issuer,
+                audience=self._audience,
+                consumer=principal.consumer,
+                metadata=principal.metadata,
+                scopes=scopes,
+                iat=iat,
+                ttl=ttl,
+                key_id=principal.key_id,
+            )
+            claims.update(binding)
+            return sign_compact(key, claims), claims
+        tctx: dict[str, Any] = {
+            "consumer": principal.consumer,
+            "key_id": principal.key_id,
+            "metadata": dict(principal.metadata),
+        }
+        if scopes:
+            tctx["scope"] = " ".join(scopes)
+        claims = {
+            "iss": self._issuer,
+            "iat": iat,
+            "exp": iat + ttl,
+            "aud": self._audience,
+            "sub": principal.consumer,
+            "jti": secrets.token_urlsafe(16),
+            "txn": txn,
+            "purp": purpose,
+            "tctx": tctx,
+            "rctx": dict(requester or {}),
+        }
+        claims.update(binding)
+        return sign_compact(key, claims, typ=TXN_TOKEN_TYPE), claims

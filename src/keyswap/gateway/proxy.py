@@ -43,12 +43,16 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from keyswap.errors import UpstreamError
 from keyswap.gateway.headerpolicy import DEFAULT_POLICY, HOP_BY_HOP, HeaderPolicy
 from keyswap.gateway.upstream import Origin, UpstreamPool, UpstreamResponse, parse_origin
+
+if TYPE_CHECKING:
+    from keyswap.gateway.meter import Exchange
 
 __all__ = [
     "HOP_BY_HOP",
@@ -88,6 +92,16 @@ _ENCODED_SLASH = re.compile(rb"\\|%2f|%5c|%252f|%255c", re.IGNORECASE)
 # Bodies announced at or below this size are read in one go and sent in one ASGI message.
 _SMALL_BODY = 64 * 1024
 _NO_LENGTH = (204, 304)
+
+
+class PrereadBody(Protocol):
+    """A request body read ahead of forwarding (:class:`keyswap.gateway.binding.ReadBody`)."""
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def complete(self) -> bool: ...
 
 
 class BadTarget(Exception):
@@ -260,20 +274,24 @@ class _StreamedBody:
     """The rest of a request body, read from ``receive`` as the upstream write asks for it; ``done`` is
     set once the last piece was read (``receive`` is then free to watch for the client leaving)."""
 
-    def __init__(self, first: bytes, receive: Receive) -> None:
+    def __init__(self, first: bytes, receive: Receive, exchange: Exchange | None = None) -> None:
         self._first = first
         self._receive = receive
+        self._exchange = exchange
         self.done = asyncio.Event()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self._first:
             yield self._first
+        exchange = self._exchange
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 raise ClientGone
             body = message.get("body", b"")
             if body:
+                if exchange is not None:
+                    exchange.bytes_in += len(body)
                 yield body
             if not message.get("more_body", False):
                 self.done.set()
@@ -320,6 +338,11 @@ class UpstreamProxy:
         return str(self._pool.origin)
 
     @property
+    def origin(self) -> Origin:
+        """The parsed upstream (scheme, host, port, path prefix)."""
+        return self._pool.origin
+
+    @property
     def pool(self) -> UpstreamPool:
         """The connection pool (for diagnostics and tests)."""
         return self._pool
@@ -357,9 +380,22 @@ class UpstreamProxy:
         return prefix + raw_path
 
     async def forward(
-        self, scope: Scope, receive: Receive, send: Send, target: bytes, headers: ForwardedHeaders
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        target: bytes,
+        headers: ForwardedHeaders,
+        exchange: Exchange | None = None,
+        *,
+        preread: PrereadBody | None = None,
     ) -> int:
         """Send the request upstream and stream the answer back; returns the status sent.
+
+        ``exchange``: filled with the body bytes relayed each way and the upstream latency (to the
+        response head), for the usage meter. ``preread``: the body (or its first part,
+        ``complete=False``) was already read from ``receive`` (request binding hashes it first); it
+        is sent, then the rest is streamed.
 
         Raises:
             UpstreamError: the upstream is unreachable or answered garbage (nothing was sent yet).
@@ -369,13 +405,22 @@ class UpstreamProxy:
         body: bytes | AsyncIterator[bytes] | None = None
         streamed: _StreamedBody | None = None
         length: int | None = None
-        if headers.has_body:
+        if preread is not None:
+            if preread.complete:
+                body = preread.data
+            else:
+                streamed = _StreamedBody(preread.data, receive)
+                body = streamed.__aiter__()
+                length = headers.content_length
+        elif headers.has_body:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise ClientGone
             first: bytes = message.get("body", b"")
+            if exchange is not None:
+                exchange.bytes_in = len(first)
             if message.get("more_body", False):
-                streamed = _StreamedBody(first, receive)
+                streamed = _StreamedBody(first, receive, exchange)
                 body = streamed.__aiter__()
                 length = headers.content_length
             else:
@@ -383,14 +428,17 @@ class UpstreamProxy:
         elif headers.content_length == 0:
             body = b""
         method: str = scope["method"]
+        asked = time.perf_counter() if exchange is not None else 0.0
         try:
             response = await self._pool.request(
                 method, target, headers.items, body, content_length=length
             )
         except ValueError as exc:  # cannot be written as HTTP/1.1 (the ASGI server let it through)
             raise UpstreamError("the request cannot be forwarded") from exc
+        if exchange is not None:
+            exchange.latency = time.perf_counter() - asked
         try:
-            return await self._relay(response, send, receive, streamed)
+            return await self._relay(response, send, receive, streamed, exchange)
         finally:
             response.close()
 
@@ -400,6 +448,7 @@ class UpstreamProxy:
         send: Send,
         receive: Receive | None = None,
         streamed: _StreamedBody | None = None,
+        exchange: Exchange | None = None,
     ) -> int:
         status = response.status
         headers = returned_response_headers(response.headers)
@@ -419,8 +468,10 @@ class UpstreamProxy:
                     if receive is None
                     else _Watch(receive, None if streamed is None else streamed.done)
                 )
-                return await self._stream(status, headers, response, send, watch)
+                return await self._stream(status, headers, response, send, watch, exchange)
             body = await response.read_all(length)
+        if exchange is not None:
+            exchange.bytes_out = len(body)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return status
@@ -432,6 +483,7 @@ class UpstreamProxy:
         response: UpstreamResponse,
         send: Send,
         watch: _Watch | None = None,
+        exchange: Exchange | None = None,
     ) -> int:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         # ASGI servers drop what is sent to a client that has gone: without watching `receive`, an
@@ -448,6 +500,8 @@ class UpstreamProxy:
                 chunk = await response.read()
                 if not chunk:
                     break
+                if exchange is not None:
+                    exchange.bytes_out += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (UpstreamError, ClientGone) as exc:
             # Headers are out: the only honest signal left is to cut the connection.

@@ -290,6 +290,11 @@ class RedisRateLimiter(RateLimiter):
         down_until = self._down_until
         return down_until is not None and self._monotonic() < down_until
 
+    @property
+    def prefix(self) -> str:
+        """The Redis key prefix."""
+        return self._prefix
+
     async def hit(self, consumer_id: int, rate: Rate) -> RateDecision:
         """Count one request in Redis (or in memory while Redis fails)."""
         import redis

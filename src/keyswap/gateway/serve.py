@@ -289,9 +289,16 @@ def _attach_drop_filter(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, so_attach_filter, fprog)
 
 
-def configure_logging(level: str) -> None:
-    """Send ``keyswap.*`` logs (access log included) and uvicorn's errors to stderr."""
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Send ``keyswap.*`` logs (access log included) and uvicorn's errors to stderr, as text lines or
+    (``log_format="json"``) one JSON object per line (:mod:`keyswap.logformat`)."""
+    formatter: logging.Formatter
+    if log_format == "json":
+        from keyswap.logformat import JsonFormatter
+
+        formatter = JsonFormatter()
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name, lvl in (("keyswap", level.upper()), ("uvicorn.error", "WARNING")):
         log = logging.getLogger(name)
         log.setLevel(lvl)

@@ -47,9 +47,18 @@ def resolve_workers(value: str) -> int:
     return count
 
 
-def run_workers(count: int, worker: Callable[[Callable[[], None]], int]) -> int:
+def run_workers(
+    count: int,
+    worker: Callable[[Callable[[], None]], int],
+    *,
+    idle: Callable[[float], None] | None = None,
+) -> int:
     """Fork ``count`` workers running ``worker(on_ready)`` (which serves until SIGTERM and returns an
     exit status) and supervise them until they have all exited.
+
+    ``idle(seconds)`` replaces the supervisor's short sleeps between checks (it may do some work
+    for at most about that long, e.g. answer one ``/metrics`` scrape); it runs in this process only,
+    which starts no thread (it forks).
 
     Returns 0 when every worker exited cleanly after a signal, 1 if one failed to start.
     """
@@ -110,7 +119,10 @@ def run_workers(count: int, worker: Callable[[Callable[[], None]], int]) -> int:
                 spawn()
             pid, status = os.waitpid(-1, os.WNOHANG) if children else (0, 0)
             if pid == 0:
-                time.sleep(0.05)
+                if idle is None:
+                    time.sleep(0.05)
+                else:
+                    idle(0.05)
                 continue
             _read_ready(ready_r, children)
             was_ready = children.pop(pid, False)

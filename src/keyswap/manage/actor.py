@@ -12,7 +12,8 @@ __all__ = ["ACTOR_KINDS", "Actor"]
 #: command line (the OS user); ``system``: an automatic action (scheduled signing-key rotation);
 #: ``secret-scanning``: a leak report from a secret scanning service (``secret-scanning:github``);
 #: ``scan``: ``keyswap keys scan --apply`` (the OS user).
-ACTOR_KINDS = ("token", "oidc", "cli", "system", "secret-scanning", "scan")
+ACTOR_KINDS = ("token", "oidc", "cli", "system", "secret-scanning", "scan", "portal")
+#: ``portal``: a person signed in to the developer portal (their e-mail address, else their OIDC subject).
 
 _PRINTABLE = re.compile(r"[^\x21-\x7e]")
 
@@ -31,7 +32,7 @@ class Actor:
     address of the request that carried the change, where there is one.
 
     Build one with :meth:`cli`, :meth:`system`, :meth:`admin_token`, :meth:`oidc`,
-    :meth:`secret_scanning` or :meth:`scan`.
+    :meth:`secret_scanning`, :meth:`scan` or :meth:`portal`.
     """
 
     kind: str
@@ -84,6 +85,13 @@ class Actor:
     def scan(cls, user: str | None = None) -> Actor:
         """``keyswap keys scan --apply`` run by the OS user ``user`` (default: the current one)."""
         return cls("scan", cls.cli(user).name)
+
+    @classmethod
+    def portal(
+        cls, person: str, *, request_id: str | None = None, client: str | None = None
+    ) -> Actor:
+        """A person signed in to the developer portal (``person``: e-mail address or OIDC subject)."""
+        return cls("portal", _clean(person, 255) or "", _clean(request_id, 128), _clean(client, 64))
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}" if self.name else self.kind

@@ -1,4 +1,5 @@
-"""Consumers: create, list, get, update (metadata, scopes, rate limit, connection cap), delete."""
+"""Consumers: create, list, get, update (metadata, scopes, rate limit, connection cap, quota,
+credits), delete."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any
 from keyswap.errors import InvalidInput, NotFound
 from keyswap.manage.audit import recording
 from keyswap.manage.context import Context
+from keyswap.manage.quotas import canonical
 from keyswap.store.models import (
     Consumer,
     validate_consumer_name,
+    validate_credits,
     validate_leak_policy,
     validate_max_connections,
     validate_metadata,
@@ -59,6 +62,12 @@ class ConsumerUpdate:
     rate_limit: str | Keep | None = KEEP
     max_connections: int | Keep | None = KEEP
     leak_policy: str | Keep | None = KEEP
+    #: ``None`` (none), ``"<n>/day"`` or ``"<n>/month"`` (see :mod:`keyswap.manage.quotas`).
+    quota: str | Keep | None = KEEP
+    #: A new credit grant (``None``: no credits); its refill, ``"<n>/day"``/``"<n>/month"`` or
+    #: ``None`` (never), is set with it (given alone, it changes the refill of the current grant).
+    credits: int | Keep | None = KEEP
+    credits_refill: str | Keep | None = KEEP
 
     def changed(self) -> dict[str, Any]:
         """The fields given, by name (validated)."""
@@ -73,6 +82,14 @@ class ConsumerUpdate:
             fields["max_connections"] = validate_max_connections(self.max_connections)
         if not isinstance(self.leak_policy, Keep):
             fields["leak_policy"] = validate_leak_policy(self.leak_policy)
+        if not isinstance(self.quota, Keep):
+            fields["quota"] = canonical(self.quota)
+        if not isinstance(self.credits, Keep):
+            fields["credits"] = validate_credits(self.credits)
+        if not isinstance(self.credits_refill, Keep):
+            fields["credits_refill"] = canonical(self.credits_refill)
+        if fields.get("credits", 0) is None:
+            fields["credits_refill"] = None  # no credits, nothing to refill
         return fields
 
 
@@ -168,7 +185,18 @@ def update_consumer(ctx: Context, name: str, update: ConsumerUpdate) -> Consumer
             rate_limit=update.rate_limit,
             max_connections=update.max_connections,
             leak_policy=update.leak_policy,
+            quota=changes.get("quota", KEEP),
+            credits=changes.get("credits", KEEP),
+            credits_refill=changes.get("credits_refill", KEEP),
+            credits_set_at=_grant_time(ctx, changes),
         )
+
+
+def _grant_time(ctx: Context, changes: dict[str, Any]) -> float | Keep | None:
+    """When a credit grant starts: now for new credits, none without credits, else unchanged."""
+    if "credits" not in changes:
+        return KEEP
+    return None if changes["credits"] is None else ctx.now()
 
 
 def count_keys(ctx: Context, name: str) -> int:

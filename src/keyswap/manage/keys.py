@@ -11,7 +11,7 @@ from keyswap.gateway.apikeys import DEFAULT_GRACE, DEFAULT_PREFIX, ApiKeys
 from keyswap.gateway.secret import ServerSecret
 from keyswap.manage.audit import recording
 from keyswap.manage.context import Context
-from keyswap.store.models import ApiKeyRecord, validate_scopes
+from keyswap.store.models import ApiKeyRecord, validate_label, validate_scopes
 
 _MAX_PAGE = 1000
 
@@ -26,6 +26,7 @@ __all__ = [
     "page_keys",
     "revoke_key",
     "roll_key",
+    "set_key_expiry",
 ]
 
 
@@ -37,6 +38,8 @@ class NewKey:
     consumer: str
     expires_in: float | None = None
     scopes: tuple[str, ...] | None = None
+    #: A name for the key ("production"; at most 64 printable characters).
+    label: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +76,20 @@ def create_key(
     if new.expires_in is not None and not (math.isfinite(new.expires_in) and new.expires_in > 0):
         raise InvalidInput("the expiry must be a positive duration")
     scopes = None if new.scopes is None else validate_scopes(new.scopes)
+    label = validate_label(new.label)
     now = ctx.now()
     changes = {
         "consumer": new.consumer,
         "expires_at": None if new.expires_in is None else now + new.expires_in,
         "scopes": None if scopes is None else list(scopes),
     }
+    if label is not None:
+        changes["label"] = label
     keys = _api_keys(ctx, secret, prefix)
     with recording(ctx, "key.create", "key:{key_id}", changes):
-        record, key = keys.create(new.consumer, expires_in=new.expires_in, scopes=scopes, now=now)
+        record, key = keys.create(
+            new.consumer, expires_in=new.expires_in, scopes=scopes, now=now, label=label
+        )
     return CreatedKey(record, key)
 
 
@@ -163,3 +171,18 @@ def roll_key(
     with recording(ctx, "key.roll", f"key:{key_id}", {"grace": period}):
         record, key = keys.roll(key_id, period, now=ctx.now())
     return RolledKey(CreatedKey(record, key), get_key(ctx, key_id))
+
+
+def set_key_expiry(ctx: Context, key_id: str, expires_at: float | None) -> ApiKeyRecord:
+    """Set a key's expiry to ``expires_at`` (epoch seconds, in the future) or clear it (``None``);
+    audited as ``key.expiry``. Gateways notice within a second.
+
+    Raises:
+        NotFound: no such key.
+        InvalidInput: a time not in the future; the key is revoked, expired or rolled.
+    """
+    now = ctx.now()
+    if expires_at is not None and not (math.isfinite(expires_at) and expires_at > now):
+        raise InvalidInput("the expiry must be in the future")
+    with recording(ctx, "key.expiry", f"key:{key_id}", {"expires_at": expires_at}):
+        return ctx.store.set_api_key_expiry(key_id, expires_at, now=now)

@@ -21,6 +21,7 @@ import ipaddress
 import json
 import re
 import secrets
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ __all__ = [
     "enqueue",
     "get_webhook",
     "get_webhook_event",
+    "host_address",
     "host_is_loopback",
     "list_deliveries",
     "list_webhook_events",
@@ -128,20 +130,59 @@ class DeliveryPage:
 # -- URLs ---------------------------------------------------------------------------------------------
 
 
+_NUMERIC_HOST = re.compile(r"[0-9a-fA-FxX.]+", re.ASCII)
+
+
+def host_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address ``host`` names literally, or ``None`` for a host name: IP literals, and the
+    numeric IPv4 forms the C library also accepts (``2852039166``, ``127.1``, ``0x7f.0.0.1``,
+    ``0177.0.0.1``), which a resolver turns into addresses without asking DNS."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    text = host.rstrip(".")
+    if text and _NUMERIC_HOST.fullmatch(text):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(text))
+        except OSError:
+            return None
+    return None
+
+
 def host_is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP address literals."""
+    """True for ``localhost`` and loopback IP address literals (numeric forms too)."""
     if host.lower().rstrip(".") == "localhost":
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    address = host_address(host)
+    return address is not None and address.is_loopback
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV6_REFUSED = (
+    ipaddress.IPv6Network("64:ff9b:1::/48"),  # local-use NAT64 (RFC 8215)
+    ipaddress.IPv6Network("fec0::/10"),  # site-local (deprecated, still routed in some networks)
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible (deprecated)
+)
 
 
 def unsafe_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """True for an address a webhook may not reach: anything but a public unicast address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """True for an address a webhook may not reach: anything but a public unicast address.
+
+    IPv6 addresses that carry an IPv4 address (IPv4-mapped ``::ffff:a.b.c.d``, NAT64
+    ``64:ff9b::a.b.c.d``, 6to4 ``2002:AABB:CCDD::``) are judged by the IPv4 address; the
+    local-use NAT64 prefix, site-local and IPv4-compatible (``::a.b.c.d``) addresses are refused.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif address in _NAT64:
+            address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        elif address.sixtofour is not None:
+            if unsafe_address(address.sixtofour):
+                return True
+        elif any(address in network for network in _IPV6_REFUSED):
+            return True
     return not address.is_global or address.is_multicast
 
 
@@ -185,10 +226,7 @@ def validate_url(url: str, *, allow_http_loopback: bool = False) -> str:
             "with --allow-http-loopback)"
         )
     if not loopback:
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            address = None
+        address = host_address(host)
         if address is not None and unsafe_address(address):
             raise InvalidInput(
                 f"the webhook URL names a non-public address ({host}): use a public host name"

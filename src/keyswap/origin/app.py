@@ -32,6 +32,7 @@ from keyswap.verifier.asgi import (
     TokenVerifier,
 )
 from keyswap.verifier.keyset import KeySet
+from keyswap.verifier.replay import ReplayCache
 from keyswap.verifier.verify import IssuerConfig
 
 __all__ = ["HEALTH_PATH", "KeyStatusSource", "ManagedVerifier", "create_app", "health"]
@@ -96,6 +97,9 @@ def create_app(
     error_descriptions: bool = True,
     manage_verifier: bool = True,
     health_path: str | None = HEALTH_PATH,
+    token_header: str = "authorization",  # noqa: S107 - a header name
+    public_url: str | None = None,
+    replay_cache: ReplayCache | None = None,
 ) -> ASGIApp:
     """The origin app: ``JWTAuthMiddleware`` around an app that echoes the verified claims.
 
@@ -107,6 +111,10 @@ def create_app(
         manage_verifier: start the verifier at lifespan start-up and close it at shutdown.
         health_path: answered without a token with the verifier's :func:`health` (``200``/``503``,
             JSON) to ``GET`` and ``HEAD``, ``405`` to other methods; ``None`` turns it off.
+        token_header: ``"authorization"`` or ``"txn-token"`` (see ``JWTAuthMiddleware``).
+        public_url: request binding: the origin's base URL as the gateway sees it.
+        replay_cache: request binding: where ``jti`` values are recorded (default: in memory);
+            closed at shutdown with ``manage_verifier``.
 
     Raises:
         ConfigError: a bad realm, exempt path or health path.
@@ -121,12 +129,16 @@ def create_app(
             raise ConfigError(f"health path must start with '/' and have no '*': {health_path!r}")
         exempt.append(health_path)
     inner = _EchoClaims(verifier if manage_verifier else None, verifier, health_path)
+    inner.replay_cache = replay_cache if manage_verifier else None
     return JWTAuthMiddleware(
         inner,
         verifier=verifier,
         realm=realm,
         exempt_paths=exempt,
         error_descriptions=error_descriptions,
+        token_header=token_header,
+        public_url=public_url,
+        replay_cache=replay_cache,
     )
 
 
@@ -137,6 +149,8 @@ class _EchoClaims:
         self.verifier = verifier
         self.reporter = reporter
         self.health_path = health_path
+        #: Closed at shutdown when it can be (a Redis replay cache's connections).
+        self.replay_cache: object = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -201,6 +215,9 @@ class _EchoClaims:
                     if self.verifier is not None:
                         await asyncio.to_thread(self.verifier.close)
                         logger.debug("verifier closed")
+                    aclose = getattr(self.replay_cache, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
                 except Exception as exc:
                     await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
                     return

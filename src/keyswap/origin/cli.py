@@ -161,6 +161,57 @@ _SERVERS = ("uvicorn", "granian")
     type=click.Choice(["rfc9068"], case_sensitive=False),
     help="rfc9068: JWT access tokens only (typ at+jwt, its required claims; needs --audience).",
 )
+@click.option(
+    "--bind-request/--no-bind-request",
+    envvar="KEYSWAP_BIND_REQUEST",
+    default=False,
+    show_default=True,
+    help="Require request-bound tokens (gateway --bind-request): method, URL, query and body are "
+    "checked, each token accepted once.",
+)
+@click.option(
+    "--public-url",
+    envvar="KEYSWAP_PUBLIC_URL",
+    type=_HttpUrl(),
+    help="With --bind-request: this origin's base URL as the gateway sees it (its --upstream), "
+    "when proxies in between change the Host or path. Default: the request's scheme and Host.",
+)
+@click.option(
+    "--bind-max-body",
+    envvar="KEYSWAP_BIND_MAX_BODY",
+    type=click.IntRange(0, 1 << 30),
+    default=1 << 20,
+    show_default=True,
+    help="With --bind-request: largest body (bytes) read and checked; larger: 413.",
+)
+@click.option(
+    "--replay-redis-url",
+    envvar="KEYSWAP_REPLAY_REDIS_URL",
+    help="With --bind-request: share the replay cache through this Redis (several origin "
+    "processes). Default: in memory, per process.",
+)
+@click.option(
+    "--replay-redis-prefix",
+    envvar="KEYSWAP_REPLAY_REDIS_PREFIX",
+    default="keyswap:jti:",
+    show_default=True,
+)
+@click.option(
+    "--replay-on-redis-down",
+    envvar="KEYSWAP_REPLAY_ON_REDIS_DOWN",
+    type=click.Choice(["refuse", "local"]),
+    default="refuse",
+    show_default=True,
+    help="Redis unreachable: refuse bound tokens (503) or check replays per process only.",
+)
+@click.option(
+    "--token-format",
+    envvar="KEYSWAP_TOKEN_FORMAT",
+    type=click.Choice(["jwt", "txn-token"]),
+    default="jwt",
+    show_default=True,
+    help="txn-token: read Transaction Tokens from the Txn-Token header (typ txntoken+jwt).",
+)
 @click.option("--host", envvar="KEYSWAP_HOST", default="127.0.0.1", show_default=True)
 @click.option(
     "--port", envvar="KEYSWAP_PORT", type=click.IntRange(1, 65535), default=7878, show_default=True
@@ -198,6 +249,15 @@ _SERVERS = ("uvicorn", "granian")
     show_default=True,
 )
 @click.option(
+    "--log-format",
+    envvar="KEYSWAP_LOG_FORMAT",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per log line (uvicorn's lines too; with --server granian, "
+    "keyswap's own).",
+)
+@click.option(
     "--access-log/--no-access-log", envvar="KEYSWAP_ACCESS_LOG", default=False, show_default=True
 )
 @click.option(
@@ -216,6 +276,13 @@ def origin(
     algorithms: tuple[str, ...],
     required_claims: tuple[str, ...],
     profile: str | None,
+    bind_request: bool,
+    public_url: str | None,
+    bind_max_body: int,
+    replay_redis_url: str | None,
+    replay_redis_prefix: str,
+    replay_on_redis_down: str,
+    token_format: str,
     host: str,
     port: int,
     leeway: float,
@@ -223,6 +290,7 @@ def origin(
     jwks_cooldown: float,
     realm: str,
     log_level: str,
+    log_format: str,
     access_log: bool,
     server: str,
 ) -> None:
@@ -247,7 +315,12 @@ def origin(
         )
     if jwks_url is not None and discover:
         raise OneLineUsageError("give --jwks-url or --discover, not both")
-    _configure_logging(log_level)
+    txn = token_format == "txn-token"  # noqa: S105 - a format name
+    if server == "granian" and (bind_request or txn):
+        raise OneLineUsageError("--bind-request and --token-format txn-token need --server uvicorn")
+    if txn and profile is not None:
+        raise OneLineUsageError("--token-format txn-token sets its own profile: drop --profile")
+    _configure_logging(log_level, log_format)
     try:
         config = IssuerConfig(
             issuer=issuer,
@@ -256,13 +329,30 @@ def origin(
             audience=audience,
             algorithms=algorithms,
             required_claims=required_claims,
-            profile=profile.lower() if profile is not None else None,
+            profile="txn-token" if txn else (profile.lower() if profile is not None else None),
             leeway=leeway,
             jwks_cache_ttl=jwks_cache_ttl,
             jwks_cooldown=jwks_cooldown,
+            bind_request=bind_request,
+            bind_max_body=bind_max_body,
         )
+        replay_cache = None
+        if bind_request and replay_redis_url:
+            from keyswap.verifier.replay import RedisReplayCache
+
+            replay_cache = RedisReplayCache(
+                replay_redis_url.strip(),
+                prefix=replay_redis_prefix,
+                on_error="local" if replay_on_redis_down == "local" else "refuse",
+            )
         verifier = Verifier(config)
-        app = create_app(verifier, realm=realm)
+        app = create_app(
+            verifier,
+            realm=realm,
+            token_header="txn-token" if txn else "authorization",
+            public_url=public_url,
+            replay_cache=replay_cache,
+        )
     except ConfigError as exc:
         raise OneLineUsageError(str(exc)) from exc
     sockets = _bind(host, port)
@@ -275,12 +365,21 @@ def origin(
         ",".join(algorithms),
         audience or "-",
     )
+    if bind_request:
+        logger.info(
+            "request binding on: public URL %s, replay cache %s (Redis down: %s), max body %d",
+            public_url or "(from each request's Host)",
+            "Redis" if replay_redis_url else "in memory",
+            replay_on_redis_down,
+            bind_max_body,
+        )
     if server == "granian":
         for sock in sockets:  # granian binds by itself: the check was all that was wanted
             sock.close()
         _serve_granian(verifier, config, realm, host, port, log_level, access_log)
         return
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     uvicorn_server = uvicorn.Server(
         uvicorn.Config(
@@ -293,6 +392,7 @@ def origin(
             log_level=log_level.lower(),
             access_log=access_log,
             server_header=False,
+            log_config=_JSON_LOG_CONFIG if log_format == "json" else LOGGING_CONFIG,
         )
     )
     uvicorn_server.run(sockets=sockets)
@@ -336,10 +436,35 @@ def _available(module: str) -> str:
     return module if importlib.util.find_spec(module) is not None else "auto"
 
 
-def _configure_logging(level: str) -> None:
+#: uvicorn's loggers as JSON lines (``--log-format json``; keyswap.logformat).
+_JSON_LOG_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "keyswap.logformat.JsonFormatter"}},
+    "handlers": {
+        "json": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stderr",
+        }
+    },
+    "loggers": {
+        "uvicorn": {"handlers": ["json"], "level": "INFO", "propagate": False},
+        "uvicorn.error": {"level": "INFO"},
+        "uvicorn.access": {"handlers": ["json"], "level": "INFO", "propagate": False},
+    },
+}
+
+
+def _configure_logging(level: str, log_format: str = "text") -> None:
     root = logging.getLogger("keyswap")
     root.setLevel(level.upper())
     if not root.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        if log_format == "json":
+            from keyswap.logformat import JsonFormatter
+
+            handler.setFormatter(JsonFormatter())
+        else:
+            handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         root.addHandler(handler)

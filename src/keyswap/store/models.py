@@ -14,10 +14,12 @@ from keyswap.errors import InvalidInput
 __all__ = [
     "LEAK_POLICIES",
     "MAX_METADATA_BYTES",
+    "MAX_QUOTA",
     "MAX_RATE_REQUESTS",
     "MAX_RATE_WINDOW",
     "MAX_SCOPES",
     "MAX_SCOPE_LENGTH",
+    "QUOTA_PERIODS",
     "SIGNING_KEY_STATES",
     "UNLIMITED",
     "AdminTokenRecord",
@@ -25,6 +27,9 @@ __all__ = [
     "AuditRecord",
     "Consumer",
     "KeyLeak",
+    "MemberRecord",
+    "PortalLinkRecord",
+    "PortalSessionRecord",
     "SigningKeyRecord",
     "effective_scopes",
     "format_scopes",
@@ -32,11 +37,17 @@ __all__ = [
     "parse_scopes",
     "serialize_metadata",
     "validate_consumer_name",
+    "validate_credits",
+    "validate_email",
+    "validate_label",
     "validate_leak_policy",
     "validate_max_connections",
+    "validate_member",
     "validate_metadata",
+    "validate_quota",
     "validate_rate_limit",
     "validate_scopes",
+    "validate_subject",
 ]
 
 #: Largest consumer metadata, as compact UTF-8 JSON.
@@ -79,6 +90,14 @@ class Consumer:
     max_connections: int | None = None
     #: What happens when one of its keys is found in public (``None``: the deployment's policy).
     leak_policy: str | None = None
+    #: Request quota per period: ``"<n>/day"`` or ``"<n>/month"`` (``None``: none).
+    quota: str | None = None
+    #: Credit balance granted at :attr:`credits_set_at` (``None``: no credits).
+    credits: int | None = None
+    #: What the balance is refilled to each period: ``"<n>/day"``/``"<n>/month"`` (``None``: never).
+    credits_refill: str | None = None
+    #: When the balance was last set (epoch seconds; it names the grant the gateway counts against).
+    credits_set_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +117,8 @@ class ApiKeyRecord:
     scopes: tuple[str, ...] | None = None
     #: Its consumer's scopes now (what :attr:`effective_scopes` narrows the key's own to).
     consumer_scopes: tuple[str, ...] = ()
+    #: A name its owner gave it (``None``: none).
+    label: str | None = None
 
     @property
     def effective_scopes(self) -> tuple[str, ...]:
@@ -119,6 +140,107 @@ class ApiKeyRecord:
         if self.replaced_by is not None:
             return "rolled"
         return "active"
+
+
+#: How a member is named: an e-mail address (lower case) or an OIDC subject.
+MEMBER_KINDS = ("email", "subject")
+_EMAIL = re.compile(r"[^\s@<>()\[\]\\,;:\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+_SUBJECT = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """A person who may manage a consumer in the portal: ``kind`` ``email`` or ``subject`` (an OIDC
+    ``sub``) and its ``value``."""
+
+    id: int
+    consumer_name: str
+    kind: str
+    value: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PortalLinkRecord:
+    """A single-use sign-in link of the portal (never its token: only a digest is stored)."""
+
+    id: str
+    consumer_name: str
+    email: str
+    created_at: float
+    expires_at: float
+    used_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PortalSessionRecord:
+    """A signed-in portal session: who (``identity_kind`` ``email`` or ``subject``, ``identity``,
+    and an e-mail address if known), when it began, was last used, and when it ends at the latest."""
+
+    identity_kind: str
+    identity: str
+    email: str | None
+    created_at: float
+    last_seen_at: float
+    expires_at: float
+
+
+def validate_label(label: str | None) -> str | None:
+    """Return a key's label without surrounding spaces (``None`` for none or an empty one) if it is at
+    most 64 printable characters.
+
+    Raises:
+        InvalidInput: a longer label or one with control characters.
+    """
+    if label is None:
+        return None
+    if not isinstance(label, str):
+        raise InvalidInput("a key's name is text")
+    text = label.strip()
+    if len(text) > 64 or not text.isprintable():
+        raise InvalidInput("a key's name is at most 64 printable characters")
+    return text or None
+
+
+def validate_email(address: str) -> str:
+    """Return an e-mail address in lower case if it looks like ``local@domain`` (at most 254
+    characters, no spaces or angle brackets).
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if (
+        not isinstance(address, str)
+        or len(address) > 254
+        or _EMAIL.fullmatch(address) is None
+        or not address.isascii()
+    ):
+        raise InvalidInput("an e-mail address is local@domain (ASCII, at most 254 characters)")
+    return address.lower()
+
+
+def validate_subject(subject: str) -> str:
+    """Return an OIDC subject if it is 1-255 printable ASCII characters without spaces.
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if not isinstance(subject, str) or _SUBJECT.fullmatch(subject) is None:
+        raise InvalidInput("an OIDC subject is 1-255 printable ASCII characters without spaces")
+    return subject
+
+
+def validate_member(kind: str, value: str) -> tuple[str, str]:
+    """Return ``(kind, value)`` of a member, the value normalised (e-mail addresses in lower case).
+
+    Raises:
+        InvalidInput: an unknown kind or a bad value.
+    """
+    if kind == "email":
+        return kind, validate_email(value)
+    if kind == "subject":
+        return kind, validate_subject(value)
+    raise InvalidInput("a member is an e-mail address or an OIDC subject")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +334,42 @@ def validate_rate_limit(value: str | None) -> str | None:
             "a rate limit is <requests>/<seconds>s (1-1000000000 requests per 1-86400 s) "
             "or 'unlimited'"
         )
+    return value
+
+
+#: Quota periods (calendar, UTC) and the bound of a quota or credit amount.
+QUOTA_PERIODS = ("day", "month")
+MAX_QUOTA = 1_000_000_000_000
+_QUOTA = re.compile(r"([0-9]{1,13})/(day|month)", re.ASCII)
+
+
+def validate_quota(value: str | None) -> str | None:
+    """Return a stored quota (or credit refill) if it is ``None`` or canonical ``"<n>/day"`` or
+    ``"<n>/month"`` (1 to 10^12, no leading zero).
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if value is None:
+        return None
+    match = _QUOTA.fullmatch(value) if isinstance(value, str) else None
+    if match is None or match.group(1).startswith("0") or not 1 <= int(match.group(1)) <= MAX_QUOTA:
+        raise InvalidInput(
+            "a quota is <requests>/day or <requests>/month (1-1000000000000 requests), or 'off'"
+        )
+    return value
+
+
+def validate_credits(value: int | None) -> int | None:
+    """Return a credit balance if it is ``None`` or a whole number 0-10^12.
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_QUOTA:
+        raise InvalidInput("credits are a whole number 0-1000000000000, or 'off'")
     return value
 
 

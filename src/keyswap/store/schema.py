@@ -20,11 +20,16 @@ __all__ = [
     "api_keys",
     "audit_events",
     "changes",
+    "consumer_members",
     "consumers",
     "key_leaks",
     "meta",
     "metadata",
+    "portal_links",
+    "portal_sessions",
+    "quota_usage",
     "signing_keys",
+    "usage",
     "webhook_attempts",
     "webhook_endpoints",
     "webhook_events",
@@ -69,6 +74,30 @@ consumers = sa.Table(
     sa.Column("max_connections", sa.Integer, nullable=True),
     # NULL: the deployment's leak policy (--leak-policy); else revoke | roll | notify.
     sa.Column("leak_policy", sa.String(16), nullable=True),
+    # Request quota: NULL (none), "<requests>/day" or "<requests>/month" (calendar periods, UTC).
+    sa.Column("quota", sa.String(32), nullable=True),
+    # Credit balance granted at credits_set_at (NULL: no credits); refilled to credits_refill
+    # ("<n>/day", "<n>/month"; NULL: never) at each period start. What is spent is in quota_usage.
+    sa.Column("credits", sa.BigInteger, nullable=True),
+    sa.Column("credits_refill", sa.String(32), nullable=True),
+    sa.Column("credits_set_at", _TIME, nullable=True),
+)
+
+# Requests counted against quotas and credits, per consumer and counter ("q:day:2026-12-07",
+# "c:<grant ms>" or "c:<grant ms>:month:2026-12"): each gateway adds what it accepted since its last
+# flush (an additive upsert), so the row is the total of every node, behind by at most one flush.
+quota_usage = sa.Table(
+    "quota_usage",
+    metadata,
+    sa.Column(
+        "consumer_id",
+        sa.Integer,
+        sa.ForeignKey("consumers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("counter", sa.String(64), primary_key=True),
+    sa.Column("used", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", _TIME, nullable=False),
 )
 
 api_keys = sa.Table(
@@ -93,6 +122,8 @@ api_keys = sa.Table(
     sa.Column("replaced_by", sa.String(32), nullable=True),
     # Space-separated scopes of its own (within its consumer's); NULL: its consumer's scopes.
     sa.Column("scopes", sa.Text, nullable=True),
+    # A name its owner gave it ("production", "CI"); NULL: none. A rolled key's replacement keeps it.
+    sa.Column("label", sa.String(64), nullable=True),
 )
 
 # What each revision changed, written in the transaction that bumped ``meta.revision`` (at least one
@@ -252,3 +283,91 @@ key_leaks = sa.Table(
     sa.Column("action", sa.String(16), nullable=False),
     sa.Column("new_key_id", sa.String(32), nullable=True),
 )
+
+# The people who may manage a consumer in the portal: an e-mail address (lower case) or an OIDC subject.
+consumer_members = sa.Table(
+    "consumer_members",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "consumer_id",
+        sa.Integer,
+        sa.ForeignKey("consumers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # email | subject
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("value", sa.String(255), nullable=False, index=True),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.UniqueConstraint("consumer_id", "kind", "value"),
+)
+
+# Single-use sign-in links of the portal: only a SHA-256 digest of the link's token is kept.
+portal_links = sa.Table(
+    "portal_links",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("digest", sa.LargeBinary(32), nullable=False, unique=True),
+    sa.Column(
+        "consumer_id",
+        sa.Integer,
+        sa.ForeignKey("consumers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("email", sa.String(255), nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("expires_at", _TIME, nullable=False),
+    sa.Column("used_at", _TIME, nullable=True),
+)
+
+# Signed-in portal sessions: the key is a SHA-256 digest of the session cookie's value.
+portal_sessions = sa.Table(
+    "portal_sessions",
+    metadata,
+    sa.Column("digest", sa.LargeBinary(32), primary_key=True),
+    # email | subject: how the person signed in, and who they are.
+    sa.Column("identity_kind", sa.String(16), nullable=False),
+    sa.Column("identity", sa.String(255), nullable=False),
+    sa.Column("email", sa.String(255), nullable=True),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("last_seen_at", _TIME, nullable=False),
+    sa.Column("expires_at", _TIME, nullable=False, index=True),
+)
+
+# Metered usage (keyswap.gateway.meter, keyswap.store.usage): one row per consumer, bucket, key and node.
+# ``span`` is the bucket's length (60, 3600 or 86400 s) and ``start`` its first second (a multiple of
+# span, UTC). A gateway node writes its own minute rows with absolute values (a retried write never
+# counts twice); the rollup merges rows older than a day into hour rows and older than a month into
+# day rows, with ``node`` empty. ``consumer`` and ``key_id`` are plain values, not foreign keys: usage
+# stays when a key is rolled or revoked. Requests refused before a key was known (401) have both empty.
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("consumer", sa.String(64), nullable=False),
+    sa.Column("start", sa.BigInteger, nullable=False),
+    sa.Column("span", sa.Integer, nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("node", sa.String(64), nullable=False),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("status_2xx", sa.BigInteger, nullable=False),
+    sa.Column("status_3xx", sa.BigInteger, nullable=False),
+    sa.Column("status_4xx", sa.BigInteger, nullable=False),
+    sa.Column("status_5xx", sa.BigInteger, nullable=False),
+    # Refused by the gateway itself: no valid key (401), a rate limit or connection cap (429).
+    sa.Column("unauthorized", sa.BigInteger, nullable=False),
+    sa.Column("rate_limited", sa.BigInteger, nullable=False),
+    # Body bytes relayed to the upstream and back.
+    sa.Column("bytes_in", sa.BigInteger, nullable=False),
+    sa.Column("bytes_out", sa.BigInteger, nullable=False),
+    # Upstream latency (to the response head): the sum in seconds, and counts per bucket.
+    sa.Column("latency_sum", _TIME, nullable=False),
+    sa.Column("latency_10ms", sa.BigInteger, nullable=False),
+    sa.Column("latency_50ms", sa.BigInteger, nullable=False),
+    sa.Column("latency_250ms", sa.BigInteger, nullable=False),
+    sa.Column("latency_1s", sa.BigInteger, nullable=False),
+    sa.Column("latency_slow", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("consumer", "start", "span", "key_id", "node"),
+    # SQLite: the rows themselves ordered by the key, so one consumer's period is one range read.
+    sqlite_with_rowid=False,
+)
+sa.Index("ix_usage_span_start", usage.c.span, usage.c.start)

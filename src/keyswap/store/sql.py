@@ -44,6 +44,8 @@ from typing import Any, Literal, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as _pg_insert
+from sqlalchemy.dialects.sqlite import insert as _sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
@@ -56,12 +58,17 @@ from keyswap.store.models import (
     AuditRecord,
     Consumer,
     KeyLeak,
+    MemberRecord,
+    PortalLinkRecord,
+    PortalSessionRecord,
     SigningKeyRecord,
     format_scopes,
     validate_consumer_name,
+    validate_credits,
     validate_leak_policy,
     validate_max_connections,
     validate_metadata,
+    validate_quota,
     validate_rate_limit,
     validate_scopes,
 )
@@ -70,9 +77,13 @@ from keyswap.store.schema import (
     api_keys,
     audit_events,
     changes,
+    consumer_members,
     consumers,
     key_leaks,
     meta,
+    portal_links,
+    portal_sessions,
+    quota_usage,
     signing_keys,
 )
 from keyswap.store.urls import display_url, is_postgres, normalize_database_url, sqlite_file
@@ -597,6 +608,10 @@ class Store:
         max_connections: int | Keep | None = KEEP,
         scopes: Iterable[str] | Keep = KEEP,
         leak_policy: str | Keep | None = KEEP,
+        quota: str | Keep | None = KEEP,
+        credits: int | Keep | None = KEEP,
+        credits_refill: str | Keep | None = KEEP,
+        credits_set_at: float | Keep | None = KEEP,
     ) -> Consumer:
         """Change several fields of a consumer in one transaction (:data:`KEEP`: leave it as it is).
 
@@ -615,6 +630,14 @@ class Store:
             values["scopes"] = _stored(validate_scopes(scopes))
         if not isinstance(leak_policy, Keep):
             values["leak_policy"] = validate_leak_policy(leak_policy)
+        if not isinstance(quota, Keep):
+            values["quota"] = validate_quota(quota)
+        if not isinstance(credits, Keep):
+            values["credits"] = validate_credits(credits)
+        if not isinstance(credits_refill, Keep):
+            values["credits_refill"] = validate_quota(credits_refill)
+        if not isinstance(credits_set_at, Keep):
+            values["credits_set_at"] = credits_set_at
         if not values:
             consumer = self.get_consumer(name)
             if consumer is None:
@@ -630,6 +653,76 @@ class Store:
             self._log_change(conn, "consumer", row.id)
         return _consumer(row)
 
+    # -- quota usage --------------------------------------------------------------------------------
+
+    def add_quota_usage(
+        self, deltas: Mapping[tuple[int, str], int], *, now: float
+    ) -> dict[tuple[int, str], int]:
+        """Add requests counted by one gateway to ``quota_usage`` (one additive upsert per counter,
+        one transaction; no revision bump) and return the totals after it, by ``(consumer id,
+        counter)``. Counters of consumers deleted meanwhile are skipped.
+        """
+        totals: dict[tuple[int, str], int] = {}
+        if not deltas:
+            return totals
+        with self._writing(bump=False) as conn:
+            upsert = (_pg_insert if conn.dialect.name == "postgresql" else _sqlite_insert)(
+                quota_usage
+            )
+            statement = upsert.on_conflict_do_update(
+                index_elements=[quota_usage.c.consumer_id, quota_usage.c.counter],
+                set_={
+                    "used": quota_usage.c.used + upsert.excluded.used,
+                    "updated_at": upsert.excluded.updated_at,
+                },
+            ).returning(quota_usage.c.used)
+            live = set(
+                conn.execute(
+                    sa.select(consumers.c.id).where(
+                        consumers.c.id.in_({consumer for consumer, _ in deltas})
+                    )
+                ).scalars()
+            )
+            for (consumer_id, counter), used in sorted(deltas.items()):
+                if consumer_id not in live:
+                    continue
+                total = conn.execute(
+                    statement.values(
+                        consumer_id=consumer_id, counter=counter, used=used, updated_at=now
+                    )
+                ).scalar_one()
+                totals[(consumer_id, counter)] = int(total)
+        return totals
+
+    def quota_usage(self, consumer_id: int, counters: Iterable[str]) -> dict[str, int]:
+        """What every gateway has recorded against these counters of a consumer (missing: 0)."""
+        wanted = list(counters)
+        with self._reading() as conn:
+            rows = conn.execute(
+                sa.select(quota_usage.c.counter, quota_usage.c.used).where(
+                    quota_usage.c.consumer_id == consumer_id,
+                    quota_usage.c.counter.in_(wanted),
+                )
+            ).all()
+        found = {row.counter: int(row.used) for row in rows}
+        return {counter: found.get(counter, 0) for counter in wanted}
+
+    def prune_quota_usage(self, before: float) -> int:
+        """Delete the counters of periods (``q:...``, ``c:<grant>:<period>:...``) last written
+        before ``before`` (epoch seconds); those of credits that never refill stay. Returns how many."""
+        with self._writing(bump=False) as conn:
+            return int(
+                conn.execute(
+                    sa.delete(quota_usage).where(
+                        quota_usage.c.updated_at < before,
+                        sa.or_(
+                            quota_usage.c.counter.like("q:%"),
+                            quota_usage.c.counter.like("c:%:%"),
+                        ),
+                    )
+                ).rowcount
+            )
+
     # -- API keys -----------------------------------------------------------------------------------
 
     def insert_api_key(
@@ -642,8 +735,10 @@ class Store:
         created_at: float,
         expires_at: float | None,
         scopes: Iterable[str] | None = None,
+        label: str | None = None,
     ) -> ApiKeyRecord:
-        """Store a new key's digest, with scopes of its own (``None``: its consumer's scopes).
+        """Store a new key's digest, with scopes of its own (``None``: its consumer's scopes) and a
+        label (validated by the caller).
 
         Raises:
             NotFound: the consumer no longer exists.
@@ -663,6 +758,7 @@ class Store:
                     expires_at,
                     scopes=own,
                     within_consumer=True,
+                    label=label,
                 )
                 self._log_change(conn, "key", key_id)
                 row = conn.execute(_key_select().where(api_keys.c.id == key_id)).one()
@@ -852,6 +948,7 @@ class Store:
                     new_expires_at,
                     scopes=_scopes(old.scopes),  # its own scopes as stored (None: the consumer's)
                     within_consumer=False,
+                    label=old.label,
                 )
                 rows = conn.execute(
                     _key_select().where(api_keys.c.id.in_([old_id, new_key_id]))
@@ -989,6 +1086,256 @@ class Store:
         params = [{"b_id": key_id, "b_at": at} for key_id, at in last_used.items()]
         with self._writing(bump=False) as conn:
             conn.execute(statement, params)
+
+    def set_api_key_expiry(
+        self, key_id: str, expires_at: float | None, *, now: float
+    ) -> ApiKeyRecord:
+        """Set (or, with ``None``, clear) a key's expiry.
+
+        Raises:
+            NotFound: no such key.
+            InvalidInput: the key is revoked, expired or rolled (its expiry is its grace).
+        """
+        with self._writing() as conn:
+            changed = conn.execute(
+                sa.update(api_keys)
+                .where(
+                    api_keys.c.id == key_id,
+                    api_keys.c.revoked_at.is_(None),
+                    api_keys.c.replaced_by.is_(None),
+                    sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now),
+                )
+                .values(expires_at=expires_at)
+            ).rowcount
+            row = conn.execute(_key_select().where(api_keys.c.id == key_id)).first()
+            if row is None:
+                raise NotFound(f"unknown key id '{key_id}'")
+            if not changed:
+                raise InvalidInput(
+                    f"key '{key_id}' is {_key(row).status_at(now)}; its expiry cannot change"
+                )
+            self._log_change(conn, "key", key_id)
+        return _key(row)
+
+    # -- portal: members, sign-in links, sessions ---------------------------------------------------
+
+    def _consumer_id(self, conn: Connection, name: str) -> int:
+        found = conn.execute(sa.select(consumers.c.id).where(consumers.c.name == name)).first()
+        if found is None:
+            raise NotFound(f"unknown consumer '{name}'")
+        return int(found.id)
+
+    def add_consumer_member(
+        self, consumer_name: str, kind: str, value: str, *, now: float
+    ) -> MemberRecord:
+        """Make ``kind``/``value`` (validated by the caller) a member of the consumer.
+
+        Raises:
+            NotFound: no such consumer.
+            AlreadyExists: already a member.
+        """
+        try:
+            with self._writing() as conn:
+                consumer_id = self._consumer_id(conn, consumer_name)
+                member_id = conn.execute(
+                    sa.insert(consumer_members)
+                    .values(consumer_id=consumer_id, kind=kind, value=value, created_at=now)
+                    .returning(consumer_members.c.id)
+                ).scalar_one()
+                _note(member_id=member_id)
+                self._log_change(conn, "consumer", consumer_id)
+        except IntegrityError:
+            raise AlreadyExists(
+                f"{kind} {value!r} is already a member of '{consumer_name}'"
+            ) from None
+        return MemberRecord(int(member_id), consumer_name, kind, value, now)
+
+    def remove_consumer_member(self, consumer_name: str, member_id: int) -> MemberRecord:
+        """Remove a member of the consumer by id.
+
+        Raises:
+            NotFound: no such consumer, or no such member of it.
+        """
+        with self._writing() as conn:
+            consumer_id = self._consumer_id(conn, consumer_name)
+            row = conn.execute(
+                sa.select(consumer_members).where(
+                    consumer_members.c.id == member_id,
+                    consumer_members.c.consumer_id == consumer_id,
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"no member {member_id} of consumer '{consumer_name}'")
+            conn.execute(sa.delete(consumer_members).where(consumer_members.c.id == member_id))
+            _note(kind=row.kind, value=row.value)
+            self._log_change(conn, "consumer", consumer_id)
+        return MemberRecord(row.id, consumer_name, row.kind, row.value, float(row.created_at))
+
+    def list_consumer_members(self, consumer_name: str) -> list[MemberRecord]:
+        """The consumer's members, oldest first.
+
+        Raises:
+            NotFound: no such consumer.
+        """
+        with self._reading() as conn:
+            consumer_id = self._consumer_id(conn, consumer_name)
+            rows = conn.execute(
+                sa.select(consumer_members)
+                .where(consumer_members.c.consumer_id == consumer_id)
+                .order_by(consumer_members.c.id)
+            ).all()
+        return [
+            MemberRecord(row.id, consumer_name, row.kind, row.value, float(row.created_at))
+            for row in rows
+        ]
+
+    def consumers_of(self, identities: Iterable[tuple[str, str]]) -> list[Consumer]:
+        """The consumers any of ``identities`` (``(kind, value)`` pairs) is a member of, by name."""
+        wanted = [
+            sa.and_(consumer_members.c.kind == k, consumer_members.c.value == v)
+            for k, v in identities
+        ]
+        if not wanted:
+            return []
+        query = (
+            sa.select(consumers)
+            .where(
+                consumers.c.id.in_(sa.select(consumer_members.c.consumer_id).where(sa.or_(*wanted)))
+            )
+            .order_by(consumers.c.name)
+        )
+        with self._reading() as conn:
+            rows = conn.execute(query).all()
+        return [_consumer(row) for row in rows]
+
+    def insert_portal_link(
+        self,
+        *,
+        link_id: str,
+        digest: bytes,
+        consumer_name: str,
+        email: str,
+        created_at: float,
+        expires_at: float,
+    ) -> PortalLinkRecord:
+        """Store a sign-in link's digest; the e-mail address becomes a member of the consumer if it
+        is not one yet.
+
+        Raises:
+            NotFound: no such consumer.
+            AlreadyExists: the link id or digest is taken.
+        """
+        try:
+            with self._writing() as conn:
+                consumer_id = self._consumer_id(conn, consumer_name)
+                conn.execute(
+                    sa.insert(portal_links).values(
+                        id=link_id,
+                        digest=digest,
+                        consumer_id=consumer_id,
+                        email=email,
+                        created_at=created_at,
+                        expires_at=expires_at,
+                    )
+                )
+                member = conn.execute(
+                    sa.select(consumer_members.c.id).where(
+                        consumer_members.c.consumer_id == consumer_id,
+                        consumer_members.c.kind == "email",
+                        consumer_members.c.value == email,
+                    )
+                ).first()
+                if member is None:
+                    conn.execute(
+                        sa.insert(consumer_members).values(
+                            consumer_id=consumer_id,
+                            kind="email",
+                            value=email,
+                            created_at=created_at,
+                        )
+                    )
+                _note(link_id=link_id, member_added=member is None)
+                self._log_change(conn, "consumer", consumer_id)
+        except IntegrityError:
+            raise AlreadyExists("sign-in link id or digest collision") from None
+        return PortalLinkRecord(link_id, consumer_name, email, created_at, expires_at, None)
+
+    def use_portal_link(self, digest: bytes, *, now: float) -> PortalLinkRecord | None:
+        """Mark the unexpired, unused link with this digest used and return it; ``None`` if there is
+        no such link, or it has expired or been used (a link works once)."""
+        with self._writing(bump=False) as conn:
+            changed = conn.execute(
+                sa.update(portal_links)
+                .where(
+                    portal_links.c.digest == digest,
+                    portal_links.c.used_at.is_(None),
+                    portal_links.c.expires_at > now,
+                )
+                .values(used_at=now)
+            ).rowcount
+            if not changed:
+                return None
+            row = conn.execute(
+                sa.select(portal_links, consumers.c.name.label("consumer_name"))
+                .join_from(portal_links, consumers, portal_links.c.consumer_id == consumers.c.id)
+                .where(portal_links.c.digest == digest)
+            ).one()
+        return PortalLinkRecord(
+            row.id, row.consumer_name, row.email, float(row.created_at), float(row.expires_at), now
+        )
+
+    def create_portal_session(
+        self, digest: bytes, record: PortalSessionRecord, *, prune_before: float | None = None
+    ) -> None:
+        """Store a new session (by the digest of its cookie value); also delete sessions that ended
+        before ``prune_before``."""
+        with self._writing(bump=False) as conn:
+            if prune_before is not None:
+                conn.execute(
+                    sa.delete(portal_sessions).where(portal_sessions.c.expires_at < prune_before)
+                )
+            conn.execute(
+                sa.insert(portal_sessions).values(
+                    digest=digest,
+                    identity_kind=record.identity_kind,
+                    identity=record.identity,
+                    email=record.email,
+                    created_at=record.created_at,
+                    last_seen_at=record.last_seen_at,
+                    expires_at=record.expires_at,
+                )
+            )
+
+    def get_portal_session(self, digest: bytes) -> PortalSessionRecord | None:
+        """The session with this digest, or ``None``."""
+        with self._reading() as conn:
+            row = conn.execute(
+                sa.select(portal_sessions).where(portal_sessions.c.digest == digest)
+            ).first()
+        if row is None:
+            return None
+        return PortalSessionRecord(
+            row.identity_kind,
+            row.identity,
+            row.email,
+            float(row.created_at),
+            float(row.last_seen_at),
+            float(row.expires_at),
+        )
+
+    def touch_portal_session(self, digest: bytes, now: float) -> None:
+        """Record that the session was used at ``now``."""
+        with self._writing(bump=False) as conn:
+            conn.execute(
+                sa.update(portal_sessions)
+                .where(portal_sessions.c.digest == digest)
+                .values(last_seen_at=now)
+            )
+
+    def delete_portal_session(self, digest: bytes) -> None:
+        """End a session (signing out)."""
+        with self._writing(bump=False) as conn:
+            conn.execute(sa.delete(portal_sessions).where(portal_sessions.c.digest == digest))
 
     # -- signing keys -------------------------------------------------------------------------------
 
@@ -1155,11 +1502,13 @@ class Store:
         action: str | None = None,
         action_prefix: str | None = None,
         target: str | None = None,
+        targets: Iterable[str] | None = None,
     ) -> list[AuditRecord]:
         """Audit events, newest first (by id), at most ``limit``; every filter given must match.
 
         ``before``: only events with a smaller id (the cursor: the last id of the previous page).
         ``since``: only events at or after this time; ``until``: before it. ``action_prefix``: actions starting with it.
+        ``targets``: only events on one of these targets.
         """
         query = sa.select(audit_events).order_by(audit_events.c.id.desc()).limit(max(0, limit))
         if before is not None:
@@ -1178,6 +1527,8 @@ class Store:
             query = query.where(audit_events.c.action.startswith(action_prefix, autoescape=True))
         if target is not None:
             query = query.where(audit_events.c.target == target)
+        if targets is not None:
+            query = query.where(audit_events.c.target.in_(list(targets)))
         with self._reading() as conn:
             rows = conn.execute(query).all()
         return [_audit(row) for row in rows]
@@ -1372,6 +1723,7 @@ def _key_select(*extra: Any) -> sa.Select[Any]:
         api_keys.c.replaced_by,
         api_keys.c.scopes,
         consumers.c.scopes.label("consumer_scopes"),
+        api_keys.c.label,
         *extra,
     ).join_from(api_keys, consumers, api_keys.c.consumer_id == consumers.c.id)
 
@@ -1383,6 +1735,10 @@ def _key_with_consumer_select() -> sa.Select[Any]:
         consumers.c.rate_limit.label("consumer_rate_limit"),
         consumers.c.max_connections.label("consumer_max_connections"),
         consumers.c.leak_policy.label("consumer_leak_policy"),
+        consumers.c.quota.label("consumer_quota"),
+        consumers.c.credits.label("consumer_credits"),
+        consumers.c.credits_refill.label("consumer_credits_refill"),
+        consumers.c.credits_set_at.label("consumer_credits_set_at"),
         api_keys.c.digest,
     )
 
@@ -1402,6 +1758,10 @@ def _key_consumer(row: sa.Row[Any]) -> Consumer:
         scopes=_scopes(row.consumer_scopes) or (),
         max_connections=row.consumer_max_connections,
         leak_policy=row.consumer_leak_policy,
+        quota=row.consumer_quota,
+        credits=row.consumer_credits,
+        credits_refill=row.consumer_credits_refill,
+        credits_set_at=row.consumer_credits_set_at,
     )
 
 
@@ -1416,6 +1776,7 @@ def _insert_key(
     *,
     scopes: tuple[str, ...] | None,
     within_consumer: bool,
+    label: str | None = None,
 ) -> None:
     owner = conn.execute(
         sa.select(consumers.c.name, consumers.c.scopes).where(consumers.c.id == consumer_id)
@@ -1440,6 +1801,7 @@ def _insert_key(
             created_at=created_at,
             expires_at=expires_at,
             scopes=None if scopes is None else format_scopes(scopes),
+            label=label,
         )
     )
 
@@ -1595,6 +1957,10 @@ def _consumer(row: sa.Row[Any]) -> Consumer:
         scopes=_scopes(row.scopes) or (),
         max_connections=row.max_connections,
         leak_policy=row.leak_policy,
+        quota=row.quota,
+        credits=row.credits,
+        credits_refill=row.credits_refill,
+        credits_set_at=row.credits_set_at,
     )
 
 
@@ -1621,6 +1987,7 @@ def _key(row: sa.Row[Any]) -> ApiKeyRecord:
         replaced_by=row.replaced_by,
         scopes=_scopes(row.scopes),
         consumer_scopes=_scopes(row.consumer_scopes) or (),
+        label=row.label,
     )
 
 

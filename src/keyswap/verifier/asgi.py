@@ -16,6 +16,8 @@ any bad token              401     ``Bearer realm="...", error="invalid_token", 
 :class:`InsufficientScope`  403     ``Bearer realm="...", error="insufficient_scope", scope="..."``
                                    / ``Insufficient scope``
 keys unavailable           503     ``Retry-After: N`` / ``Signing keys temporarily unavailable``
+replay cache unavailable   503     ``Retry-After: N`` / ``Replay cache temporarily unavailable``
+bound body over the limit  413     ``Payload too large``
 verifier bug (any other    401     like a bad token; the exception is logged without the token
 exception)
 =========================  ======  ===================================================================
@@ -47,8 +49,12 @@ from keyswap.errors import (
     JWKSFetchError,
     KeysUnavailable,
     MissingToken,
+    PayloadTooLarge,
+    ReplayCacheUnavailable,
 )
-from keyswap.verifier.extract import DEFAULT_MAX_TOKEN_SIZE, bearer_token
+from keyswap.verifier.bound import RequestBinder
+from keyswap.verifier.extract import DEFAULT_MAX_TOKEN_SIZE, bearer_token, txn_token
+from keyswap.verifier.replay import ReplayCache
 from keyswap.verifier.verify import Verifier
 
 __all__ = [
@@ -169,9 +175,16 @@ class JWTAuthMiddleware:
             ``.`` or ``..`` segment).
         error_descriptions: send ``error_description`` with ``invalid_token`` / ``insufficient_scope``.
         max_token_size: longer ``Authorization`` values are rejected before any other work.
+        token_header: ``"authorization"`` (``Bearer`` tokens) or ``"txn-token"`` (the JWT in the
+            ``Txn-Token`` header, draft-ietf-oauth-transaction-tokens).
+        public_url: for issuers with ``bind_request``: the base URL the origin is reached by as the
+            gateway sees it (``None``: the request's scheme and ``Host``); see
+            :mod:`keyswap.verifier.bound`.
+        replay_cache: where bound tokens' ``jti`` values are recorded (default: in memory, bounded).
+        allow_unbound_body: accept bound tokens whose body was forwarded unhashed (``htd: "unbound"``).
 
     Raises:
-        ConfigError: a bad ``realm`` or exempt path.
+        ConfigError: a bad ``realm``, exempt path, token header or public URL.
     """
 
     def __init__(
@@ -183,7 +196,13 @@ class JWTAuthMiddleware:
         exempt_paths: Iterable[str] = (),
         error_descriptions: bool = True,
         max_token_size: int = DEFAULT_MAX_TOKEN_SIZE,
+        token_header: str = "authorization",  # noqa: S107 - a header name
+        public_url: str | None = None,
+        replay_cache: ReplayCache | None = None,
+        allow_unbound_body: bool = True,
     ) -> None:
+        if token_header not in ("authorization", "txn-token"):
+            raise ConfigError("token_header must be 'authorization' or 'txn-token'")
         if not realm or sanitize_description(realm, limit=len(realm)) != realm:
             raise ConfigError(
                 f"realm must be non-empty printable ASCII without quotes or backslashes: {realm!r}"
@@ -214,6 +233,17 @@ class JWTAuthMiddleware:
         # b64token, the extractor's character scan is left to failures (_precise_extraction_error).
         self._lookup = verifier.cached if isinstance(verifier, Verifier) else None
         self._check_characters = self._lookup is None
+        self._txn = token_header == "txn-token"  # noqa: S105
+        #: Enforces request binding (``None`` when no issuer of the verifier binds requests).
+        self.binder: RequestBinder | None = None
+        if isinstance(verifier, Verifier) and verifier.binds_requests:
+            self.binder = RequestBinder(
+                verifier.issuer_config,
+                public_url=public_url,
+                replay_cache=replay_cache,
+                allow_unbound_body=allow_unbound_body,
+                clock=verifier.clock,
+            )
         self._challenge = f'Bearer realm="{realm}"'
         missing_body = b"No token provided"
         self._missing = _Rejection(
@@ -233,16 +263,29 @@ class JWTAuthMiddleware:
             return
         token: str | None = None
         try:
-            token = bearer_token(
-                scope["headers"],
-                max_size=self.max_token_size,
-                check_characters=self._check_characters,
-            )
+            if self._txn:
+                token = txn_token(scope["headers"], max_size=self.max_token_size)
+            else:
+                token = bearer_token(
+                    scope["headers"],
+                    max_size=self.max_token_size,
+                    check_characters=self._check_characters,
+                )
             claims = self._lookup(token) if self._lookup is not None else None
             if claims is None:
                 claims = await self.verifier.verify(token)
+            if self.binder is not None:
+                if kind == "http":
+                    receive = await self.binder.enforce(scope, receive, claims)
+                else:
+                    self.binder.refuse_websocket(claims)
         except Exception as exc:
-            if token is not None and not self._check_characters and isinstance(exc, InvalidToken):
+            if (
+                token is not None
+                and not self._check_characters
+                and not self._txn
+                and isinstance(exc, InvalidToken)
+            ):
                 exc = _precise_extraction_error(scope["headers"], self.max_token_size, exc)
             rejection = self.rejection(exc, token)
         else:
@@ -283,6 +326,13 @@ class JWTAuthMiddleware:
             return self._challenge_rejection(403, b"Insufficient scope", exc, params)
         if isinstance(exc, AuthError):
             return self._challenge_rejection(401, b"Invalid token", exc, ['error="invalid_token"'])
+        if isinstance(exc, PayloadTooLarge):
+            body = b"Payload too large"
+            return _Rejection(413, _text_headers(body), body, exc.label, exc.reason)
+        if isinstance(exc, ReplayCacheUnavailable):
+            body = b"Replay cache temporarily unavailable"
+            headers = _text_headers(body, (b"retry-after", str(exc.retry_after).encode("ascii")))
+            return _Rejection(503, headers, body, exc.label, exc.reason)
         if isinstance(exc, KeysUnavailable | JWKSFetchError):
             retry_after = exc.retry_after if isinstance(exc, KeysUnavailable) else 5
             body = b"Signing keys temporarily unavailable"

@@ -22,12 +22,14 @@ from typing import NoReturn
 
 from keyswap.errors import MalformedToken, MissingToken
 
-__all__ = ["DEFAULT_MAX_TOKEN_SIZE", "bearer_token"]
+__all__ = ["DEFAULT_MAX_TOKEN_SIZE", "TXN_TOKEN_HEADER", "bearer_token", "txn_token"]
 
 #: Tokens longer than this are rejected before they are looked at (matches the verifier's default).
 DEFAULT_MAX_TOKEN_SIZE = 8192
 
 _AUTHORIZATION = b"authorization"
+#: The header a Transaction Token travels in (draft-ietf-oauth-transaction-tokens-10 §7.1).
+TXN_TOKEN_HEADER = b"txn-token"
 _PREFIX = b"bearer "
 _PREFIX_LEN = len(_PREFIX)
 # RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token, b64token = 1*( ALPHA / DIGIT / "-" / "." /
@@ -104,3 +106,28 @@ def _classify(value: bytes) -> NoReturn:
     if rest.rstrip(b" \t") != rest:
         raise MalformedToken("trailing whitespace after the token")
     raise MalformedToken("token contains characters outside the b64token set")
+
+
+def txn_token(
+    headers: Iterable[tuple[bytes, bytes]], *, max_size: int = DEFAULT_MAX_TOKEN_SIZE
+) -> str:
+    """Return the JWT of the ``Txn-Token`` header (the whole value, no scheme).
+
+    Raises:
+        MissingToken: no ``Txn-Token`` header.
+        MalformedToken: two of them, an empty or over-long value, characters outside base64url and
+            dots.
+    """
+    value: bytes | None = None
+    for name, raw in headers:
+        if name.lower() == TXN_TOKEN_HEADER:
+            if value is not None:
+                raise MalformedToken("more than one Txn-Token header")
+            value = raw
+    if value is None:
+        raise MissingToken("no Txn-Token header")
+    if len(value) > max_size:
+        raise MalformedToken(f"token longer than {max_size} bytes")
+    if not value or value.translate(None, _B64TOKEN_CHARS):
+        raise MalformedToken("Txn-Token is not a compact JWT")
+    return value.decode("ascii")

@@ -45,6 +45,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 from flask import Flask, Response, current_app, g, has_request_context, request
 
 from keyswap.errors import ConfigError
+from keyswap.verifier.bound import RequestBinder, SyncReplayCache
 from keyswap.verifier.extract import DEFAULT_MAX_TOKEN_SIZE
 from keyswap.verifier.permissions import (
     DEFAULT_PERMISSION_CLAIMS,
@@ -52,6 +53,7 @@ from keyswap.verifier.permissions import (
     normalise_paths,
     validate_scopes,
 )
+from keyswap.verifier.replay import MemoryReplayCache
 from keyswap.verifier.responses import (
     CLAIMS_ENVIRON_KEY,
     Guard,
@@ -59,6 +61,7 @@ from keyswap.verifier.responses import (
     VerifierLike,
     verifier_from_settings,
 )
+from keyswap.verifier.verify import Verifier
 
 __all__ = ["EXTENSION_KEY", "G_CLAIMS", "KeyswapFlask", "get_claims", "require_token"]
 
@@ -131,6 +134,13 @@ class KeyswapFlask:
         permission_claims: where scopes are read from (default ``scope``, ``scp``, ``roles``).
         error_descriptions: include ``error_description`` in challenges.
         max_token_size: longer ``Authorization`` values are rejected before any other work.
+        public_url: for issuers with ``bind_request`` (request-bound tokens): the app's base URL as
+            the gateway sees it (``None``: the request's scheme and ``Host``).
+        replay_cache: where bound tokens' ``jti`` values are recorded: a ``MemoryReplayCache``
+            (default, per process) or a ``RedisReplayCache`` shared by every worker.
+        allow_unbound_body: accept bound tokens whose body the gateway forwarded unhashed.
+        token_header: ``"authorization"`` or ``"txn-token"`` (Transaction Tokens in the
+            ``Txn-Token`` header; use an issuer with ``profile="txn-token"``).
 
     Raises:
         ConfigError: no verifier and no ``KEYSWAP_*`` config, a bad realm or exempt path.
@@ -149,8 +159,17 @@ class KeyswapFlask:
         permission_claims: Iterable[ClaimPath] = DEFAULT_PERMISSION_CLAIMS,
         error_descriptions: bool = True,
         max_token_size: int = DEFAULT_MAX_TOKEN_SIZE,
+        public_url: str | None = None,
+        replay_cache: SyncReplayCache | None = None,
+        allow_unbound_body: bool = True,
+        token_header: str = "authorization",  # noqa: S107 - a header name
     ) -> None:
         self.verifier = verifier
+        self._binding: dict[str, Any] = {
+            "public_url": public_url,
+            "replay_cache": replay_cache,
+            "allow_unbound_body": allow_unbound_body,
+        }
         self.protect_all = protect_all
         self.scopes = validate_scopes(scopes)
         self._options: dict[str, Any] = {
@@ -160,6 +179,8 @@ class KeyswapFlask:
             "error_descriptions": error_descriptions,
             "max_token_size": max_token_size,
             "logger_name": "keyswap.verifier.flask",
+            "enforces_binding": True,
+            "token_header": token_header,
         }
         if verifier is not None:
             Guard(verifier, **self._options)  # validate eagerly, before any app exists
@@ -175,7 +196,15 @@ class KeyswapFlask:
         verifier = self.verifier
         if verifier is None:
             verifier = verifier_from_settings(app.config, prefix="KEYSWAP_")
-        app.extensions[EXTENSION_KEY] = _AppState(Guard(verifier, **self._options), self.scopes)
+        binder = None
+        if isinstance(verifier, Verifier) and verifier.binds_requests:
+            options = dict(self._binding)
+            if options["replay_cache"] is None:
+                options["replay_cache"] = MemoryReplayCache()
+            binder = RequestBinder(verifier.issuer_config, clock=verifier.clock, **options)
+        app.extensions[EXTENSION_KEY] = _AppState(
+            Guard(verifier, **self._options), self.scopes, binder
+        )
         # Registered first, so no later before_request function sees another request's claims.
         app.before_request_funcs.setdefault(None, []).insert(0, _forget_claims)
         app.teardown_request(_forget_claims)
@@ -186,9 +215,12 @@ class KeyswapFlask:
 class _AppState:
     """What one app needs per request: the guard and the app-wide scopes."""
 
-    def __init__(self, guard: Guard, scopes: tuple[str, ...]) -> None:
+    def __init__(
+        self, guard: Guard, scopes: tuple[str, ...], binder: RequestBinder | None = None
+    ) -> None:
         self.guard = guard
         self.scopes = scopes
+        self.binder = binder
 
     def authenticate(self, scopes: Sequence[str] = ()) -> Rejection | None:
         """Verify the current request (once per request) and check ``scopes``; store the claims on
@@ -199,11 +231,18 @@ class _AppState:
         self.guard.ensure_started()
         claims = self._verified()
         if claims is None:
-            result = self.guard.authenticate_sync(request.environ.get("HTTP_AUTHORIZATION"))
+            result = self.guard.authenticate_sync(request.environ.get(self.guard.environ_key))
             if isinstance(result, Rejection):
                 self.guard.responder.log(request.method, request.path, result)
                 return result
             claims = result
+            if self.binder is not None:
+                try:
+                    self.binder.enforce_wsgi(request.environ, claims)
+                except Exception as exc:
+                    refused = self.guard.responder.reject(exc)
+                    self.guard.responder.log(request.method, request.path, refused)
+                    return refused
             request.environ[CLAIMS_ENVIRON_KEY] = claims
             request.environ[_VERIFIED_BY] = (self, claims)
             setattr(g, G_CLAIMS, claims)

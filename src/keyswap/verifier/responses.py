@@ -32,10 +32,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from keyswap.errors import ConfigError, InsufficientScope
+from keyswap.errors import ConfigError, InsufficientScope, UnboundToken
 from keyswap.verifier.asgi import JWTAuthMiddleware, Receive, Scope, Send, sanitize_description
 from keyswap.verifier.envconfig import issuer_config_from_env
-from keyswap.verifier.extract import DEFAULT_MAX_TOKEN_SIZE, bearer_token
+from keyswap.verifier.extract import DEFAULT_MAX_TOKEN_SIZE, bearer_token, txn_token
 from keyswap.verifier.permissions import (
     DEFAULT_PERMISSION_CLAIMS,
     ClaimPath,
@@ -206,6 +206,13 @@ class Guard:
         error_descriptions: include ``error_description`` in challenges.
         max_token_size: longer ``Authorization`` values are rejected before any other work.
         logger_name: where rejections are logged.
+        token_header: ``"authorization"`` (``Bearer``) or ``"txn-token"`` (a Transaction Token: the
+            value passed to :meth:`authenticate_sync` is then the ``Txn-Token`` header's).
+        enforces_binding: the adapter checks request-bound tokens itself (Flask). Otherwise a
+            token from an issuer with ``bind_request=True`` that this guard verifies is refused
+            (401): accepting it without checking method, URL, body and replay would defeat the
+            binding. Use :class:`~keyswap.verifier.asgi.JWTAuthMiddleware` in front instead (claims
+            it verified are reused by the FastAPI dependencies).
 
     Raises:
         ConfigError: a bad realm or exempt path.
@@ -222,8 +229,18 @@ class Guard:
         error_descriptions: bool = True,
         max_token_size: int = DEFAULT_MAX_TOKEN_SIZE,
         logger_name: str = "keyswap.verifier",
+        enforces_binding: bool = False,
+        token_header: str = "authorization",  # noqa: S107 - a header name
     ) -> None:
+        if token_header not in ("authorization", "txn-token"):
+            raise ConfigError("token_header must be 'authorization' or 'txn-token'")
         self.verifier = verifier
+        self.txn = token_header == "txn-token"  # noqa: S105
+        #: The WSGI environ key of the header the token is read from.
+        self.environ_key = "HTTP_TXN_TOKEN" if self.txn else "HTTP_AUTHORIZATION"
+        self._unenforced: Any = None
+        if not enforces_binding and isinstance(verifier, Verifier) and verifier.binds_requests:
+            self._unenforced = verifier.issuer_config
         self.responder = Responder(
             realm=realm, error_descriptions=error_descriptions, logger_name=logger_name
         )
@@ -269,13 +286,25 @@ class Guard:
     def authenticate_sync(
         self, authorization: str | bytes | None, scopes: Sequence[str] = ()
     ) -> dict[str, Any] | Rejection:
-        """Verify the ``Authorization`` header value (``None`` when absent) with ``verify_sync``."""
+        """Verify the ``Authorization`` header value (``None`` when absent) with ``verify_sync``
+        (with ``token_header="txn-token"``: the ``Txn-Token`` header value)."""
         token: str | None = None
         try:
-            token = bearer_token(
-                headers_from_authorization(authorization), max_size=self.max_token_size
-            )
+            if self.txn:
+                raw = (
+                    authorization.encode("latin-1")
+                    if isinstance(authorization, str)
+                    else authorization
+                )
+                token = txn_token(
+                    [(b"txn-token", raw)] if raw is not None else [], max_size=self.max_token_size
+                )
+            else:
+                token = bearer_token(
+                    headers_from_authorization(authorization), max_size=self.max_token_size
+                )
             claims = self.verifier.verify_sync(token)
+            self._refuse_unenforced(claims)
         except Exception as exc:
             return self.responder.reject(exc, token=token)
         return self.check_scopes(claims, scopes) or claims
@@ -288,9 +317,21 @@ class Guard:
         try:
             token = bearer_token(headers, max_size=self.max_token_size)
             claims = await self.verifier.verify(token)
+            self._refuse_unenforced(claims)
         except Exception as exc:
             return self.responder.reject(exc, token=token)
         return self.check_scopes(claims, scopes) or claims
+
+    def _refuse_unenforced(self, claims: Mapping[str, Any]) -> None:
+        if self._unenforced is None:
+            return
+        config = self._unenforced(claims.get("iss"))
+        if config is not None and config.bind_request:
+            logging.getLogger("keyswap.verifier").error(
+                "a request-bound token reached an adapter that does not check request binding: "
+                "refused; put JWTAuthMiddleware (or KeyswapFlask) in front"
+            )
+            raise UnboundToken("request binding is not checked here")
 
 
 def headers_from_authorization(authorization: str | bytes | None) -> list[tuple[bytes, bytes]]:

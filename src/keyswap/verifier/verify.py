@@ -39,6 +39,7 @@ from keyswap.errors import (
     KeysUnavailable,
     KeyswapError,
     MalformedToken,
+    UnboundToken,
     UnsupportedAlgorithm,
 )
 from keyswap.verifier.claims import validate_claims
@@ -61,7 +62,15 @@ from keyswap.verifier.tokencache import (
     TokenCache,
 )
 
-__all__ = ["PROFILES", "RFC9068_CLAIMS", "IssuerConfig", "Verifier"]
+__all__ = [
+    "DEFAULT_BIND_MAX_BODY",
+    "PROFILES",
+    "RFC9068_CLAIMS",
+    "TXN_TOKEN_CLAIMS",
+    "TXN_TOKEN_TYPE",
+    "IssuerConfig",
+    "Verifier",
+]
 
 logger = logging.getLogger("keyswap.verifier")
 _new_tuple: Any = tuple.__new__
@@ -70,7 +79,13 @@ _new_tuple: Any = tuple.__new__
 MAX_LEEWAY = 300.0
 
 #: Token profiles an issuer can require (``IssuerConfig.profile``).
-PROFILES = ("rfc9068",)
+PROFILES = ("rfc9068", "txn-token")
+#: The claims a Transaction Token carries (draft-ietf-oauth-transaction-tokens-10 §4.3).
+TXN_TOKEN_CLAIMS = ("iat", "aud", "exp", "txn", "sub")
+#: ``typ`` of a Transaction Token (draft-ietf-oauth-transaction-tokens-10 §4.2).
+TXN_TOKEN_TYPE = "txntoken+jwt"  # noqa: S105 - a media type
+#: Default body limit of a bound issuer (``IssuerConfig.bind_max_body``), bytes.
+DEFAULT_BIND_MAX_BODY = 1 << 20
 #: The claims RFC 9068 §2.2 makes required in a JWT access token.
 RFC9068_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
 #: ``typ`` values of an RFC 9068 access token (RFC 7515 §4.1.9: case-insensitive, the
@@ -99,7 +114,15 @@ class IssuerConfig:
         profile: ``"rfc9068"`` requires JWT access tokens as RFC 9068 defines them: header ``typ``
             ``at+jwt`` (``application/at+jwt`` too, any case), the claims of :data:`RFC9068_CLAIMS`
             (added to ``required_claims``; ``client_id`` a non-empty string) and an ``audience``.
+            ``"txn-token"`` requires Transaction Tokens (draft-ietf-oauth-transaction-tokens-10):
+            header ``typ`` ``txntoken+jwt`` and the claims of :data:`TXN_TOKEN_CLAIMS`.
             ``None`` (the default) ignores ``typ``.
+        bind_request: require request-bound tokens (``docs/request-binding.md``): ``htm``, ``htu``
+            and ``jti`` must be present (else :class:`~keyswap.errors.UnboundToken`), the lifetime
+            ``exp - iat`` at most ``bind_max_lifetime``; such tokens are never put in the token cache.
+            The request itself is checked by the ASGI middleware (method, URL, query, body, replay).
+        bind_max_body: largest body (bytes) read and digested for a bound request; larger: 413.
+        bind_max_lifetime: longest lifetime (seconds) of a bound token (bounds the replay cache).
 
     Raises:
         ConfigError: any value out of range (checked at construction).
@@ -116,8 +139,19 @@ class IssuerConfig:
     jwks_max_stale: float = 3600
     discover: bool = False
     profile: str | None = None
+    bind_request: bool = False
+    bind_max_body: int = DEFAULT_BIND_MAX_BODY
+    bind_max_lifetime: float = 300
 
     def __post_init__(self) -> None:
+        if type(self.bind_request) is not bool:
+            raise ConfigError("bind_request must be True or False")
+        if type(self.bind_max_body) is not int or not 0 <= self.bind_max_body <= 1 << 30:
+            raise ConfigError("bind_max_body must be a whole number of bytes in 0..1 GiB")
+        if not (
+            isinstance(self.bind_max_lifetime, int | float) and 1 <= self.bind_max_lifetime <= 3600
+        ):
+            raise ConfigError("bind_max_lifetime must be between 1 and 3600 seconds")
         if type(self.issuer) is not str or not self.issuer:
             raise ConfigError("issuer must be a non-empty string")
         if type(self.discover) is not bool:
@@ -175,11 +209,14 @@ class _Issuer:
         "algorithms",
         "at_jwt",
         "audience",
+        "bound",
         "config",
         "keyset",
         "leeway",
+        "max_lifetime",
         "name",
         "required",
+        "txn",
     )
 
     def __init__(self, config: IssuerConfig, keyset: KeySet) -> None:
@@ -191,8 +228,13 @@ class _Issuer:
         self.leeway = float(config.leeway)
         self.at_jwt = config.profile == "rfc9068"
         self.required = config.required_claims
+        self.txn = config.profile == "txn-token"
+        self.bound = config.bind_request
+        self.max_lifetime = float(config.bind_max_lifetime)
         if self.at_jwt:
             self.required = tuple(dict.fromkeys(config.required_claims + RFC9068_CLAIMS))
+        if self.txn:
+            self.required = tuple(dict.fromkeys(config.required_claims + TXN_TOKEN_CLAIMS))
 
 
 class Verifier:
@@ -287,6 +329,21 @@ class Verifier:
             KeyError: ``issuer`` is not configured.
         """
         return self._issuers[issuer].keyset
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The wall clock the verifier checks ``exp``/``nbf``/``iat`` with."""
+        return self._clock
+
+    def issuer_config(self, issuer: object) -> IssuerConfig | None:
+        """The configuration of ``issuer`` (an ``iss`` value), ``None`` when it is not configured."""
+        found = self._issuers.get(issuer) if type(issuer) is str else None
+        return found.config if found is not None else None
+
+    @property
+    def binds_requests(self) -> bool:
+        """True when some issuer requires request-bound tokens (``bind_request=True``)."""
+        return any(i.bound for i in self._issuers.values())
 
     def start(self) -> None:
         """Start every key set's background fetch (non-blocking)."""
@@ -404,6 +461,10 @@ class Verifier:
             raise UnsupportedAlgorithm("algorithm not allowed for this issuer")
         if issuer.at_jwt:
             _check_at_jwt(parsed)
+        elif issuer.txn:
+            _check_txn_token(parsed)
+        if issuer.bound:
+            _check_bound(parsed.claims, issuer.max_lifetime)
         window = validate_claims(
             parsed.claims,
             issuer=issuer.name,
@@ -427,12 +488,15 @@ class Verifier:
         nested = _nested_names(claims) if parsed.nested else ()
         # tuple.__new__ directly: the named tuple's own __new__ is a Python-level call
         check = token[-CHECK_LENGTH:]
-        entry = _new_tuple(CachedToken, (claims, *window, issuer.name, parsed.kid, nested, check))
-        self._cache.put(token, entry)
-        # The key set installs a new set *before* calling on_keys_removed, so if the kid left while
-        # this token was being verified, either the purge saw the entry or this check does.
-        if not issuer.keyset.has_kid(parsed.kid):
-            self._cache.discard(token)
+        if not issuer.bound:  # a bound token is for one request: caching it would only cost memory
+            entry = _new_tuple(
+                CachedToken, (claims, *window, issuer.name, parsed.kid, nested, check)
+            )
+            self._cache.put(token, entry)
+            # The key set installs a new set *before* calling on_keys_removed, so if the kid left
+            # while this token was being verified, either the purge saw the entry or this check does.
+            if not issuer.keyset.has_kid(parsed.kid):
+                self._cache.discard(token)
         self._count_ok()
         return _copy_claims(claims, nested) if nested else dict(claims)
 
@@ -451,6 +515,30 @@ def _check_at_jwt(parsed: ParsedToken) -> None:
     client_id = parsed.claims.get("client_id")
     if client_id is not None and (type(client_id) is not str or not client_id):
         raise InvalidClaim("claim 'client_id' must be a non-empty string")
+
+
+def _check_txn_token(parsed: ParsedToken) -> None:
+    """The Transaction Token ``typ`` (draft-ietf-oauth-transaction-tokens-10 §4.2)."""
+    typ = parsed.header.get("typ")
+    if type(typ) is not str or typ.lower() not in (TXN_TOKEN_TYPE, "application/" + TXN_TOKEN_TYPE):
+        raise InvalidTokenType("typ header is not txntoken+jwt")
+    if type(parsed.claims.get("txn")) is not str:
+        raise InvalidClaim("claim 'txn' must be a string")
+
+
+def _check_bound(claims: dict[str, Any], max_lifetime: float) -> None:
+    """A bound issuer's token must carry the binding claims and live at most ``max_lifetime``."""
+    if not all(type(claims.get(name)) is str for name in ("htm", "htu", "jti")):
+        raise UnboundToken("the token is not bound to a request")
+    iat, exp = claims.get("iat"), claims.get("exp")
+    if (
+        not isinstance(iat, int | float)
+        or not isinstance(exp, int | float)
+        or isinstance(iat, bool)
+        or isinstance(exp, bool)
+        or not 0 < exp - iat <= max_lifetime
+    ):
+        raise InvalidClaim("a bound token needs iat and a short lifetime (exp - iat)")
 
 
 def _json_copy(value: Any) -> Any:

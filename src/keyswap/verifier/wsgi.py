@@ -23,9 +23,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
+from keyswap.verifier.bound import RequestBinder, SyncReplayCache
 from keyswap.verifier.extract import DEFAULT_MAX_TOKEN_SIZE
 from keyswap.verifier.permissions import DEFAULT_PERMISSION_CLAIMS, ClaimPath, validate_scopes
+from keyswap.verifier.replay import MemoryReplayCache
 from keyswap.verifier.responses import CLAIMS_ENVIRON_KEY, Guard, Rejection, VerifierLike
+from keyswap.verifier.verify import Verifier
 
 __all__ = ["CLAIMS_ENVIRON_KEY", "WSGIAuthMiddleware", "get_claims", "respond"]
 
@@ -58,6 +61,15 @@ class WSGIAuthMiddleware:
             the verifier yourself.
         error_descriptions: include ``error_description`` in challenges.
         max_token_size: longer ``Authorization`` values are rejected before any other work.
+        public_url: for issuers with ``bind_request`` (request-bound tokens,
+            ``docs/request-binding.md``): the app's base URL as the gateway addresses it (``None``:
+            the request's scheme and ``Host``). The body of a bound request is read (bounded),
+            checked and handed to the app as an in-memory ``wsgi.input``.
+        replay_cache: where bound tokens' ``jti`` values are recorded: ``MemoryReplayCache``
+            (default, per process) or ``RedisReplayCache`` (shared by every worker process).
+        allow_unbound_body: accept bound tokens whose body the gateway forwarded unhashed.
+        token_header: ``"authorization"`` or ``"txn-token"`` (Transaction Tokens in the
+            ``Txn-Token`` header; use an issuer with ``profile="txn-token"``).
 
     Raises:
         ConfigError: a bad realm or exempt path.
@@ -76,6 +88,10 @@ class WSGIAuthMiddleware:
         start: bool = True,
         error_descriptions: bool = True,
         max_token_size: int = DEFAULT_MAX_TOKEN_SIZE,
+        public_url: str | None = None,
+        replay_cache: SyncReplayCache | None = None,
+        allow_unbound_body: bool = True,
+        token_header: str = "authorization",  # noqa: S107 - a header name
     ) -> None:
         self.app = app
         self.verifier = verifier
@@ -88,8 +104,20 @@ class WSGIAuthMiddleware:
             error_descriptions=error_descriptions,
             max_token_size=max_token_size,
             logger_name="keyswap.verifier.wsgi",
+            enforces_binding=True,
+            token_header=token_header,
         )
         self._start = start
+        #: Checks request-bound tokens (``None`` when no issuer of the verifier binds requests).
+        self.binder: RequestBinder | None = None
+        if isinstance(verifier, Verifier) and verifier.binds_requests:
+            self.binder = RequestBinder(
+                verifier.issuer_config,
+                public_url=public_url,
+                replay_cache=replay_cache if replay_cache is not None else MemoryReplayCache(),
+                allow_unbound_body=allow_unbound_body,
+                clock=verifier.clock,
+            )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self._start:
@@ -97,9 +125,16 @@ class WSGIAuthMiddleware:
         path = environ.get("PATH_INFO") or "/"
         if self.guard.is_exempt(path):
             return self.app(environ, start_response)
-        result = self.guard.authenticate_sync(environ.get("HTTP_AUTHORIZATION"), self.scopes)
+        result = self.guard.authenticate_sync(environ.get(self.guard.environ_key), self.scopes)
         if isinstance(result, Rejection):
             self.guard.responder.log(environ.get("REQUEST_METHOD", ""), path, result)
             return respond(result, start_response)
+        if self.binder is not None:
+            try:
+                self.binder.enforce_wsgi(environ, result)
+            except Exception as exc:
+                refused = self.guard.responder.reject(exc)
+                self.guard.responder.log(environ.get("REQUEST_METHOD", ""), path, refused)
+                return respond(refused, start_response)
         environ[CLAIMS_ENVIRON_KEY] = result
         return self.app(environ, start_response)

@@ -12,8 +12,11 @@ that dies holding one loses it when the lease ends, and another node delivers it
   for at most :data:`MAX_TOTAL_TIME`), no redirects followed (a 3xx is a failed attempt), no proxy or
   ``.netrc`` from the environment; at most :data:`EXCERPT_BYTES` of the answer are read and kept,
   uncompressed (``accept-encoding: identity``; the raw bytes are never decoded);
-- before connecting, the host name is resolved and refused if any address is not public (SSRF; a
-  loopback address passes only for an endpoint set with ``allow_http_loopback``).
+- the host name is resolved when the connection is made, by the dispatcher's own resolver, and the
+  connection goes to one of the addresses that were checked (never to a second, separate lookup:
+  a name that answers a public address to the check and a private one to the connection -- DNS
+  rebinding -- reaches nothing); it is refused if any address is not public (SSRF; a loopback address
+  passes only for an endpoint set with ``allow_http_loopback`` whose URL names a loopback host).
 
 The events of one round are delivered by up to ``concurrency`` threads at once (default 8), so one
 slow receiver delays only its own events. The lease covers the whole round (``batch`` events at 35 s
@@ -48,6 +51,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 from standardwebhooks.webhooks import Webhook
 
@@ -149,6 +153,68 @@ class _Blocked(Exception):
         self.kind = kind
 
 
+def _checked_addresses(resolve: Resolver, host: str, port: int) -> list[str]:
+    """``host``'s addresses from ``resolve``, all public, in order.
+
+    Raises:
+        _Blocked: ``dns`` if it does not resolve; ``blocked_address`` if any address is not public.
+    """
+    try:
+        addresses = resolve(host, port)
+    except (OSError, UnicodeError):
+        raise _Blocked("dns") from None
+    if not addresses:
+        raise _Blocked("dns")
+    for text in addresses:
+        try:
+            address = ipaddress.ip_address(text.split("%", 1)[0])
+        except ValueError:
+            raise _Blocked("blocked_address") from None
+        if unsafe_address(address):
+            raise _Blocked("blocked_address")
+    return list(dict.fromkeys(addresses))
+
+
+class _PinnedBackend(httpcore.SyncBackend):
+    """Connects only to addresses the resolver gave and :func:`unsafe_address` let through: the
+    check and the connection use one lookup (no DNS rebinding between them). TLS still checks the
+    URL's host name (httpcore sends it as SNI and verifies the certificate against it)."""
+
+    def __init__(self, resolve: Resolver) -> None:
+        self._resolve = resolve
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        addresses = _checked_addresses(self._resolve, host.strip("[]"), port)
+        failure: Exception | None = None
+        for address in addresses:
+            try:
+                return super().connect_tcp(
+                    address.split("%", 1)[0], port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+
+class _PinnedTransport(httpx.HTTPTransport):
+    """httpx's transport over a :class:`_PinnedBackend` connection pool."""
+
+    def __init__(self, resolve: Resolver) -> None:
+        super().__init__(trust_env=False)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            network_backend=_PinnedBackend(resolve),
+        )
+
+
 def _excerpt(data: bytes) -> str | None:
     if not data:
         return None
@@ -204,16 +270,25 @@ class Dispatcher:
         self._key = secret.webhook_secret_encryption_key
         self._clock = clock
         self._timer = timer
+        self._resolve = resolver or _system_resolver
         self._own_client = client is None
-        self._client = client or httpx.Client(
-            timeout=httpx.Timeout(timeout),
-            follow_redirects=False,
-            trust_env=False,
-            headers={
-                "user-agent": f"keyswap-webhooks/{__version__}",
-                "accept-encoding": "identity",
-            },
-        )
+
+        def new_client(transport: httpx.BaseTransport | None) -> httpx.Client:
+            return httpx.Client(
+                timeout=httpx.Timeout(timeout),
+                follow_redirects=False,
+                trust_env=False,
+                transport=transport,
+                headers={
+                    "user-agent": f"keyswap-webhooks/{__version__}",
+                    "accept-encoding": "identity",
+                },
+            )
+
+        # Public endpoints: connections pinned to checked addresses. Loopback endpoints (allowed
+        # with allow_http_loopback, the URL naming a loopback host): the system's resolver.
+        self._client = client or new_client(_PinnedTransport(self._resolve))
+        self._loopback_client = client or new_client(None)
         self.timeout = timeout
         self.batch = batch
         self._pool = (
@@ -222,7 +297,6 @@ class Dispatcher:
             else None
         )
         self.owner = owner or f"{socket.gethostname()[:40]}:{os.getpid()}:{os.urandom(3).hex()}"
-        self._resolve = resolver or _system_resolver
         self._rng = rng
         self.retention = retention
         self._next_prune = 0.0
@@ -235,6 +309,7 @@ class Dispatcher:
             self._pool.shutdown(wait=True)
         if self._own_client:
             self._client.close()
+            self._loopback_client.close()
 
     def run_once(self) -> int:
         """Claim the due events and try each once; returns how many attempts were made."""
@@ -287,8 +362,8 @@ class Dispatcher:
                 log.error("webhook %s of consumer %s: %s", event.id, endpoint.consumer_name, exc)
             else:
                 try:
-                    self._check_address(endpoint.url, endpoint.allow_http_loopback)
-                    status, excerpt = self._post(event.id, endpoint.url, whsec, body, at)
+                    client = self._client_for(endpoint.url, endpoint.allow_http_loopback)
+                    status, excerpt = self._post(client, event.id, endpoint.url, whsec, body, at)
                 except _Blocked as blocked:
                     error = blocked.kind
                 except httpx.TimeoutException:
@@ -331,25 +406,18 @@ class Dispatcher:
             state,
         )
 
-    def _check_address(self, url: str, allow_loopback: bool) -> None:
+    def _client_for(self, url: str, allow_loopback: bool) -> httpx.Client:
+        """The client for ``url``: the loopback one for an allowed loopback endpoint; else the
+        pinned one (which resolves and checks the host as it connects). An injected client gets the
+        check here, before it connects (it resolves again itself: no rebinding guard)."""
         parts = urlsplit(url)
         host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "https" else 80)
         if allow_loopback and host_is_loopback(host):
-            return
-        try:
-            addresses = self._resolve(host, port)
-        except (OSError, UnicodeError):
-            raise _Blocked("dns") from None
-        if not addresses:
-            raise _Blocked("dns")
-        for text in addresses:
-            try:
-                address = ipaddress.ip_address(text.split("%", 1)[0])
-            except ValueError:
-                raise _Blocked("blocked_address") from None
-            if unsafe_address(address):
-                raise _Blocked("blocked_address")
+            return self._loopback_client
+        if not self._own_client:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            _checked_addresses(self._resolve, host, port)
+        return self._client
 
     def _body(self, event_id: str, payload: dict[str, Any]) -> bytes:
         """The JSON body: the payload, with sealed data opened (:func:`enqueue`'s ``seal``)."""
@@ -363,7 +431,7 @@ class Dispatcher:
         return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     def _post(
-        self, event_id: str, url: str, whsec: str, body: bytes, at: float
+        self, client: httpx.Client, event_id: str, url: str, whsec: str, body: bytes, at: float
     ) -> tuple[int, str | None]:
         stamp = datetime.fromtimestamp(math.floor(at), UTC)
         signature = Webhook(whsec).sign(event_id, stamp, body)
@@ -374,7 +442,7 @@ class Dispatcher:
             "webhook-signature": signature,
         }
         deadline = self._timer() + MAX_TOTAL_TIME
-        with self._client.stream("POST", url, content=body, headers=headers) as response:
+        with client.stream("POST", url, content=body, headers=headers) as response:
             data = b""
             for chunk in response.iter_raw():
                 data += chunk

@@ -1,7 +1,7 @@
 """Leaked keys: a consumer's leak policy and the ``key_leaks`` log.
 
 Revision ID: 0011
-Revises: 0007
+Revises: 0010
 Create Date: 2026-12-07
 
 ``consumers.leak_policy`` overrides the deployment's policy for keys found in public (``revoke``,
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0007"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

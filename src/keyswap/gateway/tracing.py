@@ -1,0 +1,378 @@
+"""OpenTelemetry tracing for the gateway (the ``[otel]`` extra; ``keyswap gateway --tracing``).
+
+Off by default: then this module is not even imported and the request path pays one ``is None`` check
+per step. On, each proxied request gets a ``SERVER`` span (``keyswap.request``), a child of the
+incoming W3C ``traceparent`` when the client sent one, with children for the API-key lookup
+(``keyswap.key_lookup``), the token (``keyswap.mint``: a signature, or a cached token reused) and the upstream call (``keyswap.upstream``, ``CLIENT``). The origin receives a
+``traceparent`` (and the client's ``tracestate``) naming the upstream span, so its own spans join the
+same trace; the client's own ``traceparent`` is never forwarded as is. The gateway's own paths
+(``/__keyswap/``: health checks, JWKS) are not traced.
+
+Sampling: ``--trace-sample-rate R`` samples a fraction R of new traces and follows the caller's
+decision when a valid ``traceparent`` says (as ``parentbased_traceidratio``); without it, the standard
+``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG`` variables decide (default: every request). A
+request that is not sampled gets no child spans. With ``--trace-sample-rate`` the decision is made
+here, before OpenTelemetry is called at all: a request left out only gets a ``traceparent`` for the
+origin (flag ``00``, the caller's trace id if it sent one, else a new one; its ``tracestate`` kept),
+built by hand, which keeps a 1 % rate nearly free (a few microseconds; see BENCHMARKS.md).
+
+Export: the standard variables: ``OTEL_TRACES_EXPORTER`` (``otlp``, the default, over HTTP/protobuf;
+``console``; ``none``), ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``,
+``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_SERVICE_NAME`` (default ``keyswap-gateway``),
+``OTEL_RESOURCE_ATTRIBUTES`` and the batch processor's ``OTEL_BSP_*``. Spans carry the method and the
+path without its query string; never a key, a token or a header value.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from keyswap.errors import ConfigError
+
+__all__ = ["RequestTrace", "Tracing", "TracingSettings", "build_tracing"]
+
+T = TypeVar("T")
+
+_TRACEPARENT = b"traceparent"
+_TRACESTATE = b"tracestate"
+_MAX_PATH = 512
+
+
+class _AsgiGetter(Getter[Mapping[str, str]]):
+    def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        return None if value is None else [value]
+
+    def keys(self, carrier: Mapping[str, str]) -> list[str]:
+        return list(carrier)
+
+
+_GETTER = _AsgiGetter()
+#: W3C Trace Context ``traceparent`` (version 00 exactly; a later version's first four fields).
+_TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
+
+
+def _parent_of(value: str | None) -> tuple[str, bool] | None:
+    """``(trace id, sampled)`` of a valid ``traceparent``, else ``None`` (then a new trace starts)."""
+    if value is None:
+        return None
+    match = _TRACEPARENT_RE.fullmatch(value.strip())
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if (
+        version == "ff"
+        or (version == "00" and rest is not None)
+        or trace_id == _ZERO_TRACE
+        or span_id == _ZERO_SPAN
+    ):
+        return None
+    return trace_id, bool(int(flags, 16) & 1)
+
+
+def _trace_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str] | None:
+    """The client's ``traceparent`` / ``tracestate``, or ``None`` when it sent neither.
+
+    ASGI servers give header names in lower case; the lookup is one C-level ``dict()`` of the
+    headers (the last of repeated names wins: a repeated ``traceparent`` is invalid anyway).
+    """
+    by_name = dict(headers)
+    parent = by_name.get(_TRACEPARENT)
+    state = by_name.get(_TRACESTATE)
+    if parent is None and state is None:
+        return None
+    found: dict[str, str] = {}
+    if parent is not None:
+        found["traceparent"] = parent.decode("latin-1")
+    if state is not None:
+        found["tracestate"] = state.decode("latin-1")
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """How ``keyswap gateway --tracing`` traces.
+
+    Attributes:
+        sample_rate: fraction of new traces sampled (``parentbased_traceidratio``); ``None``: the
+            ``OTEL_TRACES_SAMPLER`` variables decide.
+        service_name: ``service.name`` unless ``OTEL_SERVICE_NAME`` or ``OTEL_RESOURCE_ATTRIBUTES``
+            sets one.
+    """
+
+    sample_rate: float | None = None
+    service_name: str = "keyswap-gateway"
+
+    def __post_init__(self) -> None:
+        rate = self.sample_rate
+        if rate is not None and not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"the trace sample rate must be between 0 and 1, got {rate!r}")
+
+
+class RequestTrace:
+    """One request's spans (see the module docstring); made by :meth:`Tracing.begin`."""
+
+    __slots__ = ("_context", "_root", "_tracer", "recording")
+
+    def __init__(self, tracer: Tracer, root: Span, context: Context) -> None:
+        self._tracer = tracer
+        self._root = root
+        self._context = context
+        self.recording = root.is_recording()
+
+    async def run(self, name: str, step: Awaitable[T]) -> T:
+        """Await ``step`` inside a child span ``name`` (no span when the request is not sampled)."""
+        if not self.recording:
+            return await step
+        span = self._tracer.start_span(name, context=self._context)
+        try:
+            return await step
+        except BaseException as exc:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            span.end()
+
+    def call(self, name: str, step: Callable[[Any], T], arg: Any) -> T:
+        """``step(arg)`` inside a child span ``name`` (no span when the request is not sampled)."""
+        if not self.recording:
+            return step(arg)
+        span = self._tracer.start_span(name, context=self._context)
+        try:
+            return step(arg)
+        except BaseException as exc:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            span.end()
+
+    async def upstream(
+        self,
+        forward: Callable[..., Awaitable[int]],
+        scope: Any,
+        receive: Any,
+        send: Any,
+        target: bytes,
+        headers: Any,
+    ) -> int:
+        """``forward(...)`` inside a ``CLIENT`` span, ``traceparent`` set on ``headers`` (any
+        client-sent one replaced); returns the status."""
+        span: Span | None = None
+        context = self._context
+        if self.recording:
+            span = self._tracer.start_span(
+                "keyswap.upstream",
+                context=context,
+                kind=SpanKind.CLIENT,
+                attributes={"http.request.method": scope["method"]},
+            )
+            context = trace.set_span_in_context(span, context)
+        _PROPAGATOR.inject(headers, context=context)
+        try:
+            status = await forward(scope, receive, send, target, headers)
+        except BaseException as exc:
+            if span is not None:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                span.end()
+            raise
+        if span is not None:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+        return status
+
+    def propagate(self, headers: Any) -> None:
+        """Set the ``traceparent`` of this request's span on ``headers`` (the upstream span's is
+        set by :meth:`upstream`)."""
+        _PROPAGATOR.inject(headers, context=self._context)
+
+    def finish(self, status: int) -> None:
+        """End the request's span with its ``status``."""
+        root = self._root
+        if self.recording:
+            root.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                root.set_status(Status(StatusCode.ERROR))
+        root.end()
+
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class _Unsampled:
+    """A request left out by the sampling decision: no span, only a ``traceparent`` for the origin."""
+
+    __slots__ = ("_trace_id", "_tracestate")
+
+    recording = False
+
+    def __init__(self, trace_id: str | None, tracestate: str | None) -> None:
+        self._trace_id = trace_id  # None: a new trace, and the client sent no trace headers
+        self._tracestate = tracestate
+
+    async def run(self, name: str, step: Awaitable[T]) -> T:
+        return await step
+
+    def call(self, name: str, step: Callable[[Any], T], arg: Any) -> T:
+        return step(arg)
+
+    async def upstream(
+        self,
+        forward: Callable[..., Awaitable[int]],
+        scope: Any,
+        receive: Any,
+        send: Any,
+        target: bytes,
+        headers: Any,
+    ) -> int:
+        self.propagate(headers)
+        return await forward(scope, receive, send, target, headers)
+
+    def propagate(self, headers: Any) -> None:
+        """Set ``traceparent`` (not sampled) and the caller's ``tracestate`` on ``headers``."""
+        span_id = random.getrandbits(64) or 1
+        if self._trace_id is None:  # nothing of the client's to replace: appended as is
+            trace_id = random.getrandbits(128) or 1
+            headers.items.append((_TRACEPARENT, f"00-{trace_id:032x}-{span_id:016x}-00".encode()))
+            return
+        headers["traceparent"] = f"00-{self._trace_id}-{span_id:016x}-00"
+        if self._tracestate is not None:
+            headers["tracestate"] = self._tracestate
+
+    def finish(self, status: int) -> None:
+        pass
+
+    @classmethod
+    def new(cls, carried: Mapping[str, str]) -> _Unsampled:
+        """A new unsampled trace replacing what the client sent (an invalid ``traceparent``, or a
+        ``tracestate`` alone)."""
+        return cls(f"{random.getrandbits(128) or 1:032x}", None)
+
+
+#: Every unsampled new trace without client trace headers (stateless: ids made in ``propagate``).
+_NEW_UNSAMPLED = _Unsampled(None, None)
+
+
+class Tracing:
+    """Starts request traces from ``provider`` (an OpenTelemetry SDK ``TracerProvider``).
+
+    ``sample_rate``: decide here which new traces are sampled (and follow a valid incoming
+    ``traceparent``'s decision), calling OpenTelemetry only for sampled requests; the provider's
+    sampler should then sample everything it is given (``ParentBased(ALWAYS_ON)``). ``None``: every
+    request goes to OpenTelemetry and its sampler decides.
+
+    ``close`` shuts the provider down (flushing spans) when ``owns_provider`` is true.
+    """
+
+    def __init__(
+        self,
+        provider: TracerProvider,
+        *,
+        owns_provider: bool = False,
+        sample_rate: float | None = None,
+    ) -> None:
+        from keyswap import __version__
+
+        self.provider = provider
+        self._tracer = provider.get_tracer("keyswap.gateway", __version__)
+        self._owns = owns_provider
+        self.sample_rate = sample_rate
+
+    def begin(self, scope: Any, method: str, raw_path: bytes) -> RequestTrace | _Unsampled:
+        """The ``SERVER`` span of one request (a child of the client's ``traceparent``, if valid),
+        or, for a request the sampling decision leaves out, only what propagates the trace."""
+        carried = _trace_headers(scope["headers"])
+        rate = self.sample_rate
+        if rate is not None:
+            found = None if carried is None else _parent_of(carried.get("traceparent"))
+            if found is None:
+                if random.random() >= rate:
+                    return _NEW_UNSAMPLED if carried is None else _Unsampled.new(carried)
+                carried = None  # a new trace (an invalid traceparent is ignored, as OTel does)
+            elif not found[1]:
+                assert carried is not None
+                return _Unsampled(found[0], carried.get("tracestate"))
+        parent = None if carried is None else _PROPAGATOR.extract(carried, getter=_GETTER)
+        path = raw_path[:_MAX_PATH].decode("latin-1")
+        root = self._tracer.start_span(
+            "keyswap.request",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": path},
+        )
+        return RequestTrace(self._tracer, root, trace.set_span_in_context(root, parent))
+
+    def close(self) -> None:
+        """Flush and stop the exporter (when this object made the provider)."""
+        if self._owns:
+            shutdown = getattr(self.provider, "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+
+
+def build_tracing(settings: TracingSettings, env: Mapping[str, str] | None = None) -> Tracing:
+    """A :class:`Tracing` exporting as the ``OTEL_*`` variables say (see the module docstring).
+
+    Build it in the process that serves (after a fork: the batch exporter runs a thread).
+
+    Raises:
+        ConfigError: the ``[otel]`` extra is missing, or ``OTEL_TRACES_EXPORTER`` names an exporter
+            other than ``otlp``, ``console`` or ``none``.
+    """
+    environ = os.environ if env is None else env
+    try:
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            ConsoleSpanExporter,
+            SpanExporter,
+        )
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
+    except ImportError:  # pragma: no cover - depends on the install
+        raise ConfigError(
+            "--tracing needs the OpenTelemetry SDK: pip install 'keyswap[otel]'"
+        ) from None
+    names = [n.strip() for n in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if n.strip()]
+    exporters: list[SpanExporter] = []
+    for name in names:
+        if name == "otlp":
+            try:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            except ImportError:  # pragma: no cover - depends on the install
+                raise ConfigError(
+                    "the OTLP exporter is missing: pip install 'keyswap[otel]'"
+                ) from None
+            exporters.append(OTLPSpanExporter())
+        elif name == "console":
+            exporters.append(ConsoleSpanExporter())
+        elif name != "none":
+            raise ConfigError(
+                f"OTEL_TRACES_EXPORTER={name!r} is not supported (use otlp, console or none)"
+            )
+    attributes: dict[str, str] = {}
+    if not environ.get("OTEL_SERVICE_NAME") and "service.name=" not in environ.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    ):
+        attributes[SERVICE_NAME] = settings.service_name
+    sampler: Sampler | None = None  # None: OTEL_TRACES_SAMPLER decides
+    if settings.sample_rate is not None:  # decided by Tracing.begin before OpenTelemetry is called
+        sampler = ParentBased(ALWAYS_ON)
+    provider = SdkTracerProvider(resource=Resource.create(attributes), sampler=sampler)
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return Tracing(provider, owns_provider=True, sample_rate=settings.sample_rate)

@@ -1,0 +1,318 @@
+"""OpenTelemetry spans of a real gateway (in-process exporter) and W3C traceparent to the origin."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.trace import SpanKind
+
+from keyswap.errors import ConfigError
+from keyswap.gateway.tracing import Tracing, TracingSettings, build_tracing
+from tests.support.asgi_server import free_port
+from tests.support.keyswap_process import KeyswapProcess
+from tests.support.running_gateway import Gateway, eventually, running_gateway
+from tests.support.upstream import RecordingUpstream, recording_upstream
+
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+SAMPLED = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+NOT_SAMPLED = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"
+
+
+@pytest.fixture
+def upstream() -> Iterator[RecordingUpstream]:
+    with recording_upstream() as up:
+        yield up
+
+
+@contextmanager
+def traced(
+    tmp_path: Path,
+    upstream: RecordingUpstream,
+    sampler: Sampler = ALWAYS_ON,
+    sample_rate: float | None = None,
+) -> Iterator[tuple[Gateway, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider, sample_rate=sample_rate)
+    with running_gateway(tmp_path, upstream.url, gateway_options={"tracing": tracing}) as gateway:
+        yield gateway, exporter
+    provider.shutdown()
+
+
+def call(gateway: Gateway, path: str, parent: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {gateway.key}", "traceparent": parent}
+    return httpx.get(gateway.url + path, headers=headers, timeout=10)
+
+
+def by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
+    found = {span.name: span for span in spans}
+    assert len(found) == len(spans), [s.name for s in spans]
+    return found
+
+
+def traceparent(upstream: RecordingUpstream) -> tuple[str, str, str, str]:
+    values = upstream.last.header("traceparent")
+    assert len(values) == 1, values
+    version, trace_id, parent_id, flags = values[0].split("-")
+    return version, trace_id, parent_id, flags
+
+
+def test_a_request_makes_lookup_mint_and_upstream_spans_under_the_callers_trace(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    with traced(tmp_path, upstream) as (gateway, exporter):
+        response = call(gateway, "/hello?secret=1", SAMPLED)
+        assert response.status_code == 200
+        spans = by_name(exporter.get_finished_spans())
+    assert set(spans) == {
+        "keyswap.request",
+        "keyswap.key_lookup",
+        "keyswap.mint",
+        "keyswap.upstream",
+    }
+    root = spans["keyswap.request"]
+    assert root.kind is SpanKind.SERVER
+    assert root.parent is not None
+    assert format(root.parent.span_id, "016x") == CLIENT_SPAN
+    for span in spans.values():
+        assert format(span.context.trace_id, "032x") == CLIENT_TRACE
+    for name in ("keyswap.key_lookup", "keyswap.mint", "keyswap.upstream"):
+        parent = spans[name].parent
+        assert parent is not None
+        assert parent.span_id == root.context.span_id
+    assert spans["keyswap.upstream"].kind is SpanKind.CLIENT
+    assert root.attributes is not None
+    assert root.attributes["http.response.status_code"] == 200
+    assert root.attributes["url.path"] == "/hello"  # never the query string
+    # The origin's traceparent: the same trace, the upstream span as its parent, sampled.
+    version, trace_id, parent_id, flags = traceparent(upstream)
+    assert (version, trace_id, flags) == ("00", CLIENT_TRACE, "01")
+    assert parent_id == format(spans["keyswap.upstream"].context.span_id, "016x")
+    assert parent_id != CLIENT_SPAN
+
+
+def test_without_a_traceparent_the_gateway_starts_the_trace_the_origin_joins(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    with traced(tmp_path, upstream) as (gateway, exporter):
+        assert gateway.get("/x").status_code == 200
+        spans = by_name(exporter.get_finished_spans())
+    root = spans["keyswap.request"]
+    assert root.parent is None
+    _, trace_id, parent_id, flags = traceparent(upstream)
+    assert trace_id == format(root.context.trace_id, "032x")
+    assert parent_id == format(spans["keyswap.upstream"].context.span_id, "016x")
+    assert int(flags, 16) & 1  # sampled (level 2 also sets the random-trace-id bit)
+
+
+def test_no_key_or_token_in_any_span(tmp_path: Path, upstream: RecordingUpstream) -> None:
+    with traced(tmp_path, upstream) as (gateway, exporter):
+        assert gateway.get("/x").status_code == 200
+        assert gateway.get("/x", key="ks_wrong").status_code == 401
+        spans = exporter.get_finished_spans()
+    token = upstream.last.header("authorization")[0].removeprefix("Bearer ")
+    dumped = "".join(span.to_json() for span in spans)
+    assert gateway.key not in dumped
+    assert token not in dumped
+    assert "ks_wrong" not in dumped
+
+
+def test_a_refused_request_ends_its_span_with_the_status(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    with traced(tmp_path, upstream) as (gateway, exporter):
+        assert httpx.get(gateway.url + "/x", timeout=10).status_code == 401
+        spans = by_name(exporter.get_finished_spans())
+    assert set(spans) == {"keyswap.request"}
+    attributes = spans["keyswap.request"].attributes
+    assert attributes is not None
+    assert attributes["http.response.status_code"] == 401
+
+
+def test_unsampled_requests_record_nothing_but_still_propagate(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    sampler = ParentBased(TraceIdRatioBased(0.0))
+    with traced(tmp_path, upstream, sampler) as (gateway, exporter):
+        assert gateway.get("/x").status_code == 200
+        assert exporter.get_finished_spans() == ()
+        _, _, _, flags = traceparent(upstream)
+        assert not int(flags, 16) & 1  # not sampled, said downstream
+        # A caller that sampled its trace is followed (parent-based), whatever the rate.
+        assert call(gateway, "/y", SAMPLED).status_code == 200
+        assert len(exporter.get_finished_spans()) == 4
+        _, trace_id, _, flags = traceparent(upstream)
+        assert (trace_id, flags) == (CLIENT_TRACE, "01")
+        exporter.clear()
+        assert call(gateway, "/z", NOT_SAMPLED).status_code == 200
+        assert exporter.get_finished_spans() == ()
+        _, trace_id, _, flags = traceparent(upstream)
+        assert (trace_id, flags) == (CLIENT_TRACE, "00")
+
+
+def test_with_a_sample_rate_unsampled_requests_skip_opentelemetry_but_propagate(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    with traced(tmp_path, upstream, ParentBased(ALWAYS_ON), sample_rate=0.0) as (gateway, exporter):
+        assert gateway.get("/new").status_code == 200
+        first = traceparent(upstream)
+        assert gateway.get("/new").status_code == 200
+        second = traceparent(upstream)
+        assert exporter.get_finished_spans() == ()
+        assert first[0] == "00"
+        assert first[3] == "00"
+        assert first[1] != second[1]  # a new trace each time
+        assert first[1] != "0" * 32
+        assert first[2] != "0" * 16
+        headers = {
+            "Authorization": f"Bearer {gateway.key}",
+            "traceparent": NOT_SAMPLED,
+            "tracestate": "vendor=abc",
+        }
+        response = httpx.get(gateway.url + "/unsampled", headers=headers, timeout=10)
+        assert response.status_code == 200
+        _, trace_id, parent_id, flags = traceparent(upstream)
+        assert (trace_id, flags) == (CLIENT_TRACE, "00")
+        assert parent_id != CLIENT_SPAN
+        assert upstream.last.header("tracestate") == ["vendor=abc"]
+        assert exporter.get_finished_spans() == ()
+        # The caller sampled: followed, whatever the rate.
+        assert call(gateway, "/sampled", SAMPLED).status_code == 200
+        spans = by_name(exporter.get_finished_spans())
+        assert format(spans["keyswap.request"].context.trace_id, "032x") == CLIENT_TRACE
+        _, trace_id, parent_id, flags = traceparent(upstream)
+        assert (trace_id, flags) == (CLIENT_TRACE, "01")
+        assert parent_id == format(spans["keyswap.upstream"].context.span_id, "016x")
+        exporter.clear()
+        bad = f"00-{CLIENT_TRACE}-{'0' * 16}-01"  # an all-zero parent id: invalid, ignored
+        assert call(gateway, "/bad", bad).status_code == 200
+        assert exporter.get_finished_spans() == ()
+        assert traceparent(upstream)[1] != CLIENT_TRACE
+
+
+def test_with_a_sample_rate_of_one_every_request_is_recorded(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    with traced(tmp_path, upstream, ParentBased(ALWAYS_ON), sample_rate=1.0) as (gateway, exporter):
+        for _ in range(3):
+            assert gateway.get("/x").status_code == 200
+        spans = exporter.get_finished_spans()
+    assert len([s for s in spans if s.name == "keyswap.request"]) == 3
+    assert len(spans) == 12
+
+
+def test_a_malformed_traceparent_starts_a_new_trace(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    with traced(tmp_path, upstream) as (gateway, exporter):
+        bad = "00-" + "0" * 32 + "-" + CLIENT_SPAN + "-01"  # an all-zero trace id is invalid
+        assert call(gateway, "/x", bad).status_code == 200
+        spans = by_name(exporter.get_finished_spans())
+    assert spans["keyswap.request"].parent is None
+    _, trace_id, _, _ = traceparent(upstream)
+    assert trace_id != "0" * 32
+
+
+def test_tracing_off_forwards_the_callers_traceparent_untouched(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    with running_gateway(tmp_path, upstream.url) as gateway:
+        assert call(gateway, "/x", SAMPLED).status_code == 200
+    assert upstream.last.header("traceparent") == [SAMPLED]
+
+
+def test_the_gateway_imports_no_opentelemetry_when_tracing_is_off() -> None:
+    code = (
+        "import sys\n"
+        "import keyswap.gateway.app, keyswap.gateway.cli, keyswap.gateway.serve\n"
+        "assert not [m for m in sys.modules if m.startswith('opentelemetry')], 'imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_tracing_settings_and_exporter_names_are_checked() -> None:
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        TracingSettings(sample_rate=1.5)
+    with pytest.raises(ConfigError, match="OTEL_TRACES_EXPORTER"):
+        build_tracing(TracingSettings(), env={"OTEL_TRACES_EXPORTER": "zipkin"})
+    tracing = build_tracing(TracingSettings(sample_rate=0.25), env={"OTEL_TRACES_EXPORTER": "none"})
+    try:
+        provider = tracing.provider
+        assert tracing.sample_rate == 0.25  # decided by Tracing.begin; OTel records what it gets
+        assert provider.sampler.get_description().startswith(  # type: ignore[attr-defined]
+            "ParentBased{root:AlwaysOnSampler"
+        )
+        assert provider.resource.attributes["service.name"] == "keyswap-gateway"  # type: ignore[attr-defined]
+    finally:
+        tracing.close()
+
+
+@pytest.mark.slow
+def test_keyswap_gateway_tracing_exports_over_otlp_as_the_otel_variables_say(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    from keyswap.gateway.apikeys import ApiKeys
+    from keyswap.gateway.secret import load_secret
+    from keyswap.store import Store
+
+    db_url = f"sqlite:///{tmp_path / 'keyswap.db'}"
+    store = Store(db_url)
+    try:
+        store.create_consumer("acme", {})
+        _, key = ApiKeys(store, load_secret(db_url, env={})).create("acme")
+    finally:
+        store.close()
+    port = free_port()
+    env = {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": upstream.url + "/keep/v1/traces",
+        "OTEL_SERVICE_NAME": "edge-7",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    args = ["gateway", "--upstream", upstream.url, "--port", str(port), "--db", db_url,
+            "--alg", "ES256", "--tracing", "--trace-sample-rate", "1"]  # fmt: skip
+    gateway = KeyswapProcess(args, f"http://127.0.0.1:{port}", env)
+    try:
+        gateway.wait_ready("/__keyswap/health")
+        headers = {"Authorization": f"Bearer {key}", "traceparent": SAMPLED}
+        assert httpx.get(gateway.url + "/traced", headers=headers, timeout=10).status_code == 200
+        eventually(lambda: any(r.raw_path == b"/keep/v1/traces" for r in upstream.received), 10)
+    finally:
+        log = gateway.stop()
+    assert "tracing on" in log
+    exports = [
+        (record, body)
+        for record, body in zip(upstream.received, upstream.bodies, strict=True)
+        if record.raw_path == b"/keep/v1/traces"
+    ]
+    names: set[str] = set()
+    services: set[str] = set()
+    for record, body in exports:
+        assert record.method == "POST"
+        assert record.header("content-type") == ["application/x-protobuf"]
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in request.resource_spans:
+            for attribute in resource_spans.resource.attributes:
+                if attribute.key == "service.name":
+                    services.add(attribute.value.string_value)
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    assert span.trace_id.hex() == CLIENT_TRACE
+                    names.add(span.name)
+    assert names == {"keyswap.request", "keyswap.key_lookup", "keyswap.mint", "keyswap.upstream"}
+    assert services == {"edge-7"}
+    traced_request = next(r for r in upstream.received if r.raw_path == b"/traced")
+    assert traced_request.header("traceparent")[0].split("-")[1] == CLIENT_TRACE
+    assert key not in log
