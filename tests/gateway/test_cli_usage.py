@@ -136,3 +136,14 @@ def test_missing_database_is_not_created(tmp_path: Path) -> None:
     result = run("usage", "--db", str(missing))
     assert result.exit_code == 1
     assert not missing.exists()
+
+
+def test_the_group_help_says_where_the_show_options_are() -> None:
+    """`keyswap usage --help` lists subcommands only; it points to the options of the default `show`."""
+    group = run("usage", "--help")
+    assert group.exit_code == 0, group.output
+    assert "keyswap usage show --help" in " ".join(group.output.split())
+    show = run("usage", "show", "--help")
+    assert show.exit_code == 0, show.output
+    for flag in ("--since", "--by", "--key", "--json"):
+        assert flag in show.output

@@ -54,9 +54,9 @@ class _UsageGroup(ManagedGroup):
 def usage() -> None:
     """Metered usage: requests, status classes, bytes and latency per consumer and key.
 
-    `keyswap usage [CONSUMER]` shows one consumer (every consumer without one); `keyswap usage top`
-    the busiest or most failing consumers; `keyswap usage rollup` merges old rows (gateways do it
-    hourly).
+    `keyswap usage [CONSUMER]` shows one consumer (every consumer without one; its options, such as
+    --since, --by, --key and --json: `keyswap usage show --help`); `keyswap usage top` the busiest or
+    most failing consumers; `keyswap usage rollup` merges old rows (gateways do it hourly).
     """
 
 
