@@ -17,6 +17,7 @@ Failures raise :class:`~keyswap.errors.RequestMismatch` / :class:`~keyswap.error
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import time
@@ -76,8 +77,31 @@ class RequestBinder:
         self.public = PublicBase(public_url)
         # ASGI needs ``first_use``, WSGI ``first_use_sync`` (keyswap's caches have both).
         self.replay_cache: Any = replay_cache if replay_cache is not None else MemoryReplayCache()
+        # The in-memory cache answers at once: ASGI calls its synchronous form (no coroutine).
+        self._first_use_now: Callable[..., bool] | None = (
+            self.replay_cache.first_use_sync
+            if type(self.replay_cache) is MemoryReplayCache
+            else None
+        )
         self.allow_unbound_body = allow_unbound_body
         self._clock = clock
+        # iss -> what enforce needs of a bound issuer (or None: not bound), prepared once per issuer.
+        self._prepared: dict[str, _BoundIssuer | None] = {}
+
+    def _bound_issuer(self, iss: object) -> _BoundIssuer | None:
+        """The prepared state of ``iss`` when it is a configured issuer that binds requests."""
+        if type(iss) is not str:
+            return None
+        try:
+            return self._prepared[iss]
+        except KeyError:
+            pass
+        config = self._issuer_config(iss)
+        if config is None:
+            return None  # not configured: not remembered (the set of configured ones is finite)
+        prepared = _BoundIssuer(config) if config.bind_request else None
+        self._prepared[iss] = prepared
+        return prepared
 
     async def enforce(self, scope: Scope, receive: Receive, claims: dict[str, Any]) -> Receive:
         """Check a verified token's binding; returns the ``receive`` the application must use.
@@ -89,8 +113,8 @@ class RequestBinder:
             PayloadTooLarge: 413.
             ReplayCacheUnavailable: 503.
         """
-        config = self._issuer_config(claims.get("iss"))
-        if config is None or not config.bind_request:
+        bound = self._bound_issuer(claims.get("iss"))
+        if bound is None:
             return receive
         try:
             check_request(
@@ -99,17 +123,18 @@ class RequestBinder:
                 htu=self.public.htu(scope),
                 query=scope.get("query_string", b""),
             )
-            if claims.get("htd") == UNBOUND_BODY:
+            htd = claims.get("htd")
+            if htd == UNBOUND_BODY:
                 if not self.allow_unbound_body:
                     raise RequestMismatch(
                         detail="the token forwards an unbound body (refused here)"
                     )
             elif _has_body(scope):
-                body = await _read_body(scope, receive, config.bind_max_body)
+                body = await _read_body(scope, receive, bound.max_body)
                 check_body(claims, body)
                 receive = _Replay(body, receive)
-            else:  # HTTP/1.x without Content-Length or Transfer-Encoding: no body by framing
-                check_body(claims, b"")
+            elif htd is not None:  # HTTP/1.x without Content-Length or Transfer-Encoding: no body
+                raise RequestMismatch(detail="the token binds a body but the request has none")
         except RequestMismatch as exc:
             logger.info(
                 "bound token refused for %s %r: %s",
@@ -119,9 +144,14 @@ class RequestBinder:
             )
             raise
         now = self._clock()
-        expires = float(claims["exp"]) + float(config.leeway)
-        key = replay_key(config.issuer, claims["jti"])
-        if not await self.replay_cache.first_use(key, expires=expires, now=now):
+        expires = float(claims["exp"]) + bound.leeway
+        key = bound.replay_key(claims["jti"])
+        first_use_now = self._first_use_now
+        if first_use_now is not None:
+            first = first_use_now(key, expires=expires, now=now)
+        else:
+            first = await self.replay_cache.first_use(key, expires=expires, now=now)
+        if not first:
             logger.info("bound token replayed for %s %r", scope.get("method"), scope.get("path"))
             raise ReplayedToken("the token was already used")
         return receive
@@ -193,6 +223,21 @@ class RequestBinder:
         if not first_use(replay_key(config.issuer, claims["jti"]), expires=expires, now=now):
             logger.info("bound token replayed for %s %r", method, path)
             raise ReplayedToken("the token was already used")
+
+
+class _BoundIssuer:
+    """What :meth:`RequestBinder.enforce` needs of a bound issuer, computed once."""
+
+    __slots__ = ("_key_prefix", "leeway", "max_body")
+
+    def __init__(self, config: IssuerConfig) -> None:
+        self.leeway = float(config.leeway)
+        self.max_body = config.bind_max_body
+        self._key_prefix = f"{config.issuer}\x00".encode()
+
+    def replay_key(self, jti: str) -> str:
+        """:func:`~keyswap.verifier.replay.replay_key` of this issuer and ``jti``."""
+        return hashlib.sha256(self._key_prefix + jti.encode()).hexdigest()
 
 
 def _read_wsgi_body(environ: dict[str, Any], limit: int) -> bytes:

@@ -86,7 +86,14 @@ class MemoryReplayCache:
             self._purge(now)
             if len(seen) >= self.max_entries:
                 raise ReplayCacheUnavailable("the replay cache is full")
-        seen[key] = expires
+        # setdefault is one step under the GIL: of two threads (WSGI) racing with one key, one
+        # inserts and the other sees its entry. A new key goes to the young end of the dict.
+        known = seen.setdefault(key, expires)
+        if known is expires:
+            return True
+        if known > now:
+            return False
+        seen[key] = expires  # expired but not purged yet: recorded anew, at the young end
         seen.move_to_end(key)
         return True
 
