@@ -232,9 +232,10 @@ class JWTAuthMiddleware:
         # costs no coroutine); and as it accepts only base64url and dots, a strict subset of
         # b64token, the extractor's character scan is left to failures (_precise_extraction_error).
         # (Not when the lookup can never hit: every issuer binds requests, or no token cache.)
-        own = isinstance(verifier, Verifier)
-        self._lookup = verifier.cached if own and verifier.caches_tokens else None
-        self._check_characters = not own
+        self._lookup: Callable[[str], dict[str, Any] | None] | None = None
+        if isinstance(verifier, Verifier) and verifier.caches_tokens:
+            self._lookup = verifier.cached
+        self._check_characters = not isinstance(verifier, Verifier)
         self._txn = token_header == "txn-token"  # noqa: S105
         #: Enforces request binding (``None`` when no issuer of the verifier binds requests).
         self.binder: RequestBinder | None = None

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from keyswap.errors import ConfigError, PayloadTooLarge, ReplayedToken, RequestMismatch
 from keyswap.verifier.binding import UNBOUND_BODY, PublicBase, check_body, check_request
-from keyswap.verifier.replay import MemoryReplayCache, ReplayCache, replay_key
+from keyswap.verifier.replay import MemoryReplayCache, ReplayCache
 from keyswap.verifier.verify import IssuerConfig
 
 __all__ = ["RequestBinder", "SyncReplayCache"]
@@ -99,7 +99,8 @@ class RequestBinder:
         config = self._issuer_config(iss)
         if config is None:
             return None  # not configured: not remembered (the set of configured ones is finite)
-        prepared = _BoundIssuer(config) if config.bind_request else None
+        plain = isinstance(self.replay_cache, MemoryReplayCache)
+        prepared = _BoundIssuer(config, plain_keys=plain) if config.bind_request else None
         self._prepared[iss] = prepared
         return prepared
 
@@ -178,8 +179,8 @@ class RequestBinder:
             ReplayCacheUnavailable: 503.
             ConfigError: the replay cache has no synchronous form.
         """
-        config = self._issuer_config(claims.get("iss"))
-        if config is None or not config.bind_request:
+        bound = self._bound_issuer(claims.get("iss"))
+        if bound is None:
             return
         method = environ.get("REQUEST_METHOD", "GET")
         raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
@@ -208,7 +209,7 @@ class RequestBinder:
                         detail="the token forwards an unbound body (refused here)"
                     )
             else:
-                body = _read_wsgi_body(environ, config.bind_max_body)
+                body = _read_wsgi_body(environ, bound.max_body)
                 check_body(claims, body)
                 environ["wsgi.input"] = io.BytesIO(body)
                 environ["CONTENT_LENGTH"] = str(len(body))
@@ -219,24 +220,35 @@ class RequestBinder:
         if first_use is None:
             raise ConfigError("a WSGI app needs a replay cache with first_use_sync")
         now = self._clock()
-        expires = float(claims["exp"]) + float(config.leeway)
-        if not first_use(replay_key(config.issuer, claims["jti"]), expires=expires, now=now):
+        expires = float(claims["exp"]) + bound.leeway
+        if not first_use(bound.replay_key(claims["jti"]), expires=expires, now=now):
             logger.info("bound token replayed for %s %r", method, path)
             raise ReplayedToken("the token was already used")
 
 
+#: Longest ``jti`` an in-memory replay cache records as it is (longer ones are hashed).
+_MAX_PLAIN_JTI = 64
+
+
 class _BoundIssuer:
-    """What :meth:`RequestBinder.enforce` needs of a bound issuer, computed once."""
+    """What :class:`RequestBinder` needs of a bound issuer, computed once."""
 
-    __slots__ = ("_key_prefix", "leeway", "max_body")
+    __slots__ = ("_issuer_nul", "_key_prefix", "_plain", "leeway", "max_body")
 
-    def __init__(self, config: IssuerConfig) -> None:
+    def __init__(self, config: IssuerConfig, *, plain_keys: bool) -> None:
         self.leeway = float(config.leeway)
         self.max_body = config.bind_max_body
-        self._key_prefix = f"{config.issuer}\x00".encode()
+        self._plain = plain_keys
+        self._issuer_nul = f"{config.issuer}\x00"
+        self._key_prefix = self._issuer_nul.encode()
 
     def replay_key(self, jti: str) -> str:
-        """:func:`~keyswap.verifier.replay.replay_key` of this issuer and ``jti``."""
+        """The replay-cache key of ``jti``: :func:`~keyswap.verifier.replay.replay_key` (SHA-256 of
+        issuer and ``jti``, as shared caches store it), or for an in-memory cache and a ``jti`` of
+        at most :data:`_MAX_PLAIN_JTI` characters, ``issuer + NUL + jti`` itself: as bounded, and
+        it saves a hash per request. The two forms never collide (a hex digest has no NUL)."""
+        if self._plain and len(jti) <= _MAX_PLAIN_JTI:
+            return self._issuer_nul + jti
         return hashlib.sha256(self._key_prefix + jti.encode()).hexdigest()
 
 

@@ -381,6 +381,8 @@ def verify_signature(
     try:
         if alg == "RS256":  # the default, called directly: one Python call less per token
             key.public_key.verify(signature, signing_input, _PKCS1V15, _SHA256)  # type: ignore[call-arg, arg-type]
+        elif alg == "EdDSA":  # likewise (a bound-mode choice: one verification per request)
+            key.public_key.verify(signature, signing_input)  # type: ignore[call-arg]
         else:
             _VERIFIERS[alg](key.public_key, signing_input, signature)
     except InvalidSignature:
