@@ -114,9 +114,12 @@ class RequestBinder:
             PayloadTooLarge: 413.
             ReplayCacheUnavailable: 503.
         """
-        bound = self._bound_issuer(claims.get("iss"))
+        iss = claims.get("iss")
+        bound = self._prepared.get(iss) if type(iss) is str else None
         if bound is None:
-            return receive
+            bound = self._bound_issuer(iss)  # first token of the issuer, or an unbound one
+            if bound is None:
+                return receive
         try:
             check_request(
                 claims,
