@@ -35,7 +35,8 @@ __all__ = [
 
 logger = logging.getLogger("keyswap.verifier.replay")
 
-#: Default bound of :class:`MemoryReplayCache` (30 s tokens: room for ~3000 bound requests a second).
+#: Default bound of :class:`MemoryReplayCache` (entries live until ``exp`` + leeway: with 30 s tokens
+#: and 30 s leeway, room for ~1,600 bound requests a second).
 DEFAULT_REPLAY_CACHE_SIZE = 100_000
 
 
