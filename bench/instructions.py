@@ -1,6 +1,6 @@
 """Instructions per operation under valgrind's callgrind: the noise-free companion of the timed benches.
 
-    python bench/instructions.py [--quick]
+    python bench/instructions.py [--quick] [--parts verify,http,bound] [--keep DIR]
 
 On a shared 2-vCPU machine req/s and verify/s move by ±20 % between runs, which is more than the
 margins of the issue-2 targets. callgrind counts the instructions a process executes instead: the same
@@ -17,6 +17,14 @@ Measured:
 - HTTP (the uvicorn server of ``http_bench.py`` under callgrind, counters zeroed after a warm-up):
   instructions per request of the bare Starlette app and of the app behind ``JWTAuthMiddleware``, one
   keep-alive connection, a valid RS256 token on every request.
+- bound (request binding, issue 17), per algorithm (RS256, ES256, EdDSA):
+  in process, the bare public-key operation and ``verify_sync`` of never-seen bound tokens (their
+  difference is keyswap's parsing and claim checks); over HTTP, the ``bound`` app of ``_serve.py``
+  (``JWTAuthMiddleware``, ``bind_request=True``, stated public URL, in-memory replay cache) under
+  callgrind, one keep-alive connection, a different pre-minted token bound to ``GET /`` on every
+  request (so every request parses, verifies a signature, checks the binding and records the jti).
+
+``--keep DIR`` keeps the callgrind dumps (``DIR/<what>.cg``) for ``callgrind_annotate``.
 """
 
 from __future__ import annotations
@@ -27,11 +35,13 @@ import http.client
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +62,7 @@ from _common import (
 )
 
 VERIFY_MODES = ("raw", "unique", "warm")
+BOUND_ALGS = ("RS256", "ES256", "EdDSA")
 LABELS = {
     "raw": "raw `cryptography` RS256 verify",
     "unique": "keyswap `verify_sync`, unique tokens",
@@ -61,7 +72,15 @@ _TOTALS = re.compile(r"^(?:summary|totals): (\d+)", re.MULTILINE)
 
 
 def _valgrind(out: Path, argv: list[str]) -> list[str]:
-    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv]
+    # Uncompressed names: each dump then reads on its own (callgrind_annotate DIR/<what>.cg).
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--compress-strings=no",
+        "--compress-pos=no",
+        f"--callgrind-out-file={out}",
+        *argv,
+    ]
 
 
 def _control(flag: str, pid: int) -> None:
@@ -70,14 +89,20 @@ def _control(flag: str, pid: int) -> None:
     )
 
 
-def _dumped_total(out: Path) -> int:
-    """Instructions in the newest dump of ``out`` (``callgrind_control -d`` writes ``out.N``)."""
+_KEEP: list[Path] = []  # --keep DIR: where dumps are copied (by name) before they are removed
+
+
+def _dumped_total(out: Path, name: str = "") -> int:
+    """Instructions in the newest dump of ``out`` (``callgrind_control -d`` writes ``out.N``);
+    with ``--keep`` the dump is kept as ``DIR/<name>.cg``."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda p: p.stat().st_mtime)
         if dumps:
             match = _TOTALS.search(dumps[-1].read_text())
             if match:
+                if _KEEP and name:
+                    shutil.copyfile(dumps[-1], _KEEP[0] / f"{name}.cg")
                 dumps[-1].unlink()
                 return int(match.group(1))
         time.sleep(0.2)
@@ -95,6 +120,9 @@ def _child(spec_path: str) -> None:
     from keyswap.verifier.verify import IssuerConfig, Verifier
 
     spec = json.loads(Path(spec_path).read_text())
+    if spec.get("kind") == "bound":
+        _bound_child(spec)
+        return
     tokens: list[str] = spec["tokens"]
     config = IssuerConfig(issuer=ISSUER, jwks_url=spec["jwks_url"], audience=AUDIENCE)
     unique = Verifier(config, token_cache_size=64)
@@ -175,6 +203,128 @@ def measure_verify(n: int) -> dict[str, float]:
             proc.wait(timeout=120)
 
 
+def bound_claims(htu: str) -> dict[str, Any]:
+    """Claims shaped like ``keyswap gateway --bind-request``'s for ``GET <htu>``, but living the
+    longest a bound issuer accepts (300 s, not 30 s: valgrind runs the server ~50x slower)."""
+    t = int(time.time())
+    return {
+        "iss": ISSUER,
+        "sub": "consumer-bench",
+        "aud": AUDIENCE,
+        "iat": t,
+        "exp": t + 300,
+        "jti": secrets.token_urlsafe(16),
+        "key_id": "k_bench",
+        "metadata": {"plan": "pro"},
+        "scope": "read",
+        "htm": "GET",
+        "htu": htu,
+    }
+
+
+def _raw_verifier(alg: str, public_key: Any, token: str) -> Callable[[], None]:
+    """Only the public-key operation of ``token``'s signature check (as ``cryptography`` is called)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
+
+    signing_input, _, signature = token.rpartition(".")
+    data = signing_input.encode()
+    sig = base64.urlsafe_b64decode(signature + "==")
+    if alg == "RS256":
+        pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
+        return lambda: public_key.verify(sig, data, pkcs1, sha256)
+    if alg == "ES256":
+        der = utils.encode_dss_signature(
+            int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+        )
+        ecdsa = ec.ECDSA(hashes.SHA256())
+        return lambda: public_key.verify(der, data, ecdsa)
+    return lambda: public_key.verify(sig, data)
+
+
+def _bound_child(spec: dict[str, Any]) -> None:
+    from keyswap.verifier.jwk import parse_jwk
+    from keyswap.verifier.verify import IssuerConfig, Verifier
+
+    config = IssuerConfig(
+        issuer=ISSUER,
+        jwks_url=spec["jwks_url"],
+        audience=AUDIENCE,
+        algorithms=BOUND_ALGS,
+        bind_request=True,
+    )
+    verifier = Verifier(config)
+    verifier.keyset(ISSUER).refresh_sync()
+    tokens: dict[str, list[str]] = spec["tokens"]
+    raw: dict[str, Callable[[], None]] = {}
+    for alg in BOUND_ALGS:
+        verifier.verify_sync(tokens[alg].pop())  # warm: the header cache, the key
+        raw[alg] = _raw_verifier(alg, parse_jwk(spec["jwks"][alg]).public_key, tokens[alg][0])
+        raw[alg]()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        mode, alg, n = line.split()[1], line.split()[2], int(line.split()[3])
+        if mode == "raw":
+            fn = raw[alg]
+            for _ in range(n):
+                fn()
+        else:
+            verify = verifier.verify_sync
+            for token in tokens[alg][:n]:
+                verify(token)
+        print("done", flush=True)
+    verifier.close()
+
+
+def measure_bound_verify(n: int) -> dict[str, dict[str, float]]:
+    """Instructions per raw signature check and per ``verify_sync`` of a never-seen bound token."""
+    keys = {alg: BenchKey(alg) for alg in BOUND_ALGS}
+    result: dict[str, dict[str, float]] = {alg: {} for alg in BOUND_ALGS}
+    with (
+        JWKSHost(list(keys.values())) as jwks,
+        tempfile.TemporaryDirectory(prefix="keyswap-cg-") as tmp,
+    ):
+        htu = f"http://{HOST}:8000/"
+        spec = {
+            "kind": "bound",
+            "jwks_url": jwks.url,
+            "jwks": {alg: key.public_jwk() for alg, key in keys.items()},
+            "tokens": {
+                alg: [key.sign(bound_claims(htu)) for _ in range(n + 1)]
+                for alg, key in keys.items()
+            },
+        }
+        path = Path(tmp) / "spec.json"
+        path.write_text(json.dumps(spec))
+        out = Path(tmp) / "bound-verify.cg"
+        argv = [PYTHON, __file__, "--child", str(path)]
+        proc = subprocess.Popen(
+            _valgrind(out, argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            if proc.stdout.readline().strip() != "ready":
+                raise SystemExit("the bound verify child did not start")
+            for alg in BOUND_ALGS:
+                for mode in ("raw", "verify"):
+                    _control("-z", proc.pid)
+                    proc.stdin.write(f"go {mode} {alg} {n}\n")
+                    proc.stdin.flush()
+                    if proc.stdout.readline().strip() != "done":
+                        raise SystemExit(f"the bound verify child failed in {mode} {alg}")
+                    _control("-d", proc.pid)
+                    result[alg][mode] = _dumped_total(out, f"bound-{mode}-{alg}") / n
+            return result
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=120)
+
+
 # --- HTTP: the benchmark server under valgrind --------------------------------------------------------
 
 
@@ -201,7 +351,43 @@ def measure_http(app: str, n: int, jwks_url: str, token: str) -> float:
             _control("-z", proc.pid)
             run(n)
             _control("-d", proc.pid)
-            return _dumped_total(out) / n
+            return _dumped_total(out, f"http-{app}") / n
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+
+
+def measure_http_bound(n: int, keys: dict[str, BenchKey], jwks_url: str) -> dict[str, float]:
+    """Instructions per request of the ``bound`` app, per algorithm, a never-seen token each time."""
+    port = free_port()
+    htu = f"http://{HOST}:{port}/"
+    result: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="keyswap-cg-") as tmp:
+        out = Path(tmp) / "bound.cg"
+        argv = [PYTHON, str(Path(__file__).resolve().parent / "_serve.py"), "bound"]
+        argv += ["--port", str(port), "--jwks-url", jwks_url]
+        proc = subprocess.Popen(_valgrind(out, argv), stderr=subprocess.DEVNULL)
+        try:
+            first = keys["RS256"].sign(bound_claims(htu))
+            conn = _connect(port, first, deadline=time.monotonic() + 180)
+            for alg, key in keys.items():
+                warm = max(50, n // 5)
+                tokens = [key.sign(bound_claims(htu)) for _ in range(warm + n)]
+
+                def run(batch: list[str], alg: str = alg) -> None:
+                    for token in batch:
+                        conn.request("GET", "/", headers={"Authorization": f"Bearer {token}"})
+                        response = conn.getresponse()
+                        response.read()
+                        if response.status != 200:
+                            raise SystemExit(f"bound {alg}: HTTP {response.status}")
+
+                run(tokens[:warm])
+                _control("-z", proc.pid)
+                run(tokens[warm:])
+                _control("-d", proc.pid)
+                result[alg] = _dumped_total(out, f"http-bound-{alg}") / n
+            return result
         finally:
             proc.terminate()
             proc.wait(timeout=120)
@@ -407,6 +593,8 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer operations (a smoke run)")
+    parser.add_argument("--parts", default="verify,http,bound", help="verify, http, bound")
+    parser.add_argument("--keep", type=Path, help="keep the callgrind dumps in this directory")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument(
         "--gateway",
@@ -415,9 +603,6 @@ def main() -> int:
     )
     parser.add_argument("--levels", default=",".join(GATEWAY_LEVELS), help="gateway log levels")
     parser.add_argument("-n", type=int, help="operations per measurement")
-    parser.add_argument(
-        "--keep", type=Path, help="gateway: keep the callgrind dumps in this folder"
-    )
     parser.add_argument(
         "--before", help="gateway: also measure another source tree (PYTHONPATH; its src folder)"
     )
@@ -440,6 +625,10 @@ def main() -> int:
         )
         gateway_main(n, [lv for lv in args.levels.split(",") if lv], args.keep, args.before)
         return 0
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        _KEEP.append(args.keep)
+    parts = {p for p in args.parts.split(",") if p}
     n = args.n or (200 if args.quick else 2000)
     print_header(
         "Instructions per operation (callgrind)",
@@ -447,38 +636,82 @@ def main() -> int:
         f"({n * 20} for the warm cache); instructions of the measured process ÷ operations.",
         tools=("valgrind",),
     )
-    verify = measure_verify(n)
-    raw = verify["raw"]
-    rows = [
-        [
-            LABELS[m],
-            fmt_int(verify[m]),
-            fmt(raw / verify[m]),
-            fmt_int(verify[m] - raw) if m == "unique" else "",
-        ]
-        for m in VERIFY_MODES
-    ]
-    print(markdown_table(["operation", "instructions", "raw ÷ this", "keyswap's own"], rows))
-
-    key = BenchKey("RS256")
-    token = key.sign(bench_claims("cg-http"))
-    with JWKSHost([key]) as jwks:
-        per_request = {app: measure_http(app, n, jwks.url, token) for app in ("bare", "keyswap")}
-    bare = per_request["bare"]
-    print()
-    print(
-        markdown_table(
-            ["server (uvicorn, one request)", "instructions", "bare ÷ this"],
+    if "verify" in parts:
+        verify = measure_verify(n)
+        raw = verify["raw"]
+        rows = [
             [
-                ["Starlette bare", fmt_int(bare), "1.00"],
+                LABELS[m],
+                fmt_int(verify[m]),
+                fmt(raw / verify[m]),
+                fmt_int(verify[m] - raw) if m == "unique" else "",
+            ]
+            for m in VERIFY_MODES
+        ]
+        print(markdown_table(["operation", "instructions", "raw ÷ this", "keyswap's own"], rows))
+
+    per_request: dict[str, float] = {}
+    if "http" in parts or "bound" in parts:
+        key = BenchKey("RS256")
+        token = key.sign(bench_claims("cg-http"))
+        apps = ("bare", "keyswap") if "http" in parts else ("bare",)
+        with JWKSHost([key]) as jwks:
+            per_request = {app: measure_http(app, n, jwks.url, token) for app in apps}
+    bare = per_request.get("bare", float("nan"))
+    if "http" in parts:
+        print()
+        print(
+            markdown_table(
+                ["server (uvicorn, one request)", "instructions", "bare ÷ this"],
                 [
-                    "+ keyswap JWTAuthMiddleware",
-                    fmt_int(per_request["keyswap"]),
-                    fmt(bare / per_request["keyswap"]),
+                    ["Starlette bare", fmt_int(bare), "1.00"],
+                    [
+                        "+ keyswap JWTAuthMiddleware",
+                        fmt_int(per_request["keyswap"]),
+                        fmt(bare / per_request["keyswap"]),
+                    ],
                 ],
-            ],
+            )
         )
-    )
+    if "bound" in parts:
+        bound_verify = measure_bound_verify(n)
+        keys = {alg: BenchKey(alg) for alg in BOUND_ALGS}
+        with JWKSHost(list(keys.values())) as jwks:
+            bound_http = measure_http_bound(n, keys, jwks.url)
+        rows = []
+        for alg in BOUND_ALGS:
+            raw_i, verify_i, http_i = (
+                bound_verify[alg]["raw"],
+                bound_verify[alg]["verify"],
+                bound_http[alg],
+            )
+            rows.append(
+                [
+                    alg,
+                    fmt_int(raw_i),
+                    fmt_int(verify_i),
+                    fmt_int(verify_i - raw_i),
+                    fmt_int(http_i),
+                    fmt_int(http_i - bare - raw_i),
+                    fmt(bare / http_i),
+                ]
+            )
+        print()
+        print(f"Bound tokens (Starlette bare: {fmt_int(bare)} instructions per request):\n")
+        print(
+            markdown_table(
+                [
+                    "alg",
+                    "signature check alone",
+                    "verify_sync, bound token",
+                    "verify_sync's own",
+                    "bound request (HTTP)",
+                    "keyswap's own per request",
+                    "bare ÷ this",
+                ],
+                rows,
+            )
+        )
     return 0
 
 

@@ -183,3 +183,42 @@ class TestCommandLine:
         assert result.exit_code == 2, result.output
         assert expected in result.output
         assert not (tmp_path / "k.db").exists()
+
+
+def test_bound_mode_creates_es256_keys_when_no_alg_is_given(tmp_path: Any) -> None:
+    """ES256 signs and verifies faster than EdDSA and RS256 together (BENCHMARKS.md section 12)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    from keyswap.gateway.binding import BOUND_DEFAULT_ALG
+    from keyswap.gateway.wellknown import JWKS_PATH
+    from tests.support.asgi_server import free_port
+    from tests.support.running_gateway import eventually
+
+    assert BOUND_DEFAULT_ALG == "ES256"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSWAP_")}
+    argv = [str(Path(sys.executable).with_name("keyswap")), "gateway", "--bind-request"]
+    argv += ["--upstream", f"http://127.0.0.1:{free_port()}", "--port", str(port)]
+    argv += ["--db", str(tmp_path / "k.db")]
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}{JWKS_PATH}"
+    try:
+
+        def serving() -> bool:
+            try:
+                return httpx.get(url).status_code == 200
+            except httpx.TransportError:
+                assert process.poll() is None, process.communicate()
+                return False
+
+        eventually(serving, timeout=20)
+        assert {k["alg"] for k in httpx.get(url).json()["keys"]} == {"ES256"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)

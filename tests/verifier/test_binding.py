@@ -121,6 +121,31 @@ class TestPublicBase:
         assert PublicBase().htu(scope) == "http://127.0.0.1:8000/x"
 
     @pytest.mark.parametrize(
+        ("scheme", "host", "path"),
+        [
+            ("HTTP", b"Origin.Test:80", b"/A/b"),
+            ("https", b"origin.test:443", b""),
+            ("http", b"[::1]:8080", b"/%2e%2E/x"),
+            ("http", b"h:0080", b"/x"),
+        ],
+    )
+    def test_the_remembered_host_gives_canonical_htu_every_time(
+        self, scheme: str, host: bytes, path: bytes
+    ) -> None:
+        base = PublicBase()
+        scope = {"scheme": scheme, "path": "", "raw_path": path, "headers": [(b"host", host)]}
+        expected = canonical_htu(scheme, host.decode(), path.decode())
+        assert base.htu(scope) == expected
+        assert base.htu(scope) == expected  # the second time from the remembered base
+
+    def test_remembered_hosts_are_bounded(self) -> None:
+        base = PublicBase()
+        for i in range(200):
+            scope = {"scheme": "http", "path": "/", "headers": [(b"host", f"h{i}".encode())]}
+            assert base.htu(scope) == f"http://h{i}/"
+        assert len(base._bases) <= 64
+
+    @pytest.mark.parametrize(
         "url", ["ftp://h", "http://h/?q=1", "http://u:p@h", "http:///nohost", "http://h:x"]
     )
     def test_a_bad_public_url_is_a_config_error(self, url: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -79,6 +80,31 @@ class TestVerify:
                 verifier.verify_sync(bound(ttl=3600))
             with pytest.raises(InvalidClaim):
                 verifier.verify_sync(bound(iat=None))
+
+    def test_a_lifetime_with_an_out_of_range_iat_is_refused_not_an_overflow(
+        self, server: JWKSServer
+    ) -> None:
+        # exp - iat with a float exp and an integer iat beyond float range would overflow: the
+        # claim checks (which refuse such dates) run before the lifetime check.
+        with Verifier(config(server)) as verifier, pytest.raises(InvalidClaim):
+            verifier.verify_sync(bound(iat=10**400, exp=float(int(time.time()) + 30)))
+
+    def test_a_verifier_of_bound_issuers_only_skips_the_token_cache(
+        self, server: JWKSServer
+    ) -> None:
+        with Verifier(config(server)) as verifier:
+            assert not verifier.caches_tokens
+            first, second = bound(), bound(jti="other")
+            claims_one = verifier.verify_sync(first)
+            assert claims_one is not verifier.verify_sync(second)
+            claims_one["htm"] = "changed"  # the caller's own dict: nothing else sees it
+            assert verifier.verify_sync(first)["htm"] == "POST"  # (replays: the binder's job)
+        mixed = [config(server), IssuerConfig(issuer="https://other.test", jwks_url=server.url)]
+        with Verifier(mixed) as verifier:
+            assert verifier.caches_tokens
+        unbound = IssuerConfig(issuer=ISS, jwks_url=server.url, algorithms=("ES256",))
+        with Verifier(unbound, token_cache_size=0) as verifier:
+            assert not verifier.caches_tokens
 
     def test_an_unbound_issuer_still_caches_tokens(self, server: JWKSServer) -> None:
         cfg = IssuerConfig(issuer=ISS, jwks_url=server.url, algorithms=("ES256",))
@@ -178,6 +204,45 @@ class TestMiddleware:
             )
             assert asyncio.run(call(app, "POST", "/p", bound(jti="a")))[0] == 200
             assert asyncio.run(call(app, "POST", "/p", bound(jti="b")))[0] == 503
+
+    def test_no_token_cache_lookup_when_every_issuer_binds(self, server: JWKSServer) -> None:
+        with Verifier(config(server)) as verifier:
+            assert JWTAuthMiddleware(inner_app([]), verifier=verifier)._lookup is None
+        cfg = IssuerConfig(issuer=ISS, jwks_url=server.url, algorithms=("ES256",))
+        with Verifier(cfg) as verifier:
+            assert JWTAuthMiddleware(inner_app([]), verifier=verifier)._lookup is not None
+
+    def test_a_replay_is_refused_with_short_and_long_jtis(self, server: JWKSServer) -> None:
+        # Short jtis are recorded as issuer + NUL + jti, long ones hashed: both are one-use.
+        from keyswap.verifier.replay import MemoryReplayCache
+
+        cache = MemoryReplayCache(10)
+        with Verifier(config(server)) as verifier:
+            app = JWTAuthMiddleware(inner_app([]), verifier=verifier, replay_cache=cache)
+            for jti in ("short", "x" * 65):
+                token = bound(jti=jti)
+                assert asyncio.run(call(app, "POST", "/p", token))[0] == 200
+                assert asyncio.run(call(app, "POST", "/p", token))[0] == 401
+        assert len(cache) == 2
+
+    def test_asgi_and_wsgi_sharing_a_memory_cache_share_its_keys(self, server: JWKSServer) -> None:
+        from keyswap.errors import ReplayedToken
+        from keyswap.verifier.replay import MemoryReplayCache
+
+        cache = MemoryReplayCache(10)
+        with Verifier(config(server)) as verifier:
+            app = JWTAuthMiddleware(inner_app([]), verifier=verifier, replay_cache=cache)
+            token = bound(htu="http://origin.test/p")
+            assert asyncio.run(call(app, "POST", "/p", token))[0] == 200
+            assert app.binder is not None
+            environ = {
+                "REQUEST_METHOD": "POST",
+                "PATH_INFO": "/p",
+                "wsgi.url_scheme": "http",
+                "HTTP_HOST": "origin.test",
+            }
+            with pytest.raises(ReplayedToken):
+                app.binder.enforce_wsgi(environ, verifier.verify_sync(token))
 
     def test_a_bad_token_header_name_is_a_config_error(self, server: JWKSServer) -> None:
         with Verifier(config(server)) as verifier, pytest.raises(ConfigError):

@@ -225,6 +225,79 @@ def test_fast_and_strict_json_paths_agree_on_flat_objects(
         assert parse_compact(token, algorithms=ALL).claims == expected
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"sub":"a","metadata":{"plan":"pro","plan":"free"}}',  # duplicate inside metadata
+        b'{"sub":"a","metadata":{"plan":"pro"},"sub":"b"}',  # duplicate beside metadata
+        b'{"sub":"a","metadata":{"p":"x,y","p":1}}',  # a string comma making up for it
+        b'{"sub":"a","metadata":{"p":1},"x":{"q":1,"q":2}}',  # in an object not counted
+        b'{"sub":"a","metadata":{"p":1},"x":{"q":1,"r":2}}',  # other nesting: strict decides
+        b'{"sub":"a","metadata":{"a":{"b":1,"b":2}}}',  # deeper inside metadata
+        b'{"sub":"a","metadata":{"a":{"b":1,"c":2}}}',
+        b'{"sub":"a","metadata":{}}',
+        b'{"sub":"a","metadata":[1,2,2]}',
+        b'{"sub":"a","metadata":{"plan":"pro","tier":"gold"},"aud":["x","y"]}',
+        b'{"metadata":{"p":1},"metadata":{"q":1}}',
+        b'{"sub":"a,b","metadata":{"plan":"pro"}}',
+    ],
+)
+def test_nested_payload_fast_path_agrees_with_the_strict_parser(payload: bytes) -> None:
+    token = raw_token(HEADER, payload)
+    try:
+        expected: Any = parse_json_object(payload, "payload")
+    except MalformedToken as exc:
+        expected = exc
+    if isinstance(expected, MalformedToken):
+        with pytest.raises(MalformedToken, match="payload is not valid JSON"):
+            parse_compact(token, algorithms=ALL)
+    else:
+        parsed = parse_compact(token, algorithms=ALL)
+        assert parsed.claims == expected
+        assert parsed.nested
+
+
+_NESTED_VALUES = st.one_of(
+    _JSON_SCALARS,
+    st.lists(st.tuples(_JSON_NAMES, _JSON_SCALARS), max_size=3),  # an object (pairs)
+    st.lists(_JSON_SCALARS, max_size=3),  # an array (marked below)
+)
+
+
+def _object_text(members: list[tuple[str, Any]]) -> str:
+    parts = []
+    for name, value in members:
+        if isinstance(value, list) and value and isinstance(value[0], tuple):
+            text = _object_text(value)
+        else:
+            text = json.dumps(value)
+        parts.append(f"{json.dumps(name)}:{text}")
+    return "{" + ",".join(parts) + "}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    members=st.lists(
+        st.tuples(st.sampled_from(["sub", "metadata", "aud", "a", "a,b"]), _NESTED_VALUES),
+        max_size=5,
+    )
+)
+def test_fast_and_strict_json_paths_agree_on_nested_objects(
+    members: list[tuple[str, Any]],
+) -> None:
+    payload = _object_text(members).encode()
+    try:
+        expected: Any = parse_json_object(payload, "payload")
+    except MalformedToken:
+        expected = None
+    token = raw_token(HEADER, payload)
+    if expected is None:
+        with pytest.raises(MalformedToken):
+            parse_compact(token, algorithms=ALL)
+    else:
+        assert parse_compact(token, algorithms=ALL).claims == expected
+
+
 def test_duplicate_alg_in_header_is_malformed() -> None:
     token = raw_token(b'{"alg":"none","alg":"RS256","kid":"k1"}', {"sub": "a"})
     with pytest.raises(MalformedToken):

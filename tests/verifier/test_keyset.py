@@ -184,6 +184,23 @@ async def test_a_fresh_async_lookup_does_not_await_anything(
     assert done.value.value.kid == "k1"
 
 
+def test_fresh_key_answers_only_from_a_fresh_set_without_io(
+    jwks_server: JWKSServer, make_keyset: MakeKeySet, clock: FakeClock
+) -> None:
+    ks = make_keyset(default_ttl=60)
+    assert ks.fresh_key("k1") is None  # nothing fetched yet, and nothing fetched by asking
+    assert jwks_server.count() == 0
+    warm(jwks_server, ks, K1)
+    key = ks.fresh_key("k1")
+    assert key is not None
+    assert key.kid == "k1"
+    assert ks.fresh_key("nope") is None
+    clock.advance(61)
+    assert ks.fresh_key("k1") is None  # stale: get_key decides (and may refresh)
+    assert not ks.status().fetching
+    assert jwks_server.count() == 1
+
+
 def test_has_kid_reports_the_cached_set_without_io(
     jwks_server: JWKSServer, make_keyset: MakeKeySet
 ) -> None:

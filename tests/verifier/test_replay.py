@@ -49,6 +49,35 @@ class TestMemory:
             cache.first_use_sync("c", expires=200, now=101)
         assert not cache.first_use_sync("a", expires=200, now=101)  # "a" was not forgotten
 
+    def test_an_expired_entry_not_yet_purged_is_recorded_anew_at_the_young_end(self) -> None:
+        cache = MemoryReplayCache(2)
+        cache.first_use_sync("a", expires=110, now=100)
+        cache.first_use_sync("b", expires=150, now=100)
+        assert cache.first_use_sync("a", expires=170, now=120)  # "a" expired at 110
+        assert not cache.first_use_sync("a", expires=170, now=121)
+        # "b" is now the oldest: it goes first once it expires, and "a" stays.
+        assert cache.first_use_sync("c", expires=190, now=160)
+        assert not cache.first_use_sync("a", expires=170, now=161)
+
+    def test_racing_threads_with_one_key_see_one_first_use(self) -> None:
+        import threading
+
+        cache = MemoryReplayCache(100_000)
+        wins: list[bool] = []
+        barrier = threading.Barrier(8)
+
+        def use(keys: list[str]) -> None:
+            barrier.wait()
+            wins.extend(cache.first_use_sync(k, expires=200.0, now=100.0) for k in keys)
+
+        keys = [f"k{i}" for i in range(2000)]
+        threads = [threading.Thread(target=use, args=(keys,)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert wins.count(True) == len(keys)
+
     def test_the_async_form_is_the_same_check(self) -> None:
         cache = MemoryReplayCache()
         assert run(cache.first_use("k", expires=10, now=1)) is True

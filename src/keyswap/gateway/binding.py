@@ -51,7 +51,7 @@ DEFAULT_BIND_MAX_BODY = 1 << 20
 DEFAULT_BIND_TTL = 30
 #: ``--alg`` default when tokens are signed per request (chosen from bench/binding_bench.py numbers:
 #: see BENCHMARKS.md "Request binding").
-BOUND_DEFAULT_ALG = "EdDSA"
+BOUND_DEFAULT_ALG = "ES256"
 #: ``--token-format`` values.
 TOKEN_FORMATS = ("jwt", "txn-token")
 _UNBOUND_FLAG = "unbound-body"

@@ -231,8 +231,11 @@ class JWTAuthMiddleware:
         # With keyswap's Verifier: its token cache is asked first, synchronously (a warm request
         # costs no coroutine); and as it accepts only base64url and dots, a strict subset of
         # b64token, the extractor's character scan is left to failures (_precise_extraction_error).
-        self._lookup = verifier.cached if isinstance(verifier, Verifier) else None
-        self._check_characters = self._lookup is None
+        # (Not when the lookup can never hit: every issuer binds requests, or no token cache.)
+        self._lookup: Callable[[str], dict[str, Any] | None] | None = None
+        if isinstance(verifier, Verifier) and verifier.caches_tokens:
+            self._lookup = verifier.cached
+        self._check_characters = not isinstance(verifier, Verifier)
         self._txn = token_header == "txn-token"  # noqa: S105
         #: Enforces request binding (``None`` when no issuer of the verifier binds requests).
         self.binder: RequestBinder | None = None

@@ -53,6 +53,8 @@ DIGEST_ALGORITHM = "sha-256"
 UNBOUND_BODY = "unbound"
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Most distinct (scheme, Host) pairs :meth:`PublicBase.htu` remembers (then it starts afresh).
+_MAX_BASES = 64
 
 
 def _b64url(data: bytes) -> str:
@@ -109,7 +111,7 @@ class PublicBase:
         ConfigError: ``url`` is not an absolute ``http(s)`` URL without query, fragment or credentials.
     """
 
-    __slots__ = ("_authority", "_base", "_prefix", "_scheme", "url")
+    __slots__ = ("_authority", "_base", "_bases", "_prefix", "_scheme", "url")
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url
@@ -117,6 +119,9 @@ class PublicBase:
         self._authority = ""
         self._prefix = ""
         self._base = ""
+        # Without a stated URL: (scheme, Host) -> the canonical ``scheme://host[:port]`` (the path
+        # is appended verbatim), so canonical_htu runs once per distinct Host, not per request.
+        self._bases: dict[tuple[str, str], str] = {}
         if url is None:
             return
         try:
@@ -146,9 +151,9 @@ class PublicBase:
     def htu(self, scope: Mapping[str, Any]) -> str:
         """The ``htu`` an ASGI ``http`` request must have been bound to."""
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        path = raw_path.decode("latin-1")
+        path = raw_path.decode("latin-1") or "/"
         if self.url is not None:
-            return self._base + (path or "/")
+            return self._base + path
         authority = ""
         for name, value in scope.get("headers", ()):
             if name == b"host":
@@ -158,7 +163,16 @@ class PublicBase:
             server = scope.get("server")
             if server:
                 authority = f"{server[0]}:{server[1]}" if server[1] is not None else server[0]
-        return canonical_htu(scope.get("scheme", "http"), authority, path)
+        scheme: str = scope.get("scheme", "http")
+        base = self._bases.get((scheme, authority))
+        if base is None:
+            # canonical_htu(scheme, authority, path) == canonical_htu(scheme, authority, "/")[:-1]
+            # + path: the path is kept byte for byte at the end.
+            base = canonical_htu(scheme, authority, "/")[:-1]
+            if len(self._bases) >= _MAX_BASES:  # Host is the client's to choose: bounded
+                self._bases.clear()
+            self._bases[(scheme, authority)] = base
+        return base + path
 
 
 def check_request(claims: Mapping[str, Any], *, method: str, htu: str, query: bytes) -> None:

@@ -17,6 +17,7 @@ Failures raise :class:`~keyswap.errors.RequestMismatch` / :class:`~keyswap.error
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import time
@@ -26,7 +27,7 @@ from urllib.parse import quote
 
 from keyswap.errors import ConfigError, PayloadTooLarge, ReplayedToken, RequestMismatch
 from keyswap.verifier.binding import UNBOUND_BODY, PublicBase, check_body, check_request
-from keyswap.verifier.replay import MemoryReplayCache, ReplayCache, replay_key
+from keyswap.verifier.replay import MemoryReplayCache, ReplayCache
 from keyswap.verifier.verify import IssuerConfig
 
 __all__ = ["RequestBinder", "SyncReplayCache"]
@@ -76,8 +77,32 @@ class RequestBinder:
         self.public = PublicBase(public_url)
         # ASGI needs ``first_use``, WSGI ``first_use_sync`` (keyswap's caches have both).
         self.replay_cache: Any = replay_cache if replay_cache is not None else MemoryReplayCache()
+        # The in-memory cache answers at once: ASGI calls its synchronous form (no coroutine).
+        self._first_use_now: Callable[..., bool] | None = (
+            self.replay_cache.first_use_sync
+            if type(self.replay_cache) is MemoryReplayCache
+            else None
+        )
         self.allow_unbound_body = allow_unbound_body
         self._clock = clock
+        # iss -> what enforce needs of a bound issuer (or None: not bound), prepared once per issuer.
+        self._prepared: dict[str, _BoundIssuer | None] = {}
+
+    def _bound_issuer(self, iss: object) -> _BoundIssuer | None:
+        """The prepared state of ``iss`` when it is a configured issuer that binds requests."""
+        if type(iss) is not str:
+            return None
+        try:
+            return self._prepared[iss]
+        except KeyError:
+            pass
+        config = self._issuer_config(iss)
+        if config is None:
+            return None  # not configured: not remembered (the set of configured ones is finite)
+        plain = isinstance(self.replay_cache, MemoryReplayCache)
+        prepared = _BoundIssuer(config, plain_keys=plain) if config.bind_request else None
+        self._prepared[iss] = prepared
+        return prepared
 
     async def enforce(self, scope: Scope, receive: Receive, claims: dict[str, Any]) -> Receive:
         """Check a verified token's binding; returns the ``receive`` the application must use.
@@ -89,9 +114,12 @@ class RequestBinder:
             PayloadTooLarge: 413.
             ReplayCacheUnavailable: 503.
         """
-        config = self._issuer_config(claims.get("iss"))
-        if config is None or not config.bind_request:
-            return receive
+        iss = claims.get("iss")
+        bound = self._prepared.get(iss) if type(iss) is str else None
+        if bound is None:
+            bound = self._bound_issuer(iss)  # first token of the issuer, or an unbound one
+            if bound is None:
+                return receive
         try:
             check_request(
                 claims,
@@ -99,17 +127,18 @@ class RequestBinder:
                 htu=self.public.htu(scope),
                 query=scope.get("query_string", b""),
             )
-            if claims.get("htd") == UNBOUND_BODY:
+            htd = claims.get("htd")
+            if htd == UNBOUND_BODY:
                 if not self.allow_unbound_body:
                     raise RequestMismatch(
                         detail="the token forwards an unbound body (refused here)"
                     )
             elif _has_body(scope):
-                body = await _read_body(scope, receive, config.bind_max_body)
+                body = await _read_body(scope, receive, bound.max_body)
                 check_body(claims, body)
                 receive = _Replay(body, receive)
-            else:  # HTTP/1.x without Content-Length or Transfer-Encoding: no body by framing
-                check_body(claims, b"")
+            elif htd is not None:  # HTTP/1.x without Content-Length or Transfer-Encoding: no body
+                raise RequestMismatch(detail="the token binds a body but the request has none")
         except RequestMismatch as exc:
             logger.info(
                 "bound token refused for %s %r: %s",
@@ -119,9 +148,14 @@ class RequestBinder:
             )
             raise
         now = self._clock()
-        expires = float(claims["exp"]) + float(config.leeway)
-        key = replay_key(config.issuer, claims["jti"])
-        if not await self.replay_cache.first_use(key, expires=expires, now=now):
+        expires = float(claims["exp"]) + bound.leeway
+        key = bound.replay_key(claims["jti"])
+        first_use_now = self._first_use_now
+        if first_use_now is not None:
+            first = first_use_now(key, expires=expires, now=now)
+        else:
+            first = await self.replay_cache.first_use(key, expires=expires, now=now)
+        if not first:
             logger.info("bound token replayed for %s %r", scope.get("method"), scope.get("path"))
             raise ReplayedToken("the token was already used")
         return receive
@@ -148,8 +182,8 @@ class RequestBinder:
             ReplayCacheUnavailable: 503.
             ConfigError: the replay cache has no synchronous form.
         """
-        config = self._issuer_config(claims.get("iss"))
-        if config is None or not config.bind_request:
+        bound = self._bound_issuer(claims.get("iss"))
+        if bound is None:
             return
         method = environ.get("REQUEST_METHOD", "GET")
         raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
@@ -178,7 +212,7 @@ class RequestBinder:
                         detail="the token forwards an unbound body (refused here)"
                     )
             else:
-                body = _read_wsgi_body(environ, config.bind_max_body)
+                body = _read_wsgi_body(environ, bound.max_body)
                 check_body(claims, body)
                 environ["wsgi.input"] = io.BytesIO(body)
                 environ["CONTENT_LENGTH"] = str(len(body))
@@ -189,10 +223,36 @@ class RequestBinder:
         if first_use is None:
             raise ConfigError("a WSGI app needs a replay cache with first_use_sync")
         now = self._clock()
-        expires = float(claims["exp"]) + float(config.leeway)
-        if not first_use(replay_key(config.issuer, claims["jti"]), expires=expires, now=now):
+        expires = float(claims["exp"]) + bound.leeway
+        if not first_use(bound.replay_key(claims["jti"]), expires=expires, now=now):
             logger.info("bound token replayed for %s %r", method, path)
             raise ReplayedToken("the token was already used")
+
+
+#: Longest ``jti`` an in-memory replay cache records as it is (longer ones are hashed).
+_MAX_PLAIN_JTI = 64
+
+
+class _BoundIssuer:
+    """What :class:`RequestBinder` needs of a bound issuer, computed once."""
+
+    __slots__ = ("_issuer_nul", "_key_prefix", "_plain", "leeway", "max_body")
+
+    def __init__(self, config: IssuerConfig, *, plain_keys: bool) -> None:
+        self.leeway = float(config.leeway)
+        self.max_body = config.bind_max_body
+        self._plain = plain_keys
+        self._issuer_nul = f"{config.issuer}\x00"
+        self._key_prefix = self._issuer_nul.encode()
+
+    def replay_key(self, jti: str) -> str:
+        """The replay-cache key of ``jti``: :func:`~keyswap.verifier.replay.replay_key` (SHA-256 of
+        issuer and ``jti``, as shared caches store it), or for an in-memory cache and a ``jti`` of
+        at most :data:`_MAX_PLAIN_JTI` characters, ``issuer + NUL + jti`` itself: as bounded, and
+        it saves a hash per request. The two forms never collide (a hex digest has no NUL)."""
+        if self._plain and len(jti) <= _MAX_PLAIN_JTI:
+            return self._issuer_nul + jti
+        return hashlib.sha256(self._key_prefix + jti.encode()).hexdigest()
 
 
 def _read_wsgi_body(environ: dict[str, Any], limit: int) -> bytes:

@@ -250,6 +250,14 @@ _HEADER_CACHE_MAX_SEGMENT = 512
 _plain_decoder = json.JSONDecoder(parse_constant=_reject_constant)
 _scan_plain: Callable[[str, int], tuple[Any, int]] = _make_scanner(_plain_decoder)
 
+# Nested payloads: the gateway's tokens nest in one claim, its ``metadata`` object. The count
+# extends to it: the commas outside strings of a payload are at least (members - 1) of every object
+# and (elements - 1) of every array *as written* (a duplicate name or a comma in a string only adds
+# to them, and an object or array not accounted for adds its own, >= 0). So when ``count(",")``
+# equals (members - 1) of the top-level object plus those of ``metadata`` *as parsed*, both are
+# exact and every other object has at most one member written: no object anywhere has a duplicate
+# name. Otherwise (a comma in a string, other nesting, a real duplicate) the strict parser decides.
+
 
 def parse_compact(
     token: str, *, algorithms: frozenset[str], max_size: int = DEFAULT_MAX_TOKEN_SIZE
@@ -297,22 +305,36 @@ def parse_ascii(raw: bytes, algorithms: frozenset[str]) -> ParsedToken:
     payload = _decode_segment(p)
     claims: Any = None
     nested = _OPEN_BRACKET in payload or payload.count(b"{") > 1
-    if not nested:
+    try:
+        text = payload.decode("utf-8")
+        claims, end = _scan_plain(text, 0)
+    except (ValueError, StopIteration, RecursionError):
+        claims = None  # the strict parser gives the reason
+    else:
+        # (an empty object fails the count too: the strict parser decides)
+        if end != len(text) or type(claims) is not dict:
+            claims = None
+        else:
+            expected = len(claims) - 1
+            if nested:
+                metadata = claims.get("metadata")
+                if type(metadata) is dict and metadata:
+                    expected += len(metadata) - 1
+            if payload.count(b",") != expected:
+                claims = None
+    if claims is None:  # parse_json_object(payload, "payload"), inlined: nested payloads come here
         try:
             text = payload.decode("utf-8")
-            claims, end = _scan_plain(text, 0)
-        except (ValueError, StopIteration):
-            claims = None  # the strict parser gives the reason
-        else:
-            # (an empty object fails the count too: the strict parser decides)
-            if (
-                end != len(text)
-                or type(claims) is not dict
-                or payload.count(b",") != len(claims) - 1
-            ):
-                claims = None
-    if claims is None:
-        claims = parse_json_object(payload, "payload")
+            try:
+                claims, end = _scan_once(text, 0)
+            except StopIteration:  # empty, or leading whitespace: let the full decoder decide
+                claims, end = _decoder.decode(text), len(text)
+            if end != len(text) and text[end:].strip(_JSON_WHITESPACE):
+                raise ValueError("extra data after the JSON value")
+        except (ValueError, RecursionError):
+            raise MalformedToken("payload is not valid JSON") from None
+        if type(claims) is not dict:
+            raise MalformedToken("payload is not a JSON object")
     signature = _decode_segment(s)
     # tuple.__new__ directly: the named tuple's own __new__ is a Python-level call
     return _new_tuple(  # type: ignore[no-any-return]
@@ -381,6 +403,8 @@ def verify_signature(
     try:
         if alg == "RS256":  # the default, called directly: one Python call less per token
             key.public_key.verify(signature, signing_input, _PKCS1V15, _SHA256)  # type: ignore[call-arg, arg-type]
+        elif alg == "EdDSA":  # likewise (a bound-mode choice: one verification per request)
+            key.public_key.verify(signature, signing_input)  # type: ignore[call-arg]
         else:
             _VERIFIERS[alg](key.public_key, signing_input, signature)
     except InvalidSignature:

@@ -294,6 +294,16 @@ class KeySet:
             outcome = fut.result()
         return self._after_wait(kid, confirmed=not timed_out and outcome is None)
 
+    def fresh_key(self, kid: str) -> VerificationKey | None:
+        """The key for ``kid`` when the current set is fresh and has it, else ``None`` (then call
+        :meth:`get_key`). Never does I/O, never waits, never raises: the first step of
+        :meth:`get_key`, without a coroutine."""
+        snap = self._snap
+        key = snap.keys.get(kid)
+        if key is not None and self._clock() < snap.expires_at:
+            return key
+        return None
+
     def get_key_sync(self, kid: str) -> VerificationKey:
         """Blocking variant of :meth:`get_key` for threads (never call it on an event loop thread).
 

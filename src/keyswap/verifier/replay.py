@@ -35,7 +35,8 @@ __all__ = [
 
 logger = logging.getLogger("keyswap.verifier.replay")
 
-#: Default bound of :class:`MemoryReplayCache` (30 s tokens: room for ~3000 bound requests a second).
+#: Default bound of :class:`MemoryReplayCache` (entries live until ``exp`` + leeway: with 30 s tokens
+#: and 30 s leeway, room for ~1,600 bound requests a second).
 DEFAULT_REPLAY_CACHE_SIZE = 100_000
 
 
@@ -86,7 +87,14 @@ class MemoryReplayCache:
             self._purge(now)
             if len(seen) >= self.max_entries:
                 raise ReplayCacheUnavailable("the replay cache is full")
-        seen[key] = expires
+        # setdefault is one step under the GIL: of two threads (WSGI) racing with one key, one
+        # inserts and the other sees its entry. A new key goes to the young end of the dict.
+        known = seen.setdefault(key, expires)
+        if known is expires:
+            return True
+        if known > now:
+            return False
+        seen[key] = expires  # expired but not purged yet: recorded anew, at the young end
         seen.move_to_end(key)
         return True
 

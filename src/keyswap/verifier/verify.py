@@ -291,6 +291,8 @@ class Verifier:
             self.close()
             raise
         self._algorithms = frozenset().union(*(i.algorithms for i in self._issuers.values()))
+        # Bound tokens are never cached: when every issuer binds requests, a lookup can never hit.
+        self._use_cache = token_cache_size > 0 and not all(i.bound for i in self._issuers.values())
         self._inc = self.metrics.inc
         # Lock-free counters for the per-token events (see Metrics.counter).
         self._count_hit = self.metrics.counter("token_cache_hits")
@@ -344,6 +346,12 @@ class Verifier:
     def binds_requests(self) -> bool:
         """True when some issuer requires request-bound tokens (``bind_request=True``)."""
         return any(i.bound for i in self._issuers.values())
+
+    @property
+    def caches_tokens(self) -> bool:
+        """False when :meth:`cached` can never hit: the token cache is off (size 0) or every issuer
+        binds requests (bound tokens are never cached), so callers may skip the lookup."""
+        return self._use_cache
 
     def start(self) -> None:
         """Start every key set's background fetch (non-blocking)."""
@@ -412,9 +420,10 @@ class Verifier:
         try:
             if type(token) is not str or len(token) > self._max_size or not token.isascii():
                 raise _shape_error(token, self._max_size)
-            claims = self.cached(token)
-            if claims is not None:
-                return claims
+            if self._use_cache:
+                claims = self.cached(token)
+                if claims is not None:
+                    return claims
             parsed, issuer, window = self._pre_key(token, self._clock())
             key = issuer.keyset.get_key_sync(parsed.kid)
             return self._finish(token, parsed, issuer, window, key)
@@ -436,11 +445,15 @@ class Verifier:
         try:
             if type(token) is not str or len(token) > self._max_size or not token.isascii():
                 raise _shape_error(token, self._max_size)
-            claims = self.cached(token)
-            if claims is not None:
-                return claims
+            if self._use_cache:
+                claims = self.cached(token)
+                if claims is not None:
+                    return claims
             parsed, issuer, window = self._pre_key(token, self._clock())
-            key = await issuer.keyset.get_key(parsed.kid)
+            # A fresh key set that has the kid answers without a coroutine (the usual case).
+            key = issuer.keyset.fresh_key(parsed.kid)
+            if key is None:
+                key = await issuer.keyset.get_key(parsed.kid)
             return self._finish(token, parsed, issuer, window, key)
         except (InvalidToken, KeysUnavailable) as err:
             self._reject(err)
@@ -463,8 +476,6 @@ class Verifier:
             _check_at_jwt(parsed)
         elif issuer.txn:
             _check_txn_token(parsed)
-        if issuer.bound:
-            _check_bound(parsed.claims, issuer.max_lifetime)
         window = validate_claims(
             parsed.claims,
             issuer=issuer.name,
@@ -473,6 +484,8 @@ class Verifier:
             required=issuer.required,
             now=now,
         )
+        if issuer.bound:  # after validate_claims: exp and iat are then in-range numbers if present
+            _check_bound(parsed.claims, issuer.max_lifetime)
         return parsed, issuer, window
 
     def _finish(
@@ -485,19 +498,22 @@ class Verifier:
     ) -> dict[str, Any]:
         verify_signature(key, parsed.alg, parsed.signing_input, parsed.signature)
         claims = parsed.claims
+        self._count_ok()
+        if issuer.bound:
+            # A bound token is for one request: never cached, so the freshly parsed claims are
+            # nobody else's and go to the caller as they are (no copy).
+            return claims
         nested = _nested_names(claims) if parsed.nested else ()
         # tuple.__new__ directly: the named tuple's own __new__ is a Python-level call
-        check = token[-CHECK_LENGTH:]
-        if not issuer.bound:  # a bound token is for one request: caching it would only cost memory
-            entry = _new_tuple(
-                CachedToken, (claims, *window, issuer.name, parsed.kid, nested, check)
-            )
-            self._cache.put(token, entry)
-            # The key set installs a new set *before* calling on_keys_removed, so if the kid left
-            # while this token was being verified, either the purge saw the entry or this check does.
-            if not issuer.keyset.has_kid(parsed.kid):
-                self._cache.discard(token)
-        self._count_ok()
+        entry = _new_tuple(
+            CachedToken,
+            (claims, *window, issuer.name, parsed.kid, nested, token[-CHECK_LENGTH:]),
+        )
+        self._cache.put(token, entry)
+        # The key set installs a new set *before* calling on_keys_removed, so if the kid left
+        # while this token was being verified, either the purge saw the entry or this check does.
+        if not issuer.keyset.has_kid(parsed.kid):
+            self._cache.discard(token)
         return _copy_claims(claims, nested) if nested else dict(claims)
 
     def _reject(self, err: KeyswapError) -> None:
@@ -527,17 +543,16 @@ def _check_txn_token(parsed: ParsedToken) -> None:
 
 
 def _check_bound(claims: dict[str, Any], max_lifetime: float) -> None:
-    """A bound issuer's token must carry the binding claims and live at most ``max_lifetime``."""
-    if not all(type(claims.get(name)) is str for name in ("htm", "htu", "jti")):
+    """A bound issuer's token must carry the binding claims and live at most ``max_lifetime``.
+
+    Runs after :func:`~keyswap.verifier.claims.validate_claims`, which has made sure ``exp`` (and
+    ``iat`` when present) are finite JSON numbers within float range (not ``bool``).
+    """
+    get = claims.get
+    if type(get("htm")) is not str or type(get("htu")) is not str or type(get("jti")) is not str:
         raise UnboundToken("the token is not bound to a request")
-    iat, exp = claims.get("iat"), claims.get("exp")
-    if (
-        not isinstance(iat, int | float)
-        or not isinstance(exp, int | float)
-        or isinstance(iat, bool)
-        or isinstance(exp, bool)
-        or not 0 < exp - iat <= max_lifetime
-    ):
+    iat = get("iat")
+    if iat is None or not 0 < claims["exp"] - iat <= max_lifetime:
         raise InvalidClaim("a bound token needs iat and a short lifetime (exp - iat)")
 
 
