@@ -229,6 +229,11 @@ class TokenMinter:
         self.minted = 0
 
     @property
+    def max_entries(self) -> int:
+        """Most tokens held (the oldest is evicted first)."""
+        return self._max_entries
+
+    @property
     def ttl(self) -> int:
         """Token lifetime in seconds."""
         return self._ttl
@@ -246,26 +251,33 @@ class TokenMinter:
         for key_id in key_ids:
             cache.pop(key_id, None)
 
+    def reusable(self, principal: PrincipalLike) -> MintedToken | None:
+        """The token minted earlier for ``principal`` if it can be reused now, else ``None`` (no
+        signing here: :meth:`token_for` mints one)."""
+        entry = self._cache.get(principal.key_id)
+        if (
+            entry is not None
+            and self._clock() - entry.iat < self._reuse_for
+            and entry.kid == self._active_key().kid
+            and entry.consumer == principal.consumer
+            and entry.metadata == principal.metadata
+            and entry.scopes == principal_scopes(principal)
+        ):
+            return entry
+        return None
+
     def token_for(self, principal: PrincipalLike) -> MintedToken:
         """The token for ``principal``: the cached one if still reusable, else a fresh one.
 
         Raises:
             ConfigError: the active signing key cannot sign its declared algorithm.
         """
-        key = self._active_key()
-        now = self._clock()
-        cache = self._cache
-        entry = cache.get(principal.key_id)
-        if (
-            entry is not None
-            and now - entry.iat < self._reuse_for
-            and entry.kid == key.kid
-            and entry.consumer == principal.consumer
-            and entry.metadata == principal.metadata
-            and entry.scopes == principal_scopes(principal)
-        ):
+        entry = self.reusable(principal)
+        if entry is not None:
             return entry
-        entry = self._mint(key, principal, int(now))
+        key = self._active_key()
+        entry = self._mint(key, principal, int(self._clock()))
+        cache = self._cache
         if len(cache) >= self._max_entries and principal.key_id not in cache:
             # StopIteration / KeyError / RuntimeError: emptied by a flush on another thread.
             with contextlib.suppress(StopIteration, KeyError, RuntimeError):
