@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from keyswap.gateway.apikeys import ApiKeys
 from keyswap.gateway.app import GatewaySettings
 from keyswap.gateway.clientconn import ClientLimits, protocol_class
 from tests.support.running_gateway import Gateway, eventually, running_gateway
@@ -162,6 +163,10 @@ def test_a_consumer_own_connection_cap_overrides_the_default(
 ) -> None:
     with running_gateway(tmp_path, upstream.url, max_connections_per_consumer=10) as gw:
         gw.admin_store.set_consumer_connections("acme", 1)
+        # The warm start cached the key: the change reaches the node by the change watcher.
+        keys = gw.app.api_keys
+        assert isinstance(keys, ApiKeys)
+        eventually(lambda: getattr(keys.lookup_cached(gw.key), "max_connections", 0) == 1)
         request = f"GET /stall HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {gw.key}\r\n\r\n"
         sock = _open(gw, request.encode())
         try:

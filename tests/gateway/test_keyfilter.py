@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from keyswap.gateway.apikeys import ApiKeys, generate_key
 from keyswap.gateway.app import GatewayApp, GatewaySettings, build_gateway
 from keyswap.gateway.keyfilter import KeyFilter
+from keyswap.gateway.keyring import Keyring
 from keyswap.serverproto import http_protocol
 from keyswap.store import Store
 from tests.support.asgi_server import ServerThread, bound_socket
@@ -134,12 +137,103 @@ def test_a_restarted_gateway_has_recently_used_keys_cached_and_their_tokens_mint
     db_url, _store, keys = admin
     _, used = keys.create("acme")
     _, idle = keys.create("acme")
+    revoked_record, revoked = keys.create("acme")
+    keys.revoke(revoked_record.id)
+    _, expired = keys.create("acme", expires_in=1, now=time.time() - 10)
     with gateway(db_url, upstream) as first:
         assert get(first, used).status_code == 200
-    # Shut down: last-used times written. The next start caches that key and mints its token.
+    # Shut down: last-used times written. The next start caches the usable keys (that one first)
+    # and mints their tokens before it reports ready: no store lookup, no signature on the request.
     with gateway(db_url, upstream) as second:
         assert second.api_keys.lookup_cached(used, time.time()) is not None
-        assert second.api_keys.lookup_cached(idle, time.time()) is None
-        assert len(second.app.minter) == 1
+        assert second.api_keys.lookup_cached(idle, time.time()) is not None
+        assert second.api_keys.lookup_cached(revoked, time.time()) is None
+        assert second.api_keys.lookup_cached(expired, time.time()) is None
+        assert len(second.app.minter) == 2
+        assert httpx.get(second.url + "/__keyswap/ready", timeout=10).status_code == 200
+        counter = QueryCounter(second.api_keys.store)
         assert get(second, used).status_code == 200
-        assert len(second.app.minter) == 1
+        assert get(second, idle).status_code == 200
+        assert [s for s in counter.statements if "api_keys" in s] == []
+        assert second.app.minter.minted == 2  # both at start, none since
+        assert get(second, revoked).status_code == 401
+        assert get(second, expired).status_code == 401
+
+
+def test_the_warm_start_fills_the_cache_recent_keys_first_and_never_past_its_size(
+    admin: tuple[str, Store, ApiKeys],
+) -> None:
+    _db_url, store, _keys = admin
+    now = time.time()
+    made = [_keys.create("acme", now=now - 100 + i) for i in range(5)]  # idle: newest last
+    used_record, used = made[0]
+    store.touch_api_keys({used_record.id: now - 5})
+    small = ApiKeys(store, secret(), cache_size=3, cache_ttl=300)
+    minted = small.warm(now - 3600, 10)
+    # The usable keys cached, the recent one first, then the newest idle ones.
+    assert [p.key_id for p in minted] == [used_record.id, made[4][0].id, made[3][0].id]
+    assert small.cache_sizes[0] == 3
+    # The idle keys are the least recently used, the oldest first: a new lookup evicts it.
+    _, newer = _keys.create("acme")
+    assert small.authenticate(newer, now).key_id
+    cached = [key for _, key in made if small.lookup_cached(key, now) is not None]
+    assert cached == [used, made[4][1]]  # the recent key and the newest idle key stayed
+    assert small.cache_sizes[0] == 3
+    # Without ``fill``, only recent keys.
+    recent_only = ApiKeys(store, secret(), cache_size=3, cache_ttl=300)
+    recent_only.warm(now - 3600, 10, fill=False)
+    assert recent_only.cache_sizes[0] == 1
+
+
+class _SlowStore(Store):
+    """A store whose warm-start read waits for ``gate`` (a slow database, injected)."""
+
+    def __init__(self, url: str, gate: threading.Event) -> None:
+        super().__init__(url)
+        self.gate = gate
+
+    def recent_api_keys(self, since: float, limit: int) -> Any:
+        assert self.gate.wait(10)
+        return super().recent_api_keys(since, limit)
+
+
+def test_the_node_reports_ready_only_once_its_warm_start_is_done(
+    admin: tuple[str, Store, ApiKeys], upstream: RecordingUpstream
+) -> None:
+    db_url, _store, keys = admin
+    _, key = keys.create("acme")
+    gate = threading.Event()
+    store = _SlowStore(db_url, gate)
+    sock = bound_socket()
+    settings = GatewaySettings(
+        upstream.url, f"http://127.0.0.1:{sock.getsockname()[1]}", alg="ES256"
+    )
+    app = GatewayApp(
+        settings, api_keys=ApiKeys(store, secret(), cache_ttl=300), keyring=Keyring(store, secret())
+    )
+    server = ServerThread(app, sock=sock, http=http_protocol()).start()
+    try:
+        health = httpx.get(server.url + "/__keyswap/health", timeout=10)
+        warming = httpx.get(server.url + "/__keyswap/ready", timeout=10)
+        assert health.status_code == 200  # alive: it serves
+        assert (warming.status_code, warming.text) == (503, "warming")
+        assert warming.headers["retry-after"] == "1"
+        assert warming.headers["cache-control"] == "no-store"
+        assert httpx.head(server.url + "/__keyswap/ready", timeout=10).status_code == 503
+        assert httpx.post(server.url + "/__keyswap/ready", timeout=10).status_code == 405
+        gate.set()
+        assert app.warmed.wait(10)
+        ready = httpx.get(server.url + "/__keyswap/ready", timeout=10)
+        assert (ready.status_code, ready.text) == (200, "ready")
+        assert len(app.minter) == 1  # the key's token was minted before "ready"
+        assert (
+            httpx.get(
+                server.url + "/x", headers={"Authorization": f"Bearer {key}"}, timeout=10
+            ).status_code
+            == 200
+        )
+        assert app.minter.minted == 1
+    finally:
+        gate.set()
+        server.stop()
+        store.close()

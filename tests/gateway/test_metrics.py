@@ -95,10 +95,12 @@ def test_counters_move_with_requests_and_refusals(
     tmp_path: Path, upstream: RecordingUpstream
 ) -> None:
     with measured(tmp_path, upstream.url) as (gateway, server):
+        assert gateway.app.warmed.wait(10)
+        _, key = gateway.admin.create("acme")  # after the warm start: not cached yet
         _, before = scrape(server)
         assert value(before, "keyswap_gateway_requests_total", status_class="2xx") == 0
-        assert gateway.get("/a").status_code == 200
-        assert gateway.get("/b").status_code == 200
+        assert gateway.get("/a", key=key).status_code == 200
+        assert gateway.get("/b", key=key).status_code == 200
         assert httpx.get(gateway.url + "/c", timeout=10).status_code == 401
         assert gateway.get("/d", key="ks_nope").status_code == 401
         _, after = scrape(server)
@@ -111,7 +113,8 @@ def test_counters_move_with_requests_and_refusals(
     # The first request looked the key up, the second found it in memory.
     assert value(after, "keyswap_gateway_key_cache_misses_total") >= 1
     assert value(after, "keyswap_gateway_key_cache_hits_total") >= 1
-    assert value(after, "keyswap_gateway_tokens_minted_total") == 1
+    # The first key's token at the warm start, the new key's on its first request.
+    assert value(after, "keyswap_gateway_tokens_minted_total") == 2
     assert value(after, "keyswap_gateway_signing_key_age_seconds") >= 0
     assert ("keyswap_gateway_signing_key_age_seconds", ()) in after
     assert value(after, "keyswap_gateway_refusals_total", reason="quota") == 0

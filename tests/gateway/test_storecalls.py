@@ -129,7 +129,6 @@ def test_a_frozen_database_answers_every_request_within_the_deadline(
     admin.create_consumer("acme")
     admin_keys = ApiKeys(admin, secret(), cache_size=0)
     _, known = admin_keys.create("acme")
-    never_seen = [admin_keys.create("acme")[1] for _ in range(12)]
     store = Store(relayed_url(pg_url, relay), timeout=DEADLINE)
     monotonic = Clock(1000.0)
     api_keys = ApiKeys(store, secret(), cache_ttl=5.0, monotonic=monotonic)
@@ -145,6 +144,9 @@ def test_a_frozen_database_answers_every_request_within_the_deadline(
     app.prepare()
     server = ServerThread(app, sock=sock).start()
     try:
+        assert app.warmed.wait(10)
+        # Made after the warm start (which caches every usable key): never seen by this node.
+        never_seen = [admin_keys.create("acme")[1] for _ in range(12)]
         assert _get(url, known)[0] == 200
         relay.freeze()
         monotonic.advance(60)  # the known key is stale: the gateway asks the (frozen) database
@@ -178,7 +180,6 @@ def test_the_gateway_command_bounds_lookups_with_db_timeout(
     admin.create_consumer("acme")
     admin_keys = ApiKeys(admin, secret(), cache_size=0)
     _, known = admin_keys.create("acme")
-    _, fresh = admin_keys.create("acme")
     gateway = GatewayProcess(
         relayed_url(pg_url, relay),
         upstream.url,
@@ -187,9 +188,13 @@ def test_the_gateway_command_bounds_lookups_with_db_timeout(
         str(DEADLINE),
         "--rotate-every",
         "0",
+        "--log-level",
+        "info",
     )
     try:
         gateway.start()
+        eventually(lambda: "warm start: " in gateway.log(), timeout=10)
+        _, fresh = admin_keys.create("acme")  # after the warm start: never seen by this node
         assert _get(gateway.url, known)[0] == 200
         relay.freeze()
         status, took, response = _get(gateway.url, fresh)  # valid, never seen by this node

@@ -96,6 +96,37 @@ def test_consumers_keys_and_metadata_round_trip(store: Store) -> None:
     assert store.find_api_key(DIGEST) is None
 
 
+def test_the_warm_start_reads_recent_keys_then_the_other_usable_ones_newest_first(
+    store: Store,
+) -> None:
+    consumer = store.create_consumer("acme")
+    for n, (expires_at, revoked) in enumerate(
+        [(None, False), (None, False), (50.0, False), (None, True), (500.0, False), (None, False)]
+    ):
+        store.insert_api_key(
+            consumer_id=consumer.id,
+            key_id=f"key_{n}",
+            digest=bytes([n]) * 32,
+            hint="ks_...abcd",
+            created_at=10.0 + n,
+            expires_at=expires_at,
+        )
+        if revoked:
+            store.revoke_api_key(f"key_{n}", now=20.0)
+    store.touch_api_keys({"key_0": 90.0, "key_1": 40.0})
+    recent = store.recent_api_keys(since=80.0, limit=10)
+    assert [record.id for _, record, _ in recent] == ["key_0"]
+    idle = store.idle_api_keys(since=80.0, now=100.0, limit=10)
+    # Not used since 80 (key_1) or never; not expired at 100 (key_2 is), not revoked (key_3 is).
+    assert [record.id for _, record, _ in idle] == ["key_5", "key_4", "key_1"]
+    assert idle[0][0] == bytes([5]) * 32
+    assert all(owner.name == "acme" for _, _, owner in idle)
+    assert [r.id for _, r, _ in store.idle_api_keys(since=80.0, now=100.0, limit=2)] == [
+        "key_5",
+        "key_4",
+    ]
+
+
 def test_every_mutation_bumps_the_revision_but_last_used_does_not(store: Store) -> None:
     start = store.revision()
     consumer = store.create_consumer("acme")

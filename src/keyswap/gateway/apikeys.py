@@ -239,6 +239,11 @@ class _LookupCache:
         self.generation = 0
         self.epoch = 0
 
+    @property
+    def capacity(self) -> int:
+        """Most known keys held (0: the cache is off)."""
+        return self._size if self._ttl > 0 else 0
+
     def peek(self, digest: bytes) -> _Entry | None:
         """The entry cached for ``digest``, fresh or not, without touching the cache's order."""
         with self._lock:
@@ -728,23 +733,35 @@ class ApiKeys:
             return
         self.filter.advance(revision)
 
-    def warm(self, since: float, limit: int) -> list[Principal]:
-        """Put the keys last used at or after ``since`` (up to ``limit``, most recent first)
-        into the lookup cache, as a lookup would; returns the principals of those usable now (whose
-        tokens the gateway then mints ahead of their first request). Nothing on a store error."""
+    def warm(self, since: float, limit: int, *, fill: bool = True) -> list[Principal]:
+        """Put the keys last used at or after ``since`` (up to ``limit``, most recent first) into the
+        lookup cache, as a lookup would, and, with ``fill``, the other usable keys (neither revoked nor
+        expired), newest first, in the room left (up to ``limit`` and the cache's size for known
+        keys). Returns the principals of the usable keys cached, the recently used first: the
+        gateway mints their tokens before it reports ready, so that a key's first request after a
+        start costs neither a store lookup nor a signature. Nothing on a store error.
+        """
         generation = self._cache.generation
         try:
             rows = self._store.recent_api_keys(since, limit)
+            room = min(limit, self._cache.capacity) - len(rows)
+            now = self._clock()
+            idle = self._store.idle_api_keys(since, now, room) if fill and room > 0 else []
         except SQLAlchemyError as exc:
             log.warning("could not warm the API key cache (%s)", type(exc).__name__)
             return []
-        now = self._clock()
-        usable = []
-        for digest, record, consumer in rows:
+        # Least recently used first: the idle keys (oldest first), then the recent ones.
+        usable: list[Principal] = []
+        for digest, record, consumer in reversed(idle):
+            entry = _entry(record, consumer)
+            self._cache.put(digest, entry, generation)
+            usable.append(entry.principal)
+        for digest, record, consumer in reversed(rows):
             entry = _entry(record, consumer)
             self._cache.put(digest, entry, generation)
             if record.usable_at(now):
                 usable.append(entry.principal)
+        usable.reverse()  # the most recently used first, then the newest idle keys
         return usable
 
     def refresh_known(self) -> bool:

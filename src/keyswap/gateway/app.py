@@ -79,7 +79,13 @@ from keyswap.gateway.headerpolicy import HeaderPolicy
 from keyswap.gateway.meter import DEFAULT_INTERVAL as DEFAULT_USAGE_INTERVAL
 from keyswap.gateway.meter import Exchange, Meter
 from keyswap.gateway.metrics import GatewayMetrics, SnapshotWriter
-from keyswap.gateway.mint import SIGNING_ALGORITHMS, PrincipalLike, SigningKeyLike, TokenMinter
+from keyswap.gateway.mint import (
+    SIGNING_ALGORITHMS,
+    MintedToken,
+    PrincipalLike,
+    SigningKeyLike,
+    TokenMinter,
+)
 from keyswap.gateway.proxy import (
     BadTarget,
     ClientGone,
@@ -105,6 +111,7 @@ from keyswap.gateway.ratelimit import (
     rate_for,
     too_many_requests,
 )
+from keyswap.gateway.signer import Signer
 from keyswap.gateway.storecalls import StoreCalls, StoreTimeout
 from keyswap.gateway.wellknown import DEFAULT_MAX_AGE, WellKnown, issuer_for
 from keyswap.gateway.wsrelay import WebSocketLimits, handshake_headers, relay, upstream_ws_url
@@ -297,6 +304,12 @@ HEADERS_TOO_LARGE = _text(431, "Request header fields too large")
 BAD_GATEWAY = _text(502, "Bad gateway")
 GATEWAY_TIMEOUT = _text(504, "Gateway timeout")
 UNAVAILABLE = _text(503, "Service unavailable", (b"retry-after", b"5"))
+#: Readiness (for a load balancer): 200 once the warm start is done, 503 until then (the liveness
+#: check is ``/__keyswap/health``: 200 as soon as the node serves).
+READY_PATH = "/__keyswap/ready"
+READY = _text(200, "ready")
+WARMING = _text(503, "warming", (b"retry-after", b"1"))
+READY_METHODS = _text(405, "Method not allowed", (b"allow", b"GET, HEAD"))
 TOO_MANY_CONNECTIONS = _text(429, "Too many concurrent requests", (b"retry-after", b"1"))
 PAYLOAD_TOO_LARGE = _text(413, "Payload too large")
 METHOD_NOT_ALLOWED = _text(
@@ -422,6 +435,10 @@ class GatewayApp:
         self.websocket_limits = websocket_limits or WebSocketLimits()
         self.changes = changes
         self.store_calls = store_calls or StoreCalls()
+        #: Signs tokens a request needs that are not cached yet (see :meth:`_mint_aside`).
+        self._signer: Signer[PrincipalLike, MintedToken] = Signer(
+            lambda principal: self.minter.token_for(principal)
+        )
         self.rate_limiter = rate_limiter
         self._default_rate = default_rate
         self._api_keys = api_keys
@@ -580,17 +597,27 @@ class GatewayApp:
             self._metrics_writer.start()
 
     def _warm_up(self) -> None:
-        """Off the request path, after start: load the key filter, then put the keys used recently
-        (by any node: the store's last-used times) in the lookup cache and mint their tokens, so
-        that their first requests after a restart cost neither a lookup nor a signature."""
+        """Off the request path, after start: load the key filter, then put the usable keys in the
+        lookup cache (those used recently by any node first, by the store's last-used times) and
+        mint their tokens, so that their first requests cost neither a lookup nor a signature.
+        ``/__keyswap/ready`` answers 200 once this is done."""
         try:
             load = getattr(self._api_keys, "load_filter", None)
             if callable(load):
                 load()
             warm = getattr(self._api_keys, "warm", None)
             if callable(warm):
-                for principal in warm(self._clock() - WARM_WINDOW, WARM_LIMIT):
+                started = time.perf_counter()
+                usable = warm(self._clock() - WARM_WINDOW, WARM_LIMIT)
+                for principal in usable[: self.minter.max_entries]:
                     self.minter.token_for(principal)
+                sizes = getattr(self._api_keys, "cache_sizes", (0, 0))
+                logger.info(
+                    "warm start: %d API keys cached, %d tokens minted (%.2f s)",
+                    sizes[0],
+                    min(len(usable), self.minter.max_entries),
+                    time.perf_counter() - started,
+                )
         except Exception as exc:  # a warm-up that fails leaves the gateway as cold as before
             logger.warning("warming the caches failed (%s)", type(exc).__name__)
         finally:
@@ -685,6 +712,7 @@ class GatewayApp:
         if self.meter is not None:  # requests have drained: everything counted is written
             await self.meter.close()
         self.store_calls.close()
+        self._signer.close()
         await asyncio.to_thread(self._access.close)
         if self.rate_limiter is not None:
             await self.rate_limiter.close()
@@ -754,6 +782,12 @@ class GatewayApp:
                 path = raw_path.decode("latin-1")
                 if self.secret_scanning is not None and self.secret_scanning.handles(path):
                     status = await self.secret_scanning(scope, receive, send)
+                    return
+                if path == READY_PATH:
+                    if method not in ("GET", "HEAD"):
+                        status = await _respond(send, READY_METHODS)
+                    else:
+                        status = await _respond(send, READY if self.warmed.is_set() else WARMING)
                     return
                 document = self.wellknown.lookup(method, path)
                 status = await _respond(send, (document.status, document.headers, document.body))
@@ -831,9 +865,12 @@ class GatewayApp:
             if rule is None and not self._txn:
                 try:
                     if trace is None or not trace.recording:
-                        bearer = self.minter.token_for(principal).header
+                        minted = self.minter.reusable(principal)
+                        if minted is None:  # signed beside the event loop (RSA: ~250 µs)
+                            minted = await self._mint_aside(principal)
                     else:
-                        bearer = trace.call("keyswap.mint", self.minter.token_for, principal).header
+                        minted = await trace.run("keyswap.mint", self._token(principal))
+                    bearer = minted.header
                 except (KeysUnavailable, ConfigError) as exc:
                     logger.error("cannot mint a token: %s", exc.reason)
                     status = await _respond(send, UNAVAILABLE)
@@ -1136,6 +1173,16 @@ class GatewayApp:
         except Exception:  # minted (and any error reported) again on the request path
             logger.debug("minting ahead of the request failed", exc_info=True)
         return principal
+
+    async def _token(self, principal: PrincipalLike) -> MintedToken:
+        """``principal``'s reusable token, else a new one from :meth:`_mint_aside`."""
+        return self.minter.reusable(principal) or await self._mint_aside(principal)
+
+    async def _mint_aside(self, principal: PrincipalLike) -> MintedToken:
+        """A new token for ``principal``, signed on the signing thread (signing releases the GIL):
+        a key's first request, or its first after half the token's lifetime, does not hold the
+        event loop for the signature."""
+        return await self._signer.run(principal)
 
     def _cached(self, key: str, now: float) -> PrincipalLike | None:
         """The key's principal from the lookup cache (no I/O); ``None`` on a miss. Raises as

@@ -832,6 +832,26 @@ class Store:
             rows = conn.execute(query).all()
         return [(bytes(row.digest), _key(row), _key_consumer(row)) for row in rows]
 
+    def idle_api_keys(
+        self, since: float, now: float, limit: int
+    ) -> list[tuple[bytes, ApiKeyRecord, Consumer]]:
+        """Up to ``limit`` keys usable at ``now`` (neither revoked nor expired) that were not used
+        since ``since`` (or never), newest first, with their digests and consumers: what a gateway
+        fills the rest of its lookup cache with at start, after :meth:`recent_api_keys`."""
+        query = (
+            _key_with_consumer_select()
+            .where(
+                sa.or_(api_keys.c.last_used_at.is_(None), api_keys.c.last_used_at < since),
+                api_keys.c.revoked_at.is_(None),
+                sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now),
+            )
+            .order_by(api_keys.c.created_at.desc(), api_keys.c.id)
+            .limit(limit)
+        )
+        with self._reading() as conn:
+            rows = conn.execute(query).all()
+        return [(bytes(row.digest), _key(row), _key_consumer(row)) for row in rows]
+
     def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
         """The key with this public id, or ``None``."""
         with self._reading() as conn:
