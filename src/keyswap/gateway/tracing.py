@@ -137,10 +137,13 @@ def _fresh_traceparents(
 
 
 def _fresh_traceparent() -> bytes:
-    """A new ``traceparent`` (flag ``00``) from the current batch, a new batch when it is empty."""
-    if not _FRESH:
-        _FRESH.extend(_fresh_traceparents(_BATCH))
-    return _FRESH.pop()
+    """A new ``traceparent`` (flag ``00``) from the current batch, a new batch when it is empty
+    (``list.pop`` is atomic: threads sharing the batch never get the same value)."""
+    while True:
+        try:
+            return _FRESH.pop()
+        except IndexError:
+            _FRESH.extend(_fresh_traceparents(_BATCH))
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +302,7 @@ class _Unsampled:
 
     def propagate(self, headers: Any) -> None:
         """Set ``traceparent`` (not sampled) and the caller's ``tracestate`` on ``headers``."""
-        value = _FRESH.pop() if _FRESH else _fresh_traceparent()
+        value = _fresh_traceparent()
         prefix = self._prefix
         if prefix is None:
             headers.set(_TRACEPARENT, value)
@@ -320,7 +323,11 @@ class _NewUnsampled(_Unsampled):
 
     def propagate(self, headers: Any) -> None:
         """Append a fresh ``traceparent`` (not sampled) to ``headers``."""
-        headers.items.append((_TRACEPARENT, _FRESH.pop() if _FRESH else _fresh_traceparent()))
+        try:
+            value = _FRESH.pop()
+        except IndexError:  # once a batch
+            value = _fresh_traceparent()
+        headers.items.append((_TRACEPARENT, value))
 
 
 #: Every unsampled new trace without client trace headers (stateless: ids taken in ``propagate``).
