@@ -24,6 +24,14 @@ Measured:
   callgrind, one keep-alive connection, a different pre-minted token bound to ``GET /`` on every
   request (so every request parses, verifies a signature, checks the binding and records the jti).
 
+``--gateway`` measures ``keyswap gateway`` itself (event loop thread and others, per request);
+``--gateway-config NAME=FLAGS`` (repeatable) compares configurations, ``--gateway-env VAR=VALUE`` sets
+a variable for every gateway, e.g. tracing off against on at 0 % and 1 %::
+
+    python bench/instructions.py --gateway --levels warning --gateway-env OTEL_TRACES_EXPORTER=none \
+        --gateway-config off= --gateway-config 'trace-0=--tracing --trace-sample-rate 0' \
+        --gateway-config 'trace-1=--tracing --trace-sample-rate 0.01'
+
 ``--keep DIR`` keeps the callgrind dumps (``DIR/<what>.cg``) for ``callgrind_annotate``.
 """
 
@@ -36,6 +44,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -457,14 +466,21 @@ def measure_gateway(
     tmp: Path,
     keep: Path | None,
     src: str | None = None,
+    config: str = "",
+    extra: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """Instructions per proxied request of ``keyswap gateway --log-level <level>`` (all threads),
-    per thread, and the idle background (change watcher polls, pool ticker) per second."""
+    """Instructions per proxied request of ``keyswap gateway --log-level <level> <extra>`` (all
+    threads), per thread, and the idle background (change watcher polls, pool ticker) per second."""
     port = free_port()
-    out = tmp / f"gateway-{'before-' if src else ''}{level}.cg"
+    name = f"gateway-{'before-' if src else ''}{config + '-' if config else ''}{level}"
+    out = tmp / f"{name}.cg"
     argv = [*KEYSWAP, "gateway", "--upstream", upstream_url, "--port", str(port), "--db", db]
-    argv += ["--log-level", level]
-    log = open(tmp / f"gateway-{level}.log", "wb")  # noqa: SIM115 - the child's stderr
+    argv += ["--log-level", level, *extra]
+    log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - the child's stderr
+    env = {**os.environ, **(extra_env or {})}
+    if src:
+        env["PYTHONPATH"] = src
     proc = subprocess.Popen(
         [
             "valgrind",
@@ -475,7 +491,7 @@ def measure_gateway(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": src} if src else None,
+        env=env,
     )
     log.close()
     try:
@@ -523,7 +539,14 @@ def measure_gateway(
         proc.wait(timeout=120)
 
 
-def gateway_main(n: int, levels: list[str], keep: Path | None, before: str | None = None) -> None:
+def gateway_main(
+    n: int,
+    levels: list[str],
+    keep: Path | None,
+    before: str | None = None,
+    configs: dict[str, tuple[str, ...]] | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import Server, serve_argv
 
@@ -537,8 +560,9 @@ def gateway_main(n: int, levels: list[str], keep: Path | None, before: str | Non
         upstream.start(f"http://{HOST}:{up_port}/")
         try:
             trees = {"before ": str(Path(before).resolve()), "": None} if before else {"": None}
+            variants = configs or {"": ()}
             results = {
-                f"{tree}{level}": measure_gateway(
+                f"{tree}{config + ' ' if config else ''}{level}": measure_gateway(
                     level,
                     n,
                     db=db,
@@ -547,8 +571,12 @@ def gateway_main(n: int, levels: list[str], keep: Path | None, before: str | Non
                     tmp=tmp,
                     keep=keep,
                     src=src,
+                    config=config,
+                    extra=extra,
+                    extra_env=extra_env,
                 )
                 for tree, src in trees.items()
+                for config, extra in variants.items()
                 for level in levels
             }
         finally:
@@ -606,6 +634,22 @@ def main() -> int:
     parser.add_argument(
         "--before", help="gateway: also measure another source tree (PYTHONPATH; its src folder)"
     )
+    parser.add_argument(
+        "--gateway-config",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="gateway: a configuration to measure, NAME=extra gateway flags (repeatable), e.g.\n"
+        "--gateway-config off= --gateway-config 'trace-0=--tracing --trace-sample-rate 0'",
+    )
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="VAR=VALUE",
+        help="gateway: an environment variable for every gateway process (repeatable), e.g.\n"
+        "OTEL_TRACES_EXPORTER=none",
+    )
     args = parser.parse_args()
     if args.child:
         _child(args.child)
@@ -623,7 +667,26 @@ def main() -> int:
             "watcher polls, pool ticker: measured idle for 3 s) is subtracted pro rata.",
             tools=("valgrind",),
         )
-        gateway_main(n, [lv for lv in args.levels.split(",") if lv], args.keep, args.before)
+        configs: dict[str, tuple[str, ...]] = {}
+        for spec in args.gateway_config:
+            name, sep, flags = spec.partition("=")
+            if not sep or not name or " " in name:
+                parser.error(f"--gateway-config wants NAME=ARGS, got {spec!r}")
+            configs[name] = tuple(shlex.split(flags))
+        extra_env: dict[str, str] = {}
+        for spec in args.gateway_env:
+            var, sep, value = spec.partition("=")
+            if not sep or not var:
+                parser.error(f"--gateway-env wants VAR=VALUE, got {spec!r}")
+            extra_env[var] = value
+        gateway_main(
+            n,
+            [lv for lv in args.levels.split(",") if lv],
+            args.keep,
+            args.before,
+            configs or None,
+            extra_env or None,
+        )
         return 0
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)

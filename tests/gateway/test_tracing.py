@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +20,14 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, Tr
 from opentelemetry.trace import SpanKind
 
 from keyswap.errors import ConfigError
-from keyswap.gateway.tracing import Tracing, TracingSettings, build_tracing
+from keyswap.gateway.proxy import ForwardedHeaders, forwarded_request_headers
+from keyswap.gateway.tracing import (
+    Tracing,
+    TracingSettings,
+    _fresh_traceparent,
+    _fresh_traceparents,
+    build_tracing,
+)
 from tests.support.asgi_server import free_port
 from tests.support.keyswap_process import KeyswapProcess
 from tests.support.running_gateway import Gateway, eventually, running_gateway
@@ -203,6 +212,128 @@ def test_with_a_sample_rate_unsampled_requests_skip_opentelemetry_but_propagate(
         assert traceparent(upstream)[1] != CLIENT_TRACE
 
 
+FRESH = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-00")
+
+
+def test_fresh_traceparents_are_well_formed_and_unique() -> None:
+    values = _fresh_traceparents(1000)
+    assert len(values) == 1000
+    for value in values:
+        assert FRESH.fullmatch(value), value
+    trace_ids = {v[3:35] for v in values}
+    span_ids = {v[36:52] for v in values}
+    assert len(trace_ids) == len(span_ids) == 1000
+    assert b"0" * 32 not in trace_ids
+    assert b"0" * 16 not in span_ids
+    taken = [_fresh_traceparent() for _ in range(1200)]  # across a batch boundary
+    assert len(set(taken)) == 1200
+    assert all(FRESH.fullmatch(v) for v in taken)
+
+
+def test_a_batch_with_an_all_zero_id_is_drawn_again() -> None:
+    draws: list[int] = []
+
+    def random_bytes(size: int) -> bytes:  # failure injection: the first draw has a zero span id
+        draws.append(size)
+        if len(draws) == 1:
+            return os.urandom(size - 8) + bytes(8)
+        return bytes(range(1, size + 1))
+
+    values = _fresh_traceparents(3, random_bytes)
+    assert draws == [72, 72]
+    assert values == [
+        b"00-0102030405060708090a0b0c0d0e0f10-1112131415161718-00",
+        b"00-191a1b1c1d1e1f202122232425262728-292a2b2c2d2e2f30-00",
+        b"00-3132333435363738393a3b3c3d3e3f40-4142434445464748-00",
+    ]
+
+
+def test_a_forked_child_does_not_reuse_its_parents_ids() -> None:
+    _fresh_traceparent()  # the batch is filled in this process
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, _fresh_traceparent())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        from_child = os.read(read, 100)
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert FRESH.fullmatch(from_child)
+    assert from_child != _fresh_traceparent()  # the parent's next one
+
+
+def upstream_headers(client_headers: list[tuple[bytes, bytes]]) -> ForwardedHeaders:
+    """What the origin would get from an unsampled request (sample rate 0) with these headers."""
+    tracing = Tracing(TracerProvider(), sample_rate=0.0)
+    scope = {"headers": [(b"host", b"gw"), *client_headers]}
+    request = tracing.begin(scope, "GET", b"/")
+    assert not request.recording
+    headers = forwarded_request_headers(scope["headers"], client=None, scheme="http")
+    request.propagate(headers)
+    return headers
+
+
+def test_an_unsampled_request_sends_one_fresh_traceparent_and_keeps_the_other_headers() -> None:
+    headers = upstream_headers([(b"accept", b"*/*")])
+    (value,) = headers.getall("traceparent")
+    assert FRESH.fullmatch(value.encode())
+    assert headers.getall("accept") == ["*/*"]
+    assert headers.getall("tracestate") == []
+    others = upstream_headers([(b"accept", b"*/*")]).getall("traceparent")
+    assert others != [value]
+
+
+def test_an_unsampled_request_follows_the_callers_unsampled_trace() -> None:
+    client = [(b"traceparent", NOT_SAMPLED.encode()), (b"tracestate", b"vendor=abc")]
+    headers = upstream_headers(client)
+    (value,) = headers.getall("traceparent")
+    version, trace_id, parent_id, flags = value.split("-")
+    assert (version, trace_id, flags) == ("00", CLIENT_TRACE, "00")
+    assert re.fullmatch("[0-9a-f]{16}", parent_id)
+    assert parent_id not in (CLIENT_SPAN, "0" * 16)
+    assert headers.getall("tracestate") == ["vendor=abc"]
+
+
+@pytest.mark.parametrize(
+    "client",
+    [
+        [(b"traceparent", b"00-" + b"0" * 32 + b"-" + CLIENT_SPAN.encode() + b"-00")],
+        [(b"traceparent", b"not a traceparent")],
+        [(b"tracestate", b"vendor=abc")],
+    ],
+    ids=["zero-trace-id", "malformed", "tracestate-alone"],
+)
+def test_an_unsampled_request_replaces_an_unusable_traceparent(
+    client: list[tuple[bytes, bytes]],
+) -> None:
+    headers = upstream_headers(client)
+    (value,) = headers.getall("traceparent")
+    assert FRESH.fullmatch(value.encode())
+    assert CLIENT_TRACE not in value
+
+
+def test_a_sampled_callers_tracestate_reaches_the_origin_with_the_upstream_span(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    with traced(tmp_path, upstream, ALWAYS_ON, sample_rate=0.0) as (gateway, exporter):
+        headers = {
+            "Authorization": f"Bearer {gateway.key}",
+            "traceparent": SAMPLED,
+            "tracestate": "vendor=abc,other=1",
+        }
+        assert httpx.get(gateway.url + "/x", headers=headers, timeout=10).status_code == 200
+        spans = by_name(exporter.get_finished_spans())
+    _, trace_id, parent_id, flags = traceparent(upstream)
+    assert (trace_id, flags) == (CLIENT_TRACE, "01")
+    assert parent_id == format(spans["keyswap.upstream"].context.span_id, "016x")
+    assert upstream.last.header("tracestate") == ["vendor=abc,other=1"]
+
+
 def test_with_a_sample_rate_of_one_every_request_is_recorded(
     tmp_path: Path, upstream: RecordingUpstream
 ) -> None:
@@ -252,9 +383,8 @@ def test_tracing_settings_and_exporter_names_are_checked() -> None:
     try:
         provider = tracing.provider
         assert tracing.sample_rate == 0.25  # decided by Tracing.begin; OTel records what it gets
-        assert provider.sampler.get_description().startswith(  # type: ignore[attr-defined]
-            "ParentBased{root:AlwaysOnSampler"
-        )
+        # Only requests Tracing.begin sampled (or whose caller did) reach OpenTelemetry.
+        assert provider.sampler.get_description() == "AlwaysOnSampler"  # type: ignore[attr-defined]
         assert provider.resource.attributes["service.name"] == "keyswap-gateway"  # type: ignore[attr-defined]
     finally:
         tracing.close()

@@ -967,7 +967,7 @@ class GatewayApp:
                 meter.record(consumer, key_id, status, exchange)
             if metrics is not None:
                 metrics.observe(status, time.perf_counter() - started)
-            if trace is not None:
+            if trace is not None and trace.recording:  # an unsampled request has no span to end
                 trace.finish(status)
 
     async def _per_request_token(
