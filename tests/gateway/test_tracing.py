@@ -83,9 +83,22 @@ def test_a_request_makes_lookup_mint_and_upstream_spans_under_the_callers_trace(
     tmp_path: Path, upstream: RecordingUpstream
 ) -> None:
     with traced(tmp_path, upstream) as (gateway, exporter):
+        assert gateway.app.warmed.wait(10)
+        gateway.key = gateway.admin.create("acme")[1]  # after the warm start: looked up, minted
         response = call(gateway, "/hello?secret=1", SAMPLED)
         assert response.status_code == 200
         spans = by_name(exporter.get_finished_spans())
+        first_parent = traceparent(upstream)
+        exporter.clear()
+        # Again: the key is cached and its token reused: no span for work not done, attributes
+        # on the request's span instead.
+        assert call(gateway, "/hello", SAMPLED).status_code == 200
+        again = by_name(exporter.get_finished_spans())
+    assert set(again) == {"keyswap.request", "keyswap.upstream"}
+    again_attributes = again["keyswap.request"].attributes
+    assert again_attributes is not None
+    assert again_attributes["keyswap.key_cache"] == "hit"
+    assert again_attributes["keyswap.token"] == "reused"
     assert set(spans) == {
         "keyswap.request",
         "keyswap.key_lookup",
@@ -107,7 +120,7 @@ def test_a_request_makes_lookup_mint_and_upstream_spans_under_the_callers_trace(
     assert root.attributes["http.response.status_code"] == 200
     assert root.attributes["url.path"] == "/hello"  # never the query string
     # The origin's traceparent: the same trace, the upstream span as its parent, sampled.
-    version, trace_id, parent_id, flags = traceparent(upstream)
+    version, trace_id, parent_id, flags = first_parent
     assert (version, trace_id, flags) == ("00", CLIENT_TRACE, "01")
     assert parent_id == format(spans["keyswap.upstream"].context.span_id, "016x")
     assert parent_id != CLIENT_SPAN
@@ -162,7 +175,8 @@ def test_unsampled_requests_record_nothing_but_still_propagate(
         assert not int(flags, 16) & 1  # not sampled, said downstream
         # A caller that sampled its trace is followed (parent-based), whatever the rate.
         assert call(gateway, "/y", SAMPLED).status_code == 200
-        assert len(exporter.get_finished_spans()) == 4
+        # The request and upstream spans (the key was cached, its token minted, at the start).
+        assert len(exporter.get_finished_spans()) == 2
         _, trace_id, _, flags = traceparent(upstream)
         assert (trace_id, flags) == (CLIENT_TRACE, "01")
         exporter.clear()
@@ -342,7 +356,8 @@ def test_with_a_sample_rate_of_one_every_request_is_recorded(
             assert gateway.get("/x").status_code == 200
         spans = exporter.get_finished_spans()
     assert len([s for s in spans if s.name == "keyswap.request"]) == 3
-    assert len(spans) == 12
+    assert len([s for s in spans if s.name == "keyswap.upstream"]) == 3
+    assert len(spans) == 6  # a cached key and a reused token: attributes, not spans
 
 
 def test_a_malformed_traceparent_starts_a_new_trace(
@@ -441,7 +456,8 @@ def test_keyswap_gateway_tracing_exports_over_otlp_as_the_otel_variables_say(
                 for span in scope_spans.spans:
                     assert span.trace_id.hex() == CLIENT_TRACE
                     names.add(span.name)
-    assert names == {"keyswap.request", "keyswap.key_lookup", "keyswap.mint", "keyswap.upstream"}
+    # The key was cached and its token minted at the warm start: no lookup or mint span.
+    assert names == {"keyswap.request", "keyswap.upstream"}
     assert services == {"edge-7"}
     traced_request = next(r for r in upstream.received if r.raw_path == b"/traced")
     assert traced_request.header("traceparent")[0].split("-")[1] == CLIENT_TRACE

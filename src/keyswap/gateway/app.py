@@ -799,12 +799,15 @@ class GatewayApp:
                 return
             try:
                 key = _api_key_from(scope["headers"])
-                if trace is None or not trace.recording:
-                    principal = self._cached(key, self._clock())  # no coroutine for a cached key
-                    if principal is None:
+                principal = self._cached(key, self._clock())  # no coroutine for a cached key
+                if principal is None:
+                    if trace is None or not trace.recording:
                         principal = await self._authenticate(key, cached=False)
-                else:
-                    principal = await trace.run("keyswap.key_lookup", self._authenticate(key))
+                    else:
+                        looked_up = self._authenticate(key, cached=False)
+                        principal = await trace.run("keyswap.key_lookup", looked_up)
+                elif trace is not None and trace.recording:  # no span for work not done
+                    trace.note("keyswap.key_cache", "hit")
             except _NoKey:
                 status = await _respond(send, NO_API_KEY)
                 return
@@ -864,12 +867,14 @@ class GatewayApp:
             bearer = b""  # `Bearer <token>` of the consumer's cached token, built once per token
             if rule is None and not self._txn:
                 try:
-                    if trace is None or not trace.recording:
-                        minted = self.minter.reusable(principal)
-                        if minted is None:  # signed beside the event loop (RSA: ~250 µs)
+                    minted = self.minter.reusable(principal)
+                    if minted is None:  # signed on the signing thread
+                        if trace is None or not trace.recording:
                             minted = await self._mint_aside(principal)
-                    else:
-                        minted = await trace.run("keyswap.mint", self._token(principal))
+                        else:
+                            minted = await trace.run("keyswap.mint", self._mint_aside(principal))
+                    elif trace is not None and trace.recording:
+                        trace.note("keyswap.token", "reused")
                     bearer = minted.header
                 except (KeysUnavailable, ConfigError) as exc:
                     logger.error("cannot mint a token: %s", exc.reason)
@@ -1164,20 +1169,6 @@ class GatewayApp:
         assert default is not None  # set in GatewaySettings.__post_init__
         return default
 
-    def _authenticate_and_mint(self, key: str, now: float) -> PrincipalLike:
-        """On a store thread: look the key up, then mint its token there too (signing releases the
-        GIL: a cold key's signature is made beside the event loop, not on it)."""
-        principal = self._api_keys.authenticate(key, now)
-        try:
-            self.minter.token_for(principal)
-        except Exception:  # minted (and any error reported) again on the request path
-            logger.debug("minting ahead of the request failed", exc_info=True)
-        return principal
-
-    async def _token(self, principal: PrincipalLike) -> MintedToken:
-        """``principal``'s reusable token, else a new one from :meth:`_mint_aside`."""
-        return self.minter.reusable(principal) or await self._mint_aside(principal)
-
     async def _mint_aside(self, principal: PrincipalLike) -> MintedToken:
         """A new token for ``principal``, signed on the signing thread (signing releases the GIL):
         a key's first request, or its first after half the token's lifetime, does not hold the
@@ -1226,7 +1217,7 @@ class GatewayApp:
             try:
                 if lookup is not None and await self._surely_unknown(key):
                     raise InvalidApiKey("Invalid API key")
-                return await self.store_calls.run(self._authenticate_and_mint, key, now)
+                return await self.store_calls.run(self._api_keys.authenticate, key, now)
             except StoreTimeout:  # a hung database: answer from memory as in an outage, or 503
                 if metrics is not None:
                     metrics.store_errors += 1

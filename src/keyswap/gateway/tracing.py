@@ -246,6 +246,11 @@ class RequestTrace:
         set by :meth:`upstream`)."""
         _PROPAGATOR.inject(headers, context=self._context)
 
+    def note(self, name: str, value: str) -> None:
+        """Set attribute ``name`` on the request's span: a step answered from memory (a cached key,
+        a reused token) gets this instead of a span of its own."""
+        self._root.set_attribute(name, value)
+
     def finish(self, status: int) -> None:
         """End the request's span with its ``status``."""
         root = self._root
@@ -288,6 +293,9 @@ class _Unsampled:
 
     def call(self, name: str, step: Callable[[Any], T], arg: Any) -> T:
         return step(arg)
+
+    def note(self, name: str, value: str) -> None:
+        pass
 
     async def upstream(
         self,
