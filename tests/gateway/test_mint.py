@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from keyswap.errors import ConfigError
-from keyswap.gateway.mint import TokenMinter, sign_compact
+from keyswap.gateway.mint import TokenMinter, _jti, sign_compact
 from tests.support.keys import ec_key, ed_key, rsa_key
 
 ISSUER = "http://127.0.0.1:8080/__keyswap/issuer"
@@ -216,3 +218,35 @@ def test_a_change_of_scopes_re_mints_at_once() -> None:
     narrowed = minter.token_for(ScopedPrincipal("key_a", "acme", scopes=("a",)))
     assert narrowed is not first
     assert _claims(narrowed.token)["scope"] == "a"
+
+
+def test_token_ids_are_unique_well_formed_and_never_shared_with_a_forked_child() -> None:
+    taken = [_jti() for _ in range(700)]  # across batch boundaries (256 a batch)
+    assert len(set(taken)) == 700
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{24}", jti) for jti in taken)
+    _jti()  # a batch is now in memory: a forked child must not reuse it
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        os.write(write, " ".join(_jti() for _ in range(20)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    mine = [_jti() for _ in range(20)]
+    assert len(child) == 20
+    assert not set(child) & set(mine)
+
+
+def test_a_signer_is_made_once_per_key_and_follows_a_new_key() -> None:
+    first, second = Key("a", "ES256", ec_key().private), Key("b", "EdDSA", ed_key().private)
+    claims = {"sub": "acme"}
+    for key in (first, second, first, second):
+        token = sign_compact(key, claims)
+        public = key.private_key.public_key()
+        assert jwt.decode(token, public, algorithms=[key.alg]) == claims
+    # The same key object declared with another algorithm is checked again, not signed with.
+    with pytest.raises(ConfigError):
+        sign_compact(Key("a", "RS256", first.private_key), claims)

@@ -51,7 +51,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from keyswap.errors import (
     ConfigError,
@@ -304,6 +304,19 @@ HEADERS_TOO_LARGE = _text(431, "Request header fields too large")
 BAD_GATEWAY = _text(502, "Bad gateway")
 GATEWAY_TIMEOUT = _text(504, "Gateway timeout")
 UNAVAILABLE = _text(503, "Service unavailable", (b"retry-after", b"5"))
+
+
+class _MintJob(NamedTuple):
+    """One request's own token to sign (:meth:`GatewayApp._mint_job`)."""
+
+    principal: PrincipalLike
+    binding: Mapping[str, Any]
+    ttl: int
+    txn: str | None = None
+    purpose: str = "api"
+    requester: Mapping[str, Any] | None = None
+
+
 #: Readiness (for a load balancer): 200 once the warm start is done, 503 until then (the liveness
 #: check is ``/__keyswap/health``: 200 as soon as the node serves).
 READY_PATH = "/__keyswap/ready"
@@ -436,6 +449,12 @@ class GatewayApp:
         self.changes = changes
         self.store_calls = store_calls or StoreCalls()
         #: Signs tokens a request needs that are not cached yet (see :meth:`_mint_aside`).
+        #: Signs every per-request token (bound mode, Transaction Tokens): signatures made one
+        #: after another on one thread keep the curve's tables in that core's caches, and the event
+        #: loop's own code in its (bound ES256: 144 -> 131 µs of CPU a request; BENCHMARKS.md 12c).
+        self._request_signer: Signer[_MintJob, str] = Signer(
+            self._mint_job, name="keyswap-sign-req"
+        )
         self._signer: Signer[PrincipalLike, MintedToken] = Signer(
             lambda principal: self.minter.token_for(principal)
         )
@@ -713,6 +732,7 @@ class GatewayApp:
             await self.meter.close()
         self.store_calls.close()
         self._signer.close()
+        self._request_signer.close()
         await asyncio.to_thread(self._access.close)
         if self.rate_limiter is not None:
             await self.rate_limiter.close()
@@ -1025,19 +1045,12 @@ class GatewayApp:
             txn = str(uuid.uuid4())
             client = scope.get("client")
             requester = {"req_ip": client[0]} if client else {}
-            token, _ = self.minter.mint_per_request(
-                principal,
-                binding,
-                ttl=policy.ttl,
-                txn=txn,
-                purpose=settings.txn_purpose,
-                requester=requester,
-            )
-            headers["txn-token"] = token
+            job = _MintJob(principal, binding, policy.ttl, txn, settings.txn_purpose, requester)
+            headers["txn-token"] = await self._request_signer.run(job)
             logger.info("txn %s for consumer %s", txn, principal.consumer)
         else:
-            token, _ = self.minter.mint_per_request(principal, binding, ttl=policy.ttl)
-            headers["authorization"] = "Bearer " + token
+            job = _MintJob(principal, binding, policy.ttl)
+            headers["authorization"] = "Bearer " + await self._request_signer.run(job)
         return body
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -1168,6 +1181,18 @@ class GatewayApp:
         default = self.settings.max_connections_per_consumer
         assert default is not None  # set in GatewaySettings.__post_init__
         return default
+
+    def _mint_job(self, job: _MintJob) -> str:
+        """On the request signing thread: one request's own token."""
+        token, _ = self.minter.mint_per_request(
+            job.principal,
+            job.binding,
+            ttl=job.ttl,
+            txn=job.txn,
+            purpose=job.purpose,
+            requester=job.requester,
+        )
+        return token
 
     async def _mint_aside(self, principal: PrincipalLike) -> MintedToken:
         """A new token for ``principal``, signed on the signing thread (signing releases the GIL):

@@ -14,6 +14,7 @@ never disagree on them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -202,6 +203,12 @@ async def read_body(
             return ReadBody(b"".join(parts), True)
 
 
+@functools.lru_cache(maxsize=64)
+def _origin(scheme: str, authority: str) -> str:
+    """``canonical_htu`` without its path (the gateway's origin: the same for every request)."""
+    return canonical_htu(scheme, authority, "/")[:-1]
+
+
 def binding_claims(
     *,
     method: str,
@@ -219,7 +226,7 @@ def binding_claims(
     """
     claims: dict[str, Any] = {
         "htm": method,
-        "htu": canonical_htu(scheme, authority, path),
+        "htu": _origin(scheme, authority) + (path or "/"),
     }
     if query:
         claims["htq"] = query_hash(query)

@@ -21,10 +21,11 @@ raw ``r || s`` signature of RFC 7518 §3.4, EdDSA = Ed25519/Ed448).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
-import secrets
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,25 +95,58 @@ def principal_scopes(principal: PrincipalLike) -> tuple[str, ...]:
     return scopes
 
 
+#: One encoder for every token (``json.dumps`` with non-default options builds one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _json(value: Mapping[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _ENCODER.encode(value).encode()
 
 
-def _sign(private_key: Any, alg: str, data: bytes) -> bytes:
+def _signer(private_key: Any, alg: str) -> Callable[[bytes], bytes]:
+    """A function signing with ``private_key`` as ``alg`` asks (the checks and the padding or
+    signature-algorithm objects made once per key, not per token).
+
+    Raises:
+        ConfigError: the key cannot sign ``alg``.
+    """
     if alg == "RS256" and isinstance(private_key, rsa.RSAPrivateKey):
-        return private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
+        return lambda data: private_key.sign(data, pkcs1, sha256)
     if (
         alg == "ES256"
         and isinstance(private_key, ec.EllipticCurvePrivateKey)
         and isinstance(private_key.curve, ec.SECP256R1)
     ):
-        r, s = utils.decode_dss_signature(private_key.sign(data, ec.ECDSA(hashes.SHA256())))
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        ecdsa = ec.ECDSA(hashes.SHA256())
+        decode = utils.decode_dss_signature
+
+        def sign_es256(data: bytes) -> bytes:
+            r, s = decode(private_key.sign(data, ecdsa))
+            return r.to_bytes(32, "big") + s.to_bytes(32, "big")  # JOSE: r || s (RFC 7518 §3.4)
+
+        return sign_es256
     if alg == "EdDSA" and isinstance(
         private_key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
     ):
-        return private_key.sign(data)
+        return private_key.sign
     raise ConfigError(f"signing key of type {type(private_key).__name__} cannot sign {alg}")
+
+
+#: id(private key) -> (the key, alg, its signer); the key is held so that its id stays its own.
+_SIGNERS: dict[int, tuple[Any, str, Callable[[bytes], bytes]]] = {}
+_SIGNERS_MAX = 64
+
+
+def _sign(private_key: Any, alg: str, data: bytes) -> bytes:
+    found = _SIGNERS.get(id(private_key))
+    if found is None or found[0] is not private_key or found[1] != alg:
+        signer = _signer(private_key, alg)
+        if len(_SIGNERS) >= _SIGNERS_MAX:
+            _SIGNERS.clear()  # retired keys: rare (a rotation), and re-made on their next use
+        _SIGNERS[id(private_key)] = (private_key, alg, signer)
+        return signer(data)
+    return found[2](data)
 
 
 @functools.lru_cache(maxsize=64)
@@ -132,6 +166,27 @@ def sign_compact(key: SigningKeyLike, claims: Mapping[str, Any], *, typ: str = "
     signing_input = _header_segment(key.alg, key.kid, typ) + "." + b64url_encode(_json(claims))
     signature = _sign(key.private_key, key.alg, signing_input.encode("ascii"))
     return signing_input + "." + b64url_encode(signature)
+
+
+#: Token ids drawn ahead, in batches: 24 base64url characters (144 random bits) each.
+_JTIS: list[str] = []
+_JTI_BATCH = 256
+
+
+def _jti() -> str:
+    """A fresh, unique ``jti`` (144 bits from ``os.urandom``; batches drawn 256 at a time, and a
+    forked process draws its own)."""
+    try:
+        return _JTIS.pop()
+    except IndexError:
+        text = base64.urlsafe_b64encode(os.urandom(18 * _JTI_BATCH)).decode("ascii")
+        batch = [text[i : i + 24] for i in range(0, len(text), 24)]
+        jti = batch.pop()
+        _JTIS.extend(batch)  # list.extend and pop are atomic under the GIL: threads may share it
+        return jti
+
+
+os.register_at_fork(after_in_child=_JTIS.clear)
 
 
 def token_claims(
@@ -154,7 +209,7 @@ def token_claims(
         "aud": audience,
         "iat": iat,
         "exp": iat + ttl,
-        "jti": secrets.token_urlsafe(16),
+        "jti": _jti(),
     }
     if key_id is not None:
         claims["key_id"] = key_id
@@ -361,7 +416,7 @@ class TokenMinter:
             "exp": iat + ttl,
             "aud": self._audience,
             "sub": principal.consumer,
-            "jti": secrets.token_urlsafe(16),
+            "jti": _jti(),
             "txn": txn,
             "purp": purpose,
             "tctx": tctx,
