@@ -157,6 +157,37 @@ def test_keep_alive_still_works_within_the_timeout() -> None:
     assert len(app.bodies) == 3
 
 
+def test_the_keep_alive_timeout_counts_from_the_last_response_not_the_first() -> None:
+    # Requests keep the connection busy for longer than the keep-alive timeout: it must not be
+    # closed by the limit armed after the first response (the timer is moved, not replaced).
+    app = App()
+    with guarded(app, keep_alive_timeout=0.4, head_timeout=0.4) as server, connect(server) as sock:
+        first = time.monotonic()
+        while time.monotonic() - first < 1.0:
+            sock.sendall(REQUEST)
+            assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+            time.sleep(0.05)
+        last = time.monotonic()
+        assert read_until_closed(sock) == b""
+        idle = time.monotonic() - last
+    assert len(app.bodies) >= 5
+    assert 0.3 < idle < 2.0
+
+
+def test_a_head_timeout_shorter_than_the_keep_alive_timeout_still_applies() -> None:
+    # The head limit (0.2 s) expires before the pending keep-alive one (2 s) would have fired.
+    with (
+        guarded(App(), keep_alive_timeout=2.0, head_timeout=0.2) as server,
+        connect(server) as sock,
+    ):
+        sock.sendall(REQUEST)
+        read_response(sock)
+        sock.sendall(b"G")  # a request starts and stalls
+        started = time.monotonic()
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - started < 1.2
+
+
 def test_connections_beyond_the_cap_get_503_and_the_cap_frees_up() -> None:
     with guarded(App(), max_connections=2, head_timeout=1.5) as server:
         holders = [connect(server), connect(server)]

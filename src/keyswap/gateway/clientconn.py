@@ -39,8 +39,9 @@ On a graceful shutdown (SIGTERM) a request whose head is arriving is still answe
 that has not sent its first request yet gets a few seconds to send it (:meth:`~GuardedHttpToolsProtocol.
 shutdown`); both are answered with ``Connection: close``.
 
-Cost per request: no timer for a request without a body (the head timer is re-armed only when a request
-starts on an idle connection); one ``call_later`` per request with a body.
+Cost per request: no timer operation. The head, keep-alive and body limits share one loop timer per
+connection that is moved lazily: arming a deadline later than the one the timer is set for only records
+it, and the timer re-arms itself for the rest when it fires (uvicorn's own keep-alive timer is not used).
 """
 
 from __future__ import annotations
@@ -131,7 +132,16 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # One deadline at a time (head, keep-alive or body), on one lazily moved loop timer: arming
+        # a later deadline than the pending timer's only records it (the timer, when it fires,
+        # re-arms itself for the rest), so a keep-alive connection's requests cost no timer
+        # operation (uvicorn's keep-alive timer, then a head timer: two `call_later` and two
+        # `cancel` a request before).
+        self._deadline: float | None = None  # loop time the current limit expires
+        self._expire: Callable[[], None] | None = None  # what to do then
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # loop time self._timer fires
+        self._idle = False  # a response was answered; no request has started since
         self._head_pending = False  # bytes of a request head arrived, the head is not complete
         self._body_pending = False  # the head is in, the body is not complete
         self._body_start = 0.0
@@ -142,15 +152,43 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
 
     # -- timers --------------------------------------------------------------------------------
 
-    def _arm(self, delay: float, callback: Any) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(delay, callback)
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        """``callback`` in ``delay`` seconds unless re-armed or disarmed before (replaces any other)."""
+        at = self.loop.time() + delay
+        self._deadline = at
+        self._expire = callback
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= at:
+                return  # it fires first, then re-arms for what is left
+            timer.cancel()
+        self._timer_at = at
+        self._timer = self.loop.call_at(at, self._on_timer)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """No limit runs now (a pending loop timer stays and finds nothing due)."""
+        self._deadline = None
+        self._expire = None
+
+    def _stop_timer(self) -> None:
+        self._disarm()
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        if self.loop.time() < deadline:  # moved since it was armed
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+            return
+        expire = self._expire
+        self._deadline = self._expire = None
+        if expire is not None:
+            expire()
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -173,7 +211,7 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         cls = type(self)
         cls.closed += 1
-        self._disarm()
+        self._stop_timer()
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
@@ -199,11 +237,11 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self._body_pending = self._head_pending = False
-                self._disarm()
+                self._stop_timer()
                 self.handle_websocket_upgrade()  # the websocket protocol owns the transport now
                 return
             self._unsupported_upgrade_warning()
-        if self._body_pending and self._timer is None and not self.transport.is_closing():
+        if self._body_pending and self._deadline is None and not self.transport.is_closing():
             now = self.loop.time()
             self._body_start = self._body_last = now
             self._arm(min(self.limits.body_timeout, self.limits.body_deadline), self._on_body_timer)
@@ -242,8 +280,8 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_pending = True
-        if self.timeout_keep_alive_task is not None:  # a request starts on an idle connection
-            self._unset_keepalive_if_required()
+        if self._idle:  # a request starts on an idle connection
+            self._idle = False
             self._arm(self.limits.head_timeout, self._on_head_timeout)
 
     def on_headers_complete(self) -> None:
@@ -263,10 +301,22 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
         self._disarm()
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        # uvicorn's, with the keep-alive limit on this class's timer instead of a timer of its own.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle = True
+            self._arm(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
     # -- expiry --------------------------------------------------------------------------------
 
     def _on_head_timeout(self) -> None:
-        self._timer = None
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -275,7 +325,6 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
         transport.close()
 
     def _on_body_timer(self) -> None:
-        self._timer = None
         if not self._body_pending or self.transport.is_closing():
             return
         limits = self.limits
