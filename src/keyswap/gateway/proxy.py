@@ -437,44 +437,30 @@ class UpstreamProxy:
             raise UpstreamError("the request cannot be forwarded") from exc
         if exchange is not None:
             exchange.latency = time.perf_counter() - asked
-        try:
-            return await self._relay(response, send, receive, streamed, exchange)
+        try:  # (the relay of the answer, inline: no coroutine of its own)
+            status = response.status
+            answer = returned_response_headers(response.headers)
+            if status in _NO_LENGTH:
+                # Never a body; a Content-Length here would make the server expect one.
+                answer = [(name, value) for name, value in answer if name != b"content-length"]
+            if response.complete:
+                data = response.take()
+            else:
+                size = response.content_length
+                if size is None or size > _SMALL_BODY:
+                    # Once the request body is read whole, `receive` is free to watch for the
+                    # client leaving: at once, or for a streamed body (the origin may answer before
+                    # it has all of it) once it is.
+                    watch = _Watch(receive, None if streamed is None else streamed.done)
+                    return await self._stream(status, answer, response, send, watch, exchange)
+                data = await response.read_all(size)
+            if exchange is not None:
+                exchange.bytes_out = len(data)
+            await send({"type": "http.response.start", "status": status, "headers": answer})
+            await send({"type": "http.response.body", "body": data})
+            return status
         finally:
             response.close()
-
-    async def _relay(
-        self,
-        response: UpstreamResponse,
-        send: Send,
-        receive: Receive | None = None,
-        streamed: _StreamedBody | None = None,
-        exchange: Exchange | None = None,
-    ) -> int:
-        status = response.status
-        headers = returned_response_headers(response.headers)
-        if status in _NO_LENGTH:
-            # Never a body; a Content-Length here would make the server expect one.
-            headers = [(name, value) for name, value in headers if name != b"content-length"]
-        if response.complete:
-            body = response.take()
-        else:
-            length = response.content_length
-            if length is None or length > _SMALL_BODY:
-                # Once the request body is read whole, `receive` is free to watch for the client
-                # leaving: at once, or for a streamed body (the origin may answer before it has all
-                # of it) once it is.
-                watch = (
-                    None
-                    if receive is None
-                    else _Watch(receive, None if streamed is None else streamed.done)
-                )
-                return await self._stream(status, headers, response, send, watch, exchange)
-            body = await response.read_all(length)
-        if exchange is not None:
-            exchange.bytes_out = len(body)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        return status
 
     @staticmethod
     async def _stream(

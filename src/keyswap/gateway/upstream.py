@@ -729,7 +729,11 @@ class UpstreamPool:
                 else:
                     self._start_stream(conn, resp, head, body, content_length)
                 while not resp.head_ready and resp.error is None:
-                    await resp._wait(loop)
+                    waiter = resp._waiter = loop.create_future()  # resp._wait, without a coroutine
+                    try:
+                        await waiter
+                    finally:
+                        resp._waiter = None
                 if resp.error is not None:
                     raise resp.error
             except _Stale:
