@@ -39,6 +39,12 @@ On a graceful shutdown (SIGTERM) a request whose head is arriving is still answe
 that has not sent its first request yet gets a few seconds to send it (:meth:`~GuardedHttpToolsProtocol.
 shutdown`); both are answered with ``Connection: close``.
 
+Responses: uvicorn writes a response's head and its body in two transport writes (two ``send`` system
+calls, two TCP segments). Request cycles here write through a small writer that holds the head until the
+next write, so that the usual head-then-body answer leaves in one; a head that nothing follows in the same
+event-loop step (a streamed response waiting for its origin) is written on the loop's next pass, and the
+protocol sends what is held before it writes or closes anything itself (400, 408, shutdown).
+
 Cost per request: no timer operation. The head, keep-alive and body limits share one loop timer per
 connection that is moved lazily: arming a deadline later than the one the timer is set for only records
 it, and the timer re-arms itself for the rest when it fires (uvicorn's own keep-alive timer is not used).
@@ -70,6 +76,9 @@ OVER_CAP_HEAD_TIMEOUT = 1.0
 
 #: Seconds a connection accepted just before a graceful shutdown has to send its first request.
 DRAIN_NEW_CONNECTION_GRACE = 5.0
+
+#: A held response head and a body up to this size are joined into one buffer (else written as two).
+_JOIN_LIMIT = 16 * 1024
 
 _TIMEOUT_BODY = b"Request timeout"
 _REQUEST_TIMEOUT = (
@@ -124,6 +133,60 @@ def default_max_client_connections(upstream_pool: int) -> int:
     return max(1, min(1000, soft - upstream_pool - 64))
 
 
+class _ResponseWriter:
+    """What uvicorn's request cycles write through (``cycle.transport``): the real transport, except
+    that a response head is held until the next write, so that a head and a body sent one after the
+    other (the proxy's usual answer) leave in one ``send`` system call instead of two. A head that no
+    write follows in the same step (a streamed response waiting for its origin) goes out on the loop's
+    next pass; anything the protocol writes or closes itself sends what is held first."""
+
+    __slots__ = ("_held", "_loop", "hold_next", "transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        #: The next write is a response head (set when a request's head is complete).
+        self.hold_next = False
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if len(data) <= _JOIN_LIMIT:
+                self.transport.write(held + data)
+            else:
+                self.transport.writelines((held, data))
+        elif self.hold_next and data:
+            self.hold_next = False
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        """Write what is held (nothing once the connection is closing: it is lost with it)."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self.transport.is_closing():
+                self.transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def abort(self) -> None:
+        self._held = None
+        self.transport.abort()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.transport.get_extra_info(name, default)
+
+
 class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
     """uvicorn's httptools protocol with the timeouts and cap of :class:`ClientLimits` (``limits``),
     keeping only the request head's fields (:mod:`keyswap.serverproto`)."""
@@ -149,6 +212,7 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
         self._send_timer: asyncio.TimerHandle | None = None
         self._send_buffered = 0
         self._draining = False
+        self._writer: _ResponseWriter | None = None
 
     # -- timers --------------------------------------------------------------------------------
 
@@ -199,6 +263,7 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._writer = _ResponseWriter(transport, self.loop)
         cls = type(self)
         cls.opened += 1
         limits = self.limits
@@ -220,9 +285,24 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         # The websocket protocol owns the transport from now on (this one's connection_lost is never
         # called); like uvicorn's connection count, the gauge counts HTTP connections only.
+        self._flush()
         cls = type(self)
         cls.closed += 1
         super().handle_websocket_upgrade()
+
+    def _flush(self) -> None:
+        """Write the response head the cycle's writer holds (before the protocol writes itself)."""
+        writer = self._writer
+        if writer is not None:
+            writer.flush()
+
+    def send_400_response(self, msg: str) -> None:
+        self._flush()
+        super().send_400_response(msg)
+
+    def timeout_keep_alive_handler(self) -> None:
+        self._flush()
+        super().timeout_keep_alive_handler()
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's, minus cancelling the keep-alive timer on any byte: only a request start does.
@@ -273,6 +353,7 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
                 min(DRAIN_NEW_CONNECTION_GRACE, self.limits.head_timeout), self._on_head_timeout
             )
             return
+        self._flush()
         super().shutdown()
 
     # -- parser callbacks ----------------------------------------------------------------------
@@ -289,8 +370,14 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
         self._disarm()
         self._body_pending = True  # until on_message_complete says otherwise (same feed, no body)
         super().on_headers_complete()
-        if self._draining and self.cycle is not None:
-            self.cycle.keep_alive = False
+        cycle: Any = self.cycle
+        if cycle is not None:
+            writer = self._writer
+            if writer is not None and cycle.transport is not writer:  # a new request's cycle
+                cycle.transport = writer
+                writer.hold_next = True
+            if self._draining:
+                cycle.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
         self._body_last = self.loop.time()
@@ -320,6 +407,7 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        self._flush()
         if self._head_pending:
             transport.write(_REQUEST_TIMEOUT)
         transport.close()
@@ -341,6 +429,7 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
         self._body_pending = False
         cycle = self.cycle
         if cycle is not None and not cycle.response_started:
+            self._flush()
             self.transport.write(_REQUEST_TIMEOUT)
             cycle.disconnected = (
                 True  # the app's sends are dropped; its receive sees the disconnect
