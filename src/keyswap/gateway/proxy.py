@@ -439,7 +439,11 @@ class UpstreamProxy:
             exchange.latency = time.perf_counter() - asked
         try:  # (the relay of the answer, inline: no coroutine of its own)
             status = response.status
-            answer = returned_response_headers(response.headers)
+            answer = (
+                returned_response_headers(response.headers)
+                if response.hop_by_hop
+                else response.headers  # names already lower-case, nothing to drop
+            )
             if status in _NO_LENGTH:
                 # Never a body; a Content-Length here would make the server expect one.
                 answer = [(name, value) for name, value in answer if name != b"content-length"]

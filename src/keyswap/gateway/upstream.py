@@ -68,6 +68,7 @@ from urllib.parse import urlsplit
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from keyswap.errors import ConfigError, UpstreamError, UpstreamTimeout
+from keyswap.gateway.headerpolicy import HOP_BY_HOP
 
 __all__ = ["IDEMPOTENT_METHODS", "Origin", "UpstreamPool", "UpstreamResponse", "parse_origin"]
 
@@ -161,6 +162,8 @@ class UpstreamResponse:
             still there (the proxy drops them).
         content_length: the announced ``Content-Length`` (``None`` when absent or chunked).
         complete: the whole body has arrived (it may still be buffered here).
+        hop_by_hop: ``headers`` has a hop-by-hop name (:data:`~keyswap.gateway.headerpolicy.HOP_BY_HOP`;
+            when false, nothing needs dropping before relaying them).
 
     Call :meth:`close` when done (it is a no-op after a complete response): an unfinished response
     closes its connection rather than returning it to the pool.
@@ -179,6 +182,7 @@ class UpstreamResponse:
         "error",
         "head_ready",
         "headers",
+        "hop_by_hop",
         "keep_alive",
         "received",
         "request_sent",
@@ -196,6 +200,7 @@ class UpstreamResponse:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
+        self.hop_by_hop = False
         self.head_ready = False
         self.complete = False
         self.keep_alive = False
@@ -409,10 +414,12 @@ class _Conn(asyncio.Protocol):
         if name == b"content-length":
             with contextlib.suppress(ValueError):
                 resp.content_length = int(value)
-        elif name == b"connection":
-            self.conn_tokens.extend(t.strip().lower() for t in value.split(b","))
-        elif name == b"transfer-encoding":
-            self.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        elif name in HOP_BY_HOP:
+            resp.hop_by_hop = True
+            if name == b"connection":
+                self.conn_tokens.extend(t.strip().lower() for t in value.split(b","))
+            elif name == b"transfer-encoding":
+                self.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
 
     def on_headers_complete(self) -> None:
         resp = self.resp
@@ -431,6 +438,7 @@ class _Conn(asyncio.Protocol):
             self.in_interim = True
             resp.headers = []
             resp.content_length = None
+            resp.hop_by_hop = False
             self.conn_tokens = []
             self.chunked = False
             return
