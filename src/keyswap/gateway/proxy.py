@@ -75,8 +75,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 logger = logging.getLogger("keyswap.gateway")
 
-# ``int in bytes`` is a memchr; ``b"_" in name`` would first try b"_" as an int (a dropped TypeError).
-_UNDERSCORE = ord("_")
 #: Limits on the request head the gateway forwards (nginx's default large buffers are 4 x 8 KiB).
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_COUNT = 256
@@ -199,21 +197,17 @@ def forwarded_request_headers(
     fwd_host: bytes | None = None
     lengths: list[bytes] = []
     chunked = False
-    drop, prefixes, pattern = policy.names, policy.prefixes, policy.pattern
-    outside_allow = policy.outside_allow if policy.strict else None
+    verdicts = policy.verdicts
     for raw_name, value in headers:
         count += 1
         budget -= len(raw_name) + len(value) + 4  # "name: value\r\n"
         if budget < 0 or count > MAX_HEADER_COUNT:
             raise HeadersTooLarge
         name = raw_name.lower()
-        if (
-            name in drop
-            or name.startswith(prefixes)
-            or _UNDERSCORE in name
-            or (pattern is not None and pattern.match(name) is not None)
-            or (outside_allow is not None and outside_allow(name))
-        ):
+        dropped = verdicts.get(name)
+        if dropped is None:
+            dropped = policy.verdict(name)
+        if dropped:
             if name == b"host":
                 host = value if host is None else host
             elif name == b"content-length":
