@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import re
+import threading
 import time
 import zlib
 from collections.abc import Iterator, Mapping
@@ -15,11 +18,13 @@ from keyswap.gateway.apikeys import (
     KEY_REGEX,
     RANDOM_LENGTH,
     ApiKeys,
+    PreparedMac,
     Principal,
     generate_key,
     generate_key_id,
     is_well_formed,
     key_regex,
+    mac_digest,
 )
 from keyswap.gateway.secret import ServerSecret
 from keyswap.store import ApiKeyRecord, Consumer, Store
@@ -134,6 +139,60 @@ def test_every_single_character_change_in_a_key_is_detected_as_malformed() -> No
 )
 def test_malformed_keys_are_recognised_without_io(key: str) -> None:
     assert not is_well_formed(key)
+
+
+def test_a_checksum_that_is_valid_base62_but_not_the_crc32_is_malformed() -> None:
+    random_part = generate_key()[3:33]
+    crc = zlib.crc32(random_part.encode("ascii"))
+    # "zzzzzz" is above any CRC32; "000000" is CRC32 0; the right value plus one, 62 and 62**5.
+    for wrong in ("zzzzzz", "000000"):
+        assert not is_well_formed(f"ks_{random_part}{wrong}")
+    for delta in (1, 62, 62**5):
+        value, digits = (crc + delta) % 62**6, []
+        for _ in range(6):
+            value, rest = divmod(value, 62)
+            digits.append(BASE62[rest])
+        assert not is_well_formed(f"ks_{random_part}{''.join(reversed(digits))}"), delta
+
+
+def test_prefixes_are_matched_literally() -> None:
+    key = generate_key("acme")
+    assert is_well_formed(key.replace("acme_", "acm._"), "acm.")
+    assert not is_well_formed(key.replace("acme_", "acmX_"), "acm.")
+    assert not is_well_formed("x" + key, "acme")
+    assert not is_well_formed(key + "\n", "acme")
+
+
+@pytest.mark.parametrize("key_length", [0, 1, 32, 63, 64, 65, 200])
+def test_the_prepared_mac_is_hmac_sha256(key_length: int) -> None:
+    mac_key = bytes(range(256))[:key_length]
+    prepared = PreparedMac(mac_key)
+    for message in (b"", b"ks_" + b"A" * 36, bytes(range(256)) * 5):
+        expected = hmac.new(mac_key, message, hashlib.sha256).digest()
+        assert prepared(message) == expected
+        assert prepared(message) == expected  # the prepared state is not consumed
+
+
+def test_the_prepared_mac_gives_the_same_digests_from_several_threads() -> None:
+    prepared = PreparedMac(b"k" * 32)
+    keys = [generate_key() for _ in range(200)]
+    expected = [mac_digest(b"k" * 32, key) for key in keys]
+    results: list[list[bytes]] = []
+
+    def work() -> None:
+        results.append([prepared(key.encode()) for key in keys])
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [expected] * 4
+
+
+def test_api_keys_store_the_stdlib_hmac_of_the_key(api_keys: ApiKeys) -> None:
+    key = generate_key()
+    assert api_keys.digest(key) == mac_digest(secret().api_key_mac_key, key)
 
 
 def test_a_custom_prefix_is_used_and_required() -> None:

@@ -3,7 +3,9 @@ checked with raw sockets against a real uvicorn running the guarded protocol."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +14,12 @@ from typing import Any
 import pytest
 
 from keyswap.errors import ConfigError
-from keyswap.gateway.clientconn import ClientLimits, default_max_client_connections, protocol_class
+from keyswap.gateway.clientconn import (
+    ClientLimits,
+    _ResponseWriter,
+    default_max_client_connections,
+    protocol_class,
+)
 from keyswap.gateway.serve import server_config
 from tests.support.asgi_server import ServerThread
 
@@ -157,6 +164,37 @@ def test_keep_alive_still_works_within_the_timeout() -> None:
     assert len(app.bodies) == 3
 
 
+def test_the_keep_alive_timeout_counts_from_the_last_response_not_the_first() -> None:
+    # Requests keep the connection busy for longer than the keep-alive timeout: it must not be
+    # closed by the limit armed after the first response (the timer is moved, not replaced).
+    app = App()
+    with guarded(app, keep_alive_timeout=0.4, head_timeout=0.4) as server, connect(server) as sock:
+        first = time.monotonic()
+        while time.monotonic() - first < 1.0:
+            sock.sendall(REQUEST)
+            assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+            time.sleep(0.05)
+        last = time.monotonic()
+        assert read_until_closed(sock) == b""
+        idle = time.monotonic() - last
+    assert len(app.bodies) >= 5
+    assert 0.3 < idle < 2.0
+
+
+def test_a_head_timeout_shorter_than_the_keep_alive_timeout_still_applies() -> None:
+    # The head limit (0.2 s) expires before the pending keep-alive one (2 s) would have fired.
+    with (
+        guarded(App(), keep_alive_timeout=2.0, head_timeout=0.2) as server,
+        connect(server) as sock,
+    ):
+        sock.sendall(REQUEST)
+        read_response(sock)
+        sock.sendall(b"G")  # a request starts and stalls
+        started = time.monotonic()
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - started < 1.2
+
+
 def test_connections_beyond_the_cap_get_503_and_the_cap_frees_up() -> None:
     with guarded(App(), max_connections=2, head_timeout=1.5) as server:
         holders = [connect(server), connect(server)]
@@ -249,3 +287,112 @@ def test_the_guarded_protocol_also_keeps_only_the_request_heads_fields() -> None
     assert b"authorization" not in names
     assert b"x-trailer" not in names
     assert b"trailer" in names  # the head's own fields are all there
+
+
+def test_a_response_head_is_sent_before_a_body_that_comes_later() -> None:
+    # The head is held for the body that usually follows at once; a streamed body that waits for
+    # its origin must not hold the head back.
+    head_seen = threading.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+        )
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, head_seen.wait, 5.0)
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with guarded(app) as server, connect(server) as sock:
+        sock.sendall(REQUEST)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)  # times out (3 s) if the head waits for the body
+            assert chunk, data
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200 ")
+        assert not data.endswith(b"ok")
+        head_seen.set()
+        while not data.endswith(b"\r\n\r\nok"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+
+
+def test_pipelined_requests_and_head_requests_are_answered_in_order() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = scope["path"].encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    with guarded(app) as server, connect(server) as sock:
+        sock.sendall(
+            b"GET /one HTTP/1.1\r\nhost: x\r\n\r\nHEAD /two HTTP/1.1\r\nhost: x\r\n\r\n"
+            b"GET /three HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        answers = read_until_closed(sock)
+    assert answers == (
+        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n/one"
+        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n"  # HEAD: no body
+        b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\n/three"
+    )
+
+
+class _Recording(asyncio.Transport):
+    """A transport that records each write call (one system call each on a real one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed
+        self.writes.append(bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.writes.append(b"".join(list_of_data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_the_response_writer_joins_a_held_head_with_the_next_write() -> None:
+    async def run() -> list[bytes]:
+        transport = _Recording()
+        writer = _ResponseWriter(transport, asyncio.get_running_loop())
+        writer.hold_next = True
+        writer.write(b"HEAD1")
+        writer.write(b"body1")  # joined: one write
+        writer.write(b"more")  # not a head: at once
+        writer.hold_next = True
+        writer.write(b"HEAD2")  # nothing follows in this step: written on the loop's next pass
+        assert transport.writes == [b"HEAD1body1", b"more"]
+        await asyncio.sleep(0)
+        writer.hold_next = True
+        writer.write(b"HEAD3")
+        writer.write(b"x" * 100_000)  # a large body beside the head, still one call
+        writer.hold_next = True
+        writer.write(b"HEAD4")
+        writer.close()  # writes what is held, then closes
+        return transport.writes
+
+    assert asyncio.run(run()) == [
+        b"HEAD1body1",
+        b"more",
+        b"HEAD2",
+        b"HEAD3" + b"x" * 100_000,
+        b"HEAD4",
+    ]

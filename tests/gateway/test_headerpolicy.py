@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from keyswap.errors import ConfigError
-from keyswap.gateway.headerpolicy import DEFAULT_POLICY, HeaderPolicy, parse_header_list
+from keyswap.gateway.headerpolicy import (
+    DEFAULT_POLICY,
+    VERDICT_NAME_LENGTH,
+    VERDICTS_KEPT,
+    HeaderPolicy,
+    parse_header_list,
+)
 
 
 @pytest.mark.parametrize(
@@ -47,3 +53,25 @@ def test_entries_are_deduplicated_and_blank_ones_ignored() -> None:
     assert parse_header_list(["A, a ,,", " b"]) == ("a", "b")
     with pytest.raises(ConfigError):
         parse_header_list(["x y"])
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [DEFAULT_POLICY, HeaderPolicy(["x-secret*", "x-?ab"]), HeaderPolicy(only=["accept*", "x-ok"])],
+)
+def test_remembered_verdicts_are_the_policys_decisions(policy: HeaderPolicy) -> None:
+    names = [b"accept", b"accept-encoding", b"x-ok", b"x-secret-1", b"x-lab", b"host", b"x_under"]
+    names += [b"cf-ray", b"x-forwarded-for", b"authorization", b"user-agent", b"x-user-id"]
+    for _ in range(2):  # computed, then remembered
+        assert [policy.verdict(n) for n in names] == [policy.dropped(n) for n in names]
+    assert set(policy.verdicts) >= set(names)
+
+
+def test_made_up_names_cannot_grow_the_remembered_verdicts_without_bound() -> None:
+    policy = HeaderPolicy()
+    assert policy.verdict(b"x" * (VERDICT_NAME_LENGTH + 1)) is False
+    assert policy.verdicts == {}
+    for i in range(VERDICTS_KEPT + 100):
+        assert policy.verdict(b"x-made-up-%d" % i) is False
+    assert len(policy.verdicts) == VERDICTS_KEPT
+    assert policy.verdict(b"cf-connecting-ip") is True  # still decided, just not remembered

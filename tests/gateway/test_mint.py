@@ -144,6 +144,13 @@ def test_changed_metadata_is_never_served_from_the_cache() -> None:
     assert second.metadata == {"plan": "pro"}
 
 
+def test_an_equal_principal_object_reuses_the_token_and_a_changed_one_does_not() -> None:
+    minter = _minter(ActiveKey(_key()), Clock())
+    first = minter.token_for(Principal("key_abc", "acme", {"plan": "free"}))
+    assert minter.token_for(Principal("key_abc", "acme", {"plan": "free"})).jti == first.jti
+    assert minter.token_for(Principal("key_abc", "other", {"plan": "free"})).jti != first.jti
+
+
 def test_flush_forgets_every_cached_token() -> None:
     minter = _minter(ActiveKey(_key()), Clock())
     principal = Principal("key_abc", "acme")

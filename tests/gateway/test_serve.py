@@ -319,3 +319,35 @@ def test_a_request_cut_at_the_drain_timeout_is_answered_503_unless_its_response_
     assert cut[1]["body"] == b"Service unavailable"
     streaming = asyncio.run(_cut_after_drain(start_response=True, uvicorn_like=uvicorn_like))
     assert [m.get("status") for m in streaming] == [200]
+
+
+def test_the_drain_guard_hands_http_scopes_to_the_apps_own_http_handler() -> None:
+    from keyswap.gateway.serve import DrainGuard
+
+    seen: list[str] = []
+
+    class App:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            seen.append("__call__ " + scope["type"])
+
+        async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+            seen.append("http_handler " + scope["type"])
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+
+        @property
+        def http_handler(self) -> Any:
+            return self.handle
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def run() -> list[dict[str, Any]]:
+        guard = DrainGuard(App(), drain_timeout=1.0)
+        cycle = _Cycle()
+        await guard({"type": "http"}, receive, cycle.send)
+        await guard({"type": "lifespan"}, receive, cycle.send)
+        return cycle.sent
+
+    sent = asyncio.run(run())
+    assert seen == ["http_handler http", "__call__ lifespan"]
+    assert [m["status"] for m in sent] == [204]

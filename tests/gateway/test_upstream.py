@@ -857,6 +857,8 @@ def test_a_freed_connection_is_handed_to_a_waiting_request(run: Run) -> None:
         ("GET", b"/", [(b"x-a", b"1\nx-injected: 1")]),
         ("GET", b"/", [(b"x-a", b"1\rx")]),
         ("GET", b"/", [(b"x-a", b"nul\x00byte")]),
+        ("GET", b"/", [(b"x-a", b"ok"), (b"x-b", b"x" * 900 + b"\r")]),
+        ("GET", b"/", [(b"x-a", b"ok"), (b"x-b", b"\n" + b"x" * 900)]),
         ("GET", b"/", [(b"x-a\r\nx-b", b"1")]),
         ("GET", b"/", [(b"x a", b"1")]),
         ("GET", b"/", [(b"x-a:", b"1")]),

@@ -49,7 +49,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -331,6 +331,12 @@ METHOD_NOT_ALLOWED = _text(
 #: Never forwarded: TRACE (and IIS's TRACK) would echo the minted token back to the client, CONNECT
 #: asks for a tunnel. Matched case-insensitively (some servers treat method names so).
 _REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
+#: Methods that are none of those whatever their case (skips an ``upper()`` per request).
+_USUAL_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: A principal, its rate limit, whether it has a quota or credits, its connection cap, consumer id.
+_Plan = tuple[PrincipalLike, Rate | None, bool, int, int]
+#: Most principals whose _Plan is kept (then they are worked out again as requests come).
+_PLANS_LIMIT = 10_000
 
 
 class _NoKey(Exception):
@@ -493,6 +499,9 @@ class GatewayApp:
         self._txn = settings.token_format == "txn-token"  # noqa: S105
         #: Requests in flight to the upstream, per consumer id (see ``max_connections_per_consumer``).
         self.in_flight: dict[int, int] = {}
+        self._plans: dict[str, _Plan] = {}  # key id -> what _http needs of its principal (_plan)
+        self._trust_forwarded = settings.trust_forwarded
+        self._header_policy = settings.header_policy
         self._prepared = False
         #: Set once the start-up warm-up (key filter, recent keys, their tokens) is over.
         self.warmed = threading.Event()
@@ -758,6 +767,13 @@ class GatewayApp:
 
     # -- ASGI ----------------------------------------------------------------------------------
 
+    @property
+    def http_handler(self) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+        """What the app does with an ``http`` scope: a server wrapper that tells scopes apart itself
+        (:class:`keyswap.gateway.serve.DrainGuard`) calls it directly, one coroutine less a request
+        than through :meth:`__call__`."""
+        return self._http
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
@@ -814,7 +830,7 @@ class GatewayApp:
                 return
             if self.tracing is not None:
                 trace = self.tracing.begin(scope, method, raw_path)
-            if method.upper() in _REFUSED_METHODS:
+            if method not in _USUAL_METHODS and method.upper() in _REFUSED_METHODS:
                 status = await _respond(send, METHOD_NOT_ALLOWED)
                 return
             try:
@@ -839,33 +855,30 @@ class GatewayApp:
                 status = await _respond(send, UNAVAILABLE)
                 return
             consumer, key_id = principal.consumer, principal.key_id
+            plan = self._plans.get(key_id)
+            if plan is None or plan[0] is not principal:
+                plan = self._plan(principal)
+            _, rate, has_quota, cap, holder = plan
             limit_headers: list[tuple[bytes, bytes]] | None = None
             quotas = self.quotas
-            has_quota = quotas is not None and (
-                getattr(principal, "quota", None) is not None
-                or getattr(principal, "credits", None) is not None
-            )
             spent: QuotaDecision | None = None
-            if self.rate_limiter is not None:
-                rate = rate_for(getattr(principal, "rate_limit", None), self._default_rate)
-                if rate is not None:
-                    if has_quota and self._rate_with_quota:
-                        assert quotas is not None
-                        decision, spent = await quotas.check_with_rate(
-                            principal,  # type: ignore[arg-type]
-                            rate,
-                            self.rate_limiter,  # type: ignore[arg-type]
-                        )
-                        has_quota = False  # done
-                    else:
-                        consumer_id: int = getattr(principal, "consumer_id", 0)
-                        decision = await self.rate_limiter.hit(consumer_id, rate)
-                    if not decision.allowed:
-                        if metrics is not None:
-                            metrics.refusals["rate_limit"] += 1
-                        status = await _respond(send, too_many_requests(decision))
-                        return
-                    limit_headers = decision.headers()
+            if self.rate_limiter is not None and rate is not None:
+                if has_quota and self._rate_with_quota:
+                    assert quotas is not None
+                    decision, spent = await quotas.check_with_rate(
+                        principal,  # type: ignore[arg-type]
+                        rate,
+                        self.rate_limiter,  # type: ignore[arg-type]
+                    )
+                    has_quota = False  # done
+                else:
+                    decision = await self.rate_limiter.hit(holder, rate)
+                if not decision.allowed:
+                    if metrics is not None:
+                        metrics.refusals["rate_limit"] += 1
+                    status = await _respond(send, too_many_requests(decision))
+                    return
+                limit_headers = decision.headers()
             if has_quota:
                 assert quotas is not None
                 spent = await quotas.check(principal)  # type: ignore[arg-type]
@@ -905,8 +918,8 @@ class GatewayApp:
                     scope["headers"],
                     client=scope.get("client"),
                     scheme=scope.get("scheme", "http"),
-                    trust_forwarded=self.settings.trust_forwarded,
-                    policy=self.settings.header_policy,
+                    trust_forwarded=self._trust_forwarded,
+                    policy=self._header_policy,
                 )
             except HeadersTooLarge:
                 status = await _respond(send, HEADERS_TOO_LARGE)
@@ -929,9 +942,8 @@ class GatewayApp:
                     logger.error("cannot mint a token: %s", exc.reason)
                     status = await _respond(send, UNAVAILABLE)
                     return
-            holder: int = getattr(principal, "consumer_id", 0)
             held = self.in_flight.get(holder, 0)
-            if held >= self._connection_cap(principal):
+            if held >= cap:
                 if metrics is not None:
                     metrics.refusals["concurrency"] += 1
                 status = await _respond(send, TOO_MANY_CONNECTIONS)
@@ -939,7 +951,7 @@ class GatewayApp:
             self.in_flight[holder] = held + 1
             if meter is not None:
                 exchange = Exchange()
-            forwarding = time.perf_counter()
+            forwarding = time.perf_counter() if metrics is not None else 0.0
             try:
                 if trace is None:
                     status = await self.proxy.forward(
@@ -1171,6 +1183,27 @@ class GatewayApp:
         lookup = getattr(self._api_keys, "refused_owner", None)
         owner: tuple[str, str] | None = lookup(key) if lookup is not None else None
         return (None, None) if owner is None else owner
+
+    def _plan(self, principal: PrincipalLike) -> _Plan:
+        """What the request path needs of ``principal``, worked out once per principal object (a
+        cached lookup returns the same object; a changed consumer or key is a new one): its rate
+        limit, whether it has a quota or credits, its cap on requests in flight, its consumer id."""
+        plan: _Plan = (
+            principal,
+            rate_for(getattr(principal, "rate_limit", None), self._default_rate),
+            self.quotas is not None
+            and (
+                getattr(principal, "quota", None) is not None
+                or getattr(principal, "credits", None) is not None
+            ),
+            self._connection_cap(principal),
+            getattr(principal, "consumer_id", 0),
+        )
+        plans = self._plans
+        if len(plans) >= _PLANS_LIMIT:
+            plans.clear()
+        plans[principal.key_id] = plan
+        return plan
 
     def _connection_cap(self, principal: PrincipalLike) -> int:
         """The consumer's own cap on requests in flight (``consumers.max_connections``), else the

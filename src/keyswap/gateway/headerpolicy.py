@@ -188,13 +188,15 @@ class HeaderPolicy:
             compared lower-case).
         only: when given, the allow-list: only these names or patterns are forwarded.
 
-    Attributes (for the hot path, which inlines the first check):
+    Attributes:
         names: exact names always dropped (fixed rules, operator's drops; identity families too
             without an allow-list).
         prefixes: name prefixes always dropped, likewise.
         pattern: the operator's other drop patterns, compiled (``None``: none).
         strict: an allow-list is in force: a name that passes the first check still needs
             :meth:`outside_allow` to be false.
+        verdicts: :meth:`dropped` of each name seen so far (the hot path reads it first, and calls
+            :meth:`verdict` for a name it does not hold).
 
     Raises:
         ConfigError: an entry is not a header name or pattern.
@@ -210,6 +212,7 @@ class HeaderPolicy:
         "pattern",
         "prefixes",
         "strict",
+        "verdicts",
     )
 
     def __init__(self, drop: Iterable[str] = (), only: Iterable[str] | None = None) -> None:
@@ -218,6 +221,7 @@ class HeaderPolicy:
         names, prefixes, pattern = _split(self.drop)
         self.pattern = pattern
         self.strict = self.only is not None
+        self.verdicts: dict[bytes, bool] = {}
         if self.only is None:
             self.names = FIXED_NAMES | IDENTITY_NAMES | names
             self.prefixes = FIXED_PREFIXES + IDENTITY_PREFIXES + prefixes
@@ -248,12 +252,28 @@ class HeaderPolicy:
             return True
         return self.strict and self.outside_allow(name)
 
+    def verdict(self, name: bytes) -> bool:
+        """:meth:`dropped`, remembered per name (the names a gateway sees are a small set: one dict
+        lookup instead of the set, the prefixes, the pattern; at most :data:`VERDICTS_KEPT` names
+        of at most :data:`VERDICT_NAME_LENGTH` bytes are remembered, so made-up names cannot grow
+        it)."""
+        known = self.verdicts.get(name)
+        if known is not None:
+            return known
+        dropped = self.dropped(name)
+        if len(self.verdicts) < VERDICTS_KEPT and len(name) <= VERDICT_NAME_LENGTH:
+            self.verdicts[name] = dropped
+        return dropped
+
     def __repr__(self) -> str:
         return f"HeaderPolicy(drop={self.drop!r}, only={self.only!r})"
 
 
 # ``int in bytes`` is a memchr; ``b"_" in name`` would first try b"_" as an int (a dropped TypeError).
 _UNDERSCORE = ord("_")
+#: Most header names whose :meth:`HeaderPolicy.verdict` is remembered, and their longest.
+VERDICTS_KEPT = 4096
+VERDICT_NAME_LENGTH = 64
 
 #: The policy without operator lists.
 DEFAULT_POLICY = HeaderPolicy()

@@ -77,7 +77,9 @@ class SigningKeyLike(Protocol):
 
 
 class PrincipalLike(Protocol):
-    """What :meth:`ApiKeys.authenticate` returns."""
+    """What :meth:`ApiKeys.authenticate` returns. Immutable: a principal whose consumer, metadata or
+    scopes change is a new object (:meth:`TokenMinter.token_for` reuses a token minted for the very
+    same object without comparing them)."""
 
     @property
     def key_id(self) -> str: ...
@@ -231,6 +233,9 @@ class MintedToken:
     consumer: str
     metadata: Mapping[str, Any]
     scopes: tuple[str, ...] = ()
+    #: The principal object it was minted for: the same object again (a cached lookup's) has the
+    #: same consumer, metadata and scopes (principals are immutable), so nothing is compared.
+    principal: object = field(default=None, repr=False, compare=False)
     #: ``Bearer <token>`` as the upstream request's ``Authorization`` value (built once per token).
     header: bytes = field(init=False, repr=False, compare=False)
 
@@ -314,9 +319,14 @@ class TokenMinter:
             entry is not None
             and self._clock() - entry.iat < self._reuse_for
             and entry.kid == self._active_key().kid
-            and entry.consumer == principal.consumer
-            and entry.metadata == principal.metadata
-            and entry.scopes == principal_scopes(principal)
+            and (
+                entry.principal is principal  # the same cached lookup: nothing changed
+                or (
+                    entry.consumer == principal.consumer
+                    and entry.metadata == principal.metadata
+                    and entry.scopes == principal_scopes(principal)
+                )
+            )
         ):
             return entry
         return None
@@ -363,6 +373,7 @@ class TokenMinter:
             principal.consumer,
             claims["metadata"],
             scopes,
+            principal,
         )
 
     def mint_per_request(

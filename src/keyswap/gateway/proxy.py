@@ -75,8 +75,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 logger = logging.getLogger("keyswap.gateway")
 
-# ``int in bytes`` is a memchr; ``b"_" in name`` would first try b"_" as an int (a dropped TypeError).
-_UNDERSCORE = ord("_")
 #: Limits on the request head the gateway forwards (nginx's default large buffers are 4 x 8 KiB).
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_COUNT = 256
@@ -199,21 +197,17 @@ def forwarded_request_headers(
     fwd_host: bytes | None = None
     lengths: list[bytes] = []
     chunked = False
-    drop, prefixes, pattern = policy.names, policy.prefixes, policy.pattern
-    outside_allow = policy.outside_allow if policy.strict else None
+    verdicts = policy.verdicts
     for raw_name, value in headers:
         count += 1
         budget -= len(raw_name) + len(value) + 4  # "name: value\r\n"
         if budget < 0 or count > MAX_HEADER_COUNT:
             raise HeadersTooLarge
         name = raw_name.lower()
-        if (
-            name in drop
-            or name.startswith(prefixes)
-            or _UNDERSCORE in name
-            or (pattern is not None and pattern.match(name) is not None)
-            or (outside_allow is not None and outside_allow(name))
-        ):
+        dropped = verdicts.get(name)
+        if dropped is None:
+            dropped = policy.verdict(name)
+        if dropped:
             if name == b"host":
                 host = value if host is None else host
             elif name == b"content-length":
@@ -437,44 +431,34 @@ class UpstreamProxy:
             raise UpstreamError("the request cannot be forwarded") from exc
         if exchange is not None:
             exchange.latency = time.perf_counter() - asked
-        try:
-            return await self._relay(response, send, receive, streamed, exchange)
+        try:  # (the relay of the answer, inline: no coroutine of its own)
+            status = response.status
+            answer = (
+                returned_response_headers(response.headers)
+                if response.hop_by_hop
+                else response.headers  # names already lower-case, nothing to drop
+            )
+            if status in _NO_LENGTH:
+                # Never a body; a Content-Length here would make the server expect one.
+                answer = [(name, value) for name, value in answer if name != b"content-length"]
+            if response.complete:
+                data = response.take()
+            else:
+                size = response.content_length
+                if size is None or size > _SMALL_BODY:
+                    # Once the request body is read whole, `receive` is free to watch for the
+                    # client leaving: at once, or for a streamed body (the origin may answer before
+                    # it has all of it) once it is.
+                    watch = _Watch(receive, None if streamed is None else streamed.done)
+                    return await self._stream(status, answer, response, send, watch, exchange)
+                data = await response.read_all(size)
+            if exchange is not None:
+                exchange.bytes_out = len(data)
+            await send({"type": "http.response.start", "status": status, "headers": answer})
+            await send({"type": "http.response.body", "body": data})
+            return status
         finally:
             response.close()
-
-    async def _relay(
-        self,
-        response: UpstreamResponse,
-        send: Send,
-        receive: Receive | None = None,
-        streamed: _StreamedBody | None = None,
-        exchange: Exchange | None = None,
-    ) -> int:
-        status = response.status
-        headers = returned_response_headers(response.headers)
-        if status in _NO_LENGTH:
-            # Never a body; a Content-Length here would make the server expect one.
-            headers = [(name, value) for name, value in headers if name != b"content-length"]
-        if response.complete:
-            body = response.take()
-        else:
-            length = response.content_length
-            if length is None or length > _SMALL_BODY:
-                # Once the request body is read whole, `receive` is free to watch for the client
-                # leaving: at once, or for a streamed body (the origin may answer before it has all
-                # of it) once it is.
-                watch = (
-                    None
-                    if receive is None
-                    else _Watch(receive, None if streamed is None else streamed.done)
-                )
-                return await self._stream(status, headers, response, send, watch, exchange)
-            body = await response.read_all(length)
-        if exchange is not None:
-            exchange.bytes_out = len(body)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        return status
 
     @staticmethod
     async def _stream(

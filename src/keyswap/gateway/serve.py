@@ -127,6 +127,8 @@ class DrainGuard:
 
     def __init__(self, app: Any, drain_timeout: float) -> None:
         self.app = app
+        # an app's own handler of http scopes (GatewayApp.http_handler), else the app itself
+        self._http: Any = getattr(app, "http_handler", app)
         self.drain_timeout = drain_timeout
         #: Set once the drain timeout has passed; cancellations are then the drain's.
         self.cut = False
@@ -140,7 +142,7 @@ class DrainGuard:
         cycle: Any = getattr(send, "__self__", None)
         if isinstance(getattr(cycle, "response_started", None), bool):
             try:
-                await self.app(scope, receive, send)
+                await self._http(scope, receive, send)
             except asyncio.CancelledError:
                 if not self.cut:
                     raise
@@ -156,7 +158,7 @@ class DrainGuard:
             await send(message)
 
         try:
-            await self.app(scope, receive, sending)
+            await self._http(scope, receive, sending)
         except asyncio.CancelledError:
             if not self.cut:
                 raise

@@ -68,6 +68,7 @@ from urllib.parse import urlsplit
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from keyswap.errors import ConfigError, UpstreamError, UpstreamTimeout
+from keyswap.gateway.headerpolicy import HOP_BY_HOP
 
 __all__ = ["IDEMPOTENT_METHODS", "Origin", "UpstreamPool", "UpstreamResponse", "parse_origin"]
 
@@ -161,6 +162,8 @@ class UpstreamResponse:
             still there (the proxy drops them).
         content_length: the announced ``Content-Length`` (``None`` when absent or chunked).
         complete: the whole body has arrived (it may still be buffered here).
+        hop_by_hop: ``headers`` has a hop-by-hop name (:data:`~keyswap.gateway.headerpolicy.HOP_BY_HOP`;
+            when false, nothing needs dropping before relaying them).
 
     Call :meth:`close` when done (it is a no-op after a complete response): an unfinished response
     closes its connection rather than returning it to the pool.
@@ -179,6 +182,7 @@ class UpstreamResponse:
         "error",
         "head_ready",
         "headers",
+        "hop_by_hop",
         "keep_alive",
         "received",
         "request_sent",
@@ -196,6 +200,7 @@ class UpstreamResponse:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
+        self.hop_by_hop = False
         self.head_ready = False
         self.complete = False
         self.keep_alive = False
@@ -409,10 +414,12 @@ class _Conn(asyncio.Protocol):
         if name == b"content-length":
             with contextlib.suppress(ValueError):
                 resp.content_length = int(value)
-        elif name == b"connection":
-            self.conn_tokens.extend(t.strip().lower() for t in value.split(b","))
-        elif name == b"transfer-encoding":
-            self.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        elif name in HOP_BY_HOP:
+            resp.hop_by_hop = True
+            if name == b"connection":
+                self.conn_tokens.extend(t.strip().lower() for t in value.split(b","))
+            elif name == b"transfer-encoding":
+                self.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
 
     def on_headers_complete(self) -> None:
         resp = self.resp
@@ -431,6 +438,7 @@ class _Conn(asyncio.Protocol):
             self.in_interim = True
             resp.headers = []
             resp.content_length = None
+            resp.hop_by_hop = False
             self.conn_tokens = []
             self.chunked = False
             return
@@ -729,7 +737,11 @@ class UpstreamPool:
                 else:
                     self._start_stream(conn, resp, head, body, content_length)
                 while not resp.head_ready and resp.error is None:
-                    await resp._wait(loop)
+                    waiter = resp._waiter = loop.create_future()  # resp._wait, without a coroutine
+                    try:
+                        await waiter
+                    finally:
+                        resp._waiter = None
                 if resp.error is not None:
                     raise resp.error
             except _Stale:
@@ -762,15 +774,15 @@ class UpstreamPool:
         for name, value in headers:
             if name not in names:
                 self._check_name(name)
+            # CR, LF, NUL as ints: three memchr (a bytes operand would first fail as an int). The
+            # method, target and names are tokens or printable ASCII (checked above): only values
+            # can carry them.
+            if 13 in value or 10 in value or 0 in value:
+                raise ValueError("CR, LF or NUL in a header value")
             parts += (name, b": ", value, b"\r\n")
         parts.append(framing)
         parts.append(b"\r\n")
-        head = b"".join(parts)
-        lines = len(headers) + (4 if framing else 3)
-        # (0 in head: a NUL byte, as an int: a memchr without a dropped TypeError)
-        if head.count(b"\n") != lines or head.count(b"\r") != lines or 0 in head:
-            raise ValueError("CR, LF or NUL in the request target or a header value")
-        return head
+        return b"".join(parts)
 
     def _check_name(self, name: bytes) -> None:
         if not isinstance(name, bytes) or _TOKEN.fullmatch(name) is None:
