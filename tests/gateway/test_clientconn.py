@@ -396,3 +396,54 @@ def test_the_response_writer_joins_a_held_head_with_the_next_write() -> None:
         b"HEAD3" + b"x" * 100_000,
         b"HEAD4",
     ]
+
+
+def test_a_head_started_during_a_streamed_response_does_not_get_408_inside_it() -> None:
+    # A request head begun while an answer is in flight, finished after it, leaves no "idle" state
+    # behind: a later request begun during the next (streamed) answer must not arm the head timer,
+    # whose 408 would land in the middle of that answer's body.
+    finish = threading.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] != "/stream":
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-length", b"2")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await asyncio.get_running_loop().run_in_executor(None, finish.wait, 5.0)
+        await send({"type": "http.response.body", "body": b"last"})
+
+    with guarded(app) as server, connect(server) as sock:
+        # The first request, and the start of the second while the first is being answered.
+        sock.sendall(REQUEST + b"GET /stream HTTP/1.1\r\nho")
+        read_response(sock)
+        sock.sendall(b"st: x\r\n\r\n")
+        data = b""
+        while b"first" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        sock.sendall(b"G")  # a third request begins during the streamed answer
+        sock.settimeout(1.0)  # > head_timeout (0.3 s)
+        try:
+            early = sock.recv(65536)
+        except TimeoutError:
+            early = b""
+        assert b"408" not in early, early
+        finish.set()
+        sock.settimeout(3)
+        data = early
+        while b"0\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert b"last" in data

@@ -368,6 +368,10 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_pending = False
         self._disarm()
+        # A head begun while an answer was in flight and finished after it: not idle any more (else
+        # the next request begun during this one's answer would arm the head timer, whose 408
+        # would land inside that answer).
+        self._idle = False
         self._body_pending = True  # until on_message_complete says otherwise (same feed, no body)
         super().on_headers_complete()
         cycle: Any = self.cycle
