@@ -65,3 +65,35 @@ def test_a_cancelled_request_does_not_break_the_batch_and_close_stops_the_thread
 
     with pytest.raises(RuntimeError, match="closed"):
         asyncio.run(after())
+
+
+class _Fatal(BaseException):
+    """Not an Exception (as SystemExit or GeneratorExit are not)."""
+
+
+def test_work_raising_a_base_exception_fails_its_request_and_the_thread_keeps_serving() -> None:
+    def work(n: int) -> int:
+        if n < 0:
+            raise _Fatal("fatal")
+        return n
+
+    signer: Signer[int, int] = Signer(work)
+
+    async def main() -> tuple[str, int]:
+        failed = signer.run(-1)
+        try:
+            await asyncio.wait_for(failed, 5)
+        except TimeoutError:
+            return "hung", -1
+        except Exception as exc:
+            outcome = type(exc).__name__
+        else:
+            outcome = "no error"
+        return outcome, await asyncio.wait_for(signer.run(7), 5)
+
+    try:
+        outcome, after = asyncio.run(main())
+        assert outcome == "RuntimeError"
+        assert after == 7
+    finally:
+        signer.close()

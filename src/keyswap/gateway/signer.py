@@ -89,6 +89,11 @@ class Signer(Generic[A, R]):
                         outcome = (future, True, work(arg))
                     except Exception as exc:  # handed to the awaiting request
                         outcome = (future, False, exc)
+                    except BaseException as exc:  # the thread must not die: every
+                        # request queued after this one would wait forever.
+                        error = RuntimeError(f"signing failed: {type(exc).__name__}")
+                        error.__cause__ = exc
+                        outcome = (future, False, error)
                     batches.setdefault(loop, []).append(outcome)
                 try:
                     item = get_nowait()
