@@ -447,3 +447,23 @@ def test_a_head_started_during_a_streamed_response_does_not_get_408_inside_it() 
             assert chunk, data
             data += chunk
         assert b"last" in data
+
+
+def test_a_body_finished_after_an_early_answer_does_not_lift_the_keep_alive_timeout() -> None:
+    # The app answers before reading the body (as a refused key's 401 does); the client sends the
+    # body after the answer, then nothing: the keep-alive limit must still close the connection.
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with guarded(app) as server, connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n")
+        read_response(sock)
+        sock.sendall(b"hello")  # the body, after the answer
+        started = time.monotonic()
+        assert read_until_closed(sock) == b""
+        assert time.monotonic() - started < 2

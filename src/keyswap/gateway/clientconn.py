@@ -389,7 +389,8 @@ class GuardedHttpToolsProtocol(HeadOnlyHttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._body_pending = False
-        self._disarm()
+        if not self._idle:  # (idle: answered before its body ended; the keep-alive limit runs)
+            self._disarm()
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
