@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from keyswap.errors import ConfigError
-from keyswap.gateway.mint import TokenMinter, _jti, sign_compact
+from keyswap.gateway.mint import _SIGNERS, TokenMinter, _jti, sign_compact
 from tests.support.keys import ec_key, ed_key, rsa_key
 
 ISSUER = "http://127.0.0.1:8080/__keyswap/issuer"
@@ -250,10 +250,15 @@ def test_token_ids_are_unique_well_formed_and_never_shared_with_a_forked_child()
 def test_a_signer_is_made_once_per_key_and_follows_a_new_key() -> None:
     first, second = Key("a", "ES256", ec_key().private), Key("b", "EdDSA", ed_key().private)
     claims = {"sub": "acme"}
+    made: list[Any] = []
     for key in (first, second, first, second):
         token = sign_compact(key, claims)
         public = key.private_key.public_key()
         assert jwt.decode(token, public, algorithms=[key.alg]) == claims
+        made.append(_SIGNERS[id(key.private_key)][2])
+    assert made[0] is made[2]  # made once per key, then reused
+    assert made[1] is made[3]
+    assert made[0] is not made[1]
     # The same key object declared with another algorithm is checked again, not signed with.
     with pytest.raises(ConfigError):
         sign_compact(Key("a", "RS256", first.private_key), claims)

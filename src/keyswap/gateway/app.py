@@ -454,16 +454,6 @@ class GatewayApp:
         self.websocket_limits = websocket_limits or WebSocketLimits()
         self.changes = changes
         self.store_calls = store_calls or StoreCalls()
-        #: Signs tokens a request needs that are not cached yet (see :meth:`_mint_aside`).
-        #: Signs every per-request token (bound mode, Transaction Tokens): signatures made one
-        #: after another on one thread keep the curve's tables in that core's caches, and the event
-        #: loop's own code in its (bound ES256: 144 -> 131 µs of CPU a request; BENCHMARKS.md 12c).
-        self._request_signer: Signer[_MintJob, str] = Signer(
-            self._mint_job, name="keyswap-sign-req"
-        )
-        self._signer: Signer[PrincipalLike, MintedToken] = Signer(
-            lambda principal: self.minter.token_for(principal)
-        )
         self.rate_limiter = rate_limiter
         self._default_rate = default_rate
         self._api_keys = api_keys
@@ -482,6 +472,14 @@ class GatewayApp:
             audience=settings.audience,
             ttl=settings.token_ttl,
             clock=clock,
+        )
+        #: Signs tokens a request needs that are not cached yet (see :meth:`_mint_aside`).
+        self._signer: Signer[PrincipalLike, MintedToken] = Signer(self.minter.token_for)
+        #: Signs every per-request token (bound mode, Transaction Tokens): signatures made one
+        #: after another on one thread keep the curve's tables in that core's caches, and the event
+        #: loop's own code in its (bound ES256: 144 -> 131 µs of CPU a request; BENCHMARKS.md 12c).
+        self._request_signer: Signer[_MintJob, str] = Signer(
+            self._mint_job, name="keyswap-sign-req"
         )
         self.wellknown = WellKnown(
             settings.issuer,

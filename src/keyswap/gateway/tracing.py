@@ -191,19 +191,6 @@ class RequestTrace:
         finally:
             span.end()
 
-    def call(self, name: str, step: Callable[[Any], T], arg: Any) -> T:
-        """``step(arg)`` inside a child span ``name`` (no span when the request is not sampled)."""
-        if not self.recording:
-            return step(arg)
-        span = self._tracer.start_span(name, context=self._context)
-        try:
-            return step(arg)
-        except BaseException as exc:
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            raise
-        finally:
-            span.end()
-
     async def upstream(
         self,
         forward: Callable[..., Awaitable[int]],
@@ -290,9 +277,6 @@ class _Unsampled:
 
     async def run(self, name: str, step: Awaitable[T]) -> T:
         return await step
-
-    def call(self, name: str, step: Callable[[Any], T], arg: Any) -> T:
-        return step(arg)
 
     def note(self, name: str, value: str) -> None:
         pass
