@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -16,10 +17,11 @@ import pytest
 
 from keyswap.gateway.apikeys import ApiKeys, generate_key
 from keyswap.gateway.app import GatewayApp, GatewaySettings, build_gateway
-from keyswap.gateway.keyfilter import KeyFilter
+from keyswap.gateway.keyfilter import KeyFilter, _positions
 from keyswap.gateway.keyring import Keyring
 from keyswap.serverproto import http_protocol
 from keyswap.store import Store
+from keyswap.store.sql import QuickRevision
 from tests.support.asgi_server import ServerThread, bound_socket
 from tests.support.gateway_state import SECRET_TEXT, QueryCounter, secret
 from tests.support.upstream import RecordingUpstream
@@ -52,6 +54,24 @@ def test_the_filter_holds_what_it_loaded_and_what_was_added_meanwhile() -> None:
     assert not key_filter.ready
 
 
+def test_a_lookup_reads_exactly_the_bits_an_add_sets() -> None:
+    """may_hold's unrolled probes are _positions: a filter holding one digest says "maybe" for a
+    digest only if all four of its bits are set, and for that digest itself."""
+    for _ in range(2_000):
+        key_filter = KeyFilter()
+        key_filter.load(iter(()), 0, revision=1)
+        held, other = _digests(2)
+        key_filter.add(held)
+        assert key_filter.may_hold(held)
+        bits, mask = key_filter._table
+        expected = all(bits[p >> 3] & (1 << (p & 7)) for p in _positions(other, mask))
+        assert key_filter.may_hold(other) == expected
+        # Clearing any one of the held digest's bits turns its answer to "no".
+        position = _positions(held, mask)[secrets.randbelow(4)]
+        bits[position >> 3] &= ~(1 << (position & 7))
+        assert not key_filter.may_hold(held)
+
+
 def test_a_crowded_filter_asks_to_be_reloaded() -> None:
     key_filter = KeyFilter()
     key_filter.load(iter(()), 0, revision=1)
@@ -74,7 +94,9 @@ class Node:
 
 @contextmanager
 def gateway(
-    db_url: str, upstream: RecordingUpstream, watch_interval: float = 1.0
+    db_url: str,
+    upstream: RecordingUpstream,
+    watch_interval: float = 1.0,
 ) -> Iterator[Node]:
     sock = bound_socket()
     config = GatewaySettings(
@@ -129,6 +151,74 @@ def test_unknown_keys_are_refused_without_a_key_lookup_and_a_new_key_works_at_on
         assert get(app, known).status_code == 200
         _, created = keys.create("acme")  # by another process, just now
         assert get(app, created).status_code == 200
+
+
+def test_on_sqlite_an_unknown_key_is_refused_without_a_store_thread(
+    admin: tuple[str, Store, ApiKeys], upstream: RecordingUpstream
+) -> None:
+    """The revision is read on the event loop (its own connection, no SQLAlchemy, no thread);
+    once the store has moved past the filter, the read goes through a store thread again, which
+    applies the change first."""
+    db_url, _store, keys = admin
+    with gateway(db_url, upstream, watch_interval=60.0) as node:
+        calls: list[str] = []
+        store_calls = node.app.store_calls
+        run = store_calls.run
+
+        async def counted(function: Any, *args: Any) -> Any:
+            calls.append(getattr(function, "__name__", "?"))
+            return await run(function, *args)
+
+        store_calls.run = counted  # type: ignore[method-assign]
+        counter = QueryCounter(node.api_keys.store)
+        for _ in range(20):
+            assert get(node, generate_key()).status_code == 401
+        assert calls == []
+        assert counter.statements == []
+        _, created = keys.create("acme")  # another process: the filter is now behind the store
+        assert get(node, generate_key()).status_code == 401
+        assert calls == ["_confirm_revision"]  # read on a thread, the change applied first
+        assert get(node, created).status_code == 200
+        calls.clear()
+        assert get(node, generate_key()).status_code == 401
+        assert calls == []  # caught up: back on the event loop
+
+
+def test_a_failed_event_loop_read_falls_back_to_a_store_thread(
+    admin: tuple[str, Store, ApiKeys], upstream: RecordingUpstream
+) -> None:
+    """The event loop's revision read failing (a locked or vanished file): the refusal is decided
+    by a read on a store thread, as on PostgreSQL; a new key still works at once."""
+    db_url, _store, keys = admin
+    with gateway(db_url, upstream, watch_interval=60.0) as node:
+        failures: list[int] = []
+        calls: list[str] = []
+        real = node.app._quick_revision
+        assert real is not None
+        quick: QuickRevision = real
+
+        class Locked:
+            def __call__(self) -> int:
+                failures.append(1)
+                raise sqlite3.OperationalError("database is locked")
+
+            def close(self) -> None:
+                quick.close()
+
+        node.app._quick_revision = Locked()  # type: ignore[assignment]
+        run = node.app.store_calls.run
+
+        async def counted(function: Any, *args: Any) -> Any:
+            calls.append(getattr(function, "__name__", "?"))
+            return await run(function, *args)
+
+        node.app.store_calls.run = counted  # type: ignore[method-assign]
+        for _ in range(5):
+            assert get(node, generate_key()).status_code == 401
+        assert len(failures) == 5
+        assert calls == ["_confirm_revision"] * 5  # each refusal after a read on a store thread
+        _, created = keys.create("acme")
+        assert get(node, created).status_code == 200
 
 
 def test_a_restarted_gateway_has_recently_used_keys_cached_and_their_tokens_minted(

@@ -337,6 +337,9 @@ class _LeakyFailingApiKeys(ApiKeys):
     def store_revision(self) -> int:
         raise RuntimeError("the store is down")
 
+    def quick_revision(self) -> None:
+        return None  # every read of the store fails: none on the event loop either
+
 
 def test_a_store_error_quoting_the_key_gives_503_and_logs_neither_key_nor_traceback(
     tmp_path: Path, upstream: RecordingUpstream, caplog: pytest.LogCaptureFixture

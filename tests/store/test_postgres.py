@@ -280,3 +280,36 @@ def test_pooled_connections_killed_by_the_server_are_replaced(pg_url: str) -> No
         assert store.revision() == 0  # pre-ping noticed the dead connection
     finally:
         store.close()
+
+
+def test_the_revision_read_follows_changes_and_a_failure_is_a_database_error(
+    store: Store,
+) -> None:
+    """``revision()`` reads on a pooled DB-API connection: the same counter the mutations bump,
+    and a failed read raises SQLAlchemy's error (what callers catch) and discards the connection."""
+    before = store.revision()
+    store.create_consumer("acme")
+    assert store.revision() == before + 1
+    with store.engine.begin() as conn:  # the meta table gone: the read fails
+        conn.execute(sa.text("ALTER TABLE meta RENAME TO meta_gone"))
+    try:
+        with pytest.raises(sa.exc.DBAPIError):
+            store.revision()
+    finally:
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE meta_gone RENAME TO meta"))
+    assert store.revision() == before + 1  # a new connection reads again
+
+
+def test_only_a_sqlite_file_has_an_event_loop_revision_reader(store: Store) -> None:
+    quick = store.quick_revision()
+    if store.is_postgres:
+        assert quick is None  # a network round trip: always on a store thread
+        return
+    assert quick is not None
+    try:
+        assert quick() == store.revision()
+        store.create_consumer("acme")
+        assert quick() == store.revision()
+    finally:
+        quick.close()

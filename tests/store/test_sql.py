@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from keyswap.errors import AlreadyExists, ConfigError, InvalidInput, NotFound
 from keyswap.store import Store
 from keyswap.store.models import SigningKeyRecord
 from keyswap.store.schema import meta
+from keyswap.store.sql import QuickRevision
 from tests.support.gateway_state import db_url
 
 DIGEST = b"\x01" * 32
@@ -407,3 +409,32 @@ def test_stores_opening_a_new_file_at_once_create_one_schema(tmp_path: Path) -> 
     finally:
         for store in opened:
             store.close()
+
+
+def test_the_quick_revision_reader_never_waits_for_a_lock(tmp_path: Path) -> None:
+    """A writer holding a rollback-journal file exclusively: a normal reader would wait (the
+    store's connections wait up to 10 s); the quick reader fails at once (busy timeout 0) and works
+    again once the lock is gone. It never writes (query_only)."""
+    path = tmp_path / "plain.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("CREATE TABLE meta (id INTEGER PRIMARY KEY, revision INTEGER NOT NULL)")
+    writer.execute("INSERT INTO meta VALUES (1, 41)")
+    quick = QuickRevision(path)
+    try:
+        assert quick() == 41
+        assert quick._conn is not None
+        assert quick._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+        with pytest.raises(sqlite3.OperationalError, match=r"readonly|read-only|query_only"):
+            quick._conn.execute("UPDATE meta SET revision = 0")
+        writer.execute("BEGIN EXCLUSIVE")
+        writer.execute("UPDATE meta SET revision = 42 WHERE id = 1")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            quick()
+        writer.execute("COMMIT")
+        assert quick() == 42
+    finally:
+        quick.close()
+        writer.close()
+    missing = QuickRevision(tmp_path / "nowhere" / "x.db")
+    with pytest.raises(sqlite3.Error):
+        missing()

@@ -59,7 +59,7 @@ from keyswap.errors import (
 from keyswap.gateway.keyfilter import KeyFilter
 from keyswap.gateway.secret import ServerSecret, check_secret
 from keyswap.store.models import ApiKeyRecord, Consumer, validate_label
-from keyswap.store.sql import Store
+from keyswap.store.sql import QuickRevision, Store
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -470,6 +470,7 @@ class ApiKeys:
         self._store = store
         self._mac_key = secret.api_key_mac_key
         self._mac = PreparedMac(self._mac_key)
+        self._memo: tuple[str | None, bytes] = (None, b"")  # (key, digest): see digest()
         self.prefix = _check_prefix(prefix)
         self._format = _key_format(self.prefix)
         self._clock = clock
@@ -594,8 +595,18 @@ class ApiKeys:
     # -- the request path ---------------------------------------------------------------------------
 
     def digest(self, key: str) -> bytes:
-        """HMAC-SHA-256 of ``key`` under the API-key subkey (what the store keeps)."""
-        return self._mac(key.encode("utf-8", "surrogatepass"))
+        """HMAC-SHA-256 of ``key`` under the API-key subkey (what the store keeps).
+
+        The last key's digest is kept: one request asks for its key's digest up to four times
+        (cache, key filter before and after the revision read, refused-key owner), always with
+        the same string object, so an identity check saves the HMAC (one tuple, replaced whole:
+        safe across threads)."""
+        memo = self._memo
+        if memo[0] is key:
+            return memo[1]
+        digest = self._mac(key.encode("utf-8", "surrogatepass"))
+        self._memo = (key, digest)
+        return digest
 
     def authenticate(self, key: str, now: float | None = None) -> Principal:
         """The principal for a valid key. May query the store (on a cache miss): run it off the loop.
@@ -738,6 +749,11 @@ class ApiKeys:
     def store_revision(self) -> int:
         """The store's revision now (one query)."""
         return self._store.revision()
+
+    def quick_revision(self) -> QuickRevision | None:
+        """A reader of the store's revision cheap enough for the event loop (a SQLite file), or
+        ``None`` (:meth:`keyswap.store.sql.Store.quick_revision`)."""
+        return self._store.quick_revision()
 
     def load_filter(self) -> bool:
         """Load the key filter from the store (every key's digest, one read). False on a store

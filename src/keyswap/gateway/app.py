@@ -120,6 +120,7 @@ from keyswap.verifier.binding import UNBOUND_BODY
 if TYPE_CHECKING:  # the tracing module imports OpenTelemetry: only when tracing is on
     from keyswap.gateway.secretscanning import SecretScanning, SecretScanningSettings
     from keyswap.gateway.tracing import Tracing, TracingSettings
+    from keyswap.store.sql import QuickRevision
 
 __all__ = [
     "ApiKeysLike",
@@ -343,6 +344,10 @@ class _NoKey(Exception):
     pass
 
 
+class _UnknownKey(InvalidApiKey):
+    """A key the key filter refused: no key like it exists, so it has no owner to count it for."""
+
+
 class _StoreDown(Exception):
     pass
 
@@ -506,6 +511,9 @@ class GatewayApp:
         self._next_check: asyncio.Future[int | None] | None = None
         self._checking = False  # a revision read is running or scheduled
         self._last_check = float("-inf")  # loop time the last one started
+        #: A SQLite store's revision read on the event loop (``Store.quick_revision``), set at
+        #: start-up; ``None``: every revision read goes to a store thread.
+        self._quick_revision: QuickRevision | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         #: What the last :meth:`on_change` invalidated (``None`` before the first change).
         self.last_changes: Changes | None = None
@@ -615,6 +623,9 @@ class GatewayApp:
         if self._watcher_factory is not None:
             self._watcher = self._watcher_factory(self.on_change)
             self._watcher.start()
+        quick = getattr(self._api_keys, "quick_revision", None)
+        if callable(quick):
+            self._quick_revision = quick()
         threading.Thread(target=self._warm_up, name="keyswap-warm-up", daemon=True).start()
         self._prune_task = asyncio.create_task(self._prune_loop())
         if self.meter is not None:
@@ -712,12 +723,28 @@ class GatewayApp:
         """True if the key filter says ``key`` does not exist and the store has not changed since
         (its revision read after the request arrived); False means: look it up.
 
+        On SQLite the revision is read here, on the event loop, in a few microseconds and without
+        waiting for any lock (:class:`~keyswap.store.sql.QuickRevision`); if that read fails, or
+        the store has changed since the filter was brought up to date, or on PostgreSQL, the
+        request waits for a read shared with the other refusals, on a store thread, which first
+        applies any change this node has not applied yet.
+
         Raises:
             StoreTimeout: the store did not answer the revision read in time.
         """
         absent = getattr(self._api_keys, "absent", None)
-        if absent is None or absent(key) is None:
+        if absent is None:
             return False
+        covered = absent(key)
+        if covered is None:
+            return False
+        quick = self._quick_revision
+        if quick is not None:
+            try:
+                if quick() <= covered:
+                    return True
+            except Exception:  # noqa: S110 - locked or unreadable: the usual read says
+                pass
         current = await asyncio.shield(self._revision_check())
         if current is None:
             return False
@@ -738,6 +765,9 @@ class GatewayApp:
         if self.meter is not None:  # requests have drained: everything counted is written
             await self.meter.close()
         self.store_calls.close()
+        quick, self._quick_revision = self._quick_revision, None
+        if quick is not None:
+            quick.close()
         self._signer.close()
         self._request_signer.close()
         await asyncio.to_thread(self._access.close)
@@ -845,8 +875,8 @@ class GatewayApp:
             except _NoKey:
                 status = await _respond(send, NO_API_KEY)
                 return
-            except InvalidApiKey:
-                refused_key = key
+            except InvalidApiKey as exc:
+                refused_key = None if isinstance(exc, _UnknownKey) else key
                 status = await _respond(send, INVALID_API_KEY)
                 return
             except _StoreDown:
@@ -1095,8 +1125,8 @@ class GatewayApp:
             except _NoKey:
                 status = await refuse(NO_API_KEY)
                 return
-            except InvalidApiKey:
-                refused_key = key
+            except InvalidApiKey as exc:
+                refused_key = None if isinstance(exc, _UnknownKey) else key
                 status = await refuse(INVALID_API_KEY)
                 return
             except _StoreDown:
@@ -1272,7 +1302,7 @@ class GatewayApp:
                 metrics.key_cache_misses += 1
             try:
                 if lookup is not None and await self._surely_unknown(key):
-                    raise InvalidApiKey("Invalid API key")
+                    raise _UnknownKey("Invalid API key")
                 return await self.store_calls.run(self._api_keys.authenticate, key, now)
             except StoreTimeout:  # a hung database: answer from memory as in an outage, or 503
                 if metrics is not None:

@@ -35,8 +35,9 @@ class KeyFilter:
     """A Bloom filter of API key digests with the store revision it covers (thread-safe)."""
 
     def __init__(self) -> None:
-        self._bits = bytearray(_MIN_BITS // 8)
-        self._mask = _MIN_BITS - 1
+        #: The bits and the mask of their positions, replaced together (a reader never pairs a new
+        #: table with an old mask).
+        self._table: tuple[bytearray, int] = (bytearray(_MIN_BITS // 8), _MIN_BITS - 1)
         self._count = 0
         self._lock = threading.Lock()
         self._loading: list[bytes] | None = None  # digests added while a load runs
@@ -51,32 +52,39 @@ class KeyFilter:
     @property
     def crowded(self) -> bool:
         """True when it holds more keys than it was sized for (more false "maybe"s): reload it."""
-        return self._count * _BITS_PER_KEY > len(self._bits) * 8
+        return self._count * _BITS_PER_KEY > len(self._table[0]) * 8
 
     @property
     def nbytes(self) -> int:
         """Its size in bytes."""
-        return len(self._bits)
-
-    def _positions(self, digest: bytes, mask: int) -> Iterable[int]:
-        first = int.from_bytes(digest[:8], "little")
-        step = int.from_bytes(digest[8:16], "little") | 1
-        return [(first + i * step) & mask for i in range(_PROBES)]
+        return len(self._table[0])
 
     def may_hold(self, digest: bytes) -> bool:
         """False only for a digest that was not added (always True before the first load)."""
         if self.revision is None:
             return True
-        bits, mask = self._bits, self._mask
-        for position in self._positions(digest, mask):
-            if not bits[position >> 3] & (1 << (position & 7)):
-                return False
-        return True
+        bits, mask = self._table
+        # The _PROBES (4) positions of _positions, unrolled: this runs for every unknown key.
+        position = int.from_bytes(digest[:8], "little")
+        step = int.from_bytes(digest[8:16], "little") | 1
+        at = position & mask
+        if not bits[at >> 3] & (1 << (at & 7)):
+            return False
+        position += step
+        at = position & mask
+        if not bits[at >> 3] & (1 << (at & 7)):
+            return False
+        position += step
+        at = position & mask
+        if not bits[at >> 3] & (1 << (at & 7)):
+            return False
+        at = (position + step) & mask
+        return bool(bits[at >> 3] & (1 << (at & 7)))
 
     def add(self, digest: bytes) -> None:
         """Hold ``digest`` from now on (also across a load running now)."""
         with self._lock:
-            self._set(self._bits, self._mask, digest)
+            self._set(*self._table, digest)
             self._count += 1
             if self._loading is not None:
                 self._loading.append(digest)
@@ -98,7 +106,7 @@ class KeyFilter:
             self._loading = None
             for digest in added:
                 self._set(bits, mask, digest)
-            self._bits, self._mask, self._count = bits, mask, count + len(added)
+            self._table, self._count = (bits, mask), count + len(added)
             if self.revision is None or revision > self.revision:
                 self.revision = revision
 
@@ -114,5 +122,12 @@ class KeyFilter:
             self.revision = None
 
     def _set(self, bits: bytearray, mask: int, digest: bytes) -> None:
-        for position in self._positions(digest, mask):
+        for position in _positions(digest, mask):
             bits[position >> 3] |= 1 << (position & 7)
+
+
+def _positions(digest: bytes, mask: int) -> list[int]:
+    """The bit positions of ``digest``: double hashing over its first 16 bytes."""
+    first = int.from_bytes(digest[:8], "little")
+    step = int.from_bytes(digest[8:16], "little") | 1
+    return [(first + i * step) & mask for i in range(_PROBES)]

@@ -80,10 +80,13 @@ class StoreCalls:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.threads)
         slots = self._slots
-        try:
-            await asyncio.wait_for(slots.acquire(), self.timeout)
-        except TimeoutError:
-            raise StoreTimeout("the key store did not answer in time") from None
+        if slots.locked():  # every thread busy: wait for one, within the deadline
+            try:
+                await asyncio.wait_for(slots.acquire(), self.timeout)
+            except TimeoutError:
+                raise StoreTimeout("the key store did not answer in time") from None
+        else:  # a free thread: taken at once (no task, no timer)
+            await slots.acquire()
         self._running += 1
 
         def release() -> None:
@@ -92,11 +95,13 @@ class StoreCalls:
 
         future: asyncio.Future[T] = loop.create_future()
         self._submit((lambda: function(*args), loop, future, release))
+        # One timer for the deadline instead of wait_for's task and callbacks: it fails the future
+        # (StoreTimeout), whose late answer is then dropped; a cancelled caller cancels it.
+        timer = loop.call_at(deadline, _expire, future)
         try:
-            # On timeout the future is cancelled; the call's late answer is then dropped.
-            return await asyncio.wait_for(future, max(deadline - loop.time(), 0))
-        except TimeoutError:
-            raise StoreTimeout("the key store did not answer in time") from None
+            return await future
+        finally:
+            timer.cancel()
 
     def close(self) -> None:
         """Let idle threads end (threads on a hung call end when it does)."""
@@ -128,6 +133,11 @@ class StoreCalls:
             with self._lock:  # idle before the slot is released: the next call reuses this thread
                 self._idle += 1
             _settle(loop, future, release, result, error)
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(StoreTimeout("the key store did not answer in time"))
 
 
 def _settle(
