@@ -469,9 +469,11 @@ def measure_gateway(
     config: str = "",
     extra: tuple[str, ...] = (),
     extra_env: dict[str, str] | None = None,
+    refusals: bool = False,
 ) -> dict[str, float]:
     """Instructions per proxied request of ``keyswap gateway --log-level <level> <extra>`` (all
-    threads), per thread, and the idle background (change watcher polls, pool ticker) per second."""
+    threads), per thread, and the idle background (change watcher polls, pool ticker) per second.
+    ``refusals``: also per refusal of a made-up well-formed key (a new one each request, 401)."""
     port = free_port()
     name = f"gateway-{'before-' if src else ''}{config + '-' if config else ''}{level}"
     out = tmp / f"{name}.cg"
@@ -533,6 +535,30 @@ def measure_gateway(
         result["background"] = idle * elapsed / n
         result["net"] = result["total"] - result["background"]
         result["seconds"] = elapsed
+        if refusals:
+            from keyswap.gateway.apikeys import generate_key
+
+            made_up = [generate_key() for _ in range(n + 20)]
+
+            def refuse(conn: http.client.HTTPConnection, keys: list[str]) -> None:
+                for made in keys:
+                    conn.request("GET", "/", headers={"Authorization": f"Bearer {made}"})
+                    response = conn.getresponse()
+                    response.read()
+                    if response.status != 401:
+                        raise SystemExit(f"gateway: HTTP {response.status} for a made-up key")
+
+            refuse(conn, made_up[:20])
+            _control("-z", proc.pid)
+            started = time.monotonic()
+            refuse(conn, made_up[20:])
+            time.sleep(0.3)
+            _control("-d", proc.pid)
+            refused = _dump_totals(out, keep)
+            result["refusal loop"] = refused.get("01", 0) / n
+            result["refusal net"] = (
+                sum(refused.values()) / n - idle * (time.monotonic() - started) / n
+            )
         return result
     finally:
         proc.terminate()
@@ -546,6 +572,7 @@ def gateway_main(
     before: str | None = None,
     configs: dict[str, tuple[str, ...]] | None = None,
     extra_env: dict[str, str] | None = None,
+    refusals: bool = False,
 ) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import Server, serve_argv
@@ -574,6 +601,7 @@ def gateway_main(
                     config=config,
                     extra=extra,
                     extra_env=extra_env,
+                    refusals=refusals,
                 )
                 for tree, src in trees.items()
                 for config, extra in variants.items()
@@ -609,6 +637,31 @@ def gateway_main(
             rows,
         )
     )
+    if refusals:
+        print(
+            "\n"
+            + markdown_table(
+                [
+                    "keyswap gateway",
+                    "proxied request: event loop",
+                    "proxied: all threads − background",
+                    "made-up key refused (401): event loop",
+                    "refused: all threads − background",
+                    "refused ÷ proxied (all threads)",
+                ],
+                [
+                    [
+                        f"`--log-level {level.split()[-1]}` {level.removesuffix(level.split()[-1])}",
+                        fmt_int(r["thread 01"]),
+                        fmt_int(r["net"]),
+                        fmt_int(r["refusal loop"]),
+                        fmt_int(r["refusal net"]),
+                        fmt(r["refusal net"] / r["net"]),
+                    ]
+                    for level, r in results.items()
+                ],
+            )
+        )
     print(
         "\nThe event loop thread's count is the steady one (within ±0.5 % run to run); the other"
         " threads are the access-log writer (at `info`) and background threads (change watcher,"
@@ -641,6 +694,11 @@ def main() -> int:
         metavar="NAME=ARGS",
         help="gateway: a configuration to measure, NAME=extra gateway flags (repeatable), e.g.\n"
         "--gateway-config off= --gateway-config 'trace-0=--tracing --trace-sample-rate 0'",
+    )
+    parser.add_argument(
+        "--refusals",
+        action="store_true",
+        help="gateway: also instructions per refusal of a made-up well-formed API key (401)",
     )
     parser.add_argument(
         "--gateway-env",
@@ -686,6 +744,7 @@ def main() -> int:
             args.before,
             configs or None,
             extra_env or None,
+            refusals=args.refusals,
         )
         return 0
     if args.keep:
