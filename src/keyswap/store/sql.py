@@ -1834,7 +1834,9 @@ class QuickRevision:
         """
         conn = self._conn
         if conn is None:
-            conn = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+            # mode=rw: a missing file is an error, never a new, empty database kept open here.
+            uri = f"{self._path.absolute().as_uri()}?mode=rw"
+            conn = sqlite3.connect(uri, timeout=0, isolation_level=None, uri=True)
             try:
                 conn.execute("PRAGMA query_only = 1")
             except BaseException:
