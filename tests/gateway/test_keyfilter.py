@@ -386,3 +386,35 @@ def test_a_filter_reload_during_the_warm_start_load_never_loses_a_key(
         for gate in store.gates:
             gate.set()
         store.close()
+
+
+def test_a_key_created_while_the_filter_loads_is_held_once_a_later_change_advances_it(
+    admin: tuple[str, Store, ApiKeys],
+) -> None:
+    """The filter is loading (the warm start, or a reload after a reset); a key is created after
+    the load read the store and before the load ended, and the change log names it. The load covers
+    only the revision it read at, so that key is looked up for now; but the next change (another
+    key) advances the filter past the key's revision: the filter must hold it by then, or the
+    gateway refuses that existing key with 401 (the store is no newer than the filter)."""
+    db_url, _store, other = admin  # ``other``: another process creating keys
+    store = _PausedDigestsStore(db_url, reads=1)
+    try:
+        keys = ApiKeys(store, secret(), cache_size=0)
+        loading = threading.Thread(target=keys.load_filter)
+        loading.start()
+        assert store.entered[0].wait(10)  # the load has read the store
+        record, created = other.create("acme")
+        keys.changed([record.id], [], store.revision())  # what the node does for the change
+        store.gates[0].set()
+        loading.join(10)
+        assert keys.filter.ready
+        covered = keys.absent(created)
+        assert covered is None or covered < store.revision()  # looked up, not refused
+        later, _ = other.create("acme")  # the next change
+        keys.changed([later.id], [], store.revision())
+        assert keys.filter.revision == store.revision()
+        covered = keys.absent(created)
+        assert covered is None, covered  # would be refused with 401
+    finally:
+        store.gates[0].set()
+        store.close()

@@ -766,6 +766,7 @@ class ApiKeys:
             try:
                 revision, count, digests = self._store.all_api_key_digests()
             except SQLAlchemyError as exc:
+                self.filter.cancel_load()
                 log.warning("could not load the API key filter (%s)", type(exc).__name__)
                 return False
             self.filter.load(digests, count, revision)
@@ -796,7 +797,9 @@ class ApiKeys:
         consumers (:meth:`invalidate`), add the changed keys to the key filter, advance it."""
         key_ids = list(key_ids)
         self.invalidate(key_ids, consumer_ids)
-        if not self.filter.ready:
+        # While a load runs, its read may predate these keys: add them (the load keeps them), or a
+        # later advance would cover them without their digests.
+        if not (self.filter.ready or self.filter.loading):
             return
         if key_ids:
             try:
@@ -806,6 +809,8 @@ class ApiKeys:
                 return
             for digest in digests:
                 self.filter.add(digest)
+        if not self.filter.ready:  # the load sets the revision it covers
+            return
         if self.filter.crowded:
             self.reload_filter_soon()
             return
