@@ -327,3 +327,94 @@ def test_the_node_reports_ready_only_once_its_warm_start_is_done(
         gate.set()
         server.stop()
         store.close()
+
+
+class _PausedDigestsStore(Store):
+    """A store whose key-filter reads each wait, once they have read, for their own gate (a slow
+    read of a large key table, injected); ``entered[i]`` is set when read ``i`` has read."""
+
+    def __init__(self, url: str, reads: int) -> None:
+        super().__init__(url)
+        self.gates = [threading.Event() for _ in range(reads)]
+        self.entered = [threading.Event() for _ in range(reads)]
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    def all_api_key_digests(self) -> Any:
+        result = super().all_api_key_digests()
+        with self._lock:
+            call, self._calls = self._calls, self._calls + 1
+        if call < len(self.gates):
+            self.entered[call].set()
+            assert self.gates[call].wait(10)
+        return result
+
+
+def test_a_filter_reload_during_the_warm_start_load_never_loses_a_key(
+    admin: tuple[str, Store, ApiKeys],
+) -> None:
+    """The warm start's filter load is slow (a large key table); a change the log cannot describe
+    arrives meanwhile, so the node resets the filter and reloads it on a thread of its own. A key
+    created after the first load finished and before the reload finished must stay in the filter:
+    the reload must neither drop it (the adds it collects taken by the other load) nor replace a
+    newer table by an older one; otherwise the filter covers the key's revision without holding it
+    and the gateway refuses the new key with 401 (the store is no newer than the filter)."""
+    db_url, _store, other = admin  # ``other``: another process creating keys
+    store = _PausedDigestsStore(db_url, reads=2)
+    try:
+        keys = ApiKeys(store, secret(), cache_size=0)
+        warm = threading.Thread(target=keys.load_filter)
+        warm.start()  # the warm start's load
+        assert store.entered[0].wait(10)
+        keys.reload_filter_soon()  # a FULL change: reset, reload on a thread
+        store.entered[1].wait(0.5)  # the reload has read (unless it waits for the first load)
+        store.gates[0].set()
+        warm.join(10)
+        assert keys.filter.ready
+        record, created = other.create("acme")  # created elsewhere; the change log names it
+        keys.changed([record.id], [], store.revision())
+        assert keys.absent(created) is None
+        store.gates[1].set()
+        deadline = time.monotonic() + 10
+        while keys._filter_loading and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not keys._filter_loading
+        assert keys.filter.ready
+        covered = keys.absent(created)
+        assert covered is None, (covered, store.revision())  # would be refused with 401
+    finally:
+        for gate in store.gates:
+            gate.set()
+        store.close()
+
+
+def test_a_key_created_while_the_filter_loads_is_held_once_a_later_change_advances_it(
+    admin: tuple[str, Store, ApiKeys],
+) -> None:
+    """The filter is loading (the warm start, or a reload after a reset); a key is created after
+    the load read the store and before the load ended, and the change log names it. The load covers
+    only the revision it read at, so that key is looked up for now; but the next change (another
+    key) advances the filter past the key's revision: the filter must hold it by then, or the
+    gateway refuses that existing key with 401 (the store is no newer than the filter)."""
+    db_url, _store, other = admin  # ``other``: another process creating keys
+    store = _PausedDigestsStore(db_url, reads=1)
+    try:
+        keys = ApiKeys(store, secret(), cache_size=0)
+        loading = threading.Thread(target=keys.load_filter)
+        loading.start()
+        assert store.entered[0].wait(10)  # the load has read the store
+        record, created = other.create("acme")
+        keys.changed([record.id], [], store.revision())  # what the node does for the change
+        store.gates[0].set()
+        loading.join(10)
+        assert keys.filter.ready
+        covered = keys.absent(created)
+        assert covered is None or covered < store.revision()  # looked up, not refused
+        later, _ = other.create("acme")  # the next change
+        keys.changed([later.id], [], store.revision())
+        assert keys.filter.revision == store.revision()
+        covered = keys.absent(created)
+        assert covered is None, covered  # would be refused with 401
+    finally:
+        store.gates[0].set()
+        store.close()

@@ -313,3 +313,23 @@ def test_only_a_sqlite_file_has_an_event_loop_revision_reader(store: Store) -> N
         assert quick() == store.revision()
     finally:
         quick.close()
+
+
+def test_a_revision_read_that_cannot_connect_is_a_database_error(store: Store) -> None:
+    """No connection to be had (the server refusing, the file unopenable): ``revision()`` raises
+    SQLAlchemy's ``DBAPIError``, as it documents and as it did before it read on a raw pooled
+    connection, not the driver's own exception."""
+    dbapi = store.engine.dialect.loaded_dbapi
+    store.engine.dispose()  # the next read needs a new connection
+
+    def refuse(*_args: object) -> None:  # failure injection: the connection attempt fails
+        raise dbapi.OperationalError("connection refused")
+
+    sa.event.listen(store.engine, "do_connect", refuse)
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as raised:
+            store.revision()
+        assert isinstance(raised.value.orig, dbapi.OperationalError)
+    finally:
+        sa.event.remove(store.engine, "do_connect", refuse)
+    assert store.revision() >= 0  # connects again

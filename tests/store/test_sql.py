@@ -438,3 +438,24 @@ def test_the_quick_revision_reader_never_waits_for_a_lock(tmp_path: Path) -> Non
     missing = QuickRevision(tmp_path / "nowhere" / "x.db")
     with pytest.raises(sqlite3.Error):
         missing()
+
+
+def test_the_quick_revision_reader_never_creates_a_database(tmp_path: Path) -> None:
+    """The database file gone (moved away for a moment): the reader fails (the caller falls back to
+    the usual read) and creates no empty database in its place, which it would keep reading ("no
+    such table") once the real file is moved back; it reads the real one once it is back."""
+    path = tmp_path / "keyswap.db"
+    away = tmp_path / "moved.db"
+    store = Store(f"sqlite:///{away}")
+    store.create_consumer("acme")
+    revision = store.revision()
+    store.close()
+    quick = QuickRevision(path)
+    try:
+        with pytest.raises(sqlite3.Error):
+            quick()
+        assert not path.exists()
+        away.rename(path)
+        assert quick() == revision
+    finally:
+        quick.close()

@@ -490,6 +490,9 @@ class ApiKeys:
         #: Every key in the store, a few bits each (:mod:`keyswap.gateway.keyfilter`).
         self.filter = KeyFilter()
         self._filter_lock = threading.Lock()
+        #: One filter load at a time (the warm start's and a reload's): two at once would share the
+        #: filter's list of digests added meanwhile, and the older could replace the newer's table.
+        self._load_lock = threading.Lock()
         self._filter_again = False
         self._filter_loading = False
         check_secret(store, secret)
@@ -758,14 +761,16 @@ class ApiKeys:
     def load_filter(self) -> bool:
         """Load the key filter from the store (every key's digest, one read). False on a store
         error (the filter keeps answering "maybe": every unknown key is looked up)."""
-        self.filter.begin_load()
-        try:
-            revision, count, digests = self._store.all_api_key_digests()
-        except SQLAlchemyError as exc:
-            log.warning("could not load the API key filter (%s)", type(exc).__name__)
-            return False
-        self.filter.load(digests, count, revision)
-        return True
+        with self._load_lock:
+            self.filter.begin_load()
+            try:
+                revision, count, digests = self._store.all_api_key_digests()
+            except SQLAlchemyError as exc:
+                self.filter.cancel_load()
+                log.warning("could not load the API key filter (%s)", type(exc).__name__)
+                return False
+            self.filter.load(digests, count, revision)
+            return True
 
     def reload_filter_soon(self) -> None:
         """Stop trusting the key filter and reload it on a thread of its own (after a change the log
@@ -792,7 +797,9 @@ class ApiKeys:
         consumers (:meth:`invalidate`), add the changed keys to the key filter, advance it."""
         key_ids = list(key_ids)
         self.invalidate(key_ids, consumer_ids)
-        if not self.filter.ready:
+        # While a load runs, its read may predate these keys: add them (the load keeps them), or a
+        # later advance would cover them without their digests.
+        if not (self.filter.ready or self.filter.loading):
             return
         if key_ids:
             try:
@@ -802,6 +809,8 @@ class ApiKeys:
                 return
             for digest in digests:
                 self.filter.add(digest)
+        if not self.filter.ready:  # the load sets the revision it covers
+            return
         if self.filter.crowded:
             self.reload_filter_soon()
             return

@@ -50,6 +50,11 @@ class KeyFilter:
         return self.revision is not None
 
     @property
+    def loading(self) -> bool:
+        """True between :meth:`begin_load` and :meth:`load` (what is added meanwhile is kept)."""
+        return self._loading is not None
+
+    @property
     def crowded(self) -> bool:
         """True when it holds more keys than it was sized for (more false "maybe"s): reload it."""
         return self._count * _BITS_PER_KEY > len(self._table[0]) * 8
@@ -93,6 +98,11 @@ class KeyFilter:
         """Start collecting the digests added while the store is read (call before reading)."""
         with self._lock:
             self._loading = []
+
+    def cancel_load(self) -> None:
+        """The read for a load failed: stop collecting (the filter stays as it was)."""
+        with self._lock:
+            self._loading = None
 
     def load(self, digests: Iterable[bytes], count: int, revision: int) -> None:
         """Replace the contents by ``digests`` (``count`` of them, read at ``revision``) and the

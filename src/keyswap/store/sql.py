@@ -438,7 +438,12 @@ class Store:
         connection and result handling cost ~6x the query itself on SQLite. A failure raises
         SQLAlchemy's ``DBAPIError`` (as any other read) and discards the connection.
         """
-        raw = self.engine.raw_connection()  # a failure to connect is already a DBAPIError
+        try:
+            raw = self.engine.raw_connection()  # the pool's own: the driver's error, unwrapped
+        except self._dbapi_error as exc:
+            raise DBAPIError.instance(
+                None, None, exc, self._dbapi_error, dialect=self.engine.dialect
+            ) from exc
         try:
             cursor = raw.cursor()
             try:
@@ -1834,7 +1839,9 @@ class QuickRevision:
         """
         conn = self._conn
         if conn is None:
-            conn = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+            # mode=rw: a missing file is an error, never a new, empty database kept open here.
+            uri = f"{self._path.absolute().as_uri()}?mode=rw"
+            conn = sqlite3.connect(uri, timeout=0, isolation_level=None, uri=True)
             try:
                 conn.execute("PRAGMA query_only = 1")
             except BaseException:
