@@ -300,6 +300,16 @@ class Server:
     def cpu_seconds(self) -> float:
         return proc_tree_cpu_seconds(self.pid)
 
+    def pin(self, cpus: str) -> None:
+        """Move every thread of this server's processes (its session) onto ``cpus`` (taskset)."""
+        found = subprocess.run(
+            ["pgrep", "-s", str(self.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        for pid in {*found, str(self.pid)}:
+            subprocess.run(
+                ["taskset", "-a", "-p", "-c", cpus, pid], capture_output=True, check=False
+            )
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -394,11 +404,14 @@ def run_wrk(
     cpu: Sequence[Server] = (),
     script: Path | None = None,
     env: dict[str, str] | None = None,
+    cpus: str | None = None,
 ) -> WrkResult:
     """Run wrk against `url`; measure the CPU each server in `cpu` spends per request.
 
-    `script`: a wrk Lua script (`-s`); `env`: extra environment for wrk (read by the script)."""
+    `script`: a wrk Lua script (`-s`); `env`: extra environment for wrk (read by the script);
+    `cpus`: run wrk on these CPUs only (`taskset -c`)."""
     argv = [
+        *(["taskset", "-c", cpus] if cpus else []),
         "wrk",
         f"-t{threads}",
         f"-c{connections}",

@@ -14,7 +14,10 @@ Gateway CPU per request is utime + stime of the gateway's whole process tree (pa
 over the measured run, divided by the requests wrk completed. 1 s warm-up, then --duration s
 measured; --rounds rounds, the configs alternating and each round starting with the other one;
 medians. Target: the 2-worker CPU per request under the same load is at most 1.10x the 1-worker one
-(more processes must not cost more per request); the 2x-connections row is reported beside it. The machine is shared and has 2 cores that wrk and the upstream use too:
+(more processes must not cost more per request); the 2x-connections row is reported beside it.
+--pin: wrk and the upstream on CPU 0, the gateway's processes on CPU 1 (taskset), so that the gateway
+does not share its CPU with the load; two workers then take turns on one CPU (what that costs is
+what two processes on one core cost each other, not what they would cost on spare cores). The machine is shared and has 2 cores that wrk and the upstream use too:
 req/s is reported, not a target.
 """
 
@@ -63,6 +66,11 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="wrk seconds per run")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="wrk and the upstream on CPU 0, the gateway on CPU 1 (taskset)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.duration, args.rounds = 1.0, 2
@@ -84,6 +92,9 @@ def main() -> int:
         up_port = free_port()
         upstream = Server("upstream", serve_argv("bare", up_port), log_dir=tmp)
         upstream.start(f"http://{HOST}:{up_port}/")
+        load_cpus = "0" if args.pin else None
+        if args.pin:
+            upstream.pin("0")
         try:
             for round_index in range(args.rounds):
                 order = names if round_index % 2 == 0 else names[::-1]
@@ -100,13 +111,22 @@ def main() -> int:
                     )
                     try:
                         wait_ok(gateway.url.rstrip("/"), key)
-                        run_wrk(gateway.url, seconds=1, connections=connections, headers=headers)
+                        if args.pin:
+                            gateway.pin("1")
+                        run_wrk(
+                            gateway.url,
+                            seconds=1,
+                            connections=connections,
+                            headers=headers,
+                            cpus=load_cpus,
+                        )
                         result = run_wrk(
                             gateway.url,
                             seconds=args.duration,
                             connections=connections,
                             headers=headers,
                             cpu=[gateway],
+                            cpus=load_cpus,
                         )
                     finally:
                         gateway.stop()
@@ -133,9 +153,10 @@ def main() -> int:
                 str(sum(r.non2xx + r.socket_errors for r in runs)),
             ]
         )
+    pinned = "; pinned: wrk and the upstream on CPU 0, the gateway on CPU 1" if args.pin else ""
     print(
         f"## One node, cached key (wrk -t1 -c{args.connections}, -c{2 * args.connections} for the "
-        f"last row; medians of {args.rounds})\n"
+        f"last row; medians of {args.rounds}{pinned})\n"
     )
     print(
         markdown_table(
