@@ -72,6 +72,29 @@ def test_a_lookup_reads_exactly_the_bits_an_add_sets() -> None:
         assert not key_filter.may_hold(held)
 
 
+def test_a_load_covers_what_was_advanced_while_it_ran_unless_reset_or_cancelled() -> None:
+    key_filter = KeyFilter()
+    key_filter.begin_load()
+    key_filter.add(b"\x01" * 32)  # a change applied during the load: its key, then its revision
+    key_filter.advance(9)
+    assert not key_filter.ready  # nothing covered before the load ends
+    key_filter.load(iter(()), 0, revision=7)
+    assert key_filter.revision == 9
+    key_filter.reset()
+    key_filter.begin_load()
+    key_filter.advance(12)
+    key_filter.reset()  # the log had a gap meanwhile: what was advanced no longer counts
+    key_filter.load(iter(()), 0, revision=10)
+    assert key_filter.revision == 10
+    key_filter.reset()
+    key_filter.begin_load()
+    key_filter.advance(15)
+    key_filter.cancel_load()  # the read failed
+    key_filter.begin_load()
+    key_filter.load(iter(()), 0, revision=11)
+    assert key_filter.revision == 11
+
+
 def test_a_crowded_filter_asks_to_be_reloaded() -> None:
     key_filter = KeyFilter()
     key_filter.load(iter(()), 0, revision=1)
@@ -388,14 +411,14 @@ def test_a_filter_reload_during_the_warm_start_load_never_loses_a_key(
         store.close()
 
 
-def test_a_key_created_while_the_filter_loads_is_held_once_a_later_change_advances_it(
+def test_a_key_created_while_the_filter_loads_is_held_and_covered_when_the_load_ends(
     admin: tuple[str, Store, ApiKeys],
 ) -> None:
     """The filter is loading (the warm start, or a reload after a reset); a key is created after
-    the load read the store and before the load ended, and the change log names it. The load covers
-    only the revision it read at, so that key is looked up for now; but the next change (another
-    key) advances the filter past the key's revision: the filter must hold it by then, or the
-    gateway refuses that existing key with 401 (the store is no newer than the filter)."""
+    the load read the store and before the load ended, and the change log names it. The filter
+    must hold that key, or the gateway refuses it with 401 once the filter covers its revision; and
+    the load covers that revision as soon as it ends (the change was applied meanwhile), so that
+    made-up keys are refused without a lookup at once, not only after the next change."""
     db_url, _store, other = admin  # ``other``: another process creating keys
     store = _PausedDigestsStore(db_url, reads=1)
     try:
@@ -408,8 +431,9 @@ def test_a_key_created_while_the_filter_loads_is_held_once_a_later_change_advanc
         store.gates[0].set()
         loading.join(10)
         assert keys.filter.ready
-        covered = keys.absent(created)
-        assert covered is None or covered < store.revision()  # looked up, not refused
+        assert keys.filter.revision == store.revision()  # not left behind the store
+        assert keys.absent(created) is None  # held: looked up, never refused
+        assert keys.absent(generate_key()) == store.revision()  # made-up keys: refused at once
         later, _ = other.create("acme")  # the next change
         keys.changed([later.id], [], store.revision())
         assert keys.filter.revision == store.revision()

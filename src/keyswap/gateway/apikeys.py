@@ -809,12 +809,10 @@ class ApiKeys:
                 return
             for digest in digests:
                 self.filter.add(digest)
-        if not self.filter.ready:  # the load sets the revision it covers
-            return
-        if self.filter.crowded:
+        if self.filter.ready and self.filter.crowded:
             self.reload_filter_soon()
             return
-        self.filter.advance(revision)
+        self.filter.advance(revision)  # during a load: the revision the load will cover
 
     def warm(self, since: float, limit: int, *, fill: bool = True) -> list[Principal]:
         """Put the keys last used at or after ``since`` (up to ``limit``, most recent first) into the

@@ -41,6 +41,9 @@ class KeyFilter:
         self._count = 0
         self._lock = threading.Lock()
         self._loading: list[bytes] | None = None  # digests added while a load runs
+        #: The newest revision :meth:`advance` named while a load ran (its keys were added): the load
+        #: then covers it too, so the filter is not left behind the store until the next change.
+        self._advance_to: int | None = None
         #: Holds every key that existed at this revision (``None``: not loaded, answers "maybe").
         self.revision: int | None = None
 
@@ -98,11 +101,13 @@ class KeyFilter:
         """Start collecting the digests added while the store is read (call before reading)."""
         with self._lock:
             self._loading = []
+            self._advance_to = None
 
     def cancel_load(self) -> None:
         """The read for a load failed: stop collecting (the filter stays as it was)."""
         with self._lock:
             self._loading = None
+            self._advance_to = None
 
     def load(self, digests: Iterable[bytes], count: int, revision: int) -> None:
         """Replace the contents by ``digests`` (``count`` of them, read at ``revision``) and the
@@ -117,19 +122,29 @@ class KeyFilter:
             for digest in added:
                 self._set(bits, mask, digest)
             self._table, self._count = (bits, mask), count + len(added)
+            if self._advance_to is not None and self._advance_to > revision:
+                revision = self._advance_to  # every key up to it was added meanwhile
+            self._advance_to = None
             if self.revision is None or revision > self.revision:
                 self.revision = revision
 
     def advance(self, revision: int) -> None:
-        """Every key created up to ``revision`` has been added (after applying the change log)."""
+        """Every key created up to ``revision`` has been added (after applying the change log).
+        While a load runs on a filter that is not loaded, the load will cover ``revision`` too."""
         with self._lock:
-            if self.revision is not None and revision > self.revision:
-                self.revision = revision
+            if self.revision is not None:
+                if revision > self.revision:
+                    self.revision = revision
+            elif self._loading is not None and (
+                self._advance_to is None or revision > self._advance_to
+            ):
+                self._advance_to = revision
 
     def reset(self) -> None:
         """Answer "maybe" for everything until the next :meth:`load` (the log had a gap)."""
         with self._lock:
             self.revision = None
+            self._advance_to = None
 
     def _set(self, bits: bytearray, mask: int, digest: bytes) -> None:
         for position in _positions(digest, mask):
