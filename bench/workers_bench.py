@@ -15,9 +15,11 @@ over the measured run, divided by the requests wrk completed. 1 s warm-up, then 
 measured; --rounds rounds, the configs alternating and each round starting with the other one;
 medians. Target: the 2-worker CPU per request under the same load is at most 1.10x the 1-worker one
 (more processes must not cost more per request); the 2x-connections row is reported beside it.
---pin: wrk and the upstream on CPU 0, the gateway's processes on CPU 1 (taskset), so that the gateway
-does not share its CPU with the load; two workers then take turns on one CPU (what that costs is
-what two processes on one core cost each other, not what they would cost on spare cores). The machine is shared and has 2 cores that wrk and the upstream use too:
+--pin [LOAD:GATEWAY]: wrk and the upstream on the CPUs LOAD, the gateway's processes on GATEWAY
+(taskset CPU lists; default 0:1), so that the gateway does not share its CPUs with the load. On 2
+vCPUs (0:1) two workers take turns on one CPU (what that costs is what two processes on one core cost
+each other, not what they would cost on spare cores); on 4 vCPUs, 0-1:2-3 gives each worker a CPU of
+its own, which is what the target is about. The machine is shared and has 2 cores that wrk and the upstream use too:
 req/s is reported, not a target.
 """
 
@@ -68,10 +70,18 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument(
         "--pin",
-        action="store_true",
-        help="wrk and the upstream on CPU 0, the gateway on CPU 1 (taskset)",
+        nargs="?",
+        const="0:1",
+        metavar="LOAD:GATEWAY",
+        help="wrk and the upstream on the CPUs LOAD, the gateway on GATEWAY (taskset lists; "
+        "default 0:1; e.g. 0-1:2-3 on 4 vCPUs)",
     )
     args = parser.parse_args()
+    load_cpus, gateway_cpus = None, None
+    if args.pin:
+        load_cpus, sep, gateway_cpus = args.pin.partition(":")
+        if not (sep and load_cpus and gateway_cpus):
+            parser.error(f"--pin wants LOAD:GATEWAY CPU lists, got {args.pin!r}")
     if args.quick:
         args.duration, args.rounds = 1.0, 2
     problem = import_problem("keyswap.gateway.workers")
@@ -92,9 +102,8 @@ def main() -> int:
         up_port = free_port()
         upstream = Server("upstream", serve_argv("bare", up_port), log_dir=tmp)
         upstream.start(f"http://{HOST}:{up_port}/")
-        load_cpus = "0" if args.pin else None
-        if args.pin:
-            upstream.pin("0")
+        if load_cpus:
+            upstream.pin(load_cpus)
         try:
             for round_index in range(args.rounds):
                 order = names if round_index % 2 == 0 else names[::-1]
@@ -111,8 +120,8 @@ def main() -> int:
                     )
                     try:
                         wait_ok(gateway.url.rstrip("/"), key)
-                        if args.pin:
-                            gateway.pin("1")
+                        if gateway_cpus:
+                            gateway.pin(gateway_cpus)
                         run_wrk(
                             gateway.url,
                             seconds=1,
@@ -153,7 +162,11 @@ def main() -> int:
                 str(sum(r.non2xx + r.socket_errors for r in runs)),
             ]
         )
-    pinned = "; pinned: wrk and the upstream on CPU 0, the gateway on CPU 1" if args.pin else ""
+    pinned = (
+        f"; pinned: wrk and the upstream on CPUs {load_cpus}, the gateway on CPUs {gateway_cpus}"
+        if args.pin
+        else ""
+    )
     print(
         f"## One node, cached key (wrk -t1 -c{args.connections}, -c{2 * args.connections} for the "
         f"last row; medians of {args.rounds}{pinned})\n"
