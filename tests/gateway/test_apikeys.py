@@ -195,6 +195,34 @@ def test_api_keys_store_the_stdlib_hmac_of_the_key(api_keys: ApiKeys) -> None:
     assert api_keys.digest(key) == mac_digest(secret().api_key_mac_key, key)
 
 
+def test_the_last_digest_memo_never_answers_for_another_key(api_keys: ApiKeys) -> None:
+    """``digest`` remembers the last key by identity: equal strings that are different objects, and
+    other keys from other threads between two calls, still get their own HMAC."""
+    mac_key = secret().api_key_mac_key
+    key = generate_key()
+    twin = "".join(list(key))  # equal, another object
+    assert twin is not key
+    assert api_keys.digest(key) == api_keys.digest(twin) == mac_digest(mac_key, key)
+    keys = [generate_key() for _ in range(300)]
+    expected = {key: mac_digest(mac_key, key) for key in keys}
+    wrong: list[str] = []
+
+    def work(offset: int) -> None:
+        for i in range(2_000):
+            chosen = keys[(i * 7 + offset) % len(keys)]
+            if api_keys.digest(chosen) != expected[chosen] or (
+                api_keys.digest(chosen) != expected[chosen]  # a second call: the memo's answer
+            ):
+                wrong.append(chosen)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
+
+
 def test_a_custom_prefix_is_used_and_required() -> None:
     key = generate_key("acme")
     assert key.startswith("acme_")
