@@ -326,10 +326,47 @@ def test_a_revision_read_that_cannot_connect_is_a_database_error(store: Store) -
         raise dbapi.OperationalError("connection refused")
 
     sa.event.listen(store.engine, "do_connect", refuse)
+    own = store._connect_for_revision  # PostgreSQL: revision() reads on a connection of its own
+    store._connect_for_revision = refuse  # type: ignore[method-assign]
     try:
         with pytest.raises(sa.exc.DBAPIError) as raised:
             store.revision()
         assert isinstance(raised.value.orig, dbapi.OperationalError)
     finally:
         sa.event.remove(store.engine, "do_connect", refuse)
+        store._connect_for_revision = own  # type: ignore[method-assign]
     assert store.revision() >= 0  # connects again
+
+
+def test_postgres_revision_reads_on_its_own_connection_and_survives_its_loss(pg_url: str) -> None:
+    """One autocommit connection of its own (one round trip a read); killed by the server while
+    idle, it is replaced on the next read without an error (as the pool's pre-ping would); a
+    thread that finds it busy reads on a pooled connection instead of waiting."""
+    store = Store(pg_url)
+    admin = Store(pg_url)
+    try:
+        before = store.revision()
+        conn = store._revision_conn
+        assert conn is not None
+        assert not conn.closed
+        pid = conn.info.backend_pid
+        assert store.revision() == before
+        assert store._revision_conn is conn
+        with admin.engine.begin() as sql:
+            assert sql.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+        admin.create_consumer("acme")
+        assert store.revision() == before + 1  # no error: a new connection
+        assert store._revision_conn is not None
+        assert store._revision_conn is not conn
+        assert store._revision_lock.acquire(blocking=False)  # as if another thread were reading
+        try:
+            admin.create_consumer("acme2")
+            assert store.revision() == before + 2  # the pooled path, at once
+        finally:
+            store._revision_lock.release()
+        own = store._revision_conn
+        store.close()
+        assert own.closed
+    finally:
+        store.close()
+        admin.close()

@@ -27,6 +27,7 @@ so the CLI can write while a gateway reads.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -34,6 +35,7 @@ import logging
 import math
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -226,6 +228,14 @@ class Store:
         self.engine = _create_engine(self.url, file_backed=path is not None, timeout=timeout)
         #: The driver's base exception class (PEP 249 ``Error``).
         self._dbapi_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error
+        #: PostgreSQL: the connection :meth:`revision` reads on, its lock and the process that made
+        #: it; the arguments the engine adds to the URL's when it connects.
+        self._revision_conn: Any = None
+        self._revision_lock = threading.Lock()
+        self._revision_pid = 0
+        self._pg_connect_args: dict[str, Any] = (
+            _postgres_connect_args(sa.make_url(self.url).query, timeout) if self.is_postgres else {}
+        )
         self._commit_hooks: list[Callable[[int], object]] = []
         #: ``(before, after)`` revisions if opening the store upgraded the schema.
         self.schema_change: tuple[str | None, str] | None = None
@@ -242,7 +252,11 @@ class Store:
             raise
 
     def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (and :meth:`revision`'s own, on PostgreSQL)."""
+        conn, self._revision_conn = self._revision_conn, None
+        if conn is not None and self._revision_pid == os.getpid():
+            with contextlib.suppress(Exception):
+                conn.close()
         self.engine.dispose()
 
     def __repr__(self) -> str:
@@ -433,11 +447,19 @@ class Store:
     def revision(self) -> int:
         """The change counter: every mutation (except last-used times) increases it.
 
-        Read on a pooled DB-API connection directly (one statement, no SQLAlchemy transaction): the
-        gateway reads it often (polls, and before refusing an unknown key), and SQLAlchemy's
-        connection and result handling cost ~6x the query itself on SQLite. A failure raises
-        SQLAlchemy's ``DBAPIError`` (as any other read) and discards the connection.
+        Read on a DB-API connection directly (one statement, no SQLAlchemy transaction): the gateway
+        reads it often (polls, and before refusing an unknown key), and SQLAlchemy's connection and
+        result handling cost ~6x the query itself on SQLite. On PostgreSQL, a connection of its own
+        in autocommit mode (one round trip, where a pooled connection costs three: the pre-ping, the
+        query, the rollback on return), used by one thread at a time: a thread that finds it busy
+        (a read in progress, or hung) reads on a pooled connection instead, never waiting for it.
+        A failure raises SQLAlchemy's ``DBAPIError`` (as any other read) and discards the connection.
         """
+        if self.is_postgres and self._revision_lock.acquire(blocking=False):
+            try:
+                return self._own_revision()
+            finally:
+                self._revision_lock.release()
         try:
             raw = self.engine.raw_connection()  # the pool's own: the driver's error, unwrapped
         except self._dbapi_error as exc:
@@ -461,6 +483,46 @@ class Store:
         if row is None:
             raise OperationalError(_REVISION_SQL, (), Exception("no meta row"))
         return int(row[0])
+
+    def _own_revision(self) -> int:
+        """PostgreSQL: :meth:`revision` on the store's own revision connection (lock held). A
+        connection that fails is replaced once (the server restarted, or dropped it while idle), as
+        the pool's pre-ping would; a second failure raises ``DBAPIError``."""
+        for attempt in (1, 2):
+            conn = self._revision_conn
+            if conn is not None and self._revision_pid != os.getpid():
+                conn = self._revision_conn = None  # a forked child: the parent's socket, untouched
+            fresh = conn is None
+            try:
+                if conn is None:
+                    conn = self._revision_conn = self._connect_for_revision()
+                    self._revision_pid = os.getpid()
+                row = conn.execute(_REVISION_SQL).fetchone()
+            except self._dbapi_error as exc:
+                self._revision_conn = None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                if fresh or attempt == 2:
+                    raise DBAPIError.instance(
+                        _REVISION_SQL, (), exc, self._dbapi_error, dialect=self.engine.dialect
+                    ) from exc
+                continue
+            if row is None:
+                raise OperationalError(_REVISION_SQL, (), Exception("no meta row"))
+            return int(row[0])
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _connect_for_revision(self) -> Any:
+        """A new autocommit psycopg connection with the engine's arguments (the URL's, then the
+        timeouts and socket options the engine adds unless the URL sets them)."""
+        import psycopg
+
+        cargs, cparams = self.listen_connect_args()
+        for name, value in self._pg_connect_args.items():
+            cparams.setdefault(name, value)
+        cparams.setdefault("application_name", "keyswap-revision")
+        return psycopg.connect(*cargs, autocommit=True, **cparams)
 
     def quick_revision(self) -> QuickRevision | None:
         """For a file-backed SQLite store: a reader of :meth:`revision` cheap enough to call on an
