@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -370,3 +372,28 @@ def test_postgres_revision_reads_on_its_own_connection_and_survives_its_loss(pg_
     finally:
         store.close()
         admin.close()
+
+
+def test_a_forked_child_never_uses_nor_ends_its_parent_s_revision_connection(pg_url: str) -> None:
+    store = Store(pg_url)
+    try:
+        store.revision()
+        parent = store._revision_conn
+        assert parent is not None
+        parent_pid = parent.info.backend_pid
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports by its exit status only
+            try:
+                store.revision()  # its own connection, the parent's left alone
+                mine = store._revision_conn
+                ok = mine is not None and mine.info.backend_pid != parent_pid
+                gc.collect()
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.revision() >= 0  # the parent's connection still works
+        assert store._revision_conn is parent
+        assert parent.info.backend_pid == parent_pid
+    finally:
+        store.close()

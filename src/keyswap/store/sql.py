@@ -491,7 +491,9 @@ class Store:
         for attempt in (1, 2):
             conn = self._revision_conn
             if conn is not None and self._revision_pid != os.getpid():
-                conn = self._revision_conn = None  # a forked child: the parent's socket, untouched
+                # A forked child: the parent's session, never used here (psycopg does not end it
+                # when the object goes: it checks the process); a new one is made.
+                conn = self._revision_conn = None
             fresh = conn is None
             try:
                 if conn is None:
