@@ -397,3 +397,38 @@ def test_a_forked_child_never_uses_nor_ends_its_parent_s_revision_connection(pg_
         assert parent.info.backend_pid == parent_pid
     finally:
         store.close()
+
+
+def test_a_revision_read_blocked_on_postgresql_ends_within_the_store_timeout(pg_url: str) -> None:
+    """The revision connection carries the engine's statement_timeout, also when the URL sets
+    ``options`` (the schema's search path): a read blocked by a lock (a migration holding the meta
+    table) is cancelled by the server within the timeout, as on a pooled connection."""
+    assert "options=" in pg_url  # the tests' URLs set the search path
+    store = Store(pg_url, timeout=0.5)
+    admin = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    try:
+        store.revision()  # its own connection, made
+        with admin.connect() as sql:
+            sql.execute(sa.text("LOCK TABLE meta IN ACCESS EXCLUSIVE MODE"))
+            result: list[BaseException | int] = []
+            reader = threading.Thread(target=lambda: result.append(_revision_or_error(store)))
+            started = time.monotonic()
+            reader.start()
+            reader.join(5)
+            blocked = reader.is_alive()
+            sql.rollback()  # releases the lock (a reader still blocked then returns)
+            reader.join(5)
+        assert not blocked, "the revision read waited on the lock past the store's timeout"
+        assert time.monotonic() - started < 3
+        assert isinstance(result[0], sa.exc.DBAPIError)
+        assert store.revision() >= 0  # usable afterwards
+    finally:
+        store.close()
+        admin.dispose()
+
+
+def _revision_or_error(store: Store) -> BaseException | int:
+    try:
+        return store.revision()
+    except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+        return exc

@@ -517,12 +517,13 @@ class Store:
 
     def _connect_for_revision(self) -> Any:
         """A new autocommit psycopg connection with the engine's arguments (the URL's, then the
-        timeouts and socket options the engine adds unless the URL sets them)."""
+        timeouts and socket options the engine adds unless the URL sets them). They replace the
+        URL's as the engine's ``connect_args`` do: ``options`` is the URL's (a search path) with the
+        ``statement_timeout`` appended, so keeping the URL's would drop the timeout."""
         import psycopg
 
         cargs, cparams = self.listen_connect_args()
-        for name, value in self._pg_connect_args.items():
-            cparams.setdefault(name, value)
+        cparams.update(self._pg_connect_args)
         cparams.setdefault("application_name", "keyswap-revision")
         return psycopg.connect(*cargs, autocommit=True, **cparams)
 
