@@ -432,3 +432,25 @@ def _revision_or_error(store: Store) -> BaseException | int:
         return store.revision()
     except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
         return exc
+
+
+def test_a_cancelled_revision_read_is_not_tried_again_on_a_new_connection(pg_url: str) -> None:
+    """A statement the server cancelled at the store's timeout fails the read after that timeout
+    (as on a pooled connection), not after twice as long on a second, new connection: only a
+    connection the server dropped is replaced."""
+    store = Store(pg_url, timeout=1.0)
+    admin = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    try:
+        store.revision()
+        with admin.connect() as sql:
+            sql.execute(sa.text("LOCK TABLE meta IN ACCESS EXCLUSIVE MODE"))
+            started = time.monotonic()
+            with pytest.raises(sa.exc.DBAPIError):
+                store.revision()
+            took = time.monotonic() - started
+            sql.rollback()
+        assert took < 1.7, f"one cancelled read took {took:.2f} s (timeout 1 s)"
+        assert store.revision() >= 0
+    finally:
+        store.close()
+        admin.dispose()

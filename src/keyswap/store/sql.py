@@ -486,8 +486,8 @@ class Store:
 
     def _own_revision(self) -> int:
         """PostgreSQL: :meth:`revision` on the store's own revision connection (lock held). A
-        connection that fails is replaced once (the server restarted, or dropped it while idle), as
-        the pool's pre-ping would; a second failure raises ``DBAPIError``."""
+        connection that fails is replaced once if it is broken (the server restarted, or dropped it
+        while idle), as the pool's pre-ping would; any other failure raises ``DBAPIError``."""
         for attempt in (1, 2):
             conn = self._revision_conn
             if conn is not None and self._revision_pid != os.getpid():
@@ -505,7 +505,9 @@ class Store:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()
-                if fresh or attempt == 2:
+                # Replaced only if the server dropped it: a statement it cancelled (the timeout)
+                # would be cancelled again, after as long, on a new one.
+                if fresh or attempt == 2 or not (conn is None or conn.broken):
                     raise DBAPIError.instance(
                         _REVISION_SQL, (), exc, self._dbapi_error, dialect=self.engine.dialect
                     ) from exc
