@@ -430,7 +430,7 @@ def test_a_revision_read_blocked_on_postgresql_ends_within_the_store_timeout(pg_
 def _revision_or_error(store: Store) -> BaseException | int:
     try:
         return store.revision()
-    except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+    except BaseException as exc:  # handed to the test's thread
         return exc
 
 
