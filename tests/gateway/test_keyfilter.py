@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import exc as sa_exc
 
 from keyswap.gateway.apikeys import ApiKeys, generate_key
 from keyswap.gateway.app import GatewayApp, GatewaySettings, build_gateway
@@ -441,4 +442,53 @@ def test_a_key_created_while_the_filter_loads_is_held_and_covered_when_the_load_
         assert covered is None, covered  # would be refused with 401
     finally:
         store.gates[0].set()
+        store.close()
+
+
+class _FailingDigestsStore(_PausedDigestsStore):
+    """As :class:`_PausedDigestsStore`; the next ``api_key_digests`` read fails once ``fail`` is set
+    (a store error, injected)."""
+
+    def __init__(self, url: str, reads: int) -> None:
+        super().__init__(url, reads)
+        self.fail = threading.Event()
+
+    def api_key_digests(self, key_ids: Any) -> Any:
+        if self.fail.is_set():
+            self.fail.clear()
+            raise sa_exc.OperationalError("SELECT", (), Exception("injected"))
+        return super().api_key_digests(key_ids)
+
+
+def test_a_key_whose_digest_read_failed_during_a_load_is_never_covered_by_that_load(
+    admin: tuple[str, Store, ApiKeys],
+) -> None:
+    """The filter is loading; the change log names a new key but reading its digest fails, so the
+    node stops trusting the filter (reset, reload); a later change is applied while the same load
+    still runs. That load must not cover the later change's revision (which is past the key it
+    missed): the filter would then answer "surely absent" for the missed key at the store's
+    revision, and the gateway would refuse it with 401 until the reload ends."""
+    db_url, _store, other = admin  # ``other``: another process creating keys
+    store = _FailingDigestsStore(db_url, reads=2)
+    try:
+        keys = ApiKeys(store, secret(), cache_size=0)
+        loading = threading.Thread(target=keys.load_filter)
+        loading.start()
+        assert store.entered[0].wait(10)  # the load has read the store
+        missed, missed_key = other.create("acme")
+        store.fail.set()
+        keys.changed([missed.id], [], store.revision())  # its digest read fails: reset, reload
+        later, _ = other.create("acme")
+        keys.changed([later.id], [], store.revision())  # applied while the same load runs
+        store.gates[0].set()
+        loading.join(10)
+        assert not loading.is_alive()
+        # The reload (read 1) is paused: the filter is what the first load left.
+        covered = keys.absent(missed_key)
+        now = store.revision()
+        # "absent as of" a revision the store is past is looked up; as of the store's, refused 401.
+        assert covered is None or covered < now, (covered, now)
+    finally:
+        for gate in store.gates:
+            gate.set()
         store.close()

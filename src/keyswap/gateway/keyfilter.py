@@ -44,6 +44,9 @@ class KeyFilter:
         #: The newest revision :meth:`advance` named while a load ran (its keys were added): the load
         #: then covers it too, so the filter is not left behind the store until the next change.
         self._advance_to: int | None = None
+        #: False once :meth:`reset` ran during the load: a change after it may name revisions past
+        #: one whose keys were not added (a failed digest read, a gap), so the load covers only its read.
+        self._catch_up = False
         #: Holds every key that existed at this revision (``None``: not loaded, answers "maybe").
         self.revision: int | None = None
 
@@ -102,6 +105,7 @@ class KeyFilter:
         with self._lock:
             self._loading = []
             self._advance_to = None
+            self._catch_up = True
 
     def cancel_load(self) -> None:
         """The read for a load failed: stop collecting (the filter stays as it was)."""
@@ -135,8 +139,10 @@ class KeyFilter:
             if self.revision is not None:
                 if revision > self.revision:
                     self.revision = revision
-            elif self._loading is not None and (
-                self._advance_to is None or revision > self._advance_to
+            elif (
+                self._loading is not None
+                and self._catch_up
+                and (self._advance_to is None or revision > self._advance_to)
             ):
                 self._advance_to = revision
 
@@ -145,6 +151,7 @@ class KeyFilter:
         with self._lock:
             self.revision = None
             self._advance_to = None
+            self._catch_up = False
 
     def _set(self, bits: bytearray, mask: int, digest: bytes) -> None:
         for position in _positions(digest, mask):
