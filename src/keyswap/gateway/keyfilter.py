@@ -41,12 +41,12 @@ class KeyFilter:
         self._count = 0
         self._lock = threading.Lock()
         self._loading: list[bytes] | None = None  # digests added while a load runs
-        #: The newest revision :meth:`advance` named while a load ran (its keys were added): the load
-        #: then covers it too, so the filter is not left behind the store until the next change.
+        #: While a load runs: the newest revision :meth:`advance` named meanwhile (its keys were
+        #: added; 0: none yet), which the load then covers too, so that the filter is not left behind
+        #: the store until the next change. ``None`` outside a load, and once :meth:`reset` ran
+        #: during it: a change after a reset may name revisions past one whose keys were not added
+        #: (a failed digest read, a gap), so that load covers only its own read.
         self._advance_to: int | None = None
-        #: False once :meth:`reset` ran during the load: a change after it may name revisions past
-        #: one whose keys were not added (a failed digest read, a gap), so the load covers only its read.
-        self._catch_up = False
         #: Holds every key that existed at this revision (``None``: not loaded, answers "maybe").
         self.revision: int | None = None
 
@@ -104,8 +104,7 @@ class KeyFilter:
         """Start collecting the digests added while the store is read (call before reading)."""
         with self._lock:
             self._loading = []
-            self._advance_to = None
-            self._catch_up = True
+            self._advance_to = 0
 
     def cancel_load(self) -> None:
         """The read for a load failed: stop collecting (the filter stays as it was)."""
@@ -139,11 +138,7 @@ class KeyFilter:
             if self.revision is not None:
                 if revision > self.revision:
                     self.revision = revision
-            elif (
-                self._loading is not None
-                and self._catch_up
-                and (self._advance_to is None or revision > self._advance_to)
-            ):
+            elif self._advance_to is not None and revision > self._advance_to:
                 self._advance_to = revision
 
     def reset(self) -> None:
@@ -151,7 +146,6 @@ class KeyFilter:
         with self._lock:
             self.revision = None
             self._advance_to = None
-            self._catch_up = False
 
     def _set(self, bits: bytearray, mask: int, digest: bytes) -> None:
         for position in _positions(digest, mask):

@@ -488,7 +488,7 @@ class Store:
         """PostgreSQL: :meth:`revision` on the store's own revision connection (lock held). A
         connection that fails is replaced once if it is broken (the server restarted, or dropped it
         while idle), as the pool's pre-ping would; any other failure raises ``DBAPIError``."""
-        for attempt in (1, 2):
+        for _ in range(2):  # the second time round, always on a new connection
             conn = self._revision_conn
             if conn is not None and self._revision_pid != os.getpid():
                 # A forked child: the parent's session, never used here (psycopg does not end it
@@ -502,12 +502,14 @@ class Store:
                 row = conn.execute(_REVISION_SQL).fetchone()
             except self._dbapi_error as exc:
                 self._revision_conn = None
+                # Replaced only if the server dropped it: a statement it cancelled (the timeout)
+                # would be cancelled again, after as long, on a new one. Asked before close():
+                # psycopg calls a connection closed cleanly never "broken".
+                dropped = conn is not None and conn.broken
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()
-                # Replaced only if the server dropped it: a statement it cancelled (the timeout)
-                # would be cancelled again, after as long, on a new one.
-                if fresh or attempt == 2 or not (conn is None or conn.broken):
+                if fresh or not dropped:
                     raise DBAPIError.instance(
                         _REVISION_SQL, (), exc, self._dbapi_error, dialect=self.engine.dialect
                     ) from exc
