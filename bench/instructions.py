@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import base64
 import http.client
+import itertools
 import json
 import os
 import re
@@ -50,7 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -346,19 +347,10 @@ def measure_http(app: str, n: int, jwks_url: str, token: str) -> float:
         proc = subprocess.Popen(_valgrind(out, argv), stderr=subprocess.DEVNULL)
         try:
             conn = _connect(port, token, deadline=time.monotonic() + 180)
-            headers = {"Authorization": f"Bearer {token}"}
-
-            def run(count: int) -> None:
-                for _ in range(count):
-                    conn.request("GET", "/", headers=headers)
-                    response = conn.getresponse()
-                    response.read()
-                    if response.status != 200:
-                        raise SystemExit(f"{app}: HTTP {response.status}")
-
-            run(max(50, n // 5))  # warm-up: token cache, interpreter caches
+            warm = max(50, n // 5)  # warm-up: token cache, interpreter caches
+            _get_each(conn, itertools.repeat(token, warm), 200, app)
             _control("-z", proc.pid)
-            run(n)
+            _get_each(conn, itertools.repeat(token, n), 200, app)
             _control("-d", proc.pid)
             return _dumped_total(out, f"http-{app}") / n
         finally:
@@ -382,24 +374,27 @@ def measure_http_bound(n: int, keys: dict[str, BenchKey], jwks_url: str) -> dict
             for alg, key in keys.items():
                 warm = max(50, n // 5)
                 tokens = [key.sign(bound_claims(htu)) for _ in range(warm + n)]
-
-                def run(batch: list[str], alg: str = alg) -> None:
-                    for token in batch:
-                        conn.request("GET", "/", headers={"Authorization": f"Bearer {token}"})
-                        response = conn.getresponse()
-                        response.read()
-                        if response.status != 200:
-                            raise SystemExit(f"bound {alg}: HTTP {response.status}")
-
-                run(tokens[:warm])
+                _get_each(conn, tokens[:warm], 200, f"bound {alg}")
                 _control("-z", proc.pid)
-                run(tokens[warm:])
+                _get_each(conn, tokens[warm:], 200, f"bound {alg}")
                 _control("-d", proc.pid)
                 result[alg] = _dumped_total(out, f"http-bound-{alg}") / n
             return result
         finally:
             proc.terminate()
             proc.wait(timeout=120)
+
+
+def _get_each(
+    conn: http.client.HTTPConnection, bearers: Iterable[str], expected: int, what: str
+) -> None:
+    """``GET /`` on ``conn`` once per bearer credential; SystemExit on any other status."""
+    for bearer in bearers:
+        conn.request("GET", "/", headers={"Authorization": f"Bearer {bearer}"})
+        response = conn.getresponse()
+        response.read()
+        if response.status != expected:
+            raise SystemExit(f"{what}: HTTP {response.status}")
 
 
 def _connect(port: int, token: str, *, deadline: float) -> http.client.HTTPConnection:
@@ -498,17 +493,9 @@ def measure_gateway(
     log.close()
     try:
         conn = _connect(port, key, deadline=time.monotonic() + 240)
-        headers = {"Authorization": f"Bearer {key}"}
-
-        def run(conn: http.client.HTTPConnection, count: int) -> None:
-            for _ in range(count):
-                conn.request("GET", "/", headers=headers)
-                response = conn.getresponse()
-                response.read()
-                if response.status != 200:
-                    raise SystemExit(f"gateway: HTTP {response.status}")
-
-        run(conn, max(100, n // 5))  # warm-up: caches, minted token, the access log's threads
+        _get_each(
+            conn, itertools.repeat(key, max(100, n // 5)), 200, "gateway"
+        )  # warm-up: caches, minted token, the access log's threads
         time.sleep(1.0)
         # The idle background first (change watcher polls the store every second, pool ticker).
         _control("-z", proc.pid)
@@ -519,10 +506,10 @@ def measure_gateway(
         idle = sum(_dump_totals(out).values()) / idle_seconds
         conn.close()  # the keep-alive timeout may have closed it: a new one, warmed
         conn = _connect(port, key, deadline=time.monotonic() + 60)
-        run(conn, 20)
+        _get_each(conn, itertools.repeat(key, 20), 200, "gateway")
         _control("-z", proc.pid)
         started = time.monotonic()
-        run(conn, n)
+        _get_each(conn, itertools.repeat(key, n), 200, "gateway")
         time.sleep(0.3)  # the last access-log batch (50 ms) is written
         _control("-d", proc.pid)
         elapsed = time.monotonic() - started
@@ -539,19 +526,10 @@ def measure_gateway(
             from keyswap.gateway.apikeys import generate_key
 
             made_up = [generate_key() for _ in range(n + 20)]
-
-            def refuse(conn: http.client.HTTPConnection, keys: list[str]) -> None:
-                for made in keys:
-                    conn.request("GET", "/", headers={"Authorization": f"Bearer {made}"})
-                    response = conn.getresponse()
-                    response.read()
-                    if response.status != 401:
-                        raise SystemExit(f"gateway: HTTP {response.status} for a made-up key")
-
-            refuse(conn, made_up[:20])
+            _get_each(conn, made_up[:20], 401, "gateway, a made-up key")
             _control("-z", proc.pid)
             started = time.monotonic()
-            refuse(conn, made_up[20:])
+            _get_each(conn, made_up[20:], 401, "gateway, a made-up key")
             time.sleep(0.3)
             _control("-d", proc.pid)
             refused = _dump_totals(out, keep)
