@@ -21,12 +21,15 @@ from opentelemetry.trace import SpanKind
 
 from keyswap.errors import ConfigError
 from keyswap.gateway.proxy import ForwardedHeaders, forwarded_request_headers
+from keyswap.gateway.tracespans import RecordedTrace, SpanSink
 from keyswap.gateway.tracing import (
+    RequestTrace,
     Tracing,
     TracingSettings,
     _fresh_traceparent,
     _fresh_traceparents,
     build_tracing,
+    parent_based_rate,
 )
 from tests.support.asgi_server import free_port
 from tests.support.keyswap_process import KeyswapProcess
@@ -51,11 +54,18 @@ def traced(
     upstream: RecordingUpstream,
     sampler: Sampler = ALWAYS_ON,
     sample_rate: float | None = None,
+    *,
+    recorded: bool = True,
 ) -> Iterator[tuple[Gateway, InMemorySpanExporter]]:
+    """A gateway tracing into an in-memory exporter. With ``sample_rate`` and ``recorded`` (as
+    ``keyswap gateway --trace-sample-rate`` runs), keyswap records the sampled spans itself;
+    otherwise they go through the SDK's tracer."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=sampler)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing = Tracing(provider, sample_rate=sample_rate)
+    processor = SimpleSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    spans = SpanSink([processor], provider.resource) if recorded else None
+    tracing = Tracing(provider, sample_rate=sample_rate, spans=spans)
     with running_gateway(tmp_path, upstream.url, gateway_options={"tracing": tracing}) as gateway:
         yield gateway, exporter
     provider.shutdown()
@@ -405,6 +415,44 @@ def test_tracing_settings_and_exporter_names_are_checked() -> None:
         tracing.close()
 
 
+@pytest.mark.parametrize(
+    ("env", "rate"),
+    [
+        ({}, 1.0),  # the SDK's default: parentbased_always_on
+        ({"OTEL_TRACES_SAMPLER": "parentbased_always_on"}, 1.0),
+        ({"OTEL_TRACES_SAMPLER": "ParentBased_Always_Off"}, 0.0),
+        (
+            {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"},
+            0.25,
+        ),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}, 1.0),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "x"}, 1.0),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"}, 1.0),
+        (
+            {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "nan"},
+            1.0,
+        ),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}, None),
+        ({"OTEL_TRACES_SAMPLER": "always_on"}, None),
+        ({"OTEL_TRACES_SAMPLER": "jaeger_remote"}, None),
+    ],
+)
+def test_parent_based_samplers_from_the_otel_variables_are_decided_by_keyswap(
+    env: dict[str, str], rate: float | None
+) -> None:
+    """Without --trace-sample-rate, a parent-based OTEL_TRACES_SAMPLER (the default) is decided as
+    the rate would be, and its spans recorded by keyswap; any other sampler is the SDK's."""
+    assert parent_based_rate(env) == rate
+    tracing = build_tracing(TracingSettings(), env={**env, "OTEL_TRACES_EXPORTER": "none"})
+    try:
+        assert tracing.sample_rate == rate
+        sampled = tracing.begin({"headers": [(b"traceparent", SAMPLED.encode())]}, "GET", b"/")
+        assert sampled.recording
+        assert isinstance(sampled, RequestTrace if rate is None else RecordedTrace)
+    finally:
+        tracing.close()
+
+
 @pytest.mark.slow
 def test_keyswap_gateway_tracing_exports_over_otlp_as_the_otel_variables_say(
     tmp_path: Path, upstream: RecordingUpstream
@@ -462,3 +510,94 @@ def test_keyswap_gateway_tracing_exports_over_otlp_as_the_otel_variables_say(
     traced_request = next(r for r in upstream.received if r.raw_path == b"/traced")
     assert traced_request.header("traceparent")[0].split("-")[1] == CLIENT_TRACE
     assert key not in log
+
+
+def span_shapes(spans: tuple[ReadableSpan, ...]) -> list[tuple[object, ...]]:
+    """What a span says, without its ids and times: name, kind, who its parent is, attributes,
+    status, trace state, resource and scope (the same for both ways of recording)."""
+    by_id = {span.context.span_id: span.name for span in spans}
+    shapes: list[tuple[object, ...]] = []
+    for span in spans:
+        parent = span.parent
+        assert span.start_time is not None
+        assert span.end_time is not None
+        assert span.start_time <= span.end_time
+        if parent is not None and parent.span_id in by_id:
+            owner = next(s for s in spans if s.context.span_id == parent.span_id)
+            assert owner.start_time is not None
+            assert owner.end_time is not None
+            assert owner.start_time <= span.start_time <= span.end_time <= owner.end_time
+        assert span.instrumentation_scope is not None
+        trace_id = format(span.context.trace_id, "032x")
+        assert trace_id != "0" * 32
+        shapes.append(
+            (
+                span.name,
+                span.kind,
+                None if parent is None else by_id.get(parent.span_id, "remote"),
+                None if parent is None else parent.is_remote,
+                dict(span.attributes or {}),
+                span.status.status_code,
+                span.status.description,
+                trace_id if trace_id == CLIENT_TRACE else "new",
+                int(span.context.trace_flags),
+                span.context.trace_state.to_header(),
+                {k: v for k, v in span.resource.attributes.items() if k != "service.instance.id"},
+                span.instrumentation_scope.name,
+                span.instrumentation_scope.version,
+                span.dropped_attributes,
+                span.events,
+                span.links,
+            )
+        )
+    return sorted(shapes, key=repr)
+
+
+@pytest.mark.parametrize("path", ["/hello", "/status/503"])
+def test_spans_recorded_by_keyswap_match_the_sdks_spans(
+    tmp_path: Path, upstream: RecordingUpstream, path: str
+) -> None:
+    """The ``--trace-sample-rate`` path builds its spans itself: they must say what the SDK's own
+    spans say for the same requests (a looked-up key and a signature, an origin's 5xx, a 401)."""
+    seen: dict[str, list[tuple[object, ...]]] = {}
+    traceparents: dict[str, list[str]] = {}
+    for mode, rate, recorded in (("sdk", None, False), ("recorded", 1.0, True)):
+        with traced(tmp_path / mode, upstream, ALWAYS_ON, sample_rate=rate, recorded=recorded) as (
+            gateway,
+            exporter,
+        ):
+            assert gateway.app.warmed.wait(10)
+            gateway.key = gateway.admin.create("acme")[1]  # looked up and minted on first use
+            headers = {
+                "Authorization": f"Bearer {gateway.key}",
+                "traceparent": SAMPLED,
+                "tracestate": "vendor=abc",
+            }
+            response = httpx.get(gateway.url + path, headers=headers, timeout=10)
+            assert response.status_code == int(path[8:]) if path.startswith("/status/") else 200
+            value = upstream.last.header("traceparent")[0]
+            assert httpx.get(gateway.url + path, timeout=10).status_code == 401
+            spans = exporter.get_finished_spans()
+            tracing = gateway.app.tracing
+            assert tracing is not None
+            request = tracing.begin({"headers": []}, "GET", b"/")  # never ended: not exported
+            assert isinstance(request, RecordedTrace) == recorded
+        seen[mode] = span_shapes(spans)
+        upstream_span = next(s for s in spans if s.name == "keyswap.upstream")
+        version, trace_id, parent_id, flags = value.split("-")
+        assert parent_id == format(upstream_span.context.span_id, "016x")
+        traceparents[mode] = [version, trace_id, flags, *upstream.last.header("tracestate")]
+    assert seen["recorded"] == seen["sdk"]
+    assert (
+        traceparents["recorded"] == traceparents["sdk"] == ["00", CLIENT_TRACE, "01", "vendor=abc"]
+    )
+    names = [str(shape[0]) for shape in seen["sdk"]]
+    assert sorted(names) == sorted(
+        [
+            "keyswap.request",
+            "keyswap.key_lookup",
+            "keyswap.mint",
+            "keyswap.upstream",
+            "keyswap.request",
+        ]
+    )

@@ -31,7 +31,7 @@ import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -49,7 +49,12 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from keyswap.errors import ConfigError
 
-__all__ = ["RequestTrace", "Tracing", "TracingSettings", "build_tracing"]
+if (
+    TYPE_CHECKING
+):  # the SDK is imported only when spans are recorded (build_tracing checks it is there)
+    from keyswap.gateway.tracespans import RecordedTrace, SpanSink
+
+__all__ = ["RequestTrace", "Tracing", "TracingSettings", "build_tracing", "inject"]
 
 T = TypeVar("T")
 
@@ -211,7 +216,7 @@ class RequestTrace:
                 kind=SpanKind.CLIENT,
                 attributes={"http.request.method": scope["method"]},
             )
-            _inject(span.get_span_context(), headers)
+            inject(span.get_span_context(), headers)
         else:
             _PROPAGATOR.inject(headers, context=context)
         try:
@@ -251,8 +256,8 @@ class RequestTrace:
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
-def _inject(span: SpanContext, headers: Any) -> None:
-    """Set ``traceparent`` (and ``tracestate``) naming a recording span on ``headers``: what
+def inject(span: SpanContext, headers: Any) -> None:
+    """Set ``traceparent`` (and ``tracestate``) naming ``span`` on ``headers``: what
     ``_PROPAGATOR.inject`` sets, without making a context for it."""
     value = f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}"
     headers.set(_TRACEPARENT, value.encode("ascii"))
@@ -339,6 +344,10 @@ class Tracing:
     the same here, as only sampled parents reach it). ``None``: every
     request goes to OpenTelemetry and its sampler decides.
 
+    ``spans`` (with ``sample_rate`` only): the sampled requests' spans are recorded by keyswap
+    (:mod:`keyswap.gateway.tracespans`) and handed to these processors as they end, instead of
+    going through the provider's tracer; build it from the processors added to ``provider``.
+
     ``close`` shuts the provider down (flushing spans) when ``owns_provider`` is true.
     """
 
@@ -348,6 +357,7 @@ class Tracing:
         *,
         owns_provider: bool = False,
         sample_rate: float | None = None,
+        spans: SpanSink | None = None,
     ) -> None:
         from keyswap import __version__
 
@@ -355,8 +365,16 @@ class Tracing:
         self._tracer = provider.get_tracer("keyswap.gateway", __version__)
         self._owns = owns_provider
         self.sample_rate = sample_rate
+        self._spans = spans if sample_rate is not None else None
+        self._recorded: type[RecordedTrace] | None = None
+        if self._spans is not None:
+            from keyswap.gateway.tracespans import RecordedTrace as recorded
 
-    def begin(self, scope: Any, method: str, raw_path: bytes) -> RequestTrace | _Unsampled:
+            self._recorded = recorded
+
+    def begin(
+        self, scope: Any, method: str, raw_path: bytes
+    ) -> RequestTrace | RecordedTrace | _Unsampled:
         """The ``SERVER`` span of one request (a child of the client's ``traceparent``, if valid),
         or, for a request the sampling decision leaves out, only what propagates the trace."""
         by_name = dict(scope["headers"])  # one C call; names are lower case in ASGI
@@ -376,9 +394,17 @@ class Tracing:
                 return _Unsampled(b"00-" + found[0].encode(), by_name.get(_TRACESTATE))
         return self._start(carried, method, raw_path)
 
-    def _start(self, carried: dict[str, str] | None, method: str, raw_path: bytes) -> RequestTrace:
+    def _start(
+        self, carried: dict[str, str] | None, method: str, raw_path: bytes
+    ) -> RequestTrace | RecordedTrace:
         parent = None if carried is None else _PROPAGATOR.extract(carried, getter=_GETTER)
         path = raw_path[:_MAX_PATH].decode("latin-1")
+        if self._recorded is not None:  # sampled here: the spans are recorded by keyswap
+            assert self._spans is not None
+            remote = None if parent is None else trace.get_current_span(parent).get_span_context()
+            if remote is not None and not remote.is_valid:
+                remote = None
+            return self._recorded(self._spans, remote, method, path)
         root = self._tracer.start_span(
             "keyswap.request",
             context=parent,
@@ -440,10 +466,44 @@ def build_tracing(settings: TracingSettings, env: Mapping[str, str] | None = Non
         "OTEL_RESOURCE_ATTRIBUTES", ""
     ):
         attributes[SERVICE_NAME] = settings.service_name
+    rate = settings.sample_rate
+    if rate is None:
+        rate = parent_based_rate(environ)
     sampler: Sampler | None = None  # None: OTEL_TRACES_SAMPLER decides
-    if settings.sample_rate is not None:  # decided by Tracing.begin before OpenTelemetry is called
+    if rate is not None:  # decided by Tracing.begin before OpenTelemetry is called
         sampler = ALWAYS_ON  # (not ParentBased: a sampled parent is all it is ever given)
     provider = SdkTracerProvider(resource=Resource.create(attributes), sampler=sampler)
-    for exporter in exporters:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-    return Tracing(provider, owns_provider=True, sample_rate=settings.sample_rate)
+    processors = [BatchSpanProcessor(exporter) for exporter in exporters]
+    for processor in processors:
+        provider.add_span_processor(processor)  # shut down (flushed) with the provider
+    spans = None
+    if rate is not None:
+        from keyswap.gateway.tracespans import SpanSink
+
+        spans = SpanSink(processors, provider.resource)
+    return Tracing(provider, owns_provider=True, sample_rate=rate, spans=spans)
+
+
+#: ``OTEL_TRACES_SAMPLER`` values that :meth:`Tracing.begin` decides as well: the parent-based
+#: samplers (a valid caller's ``traceparent`` decides for its trace), by their rate for new traces.
+_PARENT_BASED = {"parentbased_always_on": 1.0, "parentbased_always_off": 0.0}
+
+
+def parent_based_rate(environ: Mapping[str, str]) -> float | None:
+    """The rate of new traces sampled that the ``OTEL_TRACES_SAMPLER`` variables ask for, when they
+    name a parent-based sampler (or none: the default is ``parentbased_always_on``); ``None`` for
+    any other sampler, which OpenTelemetry's SDK then applies itself.
+
+    As the SDK reads them: ``parentbased_traceidratio`` takes ``OTEL_TRACES_SAMPLER_ARG``, and an
+    argument that is not a number from 0 to 1 means 1.
+    """
+    name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    if name in _PARENT_BASED:
+        return _PARENT_BASED[name]
+    if name != "parentbased_traceidratio":
+        return None
+    try:
+        rate = float(environ.get("OTEL_TRACES_SAMPLER_ARG", ""))
+    except ValueError:
+        return 1.0
+    return rate if 0.0 <= rate <= 1.0 else 1.0
