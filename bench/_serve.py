@@ -11,6 +11,9 @@ Apps:
                BaseHTTPMiddleware + PyJWKClient(url).get_signing_key_from_jwt + jwt.decode
   naiveproxy   a Starlette proxy: API-key check (HMAC of the presented key, dict lookup), then
                forward over one keep-alive aiohttp.ClientSession (env BENCH_API_KEY, BENCH_KEY_HEADER)
+  otlpsink     an OTLP/HTTP trace collector that keeps nothing: `POST /v1/traces` read whole and
+               answered 200 with an empty ExportTraceServiceResponse (the gateway's exporter then
+               pays what it pays in front of a real collector)
 """
 
 from __future__ import annotations
@@ -39,6 +42,14 @@ async def hello(request: Request) -> JSONResponse:
 
 def bare_app() -> Starlette:
     return Starlette(routes=[Route("/", hello), Route("/{path:path}", hello)])
+
+
+def otlp_sink_app() -> Starlette:
+    async def traces(request: Request) -> Response:
+        await request.body()
+        return Response(b"", media_type="application/x-protobuf")
+
+    return Starlette(routes=[Route("/v1/traces", traces, methods=["POST"])])
 
 
 def keyswap_app(jwks_url: str) -> Any:
@@ -182,6 +193,8 @@ def make_app() -> Any:
         return handwritten_app(os.environ["BENCH_JWKS_URL"])
     if name == "bound":
         return bound_app(os.environ["BENCH_JWKS_URL"], os.environ["BENCH_PUBLIC_URL"])
+    if name == "otlpsink":
+        return otlp_sink_app()
     return naive_proxy_app(os.environ["BENCH_UPSTREAM"])
 
 
@@ -189,7 +202,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("app", choices=["bare", "keyswap", "bound", "handwritten", "naiveproxy"])
+    parser.add_argument(
+        "app", choices=["bare", "keyswap", "bound", "handwritten", "naiveproxy", "otlpsink"]
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--jwks-url")
     parser.add_argument("--upstream")

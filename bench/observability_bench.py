@@ -8,12 +8,18 @@ not hide the differences, except the two log configs):
 
   before       the gateway of --base-rev (default 98cf020, the last commit without the metrics and
                tracing hooks: `git archive` of its src/ on PYTHONPATH), same flags
+  before:CFG   CFG's flags on the gateway of --base-rev (e.g. --configs trace-1%,before:trace-1%
+               --base-rev a7a30c0: a change's effect on one config, alternating in one run)
   off          this tree, no metrics, no tracing (the hooks are `is None` checks)
   metrics      --metrics-port P (counters on the request path, scraped once a second during the run
                like a busy Prometheus would not even do)
   trace-1%     --tracing --trace-sample-rate 0.01, OTEL_TRACES_EXPORTER=none (spans of the sampled
                1 % are built and dropped: no collector on this machine)
   trace-100%   --tracing --trace-sample-rate 1, OTEL_TRACES_EXPORTER=none (for scale)
+  trace-1%-otlp, trace-100%-otlp  the same, exporting over OTLP/HTTP (the default exporter) to
+               a local collector that keeps nothing (`_serve.py otlpsink`, another process): the
+               batch exporter's thread, its protobuf encoding and POSTs, is then in the gateway's
+               CPU too
   text-info    --log-level info (access log, text)
   json-info    --log-level info --log-format json
 
@@ -71,6 +77,8 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "metrics": (*QUIET, "--metrics-port", "{metrics_port}"),
     "trace-1%": (*QUIET, "--tracing", "--trace-sample-rate", "0.01"),
     "trace-100%": (*QUIET, "--tracing", "--trace-sample-rate", "1"),
+    "trace-1%-otlp": (*QUIET, "--tracing", "--trace-sample-rate", "0.01"),
+    "trace-100%-otlp": (*QUIET, "--tracing", "--trace-sample-rate", "1"),
     "text-info": ("--log-level", "info"),
     "json-info": ("--log-level", "info", "--log-format", "json"),
 }
@@ -80,6 +88,13 @@ RATIOS = (
     ("metrics", "off", "metrics on vs off", 0.95),
     ("trace-1%", "off", "tracing on, 1 % sampled, vs off", 0.95),
     ("trace-100%", "off", "tracing on, every request sampled, vs off", None),
+    ("trace-1%-otlp", "off", "tracing on, 1 % sampled, exported over OTLP, vs off", 0.95),
+    (
+        "trace-100%-otlp",
+        "off",
+        "tracing on, every request sampled, exported over OTLP, vs off",
+        None,
+    ),
     ("json-info", "text-info", "JSON access log vs text access log (info)", None),
 )
 
@@ -318,7 +333,7 @@ def main() -> int:
     rounds = args.rounds or (2 if args.quick else 7)
     configs = [c for c in args.configs.split(",") if c]
     for name in configs:
-        if name not in CONFIGS:
+        if name.removeprefix("before:") not in CONFIGS:
             parser.error(f"unknown config {name!r}")
     print_header(
         "Observability: metrics, tracing and JSON logs, on vs off",
@@ -340,19 +355,37 @@ def main() -> int:
             keyswap_cli("consumers", "create", "bench", "--db", db)
             key = json.loads(keyswap_cli("keys", "create", "bench", "--json", "--db", db))["key"]
             headers = {"Authorization": f"Bearer {key}"}
-            base_src = export_base(args.base_rev, tmp) if "before" in configs else None
+            olds = [name for name in configs if name.startswith("before")]
+            base_src = export_base(args.base_rev, tmp) if olds else None
+            sink_url = None
+            if any(name.endswith("-otlp") for name in configs):
+                sink_port = free_port()
+                sink = Server("otlpsink", serve_argv("otlpsink", sink_port), log_dir=tmp)
+                servers["otlpsink"] = sink.start(f"http://{HOST}:{sink_port}/v1/traces")
+                sink_url = f"http://{HOST}:{sink_port}/v1/traces"
             metrics_port = free_port()
             for name in configs:
                 port = free_port()
-                flags = [f.format(metrics_port=metrics_port) for f in CONFIGS[name]]
+                flags = [
+                    f.format(metrics_port=metrics_port)
+                    for f in CONFIGS[name.removeprefix("before:")]
+                ]
                 env = {"OTEL_TRACES_EXPORTER": "none"}
-                if name == "before":
+                if name.endswith("-otlp"):
+                    assert sink_url is not None
+                    env = {
+                        "OTEL_TRACES_EXPORTER": "otlp",
+                        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": sink_url,
+                    }
+                if name.startswith("before"):
                     assert base_src is not None
                     env["PYTHONPATH"] = str(base_src)
                 argv = [*MODULE, "gateway", "--upstream", f"http://{HOST}:{up_port}",
                         "--port", str(port), "--db", db, "--max-connections-per-consumer", "64",
                         *flags]  # fmt: skip
-                server = Server(f"gw-{name.replace('%', 'pct')}", argv, log_dir=tmp, env=env)
+                server = Server(
+                    f"gw-{name.replace('%', 'pct').replace(':', '-')}", argv, log_dir=tmp, env=env
+                )
                 servers[name] = server.start(f"http://{HOST}:{port}/__keyswap/health")
                 server.url = f"http://{HOST}:{port}/"
                 status, body = http_get(server.url, headers)
@@ -367,11 +400,12 @@ def main() -> int:
                     except OSError:
                         scrapes.append(0)
 
-            if batches > 0:  # before the wrk runs: the other gateways are idle meanwhile
+            if batches > 0 and "off" in configs:  # before the wrk runs: the others idle meanwhile
                 in_process_table = in_process(
                     f"http://{HOST}:{up_port}", db, key, batches=batches, size=500
                 )
-                if base_src is not None:
+                if "before" in configs:
+                    assert base_src is not None
                     in_process_table += "\n\n" + before_vs_off(
                         f"http://{HOST}:{up_port}",
                         db,
@@ -430,7 +464,12 @@ def main() -> int:
     print()
     ratio_rows = []
     missed = []
-    for name, base, what, target in RATIOS:
+    pairs = list(RATIOS) + [
+        (name[7:], name, f"{name[7:]}: this tree vs --base-rev", None)
+        for name in configs
+        if name.startswith("before:") and name[7:] in configs
+    ]
+    for name, base, what, target in pairs:
         if name in results and base in results:
             per_round = [
                 a.rps / b.rps for a, b in zip(results[name], results[base], strict=True) if b.rps

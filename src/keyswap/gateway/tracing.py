@@ -10,12 +10,15 @@ same trace; the client's own ``traceparent`` is never forwarded as is. The gatew
 
 Sampling: ``--trace-sample-rate R`` samples a fraction R of new traces and follows the caller's
 decision when a valid ``traceparent`` says (as ``parentbased_traceidratio``); without it, the standard
-``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG`` variables decide (default: every request). A
-request that is not sampled gets no child spans. With ``--trace-sample-rate`` the decision is made
-here, before OpenTelemetry is called at all: a request left out only gets a ``traceparent`` for the
-origin (flag ``00``, the caller's trace id if it sent one, else a new one; its ``tracestate`` kept),
-built by hand from random ids drawn in batches, which keeps a 1 % rate cheap (about 2 µs a request
-left out; see BENCHMARKS.md, section 11b).
+``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG`` variables decide (default: every request), and
+a parent-based sampler there (the default is one) is decided here the same way, as a rate
+(:func:`parent_based_rate`). A request that is not sampled gets no child spans. When the decision
+is made here, it is made before OpenTelemetry is called at all: a request left out only gets a
+``traceparent`` for the origin (flag ``00``, the caller's trace id if it sent one, else a new one;
+its ``tracestate`` kept), built by hand from random ids drawn in batches, which keeps a 1 % rate
+cheap (about 2 µs a request left out; see BENCHMARKS.md, section 11b); and a sampled request's
+spans are recorded by :mod:`keyswap.gateway.tracespans`, not by the SDK's tracer (section 11d).
+Any other sampler is applied by the SDK's tracer, span by span.
 
 Export: the standard variables: ``OTEL_TRACES_EXPORTER`` (``otlp``, the default, over HTTP/protobuf;
 ``console``; ``none``), ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``,
