@@ -61,6 +61,9 @@ T = TypeVar("T")
 _TRACEPARENT = b"traceparent"
 _TRACESTATE = b"tracestate"
 _MAX_PATH = 512
+_SAMPLED_FLAG = 0x01
+#: W3C Trace Context level 2's random-trace-id flag.
+_RANDOM_FLAG = 0x02
 
 
 class _AsgiGetter(Getter[Mapping[str, str]]):
@@ -79,11 +82,19 @@ _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
 
-def _parent_of(value: str | None) -> tuple[str, bool] | None:
-    """``(trace id, sampled)`` of a valid ``traceparent``, else ``None`` (then a new trace starts)."""
-    if value is None:
+#: The longest ``traceparent`` the SDK's propagator reads (a longer one is ignored).
+_MAX_TRACEPARENT = 512
+
+
+def _parent_of(value: str | None) -> tuple[str, int] | None:
+    """``(trace id, flags)`` of a valid ``traceparent``, else ``None`` (then a new trace starts).
+
+    Valid as the SDK's propagator (which ``Tracing._start`` then asks) reads it: at most 512
+    characters, spaces and tabs only around it (not any other white space ``str.strip`` removes).
+    """
+    if value is None or len(value) > _MAX_TRACEPARENT:
         return None
-    match = _TRACEPARENT_RE.fullmatch(value.strip())
+    match = _TRACEPARENT_RE.fullmatch(value.strip(" \t"))
     if match is None:
         return None
     version, trace_id, span_id, flags, rest = match.groups()
@@ -94,7 +105,7 @@ def _parent_of(value: str | None) -> tuple[str, bool] | None:
         or span_id == _ZERO_SPAN
     ):
         return None
-    return trace_id, bool(int(flags, 16) & 1)
+    return trace_id, int(flags, 16)
 
 
 def _carried(by_name: Mapping[bytes, bytes]) -> dict[str, str]:
@@ -269,16 +280,20 @@ class _Unsampled:
     """A request left out by the sampling decision: no span, only a ``traceparent`` for the origin.
 
     ``prefix``: ``b"00-<the caller's trace id>"``, or ``None`` for a new trace (replacing what the
-    client sent: an invalid ``traceparent``, or a ``tracestate`` alone).
+    client sent: an invalid ``traceparent``, or a ``tracestate`` alone). ``random``: the caller's
+    ``traceparent`` has the random-trace-id flag (kept for its trace, as the SDK keeps it).
     """
 
-    __slots__ = ("_prefix", "_tracestate")
+    __slots__ = ("_flags", "_prefix", "_tracestate")
 
     recording = False
 
-    def __init__(self, prefix: bytes | None, tracestate: bytes | None) -> None:
+    def __init__(
+        self, prefix: bytes | None, tracestate: bytes | None, random: bool = False
+    ) -> None:
         self._prefix = prefix
         self._tracestate = tracestate
+        self._flags = b"02" if random else b"00"
 
     async def run(self, name: str, step: Awaitable[T]) -> T:
         return await step
@@ -305,7 +320,8 @@ class _Unsampled:
         if prefix is None:
             headers.set(_TRACEPARENT, value)
             return
-        headers.set(_TRACEPARENT, prefix + value[_SPAN_PART:])  # a new span id in their trace
+        # A new span id in their trace: value[_SPAN_PART:-2] is "-<span id>-".
+        headers.set(_TRACEPARENT, prefix + value[_SPAN_PART:-2] + self._flags)
         if self._tracestate is not None:
             headers.set(_TRACESTATE, self._tracestate)
 
@@ -390,8 +406,11 @@ class Tracing:
                 if _random() >= rate:
                     return _REPLACING_UNSAMPLED
                 return self._start(None, method, raw_path)
-            if not found[1]:  # the caller did not sample: followed
-                return _Unsampled(b"00-" + found[0].encode(), by_name.get(_TRACESTATE))
+            trace_id, flags = found
+            if not flags & _SAMPLED_FLAG:  # the caller did not sample: followed
+                prefix = b"00-" + trace_id.encode()
+                random_id = bool(flags & _RANDOM_FLAG)
+                return _Unsampled(prefix, by_name.get(_TRACESTATE), random_id)
         return self._start(carried, method, raw_path)
 
     def _start(

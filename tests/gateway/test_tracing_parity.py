@@ -1,0 +1,138 @@
+"""keyswap's own sampling and span recording (``Tracing`` with a rate and a ``SpanSink``) against the
+OpenTelemetry SDK's (the same ``Tracing`` without them, the SDK's sampler deciding) for the same
+request: the decision, the origin's ``traceparent``, and what the spans say."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+)
+
+from keyswap.gateway.proxy import ForwardedHeaders
+from keyswap.gateway.tracespans import SpanSink
+from keyswap.gateway.tracing import Tracing, TracingSettings, build_tracing
+
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+
+
+@dataclass
+class Outcome:
+    recording: bool
+    spans: tuple[ReadableSpan, ...]
+    traceparent: list[str]
+    tracestate: list[str]
+
+
+def one_request(tracing: Tracing, exporter: InMemorySpanExporter, client: list[tuple[bytes, bytes]], path: bytes = b"/x") -> Outcome:  # fmt: skip
+    """What ``GatewayApp._http`` does with ``tracing`` for one request answered 200 by the origin."""
+    scope = {"method": "GET", "headers": client}
+    request = tracing.begin(scope, "GET", path)
+    headers = ForwardedHeaders(list(client))
+
+    async def forward(*args: object) -> int:
+        return 200
+
+    async def steps() -> int:
+        if not request.recording:
+            request.propagate(headers)
+            return 200
+        return await request.upstream(forward, scope, None, None, b"/", headers)
+
+    status = asyncio.run(steps())
+    if request.recording:
+        request.finish(status)
+    return Outcome(
+        request.recording,
+        exporter.get_finished_spans(),
+        headers.getall("traceparent"),
+        headers.getall("tracestate"),
+    )
+
+
+@pytest.fixture
+def exporter() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    yield exporter
+    exporter.shutdown()
+
+
+def sdk_tracing(exporter: InMemorySpanExporter, sampler: Sampler) -> Tracing:
+    """The SDK decides and records (``keyswap gateway --tracing`` with another sampler)."""
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return Tracing(provider)
+
+
+def recorded_tracing(exporter: InMemorySpanExporter, rate: float) -> Tracing:
+    """keyswap decides and records (as ``build_tracing`` sets it up)."""
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    processor = SimpleSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    return Tracing(provider, sample_rate=rate, spans=SpanSink([processor], provider.resource))
+
+
+def both(rate: float, root: Sampler, client: list[tuple[bytes, bytes]], path: bytes = b"/x") -> tuple[Outcome, Outcome]:  # fmt: skip
+    sdk_exporter, recorded_exporter = InMemorySpanExporter(), InMemorySpanExporter()
+    sdk = one_request(sdk_tracing(sdk_exporter, ParentBased(root)), sdk_exporter, client, path)
+    recorded = one_request(recorded_tracing(recorded_exporter, rate), recorded_exporter, client, path)  # fmt: skip
+    return sdk, recorded
+
+
+@pytest.mark.parametrize("flags", ["01", "00"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "cc-{trace}-{span}-{flags}-" + "x" * 600,  # a later version, longer than the SDK takes
+        "00-{trace}-{span}-{flags}\xa0",  # a trailing NBSP (obs-text, allowed by the server)
+        "\x85cc-{trace}-{span}-{flags}",  # a leading NEL
+    ],
+    ids=["over-512", "trailing-nbsp", "leading-nel"],
+)
+def test_a_traceparent_the_sdk_ignores_is_ignored_by_keyswaps_decision_too(
+    value: str, flags: str
+) -> None:
+    """The SDK's propagator rejects these (a new trace starts, decided by the root sampler): keyswap
+    must not follow their flags (sampling a new trace whatever the rate, or continuing the caller's
+    trace id unsampled)."""
+    header = value.format(trace=CLIENT_TRACE, span=CLIENT_SPAN, flags=flags)
+    client = [(b"traceparent", header.encode("latin-1"))]
+    sdk, recorded = both(0.0, ALWAYS_OFF, client)
+    assert not sdk.recording
+    assert recorded.recording == sdk.recording
+    assert recorded.spans == ()
+    (sdk_value,) = sdk.traceparent
+    (recorded_value,) = recorded.traceparent
+    assert sdk_value.split("-")[1] != CLIENT_TRACE  # a new trace
+    assert recorded_value.split("-")[1] != CLIENT_TRACE
+
+
+def test_an_unsampled_callers_random_trace_id_flag_reaches_the_origin_as_the_sdk_sends_it() -> None:
+    """``00-...-02``: not sampled, the trace id declared random (W3C level 2). The SDK's span for
+    it (the default ``parentbased_always_on``, before keyswap decided it) keeps the random flag."""
+    client = [(b"traceparent", f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-02".encode())]
+    sdk, recorded = both(1.0, ALWAYS_ON, client)
+    assert not sdk.recording
+    assert not recorded.recording
+    assert sdk.traceparent[0].split("-")[3] == "02"
+    assert recorded.traceparent[0].split("-")[3] == "02"
+    assert recorded.traceparent[0].split("-")[1] == CLIENT_TRACE
+    tracing = build_tracing(TracingSettings(), env={"OTEL_TRACES_EXPORTER": "none"})
+    try:  # the default set-up: keyswap decides
+        request = tracing.begin({"headers": client}, "GET", b"/")
+        headers = ForwardedHeaders([])
+        request.propagate(headers)
+        assert headers.getall("traceparent")[0].endswith("-02")
+    finally:
+        tracing.close()
