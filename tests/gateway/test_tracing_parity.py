@@ -136,3 +136,25 @@ def test_an_unsampled_callers_random_trace_id_flag_reaches_the_origin_as_the_sdk
         assert headers.getall("traceparent")[0].endswith("-02")
     finally:
         tracing.close()
+
+
+def test_span_limits_from_the_environment_bound_recorded_attributes_as_the_sdks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "6")
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "2")
+    sdk, recorded = both(1.0, ALWAYS_ON, [], b"/a/long/path/" + b"p" * 400)
+    assert sdk.recording
+    assert recorded.recording
+
+    def said(outcome: Outcome) -> list[tuple[str, dict[str, object], int]]:
+        return sorted(
+            (s.name, dict(s.attributes or {}), s.dropped_attributes) for s in outcome.spans
+        )
+
+    assert said(sdk) == [
+        # Two attributes kept, the last two set; the value cut to six characters.
+        ("keyswap.request", {"url.path": "/a/lon", "http.response.status_code": 200}, 1),
+        ("keyswap.upstream", {"http.request.method": "GET", "http.response.status_code": 200}, 0),
+    ]
+    assert said(recorded) == said(sdk)

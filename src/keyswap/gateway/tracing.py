@@ -452,6 +452,7 @@ def build_tracing(settings: TracingSettings, env: Mapping[str, str] | None = Non
     environ = os.environ if env is None else env
     try:
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import SpanLimits
         from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
         from opentelemetry.sdk.trace.export import (
             BatchSpanProcessor,
@@ -491,7 +492,10 @@ def build_tracing(settings: TracingSettings, env: Mapping[str, str] | None = Non
     sampler: Sampler | None = None  # None: OTEL_TRACES_SAMPLER decides
     if rate is not None:  # decided by Tracing.begin before OpenTelemetry is called
         sampler = ALWAYS_ON  # (not ParentBased: a sampled parent is all it is ever given)
-    provider = SdkTracerProvider(resource=Resource.create(attributes), sampler=sampler)
+    limits = SpanLimits()  # the OTEL_*_LIMIT variables, for the provider's spans and keyswap's
+    provider = SdkTracerProvider(
+        resource=Resource.create(attributes), sampler=sampler, span_limits=limits
+    )
     processors = [BatchSpanProcessor(exporter) for exporter in exporters]
     for processor in processors:
         provider.add_span_processor(processor)  # shut down (flushed) with the provider
@@ -499,7 +503,7 @@ def build_tracing(settings: TracingSettings, env: Mapping[str, str] | None = Non
     if rate is not None:
         from keyswap.gateway.tracespans import SpanSink
 
-        spans = SpanSink(processors, provider.resource)
+        spans = SpanSink(processors, provider.resource, limits)
     return Tracing(provider, owns_provider=True, sample_rate=rate, spans=spans)
 
 
