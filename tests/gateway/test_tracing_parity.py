@@ -158,3 +158,22 @@ def test_span_limits_from_the_environment_bound_recorded_attributes_as_the_sdks(
         ("keyswap.upstream", {"http.request.method": "GET", "http.response.status_code": 200}, 0),
     ]
     assert said(recorded) == said(sdk)
+
+
+def test_with_the_sdk_disabled_keyswap_records_no_spans(
+    monkeypatch: pytest.MonkeyPatch, exporter: InMemorySpanExporter
+) -> None:
+    """``OTEL_SDK_DISABLED=true``: the SDK's provider hands out a no-op tracer (nothing recorded or
+    exported); keyswap's own recording must not export spans either."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    sampled = [(b"traceparent", f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01".encode())]
+    outcome = one_request(recorded_tracing(exporter, 1.0), exporter, sampled)
+    assert not outcome.recording
+    assert outcome.spans == ()
+    for settings in (TracingSettings(), TracingSettings(sample_rate=1.0)):
+        tracing = build_tracing(settings, env={"OTEL_TRACES_EXPORTER": "none"})
+        try:
+            assert not tracing.begin({"headers": sampled}, "GET", b"/").recording
+            assert not tracing.begin({"headers": []}, "GET", b"/").recording
+        finally:
+            tracing.close()

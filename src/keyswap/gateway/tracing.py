@@ -37,6 +37,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import (
+    NoOpTracer,
     Span,
     SpanContext,
     SpanKind,
@@ -382,6 +383,8 @@ class Tracing:
         self._owns = owns_provider
         self.sample_rate = sample_rate
         self._spans = spans if sample_rate is not None else None
+        if isinstance(self._tracer, NoOpTracer):  # OTEL_SDK_DISABLED=true: no spans recorded
+            self._spans = None
         self._recorded: type[RecordedTrace] | None = None
         if self._spans is not None:
             from keyswap.gateway.tracespans import RecordedTrace as recorded
