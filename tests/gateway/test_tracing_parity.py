@@ -5,11 +5,12 @@ request: the decision, the origin's ``traceparent``, and what the spans say."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
@@ -17,11 +18,12 @@ from opentelemetry.sdk.trace.sampling import (
     ALWAYS_ON,
     ParentBased,
     Sampler,
+    TraceIdRatioBased,
 )
 
 from keyswap.gateway.proxy import ForwardedHeaders
 from keyswap.gateway.tracespans import SpanSink
-from keyswap.gateway.tracing import Tracing, TracingSettings, build_tracing
+from keyswap.gateway.tracing import Tracing, TracingSettings, build_tracing, parent_based_rate
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -177,3 +179,50 @@ def test_with_the_sdk_disabled_keyswap_records_no_spans(
             assert not tracing.begin({"headers": []}, "GET", b"/").recording
         finally:
             tracing.close()
+
+
+SAMPLER_NAMES = [
+    None,
+    "",
+    "parentbased_always_on",
+    "PARENTBASED_ALWAYS_OFF",
+    " parentbased_always_off",
+    "parentbased_always_off\t",
+    "parentbased_traceidratio",
+    " parentbased_traceidratio",
+    "traceidratio",
+    "always_off",
+    "unknown",
+]
+SAMPLER_ARGS = [None, "", "0.25", " 0.5 ", "-0.0", "-1", "2", "nan", "inf", "x"]
+
+
+def sdk_root_rate() -> float | None:
+    """The rate of new traces the SDK's sampler from the environment samples (``None``: not
+    parent-based)."""
+    sampler = sampling._get_from_env_or_default()
+    if not isinstance(sampler, ParentBased):
+        return None
+    root = sampler._root
+    if root is ALWAYS_ON:
+        return 1.0
+    if root is ALWAYS_OFF:
+        return 0.0
+    assert isinstance(root, TraceIdRatioBased)
+    return root.rate
+
+
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_parent_based_rate_reads_the_sampler_variables_as_the_sdk(
+    monkeypatch: pytest.MonkeyPatch, name: str | None
+) -> None:
+    """Where keyswap decides (a rate, not ``None``), it decides what the SDK's sampler would."""
+    for arg in SAMPLER_ARGS:
+        for variable, value in (("OTEL_TRACES_SAMPLER", name), ("OTEL_TRACES_SAMPLER_ARG", arg)):
+            if value is None:
+                monkeypatch.delenv(variable, raising=False)
+            else:
+                monkeypatch.setenv(variable, value)
+        rate = parent_based_rate(os.environ)
+        if rate is not None:
+            assert rate == sdk_root_rate(), (name, arg)

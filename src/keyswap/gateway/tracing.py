@@ -523,7 +523,8 @@ def parent_based_rate(environ: Mapping[str, str]) -> float | None:
     As the SDK reads them: ``parentbased_traceidratio`` takes ``OTEL_TRACES_SAMPLER_ARG``, and an
     argument that is not a number from 0 to 1 means 1.
     """
-    name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    # Not stripped: the SDK reads " parentbased_always_off" as an unknown name (so its default).
+    name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").lower()
     if name in _PARENT_BASED:
         return _PARENT_BASED[name]
     if name != "parentbased_traceidratio":
