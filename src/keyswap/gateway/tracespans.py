@@ -18,12 +18,13 @@ Imports the OpenTelemetry SDK: only imported when tracing is on with a sample ra
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from time import time_ns
 from typing import Any, TypeVar
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
@@ -52,16 +53,29 @@ def _new_id(bits: int) -> int:
 
 class SpanSink:
     """Where a recorded span goes when it ends: ``processors`` (their ``on_end``), with
-    ``resource`` and keyswap's instrumentation scope on every span."""
+    ``resource`` and keyswap's instrumentation scope on every span.
 
-    __slots__ = ("processors", "resource", "scope")
+    ``limits``: the span limits the provider applies (default: ``SpanLimits()``, read from the
+    ``OTEL_*_LIMIT`` variables as the provider's default is); a span's attributes are bounded by
+    them as the SDK's would be when a value length limit is set or it has more than the count limit.
+    """
 
-    def __init__(self, processors: Sequence[SpanProcessor], resource: Resource) -> None:
+    __slots__ = ("_max_count", "_max_length", "processors", "resource", "scope")
+
+    def __init__(
+        self,
+        processors: Sequence[SpanProcessor],
+        resource: Resource,
+        limits: SpanLimits | None = None,
+    ) -> None:
         from keyswap import __version__
 
         self.processors = tuple(processors)
         self.resource = resource
         self.scope = InstrumentationScope("keyswap.gateway", __version__)
+        limits = SpanLimits() if limits is None else limits
+        self._max_count = limits.max_span_attributes
+        self._max_length = limits.max_span_attribute_length
 
     def end(
         self,
@@ -70,10 +84,17 @@ class SpanSink:
         parent: SpanContext | None,
         kind: SpanKind,
         start: int,
-        attributes: dict[str, Any] | None,
+        attributes: Mapping[str, Any] | None,
         status: Status,
     ) -> None:
         """Hand the finished span to every processor (ending now)."""
+        if attributes is not None and (
+            self._max_length is not None
+            or (self._max_count is not None and len(attributes) > self._max_count)
+        ):
+            attributes = BoundedAttributes(
+                self._max_count, attributes, immutable=True, max_value_len=self._max_length
+            )
         span = ReadableSpan(
             name,
             context,

@@ -40,6 +40,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import (
+    NoOpTracer,
     Span,
     SpanContext,
     SpanKind,
@@ -64,6 +65,9 @@ T = TypeVar("T")
 _TRACEPARENT = b"traceparent"
 _TRACESTATE = b"tracestate"
 _MAX_PATH = 512
+_SAMPLED_FLAG = 0x01
+#: W3C Trace Context level 2's random-trace-id flag.
+_RANDOM_FLAG = 0x02
 
 
 class _AsgiGetter(Getter[Mapping[str, str]]):
@@ -82,11 +86,19 @@ _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
 
-def _parent_of(value: str | None) -> tuple[str, bool] | None:
-    """``(trace id, sampled)`` of a valid ``traceparent``, else ``None`` (then a new trace starts)."""
-    if value is None:
+#: The longest ``traceparent`` the SDK's propagator reads (a longer one is ignored).
+_MAX_TRACEPARENT = 512
+
+
+def _parent_of(value: str | None) -> tuple[str, int] | None:
+    """``(trace id, flags)`` of a valid ``traceparent``, else ``None`` (then a new trace starts).
+
+    Valid as the SDK's propagator (which ``Tracing._start`` then asks) reads it: at most 512
+    characters, spaces and tabs only around it (not any other white space ``str.strip`` removes).
+    """
+    if value is None or len(value) > _MAX_TRACEPARENT:
         return None
-    match = _TRACEPARENT_RE.fullmatch(value.strip())
+    match = _TRACEPARENT_RE.fullmatch(value.strip(" \t"))
     if match is None:
         return None
     version, trace_id, span_id, flags, rest = match.groups()
@@ -97,7 +109,7 @@ def _parent_of(value: str | None) -> tuple[str, bool] | None:
         or span_id == _ZERO_SPAN
     ):
         return None
-    return trace_id, bool(int(flags, 16) & 1)
+    return trace_id, int(flags, 16)
 
 
 def _carried(by_name: Mapping[bytes, bytes]) -> dict[str, str]:
@@ -272,16 +284,20 @@ class _Unsampled:
     """A request left out by the sampling decision: no span, only a ``traceparent`` for the origin.
 
     ``prefix``: ``b"00-<the caller's trace id>"``, or ``None`` for a new trace (replacing what the
-    client sent: an invalid ``traceparent``, or a ``tracestate`` alone).
+    client sent: an invalid ``traceparent``, or a ``tracestate`` alone). ``random``: the caller's
+    ``traceparent`` has the random-trace-id flag (kept for its trace, as the SDK keeps it).
     """
 
-    __slots__ = ("_prefix", "_tracestate")
+    __slots__ = ("_flags", "_prefix", "_tracestate")
 
     recording = False
 
-    def __init__(self, prefix: bytes | None, tracestate: bytes | None) -> None:
+    def __init__(
+        self, prefix: bytes | None, tracestate: bytes | None, random: bool = False
+    ) -> None:
         self._prefix = prefix
         self._tracestate = tracestate
+        self._flags = b"02" if random else b"00"
 
     async def run(self, name: str, step: Awaitable[T]) -> T:
         return await step
@@ -308,7 +324,8 @@ class _Unsampled:
         if prefix is None:
             headers.set(_TRACEPARENT, value)
             return
-        headers.set(_TRACEPARENT, prefix + value[_SPAN_PART:])  # a new span id in their trace
+        # A new span id in their trace: value[_SPAN_PART:-2] is "-<span id>-".
+        headers.set(_TRACEPARENT, prefix + value[_SPAN_PART:-2] + self._flags)
         if self._tracestate is not None:
             headers.set(_TRACESTATE, self._tracestate)
 
@@ -369,6 +386,8 @@ class Tracing:
         self._owns = owns_provider
         self.sample_rate = sample_rate
         self._spans = spans if sample_rate is not None else None
+        if isinstance(self._tracer, NoOpTracer):  # OTEL_SDK_DISABLED=true: no spans recorded
+            self._spans = None
         self._recorded: type[RecordedTrace] | None = None
         if self._spans is not None:
             from keyswap.gateway.tracespans import RecordedTrace as recorded
@@ -393,8 +412,11 @@ class Tracing:
                 if _random() >= rate:
                     return _REPLACING_UNSAMPLED
                 return self._start(None, method, raw_path)
-            if not found[1]:  # the caller did not sample: followed
-                return _Unsampled(b"00-" + found[0].encode(), by_name.get(_TRACESTATE))
+            trace_id, flags = found
+            if not flags & _SAMPLED_FLAG:  # the caller did not sample: followed
+                prefix = b"00-" + trace_id.encode()
+                random_id = bool(flags & _RANDOM_FLAG)
+                return _Unsampled(prefix, by_name.get(_TRACESTATE), random_id)
         return self._start(carried, method, raw_path)
 
     def _start(
@@ -436,6 +458,7 @@ def build_tracing(settings: TracingSettings, env: Mapping[str, str] | None = Non
     environ = os.environ if env is None else env
     try:
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import SpanLimits
         from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
         from opentelemetry.sdk.trace.export import (
             BatchSpanProcessor,
@@ -475,7 +498,10 @@ def build_tracing(settings: TracingSettings, env: Mapping[str, str] | None = Non
     sampler: Sampler | None = None  # None: OTEL_TRACES_SAMPLER decides
     if rate is not None:  # decided by Tracing.begin before OpenTelemetry is called
         sampler = ALWAYS_ON  # (not ParentBased: a sampled parent is all it is ever given)
-    provider = SdkTracerProvider(resource=Resource.create(attributes), sampler=sampler)
+    limits = SpanLimits()  # the OTEL_*_LIMIT variables, for the provider's spans and keyswap's
+    provider = SdkTracerProvider(
+        resource=Resource.create(attributes), sampler=sampler, span_limits=limits
+    )
     processors = [BatchSpanProcessor(exporter) for exporter in exporters]
     for processor in processors:
         provider.add_span_processor(processor)  # shut down (flushed) with the provider
@@ -483,7 +509,7 @@ def build_tracing(settings: TracingSettings, env: Mapping[str, str] | None = Non
     if rate is not None:
         from keyswap.gateway.tracespans import SpanSink
 
-        spans = SpanSink(processors, provider.resource)
+        spans = SpanSink(processors, provider.resource, limits)
     return Tracing(provider, owns_provider=True, sample_rate=rate, spans=spans)
 
 
@@ -500,7 +526,8 @@ def parent_based_rate(environ: Mapping[str, str]) -> float | None:
     As the SDK reads them: ``parentbased_traceidratio`` takes ``OTEL_TRACES_SAMPLER_ARG``, and an
     argument that is not a number from 0 to 1 means 1.
     """
-    name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    # Not stripped: the SDK reads " parentbased_always_off" as an unknown name (so its default).
+    name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").lower()
     if name in _PARENT_BASED:
         return _PARENT_BASED[name]
     if name != "parentbased_traceidratio":
