@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -228,10 +229,6 @@ def test_parent_based_rate_reads_the_sampler_variables_as_the_sdk(
             assert rate == sdk_root_rate(), (name, arg)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: keyswap decides a new trace by a random draw, not by its trace id",
-)
 def test_parentbased_traceidratio_samples_new_traces_by_their_trace_id_as_the_sdk() -> None:
     """``OTEL_TRACES_SAMPLER=parentbased_traceidratio``: the SDK's ``TraceIdRatioBased`` samples a
     new trace iff the low 64 bits of its id are under ``rate * 2**64`` (deterministic, so another
@@ -254,3 +251,28 @@ def test_parentbased_traceidratio_samples_new_traces_by_their_trace_id_as_the_sd
     assert low_unsampled
     assert all(low < bound for low in low_sampled)
     assert all(low >= bound for low in low_unsampled)
+
+
+@pytest.mark.parametrize("rate", [0.0, 1e-18, 0.5, 1 - 2**-53, 1.0])
+def test_new_trace_ids_agree_with_trace_id_ratio_at_any_rate(rate: float) -> None:
+    """At the extremes too: a draw that TraceIdRatioBased would decide otherwise is moved to the
+    other side of the bound at once (never drawn again and again: at a rate just under 1 only one
+    id in 2**53 is on the unsampled side)."""
+    bound = TraceIdRatioBased.get_bound_for_rate(rate)
+    tracing = recorded_tracing(InMemorySpanExporter(), rate)
+    for _ in range(200):
+        for client in ([], [(b"traceparent", b"not valid")]):
+            request = tracing.begin({"headers": client}, "GET", b"/")
+            headers = ForwardedHeaders(list(client))
+            request.propagate(headers)
+            (value,) = headers.getall("traceparent")
+            _, trace_id, span_id, flags = value.split("-")
+            assert re.fullmatch("[0-9a-f]{32}", trace_id)
+            assert re.fullmatch("[0-9a-f]{16}", span_id)
+            low = int(trace_id[16:], 16)
+            if request.recording:
+                assert bound == 1 << 64 or low < bound
+                assert flags == "03"
+            elif 0 < bound < 1 << 64:
+                assert low >= bound
+                assert flags == "00"

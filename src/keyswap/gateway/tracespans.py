@@ -120,12 +120,20 @@ class RecordedTrace:
 
     recording = True
 
-    def __init__(self, sink: SpanSink, parent: SpanContext | None, method: str, path: str) -> None:
+    def __init__(
+        self,
+        sink: SpanSink,
+        parent: SpanContext | None,
+        method: str,
+        path: str,
+        trace_id: int | None = None,
+    ) -> None:
         self._start = time_ns()
         self._sink = sink
         self._parent = parent
-        if parent is None:
-            self._context = SpanContext(_new_id(128), _new_id(64), False, _NEW_TRACE_FLAGS)
+        if parent is None:  # a new trace: ``trace_id`` (random, non-zero) or a new random one
+            trace_id = _new_id(128) if trace_id is None else trace_id
+            self._context = SpanContext(trace_id, _new_id(64), False, _NEW_TRACE_FLAGS)
         else:  # sampled, the caller's random-id flag and trace state kept (as the SDK's sampler)
             flags = TraceFlags(_SAMPLED | (parent.trace_flags & _RANDOM_TRACE_ID))
             self._context = SpanContext(

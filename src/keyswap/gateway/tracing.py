@@ -167,6 +167,36 @@ def _fresh_traceparent() -> bytes:
             _FRESH.extend(_fresh_traceparents(_BATCH))
 
 
+#: Where the low 64 bits of a ``traceparent``'s trace id are (16 hex digits).
+_LOW_ID = slice(19, 35)
+_ID_SPACE = 1 << 64
+
+
+def _unsampled(value: bytes, bound: int) -> bytes:
+    """``value`` (a fresh ``traceparent``) with the low 64 bits of its trace id redrawn at or above
+    ``bound`` (0 < bound < 2**64), where ``TraceIdRatioBased`` with that bound does not sample."""
+    low = bound + _getrandbits(64) % (_ID_SPACE - bound)
+    return b"%b%016x%b" % (value[:19], low, value[35:])
+
+
+def _sampled_trace_id(bound: int) -> int:
+    """A random trace id that ``TraceIdRatioBased`` with this bound would sample (its low 64 bits
+    below ``bound``; any id when the bound is 0 or ``2**64``), never zero."""
+    while True:
+        low = _getrandbits(64)
+        if 0 < bound < _ID_SPACE:
+            low %= bound
+        trace_id = _getrandbits(64) << 64 | low
+        if trace_id:
+            return trace_id
+
+
+def _ratio_bound(rate: float) -> int:
+    """``TraceIdRatioBased``'s bound: a new trace is sampled iff the low 64 bits of its id are
+    below it."""
+    return round(rate * (1 << 64))
+
+
 @dataclass(frozen=True, slots=True)
 class TracingSettings:
     """How ``keyswap gateway --tracing`` traces.
@@ -288,16 +318,24 @@ class _Unsampled:
     ``traceparent`` has the random-trace-id flag (kept for its trace, as the SDK keeps it).
     """
 
-    __slots__ = ("_flags", "_prefix", "_tracestate")
+    __slots__ = ("_bound", "_flags", "_floor", "_prefix", "_tracestate")
 
     recording = False
 
     def __init__(
-        self, prefix: bytes | None, tracestate: bytes | None, random: bool = False
+        self,
+        prefix: bytes | None,
+        tracestate: bytes | None,
+        random: bool = False,
+        bound: int = 0,
     ) -> None:
         self._prefix = prefix
         self._tracestate = tracestate
         self._flags = b"02" if random else b"00"
+        self._bound = bound
+        # A new trace's id is kept out of TraceIdRatioBased's sampled range below ``bound``
+        # (compared as 16 hex digits, the same order as the numbers'); no range at 0 or 2**64.
+        self._floor = b"%016x" % bound if 0 < bound < _ID_SPACE else None
 
     async def run(self, name: str, step: Awaitable[T]) -> T:
         return await step
@@ -319,11 +357,14 @@ class _Unsampled:
 
     def propagate(self, headers: Any) -> None:
         """Set ``traceparent`` (not sampled) and the caller's ``tracestate`` on ``headers``."""
-        value = _fresh_traceparent()
         prefix = self._prefix
-        if prefix is None:
+        if prefix is None:  # a new trace: an id the sampling rate leaves out
+            value = _fresh_traceparent()
+            if self._floor is not None and value[_LOW_ID] < self._floor:
+                value = _unsampled(value, self._bound)
             headers.set(_TRACEPARENT, value)
             return
+        value = _fresh_traceparent()
         # A new span id in their trace: value[_SPAN_PART:-2] is "-<span id>-".
         headers.set(_TRACEPARENT, prefix + value[_SPAN_PART:-2] + self._flags)
         if self._tracestate is not None:
@@ -345,13 +386,13 @@ class _NewUnsampled(_Unsampled):
             value = _FRESH.pop()
         except IndexError:  # once a batch
             value = _fresh_traceparent()
+        floor = self._floor
+        if floor is not None and value[_LOW_ID] < floor:  # as often as the rate
+            value = _unsampled(value, self._bound)
         headers.items.append((_TRACEPARENT, value))
 
 
-#: Every unsampled new trace without client trace headers (stateless: ids taken in ``propagate``).
-_NEW_UNSAMPLED = _NewUnsampled(None, None)
-#: An unsampled new trace replacing an invalid ``traceparent`` (or a ``tracestate`` alone).
-_REPLACING_UNSAMPLED = _Unsampled(None, None)
+_getrandbits = random.getrandbits  # a sampled new trace's id (as the SDK's RandomIdGenerator)
 _random = random.random  # the sampling draw (the module's generator, reseeded in a forked child)
 
 
@@ -393,6 +434,16 @@ class Tracing:
             from keyswap.gateway.tracespans import RecordedTrace as recorded
 
             self._recorded = recorded
+        # New traces are decided by a draw at the rate, and given ids on the same side of
+        # TraceIdRatioBased's bound (the low 64 bits of the id under it: sampled), so another
+        # service's ``traceidratio`` at the same rate decides them as the gateway did, and at a
+        # higher rate samples every trace the gateway sampled.
+        bound = _ratio_bound(1.0 if sample_rate is None else sample_rate)
+        self._bound = bound
+        #: Every unsampled new trace without client trace headers (ids taken in ``propagate``).
+        self._new_unsampled = _NewUnsampled(None, None, bound=bound)
+        #: An unsampled new trace replacing an invalid ``traceparent`` (or a ``tracestate`` alone).
+        self._replacing_unsampled = _Unsampled(None, None, bound=bound)
 
     def begin(
         self, scope: Any, method: str, raw_path: bytes
@@ -403,14 +454,14 @@ class Tracing:
         rate = self.sample_rate
         if _TRACEPARENT not in by_name and _TRACESTATE not in by_name:  # the common case
             if rate is not None and _random() >= rate:
-                return _NEW_UNSAMPLED
+                return self._new_unsampled
             return self._start(None, method, raw_path)
         carried = _carried(by_name)
         if rate is not None:
             found = _parent_of(carried.get("traceparent"))
             if found is None:  # a new trace (an invalid traceparent is ignored, as OTel does)
                 if _random() >= rate:
-                    return _REPLACING_UNSAMPLED
+                    return self._replacing_unsampled
                 return self._start(None, method, raw_path)
             trace_id, flags = found
             if not flags & _SAMPLED_FLAG:  # the caller did not sample: followed
@@ -429,7 +480,8 @@ class Tracing:
             remote = None if parent is None else trace.get_current_span(parent).get_span_context()
             if remote is not None and not remote.is_valid:
                 remote = None
-            return self._recorded(self._spans, remote, method, path)
+            trace_id = None if remote is not None else _sampled_trace_id(self._bound)
+            return self._recorded(self._spans, remote, method, path, trace_id)
         root = self._tracer.start_span(
             "keyswap.request",
             context=parent,
