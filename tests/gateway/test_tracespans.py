@@ -61,7 +61,8 @@ def test_a_new_trace_gets_random_ids_and_the_sampled_and_random_flags(
         assert span.context.trace_id
         assert span.context.span_id
         assert int(span.context.trace_flags) == 0x03  # sampled, random trace id (W3C level 2)
-        assert span.resource is RESOURCE
+        assert span.resource == RESOURCE
+        assert hash(span.resource) == hash(RESOURCE)
         assert span.instrumentation_scope is not None
         assert span.instrumentation_scope.name == "keyswap.gateway"
     assert dict(spans[1].attributes or {}) == {
@@ -166,3 +167,26 @@ def test_recorded_spans_go_through_the_batch_processor_to_the_exporter() -> None
         ]
     finally:
         processor.shutdown()  # type: ignore[no-untyped-call]
+
+
+def test_recorded_spans_encode_for_otlp_under_one_resource_and_scope(
+    exporter: InMemorySpanExporter,
+) -> None:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    sink = sink_for(exporter)
+    for path in ("/a", "/b"):
+        request = RecordedTrace(sink, PARENT, "GET", path)
+        asyncio.run(request.upstream(lambda *a: answer(503), {"method": "GET"}, None, None, b"/", ForwardedHeaders([])))  # fmt: skip
+        request.finish(502)
+    encoded = encode_spans(exporter.get_finished_spans())
+    (resource_spans,) = encoded.resource_spans  # grouped by the resource: one group
+    (scope_spans,) = resource_spans.scope_spans
+    assert scope_spans.scope.name == "keyswap.gateway"
+    service = [a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"]  # fmt: skip
+    assert service == ["edge"]
+    assert len(scope_spans.spans) == 4
+    for span in scope_spans.spans:
+        assert span.trace_id.hex() == format(PARENT.trace_id, "032x")
+        assert span.trace_state == "vendor=abc"
+        assert span.status.code == 2  # STATUS_CODE_ERROR: a 5xx on both spans

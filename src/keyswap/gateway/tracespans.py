@@ -51,6 +51,19 @@ def _new_id(bits: int) -> int:
             return value
 
 
+class _Resource(Resource):
+    """``resource`` with its hash computed once. The OTLP encoder groups each batch's spans by
+    resource, hashing every span's, and ``Resource.__hash__`` serialises the attributes to JSON
+    each time: a fifth of the encoder's instructions per span (BENCHMARKS.md, section 11d)."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
 class SpanSink:
     """Where a recorded span goes when it ends: ``processors`` (their ``on_end``), with
     ``resource`` and keyswap's instrumentation scope on every span.
@@ -71,7 +84,7 @@ class SpanSink:
         from keyswap import __version__
 
         self.processors = tuple(processors)
-        self.resource = resource
+        self.resource: Resource = _Resource(resource)  # equal to ``resource``
         self.scope = InstrumentationScope("keyswap.gateway", __version__)
         limits = SpanLimits() if limits is None else limits
         self._max_count = limits.max_span_attributes
