@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -323,3 +323,44 @@ def test_the_signing_keys_a_first_start_creates_are_in_the_audit_log(gateway: Ga
         ("system", "startup", "signing_key.create")
     ]
     assert events[0].changes["alg"] == "ES256"
+
+
+KEY = b"ks_" + b"a" * 40
+HEADER_CASES = [
+    [],
+    [(b"host", b"gw")],
+    [(b"authorization", b"Bearer " + KEY)],
+    [(b"authorization", b"bearer   " + KEY + b"  ")],
+    [(b"Authorization", b"Bearer " + KEY)],  # not lower case (another server)
+    [(b"authorization", b"Bearer " + KEY), (b"authorization", b"Bearer " + KEY)],
+    [(b"authorization", b"Basic dXNlcjpwYXNz")],
+    [(b"authorization", b"Bearer")],
+    [(b"authorization", b"Bearer ")],
+    [(b"authorization", b"Bearer " + b"a" * 600)],
+    [(b"authorization", b"Bearer k\xe9y")],
+    [(b"authorization", b"\x00")],
+    [(b"traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")],
+    [(b"tracestate", b"a=b"), (b"authorization", b"Bearer " + KEY)],
+    [(b"authorization", b"Bearer " + KEY), (b"traceparent", b"x"), (b"authorization", b"x")],
+]
+
+
+@pytest.mark.parametrize("headers", HEADER_CASES)
+def test_a_traced_gateway_reads_the_key_as_an_untraced_one(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """With tracing on, one pass finds the key and the trace headers; the key, or the error, is
+    the one the untraced gateway's reading gives."""
+    from keyswap.gateway.app import _api_key_from, _authorization_and_trace, _traced_api_key
+
+    def outcome(read: Callable[[], str]) -> tuple[str, str]:
+        try:
+            return "key", read()
+        except Exception as exc:
+            return type(exc).__name__, str(exc)
+
+    value, several, traced = _authorization_and_trace(headers)
+    assert outcome(lambda: _traced_api_key(value, several)) == outcome(
+        lambda: _api_key_from(headers)
+    )
+    assert traced == any(name in (b"traceparent", b"tracestate") for name, _ in headers)

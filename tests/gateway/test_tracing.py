@@ -601,3 +601,29 @@ def test_spans_recorded_by_keyswap_match_the_sdks_spans(
             "keyswap.request",
         ]
     )
+
+
+def test_a_traced_gateway_refuses_two_authorization_headers_in_a_traced_request(
+    tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    """The key is read in the pass that finds the trace headers: a second Authorization header is
+    still refused (401, never forwarded), and the refusal is in the caller's trace."""
+    with traced(tmp_path, upstream, sample_rate=0.0) as (gateway, exporter):
+        headers = [
+            ("Authorization", f"Bearer {gateway.key}"),
+            ("traceparent", SAMPLED),
+            ("Authorization", f"Bearer {gateway.key}"),
+        ]
+        before = len(upstream.received)
+        response = httpx.get(gateway.url + "/two", headers=headers, timeout=10)
+        assert response.status_code == 401
+        assert len(upstream.received) == before
+        (span,) = exporter.get_finished_spans()
+        assert span.attributes is not None
+        assert span.attributes["http.response.status_code"] == 401
+        assert format(span.context.trace_id, "032x") == CLIENT_TRACE
+        # Without trace headers (the pass finds none): the same answer, no span at rate 0.
+        headers = [headers[0], headers[2]]
+        assert httpx.get(gateway.url + "/two", headers=headers, timeout=10).status_code == 401
+        assert len(exporter.get_finished_spans()) == 1
+        assert len(upstream.received) == before

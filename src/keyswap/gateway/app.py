@@ -136,6 +136,8 @@ logger = logging.getLogger("keyswap.gateway")
 
 _RESERVED = b"/__keyswap/"
 _AUTHORIZATION = b"authorization"
+#: The W3C Trace Context headers (a traced gateway's ``Tracing.begin`` reads them when present).
+_TRACE_HEADERS = frozenset((b"traceparent", b"tracestate"))
 _BEARER = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +([\x21-\x7e]+) *")
 _SCHEME = re.compile(rb"[A-Za-z0-9!#$%&'*+\-.^_`|~]+( .*)?", re.DOTALL)
 _MAX_KEY_HEADER = 512
@@ -365,6 +367,39 @@ def _api_key_from(headers: list[tuple[bytes, bytes]]) -> str:
             if value is not None:
                 raise InvalidApiKey("more than one Authorization header")
             value = raw
+    return _bearer_key(value)
+
+
+def _authorization_and_trace(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[bytes | None, bool, bool]:
+    """For a gateway that traces, in one pass over the headers (the one :func:`_api_key_from`
+    makes): the ``Authorization`` value (``None``: none), whether there were several, and whether
+    the caller sent ``traceparent`` or ``tracestate`` (names are lower case in ASGI). Raises
+    nothing: the request's trace begins before its key is judged (:func:`_traced_api_key`)."""
+    value: bytes | None = None
+    several = False
+    traced = False
+    for name, raw in headers:
+        if name == _AUTHORIZATION or (len(name) == 13 and name.lower() == _AUTHORIZATION):
+            if value is None:
+                value = raw
+            else:
+                several = True
+        elif name in _TRACE_HEADERS:
+            traced = True
+    return value, several, traced
+
+
+def _traced_api_key(value: bytes | None, several: bool) -> str:
+    """:func:`_api_key_from` for what :func:`_authorization_and_trace` found (same errors)."""
+    if several:
+        raise InvalidApiKey("more than one Authorization header")
+    return _bearer_key(value)
+
+
+def _bearer_key(value: bytes | None) -> str:
+    """The API key of an ``Authorization`` value (errors as :func:`_api_key_from`)."""
     if value is None:
         raise _NoKey
     if len(value) > _MAX_KEY_HEADER:
@@ -856,13 +891,19 @@ class GatewayApp:
                 document = self.wellknown.lookup(method, path)
                 status = await _respond(send, (document.status, document.headers, document.body))
                 return
-            if self.tracing is not None:
-                trace = self.tracing.begin(scope, method, raw_path)
+            authorization: bytes | None = None
+            several = False
+            if self.tracing is not None:  # one pass over the headers for the key and the trace
+                authorization, several, traced = _authorization_and_trace(scope["headers"])
+                trace = self.tracing.begin(scope, method, raw_path, traced)
             if method not in _USUAL_METHODS and method.upper() in _REFUSED_METHODS:
                 status = await _respond(send, METHOD_NOT_ALLOWED)
                 return
             try:
-                key = _api_key_from(scope["headers"])
+                if trace is None:
+                    key = _api_key_from(scope["headers"])
+                else:
+                    key = _traced_api_key(authorization, several)
                 principal = self._cached(key, self._clock())  # no coroutine for a cached key
                 if principal is None:
                     if trace is None or not trace.recording:

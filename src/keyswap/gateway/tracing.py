@@ -446,13 +446,22 @@ class Tracing:
         self._replacing_unsampled = _Unsampled(None, None, bound=bound)
 
     def begin(
-        self, scope: Any, method: str, raw_path: bytes
+        self, scope: Any, method: str, raw_path: bytes, traced: bool = True
     ) -> RequestTrace | RecordedTrace | _Unsampled:
         """The ``SERVER`` span of one request (a child of the client's ``traceparent``, if valid),
-        or, for a request the sampling decision leaves out, only what propagates the trace."""
-        by_name = dict(scope["headers"])  # one C call; names are lower case in ASGI
+        or, for a request the sampling decision leaves out, only what propagates the trace.
+
+        ``traced=False``: the caller knows the request has neither ``traceparent`` nor
+        ``tracestate`` (the gateway learns it in the pass that finds the API key), so the headers
+        are not read here.
+        """
         rate = self.sample_rate
-        if _TRACEPARENT not in by_name and _TRACESTATE not in by_name:  # the common case
+        if not traced:  # the common case
+            if rate is not None and _random() >= rate:
+                return self._new_unsampled
+            return self._start(None, method, raw_path)
+        by_name = dict(scope["headers"])  # one C call; names are lower case in ASGI
+        if _TRACEPARENT not in by_name and _TRACESTATE not in by_name:
             if rate is not None and _random() >= rate:
                 return self._new_unsampled
             return self._start(None, method, raw_path)
