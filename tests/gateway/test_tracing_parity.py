@@ -276,3 +276,52 @@ def test_new_trace_ids_agree_with_trace_id_ratio_at_any_rate(rate: float) -> Non
             elif 0 < bound < 1 << 64:
                 assert low >= bound
                 assert flags == "00"
+
+
+def seeded_draws(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """The sampling draw and the trace ids from one seeded generator (a repeatable test)."""
+    import random
+
+    from keyswap.gateway import tracing as tracing_module
+
+    generator = random.Random(seed)
+    monkeypatch.setattr(tracing_module, "_getrandbits", generator.getrandbits)
+    monkeypatch.setattr(tracing_module, "_random", generator.random)
+
+
+def test_sampled_new_trace_ids_are_uniform_under_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK's sampled new traces have ids uniform under the bound (a uniform id, kept when under
+    it), so another service's ``traceidratio`` at a lower rate samples its own rate of them. A
+    ``getrandbits(64) % bound`` draw is not uniform: at 0.75, the lowest third of the range is
+    drawn twice as often, and a service at 0.25 sampled 37.5 % of requests, not 25 %."""
+    seeded_draws(monkeypatch, 1)
+    tracing = recorded_tracing(InMemorySpanExporter(), 0.75)
+    lower = TraceIdRatioBased.get_bound_for_rate(0.25)
+    lows: list[int] = []
+    for _ in range(3000):
+        request = tracing.begin({"headers": []}, "GET", b"/", False)
+        if request.recording:
+            headers = ForwardedHeaders([])
+            request.propagate(headers)
+            lows.append(int(headers.getall("traceparent")[0].split("-")[1][16:], 16))
+    share = sum(low < lower for low in lows) / len(lows)
+    assert abs(share - 1 / 3) < 0.05, share
+
+
+def test_unsampled_new_trace_ids_moved_above_the_bound_are_uniform(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unsampled new trace's id drawn under the bound is moved above it; uniformly (as the SDK's
+    unsampled ids are), so a service at a higher ``traceidratio`` samples its rate of them. With
+    ``getrandbits(64) % (2**64 - bound)`` at 0.25, half the moved ids fell under 0.5 x 2**64,
+    not a third."""
+    from keyswap.gateway.tracing import _unsampled
+
+    seeded_draws(monkeypatch, 2)
+    bound = TraceIdRatioBased.get_bound_for_rate(0.25)
+    higher = TraceIdRatioBased.get_bound_for_rate(0.5)
+    value = b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-00"
+    lows = [int(_unsampled(value, bound)[19:35], 16) for _ in range(3000)]
+    assert all(low >= bound for low in lows)
+    share = sum(low < higher for low in lows) / len(lows)
+    assert abs(share - 1 / 3) < 0.05, share

@@ -174,8 +174,10 @@ _ID_SPACE = 1 << 64
 
 def _unsampled(value: bytes, bound: int) -> bytes:
     """``value`` (a fresh ``traceparent``) with the low 64 bits of its trace id redrawn at or above
-    ``bound`` (0 < bound < 2**64), where ``TraceIdRatioBased`` with that bound does not sample."""
-    low = bound + _getrandbits(64) % (_ID_SPACE - bound)
+    ``bound`` (0 < bound < 2**64), where ``TraceIdRatioBased`` with that bound does not sample;
+    uniform there, as the SDK's unsampled ids are (128 random bits reduced: a bias under 2**-64,
+    where 64 bits made some values twice as likely as others)."""
+    low = bound + _getrandbits(128) % (_ID_SPACE - bound)
     return b"%b%016x%b" % (value[:19], low, value[35:])
 
 
@@ -183,9 +185,8 @@ def _sampled_trace_id(bound: int) -> int:
     """A random trace id that ``TraceIdRatioBased`` with this bound would sample (its low 64 bits
     below ``bound``; any id when the bound is 0 or ``2**64``), never zero."""
     while True:
-        low = _getrandbits(64)
-        if 0 < bound < _ID_SPACE:
-            low %= bound
+        # Uniform under the bound: 128 random bits reduced (see _unsampled).
+        low = _getrandbits(128) % bound if 0 < bound < _ID_SPACE else _getrandbits(64)
         trace_id = _getrandbits(64) << 64 | low
         if trace_id:
             return trace_id
