@@ -627,3 +627,30 @@ def test_a_traced_gateway_refuses_two_authorization_headers_in_a_traced_request(
         assert httpx.get(gateway.url + "/two", headers=headers, timeout=10).status_code == 401
         assert len(exporter.get_finished_spans()) == 1
         assert len(upstream.received) == before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pre-existing: trace header names are matched in lower case only (the key's are not)",
+)
+@pytest.mark.parametrize("name", [b"Traceparent", b"TRACEPARENT"])
+def test_a_caller_trace_is_followed_whatever_the_case_of_its_header_name(name: bytes) -> None:
+    """An ASGI server that passes header names as sent (the reason the key is read whatever the
+    case of ``Authorization``): the caller's sampled ``traceparent`` must still be followed, and
+    the origin must get one ``traceparent`` (the gateway's), not the caller's as is beside it."""
+    from keyswap.gateway.app import _authorization_and_trace
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    processor = SimpleSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    tracing = Tracing(provider, sample_rate=0.0, spans=SpanSink([processor], provider.resource))
+    client = [(b"authorization", b"Bearer ks_x"), (name, SAMPLED.encode())]
+    _, _, traced = _authorization_and_trace(client)  # as GatewayApp._http
+    request = tracing.begin({"headers": client}, "GET", b"/", traced)
+    headers = forwarded_request_headers(client, client=None, scheme="http")
+    request.propagate(headers)
+    (value,) = headers.getall("traceparent")
+    assert value != SAMPLED
+    assert value.split("-")[1] == CLIENT_TRACE
+    assert request.recording
