@@ -342,6 +342,8 @@ HEADER_CASES = [
     [(b"traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")],
     [(b"tracestate", b"a=b"), (b"authorization", b"Bearer " + KEY)],
     [(b"authorization", b"Bearer " + KEY), (b"traceparent", b"x"), (b"authorization", b"x")],
+    [(b"Tracestate", b"a=b"), (b"User-Agent", b"x"), (b"authorization", b"Bearer " + KEY)],
+    [(b"user-agent", b"traceparent"), (b"x-traceparent", b"x")],
 ]
 
 
@@ -363,4 +365,4 @@ def test_a_traced_gateway_reads_the_key_as_an_untraced_one(
     assert outcome(lambda: _traced_api_key(value, several)) == outcome(
         lambda: _api_key_from(headers)
     )
-    assert traced == any(name in (b"traceparent", b"tracestate") for name, _ in headers)
+    assert traced == any(name.lower() in (b"traceparent", b"tracestate") for name, _ in headers)

@@ -629,10 +629,6 @@ def test_a_traced_gateway_refuses_two_authorization_headers_in_a_traced_request(
         assert len(upstream.received) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pre-existing: trace header names are matched in lower case only (the key's are not)",
-)
 @pytest.mark.parametrize("name", [b"Traceparent", b"TRACEPARENT"])
 def test_a_caller_trace_is_followed_whatever_the_case_of_its_header_name(name: bytes) -> None:
     """An ASGI server that passes header names as sent (the reason the key is read whatever the

@@ -386,8 +386,8 @@ def _authorization_and_trace(
                 value = raw
             else:
                 several = True
-        elif name in _TRACE_HEADERS:
-            traced = True
+        elif name in _TRACE_HEADERS or (len(name) in (10, 11) and name.lower() in _TRACE_HEADERS):
+            traced = True  # (in any case, as the key: not every ASGI server lowers names)
     return value, several, traced
 
 

@@ -461,7 +461,10 @@ class Tracing:
             if rate is not None and _random() >= rate:
                 return self._new_unsampled
             return self._start(None, method, raw_path)
-        by_name = dict(scope["headers"])  # one C call; names are lower case in ASGI
+        by_name = dict(scope["headers"])  # one C call; names are lower case in ASGI, mostly
+        if _TRACEPARENT not in by_name and _TRACESTATE not in by_name:
+            # A server that passes names as sent ("Traceparent"): read them in lower case.
+            by_name = {name.lower(): value for name, value in scope["headers"]}
         if _TRACEPARENT not in by_name and _TRACESTATE not in by_name:
             if rate is not None and _random() >= rate:
                 return self._new_unsampled
