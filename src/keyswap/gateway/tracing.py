@@ -457,18 +457,22 @@ class Tracing:
         are not read here.
         """
         rate = self.sample_rate
-        if not traced:  # the common case
-            if rate is not None and _random() >= rate:
-                return self._new_unsampled
-            return self._start(None, method, raw_path)
-        by_name = dict(scope["headers"])  # one C call; names are lower case in ASGI, mostly
-        if _TRACEPARENT not in by_name and _TRACESTATE not in by_name:
-            # A server that passes names as sent ("Traceparent"): read them in lower case.
-            by_name = {name.lower(): value for name, value in scope["headers"]}
-        if _TRACEPARENT not in by_name and _TRACESTATE not in by_name:
-            if rate is not None and _random() >= rate:
-                return self._new_unsampled
-            return self._start(None, method, raw_path)
+        if traced:
+            by_name = dict(scope["headers"])  # one C call; names are lower case in ASGI, mostly
+            if _TRACEPARENT not in by_name and _TRACESTATE not in by_name:
+                # A server that passes names as sent ("Traceparent"): read them in lower case.
+                by_name = {name.lower(): value for name, value in scope["headers"]}
+            if _TRACEPARENT in by_name or _TRACESTATE in by_name:
+                return self._carried_trace(by_name, rate, method, raw_path)
+        # No trace headers (the common case): a new trace.
+        if rate is not None and _random() >= rate:
+            return self._new_unsampled
+        return self._start(None, method, raw_path)
+
+    def _carried_trace(
+        self, by_name: dict[bytes, bytes], rate: float | None, method: str, raw_path: bytes
+    ) -> RequestTrace | RecordedTrace | _Unsampled:
+        """:meth:`begin` for a request that carries ``traceparent`` or ``tracestate``."""
         carried = _carried(by_name)
         if rate is not None:
             found = _parent_of(carried.get("traceparent"))
